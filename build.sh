@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# cinematch build driver.
+#
+#   ./build.sh deps       install the Debian packages the project needs (idempotent)
+#   ./build.sh [build]    build libcinematch, the cinematch binary, the nginx module
+#   ./build.sh test       deps + build + unit tests + sanitizer tests + integration tests
+#   ./build.sh run        deps + build + start the local stack under ./var (see README)
+#   ./build.sh stop       stop what `run` started (by pid files), nothing else
+#   ./build.sh lint       warnings as errors, cppcheck, clang-tidy
+#   ./build.sh coverage   gcov/lcov line and branch coverage of the unit suite
+#   ./build.sh fuzz       build the libFuzzer targets and run each briefly
+#   ./build.sh clean      remove build outputs (keeps ./var)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
+NGX_SRC=${NGX_SRC:-/usr/share/nginx/src}
+NGX_BUILD=$ROOT/build-ngx
+
+# Everything the project needs to build, test and run, from Debian 12.
+DEPS=(
+    build-essential pkg-config git ca-certificates curl openssl
+    nginx nginx-dev libssl-dev zlib1g-dev libpcre3-dev
+    postgresql libpq-dev redis-server libhiredis-dev
+    libjansson-dev libopenblas-dev liblapacke-dev libcmocka-dev
+    libjwt-dev libsodium-dev libpcre2-dev libcurl4-openssl-dev libsystemd-dev
+    prometheus wrk python3 python3-pytest
+    clang lcov cppcheck clang-tidy
+)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+cmd_deps() {
+    local missing=() p
+    for p in "${DEPS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
+            || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    log "installing ${#missing[@]} packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+build_module() {
+    [ -f ngx_module/config ] || { log "ngx_module/config missing: module skipped"; return 0; }
+    [ -d "$NGX_SRC" ] || die "nginx sources not found in $NGX_SRC (package nginx-dev)"
+    local stamp=$NGX_BUILD/.configured
+    if [ ! -f "$stamp" ] || [ ngx_module/config -nt "$stamp" ]; then
+        log "configuring nginx module build (nginx $(nginx -v 2>&1 | sed 's/.*\///'))"
+        rm -rf "$NGX_BUILD"; mkdir -p "$NGX_BUILD"
+        cp -a "$NGX_SRC"/. "$NGX_BUILD"/
+        (cd "$NGX_BUILD" && source ./conf_flags \
+            && CM_ROOT="$ROOT" ./configure "${NGX_CONF_FLAGS[@]}" \
+                --add-dynamic-module="$ROOT/ngx_module" >configure.log 2>&1) \
+            || { tail -20 "$NGX_BUILD/configure.log"; die "nginx configure failed"; }
+        touch "$stamp"
+    fi
+    # The module links libcinematch.a; relink when it changes.
+    [ build/libcinematch.a -nt "$NGX_BUILD/objs/ngx_http_cinematch_module.so" ] \
+        && rm -f "$NGX_BUILD/objs/ngx_http_cinematch_module.so"
+    make -s -C "$NGX_BUILD" -f objs/Makefile modules -j"$JOBS" >"$NGX_BUILD/make.log" 2>&1 \
+        || { grep -E 'error|warning' "$NGX_BUILD/make.log" | head -40; die "module build failed"; }
+    if grep -q 'warning:' "$NGX_BUILD/make.log"; then
+        grep 'warning:' "$NGX_BUILD/make.log" | head -20
+        [ "${WERROR:-0}" = 1 ] && die "module build has warnings"
+    fi
+    cp "$NGX_BUILD/objs/ngx_http_cinematch_module.so" build/
+}
+
+cmd_build() {
+    log "building libcinematch and cinematch"
+    make -s -j"$JOBS" all WERROR="${WERROR:-0}"
+    build_module
+}
+
+cmd_test() {
+    cmd_deps
+    export WERROR=1
+    cmd_build
+    local rc=0 summary=()
+    log "unit tests"
+    if make -s test; then summary+=("unit: ok"); else summary+=("unit: FAILED"); rc=1; fi
+    log "unit tests under ASan+UBSan"
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    if make -s -j"$JOBS" SAN=1 tests bin && make -s SAN=1 test; then
+        summary+=("sanitizer: ok"); else summary+=("sanitizer: FAILED"); rc=1; fi
+    unset ASAN_OPTIONS UBSAN_OPTIONS
+    if ls tests/integration/test_*.py >/dev/null 2>&1; then
+        log "integration tests (real PostgreSQL, Redis, nginx, cinematch infer on loopback)"
+        if /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration; then
+            summary+=("integration: ok"); else summary+=("integration: FAILED"); rc=1; fi
+    fi
+    log "summary: ${summary[*]}"
+    return $rc
+}
+
+cmd_lint() {
+    cmd_deps
+    log "compiler warnings as errors"
+    make -s clean >/dev/null; WERROR=1 cmd_build
+    log "cppcheck"
+    cppcheck --quiet --error-exitcode=1 --enable=warning,portability,performance \
+        --inline-suppr --std=c11 -D__GNUC__ -Ishared/include \
+        --suppress=missingIncludeSystem shared/src workers
+    log "clang-tidy"
+    local f
+    for f in shared/src/*.c workers/*.c; do
+        clang-tidy --quiet --warnings-as-errors='*' \
+            --checks='-*,clang-analyzer-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-narrowing-conversions,-bugprone-assignment-in-if-condition,-clang-analyzer-security.insecureAPI.DeprecatedOrUnsafeBufferHandling' \
+            "$f" -- -std=gnu11 -D_GNU_SOURCE -Ishared/include -Iworkers \
+            $(pkg-config --cflags libpq hiredis jansson openblas) 2>/dev/null
+    done
+    log "lint ok"
+}
+
+cmd_coverage() {
+    cmd_deps
+    make -s -j"$JOBS" COV=1 tests
+    make -s COV=1 test
+    lcov -q --capture --directory build-cov --rc lcov_branch_coverage=1 \
+        --output-file build-cov/coverage.info
+    lcov -q --remove build-cov/coverage.info '/usr/*' --rc lcov_branch_coverage=1 \
+        --output-file build-cov/coverage.info
+    lcov --summary build-cov/coverage.info --rc lcov_branch_coverage=1
+    genhtml -q --branch-coverage build-cov/coverage.info -o build-cov/html
+    log "HTML report: build-cov/html/index.html"
+}
+
+cmd_fuzz() {
+    cmd_deps
+    make -s fuzz
+    local f
+    for f in build/fuzz/fuzz_*; do
+        [ -x "$f" ] || continue
+        log "fuzzing $(basename "$f") for ${FUZZ_SECONDS:-30}s"
+        mkdir -p "build/fuzz/corpus-$(basename "$f")"
+        "$f" -max_total_time="${FUZZ_SECONDS:-30}" "build/fuzz/corpus-$(basename "$f")" \
+            tests/fuzz/corpus/"$(basename "$f" | sed 's/^fuzz_//')" 2>&1 | tail -3
+    done
+}
+
+cmd_clean() {
+    make -s clean
+    rm -rf "$NGX_BUILD"
+}
+
+case "${1:-build}" in
+    deps)     cmd_deps ;;
+    build)    cmd_deps; cmd_build ;;
+    test)     cmd_test ;;
+    run)      cmd_deps; cmd_build; exec "$ROOT/conf/stack.sh" start ;;
+    stop)     exec "$ROOT/conf/stack.sh" stop ;;
+    status)   exec "$ROOT/conf/stack.sh" status ;;
+    lint)     cmd_lint ;;
+    coverage) cmd_coverage ;;
+    fuzz)     cmd_fuzz ;;
+    clean)    cmd_clean ;;
+    *)        sed -n '2,13p' "$0"; exit 2 ;;
+esac
