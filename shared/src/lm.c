@@ -154,6 +154,16 @@ static void
 cm_lm_linear(float *out, const float *inp, const float *w, const float *b,
     int R, int C, int OC)
 {
+    if (R == 1) {
+        /* one row: GEMV reads the weights once; OpenBLAS 0.3.21's SGEMM
+         * would pack (copy) the whole weight matrix first */
+        if (b != NULL) {
+            memcpy(out, b, (size_t) OC * sizeof(float));
+        }
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, w, C, inp, 1,
+                    b != NULL ? 1.0f : 0.0f, out, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, C, 1.0f,
                 inp, C, w, C, 0.0f, out, OC);
     if (b != NULL) {
