@@ -57,9 +57,10 @@ static ngx_uint_t                          ngx_http_cinematch_infer_exiting;
 
 ngx_int_t
 ngx_http_cinematch_infer_init_process(ngx_cycle_t *cycle,
-    ngx_array_t *daemons)
+    ngx_http_cinematch_main_conf_t *cmcf)
 {
     ngx_uint_t                          i;
+    ngx_array_t                        *daemons = cmcf->infer;
     ngx_http_cinematch_infer_conf_t    *conf;
     ngx_http_cinematch_infer_daemon_t  *d;
 
@@ -311,6 +312,9 @@ ngx_http_cinematch_infer_watch_handler(ngx_event_t *ev)
 
         hb = atomic_load(&d->seg.hdr->heartbeat_ns);
 
+        ngx_http_cinematch_metrics_set_queue_depth(i,
+            atomic_load(&d->seg.hdr->queue_depth));
+
         if (now > hb && now - hb > CM_IPC_HEARTBEAT_STALE_NS) {
             ngx_http_cinematch_infer_lost(d, "heartbeat stale");
         }
@@ -406,6 +410,13 @@ ngx_http_cinematch_infer_lost(ngx_http_cinematch_infer_daemon_t *d,
     ngx_log_error(level, ngx_http_cinematch_infer_log, 0,
                   "cinematch: inference daemon \"%V\" lost: %s",
                   &d->socket, why);
+
+    if (!ngx_http_cinematch_infer_exiting) {
+        ngx_http_cinematch_metrics_upstream_error(
+            NGX_HTTP_CINEMATCH_UPSTREAM_INFER);
+        ngx_http_cinematch_metrics_set_queue_depth(
+            (ngx_uint_t) (d - ngx_http_cinematch_infer_daemons), 0);
+    }
 
     if (d->conn != NULL) {
         ngx_close_connection(d->conn);
@@ -634,4 +645,60 @@ ngx_uint_t
 ngx_http_cinematch_infer_busy_total(void)
 {
     return ngx_http_cinematch_infer_busy;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_infer_ready(ngx_http_request_t *r, json_t *check)
+{
+    ngx_uint_t                          i, m, ok;
+    json_t                             *daemons, *models, *o, *mo;
+    ngx_http_cinematch_infer_status_t   st;
+
+    daemons = json_array();
+    models = json_array();
+    if (daemons == NULL || models == NULL) {
+        json_decref(daemons);
+        json_decref(models);
+        return NGX_ERROR;
+    }
+
+    ok = 1;   /* no daemon configured is not a failure */
+
+    for (i = 0; i < ngx_http_cinematch_infer_n; i++) {
+        ngx_http_cinematch_infer_get_status(i, &st);
+
+        o = json_pack("{s:s%, s:b, s:b, s:b, s:i, s:s}",
+                      "socket", (char *) st.socket.data, st.socket.len,
+                      "connected", (int) st.connected,
+                      "heartbeat_ok", (int) st.heartbeat_ok,
+                      "ready", (int) st.ready,
+                      "queue_depth", (json_int_t) st.queue_depth,
+                      "status", st.status);
+        if (o != NULL) {
+            json_array_append_new(daemons, o);
+        }
+
+        if (!st.connected || !st.heartbeat_ok || !st.ready) {
+            ok = 0;
+        }
+
+        for (m = 0; m < st.nmodels; m++) {
+            mo = json_pack("{s:s, s:s, s:s}", "name", st.models[m].name,
+                           "version", st.models[m].version,
+                           "sha256", st.models[m].sha256);
+            if (mo != NULL) {
+                json_array_append_new(models, mo);
+            }
+        }
+    }
+
+    json_object_set_new(check, "status",
+                        json_string(ok ? "ok"
+                                       : (ngx_http_cinematch_infer_n == 0
+                                          ? "not configured" : "down")));
+    json_object_set_new(check, "daemons", daemons);
+    json_object_set_new(check, "models", models);
+
+    return ok ? NGX_OK : NGX_DECLINED;
 }

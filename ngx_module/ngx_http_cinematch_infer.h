@@ -19,14 +19,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_cinematch.h"
 #include "cinematch/ipc.h"
-
-
-/* One `cinematch_infer <socket> shm=<name>;` directive. */
-typedef struct {
-    ngx_str_t                          socket;
-    ngx_str_t                          shm;
-} ngx_http_cinematch_infer_conf_t;
 
 typedef struct ngx_http_cinematch_infer_req_s
     ngx_http_cinematch_infer_req_t;
@@ -51,9 +45,14 @@ struct ngx_http_cinematch_infer_req_s {
 };
 
 
+/* The directives fill cmcf->infer (ngx_http_cinematch_infer_conf_t). */
 ngx_int_t ngx_http_cinematch_infer_init_process(ngx_cycle_t *cycle,
-    ngx_array_t *daemons);
+    ngx_http_cinematch_main_conf_t *cmcf);
 void ngx_http_cinematch_infer_exit_process(ngx_cycle_t *cycle);
+/* /ready: fills check {status, daemons:[...], models:[...]}; NGX_OK when
+ * every configured daemon is connected, alive and ready. */
+ngx_int_t ngx_http_cinematch_infer_ready(ngx_http_request_t *r,
+    json_t *check);
 
 /*
  * Claim a slot on the least-loaded live daemon and submit.  Returns NGX_OK
