@@ -222,6 +222,8 @@ ngx_int_t ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_pg_sleep_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
 
 
 #if (NGX_HTTP_CINEMATCH_INFER)

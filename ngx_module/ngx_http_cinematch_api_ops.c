@@ -9,6 +9,10 @@
  *   GET /metrics  see ngx_http_cinematch_metrics.c.
  *   POST /internal/json  (cinematch_echo on) answers the parsed body; it
  *                 exists to test the body and JSON handling.
+ *   GET /internal/pg/sleep/{ms}  (cinematch_echo on) a query that takes
+ *                 ms milliseconds, to test the pool: queueing, timeouts,
+ *                 clients that go away.  Also the model of a handler that
+ *                 waits on PostgreSQL.
  */
 
 
@@ -27,6 +31,8 @@ typedef struct {
 } ngx_http_cinematch_ready_t;
 
 
+static ngx_int_t ngx_http_cinematch_pg_sleep_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ready_pg(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ready_redis(ngx_http_request_t *r,
@@ -60,6 +66,86 @@ ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
 {
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
                                         json_pack("{s:O}", "json", ctx->json));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_pg_sleep_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    u_char       *p;
+    ngx_int_t     ms, rc;
+    const char  **values;
+
+    ms = ngx_atoi(ctx->params[0].data, ctx->params[0].len);
+
+    if (ms == NGX_ERROR || ms > 60000) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "invalid_request",
+                                             "ms must be 0..60000");
+    }
+
+    values = ngx_palloc(r->pool, sizeof(const char *));
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + sizeof(".000"));
+
+    if (values == NULL || p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* parameters are text: the query and its values travel separately */
+
+    *ngx_sprintf(p, "%i.%03i", ms / 1000, ms % 1000) = '\0';
+    values[0] = (const char *) p;
+
+    ctx->data = (void *) (uintptr_t) ms;
+
+    rc = ngx_http_cinematch_pg_query(r, "SELECT pg_sleep($1::float8)", 1,
+                                     values,
+                                     ngx_http_cinematch_pg_sleep_done, ctx);
+
+    switch (rc) {
+
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+    case NGX_BUSY:
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "database unavailable");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_pg_sleep_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_ctx_t *ctx = data;
+
+    if (err != NULL) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             ngx_strcmp(err, "timeout") == 0
+                                             ? "database timeout"
+                                             : "database unavailable");
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+
+        /* the server's message is logged, never sent to the client */
+
+        return ngx_http_cinematch_send_error(r,
+                                             NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                             "internal", "query failed");
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:I}", "slept_ms",
+                         (json_int_t) (uintptr_t) ctx->data));
 }
 
 

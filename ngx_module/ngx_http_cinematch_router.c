@@ -54,6 +54,9 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       ngx_http_cinematch_json_echo_handler,
       NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_ECHO },
 
+    { NGX_HTTP_GET, ngx_string("/internal/pg/sleep/{ms}"),
+      ngx_http_cinematch_pg_sleep_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
 #if (NGX_HTTP_CINEMATCH_ECHO)
     { NGX_HTTP_POST, ngx_string("/internal/echo"),
       ngx_http_cinematch_echo_handler,

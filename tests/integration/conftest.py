@@ -3,7 +3,8 @@
     backends  PostgreSQL + Redis, once per session (tests that stop one must
               start it again; see test_ngx_core.py)
     nginx     nginx with the cinematch module against backends, once per test
-              module; "cinematch_echo on" and a 1k body limit in location /
+              module: 2 workers, 2 PostgreSQL connections each, 1 s query
+              timeout; "cinematch_echo on" and a 1k body limit in location /
     workdir   the session's temporary directory
 
 A test module that needs other directives builds its own harness.Nginx from
@@ -43,7 +44,7 @@ def nginx(request, workdir, backends):
     ngx = harness.Nginx(workdir, pg=backends.pg, redis=backends.redis,
                         location_extra="cinematch_echo on;\n"
                                        "cinematch_max_body_size 1k;",
-                        name=name)
+                        name=name, workers=2, pg_pool=2, pg_timeout="1s")
     try:
         ngx.start()
         yield ngx

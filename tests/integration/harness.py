@@ -238,7 +238,7 @@ class Nginx:
 
     def __init__(self, workdir, pg=None, redis=None, port=None, workers=2,
                  http_extra="", location_extra="", user=None,
-                 log_level="info", name="nginx"):
+                 log_level="info", name="nginx", pg_pool=2, pg_timeout="3s"):
         self.prefix = Path(workdir) / name
         self.port = port or free_port()
         self.pg = pg
@@ -247,6 +247,8 @@ class Nginx:
         self.http_extra = http_extra
         self.location_extra = location_extra
         self.log_level = log_level
+        self.pg_pool = pg_pool
+        self.pg_timeout = pg_timeout
         # As root, workers run as root too by default, so that they can map
         # the segments the test's inference daemons create (mode 0660).
         if user is None and os.geteuid() == 0:
@@ -266,8 +268,8 @@ class Nginx:
         backends = []
         if self.pg is not None:
             backends.append(f'    cinematch_postgres "{self.pg.conninfo}";')
-            backends.append("    cinematch_postgres_pool 2;")
-            backends.append("    cinematch_query_timeout 3s;")
+            backends.append(f"    cinematch_postgres_pool {self.pg_pool};")
+            backends.append(f"    cinematch_query_timeout {self.pg_timeout};")
         if self.redis is not None:
             backends.append(f"    cinematch_redis {self.redis.address};")
             backends.append("    cinematch_redis_timeout 1s;")

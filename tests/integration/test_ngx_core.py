@@ -3,9 +3,11 @@
 recovery of the PostgreSQL pool and the Redis connection."""
 
 import re
+import socket
 import shutil
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -272,3 +274,66 @@ def test_upstream_errors_are_counted_when_postgres_is_down(nginx, backends):
     assert after > before
     wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=15,
              what="/ready 200 after PostgreSQL restarted")
+
+
+# ---- the PostgreSQL pool (GET /internal/pg/sleep/{ms}, cinematch_echo on) ----
+
+def test_pool_queues_queries_beyond_its_connections(nginx):
+    # 2 workers x 2 connections; 12 concurrent 100 ms queries must queue
+    results = []
+
+    def one():
+        results.append(nginx.json("GET", "/internal/pg/sleep/100"))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r[0] for r in results] == [200] * 12
+    assert all(r[2] == {"slept_ms": 100} for r in results)
+
+
+def test_query_over_the_timeout_is_a_503_and_the_pool_recovers(nginx):
+    # cinematch_query_timeout 1s: the connection is closed and re-opened
+    t0 = time.monotonic()
+    status, headers, doc = nginx.json("GET", "/internal/pg/sleep/3000")
+    elapsed = time.monotonic() - t0
+    assert_error(status, headers, doc, 503, "unavailable")
+    assert doc["error"]["message"] == "database timeout"
+    assert headers.get("retry-after")
+    assert elapsed < 2.5
+    wait_for(lambda: nginx.json("GET", "/internal/pg/sleep/0")[0] == 200,
+             timeout=5, what="a query to succeed after a timeout")
+
+
+def test_bad_path_parameter_is_a_400_json_error(nginx):
+    assert_error(*nginx.json("GET", "/internal/pg/sleep/abc"), 400, "invalid_request")
+
+
+def test_clients_that_go_away_release_their_queued_queries(nginx):
+    # 4 connections in all; 24 clients each ask for 600 ms and leave.  The
+    # running queries finish in the background, the waiting ones must be
+    # dropped from the queue, so a new query gets a connection in ~600 ms
+    # instead of after the 20 abandoned ones (~3 s, beyond the 1 s timeout).
+    socks = []
+    for _ in range(24):
+        s = socket.create_connection(("127.0.0.1", nginx.port))
+        s.sendall(b"GET /internal/pg/sleep/600 HTTP/1.1\r\nHost: t\r\n\r\n")
+        socks.append(s)
+    time.sleep(0.2)
+    for s in socks:
+        s.close()
+    time.sleep(0.1)
+
+    status, _, doc = nginx.json("GET", "/internal/pg/sleep/0")
+    assert status == 200, doc
+    wait_for(lambda: "client prematurely closed connection"
+             in nginx.error_log.read_text(), timeout=5,
+             what="nginx to notice the clients left")
+    # every client's request was counted with the 499 nginx gives them
+    samples = metric_samples(nginx.request("GET", "/metrics")[2].decode())
+    key = ("cinematch_http_requests_total",
+           frozenset({("route", "/internal/pg/sleep/{ms}"), ("method", "GET"),
+                      ("status", "499")}))
+    assert samples.get(key, 0) >= 20
