@@ -43,8 +43,8 @@ CREATE INDEX messages_conversation_idx ON messages (conversation_id, id);
 CREATE TABLE message_feedback (
     message_id          bigint NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
     user_id             bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    score               smallint NOT NULL
-                        CONSTRAINT message_feedback_score_check CHECK (score IN (-1, 1)),
+    rating              smallint NOT NULL
+                        CONSTRAINT message_feedback_rating_check CHECK (rating IN (-1, 1)),
     comment             text CONSTRAINT message_feedback_comment_check CHECK (length(comment) <= 2000),
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),

@@ -283,7 +283,7 @@ def test_deleting_a_user_removes_their_credentials_and_conversations(pg, schema)
         INSERT INTO conversations (user_id, title) SELECT id, 'hi' FROM users;
         INSERT INTO messages (conversation_id, role, content) SELECT id, 'user', 'hello'
             FROM conversations;
-        INSERT INTO message_feedback (message_id, user_id, score)
+        INSERT INTO message_feedback (message_id, user_id, rating)
             SELECT m.id, u.id, 1 FROM messages m, users u;
     """, db=schema)
     pg.psql("DELETE FROM users", db=schema)
@@ -302,9 +302,9 @@ def test_message_status_and_feedback_score_are_constrained(pg, schema):
             "messages_error_check")
     pg.psql("INSERT INTO messages (conversation_id, role, content, status)"
             " SELECT id, 'assistant', 'partial answ', 'partial' FROM conversations", db=schema)
-    rejects(pg, schema, "INSERT INTO message_feedback (message_id, user_id, score)"
+    rejects(pg, schema, "INSERT INTO message_feedback (message_id, user_id, rating)"
                         " SELECT m.id, u.id, 5 FROM messages m, users u",
-            "message_feedback_score_check")
+            "message_feedback_rating_check")
 
 
 def test_reingesting_the_same_file_is_refused_unless_the_first_attempt_failed(pg, schema):
