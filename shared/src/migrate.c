@@ -87,7 +87,8 @@ cm_sha256_hex(const void *data, size_t len, char out[CM_SHA256_HEX_LEN + 1])
 {
     static const char  hex[] = "0123456789abcdef";
     unsigned char      md[EVP_MAX_MD_SIZE];
-    unsigned int       mdlen = 0, i;
+    unsigned int       mdlen = 0;
+    size_t             i;
 
     if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1
         || mdlen != CM_SHA256_HEX_LEN / 2)
@@ -99,7 +100,7 @@ cm_sha256_hex(const void *data, size_t len, char out[CM_SHA256_HEX_LEN + 1])
         out[2 * i] = hex[md[i] >> 4];
         out[2 * i + 1] = hex[md[i] & 0x0f];
     }
-    out[2 * mdlen] = '\0';
+    out[(size_t) mdlen * 2] = '\0';
     return CM_OK;
 }
 
@@ -604,8 +605,8 @@ cm_migrate_db_applied(PGconn *conn, cm_migration_t **out, size_t *n,
             return cm_seterr(err, errlen, CM_EFORMAT,
                              "schema_migrations row %d is malformed", i);
         }
-        strcpy(m[i].name, name);
-        strcpy(m[i].sha256, sha);
+        memcpy(m[i].name, name, strlen(name) + 1);
+        memcpy(m[i].sha256, sha, CM_SHA256_HEX_LEN + 1);
         snprintf(m[i].applied_at, sizeof(m[i].applied_at), "%s",
                  PQgetvalue(res, i, 3));
     }

@@ -35,7 +35,7 @@
 
 #define CM_MIGRATE_NAME_MAX   128     /* file name incl. ".sql" and NUL */
 #define CM_MIGRATE_MAX_FILES  999
-#define CM_MIGRATE_FILE_MAX   (16u * 1024 * 1024)  /* bytes per file */
+#define CM_MIGRATE_FILE_MAX   16777216u            /* 16 MiB per file */
 #define CM_SHA256_HEX_LEN     64
 
 /* pg_advisory_lock key: the bytes "cmmigrat" as a big-endian int64. */
