@@ -15,6 +15,8 @@
 #   CINEMATCH_USER [cinematch]       when run as root, the unprivileged account
 #                                    the servers run as (created if missing)
 #   CINEMATCH_READY_TIMEOUT [60]     seconds to wait for /ready
+#   CINEMATCH_DATA [../shared/data/ml-latest-small]  MovieLens directory to
+#                                    serve; when absent, `cinematch synth` data
 #   CINEMATCH_BIN [build/cinematch]  PG_BIN [/usr/lib/postgresql/15/bin]
 #
 # Ports in use by something else are reported, never taken over.  The ports a
@@ -257,7 +259,7 @@ migrate() {
 # into PostgreSQL (`cinematch ingest`) and training the first models belong
 # to their issues and will be called from here.
 seed_data() {
-    local real=$ROOT/../shared/data/ml-latest-small
+    local real=${CINEMATCH_DATA:-$ROOT/../shared/data/ml-latest-small}
     if [ -f "$real/ratings.csv" ]; then
         DATA_DIR=$(cd "$real" && pwd)
         say "data: MovieLens ml-latest-small at $DATA_DIR"
@@ -266,7 +268,8 @@ seed_data() {
         if [ ! -f "$DATA_DIR/ratings.csv" ]; then
             step "data: no MovieLens at hand, generating a synthetic set (cinematch synth)"
             mkdir -p "$DATA_DIR"
-            "$BIN" synth --out "$DATA_DIR" >>"$LOG/synth.log" 2>&1 \
+            # four drifting weekly batches feed the ingest -> drift -> retrain loop
+            "$BIN" synth --out "$DATA_DIR" --drift-batches 4 >>"$LOG/synth.log" 2>&1 \
                 || { warn "cinematch synth failed (log: $LOG/synth.log): no data"; DATA_DIR=""; }
         else
             say "data: synthetic set at $DATA_DIR"
@@ -422,6 +425,7 @@ HTTPS_PORT=$HTTPS_PORT
 PG_PORT=$PG_PORT
 REDIS_PORT=$REDIS_PORT
 LISTEN=$LISTEN
+DATA_DIR=${DATA_DIR:-}
 EOF
 }
 
@@ -483,6 +487,7 @@ cmd_start() {
     redis_start
     migrate
     seed_data
+    save_env
     infer_start
     nginx_start
     wait_ready
@@ -521,5 +526,5 @@ case "${1:-}" in
     start)  cmd_start ;;
     stop)   cmd_stop ;;
     status) cmd_status ;;
-    *)      sed -n '2,24p' "$0"; exit 2 ;;
+    *)      sed -n '2,26p' "$0"; exit 2 ;;
 esac
