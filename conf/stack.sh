@@ -67,7 +67,10 @@ ensure_svc_user() {
     [ $IS_ROOT = 1 ] || return 0
     if ! id -u "$SVC_USER" >/dev/null 2>&1; then
         step "creating system user $SVC_USER (runs the servers)"
-        useradd --system --user-group --home-dir /nonexistent --no-create-home \
+        local group=--user-group
+        # a package (or an earlier install) may have made the group already
+        getent group "$SVC_USER" >/dev/null && group="--gid=$SVC_USER"
+        useradd --system "$group" --home-dir /nonexistent --no-create-home \
             --shell /usr/sbin/nologin "$SVC_USER"
     fi
 }

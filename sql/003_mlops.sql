@@ -95,3 +95,46 @@ CREATE TABLE model_versions (
 CREATE UNIQUE INDEX model_versions_one_production_key ON model_versions (model_name)
     WHERE stage = 'production';
 CREATE INDEX model_versions_stage_idx ON model_versions (stage, model_name);
+
+-- The promotion history: one row per stage change, written by a trigger so
+-- no code path (API, `cinematch train --promote`, psql) can skip it.
+CREATE TABLE model_stage_events (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model_version_id    bigint NOT NULL REFERENCES model_versions (id) ON DELETE CASCADE,
+    model_name          model_name NOT NULL,
+    version             integer NOT NULL,
+    from_stage          text,              -- NULL when the version was registered
+    to_stage            text NOT NULL,
+    changed_by          bigint REFERENCES users (id) ON DELETE SET NULL,
+    changed_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX model_stage_events_model_idx ON model_stage_events (model_name, changed_at DESC);
+
+CREATE FUNCTION cm_model_stage_touch() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.stage IS DISTINCT FROM OLD.stage THEN
+        NEW.stage_changed_at := now();
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION cm_model_stage_log() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.stage IS DISTINCT FROM OLD.stage THEN
+        INSERT INTO model_stage_events (model_version_id, model_name, version, from_stage,
+                                        to_stage, changed_by)
+        VALUES (NEW.id, NEW.model_name, NEW.version,
+                CASE WHEN TG_OP = 'UPDATE' THEN OLD.stage END, NEW.stage,
+                NEW.stage_changed_by);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER model_versions_stage_touch BEFORE UPDATE OF stage ON model_versions
+    FOR EACH ROW EXECUTE FUNCTION cm_model_stage_touch();
+CREATE TRIGGER model_versions_stage_log AFTER INSERT OR UPDATE OF stage ON model_versions
+    FOR EACH ROW EXECUTE FUNCTION cm_model_stage_log();

@@ -256,6 +256,10 @@ def test_only_one_production_version_per_model(pg, schema):
             " COMMIT;", db=schema)
     assert pg.psql("SELECT version FROM model_versions WHERE model_name = 'als'"
                    " AND stage = 'production'", db=schema) == "2"
+    # every stage change is in the history, in order, failed attempts excluded
+    assert pg.psql("SELECT version, coalesce(from_stage, '-'), to_stage FROM model_stage_events"
+                   " WHERE model_name = 'als' ORDER BY id", db=schema).splitlines() == [
+        "1|-|production", "2|-|staging", "1|production|archived", "2|staging|production"]
     rejects(pg, schema, ins.format(m="als", v=2, s="none"), "model_versions_name_version_key")
     rejects(pg, schema, ins.format(m="Bad Name", v=1, s="none"), "model_name_check")
 
