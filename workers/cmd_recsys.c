@@ -42,12 +42,13 @@ typedef struct {
     int                  json;
     int                  lenient;
     uint32_t             ref_iters;
+    int                  validate;
 } cm_rs_cli_t;
 
 enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
-    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG
 };
 
 static const struct option cm_rs_opts[] = {
@@ -67,6 +68,8 @@ static const struct option cm_rs_opts[] = {
     { "knn", required_argument, NULL, OPT_KNN },
     { "lenient", no_argument, NULL, OPT_LENIENT },
     { "ref-iters", required_argument, NULL, OPT_REF_ITERS },
+    { "validate", no_argument, NULL, OPT_VALIDATE },
+    { "bias-reg", required_argument, NULL, OPT_BIAS_REG },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
@@ -82,6 +85,7 @@ static const char *cm_rs_common_help =
     " (default als 0.05,\n"
     "                      ials 5, bias 5)\n"
     "  --alpha A           iALS confidence 1 + A*rating (default 1)\n"
+    "  --bias-reg B        ALS: biases regularised by reg*B (default 1)\n"
     "  --knn N             item-kNN neighbours (default 100)\n"
     "  --threads N         solver threads (default 1; results do not"
     " depend on it)\n"
@@ -128,6 +132,7 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_OUT: c->out = optarg; break;
         case OPT_JSON: c->json = 1; break;
         case OPT_LENIENT: c->lenient = 1; break;
+        case OPT_VALIDATE: c->validate = 1; break;
         case OPT_FORMAT:
             if (cm_ml_format_parse(optarg, &c->format) != CM_OK) {
                 fprintf(stderr, "cinematch %s: --format wants auto, ml-latest,"
@@ -173,6 +178,12 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_K:
             if (cm_rs_num(cmd, "--k", optarg, 1, 10000, &v)) return 2;
             c->k = (size_t) v;
+            break;
+        case OPT_BIAS_REG:
+            if (cm_rs_num(cmd, "--bias-reg", optarg, 1e-6, 1e6, &v)) {
+                return 2;
+            }
+            c->tc.bias_reg = (float) v;
             break;
         case OPT_KNN:
             if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;
@@ -319,7 +330,12 @@ cm_eval_recsys_usage(FILE *f)
             "                      temporal-user:FRAC, files:BASE,TEST\n"
             "  --k K               cut-off of the ranking metrics"
             " (default 10)\n"
-            "  --json              one JSON object instead of the table\n%s\n"
+            "  --json              one JSON object instead of the table\n"
+            "  --validate          split the training part again the same"
+            " way and\n"
+            "                      report on that validation part (for"
+            " tuning; the\n"
+            "                      test part is never touched)\n%s\n"
             "Ranking: full catalogue of train items minus the user's train"
             " items;\npositives = test ratings >= 4.0; see"
             " shared/include/cinematch/recsys_eval.h.\n", cm_rs_common_help);
@@ -406,6 +422,23 @@ cm_eval_recsys_main(int argc, char **argv)
         }
     }
 
+    if (c.validate) {
+        cm_ratings_t  tr2 = { 0 }, val = { 0 };
+
+        rc = c.split.kind == CM_SPLIT_TEMPORAL_USER
+             ? cm_rs_split_temporal_user(&train, c.split.frac, &tr2, &val)
+             : cm_rs_split_random(&train, c.split.kind == CM_SPLIT_RANDOM
+                                  ? c.split.frac : 0.2,
+                                  c.split.seed + 1000003, &tr2, &val);
+        cm_ratings_free(&train);
+        cm_ratings_free(&test);
+        train = tr2;
+        test = val;
+        if (rc != CM_OK) {
+            fprintf(stderr, "cinematch eval recsys: out of memory\n");
+            goto out;
+        }
+    }
     rc = cm_rs_data_build(train.v, train.n, &d, err, sizeof(err));
     if (rc != CM_OK) {
         fprintf(stderr, "cinematch eval recsys: %s\n", err);
@@ -430,8 +463,8 @@ cm_eval_recsys_main(int argc, char **argv)
         char split[2100];
 
         cm_rs_split_format(&c.split, split, sizeof(split));
-        snprintf(proto, sizeof(proto), "%s %s", cm_ml_format_name(c.format),
-                 split);
+        snprintf(proto, sizeof(proto), "%s %s%s", cm_ml_format_name(c.format),
+                 split, c.validate ? " (validation part of train)" : "");
     }
     if (c.json) {
         json_t *o = json_object();

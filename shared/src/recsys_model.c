@@ -97,6 +97,7 @@ cm_rs_model_write(const cm_rs_model_t *m, const char *path, char *err,
     h.mean = m->mean;
     h.reg = m->reg;
     h.alpha = m->alpha;
+    h.bias_reg = m->bias_reg;
     h.iters = m->iters;
     h.seed = m->seed;
     h.created = m->created;
@@ -227,7 +228,7 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
                          " (this build reads %u)", h.version, CM_RS_VERSION);
     }
     if (h.header_size != CM_RS_HEADER_SIZE || h.n_sections != CM_RS_N_SECTIONS
-        || h.reserved != 0 || memcmp(h.pad, zero, sizeof(zero)) != 0)
+        || memcmp(h.pad, zero, sizeof(zero)) != 0)
     {
         return cm_seterr(err, errlen, CM_EFORMAT, "bad header size, section"
                          " count or non-zero reserved bytes");
@@ -250,7 +251,8 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
                          cm_rs_algo_name((cm_rs_algo_t) h.algo));
     }
     if (h.n_users == 0 || h.n_items == 0 || h.nnz > ((uint64_t) 1 << 40)
-        || !isfinite(h.mean) || !isfinite(h.reg) || !isfinite(h.alpha))
+        || !isfinite(h.mean) || !isfinite(h.reg) || !isfinite(h.alpha)
+        || !(h.bias_reg > 0) || !isfinite(h.bias_reg))
     {
         return cm_seterr(err, errlen, CM_EFORMAT, "bad dims or"
                          " hyper-parameters in header");
@@ -296,6 +298,7 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
     m->mean = h.mean;
     m->reg = h.reg;
     m->alpha = h.alpha;
+    m->bias_reg = h.bias_reg;
     m->iters = h.iters;
     m->seed = h.seed;
     m->created = h.created;

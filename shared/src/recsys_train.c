@@ -43,6 +43,7 @@ typedef struct {
     float                reg;
     float                alpha;
     float                mean;
+    float                bias_reg;  /* bias reg = reg * bias_reg */
     const float         *Y;         /* (n_other, k) */
     const float         *yb;        /* (n_other) or NULL */
     const float         *gram;      /* (k, k) Y^T Y for iALS */
@@ -102,6 +103,7 @@ cm_rs_train_conf_default(cm_rs_train_conf_t *c)
     c->reg = 0.05f;
     c->alpha = 1.0f;
     c->knn = 100;
+    c->bias_reg = 1.0f;
     c->seed = 1;
 }
 
@@ -354,6 +356,7 @@ cm_rs_model_alloc(const cm_rs_data_t *d, cm_rs_algo_t algo, uint32_t k,
     base = m->mem;
     memset(base, 0, total);
     m->algo = algo;
+    m->bias_reg = 1.0f;
     m->factors = k;
     m->n_users = d->n_users;
     m->n_items = d->n_items;
@@ -433,8 +436,11 @@ cm_rs_scratch_size(uint32_t k, uint64_t max_n)
 static int
 cm_rs_solve_explicit(uint32_t k, const uint32_t *idx, const float *val,
     size_t n, const float *Y, const float *yb, float mean, float reg_w,
-    float *x, float *b, float *s)
+    float bias_reg, float *x, float *b, float *s)
 {
+    /* the bias column is 1/sqrt(bias_reg): solving with a uniform reg_w
+     * then gives b' = sqrt(bias_reg) b, i.e. reg_w * bias_reg on b */
+    float    bc = 1.0f / sqrtf(bias_reg);
     size_t   kk = k + 1, j, c;
     float   *G = s, *t = G + n * kk, *z = t + n, *A = z + n, *rhs = A + kk * kk;
     int      info;
@@ -448,7 +454,7 @@ cm_rs_solve_explicit(uint32_t k, const uint32_t *idx, const float *val,
         const float *y = Y + (size_t) idx[j] * k;
 
         memcpy(G + j * kk, y, k * sizeof(float));
-        G[j * kk + k] = 1.0f;
+        G[j * kk + k] = bc;
         t[j] = val[j] - mean - (yb ? yb[idx[j]] : 0.0f);
     }
     if (n <= kk) {
@@ -483,7 +489,7 @@ cm_rs_solve_explicit(uint32_t k, const uint32_t *idx, const float *val,
         }
     }
     memcpy(x, rhs, k * sizeof(float));
-    *b = rhs[k];
+    *b = rhs[k] * bc;
     return 0;
 }
 
@@ -548,7 +554,8 @@ cm_rs_solve_row(cm_rs_job_t *j, uint32_t row, float *s)
         float reg_w = j->algo == CM_RS_ALS ? j->reg * (float) n : j->reg;
 
         info = cm_rs_solve_explicit(j->k, idx + ptr[row], val + ptr[row], n,
-                                    j->Y, j->yb, j->mean, reg_w, x, &b, s);
+                                    j->Y, j->yb, j->mean, reg_w, j->bias_reg,
+                                    x, &b, s);
         j->xb[row] = b;
     }
     if (info != 0) {
@@ -622,13 +629,15 @@ cm_rs_als_loss(const cm_rs_model_t *m, const cm_rs_data_t *d)
                      : 0.0f);
             loss += e * e;
         }
-        nrm = (k ? cblas_sdot((int) k, x, 1, x, 1) : 0) + m->bu[u] * m->bu[u];
+        nrm = (k ? cblas_sdot((int) k, x, 1, x, 1) : 0)
+              + m->bias_reg * m->bu[u] * m->bu[u];
         loss += m->reg * (double) (d->u_ptr[u + 1] - d->u_ptr[u]) * nrm;
     }
     for (i = 0; i < d->n_items; i++) {
         const float *y = m->V + (size_t) i * k;
 
-        nrm = (k ? cblas_sdot((int) k, y, 1, y, 1) : 0) + m->bi[i] * m->bi[i];
+        nrm = (k ? cblas_sdot((int) k, y, 1, y, 1) : 0)
+              + m->bias_reg * m->bi[i] * m->bi[i];
         loss += m->reg * (double) (d->i_ptr[i + 1] - d->i_ptr[i]) * nrm;
     }
     return loss;
@@ -805,6 +814,7 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     m->algo = c->algo;
     m->reg = c->reg;
     m->alpha = c->alpha;
+    m->bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
     m->iters = c->iters;
     m->seed = c->seed;
     m->created = cm_now_real_ns() / 1000000000ull;
@@ -837,6 +847,7 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     j.reg = c->algo == CM_RS_ITEMKNN ? 10.0f : c->reg;
     j.alpha = c->alpha;
     j.mean = j.algo == CM_RS_IALS ? 0.0f : d->mean;
+    j.bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
     j.scratch = calloc(T, sizeof(float *));
     if (k > 0) {
         gram = malloc((size_t) k * k * sizeof(float));
@@ -1096,8 +1107,8 @@ cm_rs_fold_in(const cm_rs_model_t *m, const uint32_t *items,
                                       m->gram, m->alpha, reg, x, s);
     } else {
         info = cm_rs_solve_explicit(m->factors, items, ratings, n, m->V,
-                                    m->bi, m->mean, reg * (float) n, x, bias,
-                                    s);
+                                    m->bi, m->mean, reg * (float) n,
+                                    m->bias_reg, x, bias, s);
     }
     free(s);
     return info == 0 ? CM_OK : CM_ERR;

@@ -11,7 +11,7 @@
  *     r_ui ~ mu + b_u + b_i + U[u] . V[i]
  * trained by ALS with weighted-lambda regularisation: each user step solves
  * min over (U[u], b_u) of sum_i (r_ui - mu - b_i - U[u].V[i] - b_u)^2
- * + reg * n_u * (|U[u]|^2 + b_u^2), and symmetrically for items, so the
+ * + reg * n_u * (|U[u]|^2 + bias_reg * b_u^2), and symmetrically for items, so the
  * objective decreases monotonically.  Implicit model (CM_RS_IALS): Hu,
  * Koren & Volinsky with confidence c_ui = 1 + alpha * r_ui, preference 1 on
  * rated items, biases zero; scores rank, they are not ratings.
@@ -83,6 +83,7 @@ typedef struct {
     float         reg;          /* ALS: lambda (times n_u); iALS: lambda */
     float         alpha;        /* iALS confidence slope, default 1 */
     uint32_t      knn;          /* item-kNN neighbours, default 100 */
+    float         bias_reg;     /* ALS: bias reg = reg * bias_reg (def. 1)*/
     uint64_t      seed;         /* factor initialisation */
     double       *loss;         /* out (iters entries) if not NULL: the
                                    objective after each iteration */
@@ -98,6 +99,7 @@ typedef struct cm_rs_model_s {
     float             mean;
     float             reg;
     float             alpha;
+    float             bias_reg;     /* bias reg / factor reg (ALS) */
     uint32_t          iters;
     uint64_t          seed;
     uint64_t          created;      /* unix seconds */
@@ -163,7 +165,7 @@ typedef struct {
     uint8_t          checksum[32];  /* 112: BLAKE2b-256 of the file with
                                              this field zeroed */
     uint32_t         n_sections;    /* 144: CM_RS_N_SECTIONS */
-    uint32_t         reserved;      /* 148: 0 */
+    float            bias_reg;      /* 148: bias reg / factor reg */
     cm_rs_section_t  sec[CM_RS_N_SECTIONS];  /* 152 .. 296 */
     uint8_t          pad[512 - 296];          /* zero */
 } cm_rs_header_t;
