@@ -254,21 +254,6 @@ cm_utf8_seq(const unsigned char *s, size_t n)
 }
 
 
-int
-cm_utf8_valid(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *) s;
-    size_t               i = 0, k;
-
-    while (i < n) {
-        k = cm_utf8_seq(p + i, n - i);
-        if (k == 0) {
-            return 0;
-        }
-        i += k;
-    }
-    return 1;
-}
 
 
 static unsigned char *

@@ -28,7 +28,7 @@ check(const cm_corpus_t *c)
     for (i = 0; i < c->n_turns; i++) {
         const char *t = cm_corpus_str(c, c->turns[i].text);
 
-        if (t[0] == '\0' || !cm_utf8_valid(t, strlen(t))) {
+        if (t[0] == '\0' || !cm_utf8_valid(t, strlen(t), NULL)) {
             abort();
         }
     }

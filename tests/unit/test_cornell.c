@@ -207,12 +207,12 @@ test_to_utf8_output_is_always_valid_utf8(void **state)
         for (i = 0; i < n; i++) {
             in[i] = (char) (rand_r(&seed) & 0xFF);
         }
-        assert_true(cm_utf8_valid(out, cm_text_to_utf8(in, n, out)));
-        assert_true(cm_utf8_valid(out, cm_text_cp1252_to_utf8(in, n, out)));
+        assert_true(cm_utf8_valid(out, cm_text_to_utf8(in, n, out), NULL));
+        assert_true(cm_utf8_valid(out, cm_text_cp1252_to_utf8(in, n, out), NULL));
     }
-    assert_false(cm_utf8_valid("\xed\xa0\x80", 3));   /* surrogate */
-    assert_false(cm_utf8_valid("\xc0\xaf", 2));       /* overlong */
-    assert_true(cm_utf8_valid("\xf0\x9f\x8e\xac", 4));
+    assert_false(cm_utf8_valid("\xed\xa0\x80", 3, NULL));   /* surrogate */
+    assert_false(cm_utf8_valid("\xc0\xaf", 2, NULL));       /* overlong */
+    assert_true(cm_utf8_valid("\xf0\x9f\x8e\xac", 4, NULL));
 }
 
 

@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cinematch/validate.h"   /* cm_utf8_valid */
+
 typedef void (*cm_corpus_warn_pt)(void *data, const char *file, size_t line,
     const char *reason);
 
@@ -119,7 +121,5 @@ size_t cm_text_clean(char *s, size_t len);
 int cm_file_read(const char *path, char **buf, size_t *len, char *err,
     size_t errlen);
 
-/* 1 when s[0..n) is valid UTF-8 (no overlongs, surrogates, > U+10FFFF). */
-int cm_utf8_valid(const char *s, size_t n);
 
 #endif /* CINEMATCH_CORNELL_H */
