@@ -183,13 +183,15 @@ static const char cm_train_dialog_usage[] =
     "  --val-frac F        validation share, by film (0.05)\n"
     "  --seed S            init, split and batch seed (1)\n"
     "  --resume            continue from DIR/model.bin + DIR/state.bin\n"
+    "  --stop-at N         checkpoint and stop after step N (the schedule\n"
+    "                      still spans --steps; resume later)\n"
     "  --log-every N       step log interval (10)\n";
 
 
 typedef struct {
     const char  *corpus, *out, *config, *tokenizer;
     int          steps, batch, seq, accum, warmup, val_every, val_tokens;
-    int          log_every, resume;
+    int          log_every, resume, stop_at;
     float        lr, lr_min, wd, clip, frac, minutes;
     uint64_t     seed;
 } cm_train_opts_t;
@@ -233,6 +235,7 @@ cm_train_dialog_main(int argc, char **argv)
         { "seed", required_argument, NULL, 's' },
         { "resume", no_argument, NULL, 'r' },
         { "log-every", required_argument, NULL, 'L' },
+        { "stop-at", required_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -308,6 +311,8 @@ cm_train_dialog_main(int argc, char **argv)
         case 'r': o.resume = 1; break;
         case 'L': bad |= cm_arg_int(me, "log-every", optarg, 1, 100000000,
                                     &o.log_every); break;
+        case 'S': bad |= cm_arg_int(me, "stop-at", optarg, 1, 100000000,
+                                    &o.stop_at); break;
         case 'h': fputs(cm_train_dialog_usage, stdout); return 0;
         default:  fputs(cm_train_dialog_usage, stderr); return 2;
         }
@@ -477,7 +482,7 @@ cm_train_dialog_main(int argc, char **argv)
         }
         train_secs = cm_secs(t0);
         if ((o.val_every > 0 && (step + 1) % o.val_every == 0)
-            || step + 1 == o.steps
+            || step + 1 == o.steps || step + 1 == o.stop_at
             || (o.minutes > 0 && train_secs >= o.minutes * 60.0))
         {
             uint64_t te = cm_now_mono_ns();
@@ -507,6 +512,11 @@ cm_train_dialog_main(int argc, char **argv)
             if (o.minutes > 0 && train_secs >= o.minutes * 60.0) {
                 step++;
                 cm_info("%s: --minutes %.1f reached", me, (double) o.minutes);
+                break;
+            }
+            if (step + 1 == o.stop_at) {
+                step++;
+                cm_info("%s: stopped at step %d (--stop-at)", me, step);
                 break;
             }
         }
