@@ -280,7 +280,8 @@ failed:
         free(mv.v[i].title);
     }
     free(mv.v);
-    snprintf(mm->status, sizeof(mm->status), "recsys load failed: %s", err);
+    snprintf(mm->status, sizeof(mm->status), "recsys load failed: %.100s",
+             err);
     cm_error("infer: %s%s", mm->status,
              mm->rs != NULL ? " (previous version keeps serving)" : "");
     return rc;
