@@ -244,6 +244,20 @@ ngx_int_t ngx_http_cinematch_infer_ready(ngx_http_request_t *r,
 
 #endif
 
+#if (NGX_HTTP_CINEMATCH_INFER)
+
+/* ngx_http_cinematch_api_recsys.c: recommendations via the daemon */
+ngx_int_t ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_similar_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
 #if (NGX_HTTP_CINEMATCH_ECHO)
 
 /* ngx_http_cinematch_api_echo.c: internal echo endpoints (cinematch_echo) */
