@@ -214,6 +214,14 @@ ngx_int_t ngx_http_cinematch_redis_command(ngx_http_request_t *r,
 ngx_uint_t ngx_http_cinematch_redis_connected(void);
 
 
+/* ngx_http_cinematch_api_movies.c */
+
+ngx_int_t ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_movie_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+
 /* ngx_http_cinematch_api_ops.c */
 
 ngx_int_t ngx_http_cinematch_health_handler(ngx_http_request_t *r,

@@ -48,6 +48,14 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     { NGX_HTTP_GET, ngx_string("/metrics"),
       ngx_http_cinematch_metrics_handler, 0 },
 
+    /* the catalogue, from PostgreSQL */
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/movies"),
+      ngx_http_cinematch_movies_handler, 0 },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/movies/{id}"),
+      ngx_http_cinematch_movie_handler, 0 },
+
 #if (NGX_HTTP_CINEMATCH_INFER)
     /* recommendations, answered by the inference daemon */
 
