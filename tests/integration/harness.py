@@ -29,7 +29,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = ROOT / "build" / "ngx_http_cinematch_module.so"
+# CINEMATCH_NGX_MODULE picks another build of the module (e.g. one built
+# with -fsanitize=address); CINEMATCH_NGX_PRELOAD is then put in nginx's
+# LD_PRELOAD (libasan must come first in an uninstrumented nginx).
+MODULE = Path(os.environ.get("CINEMATCH_NGX_MODULE",
+                             ROOT / "build" / "ngx_http_cinematch_module.so"))
+NGX_PRELOAD = os.environ.get("CINEMATCH_NGX_PRELOAD", "")
 PG_BIN = Path(os.environ.get("CINEMATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -286,15 +291,18 @@ class Nginx:
         for d in ("logs", "tmp"):
             (self.prefix / d).mkdir(parents=True, exist_ok=True)
         self.write_conf()
+        env = dict(os.environ)
+        if NGX_PRELOAD:
+            env["LD_PRELOAD"] = NGX_PRELOAD
         check = subprocess.run(["nginx", "-t", "-p", str(self.prefix), "-c",
                                 str(self.conf_path)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True, env=env)
         if check.returncode != 0:
             raise HarnessError(f"nginx -t failed:\n{check.stdout}")
         out = open(self.prefix / "logs" / "stderr.log", "ab")
         self.proc = subprocess.Popen(
             ["nginx", "-p", str(self.prefix), "-c", str(self.conf_path)],
-            stdout=out, stderr=subprocess.STDOUT)
+            stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
         wait_for(lambda: self._alive() and self.request("GET", "/health")[0] == 200,
                  timeout=15, what=f"nginx on {self.port}")
