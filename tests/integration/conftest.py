@@ -50,5 +50,6 @@ def nginx(request, workdir, backends):
         yield ngx
     finally:
         ngx.stop()
+    assert ngx.graceful, "nginx did not stop on SIGQUIT within 15 s"
     problems = ngx.log_problems()
     assert not problems, "nginx logged alerts:\n" + "\n".join(problems)

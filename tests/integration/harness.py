@@ -260,6 +260,7 @@ class Nginx:
             user = "root root"
         self.user = user
         self.proc = None
+        self.graceful = None
 
     @property
     def conf_path(self):
@@ -313,14 +314,22 @@ class Nginx:
                                + self.log_tail())
         return True
 
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        return {int(p) for p in out.split()}
+
     def stop(self):
+        """Graceful stop (SIGQUIT); self.graceful says whether it was enough."""
         if self.proc is None:
             return
+        self.graceful = True
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                self.graceful = False
                 self.proc.terminate()
                 try:
                     self.proc.wait(timeout=5)

@@ -337,3 +337,22 @@ def test_clients_that_go_away_release_their_queued_queries(nginx):
            frozenset({("route", "/internal/pg/sleep/{ms}"), ("method", "GET"),
                       ("status", "499")}))
     assert samples.get(key, 0) >= 20
+
+
+# ---- reload ----
+
+def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
+    key = ("cinematch_http_requests_total",
+           frozenset({("route", "/health"), ("method", "GET"), ("status", "200")}))
+    nginx.request("GET", "/health")
+    before = metric_samples(nginx.request("GET", "/metrics")[2].decode())[key]
+    old = nginx.worker_pids()
+    nginx.reload()
+    # old workers exit although they hold PostgreSQL and Redis connections
+    wait_for(lambda: len(nginx.worker_pids() - old) == 2
+             and not (nginx.worker_pids() & old),
+             timeout=10, what="new workers and the old ones gone")
+    after = metric_samples(nginx.request("GET", "/metrics")[2].decode())[key]
+    assert after >= before
+    wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=10,
+             what="/ready 200 from the new workers")
