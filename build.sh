@@ -143,7 +143,7 @@ cmd_fuzz() {
         [ -x "$f" ] || continue
         log "fuzzing $(basename "$f") for ${FUZZ_SECONDS:-30}s"
         mkdir -p "build/fuzz/corpus-$(basename "$f")"
-        "$f" -max_total_time="${FUZZ_SECONDS:-30}" "build/fuzz/corpus-$(basename "$f")" \
+        "$f" -max_total_time="${FUZZ_SECONDS:-30}" -max_len=65536 "build/fuzz/corpus-$(basename "$f")" \
             tests/fuzz/corpus/"$(basename "$f" | sed 's/^fuzz_//')" 2>&1 | tail -3
     done
 }

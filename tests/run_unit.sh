@@ -3,6 +3,7 @@
 # closing line "N passed, N failed" (cmocka's own per-binary lines come first).
 set -u
 B=${1:-build}
+export CM_BUILD_DIR="$B"   # tests that spawn the daemon find build/cinematch here
 pass=0; fail=0; failed=()
 for t in "$B"/tests/test_*; do
     [ -x "$t" ] || continue

@@ -1,0 +1,288 @@
+/*
+ * test_infer_daemon.c: the real `cinematch infer` binary driven through
+ * its segment and doorbell socket, the way an nginx worker does it.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "cinematch/common.h"
+#include "cinematch/ipc.h"
+
+typedef struct {
+    pid_t          pid;
+    int            fd;
+    cm_ipc_seg_t   seg;
+    char           shm[64];
+    char           sock[108];
+} cm_daemon_t;
+
+static cm_daemon_t D;
+
+
+static int
+daemon_connect(void)
+{
+    struct sockaddr_un  sa;
+    int                 fd;
+
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    strcpy(sa.sun_path, D.sock);
+    if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+
+static int
+daemon_start(void **state)
+{
+    const char  *b = getenv("CM_BUILD_DIR");
+    char         bin[256], err[256];
+    int          i;
+
+    snprintf(bin, sizeof(bin), "%s/cinematch", b != NULL ? b : "build");
+    snprintf(D.shm, sizeof(D.shm), "/cm-test-infer-%d", (int) getpid());
+    snprintf(D.sock, sizeof(D.sock), "/tmp/cm-test-infer-%d.sock",
+             (int) getpid());
+    D.pid = fork();
+    if (D.pid == 0) {
+        execl(bin, bin, "infer", "--shm", D.shm, "--socket", D.sock,
+              "--slots", "8", "--ring-kb", "1", "--log-level", "warn",
+              (char *) NULL);
+        _exit(127);
+    }
+    for (i = 0; i < 200; i++) {
+        if (access(D.sock, F_OK) == 0
+            && cm_ipc_attach(&D.seg, D.shm, err, sizeof(err)) == CM_OK)
+        {
+            D.fd = daemon_connect();
+            if (D.fd >= 0) {
+                return 0;
+            }
+            cm_ipc_detach(&D.seg);
+        }
+        usleep(10000);
+    }
+    fprintf(stderr, "daemon did not come up (%s)\n", bin);
+    return -1;
+}
+
+
+static int
+daemon_stop(void **state)
+{
+    int st;
+
+    close(D.fd);
+    cm_ipc_detach(&D.seg);
+    /* Regression: SIGTERM once killed the daemon outright when it landed
+     * on an OpenBLAS pool thread (signalfd + blocked mask in main only);
+     * a clean drain must exit 0. */
+    kill(D.pid, SIGTERM);
+    waitpid(D.pid, &st, 0);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+
+static void
+bell(uint32_t op, uint32_t slot)
+{
+    cm_ipc_msg_t m = { op, slot };
+
+    assert_int_equal(write(D.fd, &m, sizeof(m)), sizeof(m));
+}
+
+
+/* Wait for READY on `slot`; returns 0 or -1 on timeout. */
+static int
+wait_ready(uint32_t slot, int ms)
+{
+    struct pollfd  p = { D.fd, POLLIN, 0 };
+    cm_ipc_msg_t   m;
+
+    while (poll(&p, 1, ms) == 1) {
+        if (read(D.fd, &m, sizeof(m)) != sizeof(m)) {
+            return -1;
+        }
+        if (m.op == CM_MSG_READY && m.slot == slot) {
+            return 0;
+        }
+    }
+    return -1;
+}
+
+
+static cm_ipc_slot_t *
+submit(uint32_t kind, uint64_t p0, uint64_t p1, const char *payload,
+       uint32_t *slot)
+{
+    uint64_t        params[2] = { p0, p1 };
+    int64_t         i;
+    cm_ipc_slot_t  *s;
+
+    i = cm_ipc_claim(&D.seg, 0, D.seg.hdr->slot_count, NULL,
+                     (uint32_t) getpid());
+    assert_true(i >= 0);
+    s = cm_ipc_slot(&D.seg, (uint32_t) i);
+    assert_int_equal(cm_ipc_submit(&D.seg, s, kind, params, 2, payload,
+                                   strlen(payload)), CM_OK);
+    bell(CM_MSG_SUBMIT, (uint32_t) i);
+    *slot = (uint32_t) i;
+    return s;
+}
+
+
+static void
+test_echo_round_trip_returns_payload(void **state)
+{
+    uint32_t        slot;
+    cm_ipc_slot_t  *s = submit(CM_REQ_ECHO, 0, 0, "hello spine", &slot);
+
+    assert_int_equal(wait_ready(slot, 2000), 0);
+    atomic_store(&s->bell, 0);
+    assert_int_equal(cm_ipc_slot_state(s), CM_SLOT_DONE);
+    assert_int_equal(s->res_len, 11);
+    assert_memory_equal(cm_ipc_slot_res(&D.seg, s), "hello spine", 11);
+    assert_int_equal(cm_ipc_release(s), 0);
+}
+
+
+static void
+test_unknown_kind_ends_in_error_with_reason(void **state)
+{
+    uint32_t        slot;
+    cm_ipc_slot_t  *s = submit(999, 0, 0, "x", &slot);
+
+    assert_int_equal(wait_ready(slot, 2000), 0);
+    assert_int_equal(cm_ipc_slot_state(s), CM_SLOT_ERROR);
+    assert_int_equal(s->status, CM_EINVAL);
+    assert_non_null(memmem(cm_ipc_slot_res(&D.seg, s), s->res_len,
+                           "unknown", 7));
+    cm_ipc_release(s);
+}
+
+
+static void
+test_stream_delivers_every_chunk_through_small_ring(void **state)
+{
+    uint32_t        slot;
+    char            buf[64];
+    int64_t         n;
+    int             got = 0, polls = 0;
+    cm_ipc_slot_t  *s = submit(CM_REQ_ECHO_STREAM, 500, 0, "chunk-of-text",
+                               &slot);
+
+    /* 500 × 17 bytes through a 1 KiB ring: the daemon must pause, not drop */
+    while (polls++ < 5000) {
+        atomic_store(&s->bell, 0);
+        atomic_thread_fence(memory_order_seq_cst);
+        while ((n = cm_ipc_ring_get(&D.seg, s, buf, sizeof(buf))) > 0) {
+            assert_int_equal(n, 13);
+            assert_memory_equal(buf, "chunk-of-text", 13);
+            got++;
+        }
+        assert_int_equal(n, CM_EAGAIN);
+        if (cm_ipc_slot_state(s) == CM_SLOT_DONE
+            && cm_ipc_ring_get(&D.seg, s, buf, sizeof(buf)) == CM_EAGAIN)
+        {
+            break;
+        }
+        (void) wait_ready(slot, 100);
+    }
+    assert_int_equal(got, 500);
+    cm_ipc_release(s);
+}
+
+
+static void
+test_cancel_stops_stream_and_frees_slot(void **state)
+{
+    uint32_t        slot;
+    int             i;
+    cm_ipc_slot_t  *s = submit(CM_REQ_ECHO_STREAM, 10000, 10000, "tick",
+                               &slot);
+
+    assert_int_equal(wait_ready(slot, 2000), 0);   /* first chunk */
+    assert_int_equal(cm_ipc_slot_state(s), CM_SLOT_RUNNING);
+    assert_int_equal(cm_ipc_release(s), 1);         /* → CANCELLED */
+    bell(CM_MSG_CANCEL, slot);
+    for (i = 0; i < 200 && cm_ipc_slot_state(s) != CM_SLOT_FREE; i++) {
+        usleep(5000);
+    }
+    assert_int_equal(cm_ipc_slot_state(s), CM_SLOT_FREE);
+    assert_int_equal(atomic_load(&D.seg.hdr->queue_depth), 0);
+}
+
+
+static void
+test_out_of_range_parameters_are_rejected(void **state)
+{
+    uint32_t        slot;
+    cm_ipc_slot_t  *s = submit(CM_REQ_ECHO_STREAM, 0, 0, "x", &slot);
+
+    assert_int_equal(wait_ready(slot, 2000), 0);
+    assert_int_equal(cm_ipc_slot_state(s), CM_SLOT_ERROR);
+    cm_ipc_release(s);
+}
+
+
+static void
+test_garbage_doorbells_do_not_hurt_the_daemon(void **state)
+{
+    uint32_t        slot;
+    cm_ipc_slot_t  *s;
+
+    bell(CM_MSG_SUBMIT, 1000000);   /* slot out of range */
+    bell(77, 0);                    /* unknown op */
+    bell(CM_MSG_CANCEL, 3);         /* cancel of an idle slot */
+    s = submit(CM_REQ_ECHO, 0, 0, "still alive", &slot);
+    assert_int_equal(wait_ready(slot, 2000), 0);
+    assert_int_equal(cm_ipc_slot_state(s), CM_SLOT_DONE);
+    cm_ipc_release(s);
+}
+
+
+static void
+test_heartbeat_advances_and_header_reports_ready(void **state)
+{
+    uint64_t h0 = atomic_load(&D.seg.hdr->heartbeat_ns);
+
+    usleep(150000);
+    assert_true(atomic_load(&D.seg.hdr->heartbeat_ns) > h0);
+    assert_int_equal(atomic_load(&D.seg.hdr->ready), 1);
+    assert_int_equal(D.seg.hdr->daemon_pid, D.pid);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_echo_round_trip_returns_payload),
+        cmocka_unit_test(test_unknown_kind_ends_in_error_with_reason),
+        cmocka_unit_test(test_stream_delivers_every_chunk_through_small_ring),
+        cmocka_unit_test(test_cancel_stops_stream_and_frees_slot),
+        cmocka_unit_test(test_out_of_range_parameters_are_rejected),
+        cmocka_unit_test(test_garbage_doorbells_do_not_hurt_the_daemon),
+        cmocka_unit_test(test_heartbeat_advances_and_header_reports_ready),
+    };
+
+    return cmocka_run_group_tests_name("infer_daemon", tests, daemon_start,
+                                       daemon_stop);
+}

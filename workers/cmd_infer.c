@@ -1,0 +1,843 @@
+/*
+ * cmd_infer.c: `cinematch infer`, the inference daemon.
+ *
+ * One thread runs an epoll loop over: the listening unix socket, one
+ * doorbell connection per nginx worker, a signalfd, and a tick timeout.
+ * Requests arrive as SUBMIT doorbells naming a slot of our shm segment;
+ * each becomes a job.  Whole-answer kinds finish inside the loop; streaming
+ * kinds are stepped by the scheduler tick, which is where batched work
+ * (recommendation SGEMMs, LM decode steps) runs: one step serves every
+ * active job, and a job that joined since the last tick joins this one.
+ *
+ * Why one thread: the doorbells and the scheduler share one view of the
+ * jobs without locks, and batching wants every runnable job in one place.
+ * Heavy kernels inside a step use BLAS threads of their own.
+ *
+ * The heartbeat in the header is refreshed every loop turn (the loop wakes
+ * at least every CM_INFER_TICK_MAX_MS), so a wedged loop shows up in nginx
+ * as a stale heartbeat, not as a hang.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "cinematch/common.h"
+#include "cinematch/ipc.h"
+#include "cmd.h"
+
+#define CM_INFER_MAX_CONNS     1024
+#define CM_INFER_TICK_MAX_MS   50      /* heartbeat ≥ 20 Hz */
+#define CM_INFER_OUTBUF        4096    /* queued doorbells per connection */
+#define CM_INFER_SWEEP_NS      (1000ull * 1000000ull)
+
+
+typedef struct {
+    int       fd;                       /* -1 when unused */
+    uint8_t   out[CM_INFER_OUTBUF];     /* doorbells the socket refused */
+    size_t    out_len;
+    int       want_out;                 /* EPOLLOUT armed */
+} cm_infer_conn_t;
+
+typedef struct {
+    int              active;            /* stepped by the scheduler */
+    int              conn;              /* index into conns, -1 if gone */
+    cm_ipc_slot_t   *s;
+    uint32_t         kind;
+    uint64_t         next_ns;           /* ECHO_STREAM: next chunk due */
+    uint64_t         remaining;         /* ECHO_STREAM: chunks left */
+    uint64_t         delay_ns;
+} cm_infer_job_t;
+
+typedef struct {
+    cm_ipc_seg_t      seg;
+    int               epfd;
+    int               lfd;
+    int               sfd;              /* read end of the signal pipe */
+    char              sock_path[108];
+    char              pidfile[256];
+    cm_infer_conn_t   conns[CM_INFER_MAX_CONNS];
+    cm_infer_job_t   *jobs;             /* one per slot */
+    uint32_t          nactive;
+    int               draining;
+    uint64_t          drain_deadline_ns;
+    uint64_t          drain_timeout_ns;
+    uint64_t          last_sweep_ns;
+} cm_infer_t;
+
+
+static int cm_infer_main(int argc, char **argv);
+
+/* Signals go through a self-pipe rather than a signalfd: OpenBLAS starts
+ * its thread pool before main(), and a process-directed signal may land on
+ * any thread that does not block it, so blocking it in main is not enough. */
+static int cm_infer_sigpipe[2] = { -1, -1 };
+
+CM_COMMAND("infer", "inference daemon: serves nginx through shared memory",
+           cm_infer_main);
+
+
+/* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. */
+static void
+cm_sd_notify(const char *state)
+{
+    const char          *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un   sa;
+    int                  fd;
+    size_t               len;
+
+    if (path == NULL || (path[0] != '/' && path[0] != '@')
+        || strlen(path) >= sizeof(sa.sun_path))
+    {
+        return;
+    }
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    len = strlen(path);
+    memcpy(sa.sun_path, path, len);
+    if (sa.sun_path[0] == '@') {
+        sa.sun_path[0] = '\0';   /* abstract namespace */
+    }
+    (void) sendto(fd, state, strlen(state), MSG_NOSIGNAL,
+                  (struct sockaddr *) &sa,
+                  (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len));
+    close(fd);
+}
+
+
+static void
+cm_infer_epoll(cm_infer_t *d, int op, int fd, uint32_t events, uint64_t tag)
+{
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.events = events;
+    ev.data.u64 = tag;
+    if (epoll_ctl(d->epfd, op, fd, &ev) != 0 && op != EPOLL_CTL_DEL) {
+        cm_error("epoll_ctl(%d): %s", fd, strerror(errno));
+    }
+}
+
+
+static void
+cm_infer_on_signal(int signo)
+{
+    unsigned char  b = (unsigned char) signo;
+    int            saved = errno;
+
+    if (write(cm_infer_sigpipe[1], &b, 1) < 0) {
+        /* pipe full: a signal is already pending */
+    }
+    errno = saved;
+}
+
+
+/* Tags: 0 = listener, 1 = signals, 2 + i = connection i. */
+#define CM_TAG_LISTEN  0
+#define CM_TAG_SIGNAL  1
+#define CM_TAG_CONN    2
+
+
+static void
+cm_infer_conn_flush(cm_infer_t *d, int ci)
+{
+    cm_infer_conn_t  *c = &d->conns[ci];
+    ssize_t           n;
+
+    while (c->out_len > 0) {
+        n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                break;
+            }
+            return;   /* the read side will see the close */
+        }
+        memmove(c->out, c->out + n, c->out_len - (size_t) n);
+        c->out_len -= (size_t) n;
+    }
+    if ((c->out_len > 0) != c->want_out) {
+        c->want_out = c->out_len > 0;
+        cm_infer_epoll(d, EPOLL_CTL_MOD, c->fd,
+                       EPOLLIN | (c->want_out ? EPOLLOUT : 0),
+                       CM_TAG_CONN + (uint64_t) ci);
+    }
+}
+
+
+static void
+cm_infer_send(cm_infer_t *d, int ci, uint32_t op, uint32_t slot)
+{
+    cm_infer_conn_t  *c;
+    cm_ipc_msg_t      m = { op, slot };
+
+    if (ci < 0 || d->conns[ci].fd < 0) {
+        return;
+    }
+    c = &d->conns[ci];
+    if (c->out_len + sizeof(m) > sizeof(c->out)) {
+        /* 512 doorbells behind: the worker is not reading; it will still
+         * find the final state when it next looks at the slot */
+        cm_warn("doorbell queue full on connection %d, dropping READY", ci);
+        return;
+    }
+    memcpy(c->out + c->out_len, &m, sizeof(m));
+    c->out_len += sizeof(m);
+    cm_infer_conn_flush(d, ci);
+}
+
+
+/* Ring READY at most once until nginx clears the bell (see ipc.h). */
+static void
+cm_infer_ready(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
+{
+    if (atomic_exchange(&j->s->bell, 1) == 0) {
+        cm_infer_send(d, j->conn, CM_MSG_READY, slot);
+    }
+}
+
+
+static void
+cm_infer_set_result(cm_infer_t *d, cm_ipc_slot_t *s, const void *p,
+                    size_t len)
+{
+    if (len > d->seg.hdr->res_cap) {
+        len = d->seg.hdr->res_cap;
+    }
+    memcpy(cm_ipc_slot_res(&d->seg, s), p, len);
+    s->res_len = (uint32_t) len;
+}
+
+
+static void
+cm_infer_fail(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot, int code,
+              const char *msg)
+{
+    cm_infer_set_result(d, j->s, msg, strlen(msg));
+    if (cm_ipc_finish(j->s, code) == CM_OK) {
+        cm_infer_ready(d, j, slot);
+    }
+}
+
+
+static void
+cm_infer_job_end(cm_infer_t *d, cm_infer_job_t *j)
+{
+    if (j->active) {
+        j->active = 0;
+        d->nactive--;
+        atomic_fetch_sub(&d->seg.hdr->queue_depth, 1);
+    }
+    atomic_fetch_add(&d->seg.hdr->requests_total, 1);
+}
+
+
+static void
+cm_infer_submit(cm_infer_t *d, int ci, uint32_t slot)
+{
+    cm_ipc_slot_t   *s;
+    cm_infer_job_t  *j;
+    uint32_t         kind, len;
+
+    if (slot >= d->seg.hdr->slot_count) {
+        cm_warn("SUBMIT for slot %u out of range, ignored", slot);
+        return;
+    }
+    s = cm_ipc_slot(&d->seg, slot);
+    if (!cm_ipc_slot_cas(s, CM_SLOT_SUBMITTED, CM_SLOT_RUNNING)) {
+        /* nginx took it back before we got here: nothing to do */
+        return;
+    }
+    j = &d->jobs[slot];
+    memset(j, 0, sizeof(*j));
+    j->s = s;
+    j->conn = ci;
+    /* read once: nginx could scribble on the slot while we look */
+    kind = s->kind;
+    len = s->req_len;
+    j->kind = kind;
+
+    if (d->draining) {
+        cm_infer_fail(d, j, slot, CM_EAGAIN, "inference daemon is draining");
+        cm_infer_job_end(d, j);
+        return;
+    }
+    if (len > d->seg.hdr->req_cap) {
+        cm_infer_fail(d, j, slot, CM_EINVAL, "request payload too large");
+        cm_infer_job_end(d, j);
+        return;
+    }
+
+    switch (kind) {
+
+    case CM_REQ_ECHO:
+        if (len > d->seg.hdr->res_cap) {
+            cm_infer_fail(d, j, slot, CM_EINVAL, "echo payload too large");
+            break;
+        }
+        cm_infer_set_result(d, s, cm_ipc_slot_req(&d->seg, s), len);
+        if (cm_ipc_finish(s, 0) == CM_OK) {
+            cm_infer_ready(d, j, slot);
+        }
+        break;
+
+    case CM_REQ_ECHO_STREAM:
+        if (s->params[0] < 1 || s->params[0] > 10000
+            || s->params[1] > 10ull * 1000000ull
+            || (uint64_t) len + 4 > d->seg.hdr->ring_cap)
+        {
+            cm_infer_fail(d, j, slot, CM_EINVAL,
+                          "echo stream parameters out of range");
+            break;
+        }
+        j->remaining = s->params[0];
+        j->delay_ns = s->params[1] * 1000ull;
+        j->next_ns = cm_now_mono_ns();
+        j->active = 1;
+        d->nactive++;
+        atomic_fetch_add(&d->seg.hdr->queue_depth, 1);
+        return;
+
+    default:
+        cm_infer_fail(d, j, slot, CM_EINVAL, "unknown request kind");
+        break;
+    }
+    cm_infer_job_end(d, j);
+}
+
+
+static void
+cm_infer_cancel(cm_infer_t *d, uint32_t slot)
+{
+    cm_infer_job_t *j;
+
+    if (slot >= d->seg.hdr->slot_count) {
+        return;
+    }
+    j = &d->jobs[slot];
+    if (j->active && cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+        (void) cm_ipc_finish(j->s, CM_ECANCELED);   /* frees the slot */
+        cm_infer_job_end(d, j);
+        cm_debug("slot %u cancelled", slot);
+    }
+}
+
+
+/* The scheduler step: advance every active job; returns the ms until the
+ * next job is due (or CM_INFER_TICK_MAX_MS). */
+static int
+cm_infer_step(cm_infer_t *d)
+{
+    uint32_t         i;
+    uint64_t         now = cm_now_mono_ns(), wait_ns = CM_INFER_TICK_MAX_MS
+                                                        * 1000000ull;
+    cm_infer_job_t  *j;
+    int              rc;
+
+    for (i = 0; i < d->seg.hdr->slot_count && d->nactive > 0; i++) {
+        j = &d->jobs[i];
+        if (!j->active) {
+            continue;
+        }
+        if (cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+            cm_infer_cancel(d, i);   /* its doorbell may still be coming */
+            continue;
+        }
+        while (j->remaining > 0 && j->next_ns <= now) {
+            rc = cm_ipc_ring_put(&d->seg, j->s, cm_ipc_slot_req(&d->seg, j->s),
+                                 j->s->req_len);
+            if (rc == CM_EAGAIN) {
+                /* nginx has not drained the ring: pause, retry soon */
+                cm_infer_ready(d, j, i);
+                if (wait_ns > 1000000ull) {
+                    wait_ns = 1000000ull;
+                }
+                break;
+            }
+            j->remaining--;
+            j->next_ns = j->delay_ns > 0 ? now + j->delay_ns : now;
+            cm_infer_ready(d, j, i);
+            if (j->delay_ns > 0) {
+                break;
+            }
+        }
+        if (j->remaining == 0) {
+            if (cm_ipc_finish(j->s, 0) == CM_OK) {
+                cm_infer_ready(d, j, i);
+            }
+            cm_infer_job_end(d, j);
+        } else if (j->next_ns > now && j->next_ns - now < wait_ns) {
+            wait_ns = j->next_ns - now;
+        }
+    }
+    return (int) ((wait_ns + 999999ull) / 1000000ull);
+}
+
+
+/* Slots whose nginx worker died are returned to the pool. */
+static void
+cm_infer_sweep(cm_infer_t *d)
+{
+    uint32_t         i, st;
+    cm_ipc_slot_t   *s;
+
+    for (i = 0; i < d->seg.hdr->slot_count; i++) {
+        s = cm_ipc_slot(&d->seg, i);
+        st = cm_ipc_slot_state(s);
+        if (st == CM_SLOT_FREE || s->owner_pid == 0
+            || kill((pid_t) s->owner_pid, 0) == 0 || errno != ESRCH)
+        {
+            continue;
+        }
+        if (d->jobs[i].active) {
+            cm_infer_job_end(d, &d->jobs[i]);
+        }
+        if (cm_ipc_slot_cas(s, st, CM_SLOT_FREE)) {
+            cm_warn("slot %u reclaimed from dead worker %u (was %s)", i,
+                    s->owner_pid, cm_slot_state_name(st));
+        }
+    }
+}
+
+
+static void
+cm_infer_conn_close(cm_infer_t *d, int ci)
+{
+    uint32_t i;
+
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->conns[ci].fd, NULL);
+    close(d->conns[ci].fd);
+    d->conns[ci].fd = -1;
+    d->conns[ci].out_len = 0;
+    d->conns[ci].want_out = 0;
+    /* nobody will read what those jobs write: stop them now */
+    for (i = 0; i < d->seg.hdr->slot_count; i++) {
+        if (d->jobs[i].conn == ci) {
+            d->jobs[i].conn = -1;
+            if (d->jobs[i].active) {
+                (void) cm_ipc_release(d->jobs[i].s);   /* → CANCELLED */
+                cm_infer_cancel(d, i);
+            }
+        }
+    }
+    cm_debug("connection %d closed", ci);
+}
+
+
+static void
+cm_infer_conn_read(cm_infer_t *d, int ci)
+{
+    cm_ipc_msg_t  msgs[64];
+    ssize_t       n;
+    size_t        k;
+
+    for ( ;; ) {
+        n = recv(d->conns[ci].fd, msgs, sizeof(msgs), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            cm_infer_conn_close(d, ci);
+            return;
+        }
+        if (n < 0) {
+            return;
+        }
+        if (n % (ssize_t) sizeof(cm_ipc_msg_t) != 0) {
+            /* doorbells are 8 bytes and nginx writes them whole; a torn
+             * one means a confused peer: drop it */
+            cm_warn("connection %d sent a partial doorbell, closing", ci);
+            cm_infer_conn_close(d, ci);
+            return;
+        }
+        for (k = 0; k < (size_t) n / sizeof(cm_ipc_msg_t); k++) {
+            switch (msgs[k].op) {
+            case CM_MSG_SUBMIT:
+                cm_infer_submit(d, ci, msgs[k].slot);
+                break;
+            case CM_MSG_CANCEL:
+                cm_infer_cancel(d, msgs[k].slot);
+                break;
+            default:
+                cm_warn("connection %d: unknown doorbell op %u", ci,
+                        msgs[k].op);
+            }
+        }
+    }
+}
+
+
+static void
+cm_infer_accept(cm_infer_t *d)
+{
+    int fd, ci;
+
+    for ( ;; ) {
+        fd = accept4(d->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            return;
+        }
+        for (ci = 0; ci < CM_INFER_MAX_CONNS; ci++) {
+            if (d->conns[ci].fd < 0) {
+                break;
+            }
+        }
+        if (ci == CM_INFER_MAX_CONNS) {
+            cm_warn("too many connections, refusing one");
+            close(fd);
+            continue;
+        }
+        d->conns[ci].fd = fd;
+        d->conns[ci].out_len = 0;
+        d->conns[ci].want_out = 0;
+        cm_infer_epoll(d, EPOLL_CTL_ADD, fd, EPOLLIN,
+                       CM_TAG_CONN + (uint64_t) ci);
+        cm_debug("connection %d accepted", ci);
+    }
+}
+
+
+static int
+cm_infer_listen(cm_infer_t *d, const char *path, gid_t gid, char *err,
+                size_t errlen)
+{
+    struct sockaddr_un sa;
+
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        return cm_seterr(err, errlen, CM_EINVAL, "socket path too long: %s",
+                         path);
+    }
+    d->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (d->lfd < 0) {
+        return cm_seterr(err, errlen, CM_EIO, "socket: %s", strerror(errno));
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path));
+    (void) unlink(path);   /* a stale socket from a previous run */
+    if (bind(d->lfd, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
+        return cm_seterr(err, errlen, CM_EIO, "bind(%s): %s", path,
+                         strerror(errno));
+    }
+    snprintf(d->sock_path, sizeof(d->sock_path), "%s", path);
+    if (chmod(path, 0660) != 0
+        || (gid != (gid_t) -1 && chown(path, (uid_t) -1, gid) != 0))
+    {
+        return cm_seterr(err, errlen, CM_EIO, "chmod/chown(%s): %s", path,
+                         strerror(errno));
+    }
+    if (listen(d->lfd, 128) != 0) {
+        return cm_seterr(err, errlen, CM_EIO, "listen: %s", strerror(errno));
+    }
+    return CM_OK;
+}
+
+
+static void
+cm_infer_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: cinematch infer [options]\n\n"
+        "Runs the inference daemon: creates the shared-memory segment and the\n"
+        "doorbell socket that nginx workers connect to, and serves requests.\n\n"
+        "options:\n"
+        "  --id ID               daemon id (default 0)\n"
+        "  --socket PATH         unix socket (default $CINEMATCH_RUN_DIR or\n"
+        "                        /run/cinematch, /cinematch-infer-ID.sock)\n"
+        "  --shm NAME            shm segment (default /cinematch-infer-ID)\n"
+        "  --slots N             request slots (default %d, max %d)\n"
+        "  --ring-kb N           stream ring per slot in KiB (default %d)\n"
+        "  --group NAME          group owning socket and segment (mode 0660)\n"
+        "  --pidfile FILE        write the pid here\n"
+        "  --drain-timeout SEC   on SIGTERM wait this long for work (default 10)\n"
+        "  --log-level LEVEL     debug|info|warn|error\n\n"
+        "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
+        CM_IPC_DEFAULT_SLOTS, CM_IPC_MAX_SLOTS, CM_IPC_DEFAULT_RING_CAP / 1024);
+}
+
+
+static int
+cm_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char           *end;
+    unsigned long   v;
+
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
+        return CM_EINVAL;
+    }
+    *out = (uint32_t) v;
+    return CM_OK;
+}
+
+
+static int
+cm_infer_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "id", required_argument, NULL, 'i' },
+        { "socket", required_argument, NULL, 's' },
+        { "shm", required_argument, NULL, 'm' },
+        { "slots", required_argument, NULL, 'n' },
+        { "ring-kb", required_argument, NULL, 'r' },
+        { "group", required_argument, NULL, 'g' },
+        { "pidfile", required_argument, NULL, 'p' },
+        { "drain-timeout", required_argument, NULL, 'd' },
+        { "log-level", required_argument, NULL, 'l' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    static cm_infer_t    d;
+    cm_ipc_config_t      cfg = { CM_IPC_DEFAULT_SLOTS, CM_IPC_DEFAULT_REQ_CAP,
+                                 CM_IPC_DEFAULT_RES_CAP,
+                                 CM_IPC_DEFAULT_RING_CAP };
+    const char          *id = "0", *sock = NULL, *shm = NULL, *group = NULL;
+    const char          *rundir;
+    char                 shm_buf[64], sock_buf[108], err[256], path[128];
+    uint32_t             ring_kb = CM_IPC_DEFAULT_RING_CAP / 1024, drain = 10;
+    gid_t                gid = (gid_t) -1;
+    struct group        *gr;
+    struct sigaction     sa;
+    unsigned char        sigs[16];
+    ssize_t              ns;
+    struct epoll_event   evs[64];
+    int                  c, i, n, timeout, rc = 0;
+    FILE                *pf;
+
+    memset(&d, 0, sizeof(d));
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i': id = optarg; break;
+        case 's': sock = optarg; break;
+        case 'm': shm = optarg; break;
+        case 'g': group = optarg; break;
+        case 'p': snprintf(d.pidfile, sizeof(d.pidfile), "%s", optarg); break;
+        case 'n':
+            if (cm_parse_u32(optarg, 1, CM_IPC_MAX_SLOTS, &cfg.slot_count)) {
+                fprintf(stderr, "infer: --slots must be 1..%d\n",
+                        CM_IPC_MAX_SLOTS);
+                return 2;
+            }
+            break;
+        case 'r':
+            if (cm_parse_u32(optarg, 1, 16384, &ring_kb)) {
+                fprintf(stderr, "infer: --ring-kb must be 1..16384\n");
+                return 2;
+            }
+            break;
+        case 'd':
+            if (cm_parse_u32(optarg, 0, 3600, &drain)) {
+                fprintf(stderr, "infer: --drain-timeout must be 0..3600\n");
+                return 2;
+            }
+            break;
+        case 'l':
+            if (cm_log_level_parse(optarg, &cm_log_level) != CM_OK) {
+                fprintf(stderr, "infer: bad --log-level %s\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h':
+            cm_infer_usage(stdout);
+            return 0;
+        default:
+            cm_infer_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "infer: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (strlen(id) == 0 || strlen(id) > 32 || strspn(id,
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+        != strlen(id))
+    {
+        fprintf(stderr, "infer: --id must be 1-32 characters [A-Za-z0-9_-]\n");
+        return 2;
+    }
+    cfg.ring_cap = ring_kb * 1024;
+    d.drain_timeout_ns = (uint64_t) drain * 1000000000ull;
+
+    rundir = getenv("CINEMATCH_RUN_DIR");
+    cm_ipc_default_names(id, shm_buf, sizeof(shm_buf), sock_buf,
+                         sizeof(sock_buf), rundir);
+    if (shm == NULL) {
+        shm = shm_buf;
+    }
+    if (sock == NULL) {
+        sock = sock_buf;
+    }
+    if (group != NULL) {
+        gr = getgrnam(group);
+        if (gr == NULL) {
+            fprintf(stderr, "infer: unknown group '%s'\n", group);
+            return 2;
+        }
+        gid = gr->gr_gid;
+    }
+
+    d.lfd = d.sfd = d.epfd = -1;
+    for (i = 0; i < CM_INFER_MAX_CONNS; i++) {
+        d.conns[i].fd = -1;
+    }
+
+    /* signals arrive through the self-pipe, handled in the loop */
+    if (pipe2(cm_infer_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+        cm_error("infer: pipe: %s", strerror(errno));
+        return 1;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = cm_infer_on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (cm_ipc_create(&d.seg, shm, &cfg, err, sizeof(err)) != CM_OK) {
+        cm_error("infer: %s", err);
+        return 1;
+    }
+    snprintf(path, sizeof(path), "/dev/shm%s", shm);
+    if (gid != (gid_t) -1 && chown(path, (uid_t) -1, gid) != 0) {
+        cm_error("infer: chown(%s): %s", path, strerror(errno));
+        rc = 1;
+        goto done;
+    }
+    d.jobs = calloc(d.seg.hdr->slot_count, sizeof(cm_infer_job_t));
+    if (d.jobs == NULL) {
+        cm_error("infer: out of memory");
+        rc = 1;
+        goto done;
+    }
+    if (cm_infer_listen(&d, sock, gid, err, sizeof(err)) != CM_OK) {
+        cm_error("infer: %s", err);
+        rc = 1;
+        goto done;
+    }
+    d.sfd = cm_infer_sigpipe[0];
+    d.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (d.epfd < 0) {
+        cm_error("infer: epoll: %s", strerror(errno));
+        rc = 1;
+        goto done;
+    }
+    cm_infer_epoll(&d, EPOLL_CTL_ADD, d.lfd, EPOLLIN, CM_TAG_LISTEN);
+    cm_infer_epoll(&d, EPOLL_CTL_ADD, d.sfd, EPOLLIN, CM_TAG_SIGNAL);
+
+    if (d.pidfile[0] != '\0') {
+        pf = fopen(d.pidfile, "w");
+        if (pf == NULL) {
+            cm_error("infer: pidfile %s: %s", d.pidfile, strerror(errno));
+            rc = 1;
+            goto done;
+        }
+        fprintf(pf, "%d\n", (int) getpid());
+        fclose(pf);
+    }
+
+    /* no models to load yet: the request kinds served need none */
+    snprintf(d.seg.hdr->status, sizeof(d.seg.hdr->status), "ok");
+    atomic_store(&d.seg.hdr->ready, 1);
+    cm_info("infer %s ready: shm %s (%u slots × %u bytes), socket %s", id,
+            shm, d.seg.hdr->slot_count, d.seg.hdr->slot_size, sock);
+    cm_sd_notify("READY=1\nSTATUS=serving");
+
+    for ( ;; ) {
+        atomic_store(&d.seg.hdr->heartbeat_ns, cm_now_mono_ns());
+        timeout = d.nactive > 0 ? cm_infer_step(&d) : CM_INFER_TICK_MAX_MS;
+
+        if (d.draining && (d.nactive == 0
+                           || cm_now_mono_ns() > d.drain_deadline_ns))
+        {
+            cm_info("infer: drained (%u still active), exiting", d.nactive);
+            break;
+        }
+        if (cm_now_mono_ns() - d.last_sweep_ns > CM_INFER_SWEEP_NS) {
+            cm_infer_sweep(&d);
+            d.last_sweep_ns = cm_now_mono_ns();
+        }
+
+        n = epoll_wait(d.epfd, evs, CM_ARRAY_SIZE(evs), timeout);
+        if (n < 0 && errno != EINTR) {
+            cm_error("epoll_wait: %s", strerror(errno));
+            rc = 1;
+            break;
+        }
+        for (i = 0; i < n; i++) {
+            uint64_t tag = evs[i].data.u64;
+
+            if (tag == CM_TAG_LISTEN) {
+                if (!d.draining) {
+                    cm_infer_accept(&d);
+                }
+            } else if (tag == CM_TAG_SIGNAL) {
+                ns = read(d.sfd, sigs, sizeof(sigs));
+                for (c = 0; c < (int) ns; c++) {
+                    if (sigs[c] == SIGHUP) {
+                        cm_info("infer: SIGHUP, reloading models");
+                        /* model reload hooks in here with the model kinds */
+                    } else if (!d.draining) {
+                        cm_info("infer: signal %u, draining", sigs[c]);
+                        cm_sd_notify("STOPPING=1");
+                        d.draining = 1;
+                        d.drain_deadline_ns = cm_now_mono_ns()
+                                              + d.drain_timeout_ns;
+                        atomic_store(&d.seg.hdr->ready, 0);
+                        snprintf(d.seg.hdr->status, sizeof(d.seg.hdr->status),
+                                 "draining");
+                    }
+                }
+            } else {
+                int ci = (int) (tag - CM_TAG_CONN);
+
+                if (ci < 0 || ci >= CM_INFER_MAX_CONNS || d.conns[ci].fd < 0) {
+                    continue;
+                }
+                if (evs[i].events & EPOLLOUT) {
+                    cm_infer_conn_flush(&d, ci);
+                }
+                if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                    cm_infer_conn_read(&d, ci);
+                }
+            }
+        }
+    }
+
+done:
+    for (i = 0; i < CM_INFER_MAX_CONNS; i++) {
+        if (d.conns[i].fd >= 0) {
+            close(d.conns[i].fd);
+        }
+    }
+    if (d.lfd >= 0) {
+        close(d.lfd);
+        if (d.sock_path[0] != '\0') {
+            unlink(d.sock_path);
+        }
+    }
+    close(cm_infer_sigpipe[0]);
+    close(cm_infer_sigpipe[1]);
+    if (d.epfd >= 0) {
+        close(d.epfd);
+    }
+    if (d.pidfile[0] != '\0' && rc == 0) {
+        unlink(d.pidfile);
+    }
+    free(d.jobs);
+    cm_ipc_detach(&d.seg);
+    return rc;
+}
