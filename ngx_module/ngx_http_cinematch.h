@@ -37,6 +37,8 @@
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 
+#include "cinematch/common.h"      /* CM_E* codes of libcinematch */
+
 
 #ifndef NGX_HTTP_CINEMATCH_VERSION
 #define NGX_HTTP_CINEMATCH_VERSION  "0.0.0"

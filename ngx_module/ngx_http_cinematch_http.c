@@ -21,6 +21,8 @@
 
 
 static ngx_int_t ngx_http_cinematch_request_id_valid(ngx_str_t *id);
+static ngx_uint_t ngx_http_cinematch_has_header(ngx_http_request_t *r,
+    ngx_str_t *key);
 static void ngx_http_cinematch_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_body_done(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
@@ -272,9 +274,42 @@ ngx_http_cinematch_send_json(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+static ngx_uint_t
+ngx_http_cinematch_has_header(ngx_http_request_t *r, ngx_str_t *key)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != 0
+            && h[i].key.len == key->len
+            && ngx_strncasecmp(h[i].key.data, key->data, key->len) == 0)
+        {
+            return 1;
+        }
+    }
+}
+
+
 /*
  * The error body is written without jansson: it must work when memory is
- * short, and its parts are known.  503 answers carry Retry-After.
+ * short, and its parts are known.  503 answers carry Retry-After (1 s
+ * unless the caller set one).
  */
 
 ngx_int_t
@@ -321,8 +356,11 @@ ngx_http_cinematch_send_error(ngx_http_request_t *r, ngx_uint_t status,
     p = ngx_cpymem(p, id.data, id.len);
     p = ngx_cpymem(p, part4, sizeof(part4) - 1);
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-        ngx_str_set(&key, "Retry-After");
+    ngx_str_set(&key, "Retry-After");
+
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
+        && !ngx_http_cinematch_has_header(r, &key))
+    {
         ngx_str_set(&value, "1");
 
         if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {

@@ -233,6 +233,7 @@ http {{
             cinematch;
 {location_extra}
         }}
+{server_extra}
     }}
 }}
 """
@@ -242,7 +243,7 @@ class Nginx:
     """nginx -p <prefix> with the cinematch module in the foreground."""
 
     def __init__(self, workdir, pg=None, redis=None, port=None, workers=2,
-                 http_extra="", location_extra="", user=None,
+                 http_extra="", location_extra="", server_extra="", user=None,
                  log_level="info", name="nginx", pg_pool=2, pg_timeout="3s"):
         self.prefix = Path(workdir) / name
         self.port = port or free_port()
@@ -251,6 +252,7 @@ class Nginx:
         self.workers = workers
         self.http_extra = http_extra
         self.location_extra = location_extra
+        self.server_extra = server_extra
         self.log_level = log_level
         self.pg_pool = pg_pool
         self.pg_timeout = pg_timeout
@@ -285,7 +287,8 @@ class Nginx:
             log_level=self.log_level, port=self.port,
             backends="\n".join(backends),
             http_extra=_indent(self.http_extra, 4),
-            location_extra=_indent(self.location_extra, 12))
+            location_extra=_indent(self.location_extra, 12),
+            server_extra=_indent(self.server_extra, 8))
         self.conf_path.write_text(conf)
 
     def start(self):
@@ -357,7 +360,8 @@ class Nginx:
     def request(self, method, path, body=None, headers=None, timeout=10,
                 chunked=False):
         """One request on a new connection: (status, headers, body bytes).
-        Header names in the returned dict are lower-case."""
+        Header names in the returned dict are lower-case; repeated headers
+        are joined with ", "."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             if isinstance(body, (dict, list)):
@@ -378,7 +382,11 @@ class Nginx:
                 conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
             data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            headers = {}
+            for k, v in resp.getheaders():
+                k = k.lower()
+                headers[k] = f"{headers[k]}, {v}" if k in headers else v
+            return resp.status, headers, data
         finally:
             conn.close()
 
