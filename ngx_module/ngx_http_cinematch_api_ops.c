@@ -43,20 +43,41 @@ static ngx_int_t ngx_http_cinematch_ready_done(ngx_http_request_t *r,
     ngx_http_cinematch_ready_t *rd);
 
 
+/*
+ * Load balancers and probes call /health often: the answer is printed
+ * into an exact-size buffer, without jansson's allocations.
+ */
+
+#define NGX_HTTP_CINEMATCH_HEALTH                                            \
+    "{\"status\":\"ok\",\"version\":\"" NGX_HTTP_CINEMATCH_VERSION           \
+    "\",\"uptime_seconds\":"
+
 ngx_int_t
 ngx_http_cinematch_health_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
+    u_char                          *p, *body;
+    time_t                           uptime;
+    ngx_str_t                        type;
     ngx_http_cinematch_main_conf_t  *mcf;
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
 
-    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
-               json_pack("{s:s, s:s, s:I}",
-                         "status", "ok",
-                         "version", NGX_HTTP_CINEMATCH_VERSION,
-                         "uptime_seconds",
-                         (json_int_t) (ngx_time() - mcf->start_time)));
+    body = ngx_pnalloc(r->pool, sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1
+                                + NGX_TIME_T_LEN + sizeof("}") - 1);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    uptime = ngx_max(ngx_time() - mcf->start_time, 0);
+
+    p = ngx_cpymem(body, NGX_HTTP_CINEMATCH_HEALTH,
+                   sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1);
+    p = ngx_sprintf(p, "%T}", uptime);
+
+    ngx_str_set(&type, "application/json");
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK, &type, body, p - body);
 }
 
 
