@@ -124,6 +124,9 @@ struct ngx_http_cinematch_ctx_s {
 
     ngx_str_t                       body;         /* contiguous copy */
     json_t                         *json;         /* parsed body, or NULL */
+    off_t                           body_received;
+
+    unsigned                        body_too_large:1;
 
     void                           *data;         /* the handler's state */
 };
@@ -159,6 +162,7 @@ json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_body_size_check(ngx_http_request_t *r);
+ngx_int_t ngx_http_cinematch_body_filter_init(ngx_conf_t *cf);
 void ngx_http_cinematch_wait(ngx_http_request_t *r);
 void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
 

@@ -30,6 +30,11 @@ static ngx_int_t ngx_http_cinematch_json_content_type(ngx_http_request_t *r);
 static u_char *ngx_http_cinematch_json_escape(u_char *dst, u_char *src,
     size_t len);
 static void ngx_http_cinematch_json_cleanup(void *data);
+static ngx_int_t ngx_http_cinematch_request_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
+static ngx_http_request_body_filter_pt  ngx_http_cinematch_next_body_filter;
 
 
 static ngx_str_t  ngx_http_cinematch_request_id_header =
@@ -575,7 +580,7 @@ ngx_http_cinematch_body_done(ngx_http_request_t *r,
 
     /* a chunked body has no Content-Length to check in advance */
 
-    if (size > (off_t) lcf->max_body_size) {
+    if (ctx->body_too_large || size > (off_t) lcf->max_body_size) {
         return ngx_http_cinematch_send_error(r,
                                      NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                      "payload_too_large",
@@ -657,6 +662,86 @@ ngx_http_cinematch_body_done(ngx_http_request_t *r,
     }
 
     return ctx->route->handler(r, ctx);
+}
+
+
+/*
+ * A chunked body has no length to check before reading it, and the core's
+ * client_max_body_size is off in cinematch locations (see the merge): this
+ * request body filter counts the bytes of bodies read for a route, and
+ * once they pass cinematch_max_body_size drops the rest as it arrives
+ * (marked consumed, not passed on, so it is neither buffered nor written
+ * to a temporary file).  Only the final empty buffer goes on, so that
+ * reading completes and the route answers the JSON 413.
+ */
+
+ngx_int_t
+ngx_http_cinematch_body_filter_init(ngx_conf_t *cf)
+{
+    ngx_http_cinematch_next_body_filter = ngx_http_top_request_body_filter;
+    ngx_http_top_request_body_filter = ngx_http_cinematch_request_body_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_request_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_chain_t                    *cl, out;
+    ngx_http_cinematch_ctx_t       *ctx;
+    ngx_http_cinematch_loc_conf_t  *lcf;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_cinematch_module);
+
+    if (ctx == NULL || ctx->route == NULL || in == NULL) {
+        return ngx_http_cinematch_next_body_filter(r, in);
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_module);
+
+    if (!ctx->body_too_large) {
+        for (cl = in; cl; cl = cl->next) {
+            ctx->body_received += ngx_buf_size(cl->buf);
+        }
+
+        if (ctx->body_received <= (off_t) lcf->max_body_size) {
+            return ngx_http_cinematch_next_body_filter(r, in);
+        }
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cinematch: client sent a body of more than %uz bytes",
+                      lcf->max_body_size);
+
+        ctx->body_too_large = 1;
+
+        /*
+         * What was kept so far is dropped too, marked as written the way
+         * ngx_http_write_request_body() does, or a full read buffer would
+         * still be flushed to a temporary file.
+         */
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+            cl->buf->file_pos = cl->buf->file_last;
+        }
+
+        r->request_body->bufs = NULL;
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+
+        if (cl->buf->last_buf) {
+            out.buf = cl->buf;
+            out.next = NULL;
+
+            return ngx_http_cinematch_next_body_filter(r, &out);
+        }
+    }
+
+    return NGX_OK;
 }
 
 

@@ -225,6 +225,10 @@ ngx_http_cinematch_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
+    if (ngx_http_cinematch_body_filter_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);

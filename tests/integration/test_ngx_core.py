@@ -154,6 +154,21 @@ def test_chunked_body_over_the_limit_is_a_413_json_error(nginx):
     assert_error(status, headers, doc, 413, "payload_too_large")
 
 
+def test_large_chunked_body_is_dropped_as_it_arrives(nginx):
+    # 256 KB over a 1 KB limit: more than the read buffer, so nginx would
+    # write it to a temporary file if the module kept it
+    body = b'{"a":"' + b"x" * 256 * 1024 + b'"}'
+    mark = len(nginx.error_log.read_text())
+    status, headers, doc = nginx.json("POST", "/internal/json", body,
+                                      {"Content-Type": "application/json"},
+                                      chunked=True)
+    assert_error(status, headers, doc, 413, "payload_too_large")
+    log = nginx.error_log.read_text()[mark:]
+    assert "buffered to a temporary file" not in log
+    # the connection stays usable for the next request
+    assert nginx.json("GET", "/health")[0] == 200
+
+
 def test_body_at_the_limit_is_accepted(nginx):
     body = b'{"a":"' + b"x" * (1024 - 8) + b'"}'
     assert len(body) == 1024
