@@ -5,6 +5,7 @@ recovery of the PostgreSQL pool and the Redis connection."""
 import re
 import socket
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -371,3 +372,24 @@ def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
     assert after >= before
     wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=10,
              what="/ready 200 from the new workers")
+
+
+def test_hung_redis_times_out_and_the_connection_is_remade(nginx, backends):
+    # SIGSTOP: the socket stays open but nothing answers.  The PING times out
+    # (cinematch_redis_timeout 1s), the connection is dropped and re-made
+    # once Redis answers again.
+    wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=10,
+             what="/ready 200 before the test")
+    backends.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        status, _, doc = nginx.json("GET", "/ready")
+        elapsed = time.monotonic() - t0
+        assert status == 503 and doc["failed"] == ["redis"], doc
+        assert doc["checks"]["redis"]["error"] == "no reply"
+        assert 0.5 < elapsed < 3
+        assert nginx.json("GET", "/health")[0] == 200
+    finally:
+        backends.redis.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=15,
+             what="/ready 200 after Redis resumed")
