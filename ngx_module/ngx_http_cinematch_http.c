@@ -34,6 +34,31 @@ static ngx_int_t ngx_http_cinematch_request_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
 
+typedef struct {
+    ngx_uint_t    status;
+    const char   *code;
+    const char   *message;
+} ngx_http_cinematch_status_t;
+
+
+static ngx_http_cinematch_status_t  ngx_http_cinematch_statuses[] = {
+    { NGX_HTTP_BAD_REQUEST, "invalid_request", "bad request" },
+    { NGX_HTTP_UNAUTHORIZED, "unauthenticated", "authentication required" },
+    { NGX_HTTP_FORBIDDEN, "forbidden", "forbidden" },
+    { NGX_HTTP_NOT_FOUND, "not_found", "not found" },
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
+      "request body is too large" },
+    { NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+      "unsupported media type" },
+    { NGX_HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error" },
+    { NGX_HTTP_NOT_IMPLEMENTED, "not_implemented", "not implemented" },
+    { NGX_HTTP_BAD_GATEWAY, "bad_gateway", "bad gateway" },
+    { NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable", "service unavailable" },
+    { NGX_HTTP_GATEWAY_TIME_OUT, "timeout", "upstream timed out" },
+    { 0, NULL, NULL }
+};
+
+
 static ngx_http_request_body_filter_pt  ngx_http_cinematch_next_body_filter;
 
 
@@ -501,10 +526,56 @@ ngx_http_cinematch_read_body(ngx_http_request_t *r,
                                            ngx_http_cinematch_body_handler);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        return rc;
+        return ngx_http_cinematch_status(r, rc);
     }
 
     return NGX_DONE;
+}
+
+
+/*
+ * A handler may return an HTTP status as nginx handlers do (typically
+ * NGX_HTTP_INTERNAL_SERVER_ERROR when an allocation fails); before nginx
+ * turns it into its HTML page, it becomes the API's JSON error.  Statuses
+ * that mean the connection is going away (408, 444, 499) pass through.
+ * Like nginx, no keep-alive after a 400, 413 or 500: the request body may
+ * not have been read to its end.
+ */
+
+ngx_int_t
+ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_http_cinematch_status_t  *st;
+
+    if (rc < NGX_HTTP_SPECIAL_RESPONSE || r->header_sent
+        || r->connection->error)
+    {
+        return rc;
+    }
+
+    for (st = ngx_http_cinematch_statuses; st->status; st++) {
+        if (st->status == (ngx_uint_t) rc) {
+            break;
+        }
+    }
+
+    if (st->status == 0) {
+        return rc;
+    }
+
+    switch (rc) {
+    case NGX_HTTP_BAD_REQUEST:
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+    case NGX_HTTP_INTERNAL_SERVER_ERROR:
+    case NGX_HTTP_NOT_IMPLEMENTED:
+        r->keepalive = 0;
+        break;
+    default:
+        break;
+    }
+
+    return ngx_http_cinematch_send_error(r, st->status, st->code,
+                                         st->message);
 }
 
 
@@ -546,7 +617,8 @@ ngx_http_cinematch_body_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
 
-    ngx_http_finalize_request(r, ngx_http_cinematch_body_done(r, ctx));
+    ngx_http_finalize_request(r, ngx_http_cinematch_status(r,
+                                       ngx_http_cinematch_body_done(r, ctx)));
 }
 
 
@@ -772,6 +844,6 @@ ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc)
 
     c = r->connection;
 
-    ngx_http_finalize_request(r, rc);
+    ngx_http_finalize_request(r, ngx_http_cinematch_status(r, rc));
     ngx_http_run_posted_requests(c);
 }

@@ -351,7 +351,7 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    return route->handler(r, ctx);
+    return ngx_http_cinematch_status(r, route->handler(r, ctx));
 }
 
 

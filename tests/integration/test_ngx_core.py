@@ -2,6 +2,7 @@
 /health, /ready, /metrics, the uniform JSON errors, X-Request-ID, and the
 recovery of the PostgreSQL pool and the Redis connection."""
 
+import json
 import re
 import socket
 import shutil
@@ -168,6 +169,25 @@ def test_large_chunked_body_is_dropped_as_it_arrives(nginx):
     assert "buffered to a temporary file" not in log
     # the connection stays usable for the next request
     assert nginx.json("GET", "/health")[0] == 200
+
+
+def test_broken_chunked_encoding_is_a_400_json_error(nginx):
+    # nginx's own body reader fails; the answer is still the API's error
+    with socket.create_connection(("127.0.0.1", nginx.port), timeout=5) as s:
+        s.sendall(b"POST /internal/json HTTP/1.1\r\nHost: t\r\n"
+                  b"Content-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\nZZZ\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Content-Type: application/json" in head
+    assert b"Connection: close" in head
+    assert json.loads(body)["error"]["code"] == "invalid_request"
 
 
 def test_body_at_the_limit_is_accepted(nginx):
