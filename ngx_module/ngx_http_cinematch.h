@@ -52,7 +52,7 @@
 /* route flags */
 #define NGX_HTTP_CINEMATCH_ROUTE_BODY      0x0001  /* read the body first */
 #define NGX_HTTP_CINEMATCH_ROUTE_JSON      0x0003  /* ... and parse it */
-#define NGX_HTTP_CINEMATCH_ROUTE_ECHO      0x0004  /* only with cinematch_echo */
+#define NGX_HTTP_CINEMATCH_ROUTE_ECHO      0x0004  /* needs cinematch_echo */
 
 
 /* upstreams counted by cinematch_upstream_errors_total */
@@ -99,7 +99,7 @@ typedef struct {
                                                         unix socket path */
     ngx_msec_t                      redis_timeout;
 
-    ngx_array_t                    *infer;   /* ngx_http_cinematch_infer_conf_t */
+    ngx_array_t                    *infer;  /* of ..._infer_conf_t */
 
     ngx_shm_zone_t                 *metrics_zone;
     ngx_int_t                       request_id_index;

@@ -499,7 +499,8 @@ ngx_http_cinematch_redis_cmd_timeout(ngx_event_t *ev)
     cmd = ev->data;
     rd = ngx_http_cinematch_redis;
 
-    ngx_log_error(NGX_LOG_ERR, ev->log, 0, "cinematch: Redis command timed out");
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                  "cinematch: Redis command timed out");
 
     ngx_http_cinematch_metrics_upstream_error(
                                         NGX_HTTP_CINEMATCH_UPSTREAM_REDIS);
