@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import harness
 from harness import wait_for
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -413,3 +414,23 @@ def test_hung_redis_times_out_and_the_connection_is_remade(nginx, backends):
         backends.redis.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=15,
              what="/ready 200 after Redis resumed")
+
+
+# ---- configuration errors are caught by nginx -t ----
+
+@pytest.mark.parametrize("http_extra, message", [
+    ('cinematch_redis redis.example:6379;', "must be an IP address"),
+    ('cinematch_redis 127.0.0.1:0;', "invalid port"),
+    ('cinematch_redis 127.0.0.1;', "expected host:port or unix:path"),
+    ('cinematch_postgres "host=127.0.0.1 nosuchkey=1";', "invalid PostgreSQL connection string"),
+    ('cinematch_postgres_pool 0;', "must be between 1 and 64"),
+    ('cinematch_infer /run/x.sock shm=/bad"name;', "invalid shared memory name"),
+    ('cinematch_infer relative.sock shm=/cm-x;', "absolute unix socket path"),
+    ('cinematch_infer /run/x.sock /cm-x;', "expected shm=<name>"),
+])
+def test_invalid_directives_fail_the_configuration_test(workdir, http_extra, message):
+    ngx = harness.Nginx(workdir, http_extra=http_extra, name="nginx-badconf")
+    with pytest.raises(harness.HarnessError) as exc:
+        ngx.start()
+    assert message in str(exc.value)
+    assert ngx.proc is None
