@@ -218,6 +218,9 @@ void ngx_http_cinematch_redis_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_cinematch_redis_command(ngx_http_request_t *r,
     ngx_http_cinematch_redis_handler_pt handler, void *data, int argc,
     const char **argv, const size_t *argvlen);
+ngx_int_t ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
+    ngx_http_cinematch_redis_handler_pt handler, void *data,
+    const char *fmt, ...);
 ngx_uint_t ngx_http_cinematch_redis_connected(void);
 
 
@@ -230,6 +233,8 @@ ngx_int_t ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_pg_sleep_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_redis_echo_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
 

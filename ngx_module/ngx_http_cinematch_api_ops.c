@@ -9,6 +9,9 @@
  *   GET /metrics  see ngx_http_cinematch_metrics.c.
  *   POST /internal/json  (cinematch_echo on) answers the parsed body; it
  *                 exists to test the body and JSON handling.
+ *   GET /internal/redis/echo/{value}  (cinematch_echo on) Redis ECHO of
+ *                 the path segment: the model of a handler that waits on
+ *                 Redis.
  *   GET /internal/pg/sleep/{ms}  (cinematch_echo on) a query that takes
  *                 ms milliseconds, to test the pool: queueing, timeouts,
  *                 clients that go away.  Also the model of a handler that
@@ -31,6 +34,8 @@ typedef struct {
 } ngx_http_cinematch_ready_t;
 
 
+static ngx_int_t ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r,
+    void *data, redisReply *reply);
 static ngx_int_t ngx_http_cinematch_pg_sleep_done(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ready_pg(ngx_http_request_t *r,
@@ -87,6 +92,67 @@ ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
 {
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
                                         json_pack("{s:O}", "json", ctx->json));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_redis_echo_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_int_t     rc;
+    size_t       *lens;
+    const char  **argv;
+
+    argv = ngx_palloc(r->pool, 2 * sizeof(const char *));
+    lens = ngx_palloc(r->pool, 2 * sizeof(size_t));
+
+    if (argv == NULL || lens == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* binary-safe arguments: the segment is passed with its length */
+
+    argv[0] = "ECHO";
+    lens[0] = 4;
+    argv[1] = (const char *) ctx->params[0].data;
+    lens[1] = ctx->params[0].len;
+
+    rc = ngx_http_cinematch_redis_command(r,
+                                          ngx_http_cinematch_redis_echo_done,
+                                          ctx, 2, argv, lens);
+
+    switch (rc) {
+
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "cache unavailable");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    if (reply == NULL) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "cache unavailable");
+    }
+
+    if (reply->type != REDIS_REPLY_STRING) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:s%}", "echo", reply->str, (size_t) reply->len));
 }
 
 
@@ -178,9 +244,6 @@ ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
     ngx_int_t                    rc;
     ngx_http_cinematch_ready_t  *rd;
 
-    static const char  *ping[] = { "PING" };
-    static size_t       ping_len[] = { 4 };
-
     rd = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_ready_t));
     if (rd == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -229,8 +292,8 @@ ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
                                        ? "not connected" : "internal error");
     }
 
-    rc = ngx_http_cinematch_redis_command(r, ngx_http_cinematch_ready_redis,
-                                          rd, 1, ping, ping_len);
+    rc = ngx_http_cinematch_redis_commandf(r, ngx_http_cinematch_ready_redis,
+                                           rd, "PING");
 
     if (rc == NGX_OK) {
         rd->pending++;

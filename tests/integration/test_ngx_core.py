@@ -376,6 +376,18 @@ def test_clients_that_go_away_release_their_queued_queries(nginx):
     assert samples.get(key, 0) >= 20
 
 
+# ---- Redis commands (GET /internal/redis/echo/{value}) ----
+
+@pytest.mark.parametrize("value, expected", [
+    ("hello", "hello"), ("a%20b", "a b"), ("%C3%A9t%C3%A9", "été"),
+    ("x" * 1000, "x" * 1000)])
+def test_redis_command_arguments_pass_as_they_are(nginx, value, expected):
+    # nginx decodes the path; the module passes the segment with its length
+    status, _, doc = nginx.json("GET", "/internal/redis/echo/" + value)
+    assert status == 200, doc
+    assert doc == {"echo": expected}
+
+
 # ---- reload ----
 
 def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
