@@ -446,3 +446,49 @@ def test_invalid_directives_fail_the_configuration_test(workdir, http_extra, mes
         ngx.start()
     assert message in str(exc.value)
     assert ngx.proc is None
+
+
+# ---- random requests: every answer is the API's (run under ASan too) ----
+
+def test_random_requests_always_get_a_json_answer_with_a_request_id(nginx):
+    import random
+    rng = random.Random(20261125)
+    paths = ["/health", "/ready", "/metrics", "/internal/json",
+             "/internal/pg/sleep/{}", "/internal/redis/echo/{}", "/api/v1/x",
+             "/", "/health/", "//health", "/internal", "/internal/pg/sleep/"]
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    seg_chars = "abcxyz0123456789._~-"
+    bodies = [b"", b"{}", b'{"a":[1,2,{"b":null}]}', b"[", b"\xff\xfe",
+              b'{"a":"' + b"y" * 1500 + b'"}', b"null", b'{"a":1}' * 3]
+    for i in range(300):
+        path = rng.choice(paths)
+        if "{}" in path:
+            seg = "".join(rng.choice(seg_chars) for _ in range(rng.randint(0, 12)))
+            path = path.format(rng.choice([seg, str(rng.randint(0, 50))]))
+        method = rng.choice(methods)
+        headers = {}
+        if rng.random() < 0.5:
+            headers["Content-Type"] = rng.choice(
+                ["application/json", "text/plain", "application/json; charset=utf-8"])
+        if rng.random() < 0.3:
+            headers["X-Request-ID"] = "".join(
+                rng.choice(seg_chars + " ;\"") for _ in range(rng.randint(0, 140)))
+        body = rng.choice(bodies) if method in ("POST", "PUT", "PATCH") else None
+        chunked = body is not None and rng.random() < 0.3
+        status, hdrs, data = nginx.request(method, path, body, headers,
+                                           chunked=chunked)
+        what = f"#{i} {method} {path} {headers} {body[:40] if body else body}"
+        assert status in (200, 400, 404, 405, 413, 415, 503), what
+        assert re.match(r"^[A-Za-z0-9._:-]{1,128}$", hdrs["x-request-id"]), what
+        if method == "HEAD":
+            assert data == b"", what
+            continue
+        if path == "/metrics" and status == 200:
+            assert hdrs["content-type"].startswith("text/plain"), what
+            continue
+        assert hdrs["content-type"] == "application/json", what
+        doc = json.loads(data)
+        if status >= 400:
+            assert doc["error"]["request_id"] == hdrs["x-request-id"], what
+        if status == 405:
+            assert hdrs["allow"], what
