@@ -199,6 +199,9 @@ ngx_int_t ngx_http_cinematch_pg_query(ngx_http_request_t *r, const char *sql,
     int nparams, const char *const *values,
     ngx_http_cinematch_pg_handler_pt handler, void *data);
 ngx_uint_t ngx_http_cinematch_pg_connected(void);
+json_t *ngx_http_cinematch_pg_value(PGresult *res, int row, int col);
+json_t *ngx_http_cinematch_pg_row(PGresult *res, int row);
+json_t *ngx_http_cinematch_pg_rows(PGresult *res);
 
 
 /* ngx_http_cinematch_redis.c */
@@ -235,6 +238,8 @@ ngx_int_t ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_pg_sleep_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_redis_echo_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_pg_types_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
 

@@ -12,6 +12,9 @@
  *   GET /internal/redis/echo/{value}  (cinematch_echo on) Redis ECHO of
  *                 the path segment: the model of a handler that waits on
  *                 Redis.
+ *   GET /internal/pg/types/{text}  (cinematch_echo on) one row of
+ *                 assorted column types through ngx_http_cinematch_pg_rows(),
+ *                 the path segment as a query parameter.
  *   GET /internal/pg/sleep/{ms}  (cinematch_echo on) a query that takes
  *                 ms milliseconds, to test the pool: queueing, timeouts,
  *                 clients that go away.  Also the model of a handler that
@@ -36,6 +39,8 @@ typedef struct {
 
 static ngx_int_t ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r,
     void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_pg_types_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_pg_sleep_done(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ready_pg(ngx_http_request_t *r,
@@ -153,6 +158,66 @@ ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r, void *data,
 
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
                json_pack("{s:s%}", "echo", reply->str, (size_t) reply->len));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_pg_types_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    u_char       *p;
+    ngx_int_t     rc;
+    const char  **values;
+
+    static const char  sql[] =
+        "SELECT $1::text AS param, 42::int4 AS i4, "
+        "9007199254740993::int8 AS i8, 2.5::float8 AS f8, "
+        "3.25::numeric AS num, 'NaN'::float8 AS nan, true AS yes, "
+        "NULL::text AS nothing, '{\"k\": [1, 2]}'::jsonb AS doc, "
+        "ARRAY['a', 'b'] AS arr";
+
+    values = ngx_palloc(r->pool, sizeof(const char *));
+    p = ngx_pnalloc(r->pool, ctx->params[0].len + 1);
+
+    if (values == NULL || p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(p, ctx->params[0].data, ctx->params[0].len) = '\0';
+    values[0] = (const char *) p;
+
+    rc = ngx_http_cinematch_pg_query(r, sql, 1, values,
+                                     ngx_http_cinematch_pg_types_done, ctx);
+
+    switch (rc) {
+
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+    case NGX_BUSY:
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_pg_types_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    if (err != NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:o}", "rows", ngx_http_cinematch_pg_rows(res)));
 }
 
 

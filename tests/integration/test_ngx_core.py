@@ -344,6 +344,16 @@ def test_query_over_the_timeout_is_a_503_and_the_pool_recovers(nginx):
              timeout=5, what="a query to succeed after a timeout")
 
 
+def test_query_results_become_typed_json(nginx):
+    status, _, doc = nginx.json("GET", "/internal/pg/types/%C3%A9t%C3%A9'%3B%20DROP")
+    assert status == 200, doc
+    assert doc == {"rows": [{
+        "param": "été'; DROP",          # a parameter, never part of the SQL
+        "i4": 42, "i8": 9007199254740993, "f8": 2.5, "num": 3.25,
+        "nan": "NaN", "yes": True, "nothing": None, "doc": {"k": [1, 2]},
+        "arr": "{a,b}"}]}
+
+
 def test_bad_path_parameter_is_a_400_json_error(nginx):
     assert_error(*nginx.json("GET", "/internal/pg/sleep/abc"), 400, "invalid_request")
 
