@@ -163,6 +163,10 @@ json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_body_size_check(ngx_http_request_t *r);
+ngx_int_t ngx_http_cinematch_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
+ngx_int_t ngx_http_cinematch_arg_int(ngx_http_request_t *r, const char *name,
+    ngx_int_t def, ngx_int_t min, ngx_int_t max, ngx_int_t *out);
 ngx_int_t ngx_http_cinematch_body_filter_init(ngx_conf_t *cf);
 void ngx_http_cinematch_wait(ngx_http_request_t *r);
 void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
@@ -240,6 +244,8 @@ ngx_int_t ngx_http_cinematch_pg_sleep_handler(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_redis_echo_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_pg_types_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_args_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
 

@@ -12,6 +12,8 @@
  *   GET /internal/redis/echo/{value}  (cinematch_echo on) Redis ECHO of
  *                 the path segment: the model of a handler that waits on
  *                 Redis.
+ *   GET /internal/args?limit=&offset=&q=  (cinematch_echo on) the query
+ *                 argument helpers, as a movie search would use them.
  *   GET /internal/pg/types/{text}  (cinematch_echo on) one row of
  *                 assorted column types through ngx_http_cinematch_pg_rows(),
  *                 the path segment as a query parameter.
@@ -158,6 +160,56 @@ ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r, void *data,
 
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
                json_pack("{s:s%}", "echo", reply->str, (size_t) reply->len));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_args_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    json_t     *q;
+    ngx_int_t   limit, offset;
+    ngx_str_t   value;
+
+    if (ngx_http_cinematch_arg_int(r, "limit", 20, 1, 100, &limit) != NGX_OK)
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "invalid_request",
+                                             "limit must be 1..100");
+    }
+
+    if (ngx_http_cinematch_arg_int(r, "offset", 0, 0, NGX_MAX_INT32_VALUE,
+                                   &offset)
+        != NGX_OK)
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "invalid_request",
+                                             "offset must be 0 or more");
+    }
+
+    switch (ngx_http_cinematch_arg(r, "q", &value)) {
+
+    case NGX_OK:
+        q = json_stringn((const char *) value.data, value.len);
+        if (q == NULL) {
+            return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                 "invalid_request",
+                                                 "q must be UTF-8");
+        }
+
+        break;
+
+    case NGX_DECLINED:
+        q = json_null();
+        break;
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:I, s:I, s:o}", "limit", (json_int_t) limit,
+                         "offset", (json_int_t) offset, "q", q));
 }
 
 

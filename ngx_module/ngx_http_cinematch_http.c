@@ -818,6 +818,96 @@ ngx_http_cinematch_request_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
 
 /*
+ * Query arguments.  ngx_http_cinematch_arg() gives the value of `name`
+ * unescaped (%XX, and '+' as a space) into the request pool; NGX_DECLINED
+ * when the argument is absent.  ngx_http_cinematch_arg_int() parses a
+ * decimal integer in [min, max], def when absent; NGX_ERROR when the value
+ * is malformed or out of range, for the handler to answer 400.
+ */
+
+ngx_int_t
+ngx_http_cinematch_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value)
+{
+    u_char     *p, *dst, *src;
+    ngx_str_t   raw;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &raw) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(r->pool, raw.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, raw.data, raw.len);
+
+    for (dst = p; dst < p + raw.len; dst++) {
+        if (*dst == '+') {
+            *dst = ' ';
+        }
+    }
+
+    src = p;
+    dst = p;
+    ngx_unescape_uri(&dst, &src, raw.len, 0);
+    *dst = '\0';
+
+    value->data = p;
+    value->len = dst - p;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_arg_int(ngx_http_request_t *r, const char *name,
+    ngx_int_t def, ngx_int_t min, ngx_int_t max, ngx_int_t *out)
+{
+    ngx_int_t   n, sign;
+    ngx_str_t   value;
+
+    switch (ngx_http_cinematch_arg(r, name, &value)) {
+
+    case NGX_DECLINED:
+        *out = def;
+        return NGX_OK;
+
+    case NGX_OK:
+        break;
+
+    default:
+        return NGX_ERROR;
+    }
+
+    sign = 1;
+
+    if (value.len > 1 && value.data[0] == '-') {
+        sign = -1;
+        value.data++;
+        value.len--;
+    }
+
+    n = ngx_atoi(value.data, value.len);
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    n *= sign;
+
+    if (n < min || n > max) {
+        return NGX_ERROR;
+    }
+
+    *out = n;
+
+    return NGX_OK;
+}
+
+
+/*
  * A handler that is about to wait on an upstream calls this and returns
  * NGX_DONE; the upstream's completion calls ngx_http_cinematch_finish().
  * While it waits, a client that closes the connection terminates the

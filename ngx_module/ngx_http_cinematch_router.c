@@ -57,6 +57,9 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     { NGX_HTTP_GET, ngx_string("/internal/pg/sleep/{ms}"),
       ngx_http_cinematch_pg_sleep_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
 
+    { NGX_HTTP_GET, ngx_string("/internal/args"),
+      ngx_http_cinematch_args_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
     { NGX_HTTP_GET, ngx_string("/internal/pg/types/{text}"),
       ngx_http_cinematch_pg_types_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
 

@@ -234,6 +234,27 @@ def test_json_body_is_parsed_and_reaches_the_handler(nginx):
     assert doc == {"json": {"k": [1, 2.5, "é"], "n": None}}
 
 
+# ---- query arguments (GET /internal/args) ----
+
+@pytest.mark.parametrize("query, expected", [
+    ("", {"limit": 20, "offset": 0, "q": None}),
+    ("?limit=5&offset=10", {"limit": 5, "offset": 10, "q": None}),
+    ("?q=star+wars%20%C3%A9&limit=100", {"limit": 100, "offset": 0, "q": "star wars é"}),
+    ("?q=", {"limit": 20, "offset": 0, "q": ""}),
+])
+def test_query_arguments_are_parsed_with_defaults(nginx, query, expected):
+    status, _, doc = nginx.json("GET", "/internal/args" + query)
+    assert status == 200, doc
+    assert doc == expected
+
+
+@pytest.mark.parametrize("query", ["?limit=0", "?limit=101", "?limit=abc",
+                                   "?limit=", "?offset=-1", "?limit=5x",
+                                   "?limit=99999999999999999999999", "?q=%FF"])
+def test_bad_query_arguments_are_a_400_json_error(nginx, query):
+    assert_error(*nginx.json("GET", "/internal/args" + query), 400, "invalid_request")
+
+
 # ---- X-Request-ID ----
 
 def test_client_request_id_is_echoed_in_header_and_error(nginx):
