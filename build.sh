@@ -98,6 +98,9 @@ cmd_test() {
         log "integration tests (real PostgreSQL, Redis, nginx, cinematch infer on loopback)"
         if /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration; then
             summary+=("integration: ok"); else summary+=("integration: FAILED"); rc=1; fi
+        log "integration tests, nginx module under ASan+UBSan"
+        if tests/integration/run_asan.sh; then
+            summary+=("integration-asan: ok"); else summary+=("integration-asan: FAILED"); rc=1; fi
     fi
     log "summary: ${summary[*]}"
     return $rc

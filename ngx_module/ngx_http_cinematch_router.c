@@ -81,6 +81,15 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     { NGX_HTTP_GET, ngx_string("/internal/pg/sleep/{ms}"),
       ngx_http_cinematch_pg_sleep_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
 
+    { NGX_HTTP_GET, ngx_string("/internal/args"),
+      ngx_http_cinematch_args_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+    { NGX_HTTP_GET, ngx_string("/internal/pg/types/{text}"),
+      ngx_http_cinematch_pg_types_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+    { NGX_HTTP_GET, ngx_string("/internal/redis/echo/{value}"),
+      ngx_http_cinematch_redis_echo_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
 #if (NGX_HTTP_CINEMATCH_ECHO)
     { NGX_HTTP_POST, ngx_string("/internal/echo"),
       ngx_http_cinematch_echo_handler,
@@ -375,7 +384,7 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    return route->handler(r, ctx);
+    return ngx_http_cinematch_status(r, route->handler(r, ctx));
 }
 
 
@@ -386,8 +395,6 @@ ngx_http_cinematch_send_not_allowed(ngx_http_request_t *r, ngx_uint_t allow)
     size_t                        len;
     ngx_str_t                     key, value;
     ngx_http_cinematch_method_t  *m;
-
-    static u_char  message[] = "method not allowed";
 
     if (allow & NGX_HTTP_GET) {
         allow |= NGX_HTTP_HEAD;
@@ -427,5 +434,5 @@ ngx_http_cinematch_send_not_allowed(ngx_http_request_t *r, ngx_uint_t allow)
 
     return ngx_http_cinematch_send_error(r, NGX_HTTP_NOT_ALLOWED,
                                          "method_not_allowed",
-                                         (const char *) message);
+                                         "method not allowed");
 }
