@@ -463,7 +463,7 @@ cmd_start() {
     if all_running; then
         load_env
         say "the stack in $VAR is already running:"
-        cmd_status
+        cmd_status || true
         MODULE=0; [ -f "$MODULE_SO" ] && MODULE=1
         summary
         return 0
@@ -507,22 +507,25 @@ cmd_stop() {
     rm -f "$RUN/last-probe.body"
 }
 
+# Exit status 0 when every component that exists runs, 3 otherwise (the LSB
+# "not running" code), so scripts can test it.
 cmd_status() {
-    local pid code
+    local pid down=0
     load_env
     if pid=$(pg_pid); then say "postgres  running  pid $pid  127.0.0.1:$PG_PORT"
-    else say "postgres  stopped"; fi
+    else say "postgres  stopped"; down=1; fi
     if pid=$(redis_pid); then say "redis     running  pid $pid  127.0.0.1:$REDIS_PORT"
-    else say "redis     stopped"; fi
+    else say "redis     stopped"; down=1; fi
     if pid=$(infer_pid); then say "infer     running  pid $pid  $INFER_SOCKET"
-    elif "$BIN" infer --help >/dev/null 2>&1; then say "infer     stopped"
+    elif "$BIN" infer --help >/dev/null 2>&1; then say "infer     stopped"; down=1
     else say "infer     not built"; fi
     if pid=$(nginx_pid); then
-        code=$(http_code /health)
-        say "nginx     running  pid $pid  https://127.0.0.1:$HTTPS_PORT  /health=$code /ready=$(http_code /ready)"
+        say "nginx     running  pid $pid  https://$(probe_host):$HTTPS_PORT" \
+            " /health=$(http_code /health) /ready=$(http_code /ready)"
     else
-        say "nginx     stopped"
+        say "nginx     stopped"; down=1
     fi
+    return $(( down ? 3 : 0 ))
 }
 
 case "${1:-}" in

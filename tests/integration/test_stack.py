@@ -100,9 +100,10 @@ def test_start_brings_up_every_component_and_prints_how_to_stop(stack):
     pids = recorded_pids(stack["var"])
     for name in ("nginx", "redis", "postgres"):
         assert name in pids and pid_alive(pids[name]), (name, pids)
-    status = stack["run"]("status").stdout
-    assert "postgres  running" in status and "redis     running" in status
-    assert "nginx     running" in status
+    st = stack["run"]("status")
+    assert st.returncode == 0, st.stdout
+    assert "postgres  running" in st.stdout and "redis     running" in st.stdout
+    assert "nginx     running" in st.stdout
 
 
 def test_https_answers_with_the_generated_certificate(stack):
@@ -138,6 +139,7 @@ def test_stop_leaves_nothing_behind_and_spares_strangers(stack):
     assert not [n for n, p in pids.items() if pid_alive(p)]
     assert not os.path.exists(os.path.join(stack["var"], "run", "nginx.pid"))
     assert not os.path.exists(os.path.join(stack["var"], "run", "redis.pid"))
+    assert stack["run"]("status").returncode == 3
 
     # A pid file naming a process that is not ours (a recycled pid) must not
     # get that process killed: stop only removes the stale file.
