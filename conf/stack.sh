@@ -207,6 +207,38 @@ EOF
     fi
 }
 
+# Two roles, as in production: `cinematch` owns the schema and runs the
+# migrations; `cinematch_app` (what nginx connects as) may only read and
+# write rows.  Default privileges give it every table the owner creates
+# later; the GRANT ... ON ALL covers a database made before this existed.
+# Idempotent, run on every start after the migrations.
+pg_app_role() {
+    local apw
+    if [ ! -s "$VAR/secrets/pg_app_password" ]; then
+        (umask 077; openssl rand -hex 18 >"$VAR/secrets/pg_app_password")
+    fi
+    apw=$(cat "$VAR/secrets/pg_app_password")
+    (umask 077; printf 'host=127.0.0.1 port=%s dbname=cinematch user=cinematch_app password=%s\n' \
+        "$PG_PORT" "$apw" >"$VAR/secrets/pg_app_dsn")
+    PGPASSWORD=$(cat "$VAR/secrets/pg_password") "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h 127.0.0.1 -p "$PG_PORT" -U cinematch -d cinematch -v apw="$apw" \
+        >>"$LOG/initdb.log" 2>&1 <<'SQL' || die "creating role cinematch_app failed (log: $LOG/initdb.log)"
+SELECT format('CREATE ROLE cinematch_app LOGIN PASSWORD %L', :'apw')
+    WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cinematch_app') \gexec
+SELECT format('ALTER ROLE cinematch_app PASSWORD %L', :'apw') \gexec
+GRANT CONNECT ON DATABASE cinematch TO cinematch_app;
+GRANT USAGE ON SCHEMA public TO cinematch_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE cinematch IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO cinematch_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE cinematch IN SCHEMA public
+    GRANT USAGE, SELECT ON SEQUENCES TO cinematch_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO cinematch_app;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO cinematch_app;
+-- the history is the migrator's: the app may read the schema version only
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM cinematch_app;
+SQL
+}
+
 pg_stop() {
     local pid
     if ! pid=$(pg_pid); then
@@ -353,7 +385,7 @@ nginx_conf() {
            -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g"
            -e "s|@REDIS_PORT@|$REDIS_PORT|g" -e "s|@LISTEN@|$LISTEN|g"
            -e "s|@INFER_SOCKET@|$INFER_SOCKET|g" -e "s|@INFER_SHM@|$INFER_SHM|g"
-           -e "s|@PG_CONNINFO@|$(pg_dsn)|g")
+           -e "s|@PG_CONNINFO@|$(cat "$VAR/secrets/pg_app_dsn")|g")
     mkdir -p "$VAR/nginx/tmp"
     (umask 077; sed "${sedx[@]}" "$ROOT/conf/nginx.dev.conf" >"$out")
     grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z_]\+@' \
@@ -452,7 +484,7 @@ cinematch is up.
   API        https://$host:$HTTPS_PORT/   (self-signed: curl -k, or trust $VAR/tls/cert.pem)
              http://$host:$HTTP_PORT/
   health     https://$host:$HTTPS_PORT/health   ready: /ready   metrics: /metrics (from this host)
-  postgres   $PG_BIN/psql "\$(cat $VAR/secrets/pg_dsn)"
+  postgres   $PG_BIN/psql "\$(cat $VAR/secrets/pg_dsn)"   (owner; nginx uses pg_app_dsn)
   redis      redis-cli -p $REDIS_PORT
   logs       $LOG/  (nginx-error.log nginx-access.log infer-0.log postgresql.log redis.log migrate.log)
   stop       ./build.sh stop   (or conf/stack.sh stop)
@@ -489,6 +521,7 @@ cmd_start() {
     pg_start
     redis_start
     migrate
+    pg_app_role
     seed_data
     save_env
     infer_start

@@ -120,6 +120,29 @@ def test_schema_is_migrated(stack):
     assert "pending" not in r.stdout and "applied" in r.stdout
 
 
+def test_nginx_connects_as_a_role_that_may_only_touch_rows(stack):
+    with open(os.path.join(stack["var"], "secrets", "pg_app_dsn")) as f:
+        app = f.read().strip()
+    with open(os.path.join(stack["var"], "nginx", "nginx.conf")) as f:
+        conf = f.read()
+    if "cinematch_postgres" in conf:          # only rendered when the module is built
+        assert "user=cinematch_app" in conf
+    psql = os.path.join(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"), "psql")
+
+    def run(sql):
+        return subprocess.run([psql, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", app, "-c", sql],
+                              capture_output=True, text=True)
+
+    r = run("INSERT INTO movies (movie_id, title) VALUES (7, 'Se7en') RETURNING movie_id")
+    assert r.returncode == 0 and r.stdout.strip() == "7", r.stderr
+    assert run("SELECT count(*) FROM schema_migrations").returncode == 0
+    for sql in ("CREATE TABLE evil (x int)", "DROP TABLE movies",
+                "DELETE FROM schema_migrations", "ALTER TABLE movies ADD COLUMN x int"):
+        r = run(sql)
+        assert r.returncode != 0 and ("permission denied" in r.stderr
+                                      or "must be owner" in r.stderr), (sql, r.stderr)
+
+
 def test_second_start_detects_the_running_stack(stack):
     before = recorded_pids(stack["var"])
     r = stack["run"]("start")
