@@ -238,8 +238,10 @@ def test_half_star_ratings_are_accepted_everywhere(pg, schema):
 
 
 def test_only_one_production_version_per_model(pg, schema):
-    ins = ("INSERT INTO model_versions (model_name, version, task, stage, artifact_path,"
-           " artifact_sha256) VALUES ('{m}', {v}, 'recsys', '{s}', '/m/{v}', repeat('a', 64))")
+    pg.psql("INSERT INTO models (name, task) VALUES ('als', 'recsys'), ('other', 'recsys')",
+            db=schema)
+    ins = ("INSERT INTO model_versions (model_name, version, stage, artifact_path,"
+           " artifact_sha256) VALUES ('{m}', {v}, '{s}', '/m/{v}', repeat('a', 64))")
     pg.psql(ins.format(m="als", v=1, s="production"), db=schema)
     pg.psql(ins.format(m="als", v=2, s="staging"), db=schema)
     pg.psql(ins.format(m="other", v=1, s="production"), db=schema)   # another model: fine
@@ -261,6 +263,40 @@ def test_only_one_production_version_per_model(pg, schema):
         "1|-|production", "2|-|staging", "1|production|archived", "2|staging|production"]
     rejects(pg, schema, ins.format(m="als", v=2, s="none"), "model_versions_name_version_key")
     rejects(pg, schema, ins.format(m="Bad Name", v=1, s="none"), "model_name_check")
+    rejects(pg, schema, ins.format(m="unregistered", v=1, s="none"), "foreign key")
+    # a private model needs an owner
+    rejects(pg, schema, "INSERT INTO models (name, task, private) VALUES ('mine', 'recsys', true)",
+            "models_private_check")
+
+
+def test_drift_alert_needs_reasons_and_batch_results_are_idempotent(pg, schema):
+    rejects(pg, schema, "INSERT INTO drift_reports (baseline_rows, current_rows, alert)"
+                        " VALUES (10, 5, true)", "drift_reports_reasons_check")
+    pg.psql("INSERT INTO drift_reports (baseline_rows, current_rows, alert, reasons, ks_method)"
+            " VALUES (10, 5, true, '{psi>0.25}', 'asymp')", db=schema)
+    pg.psql("""
+        INSERT INTO users (email, password_hash) VALUES ('j@example.com', 'h');
+        INSERT INTO batch_jobs (user_id, model_name, input, items_total)
+            SELECT id, 'als', '{"items": [1, 2]}', 2 FROM users;
+    """, db=schema)
+    put = ("INSERT INTO batch_job_results (job_id, item_index, ok, result)"
+           " SELECT id, 0, true, '{\"rating\": 4.1}' FROM batch_jobs"
+           " ON CONFLICT (job_id, item_index) DO NOTHING")
+    pg.psql(put, db=schema)
+    pg.psql(put, db=schema)                      # the redelivered entry
+    assert pg.psql("SELECT count(*) FROM batch_job_results", db=schema) == "1"
+
+
+def test_title_search_uses_the_trigram_index(pg, schema):
+    pg.psql("INSERT INTO movies (movie_id, title, year) SELECT g, 'Movie ' || g, 2000"
+            " FROM generate_series(2, 3000) g; ANALYZE movies;", db=schema)
+    # on a table this small a seq scan is cheaper; forbid it to prove the index applies
+    plan = pg.psql("SET enable_seqscan = off;"
+                   " EXPLAIN SELECT movie_id FROM movies WHERE lower(title) LIKE '%toy st%'",
+                   db=schema)
+    assert "movies_title_trgm_idx" in plan, plan
+    assert pg.psql("SELECT movie_id FROM movies WHERE lower(title) LIKE '%toy st%'",
+                   db=schema) == "1"
 
 
 def test_user_email_is_unique_case_insensitively_and_gets_a_rating_user_id(pg, schema):
