@@ -31,12 +31,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cinematch/digest.h"
+
 #include <libpq-fe.h>
 
 #define CM_MIGRATE_NAME_MAX   128     /* file name incl. ".sql" and NUL */
 #define CM_MIGRATE_MAX_FILES  999
 #define CM_MIGRATE_FILE_MAX   16777216u            /* 16 MiB per file */
-#define CM_SHA256_HEX_LEN     64
 
 /* pg_advisory_lock key: the bytes "cmmigrat" as a big-endian int64. */
 #define CM_MIGRATE_LOCK_KEY   INT64_C(0x636d6d6967726174)
@@ -70,8 +71,6 @@ typedef struct {
 int cm_migrate_name_parse(const char *name, int *version);
 
 /* Lowercase hex sha256 of data (OpenSSL EVP) into out[65]. */
-int cm_sha256_hex(const void *data, size_t len,
-                  char out[CM_SHA256_HEX_LEN + 1]);
 
 /* Sort by version (stable for equal versions).  Returns CM_ECONFLICT and
  * names both files in err when two share a version. */
