@@ -92,6 +92,16 @@ own_var() {
 
 # ---- pid files ---------------------------------------------------------------
 
+# alive PID: the process exists and is not a zombie.  (A daemon whose
+# parent is gone is reaped by PID 1; where PID 1 does not reap, as in some
+# containers, a finished daemon stays a zombie and must count as stopped.)
+alive() {
+    local st
+    [ -r "/proc/$1/stat" ] || return 1
+    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
 # pid_of FILE COMM: the pid in FILE when that process is alive and its
 # command name is COMM (a recycled pid is someone else's process).
 pid_of() {
@@ -99,7 +109,7 @@ pid_of() {
     [ -f "$file" ] || return 1
     pid=$(head -n1 "$file" 2>/dev/null | tr -dc '0-9')
     [ -n "$pid" ] || return 1
-    kill -0 "$pid" 2>/dev/null || [ -d "/proc/$pid" ] || return 1
+    alive "$pid" || return 1
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || return 1
     printf '%s\n' "$pid"
 }
@@ -118,10 +128,10 @@ stop_pid() {
     fi
     kill "-$sig" "$pid" 2>/dev/null || true
     for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
         warn "$name (pid $pid) ignored SIG$sig for 15 s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.2
@@ -247,7 +257,7 @@ pg_stop() {
     as_svc "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null 2>&1 \
         || { warn "pg_ctl stop failed; SIGQUIT to $pid"; kill -QUIT "$pid" 2>/dev/null || true; }
     # pg_ctl returns once postmaster.pid is gone; the process exits just after
-    wait_for 10 sh -c "! kill -0 $pid 2>/dev/null && ! test -d /proc/$pid" \
+    wait_for 10 eval "! alive $pid" \
         || warn "postgres (pid $pid) is still exiting"
     say "postgres: stopped (pid $pid)"
 }
@@ -449,8 +459,7 @@ wait_ready() {
     done
     warn "GET https://$(probe_host):$HTTPS_PORT$path did not answer 200 within ${READY_TIMEOUT}s" \
          "(last: $code $(head -c 300 "$VAR/run/last-probe.body" 2>/dev/null))"
-    warn "the stack is left running for inspection; logs: $LOG/" \
-         "(nginx-error.log, infer-0.log, postgresql.log, redis.log); stop: ./build.sh stop"
+    warn "logs: $LOG/ (nginx-error.log, infer-0.log, postgresql.log, redis.log)"
     exit 1
 }
 
@@ -495,6 +504,14 @@ cinematch is up.
 EOF
 }
 
+on_start_exit() {
+    local rc=$?
+    if [ $rc -ne 0 ] && { pg_pid || redis_pid || nginx_pid; } >/dev/null 2>&1; then
+        warn "start failed; what did start is still running (conf/stack.sh status);" \
+             "stop it with ./build.sh stop"
+    fi
+}
+
 cmd_start() {
     if all_running; then
         load_env
@@ -510,6 +527,8 @@ cmd_start() {
         say "part of the stack is running; starting the rest"
     fi
     [ -x "$BIN" ] || die "$BIN not built (run ./build.sh)"
+    # A failure half-way leaves what did start running, for inspection: say so.
+    trap on_start_exit EXIT
     # Check every port first: failing half-way would leave half a stack.
     pg_pid >/dev/null || need_port "$PG_PORT" postgres CINEMATCH_PG_PORT
     redis_pid >/dev/null || need_port "$REDIS_PORT" redis CINEMATCH_REDIS_PORT
@@ -531,6 +550,7 @@ cmd_start() {
     infer_start
     nginx_start
     wait_ready
+    trap - EXIT
     summary
 }
 

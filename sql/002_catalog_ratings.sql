@@ -7,10 +7,6 @@ CREATE DOMAIN rating_value AS numeric(2,1)
     CONSTRAINT rating_value_check
     CHECK (VALUE BETWEEN 0.5 AND 5.0 AND VALUE * 2 = trunc(VALUE * 2));
 
--- Trigram search on titles ("toy sto", typos); pg_trgm ships with PostgreSQL
--- and is a trusted extension, so the database owner may create it.
-CREATE EXTENSION IF NOT EXISTS pg_trgm;
-
 CREATE TABLE movies (
     movie_id        integer PRIMARY KEY
                     CONSTRAINT movies_movie_id_check CHECK (movie_id > 0),
@@ -27,23 +23,15 @@ CREATE TABLE movies (
 COMMENT ON COLUMN movies.title IS 'title without the trailing "(year)" of MovieLens';
 COMMENT ON COLUMN movies.genres IS 'MovieLens genres; "(no genres listed)" is stored as {}';
 CREATE INDEX movies_genres_idx ON movies USING gin (genres);
--- WHERE lower(title) LIKE '%' || lower($1) || '%'  or  lower(title) % lower($1)
-CREATE INDEX movies_title_trgm_idx ON movies USING gin (lower(title) gin_trgm_ops);
-CREATE INDEX movies_year_idx ON movies (year);
+-- prefix search: WHERE lower(title) LIKE lower($1) || '%'
+CREATE INDEX movies_title_lower_idx ON movies (lower(title) text_pattern_ops);
 
 
--- One row per ingested file (`cinematch ingest ratings|movies|dialogs`).  The
--- file's sha256 makes re-ingesting the same file a no-op; a failed attempt
--- does not block a retry, hence the partial unique index
--- (INSERT ... ON CONFLICT (file_sha256) WHERE status <> 'failed').
+-- One row per ingested file.  The file's sha256 makes re-ingesting the same
+-- file a no-op; a failed attempt does not block a retry, hence the partial
+-- unique index (INSERT ... ON CONFLICT (file_sha256) WHERE status <> 'failed').
 CREATE TABLE ingestion_batches (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind            text NOT NULL DEFAULT 'ratings'
-                    CONSTRAINT ingestion_batches_kind_check
-                    CHECK (kind IN ('ratings', 'movies', 'dialogs')),
-    source          text NOT NULL DEFAULT 'cli'
-                    CONSTRAINT ingestion_batches_source_check
-                    CHECK (source IN ('cli', 'watch', 'initial', 'api')),
     file_name       text NOT NULL,
     file_sha256     text NOT NULL
                     CONSTRAINT ingestion_batches_file_sha256_check
@@ -52,7 +40,7 @@ CREATE TABLE ingestion_batches (
                     CONSTRAINT ingestion_batches_file_bytes_check CHECK (file_bytes >= 0),
     format          text NOT NULL DEFAULT 'ml-csv'
                     CONSTRAINT ingestion_batches_format_check
-                    CHECK (format IN ('ml-csv', 'ml-100k', 'ml-1m', 'synth', 'cornell', 'dialog-pairs')),
+                    CHECK (format IN ('ml-csv', 'ml-100k', 'ml-1m', 'synth')),
     status          text NOT NULL DEFAULT 'running'
                     CONSTRAINT ingestion_batches_status_check
                     CHECK (status IN ('running', 'complete', 'failed')),
@@ -130,28 +118,3 @@ CREATE TABLE ratings_buffer (
 CREATE INDEX ratings_buffer_pending_idx ON ratings_buffer (id) WHERE merged_at IS NULL;
 CREATE INDEX ratings_buffer_batch_idx ON ratings_buffer (batch_id);
 CREATE INDEX ratings_buffer_user_idx ON ratings_buffer (user_id, ts DESC);
-
-
--- The dialogue corpus the dialog LM trains on (`cinematch ingest dialogs`,
--- Cornell Movie-Dialogs or plain dialogue files): one row per dialogue,
--- its turns in order.
-CREATE TABLE dialogs (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    batch_id        bigint NOT NULL REFERENCES ingestion_batches (id) ON DELETE CASCADE,
-    source_key      text NOT NULL,          -- e.g. Cornell "L194 L195 L196"
-    movie_title     text,
-    data_split      text NOT NULL DEFAULT 'train'
-                    CONSTRAINT dialogs_data_split_check
-                    CHECK (data_split IN ('train', 'validation', 'test')),
-    CONSTRAINT dialogs_batch_source_key UNIQUE (batch_id, source_key)
-);
-CREATE INDEX dialogs_split_idx ON dialogs (data_split);
-
-CREATE TABLE dialog_turns (
-    dialog_id       bigint NOT NULL REFERENCES dialogs (id) ON DELETE CASCADE,
-    turn            integer NOT NULL CONSTRAINT dialog_turns_turn_check CHECK (turn >= 0),
-    speaker         text,
-    text            text NOT NULL
-                    CONSTRAINT dialog_turns_text_check CHECK (length(text) <= 10000),
-    PRIMARY KEY (dialog_id, turn)
-);

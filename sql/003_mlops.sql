@@ -16,7 +16,7 @@ CREATE TABLE drift_reports (
                         CONSTRAINT drift_reports_ks_statistic_check CHECK (ks_statistic BETWEEN 0 AND 1),
     ks_pvalue           double precision
                         CONSTRAINT drift_reports_ks_pvalue_check CHECK (ks_pvalue BETWEEN 0 AND 1),
-    ks_method           text CONSTRAINT drift_reports_ks_method_check CHECK (ks_method IN ('exact', 'asymp')),
+    ks_method           text CONSTRAINT drift_reports_ks_method_check CHECK (ks_method IN ('exact', 'asymptotic')),
     psi                 double precision CONSTRAINT drift_reports_psi_check CHECK (psi >= 0),
     psi_band            text CONSTRAINT drift_reports_psi_band_check
                         CHECK (psi_band IN ('stable', 'moderate', 'significant')),
@@ -26,23 +26,16 @@ CREATE TABLE drift_reports (
     std_current         double precision,
     new_item_share      double precision
                         CONSTRAINT drift_reports_new_item_share_check CHECK (new_item_share BETWEEN 0 AND 1),
-    popularity_shift    double precision,
-    user_activity_shift double precision,
-    thresholds          jsonb NOT NULL DEFAULT '{}',
     details             jsonb NOT NULL DEFAULT '{}',
-    alert               boolean NOT NULL,
-    reasons             text[] NOT NULL DEFAULT '{}',
-    notified_at         timestamptz,
-    CONSTRAINT drift_reports_reasons_check CHECK (NOT alert OR cardinality(reasons) > 0)
+    drift_detected      boolean NOT NULL,
+    alerted_at          timestamptz
 );
 CREATE INDEX drift_reports_created_idx ON drift_reports (created_at DESC);
-CREATE INDEX drift_reports_unnotified_idx ON drift_reports (created_at)
-    WHERE alert AND notified_at IS NULL;
+CREATE INDEX drift_reports_unalerted_idx ON drift_reports (created_at)
+    WHERE drift_detected AND alerted_at IS NULL;
 
 
--- Every training attempt, successful or not, with what it ran on.  A drift
--- alert queues one (status 'queued', triggered_by 'drift').  gate_* record
--- the promotion decision and why.
+-- Every training attempt, successful or not, with what it ran on.
 CREATE TABLE training_runs (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     model_name          model_name NOT NULL,
@@ -62,9 +55,6 @@ CREATE TABLE training_runs (
     host                text,
     drift_report_id     bigint REFERENCES drift_reports (id) ON DELETE SET NULL,
     error               text,
-    gate_decision       text CONSTRAINT training_runs_gate_decision_check
-                        CHECK (gate_decision IN ('promoted', 'rejected', 'skipped')),
-    gate_reason         text,
     started_at          timestamptz NOT NULL DEFAULT now(),
     finished_at         timestamptz,
     CONSTRAINT training_runs_finished_check
@@ -76,29 +66,16 @@ CREATE INDEX training_runs_active_idx ON training_runs (model_name)
     WHERE status IN ('queued', 'running');
 
 
--- The registry: a model (a name, what it does, who owns it) has versions.
--- System models (recsys, dialog) have no owner; a user's private model is
--- visible to its owner and admins only.
-CREATE TABLE models (
-    name                model_name PRIMARY KEY,
-    task                text NOT NULL
-                        CONSTRAINT models_task_check CHECK (task IN ('recsys', 'dialog')),
-    owner_id            bigint REFERENCES users (id) ON DELETE CASCADE,
-    private             boolean NOT NULL DEFAULT false,
-    description         text CONSTRAINT models_description_check CHECK (length(description) <= 2000),
-    created_at          timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT models_private_check CHECK (NOT private OR owner_id IS NOT NULL)
-);
-CREATE INDEX models_owner_idx ON models (owner_id) WHERE owner_id IS NOT NULL;
-
--- Artifacts live in the model store
+-- The registry.  Artifacts live in the model store
 -- (var/lib/cinematch/models/<model>/<version>/); the row is the index and
 -- the stage.  At most one production version per model, enforced here so a
 -- racing promotion fails instead of serving two.
 CREATE TABLE model_versions (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    model_name          model_name NOT NULL REFERENCES models (name) ON DELETE RESTRICT,
+    model_name          model_name NOT NULL,
     version             integer NOT NULL CONSTRAINT model_versions_version_check CHECK (version > 0),
+    task                text NOT NULL
+                        CONSTRAINT model_versions_task_check CHECK (task IN ('recsys', 'dialog')),
     stage               text NOT NULL DEFAULT 'none'
                         CONSTRAINT model_versions_stage_check
                         CHECK (stage IN ('none', 'staging', 'production', 'archived')),

@@ -22,12 +22,9 @@ CREATE TABLE request_logs (
     model_name          text,
     model_version       integer,
     cache_hit           boolean,
-    is_fallback         boolean,
-    fallback_reason     text,
     client_ip           inet,
     user_agent          text,
-    error_code          text,
-    detail              jsonb           -- e.g. returned movie ids and scores (replay eval)
+    error_code          text
 ) PARTITION BY RANGE (ts);
 
 CREATE TABLE request_logs_default PARTITION OF request_logs DEFAULT;
@@ -76,10 +73,8 @@ CREATE TABLE batch_jobs (
     id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     user_id             bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     api_key_id          bigint REFERENCES api_keys (id) ON DELETE SET NULL,
-    model_name          model_name NOT NULL,
-    kind                text NOT NULL DEFAULT 'predict'
-                        CONSTRAINT batch_jobs_kind_check
-                        CHECK (kind IN ('predict', 'recommend', 'similar', 'generate')),
+    kind                text NOT NULL
+                        CONSTRAINT batch_jobs_kind_check CHECK (kind IN ('recommend', 'similar', 'generate')),
     status              text NOT NULL DEFAULT 'queued'
                         CONSTRAINT batch_jobs_status_check
                         CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
@@ -102,17 +97,3 @@ CREATE TABLE batch_jobs (
 );
 CREATE INDEX batch_jobs_user_created_idx ON batch_jobs (user_id, created_at DESC);
 CREATE INDEX batch_jobs_active_idx ON batch_jobs (created_at) WHERE status IN ('queued', 'running');
-
--- One row per job item, written with INSERT ... ON CONFLICT DO NOTHING, so a
--- redelivered stream entry (at-least-once) never duplicates a result.
-CREATE TABLE batch_job_results (
-    job_id              uuid NOT NULL REFERENCES batch_jobs (id) ON DELETE CASCADE,
-    item_index          integer NOT NULL
-                        CONSTRAINT batch_job_results_item_index_check CHECK (item_index >= 0),
-    ok                  boolean NOT NULL,
-    result              jsonb,
-    error               text,
-    created_at          timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (job_id, item_index),
-    CONSTRAINT batch_job_results_outcome_check CHECK (ok = (error IS NULL))
-);

@@ -168,6 +168,38 @@ def test_failing_migration_rolls_back_entirely(pg, db, sql_copy):
     assert names == sql_files()                 # the good ones before it stay
 
 
+def test_006_upgrades_a_database_holding_rows_of_the_005_shape(pg, db, sql_copy):
+    later = [f for f in sql_files(sql_copy) if int(f[:3]) >= 6]
+    held = {f: open(os.path.join(sql_copy, f)).read() for f in later}
+    for f in later:
+        os.remove(os.path.join(sql_copy, f))
+    assert migrate(pg, db, sql_dir=sql_copy).returncode == 0
+    pg.psql("""
+        INSERT INTO users (email, password_hash) VALUES ('u@example.com', 'h');
+        INSERT INTO model_versions (model_name, version, task, stage, artifact_path, artifact_sha256)
+            VALUES ('als', 1, 'recsys', 'production', '/m/1', repeat('a', 64));
+        INSERT INTO drift_reports (baseline_rows, current_rows, drift_detected, ks_method)
+            VALUES (10, 5, true, 'asymptotic');
+        INSERT INTO batch_jobs (user_id, kind, model_version_id, input)
+            SELECT u.id, 'recommend', v.id, '{}' FROM users u, model_versions v;
+        INSERT INTO batch_jobs (user_id, kind, input) SELECT id, 'similar', '{}' FROM users;
+    """, db=db)
+    for f, text in held.items():
+        with open(os.path.join(sql_copy, f), "w") as fh:
+            fh.write(text)
+    r = migrate(pg, db, sql_dir=sql_copy)
+    assert r.returncode == 0, r.stderr
+    assert pg.psql("SELECT name, task FROM models ORDER BY name", db=db).splitlines() == [
+        "als|recsys", "dialog|dialog", "recsys|recsys"]
+    assert pg.psql("SELECT alert, ks_method, reasons FROM drift_reports", db=db) \
+        == "t|asymp|{unrecorded}"
+    assert pg.psql("SELECT kind, coalesce(model_name, '-') FROM batch_jobs ORDER BY kind",
+                   db=db).splitlines() == ["recommend|als", "similar|-"]
+    # the grandfathered job is allowed, a new one must name its model
+    rejects(pg, db, "INSERT INTO batch_jobs (user_id, input) SELECT id, '{}' FROM users",
+            "batch_jobs_model_name_check")
+
+
 def test_misnamed_sql_file_is_an_error_not_skipped(pg, db, sql_copy):
     with open(os.path.join(sql_copy, "7_typo.sql"), "w") as f:
         f.write("SELECT 1;\n")
