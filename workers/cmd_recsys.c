@@ -48,7 +48,7 @@ typedef struct {
 enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
-    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG, OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK
 };
 
 static const struct option cm_rs_opts[] = {
@@ -70,6 +70,9 @@ static const struct option cm_rs_opts[] = {
     { "ref-iters", required_argument, NULL, OPT_REF_ITERS },
     { "validate", no_argument, NULL, OPT_VALIDATE },
     { "bias-reg", required_argument, NULL, OPT_BIAS_REG },
+    { "reg-exp", required_argument, NULL, OPT_REG_EXP },
+    { "knn-blend", required_argument, NULL, OPT_KNN_BLEND },
+    { "sim-shrink", required_argument, NULL, OPT_SIM_SHRINK },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
@@ -86,7 +89,14 @@ static const char *cm_rs_common_help =
     "                      ials 5, bias 5)\n"
     "  --alpha A           iALS confidence 1 + A*rating (default 1)\n"
     "  --bias-reg B        ALS: biases regularised by reg*B (default 1)\n"
+    "  --reg-exp E         ALS: a row with n ratings gets reg*n^E"
+    " (default 1)\n"
     "  --knn N             item-kNN neighbours (default 100)\n"
+    "  --knn-blend B       ALS (eval only): add an item-kNN vote on the"
+    " ALS\n"
+    "                      residuals, shrunk by B (default 0: off)\n"
+    "  --sim-shrink S      item-kNN: cosine * n/(n + S), n = co-raters"
+    " (default 0)\n"
     "  --threads N         solver threads (default 1; results do not"
     " depend on it)\n"
     "  --seed S            initialisation seed (default 1)\n"
@@ -184,6 +194,18 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 return 2;
             }
             c->tc.bias_reg = (float) v;
+            break;
+        case OPT_REG_EXP:
+            if (cm_rs_num(cmd, "--reg-exp", optarg, 0, 2, &v)) return 2;
+            c->tc.reg_exp = (float) v;
+            break;
+        case OPT_KNN_BLEND:
+            if (cm_rs_num(cmd, "--knn-blend", optarg, 0, 1e6, &v)) return 2;
+            c->tc.knn_blend = (float) v;
+            break;
+        case OPT_SIM_SHRINK:
+            if (cm_rs_num(cmd, "--sim-shrink", optarg, 0, 1e6, &v)) return 2;
+            c->tc.knn_sim_shrink = (float) v;
             break;
         case OPT_KNN:
             if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;

@@ -226,6 +226,22 @@ cm_rs_row_has(const cm_rs_data_t *d, uint32_t u, uint32_t i, float *r)
 }
 
 
+/* mu + b_u + b_i + U[u].V[i] for known u, i (dense) */
+static float
+cm_rs_raw(const cm_rs_model_t *m, uint32_t u, uint32_t i)
+{
+    const float  *x = m->U + (size_t) u * m->factors;
+    const float  *y = m->V + (size_t) i * m->factors;
+    float         p = m->mean + m->bu[u] + m->bi[i];
+    uint32_t      c;
+
+    for (c = 0; c < m->factors; c++) {
+        p += x[c] * y[c];
+    }
+    return p;
+}
+
+
 float
 cm_rs_predict(const cm_rs_model_t *m, const cm_rs_data_t *train,
     int32_t user, int32_t item)
@@ -240,16 +256,18 @@ cm_rs_predict(const cm_rs_model_t *m, const cm_rs_data_t *train,
     }
     u = cm_rs_find_id(m->user_ext, m->n_users, user);
     i = cm_rs_find_id(m->item_ext, m->n_items, item);
-    p = m->mean + (u >= 0 ? m->bu[u] : 0.0f) + (i >= 0 ? m->bi[i] : 0.0f);
-    if (u >= 0 && i >= 0 && m->factors > 0) {
-        const float *x = m->U + (size_t) u * m->factors;
-        const float *y = m->V + (size_t) i * m->factors;
-
-        for (c = 0; c < m->factors; c++) {
-            p += x[c] * y[c];
-        }
+    if (u >= 0 && i >= 0) {
+        p = cm_rs_raw(m, (uint32_t) u, (uint32_t) i);
+    } else {
+        p = m->mean + (u >= 0 ? m->bu[u] : 0.0f)
+            + (i >= 0 ? m->bi[i] : 0.0f);
     }
-    if (m->algo == CM_RS_ITEMKNN && u >= 0 && i >= 0 && train != NULL) {
+    /*
+     * Item-kNN: the neighbours of i the user rated vote with their
+     * residuals (rating minus the model's own prediction: the biases for
+     * CM_RS_ITEMKNN, the full factor model for ALS with knn_shrink > 0).
+     */
+    if (m->nn_idx != NULL && u >= 0 && i >= 0 && train != NULL) {
         for (c = 0; c < m->knn; c++) {
             j = m->nn_idx[(size_t) i * m->knn + c];
             if (j == UINT32_MAX) {
@@ -258,12 +276,12 @@ cm_rs_predict(const cm_rs_model_t *m, const cm_rs_data_t *train,
             if (cm_rs_row_has(train, (uint32_t) u, j, &r)) {
                 float s = m->nn_sim[(size_t) i * m->knn + c];
 
-                num += s * (r - (m->mean + m->bu[u] + m->bi[j]));
+                num += s * (r - cm_rs_raw(m, (uint32_t) u, j));
                 den += s;
             }
         }
         if (den > 0) {
-            p += (float) (num / den);
+            p += (float) (num / (den + m->knn_shrink));
         }
     }
     return p < 0.5f ? 0.5f : (p > 5.0f ? 5.0f : p);

@@ -44,6 +44,7 @@ typedef struct {
     float                alpha;
     float                mean;
     float                bias_reg;  /* bias reg = reg * bias_reg */
+    float                reg_exp;   /* row reg = reg * n^reg_exp */
     const float         *Y;         /* (n_other, k) */
     const float         *yb;        /* (n_other) or NULL */
     const float         *gram;      /* (k, k) Y^T Y for iALS */
@@ -104,6 +105,7 @@ cm_rs_train_conf_default(cm_rs_train_conf_t *c)
     c->alpha = 1.0f;
     c->knn = 100;
     c->bias_reg = 1.0f;
+    c->reg_exp = 1.0f;
     c->seed = 1;
 }
 
@@ -357,6 +359,7 @@ cm_rs_model_alloc(const cm_rs_data_t *d, cm_rs_algo_t algo, uint32_t k,
     memset(base, 0, total);
     m->algo = algo;
     m->bias_reg = 1.0f;
+    m->reg_exp = 1.0f;
     m->factors = k;
     m->n_users = d->n_users;
     m->n_items = d->n_items;
@@ -414,6 +417,14 @@ cm_rs_model_derive(cm_rs_model_t *m)
 
 
 /* ---- the row solves ----------------------------------------------------- */
+
+/* weighted-lambda: a row with n ratings is regularised by reg * n^e */
+static float
+cm_rs_row_weight(double n, float e)
+{
+    return e == 1.0f ? (float) n : (float) pow(n, e);
+}
+
 
 /* scratch floats one thread needs for rows of at most max_n entries */
 static size_t
@@ -551,7 +562,9 @@ cm_rs_solve_row(cm_rs_job_t *j, uint32_t row, float *s)
         info = cm_rs_solve_implicit(j->k, idx + ptr[row], val + ptr[row], n,
                                     j->Y, j->gram, j->alpha, j->reg, x, s);
     } else {
-        float reg_w = j->algo == CM_RS_ALS ? j->reg * (float) n : j->reg;
+        float reg_w = j->algo == CM_RS_ALS
+                      ? j->reg * cm_rs_row_weight((double) n, j->reg_exp)
+                      : j->reg;
 
         info = cm_rs_solve_explicit(j->k, idx + ptr[row], val + ptr[row], n,
                                     j->Y, j->yb, j->mean, reg_w, j->bias_reg,
@@ -631,14 +644,18 @@ cm_rs_als_loss(const cm_rs_model_t *m, const cm_rs_data_t *d)
         }
         nrm = (k ? cblas_sdot((int) k, x, 1, x, 1) : 0)
               + m->bias_reg * m->bu[u] * m->bu[u];
-        loss += m->reg * (double) (d->u_ptr[u + 1] - d->u_ptr[u]) * nrm;
+        loss += m->reg * cm_rs_row_weight((double) (d->u_ptr[u + 1]
+                                                    - d->u_ptr[u]),
+                                          m->reg_exp) * nrm;
     }
     for (i = 0; i < d->n_items; i++) {
         const float *y = m->V + (size_t) i * k;
 
         nrm = (k ? cblas_sdot((int) k, y, 1, y, 1) : 0)
               + m->bias_reg * m->bi[i] * m->bi[i];
-        loss += m->reg * (double) (d->i_ptr[i + 1] - d->i_ptr[i]) * nrm;
+        loss += m->reg * cm_rs_row_weight((double) (d->i_ptr[i + 1]
+                                                    - d->i_ptr[i]),
+                                          m->reg_exp) * nrm;
     }
     return loss;
 }
@@ -650,6 +667,7 @@ typedef struct {
     const cm_rs_data_t  *d;
     cm_rs_model_t       *m;
     uint32_t             next;
+    float                sim_shrink;
     float              **acc;       /* per thread (n_items) */
 } cm_rs_knn_job_t;
 
@@ -704,6 +722,8 @@ cm_rs_knn_worker(void *arg)
                     sim = acc[o] / sqrtf((float) (d->i_ptr[i + 1] - d->i_ptr[i])
                                          * (float) (d->i_ptr[o + 1]
                                                     - d->i_ptr[o]));
+                    /* few co-raters: trust the cosine less */
+                    sim *= acc[o] / (acc[o] + j->sim_shrink);
                     /* insertion into the sorted top-K (desc sim, asc id) */
                     if (n < K || sim > ns[K - 1]
                         || (sim == ns[K - 1] && o < ni[K - 1]))
@@ -757,6 +777,7 @@ cm_rs_train_knn(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
         j.d = d;
         j.m = m;
         j.next = 0;
+        j.sim_shrink = c->knn_sim_shrink;
         for (t = 1; t < T; t++) {
             w[t].job = &j;
             w[t].tid = t;
@@ -815,6 +836,7 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     m->reg = c->reg;
     m->alpha = c->alpha;
     m->bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
+    m->reg_exp = c->reg_exp;
     m->iters = c->iters;
     m->seed = c->seed;
     m->created = cm_now_real_ns() / 1000000000ull;
@@ -848,6 +870,7 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     j.alpha = c->alpha;
     j.mean = j.algo == CM_RS_IALS ? 0.0f : d->mean;
     j.bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
+    j.reg_exp = c->reg_exp;
     j.scratch = calloc(T, sizeof(float *));
     if (k > 0) {
         gram = malloc((size_t) k * k * sizeof(float));
@@ -904,7 +927,10 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
                   " definite: try a larger --reg)");
         goto done;
     }
-    if (c->algo == CM_RS_ITEMKNN) {
+    if (c->algo == CM_RS_ITEMKNN
+        || (c->algo == CM_RS_ALS && c->knn_blend > 0))
+    {
+        m->knn_shrink = c->algo == CM_RS_ALS ? c->knn_blend : 0.0f;
         rc = cm_rs_train_knn(d, c, m);
         if (rc != CM_OK) {
             cm_seterr(err, errlen, rc, "out of memory for item-kNN");
@@ -1107,7 +1133,9 @@ cm_rs_fold_in(const cm_rs_model_t *m, const uint32_t *items,
                                       m->gram, m->alpha, reg, x, s);
     } else {
         info = cm_rs_solve_explicit(m->factors, items, ratings, n, m->V,
-                                    m->bi, m->mean, reg * (float) n,
+                                    m->bi, m->mean,
+                                    reg * cm_rs_row_weight((double) n,
+                                                           m->reg_exp),
                                     m->bias_reg, x, bias, s);
     }
     free(s);

@@ -83,7 +83,11 @@ typedef struct {
     float         reg;          /* ALS: lambda (times n_u); iALS: lambda */
     float         alpha;        /* iALS confidence slope, default 1 */
     uint32_t      knn;          /* item-kNN neighbours, default 100 */
+    float         knn_blend;    /* ALS: > 0 adds an item-kNN vote on the
+                                   residuals, shrunk by this (eval only) */
+    float         knn_sim_shrink; /* cosine * n_common/(n_common + this) */
     float         bias_reg;     /* ALS: bias reg = reg * bias_reg (def. 1)*/
+    float         reg_exp;      /* ALS: row reg = reg * n^reg_exp (def. 1) */
     uint64_t      seed;         /* factor initialisation */
     double       *loss;         /* out (iters entries) if not NULL: the
                                    objective after each iteration */
@@ -100,6 +104,7 @@ typedef struct cm_rs_model_s {
     float             reg;
     float             alpha;
     float             bias_reg;     /* bias reg / factor reg (ALS) */
+    float             reg_exp;      /* row reg = reg * n^reg_exp (ALS) */
     uint32_t          iters;
     uint64_t          seed;
     uint64_t          created;      /* unix seconds */
@@ -123,6 +128,7 @@ typedef struct cm_rs_model_s {
     void             *mem;          /* one allocation for trained models */
     /* item-kNN only (never in an artifact) */
     uint32_t          knn;
+    float             knn_shrink;   /* residual vote / (sum sim + this) */
     uint32_t         *nn_idx;       /* (n_items, knn) neighbour, or ~0 */
     float            *nn_sim;       /* (n_items, knn) cosine */
 } cm_rs_model_t;
@@ -167,7 +173,8 @@ typedef struct {
     uint32_t         n_sections;    /* 144: CM_RS_N_SECTIONS */
     float            bias_reg;      /* 148: bias reg / factor reg */
     cm_rs_section_t  sec[CM_RS_N_SECTIONS];  /* 152 .. 296 */
-    uint8_t          pad[512 - 296];          /* zero */
+    float            reg_exp;       /* 296: row reg = reg * n^reg_exp */
+    uint8_t          pad[512 - 300];          /* zero */
 } cm_rs_header_t;
 
 /* ---- data ---------------------------------------------------------------- */
