@@ -48,7 +48,8 @@ typedef struct {
 enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
-    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG, OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG, OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
+    OPT_CONF_BELOW
 };
 
 static const struct option cm_rs_opts[] = {
@@ -73,6 +74,8 @@ static const struct option cm_rs_opts[] = {
     { "reg-exp", required_argument, NULL, OPT_REG_EXP },
     { "knn-blend", required_argument, NULL, OPT_KNN_BLEND },
     { "sim-shrink", required_argument, NULL, OPT_SIM_SHRINK },
+    { "conf-threshold", required_argument, NULL, OPT_CONF_THR },
+    { "conf-below", required_argument, NULL, OPT_CONF_BELOW },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
@@ -88,9 +91,12 @@ static const char *cm_rs_common_help =
     " (default als 0.05,\n"
     "                      ials 5, bias 5)\n"
     "  --alpha A           iALS confidence 1 + A*rating (default 1)\n"
+    "  --conf-threshold T  iALS: ratings below T get confidence"
+    " 1 + A*B*rating\n"
+    "  --conf-below B      (defaults 0 and 1: 1 + A*rating for all)\n"
     "  --bias-reg B        ALS: biases regularised by reg*B (default 1)\n"
-    "  --reg-exp E         ALS: a row with n ratings gets reg*n^E"
-    " (default 1)\n"
+    "  --reg-exp E         a row with n ratings gets reg*n^E (default:"
+    " als 1, ials 0)\n"
     "  --knn N             item-kNN neighbours (default 100)\n"
     "  --knn-blend B       ALS (eval only): add an item-kNN vote on the"
     " ALS\n"
@@ -206,6 +212,16 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_SIM_SHRINK:
             if (cm_rs_num(cmd, "--sim-shrink", optarg, 0, 1e6, &v)) return 2;
             c->tc.knn_sim_shrink = (float) v;
+            break;
+        case OPT_CONF_THR:
+            if (cm_rs_num(cmd, "--conf-threshold", optarg, 0, 10, &v)) {
+                return 2;
+            }
+            c->tc.conf_thr = (float) v;
+            break;
+        case OPT_CONF_BELOW:
+            if (cm_rs_num(cmd, "--conf-below", optarg, 0, 10, &v)) return 2;
+            c->tc.conf_below = (float) v;
             break;
         case OPT_KNN:
             if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;

@@ -99,6 +99,8 @@ cm_rs_model_write(const cm_rs_model_t *m, const char *path, char *err,
     h.alpha = m->alpha;
     h.bias_reg = m->bias_reg;
     h.reg_exp = m->reg_exp;
+    h.conf_thr = m->conf_thr;
+    h.conf_below = m->conf_below;
     h.iters = m->iters;
     h.seed = m->seed;
     h.created = m->created;
@@ -254,7 +256,9 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
     if (h.n_users == 0 || h.n_items == 0 || h.nnz > ((uint64_t) 1 << 40)
         || !isfinite(h.mean) || !isfinite(h.reg) || !isfinite(h.alpha)
         || !(h.bias_reg > 0) || !isfinite(h.bias_reg)
-        || !(h.reg_exp >= 0 && h.reg_exp <= 2))
+        || !(h.reg_exp >= 0 && h.reg_exp <= 2)
+        || !(h.conf_thr >= 0 && h.conf_thr <= 10)
+        || !(h.conf_below >= 0 && h.conf_below <= 10))
     {
         return cm_seterr(err, errlen, CM_EFORMAT, "bad dims or"
                          " hyper-parameters in header");
@@ -302,6 +306,8 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
     m->alpha = h.alpha;
     m->bias_reg = h.bias_reg;
     m->reg_exp = h.reg_exp;
+    m->conf_thr = h.conf_thr;
+    m->conf_below = h.conf_below;
     m->iters = h.iters;
     m->seed = h.seed;
     m->created = h.created;

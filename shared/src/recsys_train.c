@@ -45,6 +45,8 @@ typedef struct {
     float                mean;
     float                bias_reg;  /* bias reg = reg * bias_reg */
     float                reg_exp;   /* row reg = reg * n^reg_exp */
+    float                conf_thr;  /* iALS: ratings below get ... */
+    float                conf_below;/* ... confidence 1 + alpha below r */
     const float         *Y;         /* (n_other, k) */
     const float         *yb;        /* (n_other) or NULL */
     const float         *gram;      /* (k, k) Y^T Y for iALS */
@@ -105,7 +107,9 @@ cm_rs_train_conf_default(cm_rs_train_conf_t *c)
     c->alpha = 1.0f;
     c->knn = 100;
     c->bias_reg = 1.0f;
-    c->reg_exp = 1.0f;
+    c->reg_exp = -1.0f;                 /* als 1, ials 0 */
+    c->conf_thr = 0.0f;
+    c->conf_below = 1.0f;
     c->seed = 1;
 }
 
@@ -507,12 +511,13 @@ cm_rs_solve_explicit(uint32_t k, const uint32_t *idx, const float *val,
 
 /*
  * iALS row solve: (gram + sum_j (c_j - 1) y_j y_j^T + reg I) x
- * = sum_j c_j y_j, c_j = 1 + alpha r_j.
+ * = sum_j c_j y_j, c_j = 1 + alpha r_j, or 1 + alpha below r_j for ratings
+ * under thr (a 2-star rating is a weaker "watched it" signal).
  */
 static int
 cm_rs_solve_implicit(uint32_t k, const uint32_t *idx, const float *val,
-    size_t n, const float *Y, const float *gram, float alpha, float reg,
-    float *x, float *s)
+    size_t n, const float *Y, const float *gram, float alpha, float thr,
+    float below, float reg, float *x, float *s)
 {
     size_t   j, c;
     float   *G = s, *A = G + n * (k + 1), *rhs = A + (k + 1) * (k + 1), w;
@@ -521,7 +526,8 @@ cm_rs_solve_implicit(uint32_t k, const uint32_t *idx, const float *val,
     memset(rhs, 0, k * sizeof(float));
     for (j = 0; j < n; j++) {
         const float *y = Y + (size_t) idx[j] * k;
-        float        cj = 1.0f + alpha * val[j];
+        float        cj = 1.0f + alpha * val[j] * (val[j] >= thr ? 1.0f
+                                                                 : below);
 
         w = sqrtf(cj - 1.0f);
         for (c = 0; c < k; c++) {
@@ -559,8 +565,13 @@ cm_rs_solve_row(cm_rs_job_t *j, uint32_t row, float *s)
     int                  info;
 
     if (j->algo == CM_RS_IALS) {
+        float reg_w = j->reg_exp > 0 && n > 0
+                      ? j->reg * cm_rs_row_weight((double) n, j->reg_exp)
+                      : j->reg;
+
         info = cm_rs_solve_implicit(j->k, idx + ptr[row], val + ptr[row], n,
-                                    j->Y, j->gram, j->alpha, j->reg, x, s);
+                                    j->Y, j->gram, j->alpha, j->conf_thr,
+                                    j->conf_below, reg_w, x, s);
     } else {
         float reg_w = j->algo == CM_RS_ALS
                       ? j->reg * cm_rs_row_weight((double) n, j->reg_exp)
@@ -836,7 +847,10 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     m->reg = c->reg;
     m->alpha = c->alpha;
     m->bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
-    m->reg_exp = c->reg_exp;
+    m->conf_thr = c->conf_thr;
+    m->conf_below = c->conf_below;
+    m->reg_exp = c->reg_exp >= 0 ? c->reg_exp
+                 : (c->algo == CM_RS_IALS ? 0.0f : 1.0f);
     m->iters = c->iters;
     m->seed = c->seed;
     m->created = cm_now_real_ns() / 1000000000ull;
@@ -870,7 +884,9 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     j.alpha = c->alpha;
     j.mean = j.algo == CM_RS_IALS ? 0.0f : d->mean;
     j.bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
-    j.reg_exp = c->reg_exp;
+    j.reg_exp = m->reg_exp;
+    j.conf_thr = c->conf_thr;
+    j.conf_below = c->conf_below;
     j.scratch = calloc(T, sizeof(float *));
     if (k > 0) {
         gram = malloc((size_t) k * k * sizeof(float));
@@ -1130,7 +1146,12 @@ cm_rs_fold_in(const cm_rs_model_t *m, const uint32_t *items,
     if (m->algo == CM_RS_IALS) {
         info = m->gram == NULL ? -1
                : cm_rs_solve_implicit(m->factors, items, ratings, n, m->V,
-                                      m->gram, m->alpha, reg, x, s);
+                                      m->gram, m->alpha, m->conf_thr,
+                                      m->conf_below,
+                                      m->reg_exp > 0 && n > 0
+                                      ? reg * cm_rs_row_weight((double) n,
+                                                               m->reg_exp)
+                                      : reg, x, s);
     } else {
         info = cm_rs_solve_explicit(m->factors, items, ratings, n, m->V,
                                     m->bi, m->mean,

@@ -86,8 +86,12 @@ typedef struct {
     float         knn_blend;    /* ALS: > 0 adds an item-kNN vote on the
                                    residuals, shrunk by this (eval only) */
     float         knn_sim_shrink; /* cosine * n_common/(n_common + this) */
+    float         conf_thr;     /* iALS: ratings below conf_thr get */
+    float         conf_below;   /* confidence 1 + alpha conf_below r
+                                   (defaults 0 and 1: plain 1 + alpha r) */
     float         bias_reg;     /* ALS: bias reg = reg * bias_reg (def. 1)*/
-    float         reg_exp;      /* ALS: row reg = reg * n^reg_exp (def. 1) */
+    float         reg_exp;      /* row reg = reg * n^reg_exp; < 0: the
+                                   algo's default (ALS 1, iALS 0) */
     uint64_t      seed;         /* factor initialisation */
     double       *loss;         /* out (iters entries) if not NULL: the
                                    objective after each iteration */
@@ -104,7 +108,9 @@ typedef struct cm_rs_model_s {
     float             reg;
     float             alpha;
     float             bias_reg;     /* bias reg / factor reg (ALS) */
-    float             reg_exp;      /* row reg = reg * n^reg_exp (ALS) */
+    float             reg_exp;      /* row reg = reg * n^reg_exp */
+    float             conf_thr;     /* iALS confidence, see train conf */
+    float             conf_below;
     uint32_t          iters;
     uint64_t          seed;
     uint64_t          created;      /* unix seconds */
@@ -174,7 +180,9 @@ typedef struct {
     float            bias_reg;      /* 148: bias reg / factor reg */
     cm_rs_section_t  sec[CM_RS_N_SECTIONS];  /* 152 .. 296 */
     float            reg_exp;       /* 296: row reg = reg * n^reg_exp */
-    uint8_t          pad[512 - 300];          /* zero */
+    float            conf_thr;      /* 300: iALS confidence threshold */
+    float            conf_below;    /* 304: and the weight under it */
+    uint8_t          pad[512 - 308];          /* zero */
 } cm_rs_header_t;
 
 /* ---- data ---------------------------------------------------------------- */
