@@ -49,7 +49,7 @@ enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
     OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG, OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
-    OPT_CONF_BELOW
+    OPT_CONF_BELOW, OPT_CG
 };
 
 static const struct option cm_rs_opts[] = {
@@ -76,6 +76,7 @@ static const struct option cm_rs_opts[] = {
     { "sim-shrink", required_argument, NULL, OPT_SIM_SHRINK },
     { "conf-threshold", required_argument, NULL, OPT_CONF_THR },
     { "conf-below", required_argument, NULL, OPT_CONF_BELOW },
+    { "cg", required_argument, NULL, OPT_CG },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
@@ -103,6 +104,9 @@ static const char *cm_rs_common_help =
     "                      residuals, shrunk by B (default 0: off)\n"
     "  --sim-shrink S      item-kNN: cosine * n/(n + S), n = co-raters"
     " (default 0)\n"
+    "  --cg N              N conjugate-gradient steps per row instead of"
+    " exact\n"
+    "                      Cholesky solves (default 0: exact)\n"
     "  --threads N         solver threads (default 1; results do not"
     " depend on it)\n"
     "  --seed S            initialisation seed (default 1)\n"
@@ -222,6 +226,10 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_CONF_BELOW:
             if (cm_rs_num(cmd, "--conf-below", optarg, 0, 10, &v)) return 2;
             c->tc.conf_below = (float) v;
+            break;
+        case OPT_CG:
+            if (cm_rs_num(cmd, "--cg", optarg, 0, 100, &v)) return 2;
+            c->tc.cg_steps = (uint32_t) v;
             break;
         case OPT_KNN:
             if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;

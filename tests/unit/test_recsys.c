@@ -200,7 +200,8 @@ test_ials_and_knn_rank_a_users_unseen_preferences_above_chance(void **s)
     cm_rs_data_t        d;
     cm_rs_train_conf_t  c;
     cm_rs_model_t      *m;
-    cm_rs_algo_t        algos[] = { CM_RS_IALS, CM_RS_ITEMKNN, CM_RS_ALS };
+    cm_rs_algo_t        algos[] = { CM_RS_IALS, CM_RS_ITEMKNN, CM_RS_ALS,
+                                    CM_RS_IALS };
     cm_rating_t         x;
     int                 u, i, a, good;
     uint32_t            top[1], uu;
@@ -220,9 +221,10 @@ test_ials_and_knn_rank_a_users_unseen_preferences_above_chance(void **s)
     }
     assert_int_equal(cm_rs_data_build(r.v, r.n, &d, NULL, 0), CM_OK);
     row = malloc(d.n_items * sizeof(float));
-    for (a = 0; a < 3; a++) {
+    for (a = 0; a < 4; a++) {
         cm_rs_train_conf_default(&c);
         c.algo = algos[a];
+        c.cg_steps = a == 3 ? 3 : 0;            /* iALS by CG too */
         c.factors = 4;
         c.iters = 10;
         c.reg = algos[a] == CM_RS_IALS ? 0.1f : 0.05f;
@@ -258,6 +260,36 @@ test_ials_and_knn_rank_a_users_unseen_preferences_above_chance(void **s)
         cm_rs_model_free(m);
     }
     free(row);
+    cm_rs_data_free(&d);
+    cm_ratings_free(&r);
+}
+
+
+static void
+test_cg_solver_reaches_the_cholesky_fit(void **state)
+{
+    cm_ratings_t        r;
+    cm_rs_data_t        d;
+    cm_rs_train_conf_t  c;
+    cm_rs_model_t      *a, *b;
+    double              ra, rb;
+
+    planted(&r, 0.1);
+    assert_int_equal(cm_rs_data_build(r.v, r.n, &d, NULL, 0), CM_OK);
+    cm_rs_train_conf_default(&c);
+    c.factors = 4;
+    c.iters = 15;
+    c.reg = 0.01f;
+    assert_int_equal(cm_rs_train(&d, &c, &a, NULL, 0), CM_OK);
+    c.cg_steps = 3;
+    c.threads = 2;
+    assert_int_equal(cm_rs_train(&d, &c, &b, NULL, 0), CM_OK);
+    ra = train_rmse(a, &d);
+    rb = train_rmse(b, &d);
+    assert_true(rb < ra + 0.02);
+    assert_true(rb < 0.2);
+    cm_rs_model_free(a);
+    cm_rs_model_free(b);
     cm_rs_data_free(&d);
     cm_ratings_free(&r);
 }
@@ -364,6 +396,7 @@ main(void)
         cmocka_unit_test(test_reference_als_matches_blas_als),
         cmocka_unit_test(
             test_ials_and_knn_rank_a_users_unseen_preferences_above_chance),
+        cmocka_unit_test(test_cg_solver_reaches_the_cholesky_fit),
         cmocka_unit_test(test_topk_breaks_ties_by_index_and_skips_excluded),
         cmocka_unit_test(test_fold_in_recovers_a_trained_users_vector),
         cmocka_unit_test(test_similar_items_are_sorted_cosines_without_the_item),

@@ -93,6 +93,10 @@ typedef struct {
     float         reg_exp;      /* row reg = reg * n^reg_exp; < 0: the
                                    algo's default (ALS 1, iALS 0) */
     uint64_t      seed;         /* factor initialisation */
+    uint32_t      cg_steps;     /* 0: exact Cholesky solves (default);
+                                   N: N conjugate-gradient steps per row,
+                                   warm-started (ALS rows longer than k+1,
+                                   all iALS rows) */
     double       *loss;         /* out (iters entries) if not NULL: the
                                    objective after each iteration */
 } cm_rs_train_conf_t;
