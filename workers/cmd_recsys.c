@@ -526,6 +526,13 @@ cm_eval_recsys_main(int argc, char **argv)
         json_object_set_new(o, "reg", json_real(c.tc.reg));
         json_object_set_new(o, "alpha", json_real(c.tc.alpha));
         json_object_set_new(o, "knn", json_integer(c.tc.knn));
+        json_object_set_new(o, "reg_exp", json_real(m->reg_exp));
+        json_object_set_new(o, "bias_reg", json_real(m->bias_reg));
+        json_object_set_new(o, "knn_blend", json_real(c.tc.knn_blend));
+        json_object_set_new(o, "sim_shrink", json_real(c.tc.knn_sim_shrink));
+        json_object_set_new(o, "conf_threshold", json_real(c.tc.conf_thr));
+        json_object_set_new(o, "conf_below", json_real(c.tc.conf_below));
+        json_object_set_new(o, "cg", json_integer(c.tc.cg_steps));
         json_object_set_new(o, "seed", json_integer((json_int_t) c.tc.seed));
         json_object_set_new(o, "threads", json_integer(c.tc.threads));
         json_object_set_new(o, "k", json_integer((json_int_t) c.k));
@@ -553,10 +560,15 @@ cm_eval_recsys_main(int argc, char **argv)
         free(s);
         json_decref(o);
     } else {
-        printf("%s: %s (factors %u, iters %u, reg %g, alpha %g), %llu train /"
-               " %zu test ratings, %u users, %u items\n", proto,
+        printf("%s: %s (factors %u, iters %u, reg %g, reg-exp %g, bias-reg %g,"
+               " alpha %g, conf-threshold %g, conf-below %g, knn %u,"
+               " knn-blend %g, sim-shrink %g, cg %u), %llu train / %zu test"
+               " ratings, %u users, %u items\n", proto,
                cm_rs_algo_name(c.tc.algo), m->factors, c.tc.iters,
-               (double) c.tc.reg, (double) c.tc.alpha,
+               (double) c.tc.reg, (double) m->reg_exp, (double) m->bias_reg,
+               (double) c.tc.alpha, (double) c.tc.conf_thr,
+               (double) c.tc.conf_below, c.tc.knn, (double) c.tc.knn_blend,
+               (double) c.tc.knn_sim_shrink, c.tc.cg_steps,
                (unsigned long long) d.nnz, test.n, d.n_users, d.n_items);
         if (!isnan(mt.rmse)) {
             printf("  RMSE          %.4f   [%s, %zu predictions]\n", mt.rmse,
