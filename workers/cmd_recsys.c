@@ -38,6 +38,9 @@ typedef struct {
     int                  have_split;
     cm_rs_train_conf_t   tc;
     int                  reg_set;
+    int                  bias_reg_set;
+    int                  alpha_set;
+    int                  conf_set;
     size_t               k;
     int                  json;
     int                  lenient;
@@ -88,16 +91,19 @@ static const char *cm_rs_common_help =
     "  --algo A            als|ials|bias|pop|itemknn (default als)\n"
     "  --factors N         latent factors (default 64)\n"
     "  --iters N           ALS iterations (default 15)\n"
-    "  --reg R             lambda; ALS: times the row's rating count"
-    " (default als 0.05,\n"
-    "                      ials 5, bias 5)\n"
-    "  --alpha A           iALS confidence 1 + A*rating (default 1)\n"
+    "  --reg R             lambda, times n^reg-exp for a row with n"
+    " ratings\n"
+    "                      (defaults tuned on ml-latest-small: als --reg 2"
+    " --reg-exp 0.4\n"
+    "                      --bias-reg 0.5; ials --reg 40 --alpha 1.5"
+    " --conf-threshold 4\n"
+    "                      --conf-below 0; bias --reg 2)\n"
+    "  --alpha A           iALS confidence 1 + A*rating\n"
     "  --conf-threshold T  iALS: ratings below T get confidence"
     " 1 + A*B*rating\n"
-    "  --conf-below B      (defaults 0 and 1: 1 + A*rating for all)\n"
-    "  --bias-reg B        ALS: biases regularised by reg*B (default 1)\n"
-    "  --reg-exp E         a row with n ratings gets reg*n^E (default:"
-    " als 1, ials 0)\n"
+    "  --conf-below B      (T 0 or B 1: 1 + A*rating for all)\n"
+    "  --bias-reg B        ALS: biases regularised by reg*B\n"
+    "  --reg-exp E         1: ALS-WR; 0: constant (ials default)\n"
     "  --knn N             item-kNN neighbours (default 100)\n"
     "  --knn-blend B       ALS (eval only): add an item-kNN vote on the"
     " ALS\n"
@@ -194,6 +200,7 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_ALPHA:
             if (cm_rs_num(cmd, "--alpha", optarg, 1e-6, 1e6, &v)) return 2;
             c->tc.alpha = (float) v;
+            c->alpha_set = 1;
             break;
         case OPT_K:
             if (cm_rs_num(cmd, "--k", optarg, 1, 10000, &v)) return 2;
@@ -204,6 +211,7 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 return 2;
             }
             c->tc.bias_reg = (float) v;
+            c->bias_reg_set = 1;
             break;
         case OPT_REG_EXP:
             if (cm_rs_num(cmd, "--reg-exp", optarg, 0, 2, &v)) return 2;
@@ -222,10 +230,12 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 return 2;
             }
             c->tc.conf_thr = (float) v;
+            c->conf_set = 1;
             break;
         case OPT_CONF_BELOW:
             if (cm_rs_num(cmd, "--conf-below", optarg, 0, 10, &v)) return 2;
             c->tc.conf_below = (float) v;
+            c->conf_set = 1;
             break;
         case OPT_CG:
             if (cm_rs_num(cmd, "--cg", optarg, 0, 100, &v)) return 2;
@@ -262,9 +272,33 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 argv[optind]);
         return 2;
     }
-    if (!c->reg_set) {
-        c->tc.reg = c->tc.algo == CM_RS_ALS ? 0.05f
-                    : (c->tc.algo == CM_RS_IALS ? 5.0f : 5.0f);
+    /*
+     * Per-algorithm defaults for what was not given: the settings tuned on
+     * ml-latest-small's validation parts (docs/BENCHMARKS.md).
+     */
+    if (c->tc.algo == CM_RS_ALS) {
+        if (!c->reg_set) {
+            c->tc.reg = 2.0f;
+            if (c->tc.reg_exp < 0) {
+                c->tc.reg_exp = 0.4f;
+            }
+            if (!c->bias_reg_set) {
+                c->tc.bias_reg = 0.5f;
+            }
+        }
+    } else if (c->tc.algo == CM_RS_IALS) {
+        if (!c->reg_set) {
+            c->tc.reg = 40.0f;
+        }
+        if (!c->alpha_set) {
+            c->tc.alpha = 1.5f;
+        }
+        if (!c->conf_set) {
+            c->tc.conf_thr = 4.0f;
+            c->tc.conf_below = 0.0f;
+        }
+    } else if (!c->reg_set) {
+        c->tc.reg = c->tc.algo == CM_RS_BIAS ? 2.0f : 10.0f;
     }
     return 0;
 }
@@ -688,7 +722,8 @@ cm_bench_recsys_usage(FILE *f)
     fprintf(f, "usage: cinematch bench recsys --data DIR [--factors 64]"
             " [--iters 15]\n                             [--threads 2]"
             " [--ref-iters 2] [--reg 0.05]\n\n"
-            "Times ALS with --threads, ALS with 1 thread and the"
+            "Times exact ALS with --threads and with 1 thread, ALS by"
+            " conjugate\ngradient (--cg N, default 3) with --threads, and the"
             " no-BLAS reference\nALS (plain loops, --ref-iters iterations)"
             " on all of DIR, and prints\nseconds per iteration and the"
             " ratios, all measured in this run.\n");
@@ -705,7 +740,7 @@ cm_bench_recsys_main(int argc, char **argv)
     cm_rs_train_conf_t   tc;
     char                 err[1024];
     uint64_t             t0;
-    double               t_par, t_one, t_ref = 0;
+    double               t_par, t_one, t_cg, t_ref = 0;
     uint32_t             T;
     int                  rc;
 
@@ -728,6 +763,7 @@ cm_bench_recsys_main(int argc, char **argv)
     }
     tc = c.tc;
     tc.algo = CM_RS_ALS;
+    tc.cg_steps = 0;                    /* exact solves first */
     T = tc.threads;
     printf("bench recsys: %llu ratings, %u users, %u items, %u factors\n",
            (unsigned long long) d.nnz, d.n_users, d.n_items, tc.factors);
@@ -755,6 +791,19 @@ cm_bench_recsys_main(int argc, char **argv)
     } else {
         t_one = t_par;
     }
+    tc.threads = T;
+    tc.cg_steps = c.tc.cg_steps ? c.tc.cg_steps : 3;
+    t0 = cm_now_mono_ns();
+    rc = cm_rs_train(&d, &tc, &m, err, sizeof(err));
+    t_cg = (double) (cm_now_mono_ns() - t0) / 1e9;
+    if (rc != CM_OK) {
+        goto fail;
+    }
+    cm_rs_model_free(m);
+    printf("  als  %2u threads  %3u iters  %8.3f s  %8.4f s/iter  (--cg %u:"
+           " %.1fx the exact solves)\n", T, tc.iters, t_cg, t_cg / tc.iters,
+           tc.cg_steps, t_par / t_cg);
+    tc.cg_steps = 0;
     if (c.ref_iters > 0) {
         tc.iters = c.ref_iters;
         t0 = cm_now_mono_ns();

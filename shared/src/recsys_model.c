@@ -629,3 +629,60 @@ cm_rs_similar_items(const cm_rs_model_t *m, uint32_t item, size_t k,
     free(s);
     return CM_OK;
 }
+
+
+int
+cm_rs_explain(const cm_rs_model_t *m, uint32_t user, uint32_t item,
+    uint32_t *because, float *sim)
+{
+    uint64_t  p;
+    uint32_t  j, k = m->factors;
+    float     best = -2.0f, c, den;
+    int       found = 0;
+
+    if (user >= m->n_users || item >= m->n_items || k == 0
+        || m->v_norm == NULL)
+    {
+        return CM_EINVAL;
+    }
+    for (p = m->seen_ptr[user]; p < m->seen_ptr[user + 1]; p++) {
+        j = m->seen_idx[p];
+        if (j == item) {
+            continue;
+        }
+        den = m->v_norm[item] * m->v_norm[j];
+        c = den > 0 ? cblas_sdot((int) k, m->V + (size_t) item * k, 1,
+                                 m->V + (size_t) j * k, 1) / den
+                    : 0.0f;
+        if (!found || c > best) {
+            best = c;
+            *because = j;
+            found = 1;
+        }
+    }
+    if (!found) {
+        return CM_ENOTFOUND;
+    }
+    *sim = best;
+    return CM_OK;
+}
+
+
+int
+cm_rs_popular(const cm_rs_model_t *m, const uint32_t *excl, size_t n_excl,
+    size_t k, uint32_t *out_idx, float *out_score, size_t *n_out)
+{
+    float     *s;
+    uint32_t   i;
+
+    s = malloc((m->n_items ? m->n_items : 1) * sizeof(float));
+    if (s == NULL) {
+        return CM_ENOMEM;
+    }
+    for (i = 0; i < m->n_items; i++) {
+        s[i] = (float) m->pop[i];
+    }
+    *n_out = cm_rs_topk(s, m->n_items, excl, n_excl, k, out_idx, out_score);
+    free(s);
+    return CM_OK;
+}

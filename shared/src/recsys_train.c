@@ -1157,7 +1157,8 @@ cm_rs_ref_cholesky_solve(float *a, float *b, size_t n)
 static int
 cm_rs_ref_half(const uint64_t *ptr, const uint32_t *idx, const float *val,
     uint32_t n_rows, uint32_t k, const float *Y, const float *yb, float mean,
-    float reg, float *X, float *xb, float *A, float *rhs)
+    float reg, float reg_exp, float bias_reg, float *X, float *xb, float *A,
+    float *rhs)
 {
     size_t    kk = k + 1, a, b;
     uint32_t  r;
@@ -1182,7 +1183,9 @@ cm_rs_ref_half(const uint64_t *ptr, const uint32_t *idx, const float *val,
             }
         }
         for (a = 0; a < kk; a++) {
-            A[a * kk + a] += reg * (float) n + (n == 0 ? 1.0f : 0.0f);
+            A[a * kk + a] += reg * (float) pow((double) n, reg_exp)
+                             * (a == k ? bias_reg : 1.0f)
+                             + (n == 0 ? 1.0f : 0.0f);
         }
         if (cm_rs_ref_cholesky_solve(A, rhs, kk) != 0) {
             return CM_ERR;
@@ -1214,6 +1217,8 @@ cm_rs_train_als_reference(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
         return cm_seterr(err, errlen, rc, "out of memory");
     }
     m->reg = c->reg;
+    m->reg_exp = c->reg_exp >= 0 ? c->reg_exp : 1.0f;
+    m->bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
     m->iters = c->iters;
     m->seed = c->seed;
     A = malloc((size_t) (k + 1) * (k + 1) * sizeof(float));
@@ -1229,11 +1234,13 @@ cm_rs_train_als_reference(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     }
     for (it = 0; it < c->iters && rc == CM_OK; it++) {
         rc = cm_rs_ref_half(d->u_ptr, d->u_idx, d->u_val, d->n_users, k,
-                            m->V, m->bi, d->mean, c->reg, (float *) m->U,
+                            m->V, m->bi, d->mean, c->reg, m->reg_exp,
+                            m->bias_reg, (float *) m->U,
                             (float *) m->bu, A, rhs);
         if (rc == CM_OK) {
             rc = cm_rs_ref_half(d->i_ptr, d->i_idx, d->i_val, d->n_items, k,
-                                m->U, m->bu, d->mean, c->reg, (float *) m->V,
+                                m->U, m->bu, d->mean, c->reg, m->reg_exp,
+                                m->bias_reg, (float *) m->V,
                                 (float *) m->bi, A, rhs);
         }
         if (rc == CM_OK && c->loss != NULL) {

@@ -40,6 +40,8 @@
  *     cm_rs_topk()          top-K of a score row, excluding a sorted list
  *     cm_rs_recommend()     score + exclude seen + top-K for one user
  *     cm_rs_similar_items() cosine of item factors, top-K
+ *     cm_rs_explain()       the seen item closest to a recommendation
+ *     cm_rs_popular()       cold-start list
  *     cm_rs_fold_in()       a user vector from (item, rating) pairs: one
  *                           (k+1)x(k+1) ridge solve, no retraining
  */
@@ -250,6 +252,15 @@ int cm_rs_recommend(const cm_rs_model_t *m, uint32_t user, size_t k,
 /* Items most similar to item (cosine of factors), item itself excluded. */
 int cm_rs_similar_items(const cm_rs_model_t *m, uint32_t item, size_t k,
     uint32_t *out_idx, float *out_score, size_t *n_out);
+/* "Because you watched X": the user's seen item with the highest cosine
+ * (item factors) to item.  CM_ENOTFOUND when the user has seen nothing. */
+int cm_rs_explain(const cm_rs_model_t *m, uint32_t user, uint32_t item,
+    uint32_t *because, float *sim);
+/* Cold start: the k most rated training items, skipping excl (ascending);
+ * scores are the rating counts. */
+int cm_rs_popular(const cm_rs_model_t *m, const uint32_t *excl,
+    size_t n_excl, size_t k, uint32_t *out_idx, float *out_score,
+    size_t *n_out);
 /* Fold in a user from (dense item, rating) pairs: x (k) and *bias.  For
  * ALS the training user step; for iALS the implicit one. reg <= 0 uses
  * the model's. */
