@@ -452,6 +452,13 @@ cm_rs_score_users(const cm_rs_model_t *m, const uint32_t *users, size_t n,
     if (k == 0) {
         return CM_OK;
     }
+    if (n == 1) {
+        /* one user: a matrix-vector product, no copy */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int) m->n_items, (int) k,
+                    1.0f, m->V, (int) k, m->U + (size_t) users[0] * k, 1,
+                    1.0f, out, 1);
+        return CM_OK;
+    }
     X = malloc(n * k * sizeof(float));
     if (X == NULL) {
         return CM_ENOMEM;
