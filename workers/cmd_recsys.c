@@ -41,6 +41,8 @@ typedef struct {
     int                  bias_reg_set;
     int                  alpha_set;
     int                  conf_set;
+    int                  knn_set;
+    int                  sim_set;
     size_t               k;
     int                  json;
     int                  lenient;
@@ -104,12 +106,15 @@ static const char *cm_rs_common_help =
     "  --conf-below B      (T 0 or B 1: 1 + A*rating for all)\n"
     "  --bias-reg B        ALS: biases regularised by reg*B\n"
     "  --reg-exp E         1: ALS-WR; 0: constant (ials default)\n"
-    "  --knn N             item-kNN neighbours (default 100)\n"
+    "  --knn N             item-kNN neighbours (default 30 --sim-shrink 30"
+    "\n"
+    "                      --conf-threshold 4 --conf-below 0: a seen film"
+    " rated\n"
+    "                      under 4 does not vote in the ranking)\n"
     "  --knn-blend B       ALS (eval only): add an item-kNN vote on the"
     " ALS\n"
     "                      residuals, shrunk by B (default 0: off)\n"
-    "  --sim-shrink S      item-kNN: cosine * n/(n + S), n = co-raters"
-    " (default 0)\n"
+    "  --sim-shrink S      item-kNN: cosine * n/(n + S), n = co-raters\n"
     "  --cg N              N conjugate-gradient steps per row instead of"
     " exact\n"
     "                      Cholesky solves (default 0: exact)\n"
@@ -224,6 +229,7 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_SIM_SHRINK:
             if (cm_rs_num(cmd, "--sim-shrink", optarg, 0, 1e6, &v)) return 2;
             c->tc.knn_sim_shrink = (float) v;
+            c->sim_set = 1;
             break;
         case OPT_CONF_THR:
             if (cm_rs_num(cmd, "--conf-threshold", optarg, 0, 10, &v)) {
@@ -244,6 +250,7 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_KNN:
             if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;
             c->tc.knn = (uint32_t) v;
+            c->knn_set = 1;
             break;
         case OPT_THREADS:
             if (cm_rs_num(cmd, "--threads", optarg, 1, 64, &v)) return 2;
@@ -292,6 +299,17 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         }
         if (!c->alpha_set) {
             c->tc.alpha = 1.5f;
+        }
+        if (!c->conf_set) {
+            c->tc.conf_thr = 4.0f;
+            c->tc.conf_below = 0.0f;
+        }
+    } else if (c->tc.algo == CM_RS_ITEMKNN) {
+        if (!c->knn_set) {
+            c->tc.knn = 30;
+        }
+        if (!c->sim_set) {
+            c->tc.knn_sim_shrink = 30.0f;
         }
         if (!c->conf_set) {
             c->tc.conf_thr = 4.0f;

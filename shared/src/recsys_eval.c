@@ -311,10 +311,12 @@ cm_rs_cmp_u32(const void *a, const void *b)
 
 /* the ranking score row of one user (dense u, or -1 for a cold user) */
 static int
-cm_rs_score_row(const cm_rs_model_t *m, int64_t u, float *s)
+cm_rs_score_row(const cm_rs_model_t *m, const cm_rs_data_t *train,
+    int64_t u, float *s)
 {
     uint64_t  p;
     uint32_t  c, j, nb, i;
+    float     w;
 
     if (u < 0 || m->algo == CM_RS_POP) {
         for (i = 0; i < m->n_items; i++) {
@@ -326,12 +328,14 @@ cm_rs_score_row(const cm_rs_model_t *m, int64_t u, float *s)
         memset(s, 0, m->n_items * sizeof(float));
         for (p = m->seen_ptr[u]; p < m->seen_ptr[u + 1]; p++) {
             j = m->seen_idx[p];
+            /* the same confidence rule as iALS: low ratings vote less */
+            w = train->u_val[p] >= m->conf_thr ? 1.0f : m->conf_below;
             for (c = 0; c < m->knn; c++) {
                 nb = m->nn_idx[(size_t) j * m->knn + c];
                 if (nb == UINT32_MAX) {
                     break;
                 }
-                s[nb] += m->nn_sim[(size_t) j * m->knn + c];
+                s[nb] += w * m->nn_sim[(size_t) j * m->knn + c];
             }
         }
         return CM_OK;
@@ -407,7 +411,7 @@ cm_rs_evaluate(const cm_rs_model_t *m, const cm_rs_data_t *train,
         }
         qsort(pos, n_pos, sizeof(uint32_t), cm_rs_cmp_u32);
         u = cm_rs_find_id(m->user_ext, m->n_users, t[a].user);
-        rc = cm_rs_score_row(m, u, s);
+        rc = cm_rs_score_row(m, train, u, s);
         if (rc != CM_OK) {
             cm_seterr(err, errlen, rc, "scoring failed");
             goto done;

@@ -32,7 +32,9 @@ for a in "bias --reg 2" \
     done | mean_rmse
 done
 echo "== ranking: temporal-user:0.2, K=10 =="
-for a in "pop" "itemknn --knn 100" "itemknn --knn 30 --sim-shrink 30" \
+for a in "pop" "itemknn --knn 100 --sim-shrink 0 --conf-threshold 0" \
+         "itemknn --knn 30 --sim-shrink 30 --conf-threshold 0" \
+         "itemknn --knn 30 --sim-shrink 30 --conf-threshold 4 --conf-below 0" \
          "als --factors 64 --reg 2 --reg-exp 0.4 --bias-reg 0.5" \
          "ials --factors 64 --iters 10 --alpha 1 --reg 30" \
          "ials --factors 64 --iters 10 --alpha 1.5 --reg 40 --conf-threshold 4 --conf-below 0" \
