@@ -330,7 +330,8 @@ cm_rs_load(const char *cmd, cm_rs_cli_t *c, cm_ml_dataset_t *ds)
 
     memset(&o, 0, sizeof(o));
     o.strict = !c->lenient;
-    o.on_bad = cm_ml_report_stderr;
+    /* strict: the error message already names the line */
+    o.on_bad = c->lenient ? cm_ml_report_stderr : NULL;
     if (cm_ml_load_dir(c->data, c->format, &o, ds, err, sizeof(err))
         != CM_OK)
     {
@@ -448,7 +449,8 @@ cm_rs_read_split_file(cm_rs_cli_t *c, const char *name, cm_ratings_t *out)
 
     memset(&o, 0, sizeof(o));
     o.strict = !c->lenient;
-    o.on_bad = cm_ml_report_stderr;
+    /* strict: the error message already names the line */
+    o.on_bad = c->lenient ? cm_ml_report_stderr : NULL;
     if (name[0] == '/') {
         snprintf(path, sizeof(path), "%s", name);
     } else {
@@ -739,7 +741,7 @@ cm_bench_recsys_usage(FILE *f)
 {
     fprintf(f, "usage: cinematch bench recsys --data DIR [--factors 64]"
             " [--iters 15]\n                             [--threads 2]"
-            " [--ref-iters 2] [--reg 0.05]\n\n"
+            " [--ref-iters 2] [--cg 3] [--reg R]\n\n"
             "Times exact ALS with --threads and with 1 thread, ALS by"
             " conjugate\ngradient (--cg N, default 3) with --threads, and the"
             " no-BLAS reference\nALS (plain loops, --ref-iters iterations)"
