@@ -273,6 +273,29 @@ test_verify_rejects_crit_and_bad_typ(void **state)
 
 
 static void
+test_verify_parses_headers_other_than_our_own(void **state)
+{
+    fx_t  *fx = *state;
+    char   hdr[200], tok[2048];
+
+    /* not byte-identical to what we sign, so the full header check runs:
+     * other key order, spaces, no typ, the previous key */
+    snprintf(hdr, sizeof(hdr), "{ \"kid\" : \"%s\", \"alg\" : \"HS256\" }",
+             fx->b.kid);
+    forge(tok, sizeof(tok), hdr, good_payload(), &fx->b);
+    assert_int_equal(verify(fx, tok, NOW), 0);
+    forge(tok, sizeof(tok), hdr, good_payload(), &fx->a);
+    assert_int_equal(verify(fx, tok, NOW), CM_JWT_ESIG);
+    /* our exact header with the other key's signature */
+    hdr_for(hdr, sizeof(hdr), "HS256", &fx->a);
+    assert_int_equal(strlen(fx->a.hdr_b64), fx->a.hdr_b64_len);
+    forge(tok, sizeof(tok), hdr, good_payload(), &fx->b);
+    assert_memory_equal(tok, fx->a.hdr_b64, fx->a.hdr_b64_len);
+    assert_int_equal(verify(fx, tok, NOW), CM_JWT_ESIG);
+}
+
+
+static void
 test_verify_rejects_wrong_signature(void **state)
 {
     fx_t          *fx = *state;
@@ -767,6 +790,7 @@ main(void)
         cmocka_unit_test(test_verify_rejects_every_alg_but_hs256),
         cmocka_unit_test(test_verify_rejects_hs_rs_confusion),
         cmocka_unit_test(test_verify_rejects_crit_and_bad_typ),
+        cmocka_unit_test(test_verify_parses_headers_other_than_our_own),
         cmocka_unit_test(test_verify_rejects_wrong_signature),
         cmocka_unit_test(test_verify_rejects_payload_changed_after_signing),
         cmocka_unit_test(test_verify_rejects_expired_at_the_exact_second),

@@ -46,6 +46,11 @@ typedef struct {
     char      kid[CM_JWT_KID_LEN + 1];
     size_t    len;
     uint8_t   secret[CM_JWT_KEY_MAX];
+    /* base64url of the exact header cm_jwt_sign writes with this key: a
+     * token whose first part is byte-for-byte this skips the header JSON
+     * parse (the common case); anything else takes the full path */
+    char      hdr_b64[96];
+    size_t    hdr_b64_len;
 } cm_jwt_key_t;
 
 typedef struct {
