@@ -279,6 +279,14 @@ cm_jwt_sign(const cm_jwt_keyring_t *ring, const cm_jwt_claims_t *claims,
         json_decref(o);
         return CM_ENOMEM;
     }
+    if (claims->sid[0] != '\0') {
+        json_t *sid = json_string(claims->sid);
+
+        if (sid == NULL || json_object_set_new(o, "sid", sid) != 0) {
+            json_decref(o);
+            return CM_JWT_ECLAIM;
+        }
+    }
     plen = json_dumpb(o, payload, sizeof(payload), JSON_COMPACT);
     json_decref(o);
     if (plen == 0 || plen > sizeof(payload)) {
@@ -468,7 +476,9 @@ cm_jwt_check_payload(const cm_jwt_keyring_t *ring, const char *p, size_t len,
            != CM_OK
         || (rc = cm_jwt_get_int(o, "exp", &c->exp, 1)) != CM_OK
         || (rc = cm_jwt_get_int(o, "iat", &c->iat, 1)) != CM_OK
-        || (rc = cm_jwt_get_int(o, "nbf", &c->nbf, 0)) != CM_OK)
+        || (rc = cm_jwt_get_int(o, "nbf", &c->nbf, 0)) != CM_OK
+        || (rc = cm_jwt_get_str(o, "sid", c->sid, sizeof(c->sid), 0))
+           != CM_OK)
     {
         goto done;
     }

@@ -132,6 +132,7 @@ test_sign_then_verify_round_trips_every_claim(void **state)
     strcpy(in.sub, "10000042");
     strcpy(in.jti, "6f1c2a");
     strcpy(in.role, "admin");
+    strcpy(in.sid, "0b6c9d0e-6a4f-4b7e-9d55-2c1f3f3f0a11");
     in.iat = NOW;
     in.nbf = NOW;
     in.exp = NOW + 900;
@@ -143,6 +144,7 @@ test_sign_then_verify_round_trips_every_claim(void **state)
     assert_string_equal(out.sub, "10000042");
     assert_string_equal(out.jti, "6f1c2a");
     assert_string_equal(out.role, "admin");
+    assert_string_equal(out.sid, "0b6c9d0e-6a4f-4b7e-9d55-2c1f3f3f0a11");
     assert_string_equal(out.kid, fx->a.kid);
     assert_int_equal(out.iat, NOW);
     assert_int_equal(out.nbf, NOW);
@@ -612,6 +614,11 @@ test_verify_rejects_ill_typed_and_missing_claims(void **state)
         "\"sub\":\"1\",\"role\":\"user\",\"iat\":1767225600,"
         "\"exp\":1767226500",
         "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"exp\":1767226500",
+        /* sid as number, sid empty */
+        "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"iat\":1767225600,"
+        "\"sid\":5,\"exp\":1767226500",
+        "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"iat\":1767225600,"
+        "\"sid\":\"\",\"exp\":1767226500",
         /* nbf as bool, exp before iat */
         "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"iat\":1767225600,"
         "\"nbf\":true,\"exp\":1767226500",

@@ -68,6 +68,9 @@ typedef struct {
     char      sub[CM_JWT_STR_MAX];   /* user id, decimal */
     char      jti[CM_JWT_STR_MAX];   /* unique id, denylist key on logout */
     char      role[CM_JWT_STR_MAX];  /* "user" | "admin" */
+    char      sid[CM_JWT_STR_MAX];   /* optional: session = refresh-token
+                                        family id, so logout can revoke
+                                        the family from the access token */
     char      kid[CM_JWT_KID_LEN + 1];
     int64_t   iat;
     int64_t   nbf;                    /* 0 when absent */
