@@ -50,8 +50,11 @@ cmd_deps() {
 build_module() {
     [ -f ngx_module/config ] || { log "ngx_module/config missing: module skipped"; return 0; }
     [ -d "$NGX_SRC" ] || die "nginx sources not found in $NGX_SRC (package nginx-dev)"
-    local stamp=$NGX_BUILD/.configured
-    if [ ! -f "$stamp" ] || [ ngx_module/config -nt "$stamp" ]; then
+    local stamp=$NGX_BUILD/.configured srcs
+    # configure again when config changes or a source file comes or goes
+    srcs=$(echo ngx_module/*.c)
+    if [ ! -f "$stamp" ] || [ ngx_module/config -nt "$stamp" ] \
+        || [ "$(cat "$stamp")" != "$srcs" ]; then
         log "configuring nginx module build (nginx $(nginx -v 2>&1 | sed 's/.*\///'))"
         rm -rf "$NGX_BUILD"; mkdir -p "$NGX_BUILD"
         cp -a "$NGX_SRC"/. "$NGX_BUILD"/
@@ -59,7 +62,7 @@ build_module() {
             && CM_ROOT="$ROOT" ./configure "${NGX_CONF_FLAGS[@]}" \
                 --add-dynamic-module="$ROOT/ngx_module" >configure.log 2>&1) \
             || { tail -20 "$NGX_BUILD/configure.log"; die "nginx configure failed"; }
-        touch "$stamp"
+        echo "$srcs" >"$stamp"
     fi
     # The module links libcinematch.a; relink when it changes.
     [ build/libcinematch.a -nt "$NGX_BUILD/objs/ngx_http_cinematch_module.so" ] \

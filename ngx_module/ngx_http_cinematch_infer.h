@@ -20,6 +20,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_cinematch.h"
+#include "cinematch/common.h"
 #include "cinematch/ipc.h"
 
 typedef struct ngx_http_cinematch_infer_req_s

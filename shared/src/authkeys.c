@@ -55,14 +55,6 @@ cm_random_base62(char *out, size_t n)
 }
 
 
-void
-cm_sha256_hex(const void *s, size_t len, char hex[CM_SHA256_HEX_LEN + 1])
-{
-    uint8_t  h[crypto_hash_sha256_BYTES];
-
-    crypto_hash_sha256(h, s, len);
-    sodium_bin2hex(hex, CM_SHA256_HEX_LEN + 1, h, sizeof(h));
-}
 
 
 int

@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cinematch/digest.h"
+
 #define CM_AUTH_EMISMATCH   -120   /* secret does not match the hash */
 #define CM_AUTH_EEXPIRED    -121   /* one-time token past its expiry */
 
@@ -34,7 +36,6 @@
 #define CM_APIKEY_LEN          (3 + CM_TOKEN_RANDOM_CHARS)   /* "cm_" */
 #define CM_APIKEY_PREFIX_LEN   8
 #define CM_TOKEN_MAX_LEN       (4 + CM_TOKEN_RANDOM_CHARS)   /* "cmr_" */
-#define CM_SHA256_HEX_LEN      64
 #define CM_UUID_LEN            36
 
 typedef struct {
@@ -77,8 +78,6 @@ int cm_auth_init(void);
 /* Fill out with n random base62 characters (no NUL added). */
 int cm_random_base62(char *out, size_t n);
 
-/* Lowercase hex SHA-256 of s[0..len) into hex[65]. */
-void cm_sha256_hex(const void *s, size_t len, char hex[CM_SHA256_HEX_LEN + 1]);
 
 /* A random RFC 4122 version 4 UUID, lowercase, NUL-terminated. */
 int cm_uuid_v4(char out[CM_UUID_LEN + 1]);

@@ -1,0 +1,533 @@
+#!/usr/bin/env bash
+# conf/stack.sh: the local cinematch stack, as background processes under one
+# directory (./var, or $CINEMATCH_VAR).  `./build.sh run|stop|status` call it.
+#
+#   conf/stack.sh start    PostgreSQL, Redis, cinematch migrate, cinematch infer,
+#                          nginx (+ the module); returns once /ready is 200
+#   conf/stack.sh stop     stops what start started, by pid file, nothing else
+#   conf/stack.sh status   one line per component
+#
+# Environment (defaults in brackets):
+#   CINEMATCH_VAR [./var]            everything the stack writes
+#   CINEMATCH_HTTP_PORT [8080]       CINEMATCH_HTTPS_PORT [8443]
+#   CINEMATCH_PG_PORT [55432]        CINEMATCH_REDIS_PORT [56379]
+#   CINEMATCH_LISTEN [127.0.0.1]     nginx listen address (0.0.0.0 to expose)
+#   CINEMATCH_USER [cinematch]       when run as root, the unprivileged account
+#                                    the servers run as (created if missing)
+#   CINEMATCH_READY_TIMEOUT [60]     seconds to wait for /ready
+#   CINEMATCH_DATA [../shared/data/ml-latest-small]  MovieLens directory to
+#                                    serve; when absent, `cinematch synth` data
+#   CINEMATCH_BIN [build/cinematch]  PG_BIN [/usr/lib/postgresql/15/bin]
+#
+# Ports in use by something else are reported, never taken over.  The ports a
+# running stack uses are remembered in var/stack.env, so stop/status/a second
+# start need no environment.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VAR=${CINEMATCH_VAR:-$ROOT/var}
+mkdir -p "$VAR"
+VAR=$(cd "$VAR" && pwd)
+BIN=${CINEMATCH_BIN:-$ROOT/build/cinematch}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+MODULE_SO=${CINEMATCH_MODULE_SO:-$ROOT/build/ngx_http_cinematch_module.so}
+NGINX=${NGINX:-/usr/sbin/nginx}
+SVC_USER=${CINEMATCH_USER:-cinematch}
+READY_TIMEOUT=${CINEMATCH_READY_TIMEOUT:-60}
+
+RUN=$VAR/run
+LOG=$VAR/log
+PGDATA_DIR=$VAR/pg/data
+STACK_ENV=$VAR/stack.env
+
+HTTP_PORT=${CINEMATCH_HTTP_PORT:-8080}
+HTTPS_PORT=${CINEMATCH_HTTPS_PORT:-8443}
+PG_PORT=${CINEMATCH_PG_PORT:-55432}
+REDIS_PORT=${CINEMATCH_REDIS_PORT:-56379}
+LISTEN=${CINEMATCH_LISTEN:-127.0.0.1}
+# Named shm segments are machine-wide: make ours unique per var directory so
+# two stacks (two checkouts) never share one.
+INFER_SHM=/cinematch-$(printf '%s' "$VAR" | cksum | cut -d' ' -f1)-infer-0
+INFER_SOCKET=$RUN/infer-0.sock
+
+say()  { printf '%s\n' "$*"; }
+step() { printf '\033[1m--> %s\033[0m\n' "$*"; }
+warn() { printf '\033[33mstack: %s\033[0m\n' "$*" >&2; }
+die()  { printf '\033[31mstack: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# ---- privileges --------------------------------------------------------------
+# PostgreSQL refuses to run as root, and the servers have no business being
+# root anyway: as root, every server runs as $SVC_USER (a system account) and
+# owns $VAR.  As anyone else, everything runs as that user.
+
+IS_ROOT=0
+[ "$(id -u)" -eq 0 ] && IS_ROOT=1
+
+ensure_svc_user() {
+    [ $IS_ROOT = 1 ] || return 0
+    if ! id -u "$SVC_USER" >/dev/null 2>&1; then
+        step "creating system user $SVC_USER (runs the servers)"
+        local group=--user-group
+        # a package (or an earlier install) may have made the group already
+        getent group "$SVC_USER" >/dev/null && group="--gid=$SVC_USER"
+        useradd --system "$group" --home-dir /nonexistent --no-create-home \
+            --shell /usr/sbin/nologin "$SVC_USER"
+    fi
+}
+
+# Run a command as the service user.  setpriv execs (no extra process), so
+# "${AS_SVC[@]}" cmd & leaves the command's own pid in $!.
+AS_SVC=()
+[ $IS_ROOT = 1 ] && AS_SVC=(setpriv "--reuid=$SVC_USER" "--regid=$SVC_USER" --clear-groups --)
+as_svc() { "${AS_SVC[@]}" "$@"; }
+
+own_var() {
+    [ $IS_ROOT = 1 ] || return 0
+    chown -R "$SVC_USER:$SVC_USER" "$VAR"
+    as_svc test -w "$VAR" -a -x "$VAR" \
+        || die "$SVC_USER cannot reach $VAR (a parent directory is not" \
+               "world-searchable?); set CINEMATCH_VAR to a directory it can use"
+    as_svc test -r "$BIN" || die "$SVC_USER cannot read $BIN"
+}
+
+# ---- pid files ---------------------------------------------------------------
+
+# pid_of FILE COMM: the pid in FILE when that process is alive and its
+# command name is COMM (a recycled pid is someone else's process).
+pid_of() {
+    local file=$1 comm=$2 pid
+    [ -f "$file" ] || return 1
+    pid=$(head -n1 "$file" 2>/dev/null | tr -dc '0-9')
+    [ -n "$pid" ] || return 1
+    kill -0 "$pid" 2>/dev/null || [ -d "/proc/$pid" ] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || return 1
+    printf '%s\n' "$pid"
+}
+
+# stop_pid NAME FILE COMM SIGNAL: signal, wait up to 15 s, then SIGKILL.
+stop_pid() {
+    local name=$1 file=$2 comm=$3 sig=$4 pid _
+    if ! pid=$(pid_of "$file" "$comm"); then
+        if [ -f "$file" ]; then
+            rm -f "$file"
+            say "$name: not running (removed stale $file)"
+        else
+            say "$name: not running"
+        fi
+        return 0
+    fi
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        warn "$name (pid $pid) ignored SIG$sig for 15 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 0.2
+    fi
+    rm -f "$file"
+    say "$name: stopped (pid $pid)"
+}
+
+port_busy() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+need_port() {
+    port_busy "$1" && die "port $1 ($2) is already in use by another process;" \
+        "set $3 to a free port"
+    return 0
+}
+
+wait_for() {   # wait_for SECONDS CMD...: poll every 0.1 s
+    local n=$(( $1 * 10 )); shift
+    while [ "$n" -gt 0 ]; do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1; n=$((n - 1))
+    done
+    return 1
+}
+
+# ---- PostgreSQL ----------------------------------------------------------------
+
+pg_pid() { pid_of "$PGDATA_DIR/postmaster.pid" postgres; }
+pg_dsn() { cat "$VAR/secrets/pg_dsn"; }
+
+pg_start() {
+    local pw
+    if pg_pid >/dev/null; then
+        say "postgres: already running (pid $(pg_pid), port $PG_PORT)"; return 0
+    fi
+    [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 not found in $PG_BIN (./build.sh deps)"
+    need_port "$PG_PORT" postgres CINEMATCH_PG_PORT
+
+    if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
+        step "postgres: initdb $PGDATA_DIR (first run)"
+        rm -rf "$PGDATA_DIR"
+        mkdir -p "$PGDATA_DIR" "$VAR/secrets"
+        chmod 700 "$PGDATA_DIR" "$VAR/secrets"
+        # A random password: even on loopback, other local users must not
+        # get in without it.
+        pw=$(openssl rand -hex 18)
+        (umask 077; printf '%s\n' "$pw" >"$VAR/secrets/pg_password")
+        own_var
+        as_svc "$PG_BIN/initdb" -D "$PGDATA_DIR" -U cinematch \
+            --pwfile="$VAR/secrets/pg_password" --auth=scram-sha-256 \
+            --encoding=UTF8 --locale=C.UTF-8 >"$LOG/initdb.log" 2>&1 \
+            || { tail -20 "$LOG/initdb.log"; die "initdb failed (log: $LOG/initdb.log)"; }
+        printf "\ninclude_if_exists = 'cinematch.conf'\n" >>"$PGDATA_DIR/postgresql.conf"
+    fi
+    pw=$(cat "$VAR/secrets/pg_password")
+    (umask 077; printf 'host=127.0.0.1 port=%s dbname=cinematch user=cinematch password=%s\n' \
+        "$PG_PORT" "$pw" >"$VAR/secrets/pg_dsn")
+
+    # Rewritten on every start, so changing CINEMATCH_PG_PORT just works.
+    cat >"$PGDATA_DIR/cinematch.conf" <<EOF
+# written by conf/stack.sh on every start
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$RUN/pg'
+max_connections = 100
+shared_buffers = 128MB
+log_min_duration_statement = 1000
+log_line_prefix = '%m [%p] %q%u@%d '
+EOF
+    mkdir -p "$RUN/pg"
+    own_var
+    step "postgres: starting on 127.0.0.1:$PG_PORT"
+    as_svc "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$LOG/postgresql.log" -w -t 60 start \
+        >/dev/null 2>&1 \
+        || { tail -20 "$LOG/postgresql.log"; die "postgres did not start (log: $LOG/postgresql.log)"; }
+
+    if [ "$(PGPASSWORD=$pw "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$PG_PORT" -U cinematch \
+            -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'cinematch'")" != 1 ]; then
+        PGPASSWORD=$pw "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U cinematch cinematch \
+            || die "createdb cinematch failed"
+    fi
+}
+
+pg_stop() {
+    local pid
+    if ! pid=$(pg_pid); then
+        say "postgres: not running"; return 0
+    fi
+    as_svc "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null 2>&1 \
+        || { warn "pg_ctl stop failed; SIGQUIT to $pid"; kill -QUIT "$pid" 2>/dev/null || true; }
+    # pg_ctl returns once postmaster.pid is gone; the process exits just after
+    wait_for 10 sh -c "! kill -0 $pid 2>/dev/null && ! test -d /proc/$pid" \
+        || warn "postgres (pid $pid) is still exiting"
+    say "postgres: stopped (pid $pid)"
+}
+
+# ---- Redis ---------------------------------------------------------------------
+
+redis_pid() { pid_of "$RUN/redis.pid" redis-server; }
+
+redis_start() {
+    if redis_pid >/dev/null; then
+        say "redis: already running (pid $(redis_pid), port $REDIS_PORT)"; return 0
+    fi
+    command -v redis-server >/dev/null || die "redis-server not installed (./build.sh deps)"
+    need_port "$REDIS_PORT" redis CINEMATCH_REDIS_PORT
+    rm -f "$RUN/redis.pid"
+    mkdir -p "$VAR/redis"
+    own_var
+    step "redis: starting on 127.0.0.1:$REDIS_PORT"
+    # Redis holds only what may be lost (DESIGN.md 4): no persistence.
+    as_svc redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes \
+        --pidfile "$RUN/redis.pid" --logfile "$LOG/redis.log" --dir "$VAR/redis" \
+        --save '' --appendonly no \
+        || die "redis-server failed (log: $LOG/redis.log)"
+    wait_for 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping \
+        || { tail -20 "$LOG/redis.log"; die "redis did not answer PING (log: $LOG/redis.log)"; }
+    wait_for 5 redis_pid || die "redis wrote no pid file $RUN/redis.pid"
+}
+
+redis_stop() { stop_pid redis "$RUN/redis.pid" redis-server TERM; }
+
+# ---- migrations and data -------------------------------------------------------
+
+migrate() {
+    step "migrate: applying sql/ to the cinematch database"
+    "$BIN" migrate --dsn "$(pg_dsn)" --dir "$ROOT/sql" >>"$LOG/migrate.log" 2>&1 \
+        || { tail -20 "$LOG/migrate.log"; die "cinematch migrate failed (log: $LOG/migrate.log)"; }
+    tail -n1 "$LOG/migrate.log"
+}
+
+# Hook: the data the stack serves.  The real MovieLens ml-latest-small is used
+# when ../shared/data has it (its licence forbids shipping it); otherwise
+# `cinematch synth` (the synthetic-data issue) generates a MovieLens-shaped
+# set into var/data/synth, so the stack runs offline end to end.  Loading it
+# into PostgreSQL (`cinematch ingest`) and training the first models belong
+# to their issues and will be called from here.
+seed_data() {
+    local real=${CINEMATCH_DATA:-$ROOT/../shared/data/ml-latest-small}
+    if [ -f "$real/ratings.csv" ]; then
+        DATA_DIR=$(cd "$real" && pwd)
+        say "data: MovieLens ml-latest-small at $DATA_DIR"
+    elif "$BIN" synth --help >/dev/null 2>&1; then
+        DATA_DIR=$VAR/data/synth
+        if [ ! -f "$DATA_DIR/ratings.csv" ]; then
+            step "data: no MovieLens at hand, generating a synthetic set (cinematch synth)"
+            mkdir -p "$DATA_DIR"
+            # four drifting weekly batches feed the ingest -> drift -> retrain loop
+            "$BIN" synth --out "$DATA_DIR" --drift-batches 4 >>"$LOG/synth.log" 2>&1 \
+                || { warn "cinematch synth failed (log: $LOG/synth.log): no data"; DATA_DIR=""; }
+        else
+            say "data: synthetic set at $DATA_DIR"
+        fi
+    else
+        DATA_DIR=""
+        say "data: skipped (no $real and no 'cinematch synth' subcommand yet)"
+    fi
+}
+
+# ---- cinematch infer -------------------------------------------------------------
+
+infer_pid() { pid_of "$RUN/infer-0.pid" cinematch; }
+
+infer_start() {
+    local pid
+    INFER=0
+    if infer_pid >/dev/null; then
+        say "infer: already running (pid $(infer_pid))"; INFER=1; return 0
+    fi
+    if ! "$BIN" infer --help >/dev/null 2>&1; then
+        say "infer: skipped ('cinematch infer' is not built yet)"
+        return 0
+    fi
+    rm -f "$RUN/infer-0.pid" "$INFER_SOCKET"
+    own_var
+    step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
+    # setsid: its own session, so a terminal hangup does not reach it.
+    "${AS_SVC[@]}" setsid "$BIN" infer --id 0 --socket "$INFER_SOCKET" --shm "$INFER_SHM" \
+        --pidfile "$RUN/infer-0.pid" >>"$LOG/infer-0.log" 2>&1 </dev/null &
+    pid=$!
+    if ! wait_for 30 test -S "$INFER_SOCKET"; then
+        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+        tail -20 "$LOG/infer-0.log"
+        die "cinematch infer did not open $INFER_SOCKET (log: $LOG/infer-0.log)"
+    fi
+    # the daemon writes its pid file; keep ours if it does not (yet)
+    wait_for 2 infer_pid || echo "$pid" >"$RUN/infer-0.pid"
+    INFER=1
+}
+
+infer_stop() {
+    stop_pid infer "$RUN/infer-0.pid" cinematch TERM
+    rm -f "$INFER_SOCKET"
+    # a daemon killed hard leaves its segment behind; it is ours by name
+    rm -f "/dev/shm/${INFER_SHM#/}"
+}
+
+# ---- nginx -----------------------------------------------------------------------
+
+nginx_pid() { pid_of "$RUN/nginx.pid" nginx; }
+
+tls_cert() {
+    [ -f "$VAR/tls/cert.pem" ] && [ -f "$VAR/tls/key.pem" ] && return 0
+    step "tls: generating a self-signed certificate for localhost (first run)"
+    mkdir -p "$VAR/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -days 825 -subj "/CN=localhost/O=cinematch dev" \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
+        -keyout "$VAR/tls/key.pem" -out "$VAR/tls/cert.pem" >/dev/null 2>&1 \
+        || die "openssl could not create the certificate"
+    chmod 600 "$VAR/tls/key.pem"
+}
+
+# Render conf/nginx.dev.conf: keep "#@module " lines when the module exists,
+# "#@nomodule " lines otherwise, "#@infer " lines when infer runs.
+nginx_conf() {
+    local out=$VAR/nginx/nginx.conf keep drop sedx=()
+    if [ "$MODULE" = 1 ]; then keep=module; drop=nomodule; else keep=nomodule; drop=module; fi
+    sedx+=(-e "/^[[:space:]]*#@$drop /d" -e "s/^\([[:space:]]*\)#@$keep /\1/")
+    if [ "$MODULE" = 1 ] && [ "$INFER" = 1 ]; then
+        sedx+=(-e "s/^\([[:space:]]*\)#@infer /\1/")
+    else
+        sedx+=(-e "/^[[:space:]]*#@infer /d")
+    fi
+    # '|' delimits: paths contain '/'; the DSN holds only [a-z0-9=. ] and hex
+    sedx+=(-e "s|@VAR@|$VAR|g" -e "s|@MODULE_SO@|$MODULE_SO|g"
+           -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g"
+           -e "s|@REDIS_PORT@|$REDIS_PORT|g" -e "s|@LISTEN@|$LISTEN|g"
+           -e "s|@INFER_SOCKET@|$INFER_SOCKET|g" -e "s|@INFER_SHM@|$INFER_SHM|g"
+           -e "s|@PG_CONNINFO@|$(pg_dsn)|g")
+    mkdir -p "$VAR/nginx/tmp"
+    (umask 077; sed "${sedx[@]}" "$ROOT/conf/nginx.dev.conf" >"$out")
+    grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z_]\+@' \
+        && die "unsubstituted placeholder in $out"
+    return 0
+}
+
+nginx_start() {
+    MODULE=0
+    if [ -f "$MODULE_SO" ]; then
+        MODULE=1
+    else
+        warn "nginx: $MODULE_SO is missing: starting nginx without the module" \
+             "(only /health answers; /ready is not available)"
+    fi
+    if nginx_pid >/dev/null; then
+        say "nginx: already running (pid $(nginx_pid))"; return 0
+    fi
+    need_port "$HTTP_PORT" "nginx http" CINEMATCH_HTTP_PORT
+    need_port "$HTTPS_PORT" "nginx https" CINEMATCH_HTTPS_PORT
+    tls_cert
+    nginx_conf
+    rm -f "$RUN/nginx.pid"
+    own_var
+    [ $IS_ROOT = 0 ] || [ $MODULE = 0 ] || as_svc test -r "$MODULE_SO" \
+        || die "$SVC_USER cannot read $MODULE_SO"
+    as_svc "$NGINX" -t -q -p "$VAR/nginx" -c "$VAR/nginx/nginx.conf" -e "$LOG/nginx-error.log" \
+        >"$LOG/nginx-t.log" 2>&1 \
+        || { cat "$LOG/nginx-t.log"; die "nginx rejected $VAR/nginx/nginx.conf"; }
+    step "nginx: starting on http://$LISTEN:$HTTP_PORT and https://$LISTEN:$HTTPS_PORT"
+    as_svc "$NGINX" -p "$VAR/nginx" -c "$VAR/nginx/nginx.conf" -e "$LOG/nginx-error.log" \
+        || { tail -20 "$LOG/nginx-error.log"; die "nginx failed to start (log: $LOG/nginx-error.log)"; }
+    wait_for 10 nginx_pid || die "nginx wrote no pid file (log: $LOG/nginx-error.log)"
+}
+
+nginx_stop() { stop_pid nginx "$RUN/nginx.pid" nginx QUIT; }
+
+# ---- readiness -------------------------------------------------------------------
+
+probe_host() {
+    case $LISTEN in 0.0.0.0|127.0.0.1|'*') echo 127.0.0.1 ;; *) echo "$LISTEN" ;; esac
+}
+
+http_code() {   # http_code PATH -> status code (000 when no answer)
+    curl -sk -o "$VAR/run/last-probe.body" -w '%{http_code}' --max-time 2 \
+        "https://$(probe_host):$HTTPS_PORT$1" 2>/dev/null || true
+}
+
+wait_ready() {
+    local path=/ready code=000 deadline
+    [ "$MODULE" = 1 ] || path=/health
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        code=$(http_code "$path")
+        [ "$code" = 200 ] && { say "ready: GET $path -> 200"; return 0; }
+        sleep 0.25
+    done
+    warn "GET https://$(probe_host):$HTTPS_PORT$path did not answer 200 within ${READY_TIMEOUT}s" \
+         "(last: $code $(head -c 300 "$VAR/run/last-probe.body" 2>/dev/null))"
+    warn "the stack is left running for inspection; logs: $LOG/" \
+         "(nginx-error.log, infer-0.log, postgresql.log, redis.log); stop: ./build.sh stop"
+    exit 1
+}
+
+# ---- commands ----------------------------------------------------------------------
+
+save_env() {
+    cat >"$STACK_ENV" <<EOF
+# ports of the running stack (written by conf/stack.sh start)
+HTTP_PORT=$HTTP_PORT
+HTTPS_PORT=$HTTPS_PORT
+PG_PORT=$PG_PORT
+REDIS_PORT=$REDIS_PORT
+LISTEN=$LISTEN
+DATA_DIR=${DATA_DIR:-}
+EOF
+}
+
+load_env() {
+    # shellcheck disable=SC1090
+    [ -f "$STACK_ENV" ] && . "$STACK_ENV"
+    return 0
+}
+
+all_running() {
+    pg_pid >/dev/null && redis_pid >/dev/null && nginx_pid >/dev/null \
+        && { ! "$BIN" infer --help >/dev/null 2>&1 || infer_pid >/dev/null; }
+}
+
+summary() {
+    local host=localhost
+    [ "$LISTEN" = 127.0.0.1 ] || [ "$LISTEN" = 0.0.0.0 ] || host=$LISTEN
+    cat <<EOF
+
+cinematch is up.
+  API        https://$host:$HTTPS_PORT/   (self-signed: curl -k, or trust $VAR/tls/cert.pem)
+             http://$host:$HTTP_PORT/
+  health     https://$host:$HTTPS_PORT/health   ready: /ready   metrics: /metrics (from this host)
+  postgres   $PG_BIN/psql "\$(cat $VAR/secrets/pg_dsn)"
+  redis      redis-cli -p $REDIS_PORT
+  logs       $LOG/  (nginx-error.log nginx-access.log infer-0.log postgresql.log redis.log migrate.log)
+  stop       ./build.sh stop   (or conf/stack.sh stop)
+EOF
+}
+
+cmd_start() {
+    if all_running; then
+        load_env
+        say "the stack in $VAR is already running:"
+        cmd_status
+        MODULE=0; [ -f "$MODULE_SO" ] && MODULE=1
+        summary
+        return 0
+    fi
+    # Something may still run from before (a partial stack): keep its ports.
+    if pg_pid >/dev/null || redis_pid >/dev/null || nginx_pid >/dev/null; then
+        load_env
+        say "part of the stack is running; starting the rest"
+    fi
+    [ -x "$BIN" ] || die "$BIN not built (run ./build.sh)"
+    # Check every port first: failing half-way would leave half a stack.
+    pg_pid >/dev/null || need_port "$PG_PORT" postgres CINEMATCH_PG_PORT
+    redis_pid >/dev/null || need_port "$REDIS_PORT" redis CINEMATCH_REDIS_PORT
+    if ! nginx_pid >/dev/null; then
+        need_port "$HTTP_PORT" "nginx http" CINEMATCH_HTTP_PORT
+        need_port "$HTTPS_PORT" "nginx https" CINEMATCH_HTTPS_PORT
+    fi
+    mkdir -p "$RUN" "$LOG" "$VAR/lib/cinematch/models"
+    ensure_svc_user
+    own_var
+    save_env
+
+    pg_start
+    redis_start
+    migrate
+    seed_data
+    save_env
+    infer_start
+    nginx_start
+    wait_ready
+    summary
+}
+
+cmd_stop() {
+    # Reverse order; each by its own pid file, verified against the process
+    # name, so nothing this script did not start is touched.
+    nginx_stop
+    infer_stop
+    redis_stop
+    pg_stop
+    rm -f "$RUN/last-probe.body"
+}
+
+cmd_status() {
+    local pid code
+    load_env
+    if pid=$(pg_pid); then say "postgres  running  pid $pid  127.0.0.1:$PG_PORT"
+    else say "postgres  stopped"; fi
+    if pid=$(redis_pid); then say "redis     running  pid $pid  127.0.0.1:$REDIS_PORT"
+    else say "redis     stopped"; fi
+    if pid=$(infer_pid); then say "infer     running  pid $pid  $INFER_SOCKET"
+    elif "$BIN" infer --help >/dev/null 2>&1; then say "infer     stopped"
+    else say "infer     not built"; fi
+    if pid=$(nginx_pid); then
+        code=$(http_code /health)
+        say "nginx     running  pid $pid  https://127.0.0.1:$HTTPS_PORT  /health=$code /ready=$(http_code /ready)"
+    else
+        say "nginx     stopped"
+    fi
+}
+
+case "${1:-}" in
+    start)  cmd_start ;;
+    stop)   cmd_stop ;;
+    status) cmd_status ;;
+    *)      sed -n '2,26p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,258 @@
+
+/*
+ * ngx_http_cinematch.h: types and entry points shared by the files of
+ * ngx_http_cinematch_module.
+ *
+ * The module is split by concern:
+ *
+ *   ngx_http_cinematch_module.c   directives, configuration, process hooks
+ *   ngx_http_cinematch_router.c   the route table and the content handler
+ *   ngx_http_cinematch_http.c     request id, JSON in/out, uniform errors
+ *   ngx_http_cinematch_metrics.c  counters in a shared zone, /metrics text
+ *   ngx_http_cinematch_pg.c       per-worker non-blocking libpq pool
+ *   ngx_http_cinematch_redis.c    hiredis async context on nginx events
+ *   ngx_http_cinematch_api_ops.c  /health, /ready, /metrics
+ *   ngx_http_cinematch_infer.c    inference daemon client (optional file)
+ *   ngx_http_cinematch_api_*.c    one file per API resource
+ *
+ * A handler that waits on PostgreSQL, Redis or an inference daemon returns
+ * NGX_DONE; the wait took r->main->count++ and the completion callback's
+ * return value is passed to ngx_http_finalize_request(), so the request is
+ * finalized exactly once.  Anything a request holds outside its pool (a
+ * connection lease, a queued query, a pending command) is released by a
+ * pool cleanup, so a client that goes away frees it.
+ */
+
+
+#ifndef _NGX_HTTP_CINEMATCH_H_INCLUDED_
+#define _NGX_HTTP_CINEMATCH_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+
+#ifndef NGX_HTTP_CINEMATCH_VERSION
+#define NGX_HTTP_CINEMATCH_VERSION  "0.0.0"
+#endif
+
+#define NGX_HTTP_CINEMATCH_MAX_PARAMS      4
+#define NGX_HTTP_CINEMATCH_MAX_INFER       16
+#define NGX_HTTP_CINEMATCH_REQUEST_ID_LEN  128
+
+
+/* route flags */
+#define NGX_HTTP_CINEMATCH_ROUTE_BODY      0x0001  /* read the body first */
+#define NGX_HTTP_CINEMATCH_ROUTE_JSON      0x0003  /* ... and parse it */
+#define NGX_HTTP_CINEMATCH_ROUTE_ECHO      0x0004  /* only with cinematch_echo */
+
+
+/* upstreams counted by cinematch_upstream_errors_total */
+#define NGX_HTTP_CINEMATCH_UPSTREAM_PG     0
+#define NGX_HTTP_CINEMATCH_UPSTREAM_REDIS  1
+#define NGX_HTTP_CINEMATCH_UPSTREAM_INFER  2
+#define NGX_HTTP_CINEMATCH_UPSTREAM_N      3
+
+
+typedef struct ngx_http_cinematch_ctx_s  ngx_http_cinematch_ctx_t;
+
+typedef ngx_int_t (*ngx_http_cinematch_handler_pt)(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+
+typedef struct {
+    ngx_uint_t                      methods;    /* NGX_HTTP_GET|... */
+    ngx_str_t                       pattern;    /* "/api/v1/movies/{id}" */
+    ngx_http_cinematch_handler_pt   handler;
+    ngx_uint_t                      flags;      /* ROUTE_* */
+} ngx_http_cinematch_route_t;
+
+
+/*
+ * One `cinematch_infer <socket> shm=<name>;` line.  The directive parser
+ * fills socket and shm (both NUL-terminated); the inference client
+ * (ngx_http_cinematch_infer.c) owns everything from `data` on.
+ */
+typedef struct {
+    ngx_str_t                       socket;
+    ngx_str_t                       shm;
+    ngx_uint_t                      index;
+    void                           *data;
+} ngx_http_cinematch_infer_conf_t;
+
+
+typedef struct {
+    ngx_str_t                       pg_conninfo;     /* NUL-terminated */
+    ngx_uint_t                      pg_pool_size;
+    ngx_msec_t                      pg_timeout;
+
+    ngx_str_t                       redis_host;      /* NUL-terminated */
+    ngx_int_t                       redis_port;      /* 0: redis_host is a
+                                                        unix socket path */
+    ngx_msec_t                      redis_timeout;
+
+    ngx_array_t                    *infer;   /* ngx_http_cinematch_infer_conf_t */
+
+    ngx_shm_zone_t                 *metrics_zone;
+    ngx_int_t                       request_id_index;
+    time_t                          start_time;
+} ngx_http_cinematch_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                      enable;
+    ngx_flag_t                      echo;
+    size_t                          max_body_size;
+} ngx_http_cinematch_loc_conf_t;
+
+
+struct ngx_http_cinematch_ctx_s {
+    ngx_str_t                       request_id;
+    ngx_http_cinematch_route_t     *route;        /* NULL: no route matched */
+    ngx_uint_t                      route_label;  /* metrics label index */
+
+    ngx_str_t                       params[NGX_HTTP_CINEMATCH_MAX_PARAMS];
+    ngx_uint_t                      nparams;
+
+    ngx_str_t                       body;         /* contiguous copy */
+    json_t                         *json;         /* parsed body, or NULL */
+
+    void                           *data;         /* the handler's state */
+};
+
+
+/* ngx_http_cinematch_module.c */
+
+extern ngx_module_t  ngx_http_cinematch_module;
+
+
+/* ngx_http_cinematch_router.c */
+
+extern ngx_http_cinematch_route_t  ngx_http_cinematch_routes[];
+extern ngx_uint_t                  ngx_http_cinematch_nroutes;
+
+ngx_int_t ngx_http_cinematch_router_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_cinematch_handler(ngx_http_request_t *r);
+ngx_str_t *ngx_http_cinematch_route_name(ngx_uint_t label);
+
+
+/* ngx_http_cinematch_http.c */
+
+ngx_http_cinematch_ctx_t *ngx_http_cinematch_create_ctx(ngx_http_request_t *r);
+ngx_int_t ngx_http_cinematch_add_header(ngx_http_request_t *r, ngx_str_t *key,
+    ngx_str_t *value);
+ngx_int_t ngx_http_cinematch_send_buf(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *type, u_char *data, size_t len);
+ngx_int_t ngx_http_cinematch_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, json_t *json);
+ngx_int_t ngx_http_cinematch_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message);
+json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
+ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_body_size_check(ngx_http_request_t *r);
+void ngx_http_cinematch_wait(ngx_http_request_t *r);
+void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
+
+
+/* ngx_http_cinematch_metrics.c */
+
+ngx_int_t ngx_http_cinematch_metrics_init_conf(ngx_conf_t *cf,
+    ngx_http_cinematch_main_conf_t *cmcf);
+ngx_int_t ngx_http_cinematch_metrics_log_handler(ngx_http_request_t *r);
+void ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream);
+void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
+    ngx_uint_t depth);
+ngx_int_t ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+
+/* ngx_http_cinematch_pg.c */
+
+/*
+ * res is the first result of the query, or NULL when the query never ran
+ * (timeout, connection lost: err says why).  It is cleared after the
+ * handler returns.  The return value is passed to
+ * ngx_http_finalize_request(); return NGX_DONE to keep waiting (another
+ * query issued from the handler took its own count).
+ */
+typedef ngx_int_t (*ngx_http_cinematch_pg_handler_pt)(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+
+ngx_int_t ngx_http_cinematch_pg_init_process(ngx_cycle_t *cycle,
+    ngx_http_cinematch_main_conf_t *cmcf);
+void ngx_http_cinematch_pg_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_cinematch_pg_query(ngx_http_request_t *r, const char *sql,
+    int nparams, const char *const *values,
+    ngx_http_cinematch_pg_handler_pt handler, void *data);
+ngx_uint_t ngx_http_cinematch_pg_connected(void);
+
+
+/* ngx_http_cinematch_redis.c */
+
+/*
+ * reply is NULL when the command did not complete (timeout, connection
+ * lost).  It belongs to hiredis and is only valid during the handler.
+ * The return value is passed to ngx_http_finalize_request() when r is not
+ * NULL; with r == NULL the command is fire-and-forget.
+ */
+typedef ngx_int_t (*ngx_http_cinematch_redis_handler_pt)(
+    ngx_http_request_t *r, void *data, redisReply *reply);
+
+ngx_int_t ngx_http_cinematch_redis_init_process(ngx_cycle_t *cycle,
+    ngx_http_cinematch_main_conf_t *cmcf);
+void ngx_http_cinematch_redis_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_cinematch_redis_command(ngx_http_request_t *r,
+    ngx_http_cinematch_redis_handler_pt handler, void *data, int argc,
+    const char **argv, const size_t *argvlen);
+ngx_uint_t ngx_http_cinematch_redis_connected(void);
+
+
+/* ngx_http_cinematch_api_ops.c */
+
+ngx_int_t ngx_http_cinematch_health_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_pg_sleep_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+
+#if (NGX_HTTP_CINEMATCH_INFER)
+
+/*
+ * ngx_http_cinematch_infer.c: the inference daemon client.  The module
+ * calls these when that file is built in (config defines
+ * NGX_HTTP_CINEMATCH_INFER when it exists).
+ *
+ * ready fills `check` (a JSON object: status, daemons, models) and returns
+ * NGX_OK when every configured daemon is usable, NGX_DECLINED otherwise.
+ */
+ngx_int_t ngx_http_cinematch_infer_init_process(ngx_cycle_t *cycle,
+    ngx_http_cinematch_main_conf_t *cmcf);
+void ngx_http_cinematch_infer_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_cinematch_infer_ready(ngx_http_request_t *r,
+    json_t *check);
+
+#endif
+
+#if (NGX_HTTP_CINEMATCH_ECHO)
+
+/* ngx_http_cinematch_api_echo.c: internal echo endpoints (cinematch_echo) */
+ngx_int_t ngx_http_cinematch_echo_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_echo_stream_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
+
+#endif /* _NGX_HTTP_CINEMATCH_H_INCLUDED_ */

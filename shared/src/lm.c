@@ -1,0 +1,534 @@
+/*
+ * lm.c: dialog LM inference: KV-cached forward over a set of token rows
+ * (prefill chunks and decode steps of many sequences alike), sampling.
+ *
+ * Every row carries (sequence, token, position).  Per layer, the row
+ * projections are one SGEMM over all rows; keys and values are written into
+ * each row's own sequence cache first, then each row attends over its
+ * sequence's cache up to its position, so a prompt chunk and single decode
+ * tokens of other sequences share the same matrix products.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "cinematch/common.h"
+#include "cinematch/gpt.h"
+#include "cinematch/lm.h"
+
+
+void
+cm_lm_params_default(cm_lm_params_t *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->temperature = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->repetition_penalty = 1.1f;
+    p->max_tokens = 64;
+    p->seed = 1;
+}
+
+
+void
+cm_lm_engine_free(cm_lm_engine_t *e)
+{
+    free(e->x);
+    free(e->xn);
+    free(e->qkv);
+    free(e->atty);
+    free(e->tmp);
+    free(e->fch);
+    free(e->scores);
+    free(e->sel);
+    free(e->logits);
+    free(e->row_tok);
+    free(e->row_pos);
+    free(e->row_seq);
+    free(e->cand);
+    free(e->seen);
+    memset(e, 0, sizeof(*e));
+}
+
+
+int
+cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows)
+{
+    size_t R = (size_t) max_rows, C = (size_t) m->config.channels;
+    size_t Vp = (size_t) m->config.padded_vocab_size;
+    size_t V = (size_t) m->config.vocab_size;
+
+    memset(e, 0, sizeof(*e));
+    if (max_rows < 1) {
+        return CM_EINVAL;
+    }
+    e->model = m;
+    e->max_rows = max_rows;
+    e->x = malloc(R * C * sizeof(float));
+    e->xn = malloc(R * C * sizeof(float));
+    e->qkv = malloc(R * 3 * C * sizeof(float));
+    e->atty = malloc(R * C * sizeof(float));
+    e->tmp = malloc(R * C * sizeof(float));
+    e->fch = malloc(R * 4 * C * sizeof(float));
+    e->scores = malloc((size_t) m->config.max_seq_len * sizeof(float));
+    e->sel = malloc(R * C * sizeof(float));
+    e->logits = malloc(R * Vp * sizeof(float));
+    e->row_tok = malloc(R * sizeof(int32_t));
+    e->row_pos = malloc(R * sizeof(int32_t));
+    e->row_seq = malloc(R * sizeof(void *));
+    e->cand = malloc(V * sizeof(cm_lm_cand_t));
+    e->seen = calloc(V, 1);
+    if (e->x == NULL || e->xn == NULL || e->qkv == NULL || e->atty == NULL
+        || e->tmp == NULL || e->fch == NULL || e->scores == NULL
+        || e->sel == NULL || e->logits == NULL || e->row_tok == NULL
+        || e->row_pos == NULL || e->row_seq == NULL || e->cand == NULL
+        || e->seen == NULL)
+    {
+        cm_lm_engine_free(e);
+        return CM_ENOMEM;
+    }
+    return CM_OK;
+}
+
+
+int
+cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
+    const cm_lm_params_t *p)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    size_t kv = (size_t) c->num_layers * c->max_seq_len * c->channels;
+
+    memset(s, 0, sizeof(*s));
+    s->params = *p;
+    if (s->params.n_stop < 0 || s->params.n_stop > CM_LM_MAX_STOP) {
+        return CM_EINVAL;
+    }
+    s->next = -1;
+    s->rng = p->seed ^ 0x5DEECE66Dull;
+    s->k = malloc(kv * sizeof(float));
+    s->v = malloc(kv * sizeof(float));
+    s->history = malloc(((size_t) c->max_seq_len + 1) * sizeof(int32_t));
+    s->logits = malloc((size_t) c->padded_vocab_size * sizeof(float));
+    if (s->k == NULL || s->v == NULL || s->history == NULL
+        || s->logits == NULL)
+    {
+        cm_lm_seq_free(s);
+        return CM_ENOMEM;
+    }
+    return CM_OK;
+}
+
+
+void
+cm_lm_seq_free(cm_lm_seq_t *s)
+{
+    free(s->k);
+    free(s->v);
+    free(s->history);
+    free(s->logits);
+    memset(s, 0, sizeof(*s));
+}
+
+
+/* ---- forward over rows ------------------------------------------------ */
+
+static void
+cm_lm_add_bias(float *out, const float *bias, int R, int OC)
+{
+    int r, o;
+
+    for (r = 0; r < R; r++) {
+        float *row = out + (size_t) r * OC;
+
+        for (o = 0; o < OC; o++) {
+            row[o] += bias[o];
+        }
+    }
+}
+
+
+/* out (R, OC) = inp (R, C) @ w (OC, C)^T + b */
+static void
+cm_lm_linear(float *out, const float *inp, const float *w, const float *b,
+    int R, int C, int OC)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, C, 1.0f,
+                inp, C, w, C, 0.0f, out, OC);
+    if (b != NULL) {
+        cm_lm_add_bias(out, b, R, OC);
+    }
+}
+
+
+/*
+ * Runs rows 0..R-1 (row_seq/row_tok/row_pos set) through the model,
+ * writing their keys/values into the sequence caches; rows with want[r]
+ * get their logits copied to their sequence.
+ */
+static void
+cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
+{
+    const cm_gpt_t         *m = e->model;
+    const cm_gpt_params_t  *p = &m->params;
+    int    L = m->config.num_layers, NH = m->config.num_heads;
+    int    C = m->config.channels, Vp = m->config.padded_vocab_size;
+    int    maxT = m->config.max_seq_len, hs = C / NH, l, r, h, t, i, S;
+    float  scale = 1.0f / sqrtf((float) hs);
+
+    for (r = 0; r < R; r++) {
+        const float *we = p->wte + (size_t) e->row_tok[r] * C;
+        const float *pe = p->wpe + (size_t) e->row_pos[r] * C;
+        float       *x = e->x + (size_t) r * C;
+
+        for (i = 0; i < C; i++) {
+            x[i] = we[i] + pe[i];
+        }
+    }
+    for (l = 0; l < L; l++) {
+        size_t lc = (size_t) l * C;
+
+        cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln1w + lc,
+                             p->ln1b + lc, R, C);
+        cm_lm_linear(e->qkv, e->xn, p->qkvw + lc * 3 * C, p->qkvb + lc * 3,
+                     R, C, 3 * C);
+        /* keys and values of every row into its cache, before any row
+         * attends (a prompt chunk reads its own earlier rows) */
+        for (r = 0; r < R; r++) {
+            cm_lm_seq_t *s = e->row_seq[r];
+            size_t       at = ((size_t) l * maxT + e->row_pos[r]) * C;
+
+            memcpy(s->k + at, e->qkv + (size_t) r * 3 * C + C,
+                   (size_t) C * sizeof(float));
+            memcpy(s->v + at, e->qkv + (size_t) r * 3 * C + 2 * C,
+                   (size_t) C * sizeof(float));
+        }
+        for (r = 0; r < R; r++) {
+            cm_lm_seq_t *s = e->row_seq[r];
+            int          pos = e->row_pos[r];
+            const float *kc = s->k + (size_t) l * maxT * C;
+            const float *vc = s->v + (size_t) l * maxT * C;
+
+            for (h = 0; h < NH; h++) {
+                const float *q = e->qkv + (size_t) r * 3 * C + h * hs;
+                float       *o = e->atty + (size_t) r * C + h * hs;
+                float        mx = -INFINITY, sum = 0.0f, inv;
+
+                for (t = 0; t <= pos; t++) {
+                    const float *k = kc + (size_t) t * C + h * hs;
+                    float        d = 0.0f;
+
+                    for (i = 0; i < hs; i++) {
+                        d += q[i] * k[i];
+                    }
+                    d *= scale;
+                    e->scores[t] = d;
+                    mx = d > mx ? d : mx;
+                }
+                for (t = 0; t <= pos; t++) {
+                    e->scores[t] = expf(e->scores[t] - mx);
+                    sum += e->scores[t];
+                }
+                inv = 1.0f / sum;
+                for (i = 0; i < hs; i++) {
+                    o[i] = 0.0f;
+                }
+                for (t = 0; t <= pos; t++) {
+                    const float *v = vc + (size_t) t * C + h * hs;
+                    float        a = e->scores[t] * inv;
+
+                    for (i = 0; i < hs; i++) {
+                        o[i] += a * v[i];
+                    }
+                }
+            }
+        }
+        cm_lm_linear(e->tmp, e->atty, p->attprojw + lc * C, p->attprojb + lc,
+                     R, C, C);
+        cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
+        cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln2w + lc,
+                             p->ln2b + lc, R, C);
+        cm_lm_linear(e->fch, e->xn, p->fcw + lc * 4 * C, p->fcb + lc * 4, R,
+                     C, 4 * C);
+        cm_gelu_forward(e->fch, e->fch, (size_t) R * 4 * C);
+        cm_lm_linear(e->tmp, e->fch, p->fcprojw + lc * 4 * C,
+                     p->fcprojb + lc, R, 4 * C, C);
+        cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
+    }
+    /* final layernorm and logits only for the rows that sample */
+    for (r = 0, S = 0; r < R; r++) {
+        if (want[r]) {
+            memcpy(e->sel + (size_t) S * C, e->x + (size_t) r * C,
+                   (size_t) C * sizeof(float));
+            S++;
+        }
+    }
+    if (S == 0) {
+        return;
+    }
+    cm_layernorm_forward(e->sel, NULL, NULL, e->sel, p->lnfw, p->lnfb, S, C);
+    cm_lm_linear(e->logits, e->sel, p->wte, NULL, S, C, Vp);
+    for (r = 0, S = 0; r < R; r++) {
+        if (want[r]) {
+            cm_lm_seq_t *s = e->row_seq[r];
+
+            memcpy(s->logits, e->logits + (size_t) S * Vp,
+                   (size_t) Vp * sizeof(float));
+            S++;
+        }
+    }
+}
+
+
+/* ---- sampling --------------------------------------------------------- */
+
+static uint64_t
+cm_lm_rng(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+
+/* Moves the k largest to the front (unordered), O(n) expected. */
+static void
+cm_lm_select(cm_lm_cand_t *a, int n, int k)
+{
+    int           lo = 0, hi = n - 1, i, j;
+    cm_lm_cand_t  t;
+    float         piv;
+
+    while (lo < hi) {
+        piv = a[(lo + hi) / 2].p;
+        i = lo;
+        j = hi;
+        while (i <= j) {
+            while (a[i].p > piv) {
+                i++;
+            }
+            while (a[j].p < piv) {
+                j--;
+            }
+            if (i <= j) {
+                t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k - 1 <= j) {
+            hi = j;
+        } else if (k - 1 >= i) {
+            lo = i;
+        } else {
+            break;
+        }
+    }
+}
+
+
+static int
+cm_lm_cand_cmp(const void *a, const void *b)
+{
+    const cm_lm_cand_t *x = a, *y = b;
+
+    if (x->p != y->p) {
+        return x->p > y->p ? -1 : 1;
+    }
+    return x->id < y->id ? -1 : (x->id > y->id);
+}
+
+
+int32_t
+cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
+{
+    const cm_lm_params_t *p = &s->params;
+    int                   V = e->model->config.vocab_size, n = V, i;
+    cm_lm_cand_t         *c = e->cand;
+    float                 mx = -INFINITY, sum = 0.0f, acc, u, pen;
+    int32_t               best = 0;
+
+    for (i = 0; i < V; i++) {
+        c[i].p = logits[i];
+        c[i].id = i;
+    }
+    pen = p->repetition_penalty;
+    if (pen > 0.0f && pen != 1.0f) {
+        for (i = 0; i < s->pos; i++) {
+            int32_t tk = s->history[i];
+
+            if (!e->seen[tk]) {
+                e->seen[tk] = 1;
+                c[tk].p = c[tk].p > 0.0f ? c[tk].p / pen : c[tk].p * pen;
+            }
+        }
+        for (i = 0; i < s->pos; i++) {
+            e->seen[s->history[i]] = 0;
+        }
+    }
+    if (p->temperature <= 0.0f) {
+        for (i = 1; i < V; i++) {
+            if (c[i].p > c[best].p) {
+                best = i;
+            }
+        }
+        return best;
+    }
+    for (i = 0; i < V; i++) {
+        c[i].p /= p->temperature;
+    }
+    if (p->top_k > 0 && p->top_k < V) {
+        cm_lm_select(c, V, p->top_k);
+        n = p->top_k;
+    }
+    for (i = 0; i < n; i++) {
+        mx = c[i].p > mx ? c[i].p : mx;
+    }
+    for (i = 0; i < n; i++) {
+        c[i].p = expf(c[i].p - mx);
+        sum += c[i].p;
+    }
+    if (p->top_p > 0.0f && p->top_p < 1.0f) {
+        qsort(c, (size_t) n, sizeof(*c), cm_lm_cand_cmp);
+        acc = 0.0f;
+        for (i = 0; i < n; i++) {
+            acc += c[i].p;
+            if (acc >= p->top_p * sum) {
+                n = i + 1;
+                break;
+            }
+        }
+        sum = acc;
+    }
+    u = (float) ((double) (cm_lm_rng(&s->rng) >> 11) / 9007199254740992.0)
+        * sum;
+    acc = 0.0f;
+    for (i = 0; i < n; i++) {
+        acc += c[i].p;
+        if (u < acc) {
+            return c[i].id;
+        }
+    }
+    return c[n - 1].id;
+}
+
+
+static int
+cm_lm_is_stop(const cm_lm_seq_t *s, int32_t tok)
+{
+    int i;
+
+    for (i = 0; i < s->params.n_stop; i++) {
+        if (s->params.stop[i] == tok) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+static void
+cm_lm_take(cm_lm_engine_t *e, cm_lm_seq_t *s)
+{
+    s->next = cm_lm_sample(e, s, s->logits);
+    s->n_generated++;
+    if (cm_lm_is_stop(s, s->next)) {
+        s->finish = CM_LM_STOP;
+    }
+}
+
+
+int
+cm_lm_prefill(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens,
+    int n)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    uint8_t               *want;
+    int                    i, done = 0, R;
+
+    if (n < 1 || s->pos + n > c->max_seq_len || s->finish != CM_LM_RUNNING) {
+        return CM_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            return CM_EINVAL;
+        }
+    }
+    want = calloc((size_t) e->max_rows, 1);
+    if (want == NULL) {
+        return CM_ENOMEM;
+    }
+    while (done < n) {
+        R = n - done < e->max_rows ? n - done : e->max_rows;
+        for (i = 0; i < R; i++) {
+            e->row_seq[i] = s;
+            e->row_tok[i] = tokens[done + i];
+            e->row_pos[i] = s->pos + i;
+            s->history[s->pos + i] = tokens[done + i];
+            want[i] = 0;
+        }
+        want[R - 1] = done + R == n;
+        cm_lm_forward_rows(e, R, want);
+        s->pos += R;
+        done += R;
+    }
+    free(want);
+    cm_lm_take(e, s);
+    return CM_OK;
+}
+
+
+int
+cm_lm_step(cm_lm_engine_t *e, cm_lm_seq_t **seqs, int n)
+{
+    int                    i, R = 0, running = 0, maxT;
+    uint8_t                want[256];
+    cm_lm_seq_t           *s;
+
+    maxT = e->model->config.max_seq_len;
+    memset(want, 1, sizeof(want));
+    for (i = 0; i <= n; i++) {
+        /* flush a full batch, and at the end whatever is gathered */
+        if (R > 0 && (i == n || R == e->max_rows || R == (int) sizeof(want)))
+        {
+            int r;
+
+            cm_lm_forward_rows(e, R, want);
+            for (r = 0; r < R; r++) {
+                s = e->row_seq[r];
+                s->pos++;
+                cm_lm_take(e, s);
+                running += s->finish == CM_LM_RUNNING;
+            }
+            R = 0;
+        }
+        if (i == n) {
+            break;
+        }
+        s = seqs[i];
+        if (s->finish != CM_LM_RUNNING || s->next < 0) {
+            continue;
+        }
+        if (s->params.max_tokens > 0
+            && s->n_generated >= s->params.max_tokens)
+        {
+            s->finish = CM_LM_LENGTH;
+            continue;
+        }
+        if (s->pos >= maxT) {
+            s->finish = CM_LM_CONTEXT;
+            continue;
+        }
+        e->row_seq[R] = s;
+        e->row_tok[R] = s->next;
+        e->row_pos[R] = s->pos;
+        s->history[s->pos] = s->next;
+        R++;
+    }
+    return running;
+}

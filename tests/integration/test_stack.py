@@ -1,0 +1,154 @@
+"""conf/stack.sh (what `./build.sh run|stop|status` call): start the whole local
+stack in a temporary CINEMATCH_VAR on free ports, check it answers, that a
+second start notices it, and that stop leaves no process behind and kills
+nothing it did not start.
+"""
+
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from pgfixture import free_port, have_postgres  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+STACK = os.path.join(ROOT, "conf", "stack.sh")
+BIN = os.environ.get("CINEMATCH_BIN", os.path.join(ROOT, "build", "cinematch"))
+
+pytestmark = [
+    pytest.mark.skipif(not have_postgres(), reason="PostgreSQL 15 not installed"),
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+    pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="nginx not installed"),
+    pytest.mark.skipif(not os.access(BIN, os.X_OK), reason=f"{BIN} not built"),
+]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack():
+    var = tempfile.mkdtemp(prefix="cm-stack-")
+    os.chmod(var, 0o755)   # the service user must reach it when we are root
+    env = dict(os.environ,
+               CINEMATCH_VAR=var,
+               CINEMATCH_HTTP_PORT=str(free_port()),
+               CINEMATCH_HTTPS_PORT=str(free_port()),
+               CINEMATCH_PG_PORT=str(free_port()),
+               CINEMATCH_REDIS_PORT=str(free_port()),
+               CINEMATCH_READY_TIMEOUT="60")
+
+    def run(cmd, timeout=180):
+        return subprocess.run([STACK, cmd], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    started = run("start")
+    try:
+        yield {"var": var, "env": env, "run": run, "started": started}
+    finally:
+        run("stop")
+        shutil.rmtree(var, ignore_errors=True)
+
+
+def recorded_pids(var):
+    pids = {}
+    for name, path in (("nginx", "run/nginx.pid"), ("redis", "run/redis.pid"),
+                       ("infer", "run/infer-0.pid"), ("postgres", "pg/data/postmaster.pid")):
+        try:
+            with open(os.path.join(var, path)) as f:
+                pids[name] = int(f.readline())
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def get(stack, path):
+    ctx = ssl.create_default_context(cafile=os.path.join(stack["var"], "tls", "cert.pem"))
+    url = f"https://localhost:{stack['env']['CINEMATCH_HTTPS_PORT']}{path}"
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_start_brings_up_every_component_and_prints_how_to_stop(stack):
+    r = stack["started"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cinematch is up" in r.stdout
+    assert "./build.sh stop" in r.stdout
+    pids = recorded_pids(stack["var"])
+    for name in ("nginx", "redis", "postgres"):
+        assert name in pids and pid_alive(pids[name]), (name, pids)
+    status = stack["run"]("status").stdout
+    assert "postgres  running" in status and "redis     running" in status
+    assert "nginx     running" in status
+
+
+def test_https_answers_with_the_generated_certificate(stack):
+    code, body = get(stack, "/health")
+    assert code == 200, body
+
+
+def test_schema_is_migrated(stack):
+    with open(os.path.join(stack["var"], "secrets", "pg_dsn")) as f:
+        dsn = f.read().strip()
+    r = subprocess.run([BIN, "migrate", "--status", "--dsn", dsn, "--dir",
+                        os.path.join(ROOT, "sql")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pending" not in r.stdout and "applied" in r.stdout
+
+
+def test_second_start_detects_the_running_stack(stack):
+    before = recorded_pids(stack["var"])
+    r = stack["run"]("start")
+    assert r.returncode == 0, r.stderr
+    assert "already running" in r.stdout
+    assert recorded_pids(stack["var"]) == before
+
+
+def test_stop_leaves_nothing_behind_and_spares_strangers(stack):
+    pids = recorded_pids(stack["var"])
+    assert pids
+    r = stack["run"]("stop")
+    assert r.returncode == 0, r.stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and any(pid_alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    assert not [n for n, p in pids.items() if pid_alive(p)]
+    assert not os.path.exists(os.path.join(stack["var"], "run", "nginx.pid"))
+    assert not os.path.exists(os.path.join(stack["var"], "run", "redis.pid"))
+
+    # A pid file naming a process that is not ours (a recycled pid) must not
+    # get that process killed: stop only removes the stale file.
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(os.path.join(stack["var"], "run", "redis.pid"), "w") as f:
+            f.write(f"{stranger.pid}\n")
+        r = stack["run"]("stop")
+        assert r.returncode == 0
+        assert "stale" in r.stdout
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

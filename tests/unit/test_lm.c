@@ -1,0 +1,334 @@
+/*
+ * test_lm.c: inference engine: KV-cache decode equals a full forward,
+ * batched decode equals single decode, chunked prefill, sampling rules,
+ * stop/length/context endings, seeded reproducibility.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "cinematch/common.h"
+#include "cinematch/gpt.h"
+#include "cinematch/lm.h"
+
+#define V 53
+
+
+static void
+tiny_model(cm_gpt_t *m)
+{
+    cm_gpt_config_t cfg = { 24, V, 128, 2, 2, 16 };
+    size_t          i;
+
+    assert_int_equal(cm_gpt_init(m, &cfg, 11), CM_OK);
+    /* larger weights than the 0.02 init, so logits differ visibly */
+    for (i = 0; i < m->num_parameters; i++) {
+        m->params_memory[i] *= 10.0f;
+    }
+}
+
+
+static void
+greedy(cm_lm_params_t *p)
+{
+    cm_lm_params_default(p);
+    p->temperature = 0.0f;
+    p->repetition_penalty = 1.0f;
+    p->max_tokens = 0;
+}
+
+
+static void
+test_kv_cache_decode_matches_full_forward(void **state)
+{
+    cm_gpt_t        m, full;
+    cm_lm_engine_t  e;
+    cm_lm_seq_t     s, *sp = &s;
+    cm_lm_params_t  p;
+    int32_t         prompt[5] = { 3, 9, 27, 1, 50 };
+    int             toks[24], i, step, T;
+
+    tiny_model(&m);
+    tiny_model(&full);
+    greedy(&p);
+    assert_int_equal(cm_lm_engine_init(&e, &m, 8), CM_OK);
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_prefill(&e, &s, prompt, 5), CM_OK);
+    for (step = 0; step < 10; step++) {
+        T = s.pos;
+        for (i = 0; i < T; i++) {
+            toks[i] = s.history[i];
+        }
+        assert_int_equal(cm_gpt_forward(&full, toks, NULL, 1, T), CM_OK);
+        for (i = 0; i < V; i++) {
+            float want = full.acts.logits[(size_t) (T - 1) * 128 + i];
+
+            if (fabsf(s.logits[i] - want) > 1e-3f + 1e-4f * fabsf(want)) {
+                fail_msg("step %d logit %d: cached %g full %g", step, i,
+                         (double) s.logits[i], (double) want);
+            }
+        }
+        cm_lm_step(&e, &sp, 1);
+    }
+    cm_lm_seq_free(&s);
+    cm_lm_engine_free(&e);
+    cm_gpt_free(&m);
+    cm_gpt_free(&full);
+}
+
+
+static void
+test_batched_decode_equals_single_decode(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e;
+    cm_lm_seq_t     a[3], b[3], *ap[3], *one;
+    cm_lm_params_t  p;
+    int32_t         prompts[3][6] = { { 1, 2, 3 }, { 7, 7, 8, 9, 10, 11 },
+                                      { 40 } };
+    int             lens[3] = { 3, 6, 1 }, i, step, k;
+    int32_t         out_a[3][12], out_b[3][12];
+
+    tiny_model(&m);
+    assert_int_equal(cm_lm_engine_init(&e, &m, 16), CM_OK);
+    for (i = 0; i < 3; i++) {
+        cm_lm_params_default(&p);
+        p.seed = 100 + (uint64_t) i;
+        p.max_tokens = 0;
+        p.temperature = i == 0 ? 0.0f : 1.0f;
+        assert_int_equal(cm_lm_seq_init(&a[i], &e, &p), CM_OK);
+        assert_int_equal(cm_lm_seq_init(&b[i], &e, &p), CM_OK);
+        ap[i] = &a[i];
+    }
+    /* batched: all three advance in one step */
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(cm_lm_prefill(&e, &a[i], prompts[i], lens[i]),
+                         CM_OK);
+    }
+    for (step = 0; step < 12; step++) {
+        for (i = 0; i < 3; i++) {
+            out_a[i][step] = a[i].next;
+        }
+        cm_lm_step(&e, ap, 3);
+    }
+    /* single: each sequence on its own */
+    for (i = 0; i < 3; i++) {
+        one = &b[i];
+        assert_int_equal(cm_lm_prefill(&e, &b[i], prompts[i], lens[i]),
+                         CM_OK);
+        for (step = 0; step < 12; step++) {
+            out_b[i][step] = b[i].next;
+            cm_lm_step(&e, &one, 1);
+        }
+    }
+    for (i = 0; i < 3; i++) {
+        for (step = 0; step < 12; step++) {
+            assert_int_equal(out_a[i][step], out_b[i][step]);
+        }
+        for (k = 0; k < V; k++) {
+            assert_float_equal(a[i].logits[k], b[i].logits[k], 1e-3);
+        }
+        cm_lm_seq_free(&a[i]);
+        cm_lm_seq_free(&b[i]);
+    }
+    cm_lm_engine_free(&e);
+    cm_gpt_free(&m);
+}
+
+
+static void
+test_chunked_prefill_equals_one_chunk(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  big, small;
+    cm_lm_seq_t     a, b;
+    cm_lm_params_t  p;
+    int32_t         prompt[11] = { 5, 4, 3, 2, 1, 0, 10, 20, 30, 40, 50 };
+    int             k;
+
+    tiny_model(&m);
+    greedy(&p);
+    assert_int_equal(cm_lm_engine_init(&big, &m, 32), CM_OK);
+    assert_int_equal(cm_lm_engine_init(&small, &m, 3), CM_OK);
+    assert_int_equal(cm_lm_seq_init(&a, &big, &p), CM_OK);
+    assert_int_equal(cm_lm_seq_init(&b, &small, &p), CM_OK);
+    assert_int_equal(cm_lm_prefill(&big, &a, prompt, 11), CM_OK);
+    assert_int_equal(cm_lm_prefill(&small, &b, prompt, 11), CM_OK);
+    assert_int_equal(a.next, b.next);
+    assert_int_equal(a.pos, 11);
+    for (k = 0; k < V; k++) {
+        assert_float_equal(a.logits[k], b.logits[k], 1e-3);
+    }
+    cm_lm_seq_free(&a);
+    cm_lm_seq_free(&b);
+    cm_lm_engine_free(&big);
+    cm_lm_engine_free(&small);
+    cm_gpt_free(&m);
+}
+
+
+static void
+test_sampling_rules(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e;
+    cm_lm_seq_t     s;
+    cm_lm_params_t  p;
+    float           logits[V];
+    int             i, same = 1, n1 = 0;
+    int32_t         t1[50], t2[50];
+
+    tiny_model(&m);
+    assert_int_equal(cm_lm_engine_init(&e, &m, 4), CM_OK);
+    for (i = 0; i < V; i++) {
+        logits[i] = (float) (i % 7) * 0.1f;
+    }
+    logits[17] = 3.0f;
+    logits[30] = 2.9f;
+
+    greedy(&p);
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_sample(&e, &s, logits), 17);
+    /* repetition penalty: 17 was already said, so 30 wins */
+    s.params.repetition_penalty = 1.5f;
+    s.history[0] = 17;
+    s.pos = 1;
+    assert_int_equal(cm_lm_sample(&e, &s, logits), 30);
+    s.pos = 0;
+    /* top-k 1 and a tiny top-p are greedy whatever the temperature */
+    s.params.repetition_penalty = 1.0f;
+    s.params.temperature = 5.0f;
+    s.params.top_k = 1;
+    for (i = 0; i < 20; i++) {
+        assert_int_equal(cm_lm_sample(&e, &s, logits), 17);
+    }
+    s.params.top_k = 0;
+    s.params.top_p = 1e-4f;
+    s.params.temperature = 1.0f;
+    for (i = 0; i < 20; i++) {
+        assert_int_equal(cm_lm_sample(&e, &s, logits), 17);
+    }
+    /* top-k 2: only ever the two best */
+    s.params.top_k = 2;
+    s.params.top_p = 1.0f;
+    for (i = 0; i < 200; i++) {
+        int32_t t = cm_lm_sample(&e, &s, logits);
+
+        assert_true(t == 17 || t == 30);
+        n1 += t == 30;
+    }
+    assert_true(n1 > 40 && n1 < 160);   /* e^-0.1 odds: about 95 of 200 */
+    cm_lm_seq_free(&s);
+
+    /* same seed, same draws; another seed, other draws */
+    cm_lm_params_default(&p);
+    p.temperature = 1.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.seed = 42;
+    for (i = 0; i < V; i++) {
+        logits[i] = 0.0f;
+    }
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    for (i = 0; i < 50; i++) {
+        t1[i] = cm_lm_sample(&e, &s, logits);
+    }
+    cm_lm_seq_free(&s);
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    for (i = 0; i < 50; i++) {
+        t2[i] = cm_lm_sample(&e, &s, logits);
+        assert_int_equal(t1[i], t2[i]);
+    }
+    cm_lm_seq_free(&s);
+    p.seed = 43;
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    for (i = 0; i < 50; i++) {
+        same &= cm_lm_sample(&e, &s, logits) == t1[i];
+    }
+    assert_false(same);
+    cm_lm_seq_free(&s);
+    cm_lm_engine_free(&e);
+    cm_gpt_free(&m);
+}
+
+
+static void
+test_sequences_end_on_stop_length_and_full_context(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e;
+    cm_lm_seq_t     s, *sp = &s;
+    cm_lm_params_t  p;
+    int32_t         prompt[20] = { 0 }, first;
+    int             emitted = 0;
+
+    tiny_model(&m);
+    assert_int_equal(cm_lm_engine_init(&e, &m, 8), CM_OK);
+
+    /* max_tokens: exactly that many emitted */
+    greedy(&p);
+    p.max_tokens = 4;
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_prefill(&e, &s, prompt, 3), CM_OK);
+    first = s.next;
+    while (s.finish == CM_LM_RUNNING) {
+        emitted++;
+        cm_lm_step(&e, &sp, 1);
+    }
+    assert_int_equal(s.finish, CM_LM_LENGTH);
+    assert_int_equal(emitted, 4);
+    cm_lm_seq_free(&s);
+
+    /* the greedy first token declared a stop token: nothing emitted */
+    p.max_tokens = 0;
+    p.stop[0] = first;
+    p.n_stop = 1;
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_prefill(&e, &s, prompt, 3), CM_OK);
+    assert_int_equal(s.finish, CM_LM_STOP);
+    assert_int_equal(cm_lm_step(&e, &sp, 1), 0);
+    cm_lm_seq_free(&s);
+
+    /* context: 24 positions; a 20-token prompt leaves room for 4 fed */
+    p.n_stop = 0;
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_prefill(&e, &s, prompt, 20), CM_OK);
+    emitted = 0;
+    while (s.finish == CM_LM_RUNNING) {
+        emitted++;
+        cm_lm_step(&e, &sp, 1);
+    }
+    assert_int_equal(s.finish, CM_LM_CONTEXT);
+    assert_int_equal(s.pos, 24);
+    assert_int_equal(emitted, 5);
+    /* prompts past the context or with bad ids are refused */
+    cm_lm_seq_free(&s);
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    prompt[0] = V;
+    assert_int_equal(cm_lm_prefill(&e, &s, prompt, 2), CM_EINVAL);
+    prompt[0] = 0;
+    assert_int_equal(cm_lm_prefill(&e, &s, prompt, 25), CM_EINVAL);
+    cm_lm_seq_free(&s);
+    cm_lm_engine_free(&e);
+    cm_gpt_free(&m);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kv_cache_decode_matches_full_forward),
+        cmocka_unit_test(test_batched_decode_equals_single_decode),
+        cmocka_unit_test(test_chunked_prefill_equals_one_chunk),
+        cmocka_unit_test(test_sampling_rules),
+        cmocka_unit_test(test_sequences_end_on_stop_length_and_full_context),
+    };
+
+    return cmocka_run_group_tests_name("lm", tests, NULL, NULL);
+}

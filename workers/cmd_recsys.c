@@ -1,0 +1,723 @@
+/*
+ * cmd_recsys.c: `cinematch train recsys`, `cinematch eval recsys`,
+ * `cinematch model inspect` and `cinematch bench recsys`.
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cinematch/common.h"
+#include "cinematch/movielens.h"
+#include "cinematch/recsys.h"
+#include "cinematch/recsys_eval.h"
+#include "cmd.h"
+
+static int cm_train_recsys_main(int argc, char **argv);
+static int cm_eval_recsys_main(int argc, char **argv);
+static int cm_model_inspect_main(int argc, char **argv);
+static int cm_bench_recsys_main(int argc, char **argv);
+CM_COMMAND("train recsys", "train a recommender (ALS, iALS, bias, pop) into"
+           " an artifact", cm_train_recsys_main);
+CM_COMMAND("eval recsys", "evaluate recommenders: RMSE/MAE and ranking"
+           " metrics@K", cm_eval_recsys_main);
+CM_COMMAND("model inspect", "print and validate a model artifact",
+           cm_model_inspect_main);
+CM_COMMAND("bench recsys", "time ALS against the no-BLAS reference ALS",
+           cm_bench_recsys_main);
+
+/* options shared by train, eval and bench */
+typedef struct {
+    const char          *data;
+    const char          *out;
+    cm_ml_format_t       format;
+    cm_rs_split_t        split;
+    int                  have_split;
+    cm_rs_train_conf_t   tc;
+    int                  reg_set;
+    size_t               k;
+    int                  json;
+    int                  lenient;
+    uint32_t             ref_iters;
+    int                  validate;
+} cm_rs_cli_t;
+
+enum {
+    OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
+    OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG
+};
+
+static const struct option cm_rs_opts[] = {
+    { "data", required_argument, NULL, OPT_DATA },
+    { "format", required_argument, NULL, OPT_FORMAT },
+    { "split", required_argument, NULL, OPT_SPLIT },
+    { "algo", required_argument, NULL, OPT_ALGO },
+    { "factors", required_argument, NULL, OPT_FACTORS },
+    { "iters", required_argument, NULL, OPT_ITERS },
+    { "reg", required_argument, NULL, OPT_REG },
+    { "alpha", required_argument, NULL, OPT_ALPHA },
+    { "k", required_argument, NULL, OPT_K },
+    { "json", no_argument, NULL, OPT_JSON },
+    { "threads", required_argument, NULL, OPT_THREADS },
+    { "seed", required_argument, NULL, OPT_SEED },
+    { "out", required_argument, NULL, OPT_OUT },
+    { "knn", required_argument, NULL, OPT_KNN },
+    { "lenient", no_argument, NULL, OPT_LENIENT },
+    { "ref-iters", required_argument, NULL, OPT_REF_ITERS },
+    { "validate", no_argument, NULL, OPT_VALIDATE },
+    { "bias-reg", required_argument, NULL, OPT_BIAS_REG },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 }
+};
+
+static const char *cm_rs_common_help =
+    "  --data DIR          MovieLens directory (ratings.csv, u.data or"
+    " ratings.dat)\n"
+    "  --format F          auto|ml-latest|ml-100k|ml-1m (default auto)\n"
+    "  --algo A            als|ials|bias|pop|itemknn (default als)\n"
+    "  --factors N         latent factors (default 64)\n"
+    "  --iters N           ALS iterations (default 15)\n"
+    "  --reg R             lambda; ALS: times the row's rating count"
+    " (default als 0.05,\n"
+    "                      ials 5, bias 5)\n"
+    "  --alpha A           iALS confidence 1 + A*rating (default 1)\n"
+    "  --bias-reg B        ALS: biases regularised by reg*B (default 1)\n"
+    "  --knn N             item-kNN neighbours (default 100)\n"
+    "  --threads N         solver threads (default 1; results do not"
+    " depend on it)\n"
+    "  --seed S            initialisation seed (default 1)\n"
+    "  --lenient           skip malformed lines (counted) instead of"
+    " failing\n";
+
+
+static int
+cm_rs_num(const char *cmd, const char *flag, const char *s, double lo,
+    double hi, double *out)
+{
+    char    *end;
+    double   v = strtod(s, &end);
+
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "cinematch %s: %s wants a number in %g..%g, got"
+                " '%s'\n", cmd, flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+
+/* Returns 0 to go on, 1 after --help, 2 on a usage error. */
+static int
+cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
+    void (*usage)(FILE *))
+{
+    int     ch;
+    double  v;
+    char    err[512];
+
+    memset(c, 0, sizeof(*c));
+    cm_rs_train_conf_default(&c->tc);
+    c->k = 10;
+    c->ref_iters = 2;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", cm_rs_opts, NULL)) != -1) {
+        switch (ch) {
+        case OPT_DATA: c->data = optarg; break;
+        case OPT_OUT: c->out = optarg; break;
+        case OPT_JSON: c->json = 1; break;
+        case OPT_LENIENT: c->lenient = 1; break;
+        case OPT_VALIDATE: c->validate = 1; break;
+        case OPT_FORMAT:
+            if (cm_ml_format_parse(optarg, &c->format) != CM_OK) {
+                fprintf(stderr, "cinematch %s: --format wants auto, ml-latest,"
+                        " ml-100k or ml-1m, got '%s'\n", cmd, optarg);
+                return 2;
+            }
+            break;
+        case OPT_SPLIT:
+            if (cm_rs_split_parse(optarg, &c->split, err, sizeof(err))
+                != CM_OK)
+            {
+                fprintf(stderr, "cinematch %s: %s\n", cmd, err);
+                return 2;
+            }
+            c->have_split = 1;
+            break;
+        case OPT_ALGO:
+            if (cm_rs_algo_parse(optarg, &c->tc.algo) != CM_OK) {
+                fprintf(stderr, "cinematch %s: --algo wants als, ials, bias,"
+                        " pop or itemknn, got '%s'\n", cmd, optarg);
+                return 2;
+            }
+            break;
+        case OPT_FACTORS:
+            if (cm_rs_num(cmd, "--factors", optarg, 1, CM_RS_MAX_FACTORS, &v)) {
+                return 2;
+            }
+            c->tc.factors = (uint32_t) v;
+            break;
+        case OPT_ITERS:
+            if (cm_rs_num(cmd, "--iters", optarg, 1, 1000, &v)) return 2;
+            c->tc.iters = (uint32_t) v;
+            break;
+        case OPT_REG:
+            if (cm_rs_num(cmd, "--reg", optarg, 0, 1e6, &v)) return 2;
+            c->tc.reg = (float) v;
+            c->reg_set = 1;
+            break;
+        case OPT_ALPHA:
+            if (cm_rs_num(cmd, "--alpha", optarg, 1e-6, 1e6, &v)) return 2;
+            c->tc.alpha = (float) v;
+            break;
+        case OPT_K:
+            if (cm_rs_num(cmd, "--k", optarg, 1, 10000, &v)) return 2;
+            c->k = (size_t) v;
+            break;
+        case OPT_BIAS_REG:
+            if (cm_rs_num(cmd, "--bias-reg", optarg, 1e-6, 1e6, &v)) {
+                return 2;
+            }
+            c->tc.bias_reg = (float) v;
+            break;
+        case OPT_KNN:
+            if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;
+            c->tc.knn = (uint32_t) v;
+            break;
+        case OPT_THREADS:
+            if (cm_rs_num(cmd, "--threads", optarg, 1, 64, &v)) return 2;
+            c->tc.threads = (uint32_t) v;
+            break;
+        case OPT_SEED:
+            if (cm_rs_num(cmd, "--seed", optarg, 0, 1e18, &v)) return 2;
+            c->tc.seed = (uint64_t) v;
+            break;
+        case OPT_REF_ITERS:
+            if (cm_rs_num(cmd, "--ref-iters", optarg, 0, 100, &v)) return 2;
+            c->ref_iters = (uint32_t) v;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            fprintf(stderr, "cinematch %s: unknown or incomplete option"
+                    " '%s'\n", cmd, argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cinematch %s: unexpected argument '%s'\n", cmd,
+                argv[optind]);
+        return 2;
+    }
+    if (!c->reg_set) {
+        c->tc.reg = c->tc.algo == CM_RS_ALS ? 0.05f
+                    : (c->tc.algo == CM_RS_IALS ? 5.0f : 5.0f);
+    }
+    return 0;
+}
+
+
+static int
+cm_rs_load(const char *cmd, cm_rs_cli_t *c, cm_ml_dataset_t *ds)
+{
+    cm_ml_opts_t  o;
+    char          err[1024];
+
+    memset(&o, 0, sizeof(o));
+    o.strict = !c->lenient;
+    o.on_bad = cm_ml_report_stderr;
+    if (cm_ml_load_dir(c->data, c->format, &o, ds, err, sizeof(err))
+        != CM_OK)
+    {
+        fprintf(stderr, "cinematch %s: %s\n", cmd, err);
+        return 1;
+    }
+    c->format = ds->format;
+    if (o.n_bad > 0) {
+        fprintf(stderr, "cinematch %s: skipped %zu malformed lines of %zu\n",
+                cmd, o.n_bad, o.n_lines);
+    }
+    return 0;
+}
+
+
+/* ---- train recsys ---------------------------------------------------------- */
+
+static void
+cm_train_recsys_usage(FILE *f)
+{
+    fprintf(f, "usage: cinematch train recsys --data DIR --out FILE"
+            " [options]\n\nTrains on every rating of DIR and writes the"
+            " recsys artifact (see\n`cinematch model inspect`).\n\n%s",
+            cm_rs_common_help);
+}
+
+
+static int
+cm_train_recsys_main(int argc, char **argv)
+{
+    cm_rs_cli_t       c;
+    cm_ml_dataset_t   ds;
+    cm_rs_data_t      d;
+    cm_rs_model_t    *m;
+    char              err[1024];
+    int               rc;
+    uint64_t          t0;
+    double            secs;
+
+    rc = cm_rs_parse("train recsys", argc, argv, &c, cm_train_recsys_usage);
+    if (rc != 0) {
+        return rc == 1 ? 0 : 2;
+    }
+    if (c.data == NULL || c.out == NULL) {
+        fprintf(stderr, "cinematch train recsys: --data and --out are"
+                " required\n");
+        return 2;
+    }
+    if (c.tc.algo == CM_RS_ITEMKNN) {
+        fprintf(stderr, "cinematch train recsys: itemknn is an evaluation"
+                " baseline; no artifact format\n");
+        return 2;
+    }
+    if (cm_rs_load("train recsys", &c, &ds) != 0) {
+        return 1;
+    }
+    rc = cm_rs_data_build(ds.ratings.v, ds.ratings.n, &d, err, sizeof(err));
+    cm_ml_dataset_free(&ds);
+    if (rc != CM_OK) {
+        fprintf(stderr, "cinematch train recsys: %s\n", err);
+        return 1;
+    }
+    t0 = cm_now_mono_ns();
+    rc = cm_rs_train(&d, &c.tc, &m, err, sizeof(err));
+    secs = (double) (cm_now_mono_ns() - t0) / 1e9;
+    if (rc != CM_OK) {
+        cm_rs_data_free(&d);
+        fprintf(stderr, "cinematch train recsys: %s\n", err);
+        return 1;
+    }
+    rc = cm_rs_model_write(m, c.out, err, sizeof(err));
+    if (rc != CM_OK) {
+        fprintf(stderr, "cinematch train recsys: %s\n", err);
+    } else {
+        printf("trained %s (%u factors, %u iters, reg %g, %u threads) on %llu"
+               " ratings, %u users, %u items in %.2f s -> %s\n",
+               cm_rs_algo_name(c.tc.algo), m->factors, c.tc.iters,
+               (double) c.tc.reg, c.tc.threads, (unsigned long long) d.nnz,
+               d.n_users, d.n_items, secs, c.out);
+    }
+    cm_rs_model_free(m);
+    cm_rs_data_free(&d);
+    return rc == CM_OK ? 0 : 1;
+}
+
+
+/* ---- eval recsys ----------------------------------------------------------- */
+
+static void
+cm_eval_recsys_usage(FILE *f)
+{
+    fprintf(f, "usage: cinematch eval recsys --data DIR [--split S]"
+            " [options] [--k 10] [--json]\n\n"
+            "  --split S           random:FRAC:SEED (default random:0.2:1),\n"
+            "                      temporal-user:FRAC, files:BASE,TEST\n"
+            "  --k K               cut-off of the ranking metrics"
+            " (default 10)\n"
+            "  --json              one JSON object instead of the table\n"
+            "  --validate          split the training part again the same"
+            " way and\n"
+            "                      report on that validation part (for"
+            " tuning; the\n"
+            "                      test part is never touched)\n%s\n"
+            "Ranking: full catalogue of train items minus the user's train"
+            " items;\npositives = test ratings >= 4.0; see"
+            " shared/include/cinematch/recsys_eval.h.\n", cm_rs_common_help);
+}
+
+
+static int
+cm_rs_read_split_file(cm_rs_cli_t *c, const char *name, cm_ratings_t *out)
+{
+    char          path[4096], err[1024];
+    cm_ml_opts_t  o;
+
+    memset(&o, 0, sizeof(o));
+    o.strict = !c->lenient;
+    o.on_bad = cm_ml_report_stderr;
+    if (name[0] == '/') {
+        snprintf(path, sizeof(path), "%s", name);
+    } else {
+        snprintf(path, sizeof(path), "%s/%s", c->data, name);
+    }
+    if (cm_ml_read_ratings_file(path, c->format, &o, out, err, sizeof(err))
+        != CM_OK)
+    {
+        fprintf(stderr, "cinematch eval recsys: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+
+static int
+cm_eval_recsys_main(int argc, char **argv)
+{
+    cm_rs_cli_t       c;
+    cm_ml_dataset_t   ds;
+    cm_ratings_t      train = { 0 }, test = { 0 };
+    cm_rs_data_t      d;
+    cm_rs_model_t    *m = NULL;
+    cm_rs_metrics_t   mt;
+    char              err[1024], proto[2200], key[64];
+    int               rc;
+    uint64_t          t0;
+    double            train_s, eval_s;
+
+    rc = cm_rs_parse("eval recsys", argc, argv, &c, cm_eval_recsys_usage);
+    if (rc != 0) {
+        return rc == 1 ? 0 : 2;
+    }
+    if (c.data == NULL) {
+        fprintf(stderr, "cinematch eval recsys: --data is required\n");
+        return 2;
+    }
+    if (!c.have_split) {
+        cm_rs_split_parse("random:0.2:1", &c.split, NULL, 0);
+    }
+    memset(&ds, 0, sizeof(ds));
+    if (c.split.kind == CM_SPLIT_FILES) {
+        if (c.format == CM_ML_AUTO
+            && cm_ml_detect_dir(c.data, &c.format, err, sizeof(err)) != CM_OK)
+        {
+            fprintf(stderr, "cinematch eval recsys: %s\n", err);
+            return 1;
+        }
+        if (cm_rs_read_split_file(&c, c.split.base, &train) != 0
+            || cm_rs_read_split_file(&c, c.split.test, &test) != 0)
+        {
+            cm_ratings_free(&train);
+            cm_ratings_free(&test);
+            return 1;
+        }
+    } else {
+        if (cm_rs_load("eval recsys", &c, &ds) != 0) {
+            return 1;
+        }
+        rc = c.split.kind == CM_SPLIT_RANDOM
+             ? cm_rs_split_random(&ds.ratings, c.split.frac, c.split.seed,
+                                  &train, &test)
+             : cm_rs_split_temporal_user(&ds.ratings, c.split.frac, &train,
+                                         &test);
+        cm_ml_dataset_free(&ds);
+        if (rc != CM_OK) {
+            fprintf(stderr, "cinematch eval recsys: out of memory\n");
+            return 1;
+        }
+    }
+
+    if (c.validate) {
+        cm_ratings_t  tr2 = { 0 }, val = { 0 };
+
+        rc = c.split.kind == CM_SPLIT_TEMPORAL_USER
+             ? cm_rs_split_temporal_user(&train, c.split.frac, &tr2, &val)
+             : cm_rs_split_random(&train, c.split.kind == CM_SPLIT_RANDOM
+                                  ? c.split.frac : 0.2,
+                                  c.split.seed + 1000003, &tr2, &val);
+        cm_ratings_free(&train);
+        cm_ratings_free(&test);
+        train = tr2;
+        test = val;
+        if (rc != CM_OK) {
+            fprintf(stderr, "cinematch eval recsys: out of memory\n");
+            goto out;
+        }
+    }
+    rc = cm_rs_data_build(train.v, train.n, &d, err, sizeof(err));
+    if (rc != CM_OK) {
+        fprintf(stderr, "cinematch eval recsys: %s\n", err);
+        goto out;
+    }
+    t0 = cm_now_mono_ns();
+    rc = cm_rs_train(&d, &c.tc, &m, err, sizeof(err));
+    train_s = (double) (cm_now_mono_ns() - t0) / 1e9;
+    if (rc != CM_OK) {
+        fprintf(stderr, "cinematch eval recsys: %s\n", err);
+        goto out_data;
+    }
+    t0 = cm_now_mono_ns();
+    rc = cm_rs_evaluate(m, &d, test.v, test.n, c.k, &mt, err, sizeof(err));
+    eval_s = (double) (cm_now_mono_ns() - t0) / 1e9;
+    if (rc != CM_OK) {
+        fprintf(stderr, "cinematch eval recsys: %s\n", err);
+        goto out_model;
+    }
+
+    {
+        char split[2100];
+
+        cm_rs_split_format(&c.split, split, sizeof(split));
+        snprintf(proto, sizeof(proto), "%s %s%s", cm_ml_format_name(c.format),
+                 split, c.validate ? " (validation part of train)" : "");
+    }
+    if (c.json) {
+        json_t *o = json_object();
+        char   *s;
+
+#define CM_NUM(v) (isnan(v) ? json_null() : json_real(v))
+        json_object_set_new(o, "protocol", json_string(proto));
+        json_object_set_new(o, "data", json_string(c.data));
+        json_object_set_new(o, "algo",
+                            json_string(cm_rs_algo_name(c.tc.algo)));
+        json_object_set_new(o, "factors", json_integer(m->factors));
+        json_object_set_new(o, "iters", json_integer(c.tc.iters));
+        json_object_set_new(o, "reg", json_real(c.tc.reg));
+        json_object_set_new(o, "alpha", json_real(c.tc.alpha));
+        json_object_set_new(o, "knn", json_integer(c.tc.knn));
+        json_object_set_new(o, "seed", json_integer((json_int_t) c.tc.seed));
+        json_object_set_new(o, "threads", json_integer(c.tc.threads));
+        json_object_set_new(o, "k", json_integer((json_int_t) c.k));
+        json_object_set_new(o, "n_train", json_integer((json_int_t) d.nnz));
+        json_object_set_new(o, "n_test", json_integer((json_int_t) test.n));
+        json_object_set_new(o, "n_users", json_integer(d.n_users));
+        json_object_set_new(o, "n_items", json_integer(d.n_items));
+        json_object_set_new(o, "n_rank_users",
+                            json_integer((json_int_t) mt.n_rank_users));
+        json_object_set_new(o, "rmse", CM_NUM(mt.rmse));
+        json_object_set_new(o, "mae", CM_NUM(mt.mae));
+#define CM_AT(name, v) \
+        snprintf(key, sizeof(key), name "@%zu", c.k); \
+        json_object_set_new(o, key, json_real(v))
+        CM_AT("precision", mt.precision);
+        CM_AT("recall", mt.recall);
+        CM_AT("ndcg", mt.ndcg);
+        CM_AT("hr", mt.hr);
+        CM_AT("map", mt.map);
+        CM_AT("coverage", mt.coverage);
+        json_object_set_new(o, "train_seconds", json_real(train_s));
+        json_object_set_new(o, "eval_seconds", json_real(eval_s));
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        printf("%s\n", s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("%s: %s (factors %u, iters %u, reg %g, alpha %g), %llu train /"
+               " %zu test ratings, %u users, %u items\n", proto,
+               cm_rs_algo_name(c.tc.algo), m->factors, c.tc.iters,
+               (double) c.tc.reg, (double) c.tc.alpha,
+               (unsigned long long) d.nnz, test.n, d.n_users, d.n_items);
+        if (!isnan(mt.rmse)) {
+            printf("  RMSE          %.4f   [%s, %zu predictions]\n", mt.rmse,
+                   proto, mt.n_pred);
+            printf("  MAE           %.4f   [%s]\n", mt.mae, proto);
+        } else {
+            printf("  RMSE/MAE      n/a      [%s: ranking-only model]\n",
+                   proto);
+        }
+        printf("  Precision@%-3zu %.4f   [%s, %zu users with a positive >= 4]\n",
+               c.k, mt.precision, proto, mt.n_rank_users);
+        printf("  Recall@%-6zu %.4f   [%s]\n", c.k, mt.recall, proto);
+        printf("  NDCG@%-8zu %.4f   [%s]\n", c.k, mt.ndcg, proto);
+        printf("  HR@%-10zu %.4f   [%s]\n", c.k, mt.hr, proto);
+        printf("  MAP@%-9zu %.4f   [%s]\n", c.k, mt.map, proto);
+        printf("  Coverage@%-4zu %.4f   [%s]\n", c.k, mt.coverage, proto);
+        printf("  train %.2f s, eval %.2f s (%u threads)\n", train_s, eval_s,
+               c.tc.threads);
+    }
+
+out_model:
+    cm_rs_model_free(m);
+out_data:
+    cm_rs_data_free(&d);
+out:
+    cm_ratings_free(&train);
+    cm_ratings_free(&test);
+    return rc == CM_OK ? 0 : 1;
+}
+
+
+/* ---- model inspect --------------------------------------------------------- */
+
+static void
+cm_hex(const uint8_t *p, size_t n, char *out)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        sprintf(out + 2 * i, "%02x", p[i]);
+    }
+}
+
+
+static int
+cm_model_inspect_main(int argc, char **argv)
+{
+    cm_rs_model_t  *m;
+    char            err[1024], hex[65];
+    uint32_t        i, nu;
+    size_t          n, j;
+    uint32_t        idx[5];
+    float           sc[5];
+
+    if (cm_cmd_wants_help(argc, argv)) {
+        printf("usage: cinematch model inspect FILE\n\nValidates a recsys"
+               " artifact (offsets, lengths, checksum, id maps, CSR)\nand"
+               " prints its header.\n");
+        return 0;
+    }
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: cinematch model inspect FILE\n");
+        return 2;
+    }
+    if (cm_rs_model_open(argv[1], &m, err, sizeof(err)) != CM_OK) {
+        fprintf(stderr, "cinematch model inspect: %s\n", err);
+        return 1;
+    }
+    printf("file        %s (%zu bytes, valid)\n", argv[1], m->map_len);
+    printf("format      recsys v%u, little-endian, 64-byte aligned"
+           " sections\n", CM_RS_VERSION);
+    printf("algo        %s\n", cm_rs_algo_name(m->algo));
+    printf("factors     %u\n", m->factors);
+    printf("users       %u\n", m->n_users);
+    printf("items       %u\n", m->n_items);
+    printf("seen        %llu ratings\n", (unsigned long long) m->nnz);
+    printf("mean        %.4f\n", (double) m->mean);
+    printf("params      reg %g, alpha %g, iters %u, seed %llu\n",
+           (double) m->reg, (double) m->alpha, m->iters,
+           (unsigned long long) m->seed);
+    printf("created     %llu (unix)\n", (unsigned long long) m->created);
+    cm_hex(m->data_fp, 32, hex);
+    printf("data fp     %s\n", hex);
+    cm_hex(m->checksum, 32, hex);
+    printf("checksum    %s (BLAKE2b-256, verified)\n", hex);
+    printf("user ids    %d .. %d\n", m->user_ext[0],
+           m->user_ext[m->n_users - 1]);
+    printf("item ids    %d .. %d\n", m->item_ext[0],
+           m->item_ext[m->n_items - 1]);
+    nu = 0;
+    if (cm_rs_recommend(m, nu, 5, 1, idx, sc, &n) == CM_OK) {
+        printf("user %-6d top-5 unseen:", m->user_ext[0]);
+        for (j = 0; j < n; j++) {
+            printf(" %d (%.3f)", m->item_ext[idx[j]], (double) sc[j]);
+        }
+        printf("\n");
+    }
+    for (i = 0; i < 1 && m->factors > 0; i++) {
+        if (cm_rs_similar_items(m, 0, 5, idx, sc, &n) == CM_OK) {
+            printf("item %-6d similar:", m->item_ext[0]);
+            for (j = 0; j < n; j++) {
+                printf(" %d (%.3f)", m->item_ext[idx[j]], (double) sc[j]);
+            }
+            printf("\n");
+        }
+    }
+    cm_rs_model_free(m);
+    return 0;
+}
+
+
+/* ---- bench recsys ---------------------------------------------------------- */
+
+static void
+cm_bench_recsys_usage(FILE *f)
+{
+    fprintf(f, "usage: cinematch bench recsys --data DIR [--factors 64]"
+            " [--iters 15]\n                             [--threads 2]"
+            " [--ref-iters 2] [--reg 0.05]\n\n"
+            "Times ALS with --threads, ALS with 1 thread and the"
+            " no-BLAS reference\nALS (plain loops, --ref-iters iterations)"
+            " on all of DIR, and prints\nseconds per iteration and the"
+            " ratios, all measured in this run.\n");
+}
+
+
+static int
+cm_bench_recsys_main(int argc, char **argv)
+{
+    cm_rs_cli_t          c;
+    cm_ml_dataset_t      ds;
+    cm_rs_data_t         d;
+    cm_rs_model_t       *m;
+    cm_rs_train_conf_t   tc;
+    char                 err[1024];
+    uint64_t             t0;
+    double               t_par, t_one, t_ref = 0;
+    uint32_t             T;
+    int                  rc;
+
+    rc = cm_rs_parse("bench recsys", argc, argv, &c, cm_bench_recsys_usage);
+    if (rc != 0) {
+        return rc == 1 ? 0 : 2;
+    }
+    if (c.data == NULL) {
+        fprintf(stderr, "cinematch bench recsys: --data is required\n");
+        return 2;
+    }
+    if (cm_rs_load("bench recsys", &c, &ds) != 0) {
+        return 1;
+    }
+    rc = cm_rs_data_build(ds.ratings.v, ds.ratings.n, &d, err, sizeof(err));
+    cm_ml_dataset_free(&ds);
+    if (rc != CM_OK) {
+        fprintf(stderr, "cinematch bench recsys: %s\n", err);
+        return 1;
+    }
+    tc = c.tc;
+    tc.algo = CM_RS_ALS;
+    T = tc.threads;
+    printf("bench recsys: %llu ratings, %u users, %u items, %u factors\n",
+           (unsigned long long) d.nnz, d.n_users, d.n_items, tc.factors);
+
+    t0 = cm_now_mono_ns();
+    rc = cm_rs_train(&d, &tc, &m, err, sizeof(err));
+    t_par = (double) (cm_now_mono_ns() - t0) / 1e9;
+    if (rc != CM_OK) {
+        goto fail;
+    }
+    cm_rs_model_free(m);
+    printf("  als  %2u threads  %3u iters  %8.3f s  %8.4f s/iter\n", T,
+           tc.iters, t_par, t_par / tc.iters);
+    if (T != 1) {
+        tc.threads = 1;
+        t0 = cm_now_mono_ns();
+        rc = cm_rs_train(&d, &tc, &m, err, sizeof(err));
+        t_one = (double) (cm_now_mono_ns() - t0) / 1e9;
+        if (rc != CM_OK) {
+            goto fail;
+        }
+        cm_rs_model_free(m);
+        printf("  als   1 thread   %3u iters  %8.3f s  %8.4f s/iter\n",
+               tc.iters, t_one, t_one / tc.iters);
+    } else {
+        t_one = t_par;
+    }
+    if (c.ref_iters > 0) {
+        tc.iters = c.ref_iters;
+        t0 = cm_now_mono_ns();
+        rc = cm_rs_train_als_reference(&d, &tc, &m, err, sizeof(err));
+        t_ref = (double) (cm_now_mono_ns() - t0) / 1e9;
+        if (rc != CM_OK) {
+            goto fail;
+        }
+        cm_rs_model_free(m);
+        printf("  ref   1 thread   %3u iters  %8.3f s  %8.4f s/iter"
+               "  (no BLAS/LAPACK)\n", tc.iters, t_ref, t_ref / tc.iters);
+        printf("  speed-up per iteration vs reference: %.1fx (1 thread),"
+               " %.1fx (%u threads)\n",
+               (t_ref / c.ref_iters) / (t_one / c.tc.iters),
+               (t_ref / c.ref_iters) / (t_par / c.tc.iters), T);
+    }
+    cm_rs_data_free(&d);
+    return 0;
+
+fail:
+    fprintf(stderr, "cinematch bench recsys: %s\n", err);
+    cm_rs_data_free(&d);
+    return 1;
+}
