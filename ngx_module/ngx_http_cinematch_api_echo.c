@@ -259,6 +259,7 @@ ngx_http_cinematch_echo_stream_ready(ngx_http_cinematch_infer_req_t *ir,
     ngx_int_t rc)
 {
     ngx_http_request_t                *r = ir->request;
+    ngx_connection_t                  *c = r->connection;
     ngx_http_cinematch_echo_stream_t  *es = ir->data;
 
     if (es->finished) {
@@ -268,10 +269,13 @@ ngx_http_cinematch_echo_stream_ready(ngx_http_cinematch_infer_req_t *ir,
     rc = ngx_http_cinematch_echo_stream_drain(r, es, rc == NGX_ERROR);
 
     if (rc != NGX_DONE) {
+        /* finalizes and runs posted requests; r may be gone after it
+         * (regression: ASan caught a read of r->connection here) */
         ngx_http_cinematch_finish(r, rc);
+        return;
     }
 
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
