@@ -106,6 +106,15 @@ def test_status_lists_pending_then_applied_and_changes_nothing(pg, db):
     assert "pending" not in r.stdout
 
 
+def test_dry_run_lists_what_would_apply_and_changes_nothing(pg, db):
+    r = migrate(pg, db, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[-1] for line in r.stdout.splitlines()
+            if line.startswith("would apply ")] == sql_files()
+    assert pg.psql("SELECT to_regclass('schema_migrations') IS NULL", db=db) == "t"
+    assert pg.psql("SELECT to_regclass('users') IS NULL", db=db) == "t"
+
+
 def test_second_run_is_a_no_op(pg, db):
     assert migrate(pg, db).returncode == 0
     before = pg.psql("SELECT version, applied_at FROM schema_migrations ORDER BY 1", db=db)
