@@ -344,11 +344,26 @@ infer_start() {
         return 0
     fi
     rm -f "$RUN/infer-0.pid" "$INFER_SOCKET"
+    # A first recommender, trained from the stack's data when there is none
+    # yet (seconds on ml-latest-small), served from the file until the
+    # registry flow (ingest → train → promote) fills model_versions.
+    local model=() artifact=$VAR/models/recsys-dev.cmrs
+    if [ -n "${DATA_DIR:-}" ] && "$BIN" train recsys --help >/dev/null 2>&1; then
+        if [ ! -f "$artifact" ] || [ "$DATA_DIR/ratings.csv" -nt "$artifact" ]; then
+            step "model: training a first recommender on $DATA_DIR"
+            mkdir -p "$VAR/models"
+            "$BIN" train recsys --data "$DATA_DIR" --out "$artifact" --factors 64 \
+                --iters 15 --threads 2 --lenient >>"$LOG/train.log" 2>&1 \
+                || { warn "training failed (log: $LOG/train.log)"; rm -f "$artifact"; }
+        fi
+        [ -f "$artifact" ] && [ -f "$DATA_DIR/movies.csv" ] \
+            && model=(--recsys "$artifact" --movies "$DATA_DIR/movies.csv" --recsys-version dev)
+    fi
     own_var
     step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
     # setsid: its own session, so a terminal hangup does not reach it.
     "${AS_SVC[@]}" setsid "$BIN" infer --id 0 --socket "$INFER_SOCKET" --shm "$INFER_SHM" \
-        --pidfile "$RUN/infer-0.pid" >>"$LOG/infer-0.log" 2>&1 </dev/null &
+        --pidfile "$RUN/infer-0.pid" "${model[@]}" >>"$LOG/infer-0.log" 2>&1 </dev/null &
     pid=$!
     if ! wait_for 30 test -S "$INFER_SOCKET"; then
         kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
