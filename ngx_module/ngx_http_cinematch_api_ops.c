@@ -9,6 +9,14 @@
  *   GET /metrics  see ngx_http_cinematch_metrics.c.
  *   POST /internal/json  (cinematch_echo on) answers the parsed body; it
  *                 exists to test the body and JSON handling.
+ *   GET /internal/redis/echo/{value}  (cinematch_echo on) Redis ECHO of
+ *                 the path segment: the model of a handler that waits on
+ *                 Redis.
+ *   GET /internal/args?limit=&offset=&q=  (cinematch_echo on) the query
+ *                 argument helpers, as a movie search would use them.
+ *   GET /internal/pg/types/{text}  (cinematch_echo on) one row of
+ *                 assorted column types through ngx_http_cinematch_pg_rows(),
+ *                 the path segment as a query parameter.
  *   GET /internal/pg/sleep/{ms}  (cinematch_echo on) a query that takes
  *                 ms milliseconds, to test the pool: queueing, timeouts,
  *                 clients that go away.  Also the model of a handler that
@@ -31,6 +39,10 @@ typedef struct {
 } ngx_http_cinematch_ready_t;
 
 
+static ngx_int_t ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_pg_types_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_pg_sleep_done(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ready_pg(ngx_http_request_t *r,
@@ -43,20 +55,41 @@ static ngx_int_t ngx_http_cinematch_ready_done(ngx_http_request_t *r,
     ngx_http_cinematch_ready_t *rd);
 
 
+/*
+ * Load balancers and probes call /health often: the answer is printed
+ * into an exact-size buffer, without jansson's allocations.
+ */
+
+#define NGX_HTTP_CINEMATCH_HEALTH                                            \
+    "{\"status\":\"ok\",\"version\":\"" NGX_HTTP_CINEMATCH_VERSION           \
+    "\",\"uptime_seconds\":"
+
 ngx_int_t
 ngx_http_cinematch_health_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
+    u_char                          *p, *body;
+    time_t                           uptime;
+    ngx_str_t                        type;
     ngx_http_cinematch_main_conf_t  *mcf;
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
 
-    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
-               json_pack("{s:s, s:s, s:I}",
-                         "status", "ok",
-                         "version", NGX_HTTP_CINEMATCH_VERSION,
-                         "uptime_seconds",
-                         (json_int_t) (ngx_time() - mcf->start_time)));
+    body = ngx_pnalloc(r->pool, sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1
+                                + NGX_TIME_T_LEN + sizeof("}") - 1);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    uptime = ngx_max(ngx_time() - mcf->start_time, 0);
+
+    p = ngx_cpymem(body, NGX_HTTP_CINEMATCH_HEALTH,
+                   sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1);
+    p = ngx_sprintf(p, "%T}", uptime);
+
+    ngx_str_set(&type, "application/json");
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK, &type, body, p - body);
 }
 
 
@@ -66,6 +99,177 @@ ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
 {
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
                                         json_pack("{s:O}", "json", ctx->json));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_redis_echo_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_int_t     rc;
+    size_t       *lens;
+    const char  **argv;
+
+    argv = ngx_palloc(r->pool, 2 * sizeof(const char *));
+    lens = ngx_palloc(r->pool, 2 * sizeof(size_t));
+
+    if (argv == NULL || lens == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* binary-safe arguments: the segment is passed with its length */
+
+    argv[0] = "ECHO";
+    lens[0] = 4;
+    argv[1] = (const char *) ctx->params[0].data;
+    lens[1] = ctx->params[0].len;
+
+    rc = ngx_http_cinematch_redis_command(r,
+                                          ngx_http_cinematch_redis_echo_done,
+                                          ctx, 2, argv, lens);
+
+    switch (rc) {
+
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "cache unavailable");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    if (reply == NULL) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "cache unavailable");
+    }
+
+    if (reply->type != REDIS_REPLY_STRING) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:s%}", "echo", reply->str, (size_t) reply->len));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_args_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    json_t     *q;
+    ngx_int_t   limit, offset;
+    ngx_str_t   value;
+
+    if (ngx_http_cinematch_arg_int(r, "limit", 20, 1, 100, &limit) != NGX_OK)
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "invalid_request",
+                                             "limit must be 1..100");
+    }
+
+    if (ngx_http_cinematch_arg_int(r, "offset", 0, 0, NGX_MAX_INT32_VALUE,
+                                   &offset)
+        != NGX_OK)
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "invalid_request",
+                                             "offset must be 0 or more");
+    }
+
+    switch (ngx_http_cinematch_arg(r, "q", &value)) {
+
+    case NGX_OK:
+        q = json_stringn((const char *) value.data, value.len);
+        if (q == NULL) {
+            return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                 "invalid_request",
+                                                 "q must be UTF-8");
+        }
+
+        break;
+
+    case NGX_DECLINED:
+        q = json_null();
+        break;
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:I, s:I, s:o}", "limit", (json_int_t) limit,
+                         "offset", (json_int_t) offset, "q", q));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_pg_types_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    u_char       *p;
+    ngx_int_t     rc;
+    const char  **values;
+
+    static const char  sql[] =
+        "SELECT $1::text AS param, 42::int4 AS i4, "
+        "9007199254740993::int8 AS i8, 2.5::float8 AS f8, "
+        "3.25::numeric AS num, 'NaN'::float8 AS nan, true AS yes, "
+        "NULL::text AS nothing, '{\"k\": [1, 2]}'::jsonb AS doc, "
+        "ARRAY['a', 'b'] AS arr";
+
+    values = ngx_palloc(r->pool, sizeof(const char *));
+    p = ngx_pnalloc(r->pool, ctx->params[0].len + 1);
+
+    if (values == NULL || p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(p, ctx->params[0].data, ctx->params[0].len) = '\0';
+    values[0] = (const char *) p;
+
+    rc = ngx_http_cinematch_pg_query(r, sql, 1, values,
+                                     ngx_http_cinematch_pg_types_done, ctx);
+
+    switch (rc) {
+
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+    case NGX_BUSY:
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_pg_types_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    if (err != NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:o}", "rows", ngx_http_cinematch_pg_rows(res)));
 }
 
 
@@ -157,9 +361,6 @@ ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
     ngx_int_t                    rc;
     ngx_http_cinematch_ready_t  *rd;
 
-    static const char  *ping[] = { "PING" };
-    static size_t       ping_len[] = { 4 };
-
     rd = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_ready_t));
     if (rd == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -208,8 +409,8 @@ ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
                                        ? "not connected" : "internal error");
     }
 
-    rc = ngx_http_cinematch_redis_command(r, ngx_http_cinematch_ready_redis,
-                                          rd, 1, ping, ping_len);
+    rc = ngx_http_cinematch_redis_commandf(r, ngx_http_cinematch_ready_redis,
+                                           rd, "PING");
 
     if (rc == NGX_OK) {
         rd->pending++;

@@ -375,7 +375,8 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
     route_max = sizeof("unmatched") - 1;
 
     for (i = 0; i < ngx_http_cinematch_nroutes; i++) {
-        route_max = ngx_max(route_max, ngx_http_cinematch_routes[i].pattern.len);
+        route_max = ngx_max(route_max,
+                            ngx_http_cinematch_routes[i].pattern.len);
     }
 
     /* an upper bound of the text, so that it is allocated once */

@@ -51,6 +51,30 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     { NGX_HTTP_GET, ngx_string("/metrics"),
       ngx_http_cinematch_metrics_handler, 0 },
 
+    /* the catalogue, from PostgreSQL */
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/movies"),
+      ngx_http_cinematch_movies_handler, 0 },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/movies/{id}"),
+      ngx_http_cinematch_movie_handler, 0 },
+
+#if (NGX_HTTP_CINEMATCH_INFER)
+    /* recommendations, answered by the inference daemon */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/recommend"),
+      ngx_http_cinematch_recommend_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/similar"),
+      ngx_http_cinematch_similar_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/popular"),
+      ngx_http_cinematch_popular_handler, 0 },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/predict/{name}"),
+      ngx_http_cinematch_predict_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+#endif
+
 #if (NGX_HTTP_CINEMATCH_AUTH)
     /* auth (ngx_http_cinematch_api_auth.c) */
 
@@ -69,6 +93,15 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 
     { NGX_HTTP_GET, ngx_string("/internal/pg/sleep/{ms}"),
       ngx_http_cinematch_pg_sleep_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+    { NGX_HTTP_GET, ngx_string("/internal/args"),
+      ngx_http_cinematch_args_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+    { NGX_HTTP_GET, ngx_string("/internal/pg/types/{text}"),
+      ngx_http_cinematch_pg_types_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+    { NGX_HTTP_GET, ngx_string("/internal/redis/echo/{value}"),
+      ngx_http_cinematch_redis_echo_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
 
 #if (NGX_HTTP_CINEMATCH_ECHO)
     { NGX_HTTP_POST, ngx_string("/internal/echo"),
@@ -364,7 +397,7 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    return route->handler(r, ctx);
+    return ngx_http_cinematch_status(r, route->handler(r, ctx));
 }
 
 
@@ -375,8 +408,6 @@ ngx_http_cinematch_send_not_allowed(ngx_http_request_t *r, ngx_uint_t allow)
     size_t                        len;
     ngx_str_t                     key, value;
     ngx_http_cinematch_method_t  *m;
-
-    static u_char  message[] = "method not allowed";
 
     if (allow & NGX_HTTP_GET) {
         allow |= NGX_HTTP_HEAD;
@@ -416,5 +447,5 @@ ngx_http_cinematch_send_not_allowed(ngx_http_request_t *r, ngx_uint_t allow)
 
     return ngx_http_cinematch_send_error(r, NGX_HTTP_NOT_ALLOWED,
                                          "method_not_allowed",
-                                         (const char *) message);
+                                         "method not allowed");
 }

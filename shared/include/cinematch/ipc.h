@@ -84,8 +84,26 @@ typedef enum {
                                 params[1] = delay between chunks in µs
                                 (0..10 s); each chunk is one ring record
                                 holding the payload */
+
+    /* recsys kinds: whole answers, the result is a JSON object (API.md)
+     * and ERROR carries a one-line reason: status CM_ENOTFOUND (unknown
+     * movie), CM_EINVAL (bad parameters), CM_EAGAIN (no model loaded or
+     * draining).  User ids are rating-space ids, movie ids MovieLens ids. */
+    CM_REQ_RECOMMEND = 10,   /* params: [0] user (0 = none), [1] k 1..100,
+                                [2] flags (CM_REC_*), [3] year_min (0 =
+                                open), [4] year_max (0 = open); payload:
+                                genre names, comma-separated (may be empty) */
+    CM_REQ_SIMILAR = 11,     /* params: [0] movie, [1] k 1..100 */
+    CM_REQ_POPULAR = 12,     /* params: [0] k 1..100; payload: genres */
+    CM_REQ_PREDICT = 13,     /* params: [0] user; payload: int32 movie ids
+                                (1..1000) */
+    CM_REQ_FOLD_IN = 14,     /* params: [0] user; payload: (int32 movie,
+                                float rating) pairs, 1..1000; result
+                                {"user_id", "folded": n} */
     CM_REQ_KIND_MAX
 } cm_req_kind_t;
+
+#define CM_REC_EXCLUDE_SEEN  0x1u
 
 /* Doorbell operations: 8 bytes on the socket, native endianness. */
 typedef enum {
