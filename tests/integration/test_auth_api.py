@@ -334,3 +334,31 @@ def test_bad_secret_file_mode_stops_nginx_at_startup(workdir, backends, db, secr
     with pytest.raises(harness.HarnessError) as exc:
         ngx.start()
     assert "0644" in str(exc.value) and "chmod 0600" in str(exc.value)
+
+
+def test_client_leaving_mid_hash_frees_the_request_cleanly(api, db):
+    """The thread job lives in the request pool; r->main->blocked keeps the
+    pool until the hash is done even when the client has gone (under
+    tests/integration/run_asan.sh a use-after-free here is a report)."""
+    import socket
+
+    register(api, "leaver@example.com", "gone before done")
+    for path, doc in [("/api/v1/auth/register",
+                       {"email": "left@example.com", "password": "never mind me"}),
+                      ("/api/v1/auth/login",
+                       {"email": "leaver@example.com", "password": "gone before done"})] * 3:
+        body = json.dumps(doc).encode()
+        s = socket.create_connection(("127.0.0.1", api.port))
+        s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        s.close()
+    time.sleep(1.0)                      # let the pool finish the hashes
+    log = (api.prefix / "logs" / "access.log").read_text()
+    print("\nthe abandoned requests, as logged:",
+          [line.split('"')[1].split()[1].rsplit("/", 1)[1] + " "
+           + line.split('"')[2].split()[0] for line in log.splitlines()[-6:]])
+    status, _, doc = post(api, "/api/v1/auth/login",
+                          {"email": "leaver@example.com", "password": "gone before done"})
+    assert status == 200, doc
+    assert api.request("GET", "/health")[0] == 200
+    assert not api.log_problems()
