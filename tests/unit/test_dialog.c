@@ -119,10 +119,54 @@ test_eval_counts_bytes_and_gives_finite_bits_per_byte(void **state)
     assert_int_equal(cm_dialog_ngram_bpb(b, &d.train, &d.train, &uni, &bi),
                      CM_OK);
     assert_true(isfinite(uni) && isfinite(bi) && bi < uni);
+    /* greedy replies to the validation conversation (the last one) */
+    {
+        uint8_t             is_val[8];
+        cm_dialog_replies_t q;
+
+        assert_int_equal(cm_corpus_split(&c, 0.34, 1, is_val), 1);
+        assert_int_equal(cm_dialog_reply_eval(&m, b, &c, is_val, 10, 8, &q),
+                         CM_OK);
+        assert_int_equal(q.examples, 1);
+        assert_true(q.bleu4 >= 0.0 && q.bleu4 <= 1.0);
+        assert_int_equal(cm_dialog_reply_eval(&m, b, &c, is_val, 10, 64,
+                                              &q), CM_EINVAL);
+    }
     cm_gpt_free(&m);
     cm_dialog_data_free(&d);
     cm_bpe_free(b);
     cm_corpus_free(&c);
+}
+
+
+static void
+test_bleu_and_distinct_match_hand_computed_values(void **state)
+{
+    const char *hyp[] = { "The cat sat on the mat", "a b c d e" };
+    const char *ref[] = { "the cat is on the mat", "a b c d e" };
+    const char *h2[] = { "the the the the" }, *r2[] = { "the cat" };
+    cm_dialog_replies_t q;
+    double want;
+
+    assert_int_equal(cm_dialog_bleu(hyp, ref, 2, &q), CM_OK);
+    assert_float_equal(q.precision[0], 10.0 / 11.0, 1e-12);
+    assert_float_equal(q.precision[1], 7.0 / 9.0, 1e-12);
+    assert_float_equal(q.precision[2], 4.0 / 7.0, 1e-12);
+    assert_float_equal(q.precision[3], 2.0 / 5.0, 1e-12);
+    assert_float_equal(q.brevity, 1.0, 1e-12);
+    want = exp((log(10.0 / 11) + log(7.0 / 9) + log(4.0 / 7) + log(2.0 / 5))
+               / 4.0);
+    assert_float_equal(q.bleu4, want, 1e-12);
+    assert_float_equal(q.distinct1, 10.0 / 11.0, 1e-12);   /* "the" twice */
+    assert_float_equal(q.distinct2, 1.0, 1e-12);
+    /* clipping: "the" counts at most as often as the reference has it;
+     * no 4-gram match at all gives BLEU 0 (unsmoothed), short ones a
+     * brevity penalty */
+    assert_int_equal(cm_dialog_bleu(h2, r2, 1, &q), CM_OK);
+    assert_float_equal(q.precision[0], 0.25, 1e-12);
+    assert_float_equal(q.bleu4, 0.0, 1e-12);
+    assert_int_equal(cm_dialog_bleu(r2, h2, 1, &q), CM_OK);
+    assert_float_equal(q.brevity, exp(1.0 - 4.0 / 2.0), 1e-12);
 }
 
 
@@ -133,6 +177,7 @@ main(void)
         cmocka_unit_test(
             test_render_marks_every_turn_and_conversation_and_splits_by_film),
         cmocka_unit_test(test_eval_counts_bytes_and_gives_finite_bits_per_byte),
+        cmocka_unit_test(test_bleu_and_distinct_match_hand_computed_values),
     };
 
     return cmocka_run_group_tests_name("dialog", tests, NULL, NULL);

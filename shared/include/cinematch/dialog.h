@@ -50,6 +50,31 @@ typedef struct {
 int cm_dialog_eval(cm_gpt_t *m, const cm_bpe_t *b, const int32_t *ids,
     size_t n, int B, int T, size_t max_tokens, cm_dialog_eval_t *out);
 
+/*
+ * Reply quality beyond perplexity: for up to max_examples validation
+ * conversations (is_val from cm_corpus_split) with >= 2 turns, the model
+ * answers the earlier turns greedily (up to max_tokens, stopping at end of
+ * turn) and the reply is compared with the real last turn.  Words are
+ * whitespace-separated, lower-cased.  BLEU-4 is corpus-level (clipped
+ * n-gram precisions, brevity penalty, no smoothing); distinct-n is unique
+ * n-grams over all n-grams of the generated replies.
+ */
+typedef struct {
+    double  bleu4;
+    double  precision[4];
+    double  brevity;
+    double  distinct1, distinct2;
+    size_t  examples;
+} cm_dialog_replies_t;
+
+/* The metric alone, over n (hypothesis, reference) texts. */
+int cm_dialog_bleu(const char *const *hyps, const char *const *refs,
+    size_t n, cm_dialog_replies_t *out);
+
+int cm_dialog_reply_eval(const cm_gpt_t *m, const cm_bpe_t *b,
+    const cm_corpus_t *c, const uint8_t *is_val, size_t max_examples,
+    int max_tokens, cm_dialog_replies_t *out);
+
 /* Baselines on the same split, for scale: add-one unigram and a bigram
  * interpolated with it (p = (c(a,b) + 2 p_uni(b)) / (c(a) + 2)), trained on
  * train and scored on val in bits per byte (same byte count as eval). */
