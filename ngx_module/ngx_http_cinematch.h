@@ -320,6 +320,12 @@ ngx_int_t ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
+/* ngx_http_cinematch_api_chat.c: OpenAI-compatible chat */
+ngx_int_t ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_models_list_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
 #endif
 
 #if (NGX_HTTP_CINEMATCH_ECHO)
