@@ -53,7 +53,8 @@ typedef struct {
 enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
-    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG, OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG,
+    OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
     OPT_CONF_BELOW, OPT_CG
 };
 
@@ -347,7 +348,7 @@ cm_rs_load(const char *cmd, cm_rs_cli_t *c, cm_ml_dataset_t *ds)
 }
 
 
-/* ---- train recsys ---------------------------------------------------------- */
+/* ---- train recsys -------------------------------------------------------- */
 
 static void
 cm_train_recsys_usage(FILE *f)
@@ -418,7 +419,7 @@ cm_train_recsys_main(int argc, char **argv)
 }
 
 
-/* ---- eval recsys ----------------------------------------------------------- */
+/* ---- eval recsys --------------------------------------------------------- */
 
 static void
 cm_eval_recsys_usage(FILE *f)
@@ -609,7 +610,8 @@ cm_eval_recsys_main(int argc, char **argv)
         CM_AT("coverage", mt.coverage);
         json_object_set_new(o, "train_seconds", json_real(train_s));
         json_object_set_new(o, "eval_seconds", json_real(eval_s));
-        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER
+                          | JSON_REAL_PRECISION(6));
         printf("%s\n", s);
         free(s);
         json_decref(o);
@@ -632,8 +634,8 @@ cm_eval_recsys_main(int argc, char **argv)
             printf("  RMSE/MAE      n/a      [%s: ranking-only model]\n",
                    proto);
         }
-        printf("  Precision@%-3zu %.4f   [%s, %zu users with a positive >= 4]\n",
-               c.k, mt.precision, proto, mt.n_rank_users);
+        printf("  Precision@%-3zu %.4f   [%s, %zu users with a positive"
+               " >= 4]\n", c.k, mt.precision, proto, mt.n_rank_users);
         printf("  Recall@%-6zu %.4f   [%s]\n", c.k, mt.recall, proto);
         printf("  NDCG@%-8zu %.4f   [%s]\n", c.k, mt.ndcg, proto);
         printf("  HR@%-10zu %.4f   [%s]\n", c.k, mt.hr, proto);
@@ -654,7 +656,7 @@ out:
 }
 
 
-/* ---- model inspect --------------------------------------------------------- */
+/* ---- model inspect ------------------------------------------------------- */
 
 static void
 cm_hex(const uint8_t *p, size_t n, char *out)
@@ -734,7 +736,7 @@ cm_model_inspect_main(int argc, char **argv)
 }
 
 
-/* ---- bench recsys ---------------------------------------------------------- */
+/* ---- bench recsys -------------------------------------------------------- */
 
 static void
 cm_bench_recsys_usage(FILE *f)

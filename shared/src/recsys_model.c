@@ -418,7 +418,7 @@ cm_rs_model_open(const char *path, cm_rs_model_t **out, char *err,
 }
 
 
-/* ---- scoring --------------------------------------------------------------- */
+/* ---- scoring ------------------------------------------------------------- */
 
 int
 cm_rs_score_users(const cm_rs_model_t *m, const uint32_t *users, size_t n,

@@ -304,7 +304,7 @@ cm_rs_data_fingerprint(const cm_rs_data_t *d, uint8_t out[32])
 }
 
 
-/* ---- models ---------------------------------------------------------------- */
+/* ---- models -------------------------------------------------------------- */
 
 void
 cm_rs_model_free(cm_rs_model_t *m)
@@ -421,7 +421,7 @@ cm_rs_model_derive(cm_rs_model_t *m)
 }
 
 
-/* ---- the row solves ----------------------------------------------------- */
+/* ---- the row solves ------------------------------------------------------ */
 
 /*
  * Solve the SPD system A x = b in place (b becomes x).  A is row-major with
@@ -948,7 +948,7 @@ cm_rs_train_knn(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
 }
 
 
-/* ---- training driver --------------------------------------------------- */
+/* ---- training driver ----------------------------------------------------- */
 
 int
 cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
@@ -1110,7 +1110,7 @@ done:
 }
 
 
-/* ---- reference ALS: plain loops, no BLAS, no threads ------------------- */
+/* ---- reference ALS: plain loops, no BLAS, no threads --------------------- */
 
 /* In-place Cholesky solve of the SPD a (n, n) with b (n); 0 or -1. */
 static int
@@ -1261,7 +1261,7 @@ cm_rs_train_als_reference(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
 }
 
 
-/* ---- fold-in --------------------------------------------------------------- */
+/* ---- fold-in ------------------------------------------------------------- */
 
 int
 cm_rs_fold_in(const cm_rs_model_t *m, const uint32_t *items,

@@ -202,7 +202,8 @@ cm_syn_taste(const cm_synth_t *s, uint32_t mask, cm_rng_t *r, float *v)
         }
     }
     for (k = 0; k < s->d; k++) {
-        v[k] = (n ? 0.8f * v[k] / (float) n : 0) + 0.5f * (float) cm_rng_normal(r);
+        v[k] = (n ? 0.8f * v[k] / (float) n : 0)
+               + 0.5f * (float) cm_rng_normal(r);
     }
 }
 
@@ -514,7 +515,8 @@ cm_syn_time(const cm_synth_t *s, uint32_t i, int64_t start, int64_t end,
         ts = start + (int64_t) (-log(1.0 - cm_rng_unif(r)) * 365.0 * 86400);
     }
     if (ts < s->rel[i]) {
-        ts = s->rel[i] + (int64_t) (cm_rng_unif(r) * (double) (end - s->rel[i]));
+        ts = s->rel[i]
+             + (int64_t) (cm_rng_unif(r) * (double) (end - s->rel[i]));
     }
     return ts < end ? ts : end - 1;
 }

@@ -461,7 +461,8 @@ main(void)
         cmocka_unit_test(test_cg_solver_reaches_the_cholesky_fit),
         cmocka_unit_test(test_topk_breaks_ties_by_index_and_skips_excluded),
         cmocka_unit_test(test_fold_in_recovers_a_trained_users_vector),
-        cmocka_unit_test(test_similar_explain_and_popular_follow_factors_and_counts),
+        cmocka_unit_test(
+            test_similar_explain_and_popular_follow_factors_and_counts),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
