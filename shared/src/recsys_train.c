@@ -370,15 +370,15 @@ cm_rs_model_alloc(const cm_rs_data_t *d, cm_rs_algo_t algo, uint32_t k,
     m->n_items = d->n_items;
     m->nnz = d->nnz;
     m->mean = d->mean;
-    m->U = (float *) (base + off[CM_RS_SEC_U]);
-    m->V = (float *) (base + off[CM_RS_SEC_V]);
-    m->bu = (float *) (base + off[CM_RS_SEC_BU]);
-    m->bi = (float *) (base + off[CM_RS_SEC_BI]);
-    m->user_ext = (int32_t *) (base + off[CM_RS_SEC_USER_IDS]);
-    m->item_ext = (int32_t *) (base + off[CM_RS_SEC_ITEM_IDS]);
-    m->pop = (uint32_t *) (base + off[CM_RS_SEC_POP]);
-    m->seen_ptr = (uint64_t *) (base + off[CM_RS_SEC_SEEN_PTR]);
-    m->seen_idx = (uint32_t *) (base + off[CM_RS_SEC_SEEN_IDX]);
+    m->U = (float *) (void *) (base + off[CM_RS_SEC_U]);
+    m->V = (float *) (void *) (base + off[CM_RS_SEC_V]);
+    m->bu = (float *) (void *) (base + off[CM_RS_SEC_BU]);
+    m->bi = (float *) (void *) (base + off[CM_RS_SEC_BI]);
+    m->user_ext = (int32_t *) (void *) (base + off[CM_RS_SEC_USER_IDS]);
+    m->item_ext = (int32_t *) (void *) (base + off[CM_RS_SEC_ITEM_IDS]);
+    m->pop = (uint32_t *) (void *) (base + off[CM_RS_SEC_POP]);
+    m->seen_ptr = (uint64_t *) (void *) (base + off[CM_RS_SEC_SEEN_PTR]);
+    m->seen_idx = (uint32_t *) (void *) (base + off[CM_RS_SEC_SEEN_IDX]);
     memcpy((void *) m->user_ext, d->user_ext, sz[CM_RS_SEC_USER_IDS]);
     memcpy((void *) m->item_ext, d->item_ext, sz[CM_RS_SEC_ITEM_IDS]);
     memcpy((void *) m->seen_ptr, d->u_ptr, sz[CM_RS_SEC_SEEN_PTR]);
@@ -534,7 +534,8 @@ cm_rs_solve_implicit(uint32_t k, const uint32_t *idx, const float *val,
     float below, float reg, float *x, float *s)
 {
     size_t   j, c;
-    float   *G = s, *A = G + n * (k + 1), *rhs = A + (k + 1) * (k + 1), w;
+    float   *G = s, *A = G + n * (k + 1);
+    float   *rhs = A + (size_t) (k + 1) * (k + 1), w;
 
     memcpy(A, gram, (size_t) k * k * sizeof(float));
     memset(rhs, 0, k * sizeof(float));
