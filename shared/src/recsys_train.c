@@ -141,12 +141,55 @@ cm_rs_cmp_trip(const void *a, const void *b)
 }
 
 
+#define CM_RS_LUT_MAX  (1 << 26)   /* ids up to this use a lookup table */
+
+/*
+ * Sorted distinct ids of one column and, when the ids are small enough
+ * (MovieLens ids are under a million), a table id -> dense index, which
+ * turns the mapping of 20M ratings from binary searches into loads.
+ */
 static int32_t *
-cm_rs_unique_ids(const cm_rating_t *r, size_t n, int users, uint32_t *count)
+cm_rs_unique_ids(const cm_rating_t *r, size_t n, int users, uint32_t *count,
+    int32_t **lut_out)
 {
-    int32_t  *v;
+    int32_t  *v, *lut, id, max = 0;
     size_t    i, m = 0;
 
+    *lut_out = NULL;
+    for (i = 0; i < n; i++) {
+        id = users ? r[i].user : r[i].item;
+        max = id > max ? id : max;
+    }
+    if (max >= 0 && max < CM_RS_LUT_MAX) {
+        lut = malloc(((size_t) max + 1) * sizeof(int32_t));
+        if (lut != NULL) {
+            memset(lut, 0xff, ((size_t) max + 1) * sizeof(int32_t));
+            for (i = 0; i < n; i++) {
+                id = users ? r[i].user : r[i].item;
+                if (id >= 0) {
+                    lut[id] = 0;
+                }
+            }
+            for (id = 0; id <= max; id++) {
+                m += lut[id] == 0;
+            }
+            v = malloc((m ? m : 1) * sizeof(int32_t));
+            if (v == NULL) {
+                free(lut);
+                return NULL;
+            }
+            m = 0;
+            for (id = 0; id <= max; id++) {
+                if (lut[id] == 0) {
+                    lut[id] = (int32_t) m;
+                    v[m++] = id;
+                }
+            }
+            *count = (uint32_t) m;
+            *lut_out = lut;
+            return v;
+        }
+    }
     v = malloc((n ? n : 1) * sizeof(int32_t));
     if (v == NULL) {
         return NULL;
@@ -200,27 +243,57 @@ cm_rs_data_build(const cm_rating_t *r, size_t n, cm_rs_data_t *d, char *err,
     cm_rs_trip_t  *t = NULL;
     size_t         i, m = 0;
     uint64_t      *fill = NULL;
+    int32_t       *ulut = NULL, *ilut = NULL;
     double         sum = 0;
 
     memset(d, 0, sizeof(*d));
     if (n == 0) {
         return cm_seterr(err, errlen, CM_EINVAL, "no ratings to train on");
     }
-    d->user_ext = cm_rs_unique_ids(r, n, 1, &d->n_users);
-    d->item_ext = cm_rs_unique_ids(r, n, 0, &d->n_items);
+    d->user_ext = cm_rs_unique_ids(r, n, 1, &d->n_users, &ulut);
+    d->item_ext = cm_rs_unique_ids(r, n, 0, &d->n_items, &ilut);
     t = malloc(n * sizeof(*t));
-    if (d->user_ext == NULL || d->item_ext == NULL || t == NULL) {
+    fill = calloc((size_t) d->n_users + 1, sizeof(uint64_t));
+    if (d->user_ext == NULL || d->item_ext == NULL || t == NULL
+        || fill == NULL)
+    {
         goto nomem;
     }
+#define CM_RS_UIDX(x) (ulut ? (uint32_t) ulut[(x)->user]                      \
+                            : (uint32_t) cm_rs_find_id(d->user_ext,           \
+                                                       d->n_users, (x)->user))
+    /* counting sort by user (two passes, no second copy), then each
+     * user's run by (item, ts) */
     for (i = 0; i < n; i++) {
-        t[i].user = (uint32_t) cm_rs_find_id(d->user_ext, d->n_users,
-                                             r[i].user);
-        t[i].item = (uint32_t) cm_rs_find_id(d->item_ext, d->n_items,
-                                             r[i].item);
-        t[i].rating = r[i].rating;
-        t[i].ts = r[i].ts;
+        fill[CM_RS_UIDX(&r[i]) + 1]++;
     }
-    qsort(t, n, sizeof(*t), cm_rs_cmp_trip);
+    for (i = 0; i < d->n_users; i++) {
+        fill[i + 1] += fill[i];
+    }
+    for (i = 0; i < n; i++) {
+        uint32_t       u = CM_RS_UIDX(&r[i]);
+        cm_rs_trip_t  *x = &t[fill[u]++];
+
+        x->user = u;
+        x->item = ilut ? (uint32_t) ilut[r[i].item]
+                       : (uint32_t) cm_rs_find_id(d->item_ext, d->n_items,
+                                                  r[i].item);
+        x->rating = r[i].rating;
+        x->ts = r[i].ts;
+    }
+#undef CM_RS_UIDX
+    for (i = 0; i < d->n_users; i++) {
+        uint64_t lo = i ? fill[i - 1] : 0, hi = fill[i];
+
+        if (hi - lo > 1) {
+            qsort(t + lo, hi - lo, sizeof(*t), cm_rs_cmp_trip);
+        }
+    }
+    free(fill);
+    fill = NULL;
+    free(ulut);
+    free(ilut);
+    ulut = ilut = NULL;
     /* duplicates: the last of a (user, item) run has the latest ts */
     for (i = 0; i < n; i++) {
         if (i + 1 < n && t[i + 1].user == t[i].user
@@ -272,6 +345,8 @@ cm_rs_data_build(const cm_rating_t *r, size_t n, cm_rs_data_t *d, char *err,
 nomem:
     free(t);
     free(fill);
+    free(ulut);
+    free(ilut);
     cm_rs_data_free(d);
     return cm_seterr(err, errlen, CM_ENOMEM, "out of memory building the"
                      " training matrix");
