@@ -252,7 +252,7 @@ cm_rs_data_build(const cm_rating_t *r, size_t n, cm_rs_data_t *d, char *err,
     }
     d->user_ext = cm_rs_unique_ids(r, n, 1, &d->n_users, &ulut);
     d->item_ext = cm_rs_unique_ids(r, n, 0, &d->n_items, &ilut);
-    t = malloc(n * sizeof(*t));
+    t = calloc(n, sizeof(*t));          /* every slot is written below */
     fill = calloc((size_t) d->n_users + 1, sizeof(uint64_t));
     if (d->user_ext == NULL || d->item_ext == NULL || t == NULL
         || fill == NULL)
