@@ -44,6 +44,9 @@ int cm_read_file(const char *path, char **buf, size_t *len, char *err,
 int cm_sha256_file(const char *path, char hex[65], uint64_t *bytes,
     char *err, size_t errlen);
 
+/* mkdir -p (mode 0755). */
+int cm_mkdir_p(const char *path, char *err, size_t errlen);
+
 /* The store root: $CINEMATCH_MODEL_STORE, else CM_MODEL_STORE_DEFAULT,
  * made absolute. */
 void cm_model_store_root(char *buf, size_t len);

@@ -21,7 +21,6 @@
 #include "mlops.h"
 
 
-static int cm_mkdir_p(const char *path, char *err, size_t errlen);
 static int cm_copy_file(const char *from, const char *to, char *err,
     size_t errlen);
 static int cm_write_text(const char *path, const char *text, char *err,
@@ -225,7 +224,7 @@ cm_model_store_root(char *buf, size_t len)
 }
 
 
-static int
+int
 cm_mkdir_p(const char *path, char *err, size_t errlen)
 {
     char    tmp[PATH_MAX];
