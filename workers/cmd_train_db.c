@@ -569,8 +569,11 @@ cm_tdb_once(const cm_tdb_cli_t *cli)
                  " metrics", prod_version);
     } else {
         int ndcg_ok = c_ndcg >= p_ndcg * (1.0 + cli->gate_ndcg / 100.0);
-        int rmse_ok = !isfinite(p_rmse) || !isfinite(c_rmse)
-                      || c_rmse <= p_rmse * (1.0 + cli->gate_rmse / 100.0);
+        /* a candidate that predicts no ratings (pop, ials) cannot show an
+         * RMSE "not worse" than a production model that does */
+        int rmse_ok = !isfinite(p_rmse)
+                      || (isfinite(c_rmse)
+                          && c_rmse <= p_rmse * (1.0 + cli->gate_rmse / 100.0));
 
         pass = ndcg_ok && rmse_ok;
         snprintf(why, sizeof(why), "%s %.4f vs production v%d %.4f (%+.2f%%,"

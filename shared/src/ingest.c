@@ -333,7 +333,9 @@ cm_ingest_plan(const char *buf, size_t len, cm_ml_format_t fmt,
         }
     }
     out->n_rows = n_keep;
-    qsort(out->rej, out->n_rej, sizeof(*out->rej), cm_ingest_cmp_rej);
+    if (out->n_rej > 0) {
+        qsort(out->rej, out->n_rej, sizeof(*out->rej), cm_ingest_cmp_rej);
+    }
 
     /* temporal hold-out per user: the last ceil(frac n_u) by time, users
      * with fewer than 5 ratings stay in train (recsys_eval.h) */
