@@ -200,6 +200,8 @@ cm_drift_main(int argc, char **argv)
         if (cli.loop <= 0) {
             return rc;
         }
+        fflush(stdout);
+        fflush(stderr);
         sleep((unsigned) cli.loop);
     }
 }

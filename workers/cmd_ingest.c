@@ -207,6 +207,8 @@ cm_ingest_main(int argc, char **argv)
         if (cli.loop <= 0) {
             return rc;
         }
+        fflush(stdout);
+        fflush(stderr);
         sleep((unsigned) cli.loop);
     }
 }

@@ -250,6 +250,8 @@ cm_train_recsys_db_main(int argc, char **argv)
         if (cli.loop <= 0) {
             return rc;
         }
+        fflush(stdout);
+        fflush(stderr);
         sleep((unsigned) cli.loop);
     }
 }
