@@ -15,6 +15,7 @@
 #include "cinematch/recsys.h"
 #include "cinematch/recsys_eval.h"
 #include "cmd.h"
+#include "mlops.h"
 
 static int cm_train_recsys_main(int argc, char **argv);
 static int cm_eval_recsys_main(int argc, char **argv);
@@ -358,7 +359,9 @@ cm_train_recsys_usage(FILE *f)
 {
     fprintf(f, "usage: cinematch train recsys --data DIR --out FILE"
             " [options]\n\nTrains on every rating of DIR and writes the"
-            " recsys artifact (see\n`cinematch model inspect`).\n\n%s",
+            " recsys artifact (see\n`cinematch model inspect`).  With"
+            " --from-db: the MLOps retraining from\nPostgreSQL (see"
+            " `cinematch train recsys --from-db --help`).\n\n%s",
             cm_rs_common_help);
 }
 
@@ -375,6 +378,9 @@ cm_train_recsys_main(int argc, char **argv)
     uint64_t          t0;
     double            secs;
 
+    if (cm_argv_has(argc, argv, "--from-db")) {
+        return cm_train_recsys_db_main(argc, argv);     /* cmd_train_db.c */
+    }
     rc = cm_rs_parse("train recsys", argc, argv, &c, cm_train_recsys_usage);
     if (rc != 0) {
         return rc == 1 ? 0 : 2;
