@@ -264,6 +264,7 @@ static void
 ngx_http_cinematch_echo_stream_ready(ngx_http_cinematch_infer_req_t *ir,
     ngx_int_t rc)
 {
+    ngx_connection_t                  *c;
     ngx_http_request_t                *r = ir->request;
     ngx_http_cinematch_echo_stream_t  *es = ir->data;
 
@@ -271,13 +272,19 @@ ngx_http_cinematch_echo_stream_ready(ngx_http_cinematch_infer_req_t *ir,
         return;
     }
 
+    c = r->connection;
+
     rc = ngx_http_cinematch_echo_stream_drain(r, es, rc == NGX_ERROR);
 
     if (rc != NGX_DONE) {
+
+        /* may free r; runs the posted requests itself */
+
         ngx_http_cinematch_finish(r, rc);
+        return;
     }
 
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
