@@ -383,7 +383,11 @@ ngx_http_cinematch_send_error(ngx_http_request_t *r, ngx_uint_t status,
     p = ngx_cpymem(p, part2, sizeof(part2) - 1);
     p = ngx_http_cinematch_json_escape(p, (u_char *) message, msg_len);
     p = ngx_cpymem(p, part3, sizeof(part3) - 1);
-    p = ngx_cpymem(p, id.data, id.len);
+
+    if (id.len) {
+        p = ngx_cpymem(p, id.data, id.len);
+    }
+
     p = ngx_cpymem(p, part4, sizeof(part4) - 1);
 
     ngx_str_set(&key, "Retry-After");
