@@ -177,6 +177,7 @@ void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
 ngx_int_t ngx_http_cinematch_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_cinematch_main_conf_t *cmcf);
 ngx_int_t ngx_http_cinematch_metrics_log_handler(ngx_http_request_t *r);
+time_t ngx_http_cinematch_metrics_start_time(void);
 void ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream);
 void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     ngx_uint_t depth);

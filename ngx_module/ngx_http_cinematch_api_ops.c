@@ -68,12 +68,9 @@ ngx_int_t
 ngx_http_cinematch_health_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
-    u_char                          *p, *body;
-    time_t                           uptime;
-    ngx_str_t                        type;
-    ngx_http_cinematch_main_conf_t  *mcf;
-
-    mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
+    u_char     *p, *body;
+    time_t      uptime;
+    ngx_str_t   type;
 
     body = ngx_pnalloc(r->pool, sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1
                                 + NGX_TIME_T_LEN + sizeof("}") - 1);
@@ -81,7 +78,7 @@ ngx_http_cinematch_health_handler(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    uptime = ngx_max(ngx_time() - mcf->start_time, 0);
+    uptime = ngx_max(ngx_time() - ngx_http_cinematch_metrics_start_time(), 0);
 
     p = ngx_cpymem(body, NGX_HTTP_CINEMATCH_HEALTH,
                    sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1);

@@ -425,15 +425,20 @@ def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
     key = ("cinematch_http_requests_total",
            frozenset({("route", "/health"), ("method", "GET"), ("status", "200")}))
     nginx.request("GET", "/health")
-    before = metric_samples(nginx.request("GET", "/metrics")[2].decode())[key]
+    samples = metric_samples(nginx.request("GET", "/metrics")[2].decode())
+    before = samples[key]
+    start = samples[("cinematch_start_time_seconds", frozenset())]
+    uptime = nginx.json("GET", "/health")[2]["uptime_seconds"]
     old = nginx.worker_pids()
     nginx.reload()
     # old workers exit although they hold PostgreSQL and Redis connections
     wait_for(lambda: len(nginx.worker_pids() - old) == 2
              and not (nginx.worker_pids() & old),
              timeout=10, what="new workers and the old ones gone")
-    after = metric_samples(nginx.request("GET", "/metrics")[2].decode())[key]
-    assert after >= before
+    samples = metric_samples(nginx.request("GET", "/metrics")[2].decode())
+    assert samples[key] >= before
+    assert samples[("cinematch_start_time_seconds", frozenset())] == start
+    assert nginx.json("GET", "/health")[2]["uptime_seconds"] >= uptime
     wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=10,
              what="/ready 200 from the new workers")
 
