@@ -129,7 +129,7 @@ cmd_lint() {
 
 cmd_coverage() {
     cmd_deps
-    make -s -j"$JOBS" COV=1 tests
+    make -s -j"$JOBS" COV=1 tests bin
     make -s COV=1 test
     log "integration tests against a gcov build of the nginx module"
     local irc=0
