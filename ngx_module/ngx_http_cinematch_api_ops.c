@@ -16,7 +16,8 @@
  *                 argument helpers, as a movie search would use them.
  *   GET /internal/pg/types/{text}  (cinematch_echo on) one row of
  *                 assorted column types through ngx_http_cinematch_pg_rows(),
- *                 the path segment as a query parameter.
+ *                 the path segment as a query parameter ("fail": an error
+ *                 on the server).
  *   GET /internal/pg/sleep/{ms}  (cinematch_echo on) a query that takes
  *                 ms milliseconds, to test the pool: queueing, timeouts,
  *                 clients that go away.  Also the model of a handler that
@@ -218,8 +219,11 @@ ngx_http_cinematch_pg_types_handler(ngx_http_request_t *r,
     ngx_int_t     rc;
     const char  **values;
 
+    /* the text "fail" makes the query fail on the server (1/0) */
+
     static const char  sql[] =
-        "SELECT $1::text AS param, 42::int4 AS i4, "
+        "SELECT $1::text AS param, 1 / (($1::text <> 'fail')::int) AS one, "
+        "42::int4 AS i4, "
         "9007199254740993::int8 AS i8, 2.5::float8 AS f8, "
         "3.25::numeric AS num, 'NaN'::float8 AS nan, true AS yes, "
         "NULL::text AS nothing, '{\"k\": [1, 2]}'::jsonb AS doc, "

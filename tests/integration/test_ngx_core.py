@@ -370,9 +370,66 @@ def test_query_results_become_typed_json(nginx):
     assert status == 200, doc
     assert doc == {"rows": [{
         "param": "été'; DROP",          # a parameter, never part of the SQL
-        "i4": 42, "i8": 9007199254740993, "f8": 2.5, "num": 3.25,
+        "one": 1, "i4": 42, "i8": 9007199254740993, "f8": 2.5, "num": 3.25,
         "nan": "NaN", "yes": True, "nothing": None, "doc": {"k": [1, 2]},
         "arr": "{a,b}"}]}
+
+
+def test_failing_query_is_a_500_without_the_server_message(nginx):
+    status, headers, doc = nginx.json("GET", "/internal/pg/types/fail")
+    assert_error(status, headers, doc, 500, "internal")
+    assert "division" not in doc["error"]["message"]
+    assert "division by zero" in nginx.error_log.read_text()   # logged instead
+    assert nginx.json("GET", "/internal/pg/sleep/0")[0] == 200
+
+
+def test_queries_waiting_for_a_connection_time_out_too(nginx):
+    # 4 connections in all, 10 clients each asking for 1.5 s against a 1 s
+    # timeout: the running ones and the waiting ones all end in 503 near 1 s
+    results = []
+
+    def one():
+        t0 = time.monotonic()
+        status, _, doc = nginx.json("GET", "/internal/pg/sleep/1500")
+        results.append((status, doc["error"]["message"] if status != 200 else "",
+                        time.monotonic() - t0))
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r[0] for r in results] == [503] * 10, results
+    assert all(r[1] == "database timeout" and r[2] < 2.5 for r in results), results
+    wait_for(lambda: nginx.json("GET", "/internal/pg/sleep/0")[0] == 200,
+             timeout=5, what="the pool to recover")
+
+
+def test_queries_in_flight_when_postgres_stops_end_in_503(nginx, backends):
+    wait_for(lambda: nginx.json("GET", "/internal/pg/sleep/0")[0] == 200,
+             timeout=10, what="the pool to be up")
+    results = []
+
+    def one():
+        status, _, doc = nginx.json("GET", "/internal/pg/sleep/900")
+        results.append((status, doc))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    backends.pg.stop()          # fast shutdown: running queries are killed
+    try:
+        for t in threads:
+            t.join(timeout=10)
+        assert len(results) == 8
+        assert all(s == 503 for s, _ in results), results
+        assert {d["error"]["message"] for _, d in results} <= {
+            "database unavailable", "database timeout"}
+    finally:
+        backends.pg.start()
+    wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=15,
+             what="/ready 200 after PostgreSQL restarted")
 
 
 def test_bad_path_parameter_is_a_400_json_error(nginx):
