@@ -476,6 +476,20 @@ def test_redis_command_arguments_pass_as_they_are(nginx, value, expected):
     assert doc == {"echo": expected}
 
 
+def test_redis_over_a_unix_socket(workdir, backends):
+    ngx = harness.Nginx(workdir, redis=backends.redis,
+                        redis_address=backends.redis.unix_address,
+                        location_extra="cinematch_echo on;", name="nginx-redis-unix")
+    ngx.start()
+    try:
+        wait_for(lambda: ngx.json("GET", "/internal/redis/echo/via-unix")[0] == 200,
+                 timeout=10, what="Redis over its unix socket")
+        assert ngx.json("GET", "/internal/redis/echo/via-unix")[2] == {"echo": "via-unix"}
+    finally:
+        ngx.stop()
+    assert not ngx.log_problems()
+
+
 # ---- reload ----
 
 def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
