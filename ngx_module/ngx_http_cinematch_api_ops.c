@@ -8,7 +8,8 @@
  *                 503 names the checks that failed.
  *   GET /metrics  see ngx_http_cinematch_metrics.c.
  *   POST /internal/json  (cinematch_echo on) answers the parsed body; it
- *                 exists to test the body and JSON handling.
+ *                 exists to test the body and JSON handling (and answers
+ *                 422 with the body's "invalid_fields").
  *   GET /internal/redis/echo/{value}  (cinematch_echo on) Redis ECHO of
  *                 the path segment: the model of a handler that waits on
  *                 Redis.
@@ -95,6 +96,18 @@ ngx_int_t
 ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
+    json_t  *fields;
+
+    /* {"invalid_fields": {...}} tests the 422 of handlers that validate */
+
+    fields = json_object_get(ctx->json, "invalid_fields");
+
+    if (json_is_object(fields)) {
+        return ngx_http_cinematch_send_error_json(r, 422,
+                   "validation_failed", "some fields are invalid",
+                   json_pack("{s:O}", "fields", fields));
+    }
+
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
                                         json_pack("{s:O}", "json", ctx->json));
 }

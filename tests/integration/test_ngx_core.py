@@ -255,6 +255,17 @@ def test_bad_query_arguments_are_a_400_json_error(nginx, query):
     assert_error(*nginx.json("GET", "/internal/args" + query), 400, "invalid_request")
 
 
+def test_validation_errors_carry_their_fields(nginx):
+    fields = {"email": "not an email address", "password": "under 8 characters"}
+    status, headers, doc = nginx.json("POST", "/internal/json",
+                                      {"invalid_fields": fields})
+    assert status == 422
+    assert doc == {"error": {"code": "validation_failed",
+                             "message": "some fields are invalid",
+                             "request_id": headers["x-request-id"],
+                             "fields": fields}}
+
+
 # ---- X-Request-ID ----
 
 def test_client_request_id_is_echoed_in_header_and_error(nginx):
