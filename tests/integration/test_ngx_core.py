@@ -501,6 +501,26 @@ def test_redis_over_a_unix_socket(workdir, backends):
     assert not ngx.log_problems()
 
 
+def test_large_bodies_buffered_to_a_temporary_file_are_read_back(workdir):
+    # past client_body_buffer_size nginx keeps the body in a file; the
+    # handler still gets it whole, plain or chunked
+    ngx = harness.Nginx(workdir, location_extra="cinematch_echo on;\n"
+                        "cinematch_max_body_size 1m;\n"
+                        "client_body_buffer_size 8k;", name="nginx-bigbody")
+    ngx.start()
+    try:
+        value = "".join(chr(0x41 + i % 26) for i in range(300 * 1024))
+        for chunked in (False, True):
+            status, _, doc = ngx.json("POST", "/internal/json", {"v": value},
+                                      chunked=chunked)
+            assert status == 200, doc
+            assert doc["json"]["v"] == value
+        assert "buffered to a temporary file" in ngx.error_log.read_text()
+    finally:
+        ngx.stop()
+    assert not ngx.log_problems()
+
+
 # ---- reload ----
 
 def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
