@@ -234,6 +234,14 @@ ngx_int_t ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
 ngx_uint_t ngx_http_cinematch_redis_connected(void);
 
 
+/* ngx_http_cinematch_api_movies.c */
+
+ngx_int_t ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_movie_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+
 /* ngx_http_cinematch_api_ops.c */
 
 ngx_int_t ngx_http_cinematch_health_handler(ngx_http_request_t *r,
@@ -267,6 +275,20 @@ ngx_int_t ngx_http_cinematch_infer_init_process(ngx_cycle_t *cycle,
 void ngx_http_cinematch_infer_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_cinematch_infer_ready(ngx_http_request_t *r,
     json_t *check);
+
+#endif
+
+#if (NGX_HTTP_CINEMATCH_INFER)
+
+/* ngx_http_cinematch_api_recsys.c: recommendations via the daemon */
+ngx_int_t ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_similar_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
 
 #endif
 

@@ -52,8 +52,6 @@ static ngx_int_t ngx_http_cinematch_echo_arg(ngx_http_request_t *r,
 
 
 static ngx_str_t  ngx_http_cinematch_octet = ngx_string("application/octet-stream");
-static ngx_str_t  ngx_http_cinematch_retry_after = ngx_string("Retry-After");
-static ngx_str_t  ngx_http_cinematch_one = ngx_string("1");
 
 
 ngx_int_t
@@ -80,17 +78,15 @@ ngx_http_cinematch_echo_handler(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_cinematch_echo_submit_error(ngx_http_request_t *r, ngx_int_t rc)
 {
+    /* send_error adds Retry-After to every 503 */
+
     if (rc == NGX_BUSY) {
-        ngx_http_cinematch_add_header(r, &ngx_http_cinematch_retry_after,
-                                      &ngx_http_cinematch_one);
         return ngx_http_cinematch_send_error(r,
                    NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
                    "all inference slots are busy, retry shortly");
     }
 
     if (rc == NGX_DECLINED) {
-        ngx_http_cinematch_add_header(r, &ngx_http_cinematch_retry_after,
-                                      &ngx_http_cinematch_one);
         return ngx_http_cinematch_send_error(r,
                    NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
                    "no inference daemon is available");
@@ -110,8 +106,6 @@ ngx_http_cinematch_echo_ready(ngx_http_cinematch_infer_req_t *ir,
     ngx_http_request_t  *r = ir->request;
 
     if (rc == NGX_ERROR) {
-        ngx_http_cinematch_add_header(r, &ngx_http_cinematch_retry_after,
-                                      &ngx_http_cinematch_one);
         rc = ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                  "unavailable", "the inference daemon went away");
         ngx_http_cinematch_finish(r, rc);
@@ -264,22 +258,19 @@ static void
 ngx_http_cinematch_echo_stream_ready(ngx_http_cinematch_infer_req_t *ir,
     ngx_int_t rc)
 {
-    ngx_connection_t                  *c;
     ngx_http_request_t                *r = ir->request;
+    ngx_connection_t                  *c = r->connection;
     ngx_http_cinematch_echo_stream_t  *es = ir->data;
 
     if (es->finished) {
         return;
     }
 
-    c = r->connection;
-
     rc = ngx_http_cinematch_echo_stream_drain(r, es, rc == NGX_ERROR);
 
     if (rc != NGX_DONE) {
-
-        /* may free r; runs the posted requests itself */
-
+        /* finalizes and runs posted requests; r may be gone after it
+         * (regression: ASan caught a read of r->connection here) */
         ngx_http_cinematch_finish(r, rc);
         return;
     }

@@ -19,6 +19,9 @@
 #include <ngx_http.h>
 
 #include "ngx_http_cinematch.h"
+#if (NGX_HTTP_CINEMATCH_AUTH)
+#include "ngx_http_cinematch_auth.h"
+#endif
 
 
 typedef struct {
@@ -47,6 +50,40 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 
     { NGX_HTTP_GET, ngx_string("/metrics"),
       ngx_http_cinematch_metrics_handler, 0 },
+
+    /* the catalogue, from PostgreSQL */
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/movies"),
+      ngx_http_cinematch_movies_handler, 0 },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/movies/{id}"),
+      ngx_http_cinematch_movie_handler, 0 },
+
+#if (NGX_HTTP_CINEMATCH_INFER)
+    /* recommendations, answered by the inference daemon */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/recommend"),
+      ngx_http_cinematch_recommend_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/similar"),
+      ngx_http_cinematch_similar_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/popular"),
+      ngx_http_cinematch_popular_handler, 0 },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/predict/{name}"),
+      ngx_http_cinematch_predict_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+#endif
+
+#if (NGX_HTTP_CINEMATCH_AUTH)
+    /* auth (ngx_http_cinematch_api_auth.c) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/register"),
+      ngx_http_cinematch_register_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/login"),
+      ngx_http_cinematch_login_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+#endif
 
     /* internal, only where "cinematch_echo on" */
 

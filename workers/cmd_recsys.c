@@ -38,6 +38,11 @@ typedef struct {
     int                  have_split;
     cm_rs_train_conf_t   tc;
     int                  reg_set;
+    int                  bias_reg_set;
+    int                  alpha_set;
+    int                  conf_set;
+    int                  knn_set;
+    int                  sim_set;
     size_t               k;
     int                  json;
     int                  lenient;
@@ -48,7 +53,8 @@ typedef struct {
 enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
-    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG, OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
+    OPT_CONF_BELOW, OPT_CG
 };
 
 static const struct option cm_rs_opts[] = {
@@ -70,6 +76,12 @@ static const struct option cm_rs_opts[] = {
     { "ref-iters", required_argument, NULL, OPT_REF_ITERS },
     { "validate", no_argument, NULL, OPT_VALIDATE },
     { "bias-reg", required_argument, NULL, OPT_BIAS_REG },
+    { "reg-exp", required_argument, NULL, OPT_REG_EXP },
+    { "knn-blend", required_argument, NULL, OPT_KNN_BLEND },
+    { "sim-shrink", required_argument, NULL, OPT_SIM_SHRINK },
+    { "conf-threshold", required_argument, NULL, OPT_CONF_THR },
+    { "conf-below", required_argument, NULL, OPT_CONF_BELOW },
+    { "cg", required_argument, NULL, OPT_CG },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
@@ -81,12 +93,31 @@ static const char *cm_rs_common_help =
     "  --algo A            als|ials|bias|pop|itemknn (default als)\n"
     "  --factors N         latent factors (default 64)\n"
     "  --iters N           ALS iterations (default 15)\n"
-    "  --reg R             lambda; ALS: times the row's rating count"
-    " (default als 0.05,\n"
-    "                      ials 5, bias 5)\n"
-    "  --alpha A           iALS confidence 1 + A*rating (default 1)\n"
-    "  --bias-reg B        ALS: biases regularised by reg*B (default 1)\n"
-    "  --knn N             item-kNN neighbours (default 100)\n"
+    "  --reg R             lambda, times n^reg-exp for a row with n"
+    " ratings\n"
+    "                      (defaults tuned on ml-latest-small: als --reg 2"
+    " --reg-exp 0.4\n"
+    "                      --bias-reg 0.5; ials --reg 40 --alpha 1.5"
+    " --conf-threshold 4\n"
+    "                      --conf-below 0; bias --reg 2)\n"
+    "  --alpha A           iALS confidence 1 + A*rating\n"
+    "  --conf-threshold T  iALS: ratings below T get confidence"
+    " 1 + A*B*rating\n"
+    "  --conf-below B      (T 0 or B 1: 1 + A*rating for all)\n"
+    "  --bias-reg B        ALS: biases regularised by reg*B\n"
+    "  --reg-exp E         1: ALS-WR; 0: constant (ials default)\n"
+    "  --knn N             item-kNN neighbours (default 30 --sim-shrink 30"
+    "\n"
+    "                      --conf-threshold 4 --conf-below 0: a seen film"
+    " rated\n"
+    "                      under 4 does not vote in the ranking)\n"
+    "  --knn-blend B       ALS (eval only): add an item-kNN vote on the"
+    " ALS\n"
+    "                      residuals, shrunk by B (default 0: off)\n"
+    "  --sim-shrink S      item-kNN: cosine * n/(n + S), n = co-raters\n"
+    "  --cg N              N conjugate-gradient steps per row instead of"
+    " exact\n"
+    "                      Cholesky solves (default 0: exact)\n"
     "  --threads N         solver threads (default 1; results do not"
     " depend on it)\n"
     "  --seed S            initialisation seed (default 1)\n"
@@ -174,6 +205,7 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_ALPHA:
             if (cm_rs_num(cmd, "--alpha", optarg, 1e-6, 1e6, &v)) return 2;
             c->tc.alpha = (float) v;
+            c->alpha_set = 1;
             break;
         case OPT_K:
             if (cm_rs_num(cmd, "--k", optarg, 1, 10000, &v)) return 2;
@@ -184,10 +216,41 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 return 2;
             }
             c->tc.bias_reg = (float) v;
+            c->bias_reg_set = 1;
+            break;
+        case OPT_REG_EXP:
+            if (cm_rs_num(cmd, "--reg-exp", optarg, 0, 2, &v)) return 2;
+            c->tc.reg_exp = (float) v;
+            break;
+        case OPT_KNN_BLEND:
+            if (cm_rs_num(cmd, "--knn-blend", optarg, 0, 1e6, &v)) return 2;
+            c->tc.knn_blend = (float) v;
+            break;
+        case OPT_SIM_SHRINK:
+            if (cm_rs_num(cmd, "--sim-shrink", optarg, 0, 1e6, &v)) return 2;
+            c->tc.knn_sim_shrink = (float) v;
+            c->sim_set = 1;
+            break;
+        case OPT_CONF_THR:
+            if (cm_rs_num(cmd, "--conf-threshold", optarg, 0, 10, &v)) {
+                return 2;
+            }
+            c->tc.conf_thr = (float) v;
+            c->conf_set = 1;
+            break;
+        case OPT_CONF_BELOW:
+            if (cm_rs_num(cmd, "--conf-below", optarg, 0, 10, &v)) return 2;
+            c->tc.conf_below = (float) v;
+            c->conf_set = 1;
+            break;
+        case OPT_CG:
+            if (cm_rs_num(cmd, "--cg", optarg, 0, 100, &v)) return 2;
+            c->tc.cg_steps = (uint32_t) v;
             break;
         case OPT_KNN:
             if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;
             c->tc.knn = (uint32_t) v;
+            c->knn_set = 1;
             break;
         case OPT_THREADS:
             if (cm_rs_num(cmd, "--threads", optarg, 1, 64, &v)) return 2;
@@ -216,9 +279,44 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 argv[optind]);
         return 2;
     }
-    if (!c->reg_set) {
-        c->tc.reg = c->tc.algo == CM_RS_ALS ? 0.05f
-                    : (c->tc.algo == CM_RS_IALS ? 5.0f : 5.0f);
+    /*
+     * Per-algorithm defaults for what was not given: the settings tuned on
+     * ml-latest-small's validation parts (docs/BENCHMARKS.md).
+     */
+    if (c->tc.algo == CM_RS_ALS) {
+        if (!c->reg_set) {
+            c->tc.reg = 2.0f;
+            if (c->tc.reg_exp < 0) {
+                c->tc.reg_exp = 0.4f;
+            }
+            if (!c->bias_reg_set) {
+                c->tc.bias_reg = 0.5f;
+            }
+        }
+    } else if (c->tc.algo == CM_RS_IALS) {
+        if (!c->reg_set) {
+            c->tc.reg = 40.0f;
+        }
+        if (!c->alpha_set) {
+            c->tc.alpha = 1.5f;
+        }
+        if (!c->conf_set) {
+            c->tc.conf_thr = 4.0f;
+            c->tc.conf_below = 0.0f;
+        }
+    } else if (c->tc.algo == CM_RS_ITEMKNN) {
+        if (!c->knn_set) {
+            c->tc.knn = 30;
+        }
+        if (!c->sim_set) {
+            c->tc.knn_sim_shrink = 30.0f;
+        }
+        if (!c->conf_set) {
+            c->tc.conf_thr = 4.0f;
+            c->tc.conf_below = 0.0f;
+        }
+    } else if (!c->reg_set) {
+        c->tc.reg = c->tc.algo == CM_RS_BIAS ? 2.0f : 10.0f;
     }
     return 0;
 }
@@ -232,7 +330,8 @@ cm_rs_load(const char *cmd, cm_rs_cli_t *c, cm_ml_dataset_t *ds)
 
     memset(&o, 0, sizeof(o));
     o.strict = !c->lenient;
-    o.on_bad = cm_ml_report_stderr;
+    /* strict: the error message already names the line */
+    o.on_bad = c->lenient ? cm_ml_report_stderr : NULL;
     if (cm_ml_load_dir(c->data, c->format, &o, ds, err, sizeof(err))
         != CM_OK)
     {
@@ -350,7 +449,8 @@ cm_rs_read_split_file(cm_rs_cli_t *c, const char *name, cm_ratings_t *out)
 
     memset(&o, 0, sizeof(o));
     o.strict = !c->lenient;
-    o.on_bad = cm_ml_report_stderr;
+    /* strict: the error message already names the line */
+    o.on_bad = c->lenient ? cm_ml_report_stderr : NULL;
     if (name[0] == '/') {
         snprintf(path, sizeof(path), "%s", name);
     } else {
@@ -480,6 +580,13 @@ cm_eval_recsys_main(int argc, char **argv)
         json_object_set_new(o, "reg", json_real(c.tc.reg));
         json_object_set_new(o, "alpha", json_real(c.tc.alpha));
         json_object_set_new(o, "knn", json_integer(c.tc.knn));
+        json_object_set_new(o, "reg_exp", json_real(m->reg_exp));
+        json_object_set_new(o, "bias_reg", json_real(m->bias_reg));
+        json_object_set_new(o, "knn_blend", json_real(c.tc.knn_blend));
+        json_object_set_new(o, "sim_shrink", json_real(c.tc.knn_sim_shrink));
+        json_object_set_new(o, "conf_threshold", json_real(c.tc.conf_thr));
+        json_object_set_new(o, "conf_below", json_real(c.tc.conf_below));
+        json_object_set_new(o, "cg", json_integer(c.tc.cg_steps));
         json_object_set_new(o, "seed", json_integer((json_int_t) c.tc.seed));
         json_object_set_new(o, "threads", json_integer(c.tc.threads));
         json_object_set_new(o, "k", json_integer((json_int_t) c.k));
@@ -507,10 +614,15 @@ cm_eval_recsys_main(int argc, char **argv)
         free(s);
         json_decref(o);
     } else {
-        printf("%s: %s (factors %u, iters %u, reg %g, alpha %g), %llu train /"
-               " %zu test ratings, %u users, %u items\n", proto,
+        printf("%s: %s (factors %u, iters %u, reg %g, reg-exp %g, bias-reg %g,"
+               " alpha %g, conf-threshold %g, conf-below %g, knn %u,"
+               " knn-blend %g, sim-shrink %g, cg %u), %llu train / %zu test"
+               " ratings, %u users, %u items\n", proto,
                cm_rs_algo_name(c.tc.algo), m->factors, c.tc.iters,
-               (double) c.tc.reg, (double) c.tc.alpha,
+               (double) c.tc.reg, (double) m->reg_exp, (double) m->bias_reg,
+               (double) c.tc.alpha, (double) c.tc.conf_thr,
+               (double) c.tc.conf_below, c.tc.knn, (double) c.tc.knn_blend,
+               (double) c.tc.knn_sim_shrink, c.tc.cg_steps,
                (unsigned long long) d.nnz, test.n, d.n_users, d.n_items);
         if (!isnan(mt.rmse)) {
             printf("  RMSE          %.4f   [%s, %zu predictions]\n", mt.rmse,
@@ -629,11 +741,57 @@ cm_bench_recsys_usage(FILE *f)
 {
     fprintf(f, "usage: cinematch bench recsys --data DIR [--factors 64]"
             " [--iters 15]\n                             [--threads 2]"
-            " [--ref-iters 2] [--reg 0.05]\n\n"
-            "Times ALS with --threads, ALS with 1 thread and the"
+            " [--ref-iters 2] [--cg 3] [--reg R]\n\n"
+            "Times exact ALS with --threads and with 1 thread, ALS by"
+            " conjugate\ngradient (--cg N, default 3) with --threads, and the"
             " no-BLAS reference\nALS (plain loops, --ref-iters iterations)"
             " on all of DIR, and prints\nseconds per iteration and the"
             " ratios, all measured in this run.\n");
+}
+
+
+/*
+ * What the inference daemon does per request: scores of a batch of users
+ * by one SGEMM, then top-10 excluding seen per user; and one user alone.
+ */
+static void
+cm_rs_bench_scoring(const cm_rs_model_t *m)
+{
+    uint32_t   users[64], top[10], u, b, nb;
+    float     *s, ts[10];
+    size_t     n, a;
+    uint64_t   t0;
+    double     t_batch, t_one;
+
+    s = malloc((size_t) 64 * m->n_items * sizeof(float));
+    if (s == NULL) {
+        return;
+    }
+    t0 = cm_now_mono_ns();
+    for (u = 0; u < m->n_users; u += nb) {
+        nb = m->n_users - u < 64 ? m->n_users - u : 64;
+        for (b = 0; b < nb; b++) {
+            users[b] = u + b;
+        }
+        (void) cm_rs_score_users(m, users, nb, s);
+        for (a = 0; a < nb; a++) {
+            (void) cm_rs_topk(s + a * m->n_items, m->n_items,
+                              m->seen_idx + m->seen_ptr[users[a]],
+                              m->seen_ptr[users[a] + 1]
+                              - m->seen_ptr[users[a]], 10, top, ts);
+        }
+    }
+    t_batch = (double) (cm_now_mono_ns() - t0) / 1e3 / m->n_users;
+    nb = m->n_users < 200 ? m->n_users : 200;
+    t0 = cm_now_mono_ns();
+    for (u = 0; u < nb; u++) {
+        (void) cm_rs_recommend(m, u, 10, 1, top, ts, &n);
+    }
+    t_one = (double) (cm_now_mono_ns() - t0) / 1e3 / nb;
+    printf("  scoring %u items x %u factors, top-10 exclude-seen, 1 thread:"
+           " %.1f us/user in batches of 64, %.1f us/user alone\n",
+           m->n_items, m->factors, t_batch, t_one);
+    free(s);
 }
 
 
@@ -647,7 +805,7 @@ cm_bench_recsys_main(int argc, char **argv)
     cm_rs_train_conf_t   tc;
     char                 err[1024];
     uint64_t             t0;
-    double               t_par, t_one, t_ref = 0;
+    double               t_par, t_one, t_cg, t_ref = 0;
     uint32_t             T;
     int                  rc;
 
@@ -670,6 +828,7 @@ cm_bench_recsys_main(int argc, char **argv)
     }
     tc = c.tc;
     tc.algo = CM_RS_ALS;
+    tc.cg_steps = 0;                    /* exact solves first */
     T = tc.threads;
     printf("bench recsys: %llu ratings, %u users, %u items, %u factors\n",
            (unsigned long long) d.nnz, d.n_users, d.n_items, tc.factors);
@@ -680,6 +839,7 @@ cm_bench_recsys_main(int argc, char **argv)
     if (rc != CM_OK) {
         goto fail;
     }
+    cm_rs_bench_scoring(m);
     cm_rs_model_free(m);
     printf("  als  %2u threads  %3u iters  %8.3f s  %8.4f s/iter\n", T,
            tc.iters, t_par, t_par / tc.iters);
@@ -697,6 +857,19 @@ cm_bench_recsys_main(int argc, char **argv)
     } else {
         t_one = t_par;
     }
+    tc.threads = T;
+    tc.cg_steps = c.tc.cg_steps ? c.tc.cg_steps : 3;
+    t0 = cm_now_mono_ns();
+    rc = cm_rs_train(&d, &tc, &m, err, sizeof(err));
+    t_cg = (double) (cm_now_mono_ns() - t0) / 1e9;
+    if (rc != CM_OK) {
+        goto fail;
+    }
+    cm_rs_model_free(m);
+    printf("  als  %2u threads  %3u iters  %8.3f s  %8.4f s/iter  (--cg %u:"
+           " %.1fx the exact solves)\n", T, tc.iters, t_cg, t_cg / tc.iters,
+           tc.cg_steps, t_par / t_cg);
+    tc.cg_steps = 0;
     if (c.ref_iters > 0) {
         tc.iters = c.ref_iters;
         t0 = cm_now_mono_ns();

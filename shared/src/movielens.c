@@ -531,6 +531,14 @@ cm_ml_next_line(const char *buf, size_t len, size_t *pos, const char **lp,
 }
 
 
+/* Length of a UTF-8 byte-order mark at the start (editors add one). */
+static size_t
+cm_ml_bom(const char *buf, size_t len)
+{
+    return (len >= 3 && memcmp(buf, "\xef\xbb\xbf", 3) == 0) ? 3 : 0;
+}
+
+
 static void
 cm_ml_ctx_init(cm_ml_ctx_t *c, const char *name, cm_ml_opts_t *opts,
     char *err, size_t errlen)
@@ -633,6 +641,7 @@ cm_ml_parse_ratings(const char *buf, size_t len, cm_ml_format_t fmt,
         return cm_seterr(err, errlen, CM_EINVAL, "%s: format not given",
                          c.name);
     }
+    pos = cm_ml_bom(buf, len);
 
     while (cm_ml_next_line(buf, len, &pos, &lp, &ll)) {
         c.line++;
@@ -750,6 +759,7 @@ cm_ml_parse_movies(const char *buf, size_t len, cm_ml_format_t fmt,
         return cm_seterr(err, errlen, CM_EINVAL, "%s: format not given",
                          c.name);
     }
+    pos = cm_ml_bom(buf, len);
 
     while (cm_ml_next_line(buf, len, &pos, &lp, &ll)) {
         c.line++;

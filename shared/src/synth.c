@@ -608,13 +608,21 @@ cm_synth_batch(cm_synth_t *s, uint32_t k, cm_ratings_t *out)
     double       t, z, boost;
     uint32_t     u, i, n_users = s->c.n_users, trend = CM_ML_G_HORROR;
     int64_t      w0;
-    uint64_t     tries = 0;
+    uint64_t     tries = 0, key, *seen, cap, h;
     cm_rating_t  x;
-    int          rc;
+    int          rc = CM_OK;
 
     out->n = 0;
     if (k == 0 || k > s->c.drift_batches) {
         return CM_EINVAL;
+    }
+    /* open-addressing set of (user, item) keys: a batch rates a pair once */
+    for (cap = 64; cap < (uint64_t) s->c.batch_ratings * 2; cap *= 2) {
+        /* power of two, load <= 1/2 */
+    }
+    seen = calloc(cap, sizeof(uint64_t));
+    if (seen == NULL) {
+        return CM_ENOMEM;
     }
     cm_rng_seed(&r, s->c.seed, CM_SYN_S_BATCH + k);
     t = (double) k / s->c.drift_batches;
@@ -645,25 +653,37 @@ cm_synth_batch(cm_synth_t *s, uint32_t k, cm_ratings_t *out)
         if (cm_rng_unif(&r) >= 1.0 / (1.0 + exp(-CM_SYN_BETA * z))) {
             continue;
         }
+        key = ((uint64_t) u << 32 | i) + 1;             /* never 0 */
+        for (h = (key * 0x9e3779b97f4a7c15ull) & (cap - 1);
+             seen[h] != 0 && seen[h] != key; h = (h + 1) & (cap - 1))
+        {
+            /* linear probing */
+        }
+        if (seen[h] == key) {
+            continue;
+        }
         if (u < n_users && i < s->c.n_items) {
             /* never re-rate a film of the main data */
             rc = cm_synth_user(s, u, &s->scratch);
             if (rc != CM_OK) {
-                return rc;
+                break;
             }
             if (cm_syn_in_sorted(&s->scratch, s->ext[i])) {
                 continue;
             }
         }
+        seen[h] = key;
         x.user = (int32_t) u + 1;
         x.item = s->ext[i];
         x.rating = cm_syn_rating(s, u, i, z, -0.4 * t, &r);
         x.ts = w0 + (int64_t) cm_rng_below(&r, CM_SYN_WEEK);
-        if (cm_ratings_push(out, &x) != CM_OK) {
-            return CM_ENOMEM;
+        rc = cm_ratings_push(out, &x);
+        if (rc != CM_OK) {
+            break;
         }
     }
-    return CM_OK;
+    free(seen);
+    return rc;
 }
 
 

@@ -223,6 +223,22 @@ test_movie_lines_with_bad_utf8_or_genres_are_rejected(void **state)
 
 
 static void
+test_utf8_bom_before_the_header_is_skipped(void **state)
+{
+    const char    buf[] = "\xef\xbb\xbfuserId,movieId,rating,timestamp\r\n"
+                          "1,2,3.5,4\r\n";
+    cm_ratings_t  r = { 0 };
+    cm_ml_opts_t  o = { 1, NULL, NULL, 0, 0 };
+
+    assert_int_equal(cm_ml_parse_ratings(buf, sizeof(buf) - 1, CM_ML_LATEST,
+                     "bom.csv", &o, &r, NULL, 0), CM_OK);
+    assert_int_equal(r.n, 1);
+    assert_true(r.v[0].rating == 3.5f);
+    cm_ratings_free(&r);
+}
+
+
+static void
 test_title_year_handles_suffixes_ranges_and_absence(void **state)
 {
     const char *t;
@@ -313,6 +329,7 @@ main(void)
         cmocka_unit_test(
             test_strict_mode_fails_on_first_malformed_line_with_location),
         cmocka_unit_test(test_movie_lines_with_bad_utf8_or_genres_are_rejected),
+        cmocka_unit_test(test_utf8_bom_before_the_header_is_skipped),
         cmocka_unit_test(test_title_year_handles_suffixes_ranges_and_absence),
         cmocka_unit_test(test_genres_format_round_trips_through_parse),
         cmocka_unit_test(test_auto_detection_fails_clearly_on_empty_directory),

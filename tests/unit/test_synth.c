@@ -125,6 +125,15 @@ test_drift_batches_shift_rating_mean_down_and_add_new_films(void **state)
         new3 += r3.v[i].item > max_main;
     }
     assert_true(m3 / r3.n < m1 / r1.n - 0.1);
+    /* no (user, movie) pair twice within a batch */
+    for (i = 0; i < r3.n; i++) {
+        size_t q;
+
+        for (q = i + 1; q < r3.n; q++) {
+            assert_false(r3.v[i].user == r3.v[q].user
+                         && r3.v[i].item == r3.v[q].item);
+        }
+    }
     assert_true(new3 > 40);
     assert_true(r3.v[0].ts > r1.v[0].ts);
     assert_int_equal(cm_synth_batch(s, 4, &r1), CM_EINVAL);
