@@ -5,7 +5,8 @@
  *   GET /health   liveness: the worker answers; touches nothing else.
  *   GET /ready    readiness: a PostgreSQL round trip (SELECT 1), a Redis
  *                 PING and the inference daemons' state, run concurrently;
- *                 503 names the checks that failed.
+ *                 503 names the checks that failed; a backend that is not
+ *                 configured is "disabled".
  *   GET /metrics  see ngx_http_cinematch_metrics.c.
  *   POST /internal/json  (cinematch_echo on) answers the parsed body; it
  *                 exists to test the body and JSON handling (and answers
@@ -53,6 +54,8 @@ static ngx_int_t ngx_http_cinematch_ready_redis(ngx_http_request_t *r,
     void *data, redisReply *reply);
 static void ngx_http_cinematch_ready_check(ngx_http_cinematch_ready_t *rd,
     const char *name, const char *err);
+static void ngx_http_cinematch_ready_disabled(ngx_http_cinematch_ready_t *rd,
+    const char *name);
 static ngx_int_t ngx_http_cinematch_ready_done(ngx_http_request_t *r,
     ngx_http_cinematch_ready_t *rd);
 
@@ -371,9 +374,10 @@ ngx_int_t
 ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
-    json_t                      *inference;
-    ngx_int_t                    rc;
-    ngx_http_cinematch_ready_t  *rd;
+    json_t                          *inference;
+    ngx_int_t                        rc;
+    ngx_http_cinematch_ready_t      *rd;
+    ngx_http_cinematch_main_conf_t  *mcf;
 
     rd = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_ready_t));
     if (rd == NULL) {
@@ -409,30 +413,50 @@ ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
         rd->failed++;
     }
 
-    /* PostgreSQL and Redis run concurrently; each took its own count */
+    /*
+     * PostgreSQL and Redis run concurrently; each took its own count.  One
+     * that is not configured is reported "disabled" and does not fail.
+     */
 
-    rc = ngx_http_cinematch_pg_query(r, "SELECT 1", 0, NULL,
-                                     ngx_http_cinematch_ready_pg, rd);
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
 
-    if (rc == NGX_OK) {
-        rd->pending++;
+    if (mcf->pg_conninfo.len == 0) {
+        ngx_http_cinematch_ready_disabled(rd, "postgres");
 
     } else {
-        ngx_http_cinematch_ready_check(rd, "postgres",
-                                       (rc == NGX_DECLINED)
-                                       ? "not connected" : "internal error");
+        rc = ngx_http_cinematch_pg_query(r, "SELECT 1", 0, NULL,
+                                         ngx_http_cinematch_ready_pg, rd);
+
+        if (rc == NGX_OK) {
+            rd->pending++;
+
+        } else {
+            ngx_http_cinematch_ready_check(rd, "postgres",
+                                           (rc == NGX_DECLINED)
+                                           ? "not connected"
+                                           : (rc == NGX_BUSY)
+                                             ? "too many queries waiting"
+                                             : "internal error");
+        }
     }
 
-    rc = ngx_http_cinematch_redis_commandf(r, ngx_http_cinematch_ready_redis,
-                                           rd, "PING");
-
-    if (rc == NGX_OK) {
-        rd->pending++;
+    if (mcf->redis_host.len == 0) {
+        ngx_http_cinematch_ready_disabled(rd, "redis");
 
     } else {
-        ngx_http_cinematch_ready_check(rd, "redis",
-                                       (rc == NGX_DECLINED)
-                                       ? "not connected" : "internal error");
+        rc = ngx_http_cinematch_redis_commandf(r,
+                                               ngx_http_cinematch_ready_redis,
+                                               rd, "PING");
+
+        if (rc == NGX_OK) {
+            rd->pending++;
+
+        } else {
+            ngx_http_cinematch_ready_check(rd, "redis",
+                                           (rc == NGX_ERROR)
+                                           ? "internal error"
+                                           : "not connected");
+        }
     }
 
     if (rd->pending) {
@@ -517,6 +541,19 @@ ngx_http_cinematch_ready_check(ngx_http_cinematch_ready_t *rd,
 }
 
 
+static void
+ngx_http_cinematch_ready_disabled(ngx_http_cinematch_ready_t *rd,
+    const char *name)
+{
+    if (json_object_set_new(rd->checks, name,
+                            json_pack("{s:s}", "status", "disabled"))
+        != 0)
+    {
+        rd->failed++;
+    }
+}
+
+
 static ngx_int_t
 ngx_http_cinematch_ready_done(ngx_http_request_t *r,
     ngx_http_cinematch_ready_t *rd)
@@ -534,7 +571,8 @@ ngx_http_cinematch_ready_done(ngx_http_request_t *r,
         status = json_object_get(check, "status");
 
         if (!json_is_string(status)
-            || ngx_strcmp(json_string_value(status), "ok") != 0)
+            || (ngx_strcmp(json_string_value(status), "ok") != 0
+                && ngx_strcmp(json_string_value(status), "disabled") != 0))
         {
             json_array_append_new(failed, json_string(name));
         }

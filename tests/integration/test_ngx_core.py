@@ -496,6 +496,11 @@ def test_redis_over_a_unix_socket(workdir, backends):
         wait_for(lambda: ngx.json("GET", "/internal/redis/echo/via-unix")[0] == 200,
                  timeout=10, what="Redis over its unix socket")
         assert ngx.json("GET", "/internal/redis/echo/via-unix")[2] == {"echo": "via-unix"}
+        # no cinematch_postgres here: reported, not failing
+        status, _, doc = ngx.json("GET", "/ready")
+        assert status == 200, doc
+        assert doc["checks"]["postgres"] == {"status": "disabled"}
+        assert doc["checks"]["redis"]["status"] == "ok"
     finally:
         ngx.stop()
     assert not ngx.log_problems()
