@@ -158,6 +158,8 @@ ngx_int_t ngx_http_cinematch_send_json(ngx_http_request_t *r,
     ngx_uint_t status, json_t *json);
 ngx_int_t ngx_http_cinematch_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
+ngx_int_t ngx_http_cinematch_send_error_json(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message, json_t *extra);
 ngx_int_t ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc);
 json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
@@ -177,6 +179,7 @@ void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
 ngx_int_t ngx_http_cinematch_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_cinematch_main_conf_t *cmcf);
 ngx_int_t ngx_http_cinematch_metrics_log_handler(ngx_http_request_t *r);
+time_t ngx_http_cinematch_metrics_start_time(void);
 void ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream);
 void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     ngx_uint_t depth);
