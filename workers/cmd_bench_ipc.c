@@ -40,9 +40,11 @@ cm_u64_cmp(const void *a, const void *b)
 static void
 cm_report(const char *what, uint64_t *lat, size_t n, uint64_t wall_ns)
 {
+    size_t  p50 = n / 2, p99 = (n * 99) / 100;
+
     qsort(lat, n, sizeof(uint64_t), cm_u64_cmp);
     printf("  %-28s p50 %7.1f us  p99 %7.1f us  %9.0f req/s\n", what,
-           lat[n / 2] / 1e3, lat[(n * 99) / 100] / 1e3,
+           (double) lat[p50] / 1e3, (double) lat[p99] / 1e3,
            (double) n / ((double) wall_ns / 1e9));
 }
 
@@ -190,12 +192,16 @@ cm_bench_ipc_main(int argc, char **argv)
     payload = malloc(len);
     lat = calloc(n, sizeof(uint64_t));
     if (payload == NULL || lat == NULL) {
+        free(payload);
+        free(lat);
         return 1;
     }
     memset(payload, 'p', len);
 
     sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (sl <= 0) {
+        free(payload);
+        free(lat);
         return 1;
     }
     self[sl] = '\0';

@@ -33,7 +33,10 @@
 
 #include "cinematch/common.h"
 #include "cinematch/ipc.h"
+#include "cinematch/serve_dialog.h"
+#include "cinematch/serve_recsys.h"
 #include "cmd.h"
+#include "infer_models.h"
 
 #define CM_INFER_MAX_CONNS     1024
 #define CM_INFER_TICK_MAX_MS   50      /* heartbeat ≥ 20 Hz */
@@ -56,6 +59,8 @@ typedef struct {
     uint64_t         next_ns;           /* ECHO_STREAM: next chunk due */
     uint64_t         remaining;         /* ECHO_STREAM: chunks left */
     uint64_t         delay_ns;
+    cm_dlg_stream_t *dlg;               /* CHAT: generating, or NULL */
+    int              chat_queued;       /* CHAT: waiting for a sequence */
 } cm_infer_job_t;
 
 typedef struct {
@@ -72,6 +77,13 @@ typedef struct {
     uint64_t          drain_deadline_ns;
     uint64_t          drain_timeout_ns;
     uint64_t          last_sweep_ns;
+    cm_infer_models_t models;
+    int               listen_fd;        /* PostgreSQL LISTEN, or -1 */
+    uint32_t         *pending;          /* RECOMMEND slots for the batch */
+    uint32_t          npending;
+    uint32_t          nchat;            /* CHAT generations running */
+    uint32_t          nchat_queued;     /* CHAT waiting for admission */
+    uint32_t          chat_queue_max;
 } cm_infer_t;
 
 
@@ -145,10 +157,11 @@ cm_infer_on_signal(int signo)
 }
 
 
-/* Tags: 0 = listener, 1 = signals, 2 + i = connection i. */
+/* Tags: 0 = listener, 1 = signals, 2 = PostgreSQL LISTEN, 3 + i = conn i. */
 #define CM_TAG_LISTEN  0
 #define CM_TAG_SIGNAL  1
-#define CM_TAG_CONN    2
+#define CM_TAG_PG      2
+#define CM_TAG_CONN    3
 
 
 static void
@@ -245,6 +258,470 @@ cm_infer_job_end(cm_infer_t *d, cm_infer_job_t *j)
 
 
 static void
+cm_infer_answer(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot, char *json)
+{
+    size_t len;
+
+    if (json == NULL) {
+        cm_infer_fail(d, j, slot, CM_ENOMEM, "out of memory");
+        return;
+    }
+    len = strlen(json);
+    if (len > d->seg.hdr->res_cap) {
+        free(json);
+        cm_infer_fail(d, j, slot, CM_EINVAL, "answer larger than the slot");
+        return;
+    }
+    cm_infer_set_result(d, j->s, json, len);
+    free(json);
+    if (cm_ipc_finish(j->s, 0) == CM_OK) {
+        cm_infer_ready(d, j, slot);
+    }
+}
+
+
+/* Validate a recsys request (everything nginx wrote is untrusted) and
+ * answer it, or queue RECOMMEND for the batch: returns 1 when queued. */
+static int
+cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
+                uint32_t kind, uint32_t len)
+{
+    cm_ipc_slot_t  *s = j->s;
+    const uint8_t  *req = cm_ipc_slot_req(&d->seg, s);
+    uint64_t        p[CM_IPC_NPARAMS];
+    char            err[256], *out = NULL;
+    uint32_t        mask, n, i;
+    int32_t        *ids;
+    float          *vals;
+    int             rc;
+
+    memcpy(p, s->params, sizeof(p));   /* read once */
+    if (d->models.rs == NULL) {
+        cm_infer_fail(d, j, slot, CM_EAGAIN, "no recsys model is loaded");
+        return 0;
+    }
+
+    switch (kind) {
+
+    case CM_REQ_RECOMMEND:
+        if (p[0] > INT32_MAX || p[1] < 1 || p[1] > CM_RSS_MAX_K
+            || (p[3] != 0 && (p[3] < 1800 || p[3] > 2200))
+            || (p[4] != 0 && (p[4] < 1800 || p[4] > 2200)) || len > 1024
+            || cm_rs_parse_genres((const char *) req, len, &mask, err,
+                                  sizeof(err)) != CM_OK)
+        {
+            cm_infer_fail(d, j, slot, CM_EINVAL, "bad recommend request");
+            return 0;
+        }
+        d->pending[d->npending++] = slot;
+        return 1;
+
+    case CM_REQ_SIMILAR:
+        if (p[0] < 1 || p[0] > INT32_MAX || p[1] < 1 || p[1] > CM_RSS_MAX_K) {
+            cm_infer_fail(d, j, slot, CM_EINVAL, "bad similar request");
+            return 0;
+        }
+        rc = cm_rs_server_similar(d->models.rs, (int32_t) p[0],
+                                  (uint32_t) p[1], &out, err, sizeof(err));
+        break;
+
+    case CM_REQ_POPULAR:
+        if (p[0] < 1 || p[0] > CM_RSS_MAX_K || len > 1024
+            || cm_rs_parse_genres((const char *) req, len, &mask, err,
+                                  sizeof(err)) != CM_OK)
+        {
+            cm_infer_fail(d, j, slot, CM_EINVAL, "bad popular request");
+            return 0;
+        }
+        rc = cm_rs_server_popular(d->models.rs, (uint32_t) p[0], mask, &out);
+        break;
+
+    case CM_REQ_PREDICT:
+        n = len / 4;
+        if (p[0] < 1 || p[0] > INT32_MAX || len % 4 != 0 || n < 1
+            || n > CM_RSS_MAX_PREDICT)
+        {
+            cm_infer_fail(d, j, slot, CM_EINVAL, "bad predict request");
+            return 0;
+        }
+        ids = malloc(len);
+        if (ids == NULL) {
+            cm_infer_fail(d, j, slot, CM_ENOMEM, "out of memory");
+            return 0;
+        }
+        memcpy(ids, req, len);
+        rc = cm_rs_server_predict(d->models.rs, (int32_t) p[0], ids, n, &out,
+                                  err, sizeof(err));
+        free(ids);
+        break;
+
+    case CM_REQ_FOLD_IN:
+        n = len / 8;
+        if (p[0] < 1 || p[0] > INT32_MAX || len % 8 != 0 || n < 1
+            || n > 1000)
+        {
+            cm_infer_fail(d, j, slot, CM_EINVAL, "bad fold-in request");
+            return 0;
+        }
+        ids = malloc((size_t) n * sizeof(int32_t));
+        vals = malloc((size_t) n * sizeof(float));
+        if (ids == NULL || vals == NULL) {
+            free(ids);
+            free(vals);
+            cm_infer_fail(d, j, slot, CM_ENOMEM, "out of memory");
+            return 0;
+        }
+        for (i = 0; i < n; i++) {
+            memcpy(&ids[i], req + 8 * i, 4);
+            memcpy(&vals[i], req + 8 * i + 4, 4);
+        }
+        rc = cm_rs_server_fold_in(d->models.rs, (int32_t) p[0], ids, vals, n,
+                                  err, sizeof(err));
+        free(ids);
+        free(vals);
+        if (rc == CM_OK) {
+            char buf[96];
+
+            snprintf(buf, sizeof(buf), "{\"user_id\":%d,\"folded\":%u,"
+                     "\"model_version\":\"%s\"}", (int) p[0], n,
+                     cm_rs_server_version(d->models.rs));
+            out = strdup(buf);
+        }
+        break;
+
+    default:
+        return 0;
+    }
+
+    if (rc != CM_OK) {
+        cm_infer_fail(d, j, slot, rc, err);
+        return 0;
+    }
+    cm_infer_answer(d, j, slot, out);
+    return 0;
+}
+
+
+/* The batch: every RECOMMEND that arrived since the last turn, scored
+ * with one SGEMM.  Requests never wait for a batch to fill. */
+static void
+cm_infer_recommend_batch(cm_infer_t *d)
+{
+    cm_rs_rec_req_t  *q;
+    char            **out;
+    uint32_t          i, n = d->npending, mask;
+    cm_infer_job_t   *j;
+    uint64_t          p[CM_IPC_NPARAMS];
+
+    d->npending = 0;
+    q = calloc(n, sizeof(*q));
+    out = calloc(n, sizeof(*out));
+    if (q == NULL || out == NULL || d->models.rs == NULL) {
+        for (i = 0; i < n; i++) {
+            j = &d->jobs[d->pending[i]];
+            cm_infer_fail(d, j, d->pending[i], CM_EAGAIN,
+                          "recommendation batch failed");
+            cm_infer_job_end(d, j);
+        }
+        free(q);
+        free(out);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        j = &d->jobs[d->pending[i]];
+        memcpy(p, j->s->params, sizeof(p));
+        /* validated at submit; parse again from our own copy of the
+         * checks' inputs, never trusting the slot between the two */
+        mask = 0;
+        (void) cm_rs_parse_genres((const char *) cm_ipc_slot_req(&d->seg,
+                                                                 j->s),
+                                  j->s->req_len <= 1024 ? j->s->req_len : 0,
+                                  &mask, NULL, 0);
+        q[i].user = (int32_t) (p[0] <= INT32_MAX ? p[0] : 0);
+        q[i].k = (uint32_t) (p[1] >= 1 && p[1] <= CM_RSS_MAX_K ? p[1] : 10);
+        q[i].exclude_seen = (p[2] & CM_REC_EXCLUDE_SEEN) != 0;
+        q[i].genres = mask;
+        q[i].year_min = (int32_t) (p[3] <= 2200 ? p[3] : 0);
+        q[i].year_max = (int32_t) (p[4] <= 2200 ? p[4] : 0);
+    }
+    if (cm_rs_server_recommend_batch(d->models.rs, q, n, out) != CM_OK) {
+        memset(out, 0, n * sizeof(*out));
+    }
+    for (i = 0; i < n; i++) {
+        j = &d->jobs[d->pending[i]];
+        cm_infer_answer(d, j, d->pending[i], out[i]);
+        cm_infer_job_end(d, j);
+    }
+    free(q);
+    free(out);
+}
+
+
+/* Parse a CHAT payload (untrusted) and start generating; CM_EAGAIN when
+ * no sequence is free (the job then waits in the queue). */
+static int
+cm_infer_chat_start(cm_infer_t *d, cm_infer_job_t *j, char *err,
+                    size_t errlen)
+{
+    const uint8_t   *p = cm_ipc_slot_req(&d->seg, j->s);
+    uint32_t         len = j->s->req_len, off = 0, n, i, l;
+    const char      *turns[CM_DLG_MAX_TURNS], *stops[CM_DLG_MAX_STOPS];
+    size_t           lens[CM_DLG_MAX_TURNS];
+    char             stopbuf[CM_DLG_MAX_STOPS][CM_DLG_MAX_STOP_LEN + 1];
+    uint8_t         *copy;
+    uint64_t         prm[CM_IPC_NPARAMS];
+    cm_lm_params_t   lp;
+    int              rc, nstops;
+
+    if (d->models.dlg == NULL) {
+        return cm_seterr(err, errlen, CM_EAGAIN, "no dialog model is loaded");
+    }
+    if (d->nchat >= (uint32_t) cm_dlg_server_max_seqs(d->models.dlg)) {
+        return CM_EAGAIN;
+    }
+    if (len > d->seg.hdr->req_cap) {
+        return cm_seterr(err, errlen, CM_EINVAL, "bad chat payload");
+    }
+    /* our own copy: nginx could change the slot while we parse */
+    copy = malloc(len + 1);
+    if (copy == NULL) {
+        return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+    }
+    memcpy(copy, p, len);
+    memcpy(prm, j->s->params, sizeof(prm));
+
+#define CM_TAKE_U32(v)                                                      \
+    do {                                                                    \
+        if (len - off < 4) { goto bad; }                                    \
+        memcpy(&(v), copy + off, 4);                                        \
+        off += 4;                                                           \
+    } while (0)
+
+    CM_TAKE_U32(n);
+    if (n < 1 || n > CM_DLG_MAX_TURNS) {
+        goto bad;
+    }
+    for (i = 0; i < n; i++) {
+        CM_TAKE_U32(l);
+        if (l > len - off) {
+            goto bad;
+        }
+        turns[i] = (const char *) copy + off;
+        lens[i] = l;
+        off += l;
+    }
+    CM_TAKE_U32(l);
+    nstops = (int) l;
+    if (l > CM_DLG_MAX_STOPS) {
+        goto bad;
+    }
+    for (i = 0; i < l; i++) {
+        uint32_t sl;
+
+        CM_TAKE_U32(sl);
+        if (sl < 1 || sl > CM_DLG_MAX_STOP_LEN || sl > len - off
+            || memchr(copy + off, '\0', sl) != NULL)
+        {
+            goto bad;
+        }
+        memcpy(stopbuf[i], copy + off, sl);
+        stopbuf[i][sl] = '\0';
+        stops[i] = stopbuf[i];
+        off += sl;
+    }
+    if (off != len || prm[0] < 1 || prm[0] > CM_DLG_MAX_TOKENS
+        || prm[1] > 2000 || prm[2] > 1000 || prm[3] < 1 || prm[3] > 1000
+        || (prm[5] != 0 && (prm[5] < 1000 || prm[5] > 2000)))
+    {
+        goto bad;
+    }
+#undef CM_TAKE_U32
+
+    cm_lm_params_default(&lp);
+    lp.max_tokens = (int) prm[0];
+    lp.temperature = (float) prm[1] / 1000.0f;
+    lp.top_k = (int) prm[2];
+    lp.top_p = (float) prm[3] / 1000.0f;
+    lp.seed = prm[4];
+    if (prm[5] != 0) {
+        lp.repetition_penalty = (float) prm[5] / 1000.0f;
+    }
+    j->dlg = calloc(1, sizeof(cm_dlg_stream_t));
+    if (j->dlg == NULL) {
+        free(copy);
+        return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+    }
+    rc = cm_dlg_start(d->models.dlg, j->dlg, turns, lens, n, &lp, stops,
+                      nstops, err, errlen);
+    free(copy);
+    if (rc != CM_OK) {
+        free(j->dlg);
+        j->dlg = NULL;
+        return rc == CM_EAGAIN ? CM_EINVAL : rc;
+    }
+    d->nchat++;
+    return CM_OK;
+
+bad:
+    free(copy);
+    return cm_seterr(err, errlen, CM_EINVAL, "bad chat request");
+}
+
+
+static void
+cm_infer_chat_end(cm_infer_t *d, cm_infer_job_t *j)
+{
+    if (j->dlg != NULL) {
+        cm_dlg_stream_free(j->dlg);
+        free(j->dlg);
+        j->dlg = NULL;
+        d->nchat--;
+    }
+    if (j->chat_queued) {
+        j->chat_queued = 0;
+        d->nchat_queued--;
+    }
+}
+
+
+/* Move ready text into the ring; returns 1 when the stream is complete
+ * and its result has been written. */
+static int
+cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
+{
+    char      buf[CM_DLG_TEXT_CAP], res[256];
+    uint32_t  room;
+    size_t    n;
+    int       done = 0, rc;
+
+    room = cm_ipc_ring_space(&d->seg, j->s);
+    if (room > sizeof(buf)) {
+        room = sizeof(buf);
+    }
+    if (j->dlg->ready > 0 && room > 0) {
+        n = cm_dlg_take(j->dlg, buf, room, &done);
+        if (n > 0) {
+            rc = cm_ipc_ring_put(&d->seg, j->s, buf, (uint32_t) n);
+            if (rc == CM_OK) {
+                cm_infer_ready(d, j, slot);
+            }
+        }
+    } else {
+        (void) cm_dlg_take(j->dlg, buf, 0, &done);
+    }
+    if (!done) {
+        return 0;
+    }
+    n = (size_t) snprintf(res, sizeof(res),
+        "{\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%d,"
+        "\"completion_tokens\":%d},\"model_version\":\"%s\"}",
+        cm_dlg_finish_name(j->dlg->finish), j->dlg->prompt_tokens,
+        j->dlg->completion_tokens, cm_dlg_server_version(d->models.dlg));
+    cm_infer_set_result(d, j->s, res, n);
+    if (cm_ipc_finish(j->s, 0) == CM_OK) {
+        cm_infer_ready(d, j, slot);
+    }
+    return 1;
+}
+
+
+/* The decode tick: admit queued generations, step every stream whose
+ * text has drained in one batched forward, and stream what it wrote.
+ * Returns 1 when another step is due at once. */
+static int
+cm_infer_chat_tick(cm_infer_t *d)
+{
+    cm_dlg_stream_t  *batch[256];
+    uint32_t          idx[256], i;
+    int               n = 0, k;
+    cm_infer_job_t   *j;
+    char              err[128];
+
+    for (i = 0; i < d->seg.hdr->slot_count
+                && (d->nchat > 0 || d->nchat_queued > 0); i++)
+    {
+        j = &d->jobs[i];
+        if (!j->active || j->kind != CM_REQ_CHAT) {
+            continue;
+        }
+        if (cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+            cm_infer_chat_end(d, j);
+            (void) cm_ipc_finish(j->s, CM_ECANCELED);
+            cm_infer_job_end(d, j);
+            continue;
+        }
+        if (j->chat_queued) {
+            int rc = cm_infer_chat_start(d, j, err, sizeof(err));
+
+            if (rc == CM_EAGAIN && d->models.dlg != NULL) {
+                continue;   /* still no room */
+            }
+            j->chat_queued = 0;
+            d->nchat_queued--;
+            if (rc != CM_OK) {
+                cm_infer_fail(d, j, i, rc, err);
+                cm_infer_job_end(d, j);
+                continue;
+            }
+        }
+        if (j->dlg == NULL) {
+            continue;
+        }
+        /* a stream whose reader is behind is paused, not stepped */
+        if (cm_infer_chat_flush(d, j, i)) {
+            cm_infer_chat_end(d, j);
+            cm_infer_job_end(d, j);
+            continue;
+        }
+        if (j->dlg->ready == 0 && j->dlg->finish == CM_DLG_FINISH_NONE
+            && n < 256)
+        {
+            batch[n] = j->dlg;
+            idx[n++] = i;
+        } else {
+            /* paused: its reader has not drained the ring */
+        }
+    }
+    if (n == 0) {
+        return 0;
+    }
+    cm_dlg_step(d->models.dlg, batch, n);
+    for (k = 0; k < n; k++) {
+        j = &d->jobs[idx[k]];
+        if (cm_infer_chat_flush(d, j, idx[k])) {
+            cm_infer_chat_end(d, j);
+            cm_infer_job_end(d, j);
+        }
+    }
+    return 1;
+}
+
+
+static void
+cm_infer_publish_models(cm_infer_t *d)
+{
+    cm_ipc_model_t  table[CM_IPC_MAX_MODELS];
+    uint32_t        n;
+
+    n = cm_infer_models_table(&d->models, table, CM_IPC_MAX_MODELS);
+    cm_ipc_set_models(&d->seg, table, n);
+    snprintf(d->seg.hdr->status, sizeof(d->seg.hdr->status), "%s",
+             d->models.status[0] != '\0' ? d->models.status : "ok");
+}
+
+
+static void
+cm_infer_reload(cm_infer_t *d)
+{
+    if (d->npending > 0) {
+        cm_infer_recommend_batch(d);   /* swap at a batch boundary */
+    }
+    (void) cm_infer_models_load(&d->models, d->nchat + d->nchat_queued > 0);
+    cm_infer_publish_models(d);
+}
+
+
+static void
 cm_infer_submit(cm_infer_t *d, int ci, uint32_t slot)
 {
     cm_ipc_slot_t   *s;
@@ -310,6 +787,41 @@ cm_infer_submit(cm_infer_t *d, int ci, uint32_t slot)
         atomic_fetch_add(&d->seg.hdr->queue_depth, 1);
         return;
 
+    case CM_REQ_CHAT: {
+        char  err[128];
+        int   rc;
+
+        j->active = 1;
+        d->nactive++;
+        atomic_fetch_add(&d->seg.hdr->queue_depth, 1);
+        rc = cm_infer_chat_start(d, j, err, sizeof(err));
+        if (rc == CM_OK) {
+            return;
+        }
+        if (rc == CM_EAGAIN && d->models.dlg != NULL
+            && d->nchat_queued < d->chat_queue_max)
+        {
+            /* all sequences busy: wait in the bounded queue */
+            j->chat_queued = 1;
+            d->nchat_queued++;
+            return;
+        }
+        cm_infer_fail(d, j, slot, rc == CM_EAGAIN ? CM_EAGAIN : rc,
+                      rc == CM_EAGAIN && d->models.dlg != NULL
+                      ? "generation queue is full" : err);
+        break;
+    }
+
+    case CM_REQ_RECOMMEND:
+    case CM_REQ_SIMILAR:
+    case CM_REQ_POPULAR:
+    case CM_REQ_PREDICT:
+    case CM_REQ_FOLD_IN:
+        if (cm_infer_recsys(d, j, slot, kind, len) == 1) {
+            return;   /* joins the next batch */
+        }
+        break;
+
     default:
         cm_infer_fail(d, j, slot, CM_EINVAL, "unknown request kind");
         break;
@@ -328,6 +840,7 @@ cm_infer_cancel(cm_infer_t *d, uint32_t slot)
     }
     j = &d->jobs[slot];
     if (j->active && cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+        cm_infer_chat_end(d, j);                    /* frees the KV cache */
         (void) cm_ipc_finish(j->s, CM_ECANCELED);   /* frees the slot */
         cm_infer_job_end(d, j);
         cm_debug("slot %u cancelled", slot);
@@ -348,8 +861,8 @@ cm_infer_step(cm_infer_t *d)
 
     for (i = 0; i < d->seg.hdr->slot_count && d->nactive > 0; i++) {
         j = &d->jobs[i];
-        if (!j->active) {
-            continue;
+        if (!j->active || j->kind == CM_REQ_CHAT) {
+            continue;   /* generations are stepped by cm_infer_chat_tick */
         }
         if (cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
             cm_infer_cancel(d, i);   /* its doorbell may still be coming */
@@ -402,6 +915,7 @@ cm_infer_sweep(cm_infer_t *d)
             continue;
         }
         if (d->jobs[i].active) {
+            cm_infer_chat_end(d, &d->jobs[i]);
             cm_infer_job_end(d, &d->jobs[i]);
         }
         if (cm_ipc_slot_cas(s, st, CM_SLOT_FREE)) {
@@ -559,7 +1073,18 @@ cm_infer_usage(FILE *out)
         "  --group NAME          group owning socket and segment (mode 0660)\n"
         "  --pidfile FILE        write the pid here\n"
         "  --drain-timeout SEC   on SIGTERM wait this long for work (default 10)\n"
-        "  --log-level LEVEL     debug|info|warn|error\n\n"
+        "  --log-level LEVEL     debug|info|warn|error\n"
+        "  --dsn DSN             serve the registry's production models\n"
+        "                        (default $CINEMATCH_PG_DSN); reload on\n"
+        "                        NOTIFY " CM_INFER_NOTIFY_CHANNEL "\n"
+        "  --recsys FILE         serve this recsys artifact instead\n"
+        "  --movies FILE         its catalogue (movies.csv)\n"
+        "  --recsys-version V    version reported for --recsys\n"
+        "  --dialog DIR          serve this dialog model (model.bin +\n"
+        "                        tokenizer/) instead of the registry's\n"
+        "  --dialog-version V    version reported for --dialog\n"
+        "  --max-seqs N          concurrent generations (KV caches), default 8;\n"
+        "                        up to 4x more wait in a queue, then 503\n\n"
         "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
         CM_IPC_DEFAULT_SLOTS, CM_IPC_MAX_SLOTS, CM_IPC_DEFAULT_RING_CAP / 1024);
 }
@@ -594,6 +1119,13 @@ cm_infer_main(int argc, char **argv)
         { "pidfile", required_argument, NULL, 'p' },
         { "drain-timeout", required_argument, NULL, 'd' },
         { "log-level", required_argument, NULL, 'l' },
+        { "dsn", required_argument, NULL, 'D' },
+        { "recsys", required_argument, NULL, 'R' },
+        { "movies", required_argument, NULL, 'M' },
+        { "recsys-version", required_argument, NULL, 'V' },
+        { "dialog", required_argument, NULL, 'G' },
+        { "dialog-version", required_argument, NULL, 'W' },
+        { "max-seqs", required_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -622,6 +1154,22 @@ cm_infer_main(int argc, char **argv)
         case 's': sock = optarg; break;
         case 'm': shm = optarg; break;
         case 'g': group = optarg; break;
+        case 'D': d.models.dsn = optarg; break;
+        case 'R': d.models.artifact = optarg; break;
+        case 'M': d.models.movies = optarg; break;
+        case 'V': d.models.version = optarg; break;
+        case 'G': d.models.dialog = optarg; break;
+        case 'W': d.models.dialog_version = optarg; break;
+        case 'S': {
+            uint32_t v;
+
+            if (cm_parse_u32(optarg, 1, 256, &v)) {
+                fprintf(stderr, "infer: --max-seqs must be 1..256\n");
+                return 2;
+            }
+            d.models.max_seqs = (int) v;
+            break;
+        }
         case 'p': snprintf(d.pidfile, sizeof(d.pidfile), "%s", optarg); break;
         case 'n':
             if (cm_parse_u32(optarg, 1, CM_IPC_MAX_SLOTS, &cfg.slot_count)) {
@@ -688,7 +1236,14 @@ cm_infer_main(int argc, char **argv)
         gid = gr->gr_gid;
     }
 
-    d.lfd = d.sfd = d.epfd = -1;
+    if (d.models.dsn == NULL && d.models.artifact == NULL
+        && d.models.dialog == NULL)
+    {
+        d.models.dsn = getenv("CINEMATCH_PG_DSN");
+    }
+    d.lfd = d.sfd = d.epfd = d.listen_fd = -1;
+    d.chat_queue_max = 4 * (uint32_t) (d.models.max_seqs > 0
+                                       ? d.models.max_seqs : 8);
     for (i = 0; i < CM_INFER_MAX_CONNS; i++) {
         d.conns[i].fd = -1;
     }
@@ -718,7 +1273,8 @@ cm_infer_main(int argc, char **argv)
         goto done;
     }
     d.jobs = calloc(d.seg.hdr->slot_count, sizeof(cm_infer_job_t));
-    if (d.jobs == NULL) {
+    d.pending = calloc(d.seg.hdr->slot_count, sizeof(uint32_t));
+    if (d.jobs == NULL || d.pending == NULL) {
         cm_error("infer: out of memory");
         rc = 1;
         goto done;
@@ -749,16 +1305,29 @@ cm_infer_main(int argc, char **argv)
         fclose(pf);
     }
 
-    /* no models to load yet: the request kinds served need none */
-    snprintf(d.seg.hdr->status, sizeof(d.seg.hdr->status), "ok");
+    /* a model that fails to load leaves the daemon up (echo and /ready
+     * work, recsys answers 503) with the reason in the status text */
+    (void) cm_infer_models_load(&d.models, 0);
+    cm_infer_publish_models(&d);
     atomic_store(&d.seg.hdr->ready, 1);
+    d.listen_fd = cm_infer_models_listen_fd(&d.models);
+    if (d.listen_fd >= 0) {
+        cm_infer_epoll(&d, EPOLL_CTL_ADD, d.listen_fd, EPOLLIN, CM_TAG_PG);
+    }
     cm_info("infer %s ready: shm %s (%u slots × %u bytes), socket %s", id,
             shm, d.seg.hdr->slot_count, d.seg.hdr->slot_size, sock);
     cm_sd_notify("READY=1\nSTATUS=serving");
 
     for ( ;; ) {
         atomic_store(&d.seg.hdr->heartbeat_ns, cm_now_mono_ns());
+        if (d.npending > 0) {
+            cm_infer_recommend_batch(&d);
+        }
         timeout = d.nactive > 0 ? cm_infer_step(&d) : CM_INFER_TICK_MAX_MS;
+        if (d.nchat > 0 || d.nchat_queued > 0) {
+            /* decode steps back to back; doorbells are read in between */
+            timeout = cm_infer_chat_tick(&d) ? 0 : (timeout > 1 ? 1 : timeout);
+        }
 
         if (d.draining && (d.nactive == 0
                            || cm_now_mono_ns() > d.drain_deadline_ns))
@@ -769,6 +1338,13 @@ cm_infer_main(int argc, char **argv)
         if (cm_now_mono_ns() - d.last_sweep_ns > CM_INFER_SWEEP_NS) {
             cm_infer_sweep(&d);
             d.last_sweep_ns = cm_now_mono_ns();
+            if (d.models.dsn != NULL && d.listen_fd < 0) {
+                d.listen_fd = cm_infer_models_listen_fd(&d.models);
+                if (d.listen_fd >= 0) {
+                    cm_infer_epoll(&d, EPOLL_CTL_ADD, d.listen_fd, EPOLLIN,
+                                   CM_TAG_PG);
+                }
+            }
         }
 
         n = epoll_wait(d.epfd, evs, CM_ARRAY_SIZE(evs), timeout);
@@ -789,7 +1365,7 @@ cm_infer_main(int argc, char **argv)
                 for (c = 0; c < (int) ns; c++) {
                     if (sigs[c] == SIGHUP) {
                         cm_info("infer: SIGHUP, reloading models");
-                        /* model reload hooks in here with the model kinds */
+                        cm_infer_reload(&d);
                     } else if (!d.draining) {
                         cm_info("infer: signal %u, draining", sigs[c]);
                         cm_sd_notify("STOPPING=1");
@@ -800,6 +1376,14 @@ cm_infer_main(int argc, char **argv)
                         snprintf(d.seg.hdr->status, sizeof(d.seg.hdr->status),
                                  "draining");
                     }
+                }
+            } else if (tag == CM_TAG_PG) {
+                if (cm_infer_models_consume(&d.models)) {
+                    cm_infer_reload(&d);
+                }
+                if (d.models.listen == NULL) {
+                    epoll_ctl(d.epfd, EPOLL_CTL_DEL, d.listen_fd, NULL);
+                    d.listen_fd = -1;   /* re-made by the sweep */
                 }
             } else {
                 int ci = (int) (tag - CM_TAG_CONN);
@@ -838,6 +1422,8 @@ done:
         unlink(d.pidfile);
     }
     free(d.jobs);
+    free(d.pending);
+    cm_infer_models_free(&d.models);
     cm_ipc_detach(&d.seg);
     return rc;
 }

@@ -84,8 +84,39 @@ typedef enum {
                                 params[1] = delay between chunks in µs
                                 (0..10 s); each chunk is one ring record
                                 holding the payload */
+
+    /* recsys kinds: whole answers, the result is a JSON object (API.md)
+     * and ERROR carries a one-line reason: status CM_ENOTFOUND (unknown
+     * movie), CM_EINVAL (bad parameters), CM_EAGAIN (no model loaded or
+     * draining).  User ids are rating-space ids, movie ids MovieLens ids. */
+    CM_REQ_RECOMMEND = 10,   /* params: [0] user (0 = none), [1] k 1..100,
+                                [2] flags (CM_REC_*), [3] year_min (0 =
+                                open), [4] year_max (0 = open); payload:
+                                genre names, comma-separated (may be empty) */
+    CM_REQ_SIMILAR = 11,     /* params: [0] movie, [1] k 1..100 */
+    CM_REQ_POPULAR = 12,     /* params: [0] k 1..100; payload: genres */
+    CM_REQ_PREDICT = 13,     /* params: [0] user; payload: int32 movie ids
+                                (1..1000) */
+    CM_REQ_FOLD_IN = 14,     /* params: [0] user; payload: (int32 movie,
+                                float rating) pairs, 1..1000; result
+                                {"user_id", "folded": n} */
+
+    /* dialog: a stream of text records, then a JSON result
+     * {"finish_reason": "stop"|"length", "usage": {"prompt_tokens",
+     * "completion_tokens"}, "model_version"}.  ERROR status CM_EAGAIN
+     * means no model or no room (retry), CM_EINVAL a bad request. */
+    CM_REQ_CHAT = 20,        /* params: [0] max_tokens 1..1024, [1]
+                                temperature x1000 (0..2000), [2] top_k
+                                (0..1000), [3] top_p x1000 (1..1000), [4]
+                                seed, [5] repetition penalty x1000 (0 =
+                                default, else 1000..2000); payload: u32
+                                nturns (1..64), nturns x (u32 len, bytes),
+                                u32 nstops (0..4), nstops x (u32 len,
+                                bytes 1..64); lengths little-endian */
     CM_REQ_KIND_MAX
 } cm_req_kind_t;
+
+#define CM_REC_EXCLUDE_SEEN  0x1u
 
 /* Doorbell operations: 8 bytes on the socket, native endianness. */
 typedef enum {
@@ -223,6 +254,8 @@ int cm_ipc_ring_put(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s,
  * garbage (bad length from a confused writer). */
 int64_t cm_ipc_ring_get(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s,
                         void *buf, uint32_t cap);
+/* daemon: the largest record payload that fits the ring right now. */
+uint32_t cm_ipc_ring_space(const cm_ipc_seg_t *seg, const cm_ipc_slot_t *s);
 /* daemon: mark that no more records follow. */
 void cm_ipc_ring_close(cm_ipc_slot_t *s);
 

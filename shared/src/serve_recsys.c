@@ -1,0 +1,836 @@
+/*
+ * serve_recsys.c: recommend / similar / popular / predict / fold-in on an
+ * opened recsys artifact.  See cinematch/serve_recsys.h.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cinematch/common.h"
+#include "cinematch/serve_recsys.h"
+
+#define CM_RSS_BECAUSE_MAX   200     /* candidate explanations per user */
+#define CM_RSS_LIKED         4.0f    /* "highly rated" */
+#define CM_RSS_JSON_FLAGS    (JSON_COMPACT | JSON_REAL_PRECISION(6))
+
+typedef struct {
+    int32_t    user;
+    uint32_t   n;
+    uint32_t   cap;
+    float      bias;
+    float     *x;           /* (k) */
+    uint32_t  *items;       /* (n) dense, ascending */
+    float     *ratings;     /* (n) */
+} cm_rss_user_t;
+
+struct cm_rs_server_s {
+    cm_rs_model_t   *m;
+    char             version[64];
+    cm_movie_t      *cat;          /* (ncat) sorted by id, clean titles */
+    size_t           ncat;
+    int32_t         *item_cat;     /* (n_items) index into cat, -1 none */
+    uint32_t        *pop_order;    /* (n_items) most rated first */
+    cm_rss_user_t   *ov;           /* (nov) sorted by user */
+    size_t           nov;
+    size_t           ovcap;
+    float           *scores;       /* scratch, scores_cap floats */
+    size_t           scores_cap;
+    uint32_t        *tk_idx;       /* (n_items) */
+    float           *tk_score;     /* (n_items) */
+    uint32_t        *seen_buf;     /* (n_items) */
+};
+
+
+static const cm_rs_server_t *cm_rss_sort_srv;
+
+
+static int
+cm_rss_movie_cmp(const void *a, const void *b)
+{
+    const cm_movie_t *x = a, *y = b;
+
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+
+static int
+cm_rss_pop_cmp(const void *a, const void *b)
+{
+    uint32_t  x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+    uint32_t  px = cm_rss_sort_srv->m->pop[x], py = cm_rss_sort_srv->m->pop[y];
+
+    if (px != py) {
+        return px > py ? -1 : 1;
+    }
+    return (x > y) - (x < y);   /* ties: lower movie index first */
+}
+
+
+char *
+cm_rs_clean_title(const char *title)
+{
+    size_t  n = strlen(title);
+    char   *t;
+
+    /* "Heat (1995)" and "Heat (1995) " both lose the year */
+    while (n > 0 && title[n - 1] == ' ') {
+        n--;
+    }
+    if (n >= 7 && title[n - 1] == ')' && title[n - 6] == '('
+        && title[n - 7] == ' ' && strspn(title + n - 5, "0123456789") >= 4)
+    {
+        n -= 7;
+    }
+    t = malloc(n + 1);
+    if (t != NULL) {
+        memcpy(t, title, n);
+        t[n] = '\0';
+    }
+    return t;
+}
+
+
+int
+cm_rs_parse_genres(const char *s, size_t len, uint32_t *mask, char *err,
+                   size_t errlen)
+{
+    size_t  i = 0, j;
+    int     g;
+
+    *mask = 0;
+    while (i < len) {
+        for (j = i; j < len && s[j] != ','; j++) {
+            /* find the end of this name */
+        }
+        if (j == i) {
+            return cm_seterr(err, errlen, CM_EINVAL, "empty genre name");
+        }
+        g = cm_ml_genre_parse(s + i, j - i);
+        if (g < 0) {
+            return cm_seterr(err, errlen, CM_EINVAL, "unknown genre '%.*s'",
+                             (int) (j - i > 40 ? 40 : j - i), s + i);
+        }
+        *mask |= 1u << g;
+        i = j + 1;
+    }
+    return CM_OK;
+}
+
+
+void
+cm_rs_server_free(cm_rs_server_t *s)
+{
+    size_t i;
+
+    if (s == NULL) {
+        return;
+    }
+    for (i = 0; i < s->ncat; i++) {
+        free(s->cat[i].title);
+    }
+    for (i = 0; i < s->nov; i++) {
+        free(s->ov[i].x);
+        free(s->ov[i].items);
+        free(s->ov[i].ratings);
+    }
+    free(s->ov);
+    free(s->cat);
+    free(s->item_cat);
+    free(s->pop_order);
+    free(s->scores);
+    free(s->tk_idx);
+    free(s->tk_score);
+    free(s->seen_buf);
+    cm_rs_model_free(s->m);
+    free(s);
+}
+
+
+int
+cm_rs_server_open(cm_rs_server_t **out, const char *artifact,
+                  const char *version, const cm_movie_t *movies,
+                  size_t n_movies, char *err, size_t errlen)
+{
+    cm_rs_server_t  *s;
+    size_t           i;
+    cm_movie_t       key, *hit;
+    int              rc;
+
+    *out = NULL;
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+    }
+    rc = cm_rs_model_open(artifact, &s->m, err, errlen);
+    if (rc != CM_OK) {
+        free(s);
+        return rc;
+    }
+    snprintf(s->version, sizeof(s->version), "%s", version);
+
+    s->cat = calloc(n_movies + 1, sizeof(cm_movie_t));
+    s->item_cat = malloc(((size_t) s->m->n_items + 1) * sizeof(int32_t));
+    s->pop_order = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
+    s->tk_idx = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
+    s->tk_score = malloc(((size_t) s->m->n_items + 1) * sizeof(float));
+    s->seen_buf = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
+    if (s->cat == NULL || s->item_cat == NULL || s->pop_order == NULL
+        || s->tk_idx == NULL || s->tk_score == NULL || s->seen_buf == NULL)
+    {
+        cm_rs_server_free(s);
+        return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+    }
+    for (i = 0; i < n_movies; i++) {
+        s->cat[i] = movies[i];
+        s->cat[i].title = cm_rs_clean_title(movies[i].title != NULL
+                                            ? movies[i].title : "");
+        s->ncat++;
+        if (s->cat[i].title == NULL) {
+            cm_rs_server_free(s);
+            return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+        }
+    }
+    qsort(s->cat, s->ncat, sizeof(cm_movie_t), cm_rss_movie_cmp);
+
+    for (i = 0; i < s->m->n_items; i++) {
+        key.id = s->m->item_ext[i];
+        hit = s->ncat > 0 ? bsearch(&key, s->cat, s->ncat, sizeof(cm_movie_t),
+                                    cm_rss_movie_cmp)
+                          : NULL;
+        s->item_cat[i] = hit != NULL ? (int32_t) (hit - s->cat) : -1;
+        s->pop_order[i] = (uint32_t) i;
+    }
+    cm_rss_sort_srv = s;
+    qsort(s->pop_order, s->m->n_items, sizeof(uint32_t), cm_rss_pop_cmp);
+    cm_rss_sort_srv = NULL;
+
+    *out = s;
+    return CM_OK;
+}
+
+
+const char *
+cm_rs_server_version(const cm_rs_server_t *s)
+{
+    return s->version;
+}
+
+
+const cm_rs_model_t *
+cm_rs_server_model(const cm_rs_server_t *s)
+{
+    return s->m;
+}
+
+
+size_t
+cm_rs_server_overlay_users(const cm_rs_server_t *s)
+{
+    return s->nov;
+}
+
+
+static cm_rss_user_t *
+cm_rss_find_user(cm_rs_server_t *s, int32_t user)
+{
+    size_t lo = 0, hi = s->nov, mid;
+
+    while (lo < hi) {
+        mid = (lo + hi) / 2;
+        if (s->ov[mid].user == user) {
+            return &s->ov[mid];
+        }
+        if (s->ov[mid].user < user) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return NULL;
+}
+
+
+static json_t *
+cm_rss_movie_json(const cm_rs_server_t *s, uint32_t item, int full)
+{
+    const cm_movie_t  *mv;
+    json_t            *o, *g;
+    int                i;
+
+    o = json_object();
+    if (o == NULL) {
+        return NULL;
+    }
+    json_object_set_new(o, "movie_id", json_integer(s->m->item_ext[item]));
+    if (s->item_cat[item] < 0) {
+        json_object_set_new(o, "title", json_null());
+        if (full) {
+            json_object_set_new(o, "year", json_null());
+            json_object_set_new(o, "genres", json_array());
+        }
+        return o;
+    }
+    mv = &s->cat[s->item_cat[item]];
+    json_object_set_new(o, "title", json_string(mv->title));
+    if (full) {
+        json_object_set_new(o, "year", mv->year > 0 ? json_integer(mv->year)
+                                                    : json_null());
+        g = json_array();
+        for (i = 1; i < CM_ML_N_GENRES && g != NULL; i++) {
+            if (mv->genres & (1u << i)) {
+                json_array_append_new(g, json_string(cm_ml_genre_name(i)));
+            }
+        }
+        json_object_set_new(o, "genres", g != NULL ? g : json_array());
+    }
+    return o;
+}
+
+
+static int
+cm_rss_passes(const cm_rs_server_t *s, uint32_t item, const cm_rs_rec_req_t *q)
+{
+    const cm_movie_t *mv;
+
+    if (q->genres == 0 && q->year_min == 0 && q->year_max == 0) {
+        return 1;
+    }
+    if (s->item_cat[item] < 0) {
+        return 0;   /* nothing known about it: no filter can match */
+    }
+    mv = &s->cat[s->item_cat[item]];
+    if (q->genres != 0 && (mv->genres & q->genres) == 0) {
+        return 0;
+    }
+    if (q->year_min != 0 && (mv->year == 0 || mv->year < q->year_min)) {
+        return 0;
+    }
+    if (q->year_max != 0 && (mv->year == 0 || mv->year > q->year_max)) {
+        return 0;
+    }
+    return 1;
+}
+
+
+static char *
+cm_rss_dump(json_t *o)
+{
+    char *txt = json_dumps(o, CM_RSS_JSON_FLAGS);
+
+    json_decref(o);
+    return txt;
+}
+
+
+static json_t *
+cm_rss_popular_list(cm_rs_server_t *s, const cm_rs_rec_req_t *q, int rec)
+{
+    json_t    *arr, *o;
+    uint32_t   i, item, got = 0;
+
+    arr = json_array();
+    for (i = 0; i < s->m->n_items && got < q->k && arr != NULL; i++) {
+        item = s->pop_order[i];
+        if (!cm_rss_passes(s, item, q)) {
+            continue;
+        }
+        o = cm_rss_movie_json(s, item, rec);
+        if (o == NULL) {
+            continue;
+        }
+        if (rec) {
+            json_object_set_new(o, "score", json_real(s->m->pop[item]));
+        } else {
+            json_object_set_new(o, "popularity_score",
+                                json_real(s->m->pop[item]));
+        }
+        json_array_append_new(arr, o);
+        got++;
+    }
+    return arr;
+}
+
+
+int
+cm_rs_server_popular(cm_rs_server_t *s, uint32_t k, uint32_t genres,
+                     char **out)
+{
+    cm_rs_rec_req_t  q;
+    json_t          *o;
+
+    memset(&q, 0, sizeof(q));
+    q.k = k < 1 ? 1 : (k > CM_RSS_MAX_K ? CM_RSS_MAX_K : k);
+    q.genres = genres;
+    o = json_pack("{s:s, s:s, s:o}",
+                  "source", genres != 0 ? "genre_popularity" : "popularity",
+                  "model_version", s->version,
+                  "recommendations", cm_rss_popular_list(s, &q, 0));
+    *out = o != NULL ? cm_rss_dump(o) : NULL;
+    return *out != NULL ? CM_OK : CM_ENOMEM;
+}
+
+
+/* The user's seen items (dense, ascending) and their (possibly
+ * reconstructed) ratings; returns the count. */
+static size_t
+cm_rss_seen(cm_rs_server_t *s, int64_t dense, cm_rss_user_t *ov,
+            const uint32_t **items)
+{
+    if (ov != NULL) {
+        *items = ov->items;
+        return ov->n;
+    }
+    if (dense < 0) {
+        *items = NULL;
+        return 0;
+    }
+    *items = s->m->seen_idx + s->m->seen_ptr[dense];
+    return (size_t) (s->m->seen_ptr[dense + 1] - s->m->seen_ptr[dense]);
+}
+
+
+static float
+cm_rss_cosine(const cm_rs_model_t *m, uint32_t a, uint32_t b)
+{
+    const float  *va = m->V + (size_t) a * m->factors;
+    const float  *vb = m->V + (size_t) b * m->factors;
+    float         dot = 0.0f, den;
+    uint32_t      f;
+
+    for (f = 0; f < m->factors; f++) {
+        dot += va[f] * vb[f];
+    }
+    den = m->v_norm[a] * m->v_norm[b];
+    return den > 0.0f ? dot / den : 0.0f;
+}
+
+
+/* Liked items for explanations: rating >= 4 (or the best ones). */
+static size_t
+cm_rss_liked(cm_rs_server_t *s, const float *scores, cm_rss_user_t *ov,
+             const uint32_t *seen, size_t nseen, uint32_t *liked)
+{
+    size_t  i, n = 0;
+    float   r;
+
+    for (i = 0; i < nseen && n < CM_RSS_BECAUSE_MAX; i++) {
+        r = ov != NULL ? ov->ratings[i] : scores[seen[i]];
+        if (r >= CM_RSS_LIKED) {
+            liked[n++] = seen[i];
+        }
+    }
+    return n;
+}
+
+
+static char *
+cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
+                     float *scores, int64_t dense, cm_rss_user_t *ov)
+{
+    json_t          *o, *arr, *r, *b;
+    const uint32_t  *seen;
+    size_t           nseen, i, j, n, nliked;
+    uint32_t         liked[CM_RSS_BECAUSE_MAX], best;
+    float            sim, best_sim;
+    const char      *reason = NULL;
+
+    nseen = cm_rss_seen(s, dense, ov, &seen);
+    if (q->user == 0) {
+        reason = "no_user";
+    } else if (dense < 0 && ov == NULL) {
+        reason = "unknown_user";
+    } else if (nseen == 0) {
+        reason = "no_ratings";
+    } else if (s->m->algo == CM_RS_POP) {
+        reason = "popularity_model";
+    }
+
+    o = json_object();
+    if (o == NULL) {
+        return NULL;
+    }
+    json_object_set_new(o, "user_id", q->user != 0 ? json_integer(q->user)
+                                                   : json_null());
+    json_object_set_new(o, "model_version", json_string(s->version));
+
+    if (reason != NULL) {
+        json_object_set_new(o, "is_fallback", json_true());
+        json_object_set_new(o, "fallback_reason", json_string(reason));
+        json_object_set_new(o, "recommendations",
+                            cm_rss_popular_list(s, q, 1));
+        return cm_rss_dump(o);
+    }
+
+    /* filters make an item impossible rather than removing it, so the
+     * top-K runs once over the whole row */
+    for (i = 0; i < s->m->n_items; i++) {
+        if (!cm_rss_passes(s, (uint32_t) i, q)) {
+            scores[i] = -INFINITY;
+        }
+    }
+    nliked = s->m->factors > 0
+             ? cm_rss_liked(s, scores, ov, seen, nseen, liked) : 0;
+
+    n = cm_rs_topk(scores, s->m->n_items, q->exclude_seen ? seen : NULL,
+                   q->exclude_seen ? nseen : 0, q->k, s->tk_idx, s->tk_score);
+
+    arr = json_array();
+    for (i = 0; i < n && arr != NULL; i++) {
+        if (isinf(s->tk_score[i])) {
+            break;   /* fewer than k items pass the filters */
+        }
+        r = cm_rss_movie_json(s, s->tk_idx[i], 1);
+        if (r == NULL) {
+            continue;
+        }
+        json_object_set_new(r, "score", json_real(s->tk_score[i]));
+        best = UINT32_MAX;
+        best_sim = -2.0f;
+        for (j = 0; j < nliked; j++) {
+            if (liked[j] == s->tk_idx[i]) {
+                continue;
+            }
+            sim = cm_rss_cosine(s->m, s->tk_idx[i], liked[j]);
+            if (sim > best_sim) {
+                best_sim = sim;
+                best = liked[j];
+            }
+        }
+        if (best != UINT32_MAX) {
+            b = cm_rss_movie_json(s, best, 0);
+            if (b != NULL) {
+                json_object_set_new(r, "because", b);
+            }
+        }
+        json_array_append_new(arr, r);
+    }
+    json_object_set_new(o, "is_fallback", json_false());
+    json_object_set_new(o, "fallback_reason", json_null());
+    json_object_set_new(o, "recommendations", arr != NULL ? arr : json_array());
+    return cm_rss_dump(o);
+}
+
+
+int
+cm_rs_server_recommend_batch(cm_rs_server_t *s, const cm_rs_rec_req_t *reqs,
+                             size_t n, char **out)
+{
+    size_t      i, nb = 0, need, ni = s->m->n_items;
+    uint32_t   *batch;
+    int64_t    *dense;
+    float      *sc;
+    cm_rss_user_t *ov;
+
+    batch = malloc((n + 1) * sizeof(uint32_t));
+    dense = malloc((n + 1) * sizeof(int64_t));
+    if (batch == NULL || dense == NULL) {
+        free(batch);
+        free(dense);
+        return CM_ENOMEM;
+    }
+
+    /* one row per request; dataset users share one SGEMM */
+    for (i = 0; i < n; i++) {
+        dense[i] = reqs[i].user > 0
+                   ? cm_rs_find_id(s->m->user_ext, s->m->n_users, reqs[i].user)
+                   : -1;
+        if (dense[i] >= 0 && cm_rss_find_user(s, reqs[i].user) == NULL) {
+            batch[nb++] = (uint32_t) dense[i];
+        }
+    }
+    need = (n + 1) * ni;
+    if (need > s->scores_cap) {
+        sc = realloc(s->scores, need * sizeof(float));
+        if (sc == NULL) {
+            free(batch);
+            free(dense);
+            return CM_ENOMEM;
+        }
+        s->scores = sc;
+        s->scores_cap = need;
+    }
+    /* rows 0..nb-1 of scratch: the SGEMM; row n: per-request work row */
+    if (nb > 0 && cm_rs_score_users(s->m, batch, nb, s->scores) != CM_OK) {
+        nb = 0;
+    }
+
+    nb = 0;
+    for (i = 0; i < n; i++) {
+        float *work = s->scores + n * ni;
+
+        ov = reqs[i].user > 0 ? cm_rss_find_user(s, reqs[i].user) : NULL;
+        if (ov != NULL) {
+            cm_rs_score_vector(s->m, ov->x, ov->bias, work);
+        } else if (dense[i] >= 0) {
+            memcpy(work, s->scores + nb * ni, ni * sizeof(float));
+            nb++;
+        } else {
+            memset(work, 0, ni * sizeof(float));
+        }
+        out[i] = cm_rss_recommend_one(s, &reqs[i], work, dense[i], ov);
+    }
+    free(batch);
+    free(dense);
+    return CM_OK;
+}
+
+
+int
+cm_rs_server_similar(cm_rs_server_t *s, int32_t movie, uint32_t k,
+                     char **out, char *err, size_t errlen)
+{
+    int64_t   item;
+    size_t    n = 0, i;
+    json_t   *o, *arr, *r;
+    int       rc;
+
+    *out = NULL;
+    item = cm_rs_find_id(s->m->item_ext, s->m->n_items, movie);
+    if (item < 0) {
+        return cm_seterr(err, errlen, CM_ENOTFOUND, "movie %d is not known"
+                         " to model version %s", movie, s->version);
+    }
+    if (s->m->factors == 0) {
+        return cm_seterr(err, errlen, CM_EINVAL, "model version %s has no"
+                         " item factors", s->version);
+    }
+    k = k < 1 ? 1 : (k > CM_RSS_MAX_K ? CM_RSS_MAX_K : k);
+    rc = cm_rs_similar_items(s->m, (uint32_t) item, k, s->tk_idx, s->tk_score,
+                             &n);
+    if (rc != CM_OK) {
+        return cm_seterr(err, errlen, rc, "similarity failed");
+    }
+    arr = json_array();
+    for (i = 0; i < n && arr != NULL; i++) {
+        r = cm_rss_movie_json(s, s->tk_idx[i], 0);
+        if (r != NULL) {
+            json_object_set_new(r, "score", json_real(s->tk_score[i]));
+            json_array_append_new(arr, r);
+        }
+    }
+    o = cm_rss_movie_json(s, (uint32_t) item, 0);
+    if (o == NULL) {
+        json_decref(arr);
+        return CM_ENOMEM;
+    }
+    json_object_set_new(o, "model_version", json_string(s->version));
+    json_object_set_new(o, "similar_items", arr != NULL ? arr : json_array());
+    *out = cm_rss_dump(o);
+    return *out != NULL ? CM_OK : CM_ENOMEM;
+}
+
+
+int
+cm_rs_server_predict(cm_rs_server_t *s, int32_t user, const int32_t *movies,
+                     size_t n, char **out, char *err, size_t errlen)
+{
+    int64_t         dense, item;
+    size_t          i;
+    uint32_t        u;
+    float          *row;
+    json_t         *o, *arr, *p;
+    cm_rss_user_t  *ov;
+    int             fallback;
+
+    *out = NULL;
+    if (n == 0 || n > CM_RSS_MAX_PREDICT) {
+        return cm_seterr(err, errlen, CM_EINVAL, "movie_ids must hold 1..%d"
+                         " ids", CM_RSS_MAX_PREDICT);
+    }
+    row = s->scores_cap >= s->m->n_items ? s->scores
+                                         : malloc(s->m->n_items
+                                                  * sizeof(float) + 1);
+    if (row == NULL) {
+        return CM_ENOMEM;
+    }
+    ov = cm_rss_find_user(s, user);
+    dense = cm_rs_find_id(s->m->user_ext, s->m->n_users, user);
+    fallback = ov == NULL && dense < 0;
+    if (ov != NULL) {
+        cm_rs_score_vector(s->m, ov->x, ov->bias, row);
+    } else if (dense >= 0) {
+        u = (uint32_t) dense;
+        cm_rs_score_users(s->m, &u, 1, row);
+    }
+    arr = json_array();
+    for (i = 0; i < n && arr != NULL; i++) {
+        item = cm_rs_find_id(s->m->item_ext, s->m->n_items, movies[i]);
+        p = json_object();
+        if (p == NULL) {
+            continue;
+        }
+        json_object_set_new(p, "movie_id", json_integer(movies[i]));
+        if (item < 0 || s->m->algo == CM_RS_POP || s->m->algo == CM_RS_IALS) {
+            json_object_set_new(p, "rating", json_null());
+        } else {
+            float r = fallback ? s->m->mean + s->m->bi[item] : row[item];
+
+            r = r < 0.5f ? 0.5f : (r > 5.0f ? 5.0f : r);
+            json_object_set_new(p, "rating", json_real(r));
+        }
+        json_array_append_new(arr, p);
+    }
+    if (row != s->scores) {
+        free(row);
+    }
+    o = json_pack("{s:i, s:s, s:b, s:o}", "user_id", (json_int_t) user,
+                  "model_version", s->version, "is_fallback", fallback,
+                  "predictions", arr != NULL ? arr : json_array());
+    *out = o != NULL ? cm_rss_dump(o) : NULL;
+    return *out != NULL ? CM_OK : CM_ENOMEM;
+}
+
+
+
+static cm_rss_user_t *
+cm_rss_add_user(cm_rs_server_t *s, int32_t user)
+{
+    cm_rss_user_t  *ov, u;
+    size_t          pos;
+
+    if (s->nov == s->ovcap) {
+        size_t cap = s->ovcap ? s->ovcap * 2 : 16;
+
+        ov = realloc(s->ov, cap * sizeof(cm_rss_user_t));
+        if (ov == NULL) {
+            return NULL;
+        }
+        s->ov = ov;
+        s->ovcap = cap;
+    }
+    memset(&u, 0, sizeof(u));
+    u.user = user;
+    u.x = calloc(s->m->factors + 1, sizeof(float));
+    if (u.x == NULL) {
+        return NULL;
+    }
+    for (pos = 0; pos < s->nov && s->ov[pos].user < user; pos++) {
+        /* keep the overlay sorted */
+    }
+    memmove(&s->ov[pos + 1], &s->ov[pos], (s->nov - pos) * sizeof(u));
+    s->ov[pos] = u;
+    s->nov++;
+    return &s->ov[pos];
+}
+
+
+static int
+cm_rss_set_rating(cm_rss_user_t *u, uint32_t item, float r)
+{
+    size_t    lo = 0, hi = u->n, mid;
+    uint32_t *ni;
+    float    *nr;
+
+    while (lo < hi) {
+        mid = (lo + hi) / 2;
+        if (u->items[mid] == item) {
+            u->ratings[mid] = r;
+            return CM_OK;
+        }
+        if (u->items[mid] < item) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (u->n >= CM_RSS_MAX_FOLD) {
+        return CM_EINVAL;
+    }
+    if (u->n == u->cap) {
+        uint32_t cap = u->cap ? u->cap * 2 : 16;
+
+        ni = realloc(u->items, cap * sizeof(uint32_t));
+        if (ni == NULL) {
+            return CM_ENOMEM;
+        }
+        u->items = ni;
+        nr = realloc(u->ratings, cap * sizeof(float));
+        if (nr == NULL) {
+            return CM_ENOMEM;
+        }
+        u->ratings = nr;
+        u->cap = cap;
+    }
+    memmove(&u->items[lo + 1], &u->items[lo], (u->n - lo) * sizeof(uint32_t));
+    memmove(&u->ratings[lo + 1], &u->ratings[lo], (u->n - lo) * sizeof(float));
+    u->items[lo] = item;
+    u->ratings[lo] = r;
+    u->n++;
+    return CM_OK;
+}
+
+
+int
+cm_rs_server_fold_in(cm_rs_server_t *s, int32_t user, const int32_t *movies,
+                     const float *ratings, size_t n, char *err, size_t errlen)
+{
+    cm_rss_user_t  *u;
+    int64_t         dense, item;
+    size_t          i, nseen;
+    uint32_t        d;
+    float          *row;
+    int             rc;
+
+    if (user <= 0) {
+        return cm_seterr(err, errlen, CM_EINVAL, "user id must be positive");
+    }
+    if (s->m->factors == 0) {
+        return cm_seterr(err, errlen, CM_EINVAL, "model version %s has no"
+                         " factors to fold in", s->version);
+    }
+    for (i = 0; i < n; i++) {
+        if (!(ratings[i] >= 0.5f && ratings[i] <= 5.0f)) {
+            return cm_seterr(err, errlen, CM_EINVAL, "rating out of range");
+        }
+    }
+    u = cm_rss_find_user(s, user);
+    if (u == NULL) {
+        u = cm_rss_add_user(s, user);
+        if (u == NULL) {
+            return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+        }
+        /* a dataset user keeps its training items; the artifact holds no
+         * rating values, so the model's reconstruction stands in */
+        dense = cm_rs_find_id(s->m->user_ext, s->m->n_users, user);
+        if (dense >= 0) {
+            row = malloc((size_t) s->m->n_items * sizeof(float) + 1);
+            if (row == NULL) {
+                return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+            }
+            d = (uint32_t) dense;
+            cm_rs_score_users(s->m, &d, 1, row);
+            nseen = (size_t) (s->m->seen_ptr[d + 1] - s->m->seen_ptr[d]);
+            for (i = 0; i < nseen; i++) {
+                uint32_t it = s->m->seen_idx[s->m->seen_ptr[d] + i];
+                float    r = row[it] < 0.5f ? 0.5f
+                             : (row[it] > 5.0f ? 5.0f : row[it]);
+
+                if (cm_rss_set_rating(u, it, r) != CM_OK) {
+                    break;
+                }
+            }
+            free(row);
+        }
+    }
+    for (i = 0; i < n; i++) {
+        item = cm_rs_find_id(s->m->item_ext, s->m->n_items, movies[i]);
+        if (item < 0) {
+            continue;   /* a movie the model never saw carries no signal */
+        }
+        rc = cm_rss_set_rating(u, (uint32_t) item, ratings[i]);
+        if (rc != CM_OK) {
+            return cm_seterr(err, errlen, rc, "too many ratings for user %d",
+                             user);
+        }
+    }
+    if (u->n == 0) {
+        return CM_OK;
+    }
+    rc = cm_rs_fold_in(s->m, u->items, u->ratings, u->n, 0.0f, u->x,
+                       &u->bias);
+    return rc == CM_OK ? CM_OK
+                       : cm_seterr(err, errlen, rc, "fold-in solve failed");
+}

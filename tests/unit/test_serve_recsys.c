@@ -1,0 +1,414 @@
+/*
+ * test_serve_recsys.c: what the inference daemon answers for recsys
+ * requests, on a small synthetic catalogue and a trained ALS artifact.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+
+#include "cinematch/common.h"
+#include "cinematch/recsys.h"
+#include "cinematch/serve_recsys.h"
+#include "cinematch/synth.h"
+
+typedef struct {
+    cm_rs_server_t  *srv;
+    cm_synth_t      *syn;
+    cm_ratings_t     all;
+    char             path[128];
+} fixture_t;
+
+static fixture_t F;
+
+
+static int
+setup(void **state)
+{
+    cm_synth_conf_t     sc;
+    cm_rs_train_conf_t  tc;
+    cm_rs_data_t        d;
+    cm_rs_model_t      *m;
+    cm_ratings_t        one;
+    const cm_movies_t  *mv;
+    char                err[256];
+    uint32_t            u;
+    size_t              i;
+
+    memset(&F, 0, sizeof(F));
+    memset(&one, 0, sizeof(one));
+    cm_synth_conf_default(&sc);
+    sc.n_users = 120;
+    sc.n_items = 300;
+    sc.n_ratings = 6000;
+    sc.seed = 7;
+    if (cm_synth_create(&sc, &F.syn, err, sizeof(err)) != CM_OK) {
+        return -1;
+    }
+    for (u = 0; u < sc.n_users; u++) {
+        cm_synth_user(F.syn, u, &one);
+        for (i = 0; i < one.n; i++) {
+            cm_ratings_push(&F.all, &one.v[i]);
+        }
+    }
+    cm_ratings_free(&one);
+    if (cm_rs_data_build(F.all.v, F.all.n, &d, err, sizeof(err)) != CM_OK) {
+        return -1;
+    }
+    cm_rs_train_conf_default(&tc);
+    tc.factors = 8;
+    tc.iters = 6;
+    tc.reg = 0.05f;
+    if (cm_rs_train(&d, &tc, &m, err, sizeof(err)) != CM_OK) {
+        return -1;
+    }
+    snprintf(F.path, sizeof(F.path), "/tmp/cm-test-serve-%d.cmrs",
+             (int) getpid());
+    if (cm_rs_model_write(m, F.path, err, sizeof(err)) != CM_OK) {
+        return -1;
+    }
+    cm_rs_model_free(m);
+    cm_rs_data_free(&d);
+    mv = cm_synth_movies(F.syn);
+    if (cm_rs_server_open(&F.srv, F.path, "3", mv->v, mv->n, err,
+                          sizeof(err)) != CM_OK)
+    {
+        fprintf(stderr, "open: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+
+static int
+teardown(void **state)
+{
+    cm_rs_server_free(F.srv);
+    cm_synth_destroy(F.syn);
+    cm_ratings_free(&F.all);
+    unlink(F.path);
+    return 0;
+}
+
+
+static json_t *
+recommend(int32_t user, uint32_t k, int excl, uint32_t genres, int32_t ymin,
+          int32_t ymax)
+{
+    cm_rs_rec_req_t  q = { user, k, excl, genres, ymin, ymax };
+    char            *out = NULL;
+    json_t          *j;
+
+    assert_int_equal(cm_rs_server_recommend_batch(F.srv, &q, 1, &out), CM_OK);
+    assert_non_null(out);
+    j = json_loads(out, 0, NULL);
+    free(out);
+    assert_non_null(j);
+    return j;
+}
+
+
+static int
+user_rated(int32_t user, int32_t movie)
+{
+    size_t i;
+
+    for (i = 0; i < F.all.n; i++) {
+        if (F.all.v[i].user == user && F.all.v[i].item == movie) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+static void
+test_known_user_gets_k_unseen_items_best_first(void **state)
+{
+    json_t   *j = recommend(5, 10, 1, 0, 0, 0), *recs, *r;
+    size_t    i;
+    double    prev = 1e9;
+    int       because = 0;
+
+    assert_false(json_is_true(json_object_get(j, "is_fallback")));
+    assert_string_equal(json_string_value(json_object_get(j, "model_version")),
+                        "3");
+    assert_int_equal(json_integer_value(json_object_get(j, "user_id")), 5);
+    recs = json_object_get(j, "recommendations");
+    assert_int_equal(json_array_size(recs), 10);
+    json_array_foreach(recs, i, r) {
+        double s = json_real_value(json_object_get(r, "score"));
+
+        assert_true(s <= prev);
+        prev = s;
+        assert_false(user_rated(5, (int32_t) json_integer_value(
+                                        json_object_get(r, "movie_id"))));
+        assert_non_null(json_string_value(json_object_get(r, "title")));
+        assert_true(json_is_array(json_object_get(r, "genres")));
+        because += json_object_get(r, "because") != NULL;
+    }
+    assert_true(because > 0);
+    json_decref(j);
+}
+
+
+static void
+test_unknown_user_falls_back_to_popular(void **state)
+{
+    json_t  *j = recommend(999999, 5, 1, 0, 0, 0), *p;
+    char    *pop = NULL;
+
+    assert_true(json_is_true(json_object_get(j, "is_fallback")));
+    assert_string_equal(json_string_value(json_object_get(j,
+                                          "fallback_reason")),
+                        "unknown_user");
+    assert_int_equal(json_array_size(json_object_get(j, "recommendations")),
+                     5);
+    /* the same films, in the same order, as /popular */
+    assert_int_equal(cm_rs_server_popular(F.srv, 5, 0, &pop), CM_OK);
+    p = json_loads(pop, 0, NULL);
+    free(pop);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(
+            json_object_get(j, "recommendations"), 0), "movie_id")),
+        json_integer_value(json_object_get(json_array_get(
+            json_object_get(p, "recommendations"), 0), "movie_id")));
+    assert_string_equal(json_string_value(json_object_get(p, "source")),
+                        "popularity");
+    json_decref(p);
+    json_decref(j);
+
+    j = recommend(0, 3, 1, 0, 0, 0);
+    assert_string_equal(json_string_value(json_object_get(j,
+                                          "fallback_reason")), "no_user");
+    json_decref(j);
+}
+
+
+static void
+test_genre_and_year_filters_hold_for_every_result(void **state)
+{
+    uint32_t  mask = 0;
+    json_t   *j, *r, *g;
+    size_t    i, k;
+    int       found;
+
+    assert_int_equal(cm_rs_parse_genres("Comedy,Drama", 12, &mask, NULL, 0),
+                     CM_OK);
+    j = recommend(7, 20, 1, mask, 1980, 2005);
+    json_array_foreach(json_object_get(j, "recommendations"), i, r) {
+        json_int_t y = json_integer_value(json_object_get(r, "year"));
+
+        assert_true(y >= 1980 && y <= 2005);
+        found = 0;
+        json_array_foreach(json_object_get(r, "genres"), k, g) {
+            found |= strcmp(json_string_value(g), "Comedy") == 0
+                     || strcmp(json_string_value(g), "Drama") == 0;
+        }
+        assert_true(found);
+    }
+    assert_true(json_array_size(json_object_get(j, "recommendations")) > 0);
+    json_decref(j);
+}
+
+
+static void
+test_parse_genres_rejects_unknown_and_empty_names(void **state)
+{
+    uint32_t  mask;
+    char      err[128];
+
+    assert_int_equal(cm_rs_parse_genres("Comedy,Nope", 11, &mask, err,
+                                        sizeof(err)), CM_EINVAL);
+    assert_non_null(strstr(err, "Nope"));
+    assert_int_equal(cm_rs_parse_genres("Comedy,,Drama", 13, &mask, NULL, 0),
+                     CM_EINVAL);
+    assert_int_equal(cm_rs_parse_genres("", 0, &mask, NULL, 0), CM_OK);
+    assert_int_equal(mask, 0);
+}
+
+
+static void
+test_similar_excludes_itself_and_404s_unknown(void **state)
+{
+    const cm_rs_model_t  *m = cm_rs_server_model(F.srv);
+    char                 *out = NULL, err[128];
+    json_t               *j, *r;
+    size_t                i;
+    int32_t               movie = m->item_ext[3];
+
+    assert_int_equal(cm_rs_server_similar(F.srv, movie, 5, &out, err,
+                                          sizeof(err)), CM_OK);
+    j = json_loads(out, 0, NULL);
+    free(out);
+    assert_int_equal(json_integer_value(json_object_get(j, "movie_id")),
+                     movie);
+    assert_int_equal(json_array_size(json_object_get(j, "similar_items")), 5);
+    json_array_foreach(json_object_get(j, "similar_items"), i, r) {
+        assert_true(json_integer_value(json_object_get(r, "movie_id"))
+                    != movie);
+        assert_true(json_real_value(json_object_get(r, "score")) <= 1.0001);
+    }
+    json_decref(j);
+    assert_int_equal(cm_rs_server_similar(F.srv, 77777777, 5, &out, err,
+                                          sizeof(err)), CM_ENOTFOUND);
+}
+
+
+static void
+test_fold_in_new_user_leaves_fallback_and_follows_taste(void **state)
+{
+    const cm_rs_model_t  *m = cm_rs_server_model(F.srv);
+    int32_t               movies[6];
+    float                 ratings[6] = { 5, 5, 5, 5, 5, 5 };
+    json_t               *j, *r;
+    size_t                i;
+
+    for (i = 0; i < 6; i++) {
+        movies[i] = m->item_ext[i * 7];
+    }
+    j = recommend(500001, 5, 1, 0, 0, 0);
+    assert_true(json_is_true(json_object_get(j, "is_fallback")));
+    json_decref(j);
+
+    assert_int_equal(cm_rs_server_fold_in(F.srv, 500001, movies, ratings, 6,
+                                          NULL, 0), CM_OK);
+    assert_int_equal(cm_rs_server_overlay_users(F.srv), 1);
+    j = recommend(500001, 5, 1, 0, 0, 0);
+    assert_false(json_is_true(json_object_get(j, "is_fallback")));
+    json_array_foreach(json_object_get(j, "recommendations"), i, r) {
+        json_int_t id = json_integer_value(json_object_get(r, "movie_id"));
+
+        /* what the user just rated is seen now */
+        assert_true(id != movies[0] && id != movies[5]);
+    }
+    json_decref(j);
+}
+
+
+static void
+test_fold_in_changes_a_dataset_users_recommendations_at_once(void **state)
+{
+    json_t   *before, *after;
+    int32_t   top;
+    float     r = 1.0f;
+    char     *a, *b;
+
+    before = recommend(9, 10, 1, 0, 0, 0);
+    top = (int32_t) json_integer_value(json_object_get(json_array_get(
+              json_object_get(before, "recommendations"), 0), "movie_id"));
+    /* the user dislikes the film we would have put first */
+    assert_int_equal(cm_rs_server_fold_in(F.srv, 9, &top, &r, 1, NULL, 0),
+                     CM_OK);
+    after = recommend(9, 10, 1, 0, 0, 0);
+    a = json_dumps(json_object_get(before, "recommendations"), 0);
+    b = json_dumps(json_object_get(after, "recommendations"), 0);
+    assert_string_not_equal(a, b);
+    assert_true(json_integer_value(json_object_get(json_array_get(
+        json_object_get(after, "recommendations"), 0), "movie_id")) != top);
+    free(a);
+    free(b);
+    json_decref(before);
+    json_decref(after);
+}
+
+
+static void
+test_fold_in_rejects_bad_ratings_and_users(void **state)
+{
+    int32_t  mv = cm_rs_server_model(F.srv)->item_ext[0];
+    float    bad = 5.5f, nan_r = 0.0f / 0.0f;
+
+    assert_int_equal(cm_rs_server_fold_in(F.srv, 3, &mv, &bad, 1, NULL, 0),
+                     CM_EINVAL);
+    assert_int_equal(cm_rs_server_fold_in(F.srv, 3, &mv, &nan_r, 1, NULL, 0),
+                     CM_EINVAL);
+    assert_int_equal(cm_rs_server_fold_in(F.srv, 0, &mv, &bad, 1, NULL, 0),
+                     CM_EINVAL);
+}
+
+
+static void
+test_batch_answers_equal_single_answers(void **state)
+{
+    cm_rs_rec_req_t  q[3] = { { 11, 5, 1, 0, 0, 0 }, { 888888, 5, 1, 0, 0, 0 },
+                              { 12, 7, 0, 0, 0, 0 } };
+    char            *batch[3], *one;
+    size_t           i;
+
+    assert_int_equal(cm_rs_server_recommend_batch(F.srv, q, 3, batch), CM_OK);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(cm_rs_server_recommend_batch(F.srv, &q[i], 1, &one),
+                         CM_OK);
+        assert_string_equal(batch[i], one);
+        free(one);
+        free(batch[i]);
+    }
+}
+
+
+static void
+test_predict_known_and_unknown_movies(void **state)
+{
+    const cm_rs_model_t  *m = cm_rs_server_model(F.srv);
+    int32_t               ids[2] = { m->item_ext[1], 99999999 };
+    char                 *out, err[64];
+    json_t               *j, *p;
+
+    assert_int_equal(cm_rs_server_predict(F.srv, 4, ids, 2, &out, err,
+                                          sizeof(err)), CM_OK);
+    j = json_loads(out, 0, NULL);
+    free(out);
+    p = json_object_get(j, "predictions");
+    assert_true(json_real_value(json_object_get(json_array_get(p, 0),
+                                                "rating")) >= 0.5);
+    assert_true(json_is_null(json_object_get(json_array_get(p, 1),
+                                             "rating")));
+    json_decref(j);
+    assert_int_equal(cm_rs_server_predict(F.srv, 4, ids, 0, &out, err,
+                                          sizeof(err)), CM_EINVAL);
+}
+
+
+static void
+test_clean_title_drops_only_a_year_suffix(void **state)
+{
+    char *t;
+
+    t = cm_rs_clean_title("Heat (1995)");
+    assert_string_equal(t, "Heat");
+    free(t);
+    t = cm_rs_clean_title("M*A*S*H (TV)");
+    assert_string_equal(t, "M*A*S*H (TV)");
+    free(t);
+    t = cm_rs_clean_title("(1995)");
+    assert_string_equal(t, "(1995)");
+    free(t);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_known_user_gets_k_unseen_items_best_first),
+        cmocka_unit_test(test_unknown_user_falls_back_to_popular),
+        cmocka_unit_test(test_genre_and_year_filters_hold_for_every_result),
+        cmocka_unit_test(test_parse_genres_rejects_unknown_and_empty_names),
+        cmocka_unit_test(test_similar_excludes_itself_and_404s_unknown),
+        cmocka_unit_test(test_fold_in_new_user_leaves_fallback_and_follows_taste),
+        cmocka_unit_test(test_fold_in_changes_a_dataset_users_recommendations_at_once),
+        cmocka_unit_test(test_fold_in_rejects_bad_ratings_and_users),
+        cmocka_unit_test(test_batch_answers_equal_single_answers),
+        cmocka_unit_test(test_predict_known_and_unknown_movies),
+        cmocka_unit_test(test_clean_title_drops_only_a_year_suffix),
+    };
+
+    return cmocka_run_group_tests_name("serve_recsys", tests, setup, teardown);
+}

@@ -1,0 +1,50 @@
+/*
+ * infer_models.h: the models `cinematch infer` serves and where they come
+ * from: the registry in PostgreSQL (production version of "recsys", the
+ * movies catalogue, and the app ratings folded in at load), or files given
+ * on the command line.  A reload loads beside the running model and swaps
+ * only on success: a corrupt or missing artifact leaves the old one
+ * serving and the reason in the segment's status.
+ */
+#ifndef CINEMATCH_INFER_MODELS_H
+#define CINEMATCH_INFER_MODELS_H
+
+#include <libpq-fe.h>
+
+#include "cinematch/ipc.h"
+#include "cinematch/serve_dialog.h"
+#include "cinematch/serve_recsys.h"
+
+#define CM_INFER_NOTIFY_CHANNEL  "cinematch_models"
+
+typedef struct {
+    const char       *dsn;            /* registry; NULL: files only */
+    const char       *artifact;       /* --recsys FILE */
+    const char       *movies;         /* --movies FILE (movies.csv) */
+    const char       *version;        /* --recsys-version, default "file" */
+    const char       *dialog;         /* --dialog DIR */
+    const char       *dialog_version;
+    int               max_seqs;       /* concurrent generations */
+    cm_rs_server_t   *rs;             /* serving now, or NULL */
+    cm_dlg_server_t  *dlg;            /* serving now, or NULL */
+    char              dlg_sha256[72];
+    char              rs_sha256[72];
+    PGconn           *listen;         /* LISTEN connection, or NULL */
+    char              status[128];
+} cm_infer_models_t;
+
+/* 1 when some model source is configured. */
+int cm_infer_models_configured(const cm_infer_models_t *mm);
+/* (Re)load; on failure the serving model stays and status says why.
+ * The dialog model is only swapped when no generation is running
+ * (*dialog_busy == 0); otherwise it is loaded on a later reload. */
+int cm_infer_models_load(cm_infer_models_t *mm, int dialog_busy);
+/* The table published in the segment header. */
+uint32_t cm_infer_models_table(const cm_infer_models_t *mm,
+    cm_ipc_model_t *out, uint32_t cap);
+/* LISTEN socket to poll, or -1; consume returns 1 when a reload is due. */
+int cm_infer_models_listen_fd(cm_infer_models_t *mm);
+int cm_infer_models_consume(cm_infer_models_t *mm);
+void cm_infer_models_free(cm_infer_models_t *mm);
+
+#endif /* CINEMATCH_INFER_MODELS_H */
