@@ -540,6 +540,20 @@ def test_large_bodies_buffered_to_a_temporary_file_are_read_back(workdir):
     assert not ngx.log_problems()
 
 
+def test_first_command_after_redis_returns_does_not_wait_out_the_backoff(
+        nginx, backends):
+    backends.redis.stop()
+    try:
+        for _ in range(10):
+            assert nginx.json("GET", "/internal/redis/echo/x")[0] == 503
+            time.sleep(0.2)
+    finally:
+        backends.redis.start()
+    time.sleep(0.15)
+    statuses = [nginx.json("GET", "/internal/redis/echo/x")[0] for _ in range(10)]
+    assert statuses == [200] * 10
+
+
 # ---- reload ----
 
 def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
