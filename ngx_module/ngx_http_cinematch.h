@@ -215,7 +215,8 @@ json_t *ngx_http_cinematch_pg_rows(PGresult *res);
 
 /*
  * reply is NULL when the command did not complete (timeout, connection
- * lost).  It belongs to hiredis and is only valid during the handler.
+ * lost or never made).  It belongs to hiredis and is only valid during the
+ * handler.
  * The return value is passed to ngx_http_finalize_request() when r is not
  * NULL; with r == NULL the command is fire-and-forget.
  */
