@@ -254,6 +254,18 @@ cm_drift_once(const cm_drift_cli_t *cli)
         fprintf(stderr, "cinematch drift: %s\n", err);
         return 1;
     }
+    /* one run at a time (a timer tick and a manual run would write two
+     * reports from the same data); the lock goes with the session */
+    r = cm_pg_query(c, "SELECT pg_try_advisory_lock(hashtext("
+                    "'cinematch.drift'))", 0, NULL, err, sizeof(err));
+    if (r == NULL || PQgetvalue(r, 0, 0)[0] != 't') {
+        fprintf(stderr, "cinematch drift: %s\n", r == NULL ? err
+                : "another drift run is in progress; nothing done");
+        PQclear(r);
+        rc = r == NULL ? 1 : 0;
+        goto done;
+    }
+    PQclear(r);
     if (cm_drift_hist(c, "SELECT (rating * 2)::int, count(*) FROM ratings"
                       " WHERE data_split = 'train' GROUP BY 1", hb, err,
                       sizeof(err)) != CM_OK

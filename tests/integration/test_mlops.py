@@ -369,3 +369,22 @@ def test_gate_keeps_production_when_candidate_is_worse(env, synth):
                    " model_versions") == "1production 2staging"
     gate = json.loads(env.sql("SELECT metrics->'gate' FROM training_runs WHERE id = 2"))
     assert gate["passed"] is False and gate["production"]["version"] == 1
+
+
+def test_ingest_directory_of_batches_takes_each_file_once(env, tmp_path):
+    env.run("ingest", "--movies", os.path.join(FIX, "ingest", "movies.csv"), check=True)
+    inc = tmp_path / "incoming"
+    inc.mkdir()
+    (inc / "week_001.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1000\n")
+    (inc / "week_002.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.0,2000\n"
+                                      "1,77,3.0,2000\n")
+    (inc / "notes.txt").write_text("not a batch\n")
+    r = env.run("ingest", "--data", str(inc), check=True)
+    assert r.stdout.count("batch ") == 2
+    (inc / "week_003.csv").write_text("userId,movieId,rating,timestamp\n2,3,5.0,3000\n")
+    r = env.run("ingest", "--data", str(inc), check=True)
+    assert r.stdout.count("already ingested") == 2
+    assert env.sql("SELECT string_agg(file_name, ',' ORDER BY id) FROM"
+                   " ingestion_batches").count("week_") == 3
+    assert env.sql("SELECT count(*) FROM ratings_buffer") == "3"
+    assert env.sql("SELECT reason FROM ingestion_rejects") == "unknown movie id 77"
