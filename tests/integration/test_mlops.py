@@ -388,3 +388,24 @@ def test_ingest_directory_of_batches_takes_each_file_once(env, tmp_path):
                    " ingestion_batches").count("week_") == 3
     assert env.sql("SELECT count(*) FROM ratings_buffer") == "3"
     assert env.sql("SELECT reason FROM ingestion_rejects") == "unknown movie id 77"
+
+
+def test_sigterm_during_training_marks_the_run_canceled_at_once(env, synth):
+    env.run("ingest", "--data", str(synth), "--target", "ratings", "--split",
+            "temporal-user:0.2", check=True)
+    env.run("train", "recsys", "--from-db", "--promote-if-better", "--factors", "4",
+            "--iters", "2", check=True)
+    p = subprocess.Popen([BIN, "train", "recsys", "--from-db", "--promote-if-better",
+                          "--factors", "128", "--iters", "1000"], env=env.env(),
+                         cwd=str(env.tmp), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: env.sql("SELECT count(*) FROM training_runs WHERE status ="
+                               " 'running'") == "1", what="run row")
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert env.sql("SELECT status || ':' || error FROM training_runs WHERE id = 2") == \
+        "canceled:canceled by signal 15 during training; production untouched"
+    assert env.sql("SELECT string_agg(version || stage, ' ') FROM model_versions") == \
+        "1production"
