@@ -46,7 +46,8 @@ ifneq ($(NVCC),)
     CUDA_OBJ := $(CUDA_SRC:shared/cuda/%.cu=$(B)/cuda/%.o)
     CFLAGS   += -DCM_HAVE_CUDA=1
     CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
-    LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
+    LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas \
+                -lstdc++
   endif
 endif
 WRK_SRC  := $(wildcard workers/*.c)

@@ -92,6 +92,16 @@ own_var() {
 
 # ---- pid files ---------------------------------------------------------------
 
+# alive PID: the process exists and is not a zombie.  (A daemon whose
+# parent is gone is reaped by PID 1; where PID 1 does not reap, as in some
+# containers, a finished daemon stays a zombie and must count as stopped.)
+alive() {
+    local st
+    [ -r "/proc/$1/stat" ] || return 1
+    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
 # pid_of FILE COMM: the pid in FILE when that process is alive and its
 # command name is COMM (a recycled pid is someone else's process).
 pid_of() {
@@ -99,7 +109,7 @@ pid_of() {
     [ -f "$file" ] || return 1
     pid=$(head -n1 "$file" 2>/dev/null | tr -dc '0-9')
     [ -n "$pid" ] || return 1
-    kill -0 "$pid" 2>/dev/null || [ -d "/proc/$pid" ] || return 1
+    alive "$pid" || return 1
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || return 1
     printf '%s\n' "$pid"
 }
@@ -118,10 +128,10 @@ stop_pid() {
     fi
     kill "-$sig" "$pid" 2>/dev/null || true
     for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
         warn "$name (pid $pid) ignored SIG$sig for 15 s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.2
@@ -207,6 +217,38 @@ EOF
     fi
 }
 
+# Two roles, as in production: `cinematch` owns the schema and runs the
+# migrations; `cinematch_app` (what nginx connects as) may only read and
+# write rows.  Default privileges give it every table the owner creates
+# later; the GRANT ... ON ALL covers a database made before this existed.
+# Idempotent, run on every start after the migrations.
+pg_app_role() {
+    local apw
+    if [ ! -s "$VAR/secrets/pg_app_password" ]; then
+        (umask 077; openssl rand -hex 18 >"$VAR/secrets/pg_app_password")
+    fi
+    apw=$(cat "$VAR/secrets/pg_app_password")
+    (umask 077; printf 'host=127.0.0.1 port=%s dbname=cinematch user=cinematch_app password=%s\n' \
+        "$PG_PORT" "$apw" >"$VAR/secrets/pg_app_dsn")
+    PGPASSWORD=$(cat "$VAR/secrets/pg_password") "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h 127.0.0.1 -p "$PG_PORT" -U cinematch -d cinematch -v apw="$apw" \
+        >>"$LOG/initdb.log" 2>&1 <<'SQL' || die "creating role cinematch_app failed (log: $LOG/initdb.log)"
+SELECT format('CREATE ROLE cinematch_app LOGIN PASSWORD %L', :'apw')
+    WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cinematch_app') \gexec
+SELECT format('ALTER ROLE cinematch_app PASSWORD %L', :'apw') \gexec
+GRANT CONNECT ON DATABASE cinematch TO cinematch_app;
+GRANT USAGE ON SCHEMA public TO cinematch_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE cinematch IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO cinematch_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE cinematch IN SCHEMA public
+    GRANT USAGE, SELECT ON SEQUENCES TO cinematch_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO cinematch_app;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO cinematch_app;
+-- the history is the migrator's: the app may read the schema version only
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM cinematch_app;
+SQL
+}
+
 pg_stop() {
     local pid
     if ! pid=$(pg_pid); then
@@ -215,7 +257,7 @@ pg_stop() {
     as_svc "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null 2>&1 \
         || { warn "pg_ctl stop failed; SIGQUIT to $pid"; kill -QUIT "$pid" 2>/dev/null || true; }
     # pg_ctl returns once postmaster.pid is gone; the process exits just after
-    wait_for 10 sh -c "! kill -0 $pid 2>/dev/null && ! test -d /proc/$pid" \
+    wait_for 10 eval "! alive $pid" \
         || warn "postgres (pid $pid) is still exiting"
     say "postgres: stopped (pid $pid)"
 }
@@ -253,6 +295,10 @@ migrate() {
     "$BIN" migrate --dsn "$(pg_dsn)" --dir "$ROOT/sql" >>"$LOG/migrate.log" 2>&1 \
         || { tail -20 "$LOG/migrate.log"; die "cinematch migrate failed (log: $LOG/migrate.log)"; }
     tail -n1 "$LOG/migrate.log"
+    # what the daily timer does in production: a stack that lives for
+    # months keeps getting its request_logs partitions
+    "$BIN" maintain --dsn "$(pg_dsn)" >>"$LOG/maintain.log" 2>&1 \
+        || warn "cinematch maintain failed (log: $LOG/maintain.log); continuing"
 }
 
 # Hook: the data the stack serves.  The real MovieLens ml-latest-small is used
@@ -298,11 +344,33 @@ infer_start() {
         return 0
     fi
     rm -f "$RUN/infer-0.pid" "$INFER_SOCKET"
+    # The MLOps loop's first turn: the stack's data goes into PostgreSQL
+    # (cinematch ingest; a re-run is a no-op, by file sha256), and when the
+    # registry has no production recommender yet, one is trained from the
+    # database and promoted (the first model always passes the gate).  The
+    # daemon then serves the registry's production versions (--dsn) and
+    # reloads on promotion (NOTIFY).
+    local model=()
+    if [ -n "${DATA_DIR:-}" ] && "$BIN" ingest --help >/dev/null 2>&1; then
+        step "data: loading $DATA_DIR into PostgreSQL (cinematch ingest)"
+        "$BIN" ingest --data "$DATA_DIR" --target ratings --split temporal-user:0.2 \
+            --dsn "$(pg_dsn)" >>"$LOG/ingest.log" 2>&1 \
+            || warn "ingest failed (log: $LOG/ingest.log)"
+        if [ "$(as_svc "$PG_BIN/psql" "$(pg_dsn)" -tAc "SELECT count(*) FROM model_versions
+                WHERE model_name = 'recsys' AND stage = 'production'" 2>/dev/null)" = 0 ]; then
+            step "model: training a first recommender from the database"
+            CINEMATCH_MODEL_STORE=$VAR/lib/cinematch/models \
+                "$BIN" train recsys --from-db --promote-if-better --threads 2 \
+                --dsn "$(pg_dsn)" >>"$LOG/train.log" 2>&1 \
+                || warn "training failed (log: $LOG/train.log)"
+        fi
+        model=(--dsn "$(cat "$VAR/secrets/pg_app_dsn")")
+    fi
     own_var
     step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
     # setsid: its own session, so a terminal hangup does not reach it.
     "${AS_SVC[@]}" setsid "$BIN" infer --id 0 --socket "$INFER_SOCKET" --shm "$INFER_SHM" \
-        --pidfile "$RUN/infer-0.pid" >>"$LOG/infer-0.log" 2>&1 </dev/null &
+        --pidfile "$RUN/infer-0.pid" "${model[@]}" >>"$LOG/infer-0.log" 2>&1 </dev/null &
     pid=$!
     if ! wait_for 30 test -S "$INFER_SOCKET"; then
         kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
@@ -353,7 +421,7 @@ nginx_conf() {
            -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g"
            -e "s|@REDIS_PORT@|$REDIS_PORT|g" -e "s|@LISTEN@|$LISTEN|g"
            -e "s|@INFER_SOCKET@|$INFER_SOCKET|g" -e "s|@INFER_SHM@|$INFER_SHM|g"
-           -e "s|@PG_CONNINFO@|$(pg_dsn)|g")
+           -e "s|@PG_CONNINFO@|$(cat "$VAR/secrets/pg_app_dsn")|g")
     mkdir -p "$VAR/nginx/tmp"
     (umask 077; sed "${sedx[@]}" "$ROOT/conf/nginx.dev.conf" >"$out")
     grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z_]\+@' \
@@ -413,8 +481,7 @@ wait_ready() {
     done
     warn "GET https://$(probe_host):$HTTPS_PORT$path did not answer 200 within ${READY_TIMEOUT}s" \
          "(last: $code $(head -c 300 "$VAR/run/last-probe.body" 2>/dev/null))"
-    warn "the stack is left running for inspection; logs: $LOG/" \
-         "(nginx-error.log, infer-0.log, postgresql.log, redis.log); stop: ./build.sh stop"
+    warn "logs: $LOG/ (nginx-error.log, infer-0.log, postgresql.log, redis.log)"
     exit 1
 }
 
@@ -452,18 +519,26 @@ cinematch is up.
   API        https://$host:$HTTPS_PORT/   (self-signed: curl -k, or trust $VAR/tls/cert.pem)
              http://$host:$HTTP_PORT/
   health     https://$host:$HTTPS_PORT/health   ready: /ready   metrics: /metrics (from this host)
-  postgres   $PG_BIN/psql "\$(cat $VAR/secrets/pg_dsn)"
+  postgres   $PG_BIN/psql "\$(cat $VAR/secrets/pg_dsn)"   (owner; nginx uses pg_app_dsn)
   redis      redis-cli -p $REDIS_PORT
   logs       $LOG/  (nginx-error.log nginx-access.log infer-0.log postgresql.log redis.log migrate.log)
   stop       ./build.sh stop   (or conf/stack.sh stop)
 EOF
 }
 
+on_start_exit() {
+    local rc=$?
+    if [ $rc -ne 0 ] && { pg_pid || redis_pid || nginx_pid; } >/dev/null 2>&1; then
+        warn "start failed; what did start is still running (conf/stack.sh status);" \
+             "stop it with ./build.sh stop"
+    fi
+}
+
 cmd_start() {
     if all_running; then
         load_env
         say "the stack in $VAR is already running:"
-        cmd_status
+        cmd_status || true
         MODULE=0; [ -f "$MODULE_SO" ] && MODULE=1
         summary
         return 0
@@ -474,6 +549,8 @@ cmd_start() {
         say "part of the stack is running; starting the rest"
     fi
     [ -x "$BIN" ] || die "$BIN not built (run ./build.sh)"
+    # A failure half-way leaves what did start running, for inspection: say so.
+    trap on_start_exit EXIT
     # Check every port first: failing half-way would leave half a stack.
     pg_pid >/dev/null || need_port "$PG_PORT" postgres CINEMATCH_PG_PORT
     redis_pid >/dev/null || need_port "$REDIS_PORT" redis CINEMATCH_REDIS_PORT
@@ -489,11 +566,13 @@ cmd_start() {
     pg_start
     redis_start
     migrate
+    pg_app_role
     seed_data
     save_env
     infer_start
     nginx_start
     wait_ready
+    trap - EXIT
     summary
 }
 
@@ -507,22 +586,25 @@ cmd_stop() {
     rm -f "$RUN/last-probe.body"
 }
 
+# Exit status 0 when every component that exists runs, 3 otherwise (the LSB
+# "not running" code), so scripts can test it.
 cmd_status() {
-    local pid code
+    local pid down=0
     load_env
     if pid=$(pg_pid); then say "postgres  running  pid $pid  127.0.0.1:$PG_PORT"
-    else say "postgres  stopped"; fi
+    else say "postgres  stopped"; down=1; fi
     if pid=$(redis_pid); then say "redis     running  pid $pid  127.0.0.1:$REDIS_PORT"
-    else say "redis     stopped"; fi
+    else say "redis     stopped"; down=1; fi
     if pid=$(infer_pid); then say "infer     running  pid $pid  $INFER_SOCKET"
-    elif "$BIN" infer --help >/dev/null 2>&1; then say "infer     stopped"
+    elif "$BIN" infer --help >/dev/null 2>&1; then say "infer     stopped"; down=1
     else say "infer     not built"; fi
     if pid=$(nginx_pid); then
-        code=$(http_code /health)
-        say "nginx     running  pid $pid  https://127.0.0.1:$HTTPS_PORT  /health=$code /ready=$(http_code /ready)"
+        say "nginx     running  pid $pid  https://$(probe_host):$HTTPS_PORT" \
+            " /health=$(http_code /health) /ready=$(http_code /ready)"
     else
-        say "nginx     stopped"
+        say "nginx     stopped"; down=1
     fi
+    return $(( down ? 3 : 0 ))
 }
 
 case "${1:-}" in

@@ -37,6 +37,8 @@
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 
+#include "cinematch/common.h"      /* CM_E* codes of libcinematch */
+
 
 #ifndef NGX_HTTP_CINEMATCH_VERSION
 #define NGX_HTTP_CINEMATCH_VERSION  "0.0.0"
@@ -50,7 +52,7 @@
 /* route flags */
 #define NGX_HTTP_CINEMATCH_ROUTE_BODY      0x0001  /* read the body first */
 #define NGX_HTTP_CINEMATCH_ROUTE_JSON      0x0003  /* ... and parse it */
-#define NGX_HTTP_CINEMATCH_ROUTE_ECHO      0x0004  /* only with cinematch_echo */
+#define NGX_HTTP_CINEMATCH_ROUTE_ECHO      0x0004  /* needs cinematch_echo */
 
 
 /* upstreams counted by cinematch_upstream_errors_total */
@@ -97,7 +99,7 @@ typedef struct {
                                                         unix socket path */
     ngx_msec_t                      redis_timeout;
 
-    ngx_array_t                    *infer;   /* ngx_http_cinematch_infer_conf_t */
+    ngx_array_t                    *infer;  /* of ..._infer_conf_t */
 
     ngx_shm_zone_t                 *metrics_zone;
     ngx_int_t                       request_id_index;
@@ -122,6 +124,9 @@ struct ngx_http_cinematch_ctx_s {
 
     ngx_str_t                       body;         /* contiguous copy */
     json_t                         *json;         /* parsed body, or NULL */
+    off_t                           body_received;
+
+    unsigned                        body_too_large:1;
 
     void                           *data;         /* the handler's state */
 };
@@ -153,10 +158,18 @@ ngx_int_t ngx_http_cinematch_send_json(ngx_http_request_t *r,
     ngx_uint_t status, json_t *json);
 ngx_int_t ngx_http_cinematch_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
+ngx_int_t ngx_http_cinematch_send_error_json(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message, json_t *extra);
+ngx_int_t ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc);
 json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_body_size_check(ngx_http_request_t *r);
+ngx_int_t ngx_http_cinematch_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
+ngx_int_t ngx_http_cinematch_arg_int(ngx_http_request_t *r, const char *name,
+    ngx_int_t def, ngx_int_t min, ngx_int_t max, ngx_int_t *out);
+ngx_int_t ngx_http_cinematch_body_filter_init(ngx_conf_t *cf);
 void ngx_http_cinematch_wait(ngx_http_request_t *r);
 void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
 
@@ -166,6 +179,7 @@ void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
 ngx_int_t ngx_http_cinematch_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_cinematch_main_conf_t *cmcf);
 ngx_int_t ngx_http_cinematch_metrics_log_handler(ngx_http_request_t *r);
+time_t ngx_http_cinematch_metrics_start_time(void);
 void ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream);
 void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     ngx_uint_t depth);
@@ -192,6 +206,9 @@ ngx_int_t ngx_http_cinematch_pg_query(ngx_http_request_t *r, const char *sql,
     int nparams, const char *const *values,
     ngx_http_cinematch_pg_handler_pt handler, void *data);
 ngx_uint_t ngx_http_cinematch_pg_connected(void);
+json_t *ngx_http_cinematch_pg_value(PGresult *res, int row, int col);
+json_t *ngx_http_cinematch_pg_row(PGresult *res, int row);
+json_t *ngx_http_cinematch_pg_rows(PGresult *res);
 
 
 /* ngx_http_cinematch_redis.c */
@@ -211,7 +228,51 @@ void ngx_http_cinematch_redis_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_cinematch_redis_command(ngx_http_request_t *r,
     ngx_http_cinematch_redis_handler_pt handler, void *data, int argc,
     const char **argv, const size_t *argvlen);
+ngx_int_t ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
+    ngx_http_cinematch_redis_handler_pt handler, void *data,
+    const char *fmt, ...);
 ngx_uint_t ngx_http_cinematch_redis_connected(void);
+
+
+/* ngx_http_cinematch_sse.c: event streams with recycled buffers */
+
+typedef struct {
+    ngx_http_request_t             *request;
+    ngx_chain_t                    *free;
+    ngx_chain_t                    *busy;
+    ngx_chain_t                    *out;          /* being built */
+    ngx_chain_t                   **last;
+    ngx_buf_t                      *buf;          /* current out buffer */
+    ngx_event_t                     keepalive;    /* ": keep-alive" */
+    unsigned                        done:1;       /* last_buf sent */
+} ngx_http_cinematch_sse_t;
+
+/* JSON string body of src into dst (room for 6 * len bytes). */
+u_char *ngx_http_cinematch_json_text(u_char *dst, const u_char *src,
+    size_t len);
+/* 200 text/event-stream headers, keep-alive comments every 15 s. */
+ngx_int_t ngx_http_cinematch_sse_start(ngx_http_request_t *r,
+    ngx_http_cinematch_sse_t *sse);
+/* Room for need bytes at the returned pointer; commit the new end. */
+u_char *ngx_http_cinematch_sse_reserve(ngx_http_cinematch_sse_t *sse,
+    size_t need);
+void ngx_http_cinematch_sse_commit(ngx_http_cinematch_sse_t *sse,
+    u_char *last);
+/* Send what was committed (and end the stream with last_buf). */
+ngx_int_t ngx_http_cinematch_sse_flush(ngx_http_cinematch_sse_t *sse,
+    ngx_uint_t last_buf);
+/* From the write handler: push out what the client refused before. */
+ngx_int_t ngx_http_cinematch_sse_resume(ngx_http_cinematch_sse_t *sse);
+/* The client has not taken the previous output yet. */
+ngx_uint_t ngx_http_cinematch_sse_blocked(ngx_http_cinematch_sse_t *sse);
+
+
+/* ngx_http_cinematch_api_movies.c */
+
+ngx_int_t ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_movie_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
 
 
 /* ngx_http_cinematch_api_ops.c */
@@ -223,6 +284,12 @@ ngx_int_t ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_pg_sleep_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_redis_echo_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_pg_types_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_args_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
 
@@ -241,6 +308,26 @@ ngx_int_t ngx_http_cinematch_infer_init_process(ngx_cycle_t *cycle,
 void ngx_http_cinematch_infer_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_cinematch_infer_ready(ngx_http_request_t *r,
     json_t *check);
+
+#endif
+
+#if (NGX_HTTP_CINEMATCH_INFER)
+
+/* ngx_http_cinematch_api_recsys.c: recommendations via the daemon */
+ngx_int_t ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_similar_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+/* ngx_http_cinematch_api_chat.c: OpenAI-compatible chat */
+ngx_int_t ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_models_list_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
 
 #endif
 

@@ -21,6 +21,10 @@
 
 
 static ngx_int_t ngx_http_cinematch_request_id_valid(ngx_str_t *id);
+static ngx_uint_t ngx_http_cinematch_has_header(ngx_http_request_t *r,
+    ngx_str_t *key);
+static ngx_int_t ngx_http_cinematch_retry_after(ngx_http_request_t *r,
+    ngx_uint_t status);
 static void ngx_http_cinematch_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_body_done(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
@@ -28,6 +32,38 @@ static ngx_int_t ngx_http_cinematch_json_content_type(ngx_http_request_t *r);
 static u_char *ngx_http_cinematch_json_escape(u_char *dst, u_char *src,
     size_t len);
 static void ngx_http_cinematch_json_cleanup(void *data);
+static ngx_int_t ngx_http_cinematch_request_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
+typedef struct {
+    ngx_uint_t    status;
+    const char   *code;
+    const char   *message;
+} ngx_http_cinematch_status_t;
+
+
+static ngx_http_cinematch_status_t  ngx_http_cinematch_statuses[] = {
+    { NGX_HTTP_BAD_REQUEST, "invalid_request", "bad request" },
+    { NGX_HTTP_UNAUTHORIZED, "unauthenticated", "authentication required" },
+    { NGX_HTTP_FORBIDDEN, "forbidden", "forbidden" },
+    { NGX_HTTP_NOT_FOUND, "not_found", "not found" },
+    { NGX_HTTP_CONFLICT, "conflict", "conflict" },
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
+      "request body is too large" },
+    { NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+      "unsupported media type" },
+    { NGX_HTTP_TOO_MANY_REQUESTS, "rate_limited", "too many requests" },
+    { NGX_HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error" },
+    { NGX_HTTP_NOT_IMPLEMENTED, "not_implemented", "not implemented" },
+    { NGX_HTTP_BAD_GATEWAY, "bad_gateway", "bad gateway" },
+    { NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable", "service unavailable" },
+    { NGX_HTTP_GATEWAY_TIME_OUT, "timeout", "upstream timed out" },
+    { 0, NULL, NULL }
+};
+
+
+static ngx_http_request_body_filter_pt  ngx_http_cinematch_next_body_filter;
 
 
 static ngx_str_t  ngx_http_cinematch_request_id_header =
@@ -272,9 +308,42 @@ ngx_http_cinematch_send_json(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+static ngx_uint_t
+ngx_http_cinematch_has_header(ngx_http_request_t *r, ngx_str_t *key)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != 0
+            && h[i].key.len == key->len
+            && ngx_strncasecmp(h[i].key.data, key->data, key->len) == 0)
+        {
+            return 1;
+        }
+    }
+}
+
+
 /*
  * The error body is written without jansson: it must work when memory is
- * short, and its parts are known.  503 answers carry Retry-After.
+ * short, and its parts are known.  503 answers carry Retry-After (1 s
+ * unless the caller set one).
  */
 
 ngx_int_t
@@ -283,7 +352,7 @@ ngx_http_cinematch_send_error(ngx_http_request_t *r, ngx_uint_t status,
 {
     u_char                    *p, *body;
     size_t                     len, code_len, msg_len;
-    ngx_str_t                  key, value, id;
+    ngx_str_t                  id;
     ngx_http_cinematch_ctx_t  *ctx;
 
     static u_char  part1[] = "{\"error\":{\"code\":\"";
@@ -318,21 +387,78 @@ ngx_http_cinematch_send_error(ngx_http_request_t *r, ngx_uint_t status,
     p = ngx_cpymem(p, part2, sizeof(part2) - 1);
     p = ngx_http_cinematch_json_escape(p, (u_char *) message, msg_len);
     p = ngx_cpymem(p, part3, sizeof(part3) - 1);
-    p = ngx_cpymem(p, id.data, id.len);
+
+    if (id.len) {
+        p = ngx_cpymem(p, id.data, id.len);
+    }
+
     p = ngx_cpymem(p, part4, sizeof(part4) - 1);
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-        ngx_str_set(&key, "Retry-After");
-        ngx_str_set(&value, "1");
-
-        if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
-            return NGX_ERROR;
-        }
+    if (ngx_http_cinematch_retry_after(r, status) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     return ngx_http_cinematch_send_buf(r, status,
                                        &ngx_http_cinematch_json_type,
                                        body, p - body);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_retry_after(ngx_http_request_t *r, ngx_uint_t status)
+{
+    ngx_str_t  key, value;
+
+    ngx_str_set(&key, "Retry-After");
+
+    if (status != NGX_HTTP_SERVICE_UNAVAILABLE
+        || ngx_http_cinematch_has_header(r, &key))
+    {
+        return NGX_OK;
+    }
+
+    ngx_str_set(&value, "1");
+
+    return ngx_http_cinematch_add_header(r, &key, &value);
+}
+
+
+/*
+ * The error body with more members, e.g. the "fields" of a 422
+ * validation_failed: {"error":{"code","message","request_id","fields":{..}}}.
+ * Takes the reference to extra (an object; NULL for none).
+ */
+
+ngx_int_t
+ngx_http_cinematch_send_error_json(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message, json_t *extra)
+{
+    json_t                    *err;
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    err = json_pack("{s:s, s:s, s:s%}", "code", code, "message", message,
+                    "request_id",
+                    ctx ? (const char *) ctx->request_id.data : "",
+                    ctx ? ctx->request_id.len : 0);
+
+    if (err == NULL || (extra != NULL && json_object_update(err, extra) != 0))
+    {
+        json_decref(err);
+        json_decref(extra);
+        return ngx_http_cinematch_send_error(r, status, code, message);
+    }
+
+    json_decref(extra);
+
+    if (ngx_http_cinematch_retry_after(r, status) != NGX_OK) {
+        json_decref(err);
+        return NGX_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, status,
+                                        json_pack("{s:o}", "error", err));
 }
 
 
@@ -458,10 +584,56 @@ ngx_http_cinematch_read_body(ngx_http_request_t *r,
                                            ngx_http_cinematch_body_handler);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        return rc;
+        return ngx_http_cinematch_status(r, rc);
     }
 
     return NGX_DONE;
+}
+
+
+/*
+ * A handler may return an HTTP status as nginx handlers do (typically
+ * NGX_HTTP_INTERNAL_SERVER_ERROR when an allocation fails); before nginx
+ * turns it into its HTML page, it becomes the API's JSON error.  Statuses
+ * that mean the connection is going away (408, 444, 499) pass through.
+ * Like nginx, no keep-alive after a 400, 413 or 500: the request body may
+ * not have been read to its end.
+ */
+
+ngx_int_t
+ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_http_cinematch_status_t  *st;
+
+    if (rc < NGX_HTTP_SPECIAL_RESPONSE || r->header_sent
+        || r->connection->error)
+    {
+        return rc;
+    }
+
+    for (st = ngx_http_cinematch_statuses; st->status; st++) {
+        if (st->status == (ngx_uint_t) rc) {
+            break;
+        }
+    }
+
+    if (st->status == 0) {
+        return rc;
+    }
+
+    switch (rc) {
+    case NGX_HTTP_BAD_REQUEST:
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+    case NGX_HTTP_INTERNAL_SERVER_ERROR:
+    case NGX_HTTP_NOT_IMPLEMENTED:
+        r->keepalive = 0;
+        break;
+    default:
+        break;
+    }
+
+    return ngx_http_cinematch_send_error(r, st->status, st->code,
+                                         st->message);
 }
 
 
@@ -503,7 +675,8 @@ ngx_http_cinematch_body_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
 
-    ngx_http_finalize_request(r, ngx_http_cinematch_body_done(r, ctx));
+    ngx_http_finalize_request(r, ngx_http_cinematch_status(r,
+                                       ngx_http_cinematch_body_done(r, ctx)));
 }
 
 
@@ -537,7 +710,7 @@ ngx_http_cinematch_body_done(ngx_http_request_t *r,
 
     /* a chunked body has no Content-Length to check in advance */
 
-    if (size > (off_t) lcf->max_body_size) {
+    if (ctx->body_too_large || size > (off_t) lcf->max_body_size) {
         return ngx_http_cinematch_send_error(r,
                                      NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                      "payload_too_large",
@@ -623,6 +796,176 @@ ngx_http_cinematch_body_done(ngx_http_request_t *r,
 
 
 /*
+ * A chunked body has no length to check before reading it, and the core's
+ * client_max_body_size is off in cinematch locations (see the merge): this
+ * request body filter counts the bytes of bodies read for a route, and
+ * once they pass cinematch_max_body_size drops the rest as it arrives
+ * (marked consumed, not passed on, so it is neither buffered nor written
+ * to a temporary file).  Only the final empty buffer goes on, so that
+ * reading completes and the route answers the JSON 413.
+ */
+
+ngx_int_t
+ngx_http_cinematch_body_filter_init(ngx_conf_t *cf)
+{
+    ngx_http_cinematch_next_body_filter = ngx_http_top_request_body_filter;
+    ngx_http_top_request_body_filter = ngx_http_cinematch_request_body_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_request_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_chain_t                    *cl, out;
+    ngx_http_cinematch_ctx_t       *ctx;
+    ngx_http_cinematch_loc_conf_t  *lcf;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_cinematch_module);
+
+    if (ctx == NULL || ctx->route == NULL || in == NULL) {
+        return ngx_http_cinematch_next_body_filter(r, in);
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_module);
+
+    if (!ctx->body_too_large) {
+        for (cl = in; cl; cl = cl->next) {
+            ctx->body_received += ngx_buf_size(cl->buf);
+        }
+
+        if (ctx->body_received <= (off_t) lcf->max_body_size) {
+            return ngx_http_cinematch_next_body_filter(r, in);
+        }
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cinematch: client sent a body of more than %uz bytes",
+                      lcf->max_body_size);
+
+        ctx->body_too_large = 1;
+
+        /*
+         * What was kept so far is dropped too, marked as written the way
+         * ngx_http_write_request_body() does, or a full read buffer would
+         * still be flushed to a temporary file.
+         */
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+            cl->buf->file_pos = cl->buf->file_last;
+        }
+
+        r->request_body->bufs = NULL;
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+
+        if (cl->buf->last_buf) {
+            out.buf = cl->buf;
+            out.next = NULL;
+
+            return ngx_http_cinematch_next_body_filter(r, &out);
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Query arguments.  ngx_http_cinematch_arg() gives the value of `name`
+ * unescaped (%XX, and '+' as a space) into the request pool; NGX_DECLINED
+ * when the argument is absent.  ngx_http_cinematch_arg_int() parses a
+ * decimal integer in [min, max], def when absent; NGX_ERROR when the value
+ * is malformed or out of range, for the handler to answer 400.
+ */
+
+ngx_int_t
+ngx_http_cinematch_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value)
+{
+    u_char     *p, *dst, *src;
+    ngx_str_t   raw;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &raw) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(r->pool, raw.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, raw.data, raw.len);
+
+    for (dst = p; dst < p + raw.len; dst++) {
+        if (*dst == '+') {
+            *dst = ' ';
+        }
+    }
+
+    src = p;
+    dst = p;
+    ngx_unescape_uri(&dst, &src, raw.len, 0);
+    *dst = '\0';
+
+    value->data = p;
+    value->len = dst - p;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_arg_int(ngx_http_request_t *r, const char *name,
+    ngx_int_t def, ngx_int_t min, ngx_int_t max, ngx_int_t *out)
+{
+    ngx_int_t   n, sign;
+    ngx_str_t   value;
+
+    switch (ngx_http_cinematch_arg(r, name, &value)) {
+
+    case NGX_DECLINED:
+        *out = def;
+        return NGX_OK;
+
+    case NGX_OK:
+        break;
+
+    default:
+        return NGX_ERROR;
+    }
+
+    sign = 1;
+
+    if (value.len > 1 && value.data[0] == '-') {
+        sign = -1;
+        value.data++;
+        value.len--;
+    }
+
+    n = ngx_atoi(value.data, value.len);
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    n *= sign;
+
+    if (n < min || n > max) {
+        return NGX_ERROR;
+    }
+
+    *out = n;
+
+    return NGX_OK;
+}
+
+
+/*
  * A handler that is about to wait on an upstream calls this and returns
  * NGX_DONE; the upstream's completion calls ngx_http_cinematch_finish().
  * While it waits, a client that closes the connection terminates the
@@ -649,6 +992,6 @@ ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc)
 
     c = r->connection;
 
-    ngx_http_finalize_request(r, rc);
+    ngx_http_finalize_request(r, ngx_http_cinematch_status(r, rc));
     ngx_http_run_posted_requests(c);
 }

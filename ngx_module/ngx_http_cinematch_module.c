@@ -225,6 +225,10 @@ ngx_http_cinematch_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
+    if (ngx_http_cinematch_body_filter_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
@@ -358,10 +362,13 @@ ngx_http_cinematch_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_cinematch_main_conf_t *mcf = conf;
 
-    char               *errmsg;
+    char               *errmsg, *host, *hostaddr;
     u_char             *p;
     ngx_str_t          *value;
-    PQconninfoOption   *opts;
+    PQconninfoOption   *opts, *opt;
+#if (NGX_HAVE_INET6)
+    u_char              addr6[16];
+#endif
 
     if (mcf->pg_conninfo.data != NULL) {
         return "is duplicate";
@@ -378,6 +385,8 @@ ngx_http_cinematch_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     p[value[1].len] = '\0';
 
     errmsg = NULL;
+    host = NULL;
+    hostaddr = NULL;
     opts = PQconninfoParse((char *) p, &errmsg);
 
     if (opts == NULL) {
@@ -388,6 +397,35 @@ ngx_http_cinematch_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             PQfreemem(errmsg);
         }
         return NGX_CONF_ERROR;
+    }
+
+    /*
+     * libpq resolves a host name inside PQconnectStart()/PQconnectPoll()
+     * with a blocking getaddrinfo(): fine for a path or an address, a
+     * stall of the worker for a name without hostaddr.
+     */
+
+    for (opt = opts; opt->keyword; opt++) {
+        if (ngx_strcmp(opt->keyword, "host") == 0) {
+            host = opt->val;
+
+        } else if (ngx_strcmp(opt->keyword, "hostaddr") == 0) {
+            hostaddr = opt->val;
+        }
+    }
+
+    if (host != NULL && host[0] != '\0' && host[0] != '/'
+        && (hostaddr == NULL || hostaddr[0] == '\0')
+        && ngx_inet_addr((u_char *) host, ngx_strlen(host)) == INADDR_NONE
+#if (NGX_HAVE_INET6)
+        && ngx_inet6_addr((u_char *) host, ngx_strlen(host), addr6) != NGX_OK
+#endif
+        )
+    {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "PostgreSQL host \"%s\" is a name: libpq resolves "
+                           "it with a blocking lookup in the worker on every "
+                           "connect; add hostaddr=", host);
     }
 
     PQconninfoFree(opts);
@@ -407,6 +445,9 @@ ngx_http_cinematch_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char     *p, *colon;
     ngx_int_t   port;
     ngx_str_t  *value, host;
+#if (NGX_HAVE_INET6)
+    u_char      addr6[16];
+#endif
 
     if (mcf->redis_host.data != NULL) {
         return "is duplicate";
@@ -446,6 +487,34 @@ ngx_http_cinematch_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         host.data = value[1].data;
         host.len = colon - value[1].data;
+
+        if (host.len > 2
+            && host.data[0] == '[' && host.data[host.len - 1] == ']')
+        {
+            host.data++;
+            host.len -= 2;
+        }
+
+        /*
+         * hiredis resolves names with a blocking getaddrinfo() on every
+         * connect, in the worker: only addresses are accepted.
+         */
+
+        if (host.len == 9 && ngx_strncmp(host.data, "localhost", 9) == 0) {
+            ngx_str_set(&host, "127.0.0.1");
+
+        } else if (ngx_inet_addr(host.data, host.len) == INADDR_NONE
+#if (NGX_HAVE_INET6)
+                   && ngx_inet6_addr(host.data, host.len, addr6) != NGX_OK
+#endif
+                  )
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "Redis host in \"%V\" must be an IP address "
+                               "(host names would be resolved with a "
+                               "blocking lookup in the worker)", &value[1]);
+            return NGX_CONF_ERROR;
+        }
     }
 
     p = ngx_pnalloc(cf->pool, host.len + 1);

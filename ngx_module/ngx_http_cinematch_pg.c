@@ -398,15 +398,32 @@ ngx_http_cinematch_pg_send(ngx_http_cinematch_pg_conn_t *pc,
 static void
 ngx_http_cinematch_pg_connect(ngx_http_cinematch_pg_conn_t *pc)
 {
+    const char                    *keywords[4], *values[4];
     ngx_http_cinematch_pg_pool_t  *pool;
 
     pool = ngx_http_cinematch_pg_pool;
 
-    pc->pg = PQconnectStart((const char *) pool->mcf->pg_conninfo.data);
+    /*
+     * The configured string is expanded as "dbname"; what follows it
+     * overrides: results are UTF-8, as JSON needs, whatever the server's
+     * default, and sessions are named in pg_stat_activity.
+     */
+
+    keywords[0] = "dbname";
+    values[0] = (const char *) pool->mcf->pg_conninfo.data;
+    keywords[1] = "client_encoding";
+    values[1] = "UTF8";
+    keywords[2] = "fallback_application_name";
+    values[2] = "cinematch-nginx";
+    keywords[3] = NULL;
+    values[3] = NULL;
+
+    pc->pg = PQconnectStartParams(keywords, values, 1);
 
     if (pc->pg == NULL) {
         ngx_log_error(NGX_LOG_ALERT, pool->log, 0,
-                      "cinematch: PQconnectStart() failed: out of memory");
+                      "cinematch: PQconnectStartParams() failed: "
+                      "out of memory");
         ngx_http_cinematch_pg_schedule(pc, pc->backoff);
         return;
     }
@@ -1008,4 +1025,141 @@ ngx_http_cinematch_pg_notice(void *arg, const char *message)
 
     ngx_log_error(NGX_LOG_INFO, pool->log, 0,
                   "cinematch: PostgreSQL notice: %s", message);
+}
+
+
+/*
+ * Results to JSON, for handlers.  Types map by OID: booleans, integers and
+ * floating point (numeric too) become JSON booleans and numbers, json and
+ * jsonb are parsed, NULL is null, anything else is its text (arrays and
+ * timestamps included: build those with to_json() in SQL when a handler
+ * needs structure).  A value jansson refuses (a non-finite float) falls
+ * back to its text; NULL is returned only when memory runs out.
+ */
+
+#define NGX_HTTP_CINEMATCH_BOOLOID     16
+#define NGX_HTTP_CINEMATCH_INT8OID     20
+#define NGX_HTTP_CINEMATCH_INT2OID     21
+#define NGX_HTTP_CINEMATCH_INT4OID     23
+#define NGX_HTTP_CINEMATCH_OIDOID      26
+#define NGX_HTTP_CINEMATCH_JSONOID     114
+#define NGX_HTTP_CINEMATCH_FLOAT4OID   700
+#define NGX_HTTP_CINEMATCH_FLOAT8OID   701
+#define NGX_HTTP_CINEMATCH_NUMERICOID  1700
+#define NGX_HTTP_CINEMATCH_JSONBOID    3802
+
+
+json_t *
+ngx_http_cinematch_pg_value(PGresult *res, int row, int col)
+{
+    int          len;
+    char        *v, *end;
+    double       d;
+    json_t      *json;
+    long long    n;
+
+    if (PQgetisnull(res, row, col)) {
+        return json_null();
+    }
+
+    v = PQgetvalue(res, row, col);
+    len = PQgetlength(res, row, col);
+    json = NULL;
+
+    switch (PQftype(res, col)) {
+
+    case NGX_HTTP_CINEMATCH_BOOLOID:
+        return json_boolean(v[0] == 't');
+
+    case NGX_HTTP_CINEMATCH_INT8OID:
+    case NGX_HTTP_CINEMATCH_INT2OID:
+    case NGX_HTTP_CINEMATCH_INT4OID:
+    case NGX_HTTP_CINEMATCH_OIDOID:
+        errno = 0;
+        n = strtoll(v, &end, 10);
+
+        if (errno == 0 && end == v + len && len > 0) {
+            json = json_integer((json_int_t) n);
+        }
+
+        break;
+
+    case NGX_HTTP_CINEMATCH_FLOAT4OID:
+    case NGX_HTTP_CINEMATCH_FLOAT8OID:
+    case NGX_HTTP_CINEMATCH_NUMERICOID:
+        errno = 0;
+        d = strtod(v, &end);
+
+        if (errno == 0 && end == v + len && len > 0) {
+            json = json_real(d);   /* NULL for NaN and infinities */
+        }
+
+        break;
+
+    case NGX_HTTP_CINEMATCH_JSONOID:
+    case NGX_HTTP_CINEMATCH_JSONBOID:
+        json = json_loadb(v, len, JSON_DECODE_ANY, NULL);
+        break;
+
+    default:
+        break;
+    }
+
+    if (json == NULL) {
+        json = json_stringn(v, len);
+    }
+
+    return json;
+}
+
+
+json_t *
+ngx_http_cinematch_pg_row(PGresult *res, int row)
+{
+    int      col, ncols;
+    json_t  *obj, *value;
+
+    obj = json_object();
+    if (obj == NULL) {
+        return NULL;
+    }
+
+    ncols = PQnfields(res);
+
+    for (col = 0; col < ncols; col++) {
+        value = ngx_http_cinematch_pg_value(res, row, col);
+
+        if (json_object_set_new(obj, PQfname(res, col), value) != 0) {
+            json_decref(obj);
+            return NULL;
+        }
+    }
+
+    return obj;
+}
+
+
+json_t *
+ngx_http_cinematch_pg_rows(PGresult *res)
+{
+    int      row, nrows;
+    json_t  *rows;
+
+    rows = json_array();
+    if (rows == NULL) {
+        return NULL;
+    }
+
+    nrows = PQntuples(res);
+
+    for (row = 0; row < nrows; row++) {
+        if (json_array_append_new(rows, ngx_http_cinematch_pg_row(res, row))
+            != 0)
+        {
+            json_decref(rows);
+            return NULL;
+        }
+    }
+
+    return rows;
 }

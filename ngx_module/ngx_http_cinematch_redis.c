@@ -69,6 +69,13 @@ static void ngx_http_cinematch_redis_disconnect_cb(
     const redisAsyncContext *ac, int status);
 static void ngx_http_cinematch_redis_reply_cb(redisAsyncContext *ac,
     void *reply, void *privdata);
+static ngx_http_cinematch_redis_cmd_t *ngx_http_cinematch_redis_cmd_create(
+    ngx_http_request_t *r, ngx_http_cinematch_redis_handler_pt handler,
+    void *data);
+static void ngx_http_cinematch_redis_cmd_free(
+    ngx_http_cinematch_redis_cmd_t *cmd);
+static void ngx_http_cinematch_redis_cmd_start(ngx_http_request_t *r,
+    ngx_http_cinematch_redis_cmd_t *cmd);
 static void ngx_http_cinematch_redis_cmd_timeout(ngx_event_t *ev);
 static void ngx_http_cinematch_redis_cmd_cleanup(void *data);
 static void ngx_http_cinematch_redis_read_handler(ngx_event_t *ev);
@@ -379,31 +386,99 @@ ngx_http_cinematch_redis_command(ngx_http_request_t *r,
     ngx_http_cinematch_redis_handler_pt handler, void *data, int argc,
     const char **argv, const size_t *argvlen)
 {
+    ngx_http_cinematch_redis_cmd_t  *cmd;
+
+    cmd = ngx_http_cinematch_redis_cmd_create(r, handler, data);
+    if (cmd == NULL) {
+        return (ngx_http_cinematch_redis == NULL
+                || !ngx_http_cinematch_redis->connected)
+               ? NGX_DECLINED : NGX_ERROR;
+    }
+
+    if (redisAsyncCommandArgv(ngx_http_cinematch_redis->ac,
+                              ngx_http_cinematch_redis_reply_cb, cmd,
+                              argc, argv, argvlen)
+        != REDIS_OK)
+    {
+        ngx_http_cinematch_redis_cmd_free(cmd);
+        return NGX_ERROR;
+    }
+
+    ngx_http_cinematch_redis_cmd_start(r, cmd);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The same with hiredis' format: each %s (C string) or %b (pointer, size_t
+ * length) becomes one argument of its own, so values are never parsed as
+ * part of the command.
+ */
+
+ngx_int_t
+ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
+    ngx_http_cinematch_redis_handler_pt handler, void *data,
+    const char *fmt, ...)
+{
+    int                              rc;
+    va_list                          args;
+    ngx_http_cinematch_redis_cmd_t  *cmd;
+
+    cmd = ngx_http_cinematch_redis_cmd_create(r, handler, data);
+    if (cmd == NULL) {
+        return (ngx_http_cinematch_redis == NULL
+                || !ngx_http_cinematch_redis->connected)
+               ? NGX_DECLINED : NGX_ERROR;
+    }
+
+    va_start(args, fmt);
+    rc = redisvAsyncCommand(ngx_http_cinematch_redis->ac,
+                            ngx_http_cinematch_redis_reply_cb, cmd, fmt, args);
+    va_end(args);
+
+    if (rc != REDIS_OK) {
+        ngx_http_cinematch_redis_cmd_free(cmd);
+        return NGX_ERROR;
+    }
+
+    ngx_http_cinematch_redis_cmd_start(r, cmd);
+
+    return NGX_OK;
+}
+
+
+/* NULL when not connected (counted as an upstream error) or out of memory */
+
+static ngx_http_cinematch_redis_cmd_t *
+ngx_http_cinematch_redis_cmd_create(ngx_http_request_t *r,
+    ngx_http_cinematch_redis_handler_pt handler, void *data)
+{
     ngx_http_cinematch_redis_t      *rd;
     ngx_http_cinematch_redis_cmd_t  *cmd;
 
     rd = ngx_http_cinematch_redis;
 
     if (rd == NULL) {
-        return NGX_DECLINED;
+        return NULL;
     }
 
     if (!rd->connected || rd->ac == NULL) {
         ngx_http_cinematch_metrics_upstream_error(
                                         NGX_HTTP_CINEMATCH_UPSTREAM_REDIS);
-        return NGX_DECLINED;
+        return NULL;
     }
 
     cmd = ngx_calloc(sizeof(ngx_http_cinematch_redis_cmd_t), rd->log);
     if (cmd == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
     if (r != NULL) {
         cmd->cln = ngx_pool_cleanup_add(r->pool, 0);
         if (cmd->cln == NULL) {
             ngx_free(cmd);
-            return NGX_ERROR;
+            return NULL;
         }
 
         cmd->cln->handler = ngx_http_cinematch_redis_cmd_cleanup;
@@ -414,20 +489,33 @@ ngx_http_cinematch_redis_command(ngx_http_request_t *r,
     cmd->handler = handler;
     cmd->data = data;
 
-    if (redisAsyncCommandArgv(rd->ac, ngx_http_cinematch_redis_reply_cb, cmd,
-                              argc, argv, argvlen)
-        != REDIS_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "cinematch: cannot queue a Redis command");
+    return cmd;
+}
 
-        if (cmd->cln) {
-            cmd->cln->handler = NULL;
-        }
 
-        ngx_free(cmd);
-        return NGX_ERROR;
+/* hiredis refused the command: it never saw cmd */
+
+static void
+ngx_http_cinematch_redis_cmd_free(ngx_http_cinematch_redis_cmd_t *cmd)
+{
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "cinematch: cannot queue a Redis command");
+
+    if (cmd->cln) {
+        cmd->cln->handler = NULL;
     }
+
+    ngx_free(cmd);
+}
+
+
+static void
+ngx_http_cinematch_redis_cmd_start(ngx_http_request_t *r,
+    ngx_http_cinematch_redis_cmd_t *cmd)
+{
+    ngx_http_cinematch_redis_t  *rd;
+
+    rd = ngx_http_cinematch_redis;
 
     cmd->timer.handler = ngx_http_cinematch_redis_cmd_timeout;
     cmd->timer.data = cmd;
@@ -438,8 +526,6 @@ ngx_http_cinematch_redis_command(ngx_http_request_t *r,
     if (r != NULL) {
         ngx_http_cinematch_wait(r);
     }
-
-    return NGX_OK;
 }
 
 
@@ -499,7 +585,8 @@ ngx_http_cinematch_redis_cmd_timeout(ngx_event_t *ev)
     cmd = ev->data;
     rd = ngx_http_cinematch_redis;
 
-    ngx_log_error(NGX_LOG_ERR, ev->log, 0, "cinematch: Redis command timed out");
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                  "cinematch: Redis command timed out");
 
     ngx_http_cinematch_metrics_upstream_error(
                                         NGX_HTTP_CINEMATCH_UPSTREAM_REDIS);

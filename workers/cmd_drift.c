@@ -5,7 +5,7 @@
  *
  * When a run flags drift it also, in the same transaction, queues a
  * training request (training_runs row, status 'queued', triggered_by
- * 'drift') unless one is already queued, stamps alerted_at and sends
+ * 'drift') unless one is already queued, stamps notified_at and sends
  * NOTIFY cinematch_drift '<report id>'; `cinematch train recsys --from-db
  * --if-drift` claims the queued request.
  *
@@ -377,7 +377,9 @@ cm_drift_once(const cm_drift_cli_t *cli)
     snprintf(s[1], 40, "%llu", (unsigned long long) nc);
     snprintf(s[2], 40, "%.17g", ks.statistic);
     snprintf(s[3], 40, "%.17g", ks.pvalue);
-    snprintf(s[4], 40, "%s", cm_ks_method_name(ks.method));
+    /* the schema spells methods as scipy.stats.ks_2samp does (sql/006) */
+    snprintf(s[4], 40, "%s", ks.method == CM_KS_ASYMP
+                             ? "asymp" : cm_ks_method_name(ks.method));
     snprintf(s[5], 40, "%.17g", psi);
     snprintf(s[6], 40, "%s", cm_psi_band(psi));
     snprintf(s[7], 40, "%.17g", mb);
@@ -397,10 +399,14 @@ cm_drift_once(const cm_drift_cli_t *cli)
     r = cm_pg_query(c, "INSERT INTO drift_reports (batch_id, baseline_rows,"
                     " current_rows, ks_statistic, ks_pvalue, ks_method, psi,"
                     " psi_band, mean_baseline, mean_current, std_baseline,"
-                    " std_current, new_item_share, drift_detected, details)"
+                    " std_current, new_item_share, alert, details, reasons,"
+                    " thresholds)"
                     " SELECT (SELECT max(batch_id) FROM ratings_buffer WHERE"
                     " merged_at IS NULL), $1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                    " $10, $11, $12, $13, $14::jsonb RETURNING id", 14, v,
+                    " $10, $11, $12, $13, $14::jsonb, ARRAY(SELECT"
+                    " jsonb_array_elements_text($14::jsonb->'reasons')),"
+                    " coalesce($14::jsonb->'thresholds', '{}') RETURNING id",
+                    14, v,
                     err, sizeof(err));
     if (r == NULL) {
         goto failed;
@@ -422,7 +428,7 @@ cm_drift_once(const cm_drift_cli_t *cli)
             goto failed;
         }
         PQclear(r);
-        r = cm_pg_query(c, "UPDATE drift_reports SET alerted_at = now()"
+        r = cm_pg_query(c, "UPDATE drift_reports SET notified_at = now()"
                         " WHERE id = $1", 1, v, err, sizeof(err));
         if (r == NULL) {
             goto failed;

@@ -239,7 +239,8 @@ cm_model_list_main(int argc, char **argv)
     v[0] = c.name;
     if (c.json) {
         r = cm_pg_query(conn, "SELECT coalesce(json_agg(json_build_object("
-                        "'name', model_name, 'version', version, 'task', task,"
+                        "'name', model_name, 'version', version, 'task',"
+                        " (SELECT task FROM models WHERE name = model_name),"
                         " 'stage', stage, 'artifact_path', artifact_path,"
                         " 'artifact_sha256', artifact_sha256, 'metrics',"
                         " metrics, 'training_run_id', training_run_id,"

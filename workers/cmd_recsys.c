@@ -21,6 +21,7 @@ static int cm_train_recsys_main(int argc, char **argv);
 static int cm_eval_recsys_main(int argc, char **argv);
 static int cm_model_inspect_main(int argc, char **argv);
 static int cm_bench_recsys_main(int argc, char **argv);
+static int cm_model_query_main(int argc, char **argv);
 CM_COMMAND("train recsys", "train a recommender (ALS, iALS, bias, pop) into"
            " an artifact", cm_train_recsys_main);
 CM_COMMAND("eval recsys", "evaluate recommenders: RMSE/MAE and ranking"
@@ -29,6 +30,8 @@ CM_COMMAND("model inspect", "print and validate a model artifact",
            cm_model_inspect_main);
 CM_COMMAND("bench recsys", "time ALS against the no-BLAS reference ALS",
            cm_bench_recsys_main);
+CM_COMMAND("model query", "recommend, find similar films or fold in ratings"
+           " with an artifact", cm_model_query_main);
 
 /* options shared by train, eval and bench */
 typedef struct {
@@ -39,6 +42,11 @@ typedef struct {
     int                  have_split;
     cm_rs_train_conf_t   tc;
     int                  reg_set;
+    int                  bias_reg_set;
+    int                  alpha_set;
+    int                  conf_set;
+    int                  knn_set;
+    int                  sim_set;
     size_t               k;
     int                  json;
     int                  lenient;
@@ -49,7 +57,9 @@ typedef struct {
 enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
-    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG,
+    OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
+    OPT_CONF_BELOW, OPT_CG
 };
 
 static const struct option cm_rs_opts[] = {
@@ -71,6 +81,12 @@ static const struct option cm_rs_opts[] = {
     { "ref-iters", required_argument, NULL, OPT_REF_ITERS },
     { "validate", no_argument, NULL, OPT_VALIDATE },
     { "bias-reg", required_argument, NULL, OPT_BIAS_REG },
+    { "reg-exp", required_argument, NULL, OPT_REG_EXP },
+    { "knn-blend", required_argument, NULL, OPT_KNN_BLEND },
+    { "sim-shrink", required_argument, NULL, OPT_SIM_SHRINK },
+    { "conf-threshold", required_argument, NULL, OPT_CONF_THR },
+    { "conf-below", required_argument, NULL, OPT_CONF_BELOW },
+    { "cg", required_argument, NULL, OPT_CG },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
@@ -82,12 +98,31 @@ static const char *cm_rs_common_help =
     "  --algo A            als|ials|bias|pop|itemknn (default als)\n"
     "  --factors N         latent factors (default 64)\n"
     "  --iters N           ALS iterations (default 15)\n"
-    "  --reg R             lambda; ALS: times the row's rating count"
-    " (default als 0.05,\n"
-    "                      ials 5, bias 5)\n"
-    "  --alpha A           iALS confidence 1 + A*rating (default 1)\n"
-    "  --bias-reg B        ALS: biases regularised by reg*B (default 1)\n"
-    "  --knn N             item-kNN neighbours (default 100)\n"
+    "  --reg R             lambda, times n^reg-exp for a row with n"
+    " ratings\n"
+    "                      (defaults tuned on ml-latest-small: als --reg 2"
+    " --reg-exp 0.4\n"
+    "                      --bias-reg 0.5; ials --reg 40 --alpha 1.5"
+    " --conf-threshold 4\n"
+    "                      --conf-below 0; bias --reg 2)\n"
+    "  --alpha A           iALS confidence 1 + A*rating\n"
+    "  --conf-threshold T  iALS: ratings below T get confidence"
+    " 1 + A*B*rating\n"
+    "  --conf-below B      (T 0 or B 1: 1 + A*rating for all)\n"
+    "  --bias-reg B        ALS: biases regularised by reg*B\n"
+    "  --reg-exp E         1: ALS-WR; 0: constant (ials default)\n"
+    "  --knn N             item-kNN neighbours (default 30 --sim-shrink 30"
+    "\n"
+    "                      --conf-threshold 4 --conf-below 0: a seen film"
+    " rated\n"
+    "                      under 4 does not vote in the ranking)\n"
+    "  --knn-blend B       ALS (eval only): add an item-kNN vote on the"
+    " ALS\n"
+    "                      residuals, shrunk by B (default 0: off)\n"
+    "  --sim-shrink S      item-kNN: cosine * n/(n + S), n = co-raters\n"
+    "  --cg N              N conjugate-gradient steps per row instead of"
+    " exact\n"
+    "                      Cholesky solves (default 0: exact)\n"
     "  --threads N         solver threads (default 1; results do not"
     " depend on it)\n"
     "  --seed S            initialisation seed (default 1)\n"
@@ -175,6 +210,7 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_ALPHA:
             if (cm_rs_num(cmd, "--alpha", optarg, 1e-6, 1e6, &v)) return 2;
             c->tc.alpha = (float) v;
+            c->alpha_set = 1;
             break;
         case OPT_K:
             if (cm_rs_num(cmd, "--k", optarg, 1, 10000, &v)) return 2;
@@ -185,10 +221,41 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 return 2;
             }
             c->tc.bias_reg = (float) v;
+            c->bias_reg_set = 1;
+            break;
+        case OPT_REG_EXP:
+            if (cm_rs_num(cmd, "--reg-exp", optarg, 0, 2, &v)) return 2;
+            c->tc.reg_exp = (float) v;
+            break;
+        case OPT_KNN_BLEND:
+            if (cm_rs_num(cmd, "--knn-blend", optarg, 0, 1e6, &v)) return 2;
+            c->tc.knn_blend = (float) v;
+            break;
+        case OPT_SIM_SHRINK:
+            if (cm_rs_num(cmd, "--sim-shrink", optarg, 0, 1e6, &v)) return 2;
+            c->tc.knn_sim_shrink = (float) v;
+            c->sim_set = 1;
+            break;
+        case OPT_CONF_THR:
+            if (cm_rs_num(cmd, "--conf-threshold", optarg, 0, 10, &v)) {
+                return 2;
+            }
+            c->tc.conf_thr = (float) v;
+            c->conf_set = 1;
+            break;
+        case OPT_CONF_BELOW:
+            if (cm_rs_num(cmd, "--conf-below", optarg, 0, 10, &v)) return 2;
+            c->tc.conf_below = (float) v;
+            c->conf_set = 1;
+            break;
+        case OPT_CG:
+            if (cm_rs_num(cmd, "--cg", optarg, 0, 100, &v)) return 2;
+            c->tc.cg_steps = (uint32_t) v;
             break;
         case OPT_KNN:
             if (cm_rs_num(cmd, "--knn", optarg, 1, 10000, &v)) return 2;
             c->tc.knn = (uint32_t) v;
+            c->knn_set = 1;
             break;
         case OPT_THREADS:
             if (cm_rs_num(cmd, "--threads", optarg, 1, 64, &v)) return 2;
@@ -217,9 +284,44 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
                 argv[optind]);
         return 2;
     }
-    if (!c->reg_set) {
-        c->tc.reg = c->tc.algo == CM_RS_ALS ? 0.05f
-                    : (c->tc.algo == CM_RS_IALS ? 5.0f : 5.0f);
+    /*
+     * Per-algorithm defaults for what was not given: the settings tuned on
+     * ml-latest-small's validation parts (docs/BENCHMARKS.md).
+     */
+    if (c->tc.algo == CM_RS_ALS) {
+        if (!c->reg_set) {
+            c->tc.reg = 2.0f;
+            if (c->tc.reg_exp < 0) {
+                c->tc.reg_exp = 0.4f;
+            }
+            if (!c->bias_reg_set) {
+                c->tc.bias_reg = 0.5f;
+            }
+        }
+    } else if (c->tc.algo == CM_RS_IALS) {
+        if (!c->reg_set) {
+            c->tc.reg = 40.0f;
+        }
+        if (!c->alpha_set) {
+            c->tc.alpha = 1.5f;
+        }
+        if (!c->conf_set) {
+            c->tc.conf_thr = 4.0f;
+            c->tc.conf_below = 0.0f;
+        }
+    } else if (c->tc.algo == CM_RS_ITEMKNN) {
+        if (!c->knn_set) {
+            c->tc.knn = 30;
+        }
+        if (!c->sim_set) {
+            c->tc.knn_sim_shrink = 30.0f;
+        }
+        if (!c->conf_set) {
+            c->tc.conf_thr = 4.0f;
+            c->tc.conf_below = 0.0f;
+        }
+    } else if (!c->reg_set) {
+        c->tc.reg = c->tc.algo == CM_RS_BIAS ? 2.0f : 10.0f;
     }
     return 0;
 }
@@ -233,7 +335,8 @@ cm_rs_load(const char *cmd, cm_rs_cli_t *c, cm_ml_dataset_t *ds)
 
     memset(&o, 0, sizeof(o));
     o.strict = !c->lenient;
-    o.on_bad = cm_ml_report_stderr;
+    /* strict: the error message already names the line */
+    o.on_bad = c->lenient ? cm_ml_report_stderr : NULL;
     if (cm_ml_load_dir(c->data, c->format, &o, ds, err, sizeof(err))
         != CM_OK)
     {
@@ -249,7 +352,7 @@ cm_rs_load(const char *cmd, cm_rs_cli_t *c, cm_ml_dataset_t *ds)
 }
 
 
-/* ---- train recsys ---------------------------------------------------------- */
+/* ---- train recsys -------------------------------------------------------- */
 
 static void
 cm_train_recsys_usage(FILE *f)
@@ -325,7 +428,7 @@ cm_train_recsys_main(int argc, char **argv)
 }
 
 
-/* ---- eval recsys ----------------------------------------------------------- */
+/* ---- eval recsys --------------------------------------------------------- */
 
 static void
 cm_eval_recsys_usage(FILE *f)
@@ -356,7 +459,8 @@ cm_rs_read_split_file(cm_rs_cli_t *c, const char *name, cm_ratings_t *out)
 
     memset(&o, 0, sizeof(o));
     o.strict = !c->lenient;
-    o.on_bad = cm_ml_report_stderr;
+    /* strict: the error message already names the line */
+    o.on_bad = c->lenient ? cm_ml_report_stderr : NULL;
     if (name[0] == '/') {
         snprintf(path, sizeof(path), "%s", name);
     } else {
@@ -486,6 +590,13 @@ cm_eval_recsys_main(int argc, char **argv)
         json_object_set_new(o, "reg", json_real(c.tc.reg));
         json_object_set_new(o, "alpha", json_real(c.tc.alpha));
         json_object_set_new(o, "knn", json_integer(c.tc.knn));
+        json_object_set_new(o, "reg_exp", json_real(m->reg_exp));
+        json_object_set_new(o, "bias_reg", json_real(m->bias_reg));
+        json_object_set_new(o, "knn_blend", json_real(c.tc.knn_blend));
+        json_object_set_new(o, "sim_shrink", json_real(c.tc.knn_sim_shrink));
+        json_object_set_new(o, "conf_threshold", json_real(c.tc.conf_thr));
+        json_object_set_new(o, "conf_below", json_real(c.tc.conf_below));
+        json_object_set_new(o, "cg", json_integer(c.tc.cg_steps));
         json_object_set_new(o, "seed", json_integer((json_int_t) c.tc.seed));
         json_object_set_new(o, "threads", json_integer(c.tc.threads));
         json_object_set_new(o, "k", json_integer((json_int_t) c.k));
@@ -508,15 +619,21 @@ cm_eval_recsys_main(int argc, char **argv)
         CM_AT("coverage", mt.coverage);
         json_object_set_new(o, "train_seconds", json_real(train_s));
         json_object_set_new(o, "eval_seconds", json_real(eval_s));
-        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER
+                          | JSON_REAL_PRECISION(6));
         printf("%s\n", s);
         free(s);
         json_decref(o);
     } else {
-        printf("%s: %s (factors %u, iters %u, reg %g, alpha %g), %llu train /"
-               " %zu test ratings, %u users, %u items\n", proto,
+        printf("%s: %s (factors %u, iters %u, reg %g, reg-exp %g, bias-reg %g,"
+               " alpha %g, conf-threshold %g, conf-below %g, knn %u,"
+               " knn-blend %g, sim-shrink %g, cg %u), %llu train / %zu test"
+               " ratings, %u users, %u items\n", proto,
                cm_rs_algo_name(c.tc.algo), m->factors, c.tc.iters,
-               (double) c.tc.reg, (double) c.tc.alpha,
+               (double) c.tc.reg, (double) m->reg_exp, (double) m->bias_reg,
+               (double) c.tc.alpha, (double) c.tc.conf_thr,
+               (double) c.tc.conf_below, c.tc.knn, (double) c.tc.knn_blend,
+               (double) c.tc.knn_sim_shrink, c.tc.cg_steps,
                (unsigned long long) d.nnz, test.n, d.n_users, d.n_items);
         if (!isnan(mt.rmse)) {
             printf("  RMSE          %.4f   [%s, %zu predictions]\n", mt.rmse,
@@ -526,8 +643,8 @@ cm_eval_recsys_main(int argc, char **argv)
             printf("  RMSE/MAE      n/a      [%s: ranking-only model]\n",
                    proto);
         }
-        printf("  Precision@%-3zu %.4f   [%s, %zu users with a positive >= 4]\n",
-               c.k, mt.precision, proto, mt.n_rank_users);
+        printf("  Precision@%-3zu %.4f   [%s, %zu users with a positive"
+               " >= 4]\n", c.k, mt.precision, proto, mt.n_rank_users);
         printf("  Recall@%-6zu %.4f   [%s]\n", c.k, mt.recall, proto);
         printf("  NDCG@%-8zu %.4f   [%s]\n", c.k, mt.ndcg, proto);
         printf("  HR@%-10zu %.4f   [%s]\n", c.k, mt.hr, proto);
@@ -548,7 +665,7 @@ out:
 }
 
 
-/* ---- model inspect --------------------------------------------------------- */
+/* ---- model inspect ------------------------------------------------------- */
 
 static void
 cm_hex(const uint8_t *p, size_t n, char *out)
@@ -628,18 +745,64 @@ cm_model_inspect_main(int argc, char **argv)
 }
 
 
-/* ---- bench recsys ---------------------------------------------------------- */
+/* ---- bench recsys -------------------------------------------------------- */
 
 static void
 cm_bench_recsys_usage(FILE *f)
 {
     fprintf(f, "usage: cinematch bench recsys --data DIR [--factors 64]"
             " [--iters 15]\n                             [--threads 2]"
-            " [--ref-iters 2] [--reg 0.05]\n\n"
-            "Times ALS with --threads, ALS with 1 thread and the"
+            " [--ref-iters 2] [--cg 3] [--reg R]\n\n"
+            "Times exact ALS with --threads and with 1 thread, ALS by"
+            " conjugate\ngradient (--cg N, default 3) with --threads, and the"
             " no-BLAS reference\nALS (plain loops, --ref-iters iterations)"
             " on all of DIR, and prints\nseconds per iteration and the"
             " ratios, all measured in this run.\n");
+}
+
+
+/*
+ * What the inference daemon does per request: scores of a batch of users
+ * by one SGEMM, then top-10 excluding seen per user; and one user alone.
+ */
+static void
+cm_rs_bench_scoring(const cm_rs_model_t *m)
+{
+    uint32_t   users[64], top[10], u, b, nb;
+    float     *s, ts[10];
+    size_t     n, a;
+    uint64_t   t0;
+    double     t_batch, t_one;
+
+    s = malloc((size_t) 64 * m->n_items * sizeof(float));
+    if (s == NULL) {
+        return;
+    }
+    t0 = cm_now_mono_ns();
+    for (u = 0; u < m->n_users; u += nb) {
+        nb = m->n_users - u < 64 ? m->n_users - u : 64;
+        for (b = 0; b < nb; b++) {
+            users[b] = u + b;
+        }
+        (void) cm_rs_score_users(m, users, nb, s);
+        for (a = 0; a < nb; a++) {
+            (void) cm_rs_topk(s + a * m->n_items, m->n_items,
+                              m->seen_idx + m->seen_ptr[users[a]],
+                              m->seen_ptr[users[a] + 1]
+                              - m->seen_ptr[users[a]], 10, top, ts);
+        }
+    }
+    t_batch = (double) (cm_now_mono_ns() - t0) / 1e3 / m->n_users;
+    nb = m->n_users < 200 ? m->n_users : 200;
+    t0 = cm_now_mono_ns();
+    for (u = 0; u < nb; u++) {
+        (void) cm_rs_recommend(m, u, 10, 1, top, ts, &n);
+    }
+    t_one = (double) (cm_now_mono_ns() - t0) / 1e3 / nb;
+    printf("  scoring %u items x %u factors, top-10 exclude-seen, 1 thread:"
+           " %.1f us/user in batches of 64, %.1f us/user alone\n",
+           m->n_items, m->factors, t_batch, t_one);
+    free(s);
 }
 
 
@@ -653,7 +816,7 @@ cm_bench_recsys_main(int argc, char **argv)
     cm_rs_train_conf_t   tc;
     char                 err[1024];
     uint64_t             t0;
-    double               t_par, t_one, t_ref = 0;
+    double               t_par, t_one, t_cg, t_ref = 0;
     uint32_t             T;
     int                  rc;
 
@@ -676,6 +839,7 @@ cm_bench_recsys_main(int argc, char **argv)
     }
     tc = c.tc;
     tc.algo = CM_RS_ALS;
+    tc.cg_steps = 0;                    /* exact solves first */
     T = tc.threads;
     printf("bench recsys: %llu ratings, %u users, %u items, %u factors\n",
            (unsigned long long) d.nnz, d.n_users, d.n_items, tc.factors);
@@ -686,6 +850,7 @@ cm_bench_recsys_main(int argc, char **argv)
     if (rc != CM_OK) {
         goto fail;
     }
+    cm_rs_bench_scoring(m);
     cm_rs_model_free(m);
     printf("  als  %2u threads  %3u iters  %8.3f s  %8.4f s/iter\n", T,
            tc.iters, t_par, t_par / tc.iters);
@@ -703,6 +868,19 @@ cm_bench_recsys_main(int argc, char **argv)
     } else {
         t_one = t_par;
     }
+    tc.threads = T;
+    tc.cg_steps = c.tc.cg_steps ? c.tc.cg_steps : 3;
+    t0 = cm_now_mono_ns();
+    rc = cm_rs_train(&d, &tc, &m, err, sizeof(err));
+    t_cg = (double) (cm_now_mono_ns() - t0) / 1e9;
+    if (rc != CM_OK) {
+        goto fail;
+    }
+    cm_rs_model_free(m);
+    printf("  als  %2u threads  %3u iters  %8.3f s  %8.4f s/iter  (--cg %u:"
+           " %.1fx the exact solves)\n", T, tc.iters, t_cg, t_cg / tc.iters,
+           tc.cg_steps, t_par / t_cg);
+    tc.cg_steps = 0;
     if (c.ref_iters > 0) {
         tc.iters = c.ref_iters;
         t0 = cm_now_mono_ns();
@@ -726,4 +904,203 @@ fail:
     fprintf(stderr, "cinematch bench recsys: %s\n", err);
     cm_rs_data_free(&d);
     return 1;
+}
+
+
+/* ---- model query ---------------------------------------------------------- */
+
+static void
+cm_model_query_usage(FILE *f)
+{
+    fprintf(f, "usage: cinematch model query FILE [--k 10]\n"
+            "         (--user ID | --similar MOVIE | --popular |"
+            " --rate MOVIE:R[,MOVIE:R...])\n\n"
+            "Uses the scoring API the inference daemon uses, with external"
+            " MovieLens ids:\n"
+            "  --user ID       top-K unseen films for a trained user, each with"
+            " the seen\n"
+            "                  film that explains it\n"
+            "  --similar MOVIE films closest to MOVIE (cosine of factors)\n"
+            "  --popular       the cold-start list\n"
+            "  --rate LIST     fold in a new user from ratings (one ridge"
+            " solve), then\n"
+            "                  recommend excluding the rated films\n");
+}
+
+
+static int
+cm_cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+
+    return (x > y) - (x < y);
+}
+
+
+static int
+cm_model_query_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "user", required_argument, NULL, 'u' },
+        { "similar", required_argument, NULL, 's' },
+        { "popular", no_argument, NULL, 'p' },
+        { "rate", required_argument, NULL, 'r' },
+        { "k", required_argument, NULL, 'k' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    cm_rs_model_t  *m = NULL;
+    const char     *user = NULL, *similar = NULL, *rate = NULL, *file;
+    int             popular = 0, ch, rc = 1, modes;
+    size_t          k = 10, n = 0, j, nr = 0;
+    uint32_t       *idx = NULL, *items = NULL, because;
+    float          *sc = NULL, *ratings = NULL, *scores = NULL, *x = NULL;
+    float           bias, sim;
+    double          v;
+    char            err[1024], *end;
+    int64_t         u, it;
+
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'u': user = optarg; break;
+        case 's': similar = optarg; break;
+        case 'p': popular = 1; break;
+        case 'r': rate = optarg; break;
+        case 'k':
+            if (cm_rs_num("model query", "--k", optarg, 1, 1000, &v)) {
+                return 2;
+            }
+            k = (size_t) v;
+            break;
+        case 'h':
+            cm_model_query_usage(stdout);
+            return 0;
+        default:
+            fprintf(stderr, "cinematch model query: unknown or incomplete"
+                    " option '%s'\n", argv[optind - 1]);
+            cm_model_query_usage(stderr);
+            return 2;
+        }
+    }
+    modes = (user != NULL) + (similar != NULL) + popular + (rate != NULL);
+    if (optind != argc - 1 || modes != 1) {
+        cm_model_query_usage(stderr);
+        return 2;
+    }
+    file = argv[optind];
+    if (cm_rs_model_open(file, &m, err, sizeof(err)) != CM_OK) {
+        fprintf(stderr, "cinematch model query: %s\n", err);
+        return 1;
+    }
+    idx = malloc(k * sizeof(uint32_t));
+    sc = malloc(k * sizeof(float));
+    if (idx == NULL || sc == NULL) {
+        goto done;
+    }
+
+    if (user != NULL) {
+        u = cm_rs_find_id(m->user_ext, m->n_users,
+                          (int32_t) strtol(user, &end, 10));
+        if (*end != '\0' || u < 0) {
+            fprintf(stderr, "cinematch model query: user %s is not in the"
+                    " model (try --popular or --rate)\n", user);
+            goto done;
+        }
+        if (cm_rs_recommend(m, (uint32_t) u, k, 1, idx, sc, &n) != CM_OK) {
+            goto done;
+        }
+        for (j = 0; j < n; j++) {
+            printf("%d\t%.4f", m->item_ext[idx[j]], (double) sc[j]);
+            if (m->factors > 0
+                && cm_rs_explain(m, (uint32_t) u, idx[j], &because, &sim)
+                   == CM_OK)
+            {
+                printf("\tbecause %d (%.3f)", m->item_ext[because],
+                       (double) sim);
+            }
+            printf("\n");
+        }
+        rc = 0;
+    } else if (similar != NULL) {
+        it = cm_rs_find_id(m->item_ext, m->n_items,
+                           (int32_t) strtol(similar, &end, 10));
+        if (*end != '\0' || it < 0) {
+            fprintf(stderr, "cinematch model query: movie %s is not in the"
+                    " model\n", similar);
+            goto done;
+        }
+        if (cm_rs_similar_items(m, (uint32_t) it, k, idx, sc, &n) != CM_OK) {
+            fprintf(stderr, "cinematch model query: a %s model has no"
+                    " factors\n", cm_rs_algo_name(m->algo));
+            goto done;
+        }
+        for (j = 0; j < n; j++) {
+            printf("%d\t%.4f\n", m->item_ext[idx[j]], (double) sc[j]);
+        }
+        rc = 0;
+    } else if (popular) {
+        if (cm_rs_popular(m, NULL, 0, k, idx, sc, &n) == CM_OK) {
+            for (j = 0; j < n; j++) {
+                printf("%d\t%.0f\n", m->item_ext[idx[j]], (double) sc[j]);
+            }
+            rc = 0;
+        }
+    } else {
+        const char *p = rate;
+
+        items = malloc((strlen(rate) / 2 + 1) * sizeof(uint32_t));
+        ratings = malloc((strlen(rate) / 2 + 1) * sizeof(float));
+        scores = malloc(m->n_items * sizeof(float));
+        x = malloc((m->factors ? m->factors : 1) * sizeof(float));
+        if (items == NULL || ratings == NULL || scores == NULL || x == NULL) {
+            goto done;
+        }
+        while (*p != '\0') {
+            long   id = strtol(p, &end, 10);
+            double r;
+
+            if (end == p || *end != ':') {
+                fprintf(stderr, "cinematch model query: --rate wants"
+                        " MOVIE:RATING[,...], at '%s'\n", p);
+                rc = 2;
+                goto done;
+            }
+            r = strtod(end + 1, &end);
+            it = cm_rs_find_id(m->item_ext, m->n_items, (int32_t) id);
+            if (it < 0 || !(r >= 0.5 && r <= 5.0)) {
+                fprintf(stderr, "cinematch model query: movie %ld unknown or"
+                        " rating %g outside 0.5..5\n", id, r);
+                rc = 2;
+                goto done;
+            }
+            items[nr] = (uint32_t) it;
+            ratings[nr++] = (float) r;
+            p = *end == ',' ? end + 1 : end;
+            if (*end != ',' && *end != '\0') {
+                rc = 2;
+                fprintf(stderr, "cinematch model query: junk after a rating:"
+                        " '%s'\n", end);
+                goto done;
+            }
+        }
+        if (cm_rs_fold_in(m, items, ratings, nr, 0, x, &bias) != CM_OK) {
+            fprintf(stderr, "cinematch model query: fold-in needs an als or"
+                    " ials model\n");
+            goto done;
+        }
+        cm_rs_score_vector(m, x, bias, scores);
+        qsort(items, nr, sizeof(uint32_t), cm_cmp_u32);
+        n = cm_rs_topk(scores, m->n_items, items, nr, k, idx, sc);
+        for (j = 0; j < n; j++) {
+            printf("%d\t%.4f\n", m->item_ext[idx[j]], (double) sc[j]);
+        }
+        rc = 0;
+    }
+
+done:
+    free(idx); free(sc); free(items); free(ratings); free(scores); free(x);
+    cm_rs_model_free(m);
+    return rc;
 }

@@ -467,13 +467,30 @@ cm_model_register(PGconn *c, const char *name, const char *task,
     v[6] = bytes_s;
     v[7] = meta != NULL ? meta : "{}";
     v[8] = run_id > 0 ? run_s : NULL;
-    r = cm_pg_query(c, "INSERT INTO model_versions (model_name, version, task,"
+    /* the model row names the task (sql/006); versions hang below it */
+    r = cm_pg_query(c, "INSERT INTO models (name, task) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO NOTHING", 2, (const char *[]) {
+                        name, task }, err, errlen);
+    if (r == NULL) {
+        free(meta);
+        rc = CM_EIO;
+        goto failed;
+    }
+    PQclear(r);
+    r = cm_pg_query(c, "INSERT INTO model_versions (model_name, version,"
                     " stage, artifact_path, artifact_sha256, artifact_bytes,"
-                    " metrics, training_run_id) VALUES ($1, $2, $3, $4, $5,"
-                    " $6, $7, $8::jsonb, $9)", 9, v, err, errlen);
+                    " metrics, training_run_id) SELECT name, $2::int, $4::text,"
+                    " $5::text, $6::text, $7::bigint, $8::jsonb, $9::bigint"
+                    " FROM models WHERE name = $1 AND task = $3::text", 9, v, err, errlen);
     free(meta);
     if (r == NULL) {
         rc = CM_EIO;
+        goto failed;
+    }
+    if (strcmp(PQcmdTuples(r), "1") != 0) {
+        PQclear(r);
+        rc = cm_seterr(err, errlen, CM_ECONFLICT, "model %s exists with"
+                       " another task than %s", name, task);
         goto failed;
     }
     PQclear(r);

@@ -127,8 +127,8 @@ cm_apikey_generate(cm_apikey_t *k)
     k->key[CM_APIKEY_LEN] = '\0';
     memcpy(k->prefix, k->key + 3, CM_APIKEY_PREFIX_LEN);
     k->prefix[CM_APIKEY_PREFIX_LEN] = '\0';
-    cm_sha256_hex(k->key, CM_APIKEY_LEN, k->sha256);
-    return CM_OK;
+    return cm_sha256_hex(k->key, CM_APIKEY_LEN, k->sha256) == CM_OK
+           ? CM_OK : CM_ERR;
 }
 
 
@@ -161,7 +161,9 @@ cm_apikey_verify(const char *key, size_t len, const char *stored_hex)
     {
         return CM_EINVAL;
     }
-    cm_sha256_hex(key, len, hex);
+    if (cm_sha256_hex(key, len, hex) != CM_OK) {
+        return CM_ERR;
+    }
     rc = sodium_memcmp(hex, stored_hex, CM_SHA256_HEX_LEN) == 0
          ? CM_OK : CM_AUTH_EMISMATCH;
     sodium_memzero(hex, sizeof(hex));
@@ -191,7 +193,9 @@ cm_token_generate(cm_token_t *t, cm_token_kind_t kind, int64_t now,
         return CM_ERR;
     }
     t->token[CM_TOKEN_MAX_LEN] = '\0';
-    cm_sha256_hex(t->token, CM_TOKEN_MAX_LEN, t->sha256);
+    if (cm_sha256_hex(t->token, CM_TOKEN_MAX_LEN, t->sha256) != CM_OK) {
+        return CM_ERR;
+    }
     t->expires_at = now + ttl;
     return CM_OK;
 }
@@ -218,8 +222,7 @@ cm_token_hash(const char *token, size_t len, cm_token_kind_t kind,
     if (cm_token_parse(token, len, kind) != CM_OK) {
         return CM_EINVAL;
     }
-    cm_sha256_hex(token, len, hex);
-    return CM_OK;
+    return cm_sha256_hex(token, len, hex) == CM_OK ? CM_OK : CM_ERR;
 }
 
 

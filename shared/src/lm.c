@@ -154,6 +154,16 @@ static void
 cm_lm_linear(float *out, const float *inp, const float *w, const float *b,
     int R, int C, int OC)
 {
+    if (R == 1) {
+        /* one row: GEMV reads the weights once; OpenBLAS 0.3.21's SGEMM
+         * would pack (copy) the whole weight matrix first */
+        if (b != NULL) {
+            memcpy(out, b, (size_t) OC * sizeof(float));
+        }
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, w, C, inp, 1,
+                    b != NULL ? 1.0f : 0.0f, out, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, C, 1.0f,
                 inp, C, w, C, 0.0f, out, OC);
     if (b != NULL) {
@@ -215,33 +225,20 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
                 float       *o = e->atty + (size_t) r * C + h * hs;
                 float        mx = -INFINITY, sum = 0.0f, inv;
 
+                /* scores (pos+1) = scale * K_h (pos+1, hs; ld C) @ q */
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, pos + 1, hs, scale,
+                            kc + h * hs, C, q, 1, 0.0f, e->scores, 1);
                 for (t = 0; t <= pos; t++) {
-                    const float *k = kc + (size_t) t * C + h * hs;
-                    float        d = 0.0f;
-
-                    for (i = 0; i < hs; i++) {
-                        d += q[i] * k[i];
-                    }
-                    d *= scale;
-                    e->scores[t] = d;
-                    mx = d > mx ? d : mx;
+                    mx = e->scores[t] > mx ? e->scores[t] : mx;
                 }
                 for (t = 0; t <= pos; t++) {
                     e->scores[t] = expf(e->scores[t] - mx);
                     sum += e->scores[t];
                 }
                 inv = 1.0f / sum;
-                for (i = 0; i < hs; i++) {
-                    o[i] = 0.0f;
-                }
-                for (t = 0; t <= pos; t++) {
-                    const float *v = vc + (size_t) t * C + h * hs;
-                    float        a = e->scores[t] * inv;
-
-                    for (i = 0; i < hs; i++) {
-                        o[i] += a * v[i];
-                    }
-                }
+                /* o (hs) = V_h^T (hs, pos+1) @ scores / sum */
+                cblas_sgemv(CblasRowMajor, CblasTrans, pos + 1, hs, inv,
+                            vc + h * hs, C, e->scores, 1, 0.0f, o, 1);
             }
         }
         cm_lm_linear(e->tmp, e->atty, p->attprojw + lc * C, p->attprojb + lc,
@@ -369,6 +366,13 @@ cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
         }
         for (i = 0; i < s->pos; i++) {
             e->seen[s->history[i]] = 0;
+        }
+    }
+    if (s->n_generated < p->min_tokens) {
+        for (i = 0; i < p->n_stop; i++) {
+            if (p->stop[i] >= 0 && p->stop[i] < V) {
+                c[p->stop[i]].p = -INFINITY;
+            }
         }
     }
     if (p->temperature <= 0.0f) {

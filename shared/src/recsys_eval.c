@@ -47,7 +47,7 @@ cm_rs_split_parse(const char *s, cm_rs_split_t *out, char *err, size_t errlen)
             goto bad;
         }
         memcpy(out->base, s + 6, (size_t) (comma - (s + 6)));
-        strcpy(out->test, comma + 1);
+        snprintf(out->test, sizeof(out->test), "%s", comma + 1);
         return CM_OK;
     } else {
         goto bad;
@@ -101,13 +101,19 @@ cm_rs_split_random(const cm_ratings_t *all, double frac, uint64_t seed,
         return CM_ENOMEM;
     }
     n_test = (size_t) llround(frac * (double) n);
+    if (n_test > n) {
+        n_test = n;
+    }
     cm_rng_seed(&r, seed, 0x5011);
     for (i = 0; i < n; i++) {
         perm[i] = i;
     }
     /* partial Fisher-Yates: the first n_test of perm are held out */
     for (i = 0; i < n_test; i++) {
-        j = i + (size_t) cm_rng_below(&r, n - i);
+        j = i + (size_t) cm_rng_below(&r, n - i);     /* i <= j < n */
+        if (j >= n) {
+            j = n - 1;
+        }
         t = perm[i]; perm[i] = perm[j]; perm[j] = t;
         held[perm[i]] = 1;
     }
@@ -226,6 +232,22 @@ cm_rs_row_has(const cm_rs_data_t *d, uint32_t u, uint32_t i, float *r)
 }
 
 
+/* mu + b_u + b_i + U[u].V[i] for known u, i (dense) */
+static float
+cm_rs_raw(const cm_rs_model_t *m, uint32_t u, uint32_t i)
+{
+    const float  *x = m->U + (size_t) u * m->factors;
+    const float  *y = m->V + (size_t) i * m->factors;
+    float         p = m->mean + m->bu[u] + m->bi[i];
+    uint32_t      c;
+
+    for (c = 0; c < m->factors; c++) {
+        p += x[c] * y[c];
+    }
+    return p;
+}
+
+
 float
 cm_rs_predict(const cm_rs_model_t *m, const cm_rs_data_t *train,
     int32_t user, int32_t item)
@@ -240,16 +262,18 @@ cm_rs_predict(const cm_rs_model_t *m, const cm_rs_data_t *train,
     }
     u = cm_rs_find_id(m->user_ext, m->n_users, user);
     i = cm_rs_find_id(m->item_ext, m->n_items, item);
-    p = m->mean + (u >= 0 ? m->bu[u] : 0.0f) + (i >= 0 ? m->bi[i] : 0.0f);
-    if (u >= 0 && i >= 0 && m->factors > 0) {
-        const float *x = m->U + (size_t) u * m->factors;
-        const float *y = m->V + (size_t) i * m->factors;
-
-        for (c = 0; c < m->factors; c++) {
-            p += x[c] * y[c];
-        }
+    if (u >= 0 && i >= 0) {
+        p = cm_rs_raw(m, (uint32_t) u, (uint32_t) i);
+    } else {
+        p = m->mean + (u >= 0 ? m->bu[u] : 0.0f)
+            + (i >= 0 ? m->bi[i] : 0.0f);
     }
-    if (m->algo == CM_RS_ITEMKNN && u >= 0 && i >= 0 && train != NULL) {
+    /*
+     * Item-kNN: the neighbours of i the user rated vote with their
+     * residuals (rating minus the model's own prediction: the biases for
+     * CM_RS_ITEMKNN, the full factor model for ALS with knn_shrink > 0).
+     */
+    if (m->nn_idx != NULL && u >= 0 && i >= 0 && train != NULL) {
         for (c = 0; c < m->knn; c++) {
             j = m->nn_idx[(size_t) i * m->knn + c];
             if (j == UINT32_MAX) {
@@ -258,12 +282,12 @@ cm_rs_predict(const cm_rs_model_t *m, const cm_rs_data_t *train,
             if (cm_rs_row_has(train, (uint32_t) u, j, &r)) {
                 float s = m->nn_sim[(size_t) i * m->knn + c];
 
-                num += s * (r - (m->mean + m->bu[u] + m->bi[j]));
+                num += s * (r - cm_rs_raw(m, (uint32_t) u, j));
                 den += s;
             }
         }
         if (den > 0) {
-            p += (float) (num / den);
+            p += (float) (num / (den + m->knn_shrink));
         }
     }
     return p < 0.5f ? 0.5f : (p > 5.0f ? 5.0f : p);
@@ -293,10 +317,12 @@ cm_rs_cmp_u32(const void *a, const void *b)
 
 /* the ranking score row of one user (dense u, or -1 for a cold user) */
 static int
-cm_rs_score_row(const cm_rs_model_t *m, int64_t u, float *s)
+cm_rs_score_row(const cm_rs_model_t *m, const cm_rs_data_t *train,
+    int64_t u, float *s)
 {
     uint64_t  p;
     uint32_t  c, j, nb, i;
+    float     w;
 
     if (u < 0 || m->algo == CM_RS_POP) {
         for (i = 0; i < m->n_items; i++) {
@@ -308,12 +334,14 @@ cm_rs_score_row(const cm_rs_model_t *m, int64_t u, float *s)
         memset(s, 0, m->n_items * sizeof(float));
         for (p = m->seen_ptr[u]; p < m->seen_ptr[u + 1]; p++) {
             j = m->seen_idx[p];
+            /* the same confidence rule as iALS: low ratings vote less */
+            w = train->u_val[p] >= m->conf_thr ? 1.0f : m->conf_below;
             for (c = 0; c < m->knn; c++) {
                 nb = m->nn_idx[(size_t) j * m->knn + c];
                 if (nb == UINT32_MAX) {
                     break;
                 }
-                s[nb] += m->nn_sim[(size_t) j * m->knn + c];
+                s[nb] += w * m->nn_sim[(size_t) j * m->knn + c];
             }
         }
         return CM_OK;
@@ -389,7 +417,7 @@ cm_rs_evaluate(const cm_rs_model_t *m, const cm_rs_data_t *train,
         }
         qsort(pos, n_pos, sizeof(uint32_t), cm_rs_cmp_u32);
         u = cm_rs_find_id(m->user_ext, m->n_users, t[a].user);
-        rc = cm_rs_score_row(m, u, s);
+        rc = cm_rs_score_row(m, train, u, s);
         if (rc != CM_OK) {
             cm_seterr(err, errlen, rc, "scoring failed");
             goto done;

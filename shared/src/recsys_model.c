@@ -98,6 +98,9 @@ cm_rs_model_write(const cm_rs_model_t *m, const char *path, char *err,
     h.reg = m->reg;
     h.alpha = m->alpha;
     h.bias_reg = m->bias_reg;
+    h.reg_exp = m->reg_exp;
+    h.conf_thr = m->conf_thr;
+    h.conf_below = m->conf_below;
     h.iters = m->iters;
     h.seed = m->seed;
     h.created = m->created;
@@ -252,7 +255,10 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
     }
     if (h.n_users == 0 || h.n_items == 0 || h.nnz > ((uint64_t) 1 << 40)
         || !isfinite(h.mean) || !isfinite(h.reg) || !isfinite(h.alpha)
-        || !(h.bias_reg > 0) || !isfinite(h.bias_reg))
+        || !(h.bias_reg > 0) || !isfinite(h.bias_reg)
+        || !(h.reg_exp >= 0 && h.reg_exp <= 2)
+        || !(h.conf_thr >= 0 && h.conf_thr <= 10)
+        || !(h.conf_below >= 0 && h.conf_below <= 10))
     {
         return cm_seterr(err, errlen, CM_EFORMAT, "bad dims or"
                          " hyper-parameters in header");
@@ -299,20 +305,23 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
     m->reg = h.reg;
     m->alpha = h.alpha;
     m->bias_reg = h.bias_reg;
+    m->reg_exp = h.reg_exp;
+    m->conf_thr = h.conf_thr;
+    m->conf_below = h.conf_below;
     m->iters = h.iters;
     m->seed = h.seed;
     m->created = h.created;
     memcpy(m->data_fp, h.data_fp, 32);
     memcpy(m->checksum, h.checksum, 32);
-    m->U = (const float *) (b + h.sec[CM_RS_SEC_U].offset);
-    m->V = (const float *) (b + h.sec[CM_RS_SEC_V].offset);
-    m->bu = (const float *) (b + h.sec[CM_RS_SEC_BU].offset);
-    m->bi = (const float *) (b + h.sec[CM_RS_SEC_BI].offset);
-    m->user_ext = (const int32_t *) (b + h.sec[CM_RS_SEC_USER_IDS].offset);
-    m->item_ext = (const int32_t *) (b + h.sec[CM_RS_SEC_ITEM_IDS].offset);
-    m->pop = (const uint32_t *) (b + h.sec[CM_RS_SEC_POP].offset);
-    m->seen_ptr = (const uint64_t *) (b + h.sec[CM_RS_SEC_SEEN_PTR].offset);
-    m->seen_idx = (const uint32_t *) (b + h.sec[CM_RS_SEC_SEEN_IDX].offset);
+    m->U = (const float *) (const void *) (b + h.sec[CM_RS_SEC_U].offset);
+    m->V = (const float *) (const void *) (b + h.sec[CM_RS_SEC_V].offset);
+    m->bu = (const float *) (const void *) (b + h.sec[CM_RS_SEC_BU].offset);
+    m->bi = (const float *) (const void *) (b + h.sec[CM_RS_SEC_BI].offset);
+    m->user_ext = (const int32_t *) (const void *) (b + h.sec[CM_RS_SEC_USER_IDS].offset);
+    m->item_ext = (const int32_t *) (const void *) (b + h.sec[CM_RS_SEC_ITEM_IDS].offset);
+    m->pop = (const uint32_t *) (const void *) (b + h.sec[CM_RS_SEC_POP].offset);
+    m->seen_ptr = (const uint64_t *) (const void *) (b + h.sec[CM_RS_SEC_SEEN_PTR].offset);
+    m->seen_idx = (const uint32_t *) (const void *) (b + h.sec[CM_RS_SEC_SEEN_IDX].offset);
 
     if (!cm_rs_all_finite(m->U, (uint64_t) m->n_users * m->factors)
         || !cm_rs_all_finite(m->V, (uint64_t) m->n_items * m->factors)
@@ -403,13 +412,17 @@ cm_rs_model_open(const char *path, cm_rs_model_t **out, char *err,
         munmap(p, len);
         return rc;
     }
+    if (*out == NULL) {
+        munmap(p, len);
+        return cm_seterr(err, errlen, CM_ERR, "%s: no model", path);
+    }
     (*out)->map = p;
     (*out)->map_len = len;
     return CM_OK;
 }
 
 
-/* ---- scoring --------------------------------------------------------------- */
+/* ---- scoring ------------------------------------------------------------- */
 
 int
 cm_rs_score_users(const cm_rs_model_t *m, const uint32_t *users, size_t n,
@@ -441,6 +454,13 @@ cm_rs_score_users(const cm_rs_model_t *m, const uint32_t *users, size_t n,
         }
     }
     if (k == 0) {
+        return CM_OK;
+    }
+    if (n == 1) {
+        /* one user: a matrix-vector product, no copy */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int) m->n_items, (int) k,
+                    1.0f, m->V, (int) k, m->U + (size_t) users[0] * k, 1,
+                    1.0f, out, 1);
         return CM_OK;
     }
     X = malloc(n * k * sizeof(float));
@@ -617,6 +637,63 @@ cm_rs_similar_items(const cm_rs_model_t *m, uint32_t item, size_t k,
         s[i] = den > 0 ? s[i] / den : 0.0f;
     }
     *n_out = cm_rs_topk(s, m->n_items, &self, 1, k, out_idx, out_score);
+    free(s);
+    return CM_OK;
+}
+
+
+int
+cm_rs_explain(const cm_rs_model_t *m, uint32_t user, uint32_t item,
+    uint32_t *because, float *sim)
+{
+    uint64_t  p;
+    uint32_t  j, k = m->factors;
+    float     best = -2.0f, c, den;
+    int       found = 0;
+
+    if (user >= m->n_users || item >= m->n_items || k == 0
+        || m->v_norm == NULL)
+    {
+        return CM_EINVAL;
+    }
+    for (p = m->seen_ptr[user]; p < m->seen_ptr[user + 1]; p++) {
+        j = m->seen_idx[p];
+        if (j == item) {
+            continue;
+        }
+        den = m->v_norm[item] * m->v_norm[j];
+        c = den > 0 ? cblas_sdot((int) k, m->V + (size_t) item * k, 1,
+                                 m->V + (size_t) j * k, 1) / den
+                    : 0.0f;
+        if (!found || c > best) {
+            best = c;
+            *because = j;
+            found = 1;
+        }
+    }
+    if (!found) {
+        return CM_ENOTFOUND;
+    }
+    *sim = best;
+    return CM_OK;
+}
+
+
+int
+cm_rs_popular(const cm_rs_model_t *m, const uint32_t *excl, size_t n_excl,
+    size_t k, uint32_t *out_idx, float *out_score, size_t *n_out)
+{
+    float     *s;
+    uint32_t   i;
+
+    s = malloc((m->n_items ? m->n_items : 1) * sizeof(float));
+    if (s == NULL) {
+        return CM_ENOMEM;
+    }
+    for (i = 0; i < m->n_items; i++) {
+        s[i] = (float) m->pop[i];
+    }
+    *n_out = cm_rs_topk(s, m->n_items, excl, n_excl, k, out_idx, out_score);
     free(s);
     return CM_OK;
 }

@@ -44,6 +44,10 @@ typedef struct {
     float                alpha;
     float                mean;
     float                bias_reg;  /* bias reg = reg * bias_reg */
+    float                reg_exp;   /* row reg = reg * n^reg_exp */
+    float                conf_thr;  /* iALS: ratings below get ... */
+    float                conf_below;/* ... confidence 1 + alpha below r */
+    uint32_t             cg_steps;  /* 0: exact Cholesky solves */
     const float         *Y;         /* (n_other, k) */
     const float         *yb;        /* (n_other) or NULL */
     const float         *gram;      /* (k, k) Y^T Y for iALS */
@@ -104,6 +108,9 @@ cm_rs_train_conf_default(cm_rs_train_conf_t *c)
     c->alpha = 1.0f;
     c->knn = 100;
     c->bias_reg = 1.0f;
+    c->reg_exp = -1.0f;                 /* als 1, ials 0 */
+    c->conf_thr = 0.0f;
+    c->conf_below = 1.0f;
     c->seed = 1;
 }
 
@@ -134,12 +141,55 @@ cm_rs_cmp_trip(const void *a, const void *b)
 }
 
 
+#define CM_RS_LUT_MAX  (1 << 26)   /* ids up to this use a lookup table */
+
+/*
+ * Sorted distinct ids of one column and, when the ids are small enough
+ * (MovieLens ids are under a million), a table id -> dense index, which
+ * turns the mapping of 20M ratings from binary searches into loads.
+ */
 static int32_t *
-cm_rs_unique_ids(const cm_rating_t *r, size_t n, int users, uint32_t *count)
+cm_rs_unique_ids(const cm_rating_t *r, size_t n, int users, uint32_t *count,
+    int32_t **lut_out)
 {
-    int32_t  *v;
+    int32_t  *v, *lut, id, max = 0;
     size_t    i, m = 0;
 
+    *lut_out = NULL;
+    for (i = 0; i < n; i++) {
+        id = users ? r[i].user : r[i].item;
+        max = id > max ? id : max;
+    }
+    if (max >= 0 && max < CM_RS_LUT_MAX) {
+        lut = malloc(((size_t) max + 1) * sizeof(int32_t));
+        if (lut != NULL) {
+            memset(lut, 0xff, ((size_t) max + 1) * sizeof(int32_t));
+            for (i = 0; i < n; i++) {
+                id = users ? r[i].user : r[i].item;
+                if (id >= 0) {
+                    lut[id] = 0;
+                }
+            }
+            for (id = 0; id <= max; id++) {
+                m += lut[id] == 0;
+            }
+            v = malloc((m ? m : 1) * sizeof(int32_t));
+            if (v == NULL) {
+                free(lut);
+                return NULL;
+            }
+            m = 0;
+            for (id = 0; id <= max; id++) {
+                if (lut[id] == 0) {
+                    lut[id] = (int32_t) m;
+                    v[m++] = id;
+                }
+            }
+            *count = (uint32_t) m;
+            *lut_out = lut;
+            return v;
+        }
+    }
     v = malloc((n ? n : 1) * sizeof(int32_t));
     if (v == NULL) {
         return NULL;
@@ -193,27 +243,57 @@ cm_rs_data_build(const cm_rating_t *r, size_t n, cm_rs_data_t *d, char *err,
     cm_rs_trip_t  *t = NULL;
     size_t         i, m = 0;
     uint64_t      *fill = NULL;
+    int32_t       *ulut = NULL, *ilut = NULL;
     double         sum = 0;
 
     memset(d, 0, sizeof(*d));
     if (n == 0) {
         return cm_seterr(err, errlen, CM_EINVAL, "no ratings to train on");
     }
-    d->user_ext = cm_rs_unique_ids(r, n, 1, &d->n_users);
-    d->item_ext = cm_rs_unique_ids(r, n, 0, &d->n_items);
-    t = malloc(n * sizeof(*t));
-    if (d->user_ext == NULL || d->item_ext == NULL || t == NULL) {
+    d->user_ext = cm_rs_unique_ids(r, n, 1, &d->n_users, &ulut);
+    d->item_ext = cm_rs_unique_ids(r, n, 0, &d->n_items, &ilut);
+    t = calloc(n, sizeof(*t));          /* every slot is written below */
+    fill = calloc((size_t) d->n_users + 1, sizeof(uint64_t));
+    if (d->user_ext == NULL || d->item_ext == NULL || t == NULL
+        || fill == NULL)
+    {
         goto nomem;
     }
+#define CM_RS_UIDX(x) (ulut ? (uint32_t) ulut[(x)->user]                      \
+                            : (uint32_t) cm_rs_find_id(d->user_ext,           \
+                                                       d->n_users, (x)->user))
+    /* counting sort by user (two passes, no second copy), then each
+     * user's run by (item, ts) */
     for (i = 0; i < n; i++) {
-        t[i].user = (uint32_t) cm_rs_find_id(d->user_ext, d->n_users,
-                                             r[i].user);
-        t[i].item = (uint32_t) cm_rs_find_id(d->item_ext, d->n_items,
-                                             r[i].item);
-        t[i].rating = r[i].rating;
-        t[i].ts = r[i].ts;
+        fill[CM_RS_UIDX(&r[i]) + 1]++;
     }
-    qsort(t, n, sizeof(*t), cm_rs_cmp_trip);
+    for (i = 0; i < d->n_users; i++) {
+        fill[i + 1] += fill[i];
+    }
+    for (i = 0; i < n; i++) {
+        uint32_t       u = CM_RS_UIDX(&r[i]);
+        cm_rs_trip_t  *x = &t[fill[u]++];
+
+        x->user = u;
+        x->item = ilut ? (uint32_t) ilut[r[i].item]
+                       : (uint32_t) cm_rs_find_id(d->item_ext, d->n_items,
+                                                  r[i].item);
+        x->rating = r[i].rating;
+        x->ts = r[i].ts;
+    }
+#undef CM_RS_UIDX
+    for (i = 0; i < d->n_users; i++) {
+        uint64_t lo = i ? fill[i - 1] : 0, hi = fill[i];
+
+        if (hi - lo > 1) {
+            qsort(t + lo, hi - lo, sizeof(*t), cm_rs_cmp_trip);
+        }
+    }
+    free(fill);
+    fill = NULL;
+    free(ulut);
+    free(ilut);
+    ulut = ilut = NULL;
     /* duplicates: the last of a (user, item) run has the latest ts */
     for (i = 0; i < n; i++) {
         if (i + 1 < n && t[i + 1].user == t[i].user
@@ -265,6 +345,8 @@ cm_rs_data_build(const cm_rating_t *r, size_t n, cm_rs_data_t *d, char *err,
 nomem:
     free(t);
     free(fill);
+    free(ulut);
+    free(ilut);
     cm_rs_data_free(d);
     return cm_seterr(err, errlen, CM_ENOMEM, "out of memory building the"
                      " training matrix");
@@ -297,7 +379,7 @@ cm_rs_data_fingerprint(const cm_rs_data_t *d, uint8_t out[32])
 }
 
 
-/* ---- models ---------------------------------------------------------------- */
+/* ---- models -------------------------------------------------------------- */
 
 void
 cm_rs_model_free(cm_rs_model_t *m)
@@ -357,20 +439,21 @@ cm_rs_model_alloc(const cm_rs_data_t *d, cm_rs_algo_t algo, uint32_t k,
     memset(base, 0, total);
     m->algo = algo;
     m->bias_reg = 1.0f;
+    m->reg_exp = 1.0f;
     m->factors = k;
     m->n_users = d->n_users;
     m->n_items = d->n_items;
     m->nnz = d->nnz;
     m->mean = d->mean;
-    m->U = (float *) (base + off[CM_RS_SEC_U]);
-    m->V = (float *) (base + off[CM_RS_SEC_V]);
-    m->bu = (float *) (base + off[CM_RS_SEC_BU]);
-    m->bi = (float *) (base + off[CM_RS_SEC_BI]);
-    m->user_ext = (int32_t *) (base + off[CM_RS_SEC_USER_IDS]);
-    m->item_ext = (int32_t *) (base + off[CM_RS_SEC_ITEM_IDS]);
-    m->pop = (uint32_t *) (base + off[CM_RS_SEC_POP]);
-    m->seen_ptr = (uint64_t *) (base + off[CM_RS_SEC_SEEN_PTR]);
-    m->seen_idx = (uint32_t *) (base + off[CM_RS_SEC_SEEN_IDX]);
+    m->U = (float *) (void *) (base + off[CM_RS_SEC_U]);
+    m->V = (float *) (void *) (base + off[CM_RS_SEC_V]);
+    m->bu = (float *) (void *) (base + off[CM_RS_SEC_BU]);
+    m->bi = (float *) (void *) (base + off[CM_RS_SEC_BI]);
+    m->user_ext = (int32_t *) (void *) (base + off[CM_RS_SEC_USER_IDS]);
+    m->item_ext = (int32_t *) (void *) (base + off[CM_RS_SEC_ITEM_IDS]);
+    m->pop = (uint32_t *) (void *) (base + off[CM_RS_SEC_POP]);
+    m->seen_ptr = (uint64_t *) (void *) (base + off[CM_RS_SEC_SEEN_PTR]);
+    m->seen_idx = (uint32_t *) (void *) (base + off[CM_RS_SEC_SEEN_IDX]);
     memcpy((void *) m->user_ext, d->user_ext, sz[CM_RS_SEC_USER_IDS]);
     memcpy((void *) m->item_ext, d->item_ext, sz[CM_RS_SEC_ITEM_IDS]);
     memcpy((void *) m->seen_ptr, d->u_ptr, sz[CM_RS_SEC_SEEN_PTR]);
@@ -413,7 +496,30 @@ cm_rs_model_derive(cm_rs_model_t *m)
 }
 
 
-/* ---- the row solves ----------------------------------------------------- */
+/* ---- the row solves ------------------------------------------------------ */
+
+/*
+ * Solve the SPD system A x = b in place (b becomes x).  A is row-major with
+ * its upper triangle filled (what ssyrk(RowMajor, Upper) leaves), i.e. the
+ * lower triangle in column-major terms, so the LAPACK routine can take it
+ * as is: LAPACKE_sposv(ROW_MAJOR) would transpose into a fresh allocation
+ * on every call, which cost more than the solve at k = 64.
+ */
+static int
+cm_rs_posv(float *A, float *b, size_t n)
+{
+    return LAPACKE_sposv_work(LAPACK_COL_MAJOR, 'L', (int) n, 1, A, (int) n,
+                              b, (int) n);
+}
+
+
+/* weighted-lambda: a row with n ratings is regularised by reg * n^e */
+static float
+cm_rs_row_weight(double n, float e)
+{
+    return e == 1.0f ? (float) n : (float) pow(n, e);
+}
+
 
 /* scratch floats one thread needs for rows of at most max_n entries */
 static size_t
@@ -467,8 +573,7 @@ cm_rs_solve_explicit(uint32_t k, const uint32_t *idx, const float *val,
             K[j * n + j] += reg_w;
             z[j] = t[j];
         }
-        info = LAPACKE_sposv(LAPACK_ROW_MAJOR, 'U', (int) n, 1, K, (int) n,
-                             z, 1);
+        info = cm_rs_posv(K, z, n);
         if (info != 0) {
             return info;
         }
@@ -482,8 +587,7 @@ cm_rs_solve_explicit(uint32_t k, const uint32_t *idx, const float *val,
         }
         cblas_sgemv(CblasRowMajor, CblasTrans, (int) n, (int) kk, 1.0f, G,
                     (int) kk, t, 1, 0.0f, rhs, 1);
-        info = LAPACKE_sposv(LAPACK_ROW_MAJOR, 'U', (int) kk, 1, A, (int) kk,
-                             rhs, 1);
+        info = cm_rs_posv(A, rhs, kk);
         if (info != 0) {
             return info;
         }
@@ -496,21 +600,24 @@ cm_rs_solve_explicit(uint32_t k, const uint32_t *idx, const float *val,
 
 /*
  * iALS row solve: (gram + sum_j (c_j - 1) y_j y_j^T + reg I) x
- * = sum_j c_j y_j, c_j = 1 + alpha r_j.
+ * = sum_j c_j y_j, c_j = 1 + alpha r_j, or 1 + alpha below r_j for ratings
+ * under thr (a 2-star rating is a weaker "watched it" signal).
  */
 static int
 cm_rs_solve_implicit(uint32_t k, const uint32_t *idx, const float *val,
-    size_t n, const float *Y, const float *gram, float alpha, float reg,
-    float *x, float *s)
+    size_t n, const float *Y, const float *gram, float alpha, float thr,
+    float below, float reg, float *x, float *s)
 {
     size_t   j, c;
-    float   *G = s, *A = G + n * (k + 1), *rhs = A + (k + 1) * (k + 1), w;
+    float   *G = s, *A = G + n * (k + 1);
+    float   *rhs = A + (size_t) (k + 1) * (k + 1), w;
 
     memcpy(A, gram, (size_t) k * k * sizeof(float));
     memset(rhs, 0, k * sizeof(float));
     for (j = 0; j < n; j++) {
         const float *y = Y + (size_t) idx[j] * k;
-        float        cj = 1.0f + alpha * val[j];
+        float        cj = 1.0f + alpha * val[j] * (val[j] >= thr ? 1.0f
+                                                                 : below);
 
         w = sqrtf(cj - 1.0f);
         for (c = 0; c < k; c++) {
@@ -529,10 +636,113 @@ cm_rs_solve_implicit(uint32_t k, const uint32_t *idx, const float *val,
         memset(x, 0, k * sizeof(float));
         return 0;
     }
-    c = (size_t) LAPACKE_sposv(LAPACK_ROW_MAJOR, 'U', (int) k, 1, A, (int) k,
-                               rhs, 1);
+    c = (size_t) cm_rs_posv(A, rhs, k);
     memcpy(x, rhs, k * sizeof(float));
     return (int) c;
+}
+
+
+/*
+ * Conjugate-gradient variants (Takacs et al.; what `implicit` does for
+ * iALS): a few CG steps warm-started from the row's current vector instead
+ * of an exact solve.  A product with the system matrix costs O(n k) here
+ * against O(n k^2) to form it, so long rows get ~k/4 times cheaper; the
+ * solution is inexact, so the loss is no longer guaranteed monotone.
+ */
+static void
+cm_rs_cg_explicit(uint32_t k, const uint32_t *idx, const float *val,
+    size_t n, const float *Y, const float *yb, float mean, float reg_w,
+    float bias_reg, uint32_t steps, float *x, float *b, float *s)
+{
+    size_t    kk = k + 1, j;
+    float     bc = 1.0f / sqrtf(bias_reg);
+    float    *G = s, *t = G + n * kk, *Gp = t + n, *w = Gp + n;
+    float    *r = w + kk, *p = r + kk, *Ap = p + kk;
+    float     rs, rs_new, a;
+    uint32_t  it;
+
+    for (j = 0; j < n; j++) {
+        memcpy(G + j * kk, Y + (size_t) idx[j] * k, k * sizeof(float));
+        G[j * kk + k] = bc;
+        t[j] = val[j] - mean - (yb ? yb[idx[j]] : 0.0f);
+    }
+    memcpy(w, x, k * sizeof(float));
+    w[k] = *b / bc;
+    /* r = G^T (t - G w) - reg w */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int) n, (int) kk, -1.0f, G,
+                (int) kk, w, 1, 1.0f, t, 1);
+    cblas_sgemv(CblasRowMajor, CblasTrans, (int) n, (int) kk, 1.0f, G,
+                (int) kk, t, 1, 0.0f, r, 1);
+    cblas_saxpy((int) kk, -reg_w, w, 1, r, 1);
+    memcpy(p, r, kk * sizeof(float));
+    rs = cblas_sdot((int) kk, r, 1, r, 1);
+    for (it = 0; it < steps && rs > 1e-20f; it++) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int) n, (int) kk, 1.0f, G,
+                    (int) kk, p, 1, 0.0f, Gp, 1);
+        cblas_sgemv(CblasRowMajor, CblasTrans, (int) n, (int) kk, 1.0f, G,
+                    (int) kk, Gp, 1, 0.0f, Ap, 1);
+        cblas_saxpy((int) kk, reg_w, p, 1, Ap, 1);
+        a = rs / cblas_sdot((int) kk, p, 1, Ap, 1);
+        cblas_saxpy((int) kk, a, p, 1, w, 1);
+        cblas_saxpy((int) kk, -a, Ap, 1, r, 1);
+        rs_new = cblas_sdot((int) kk, r, 1, r, 1);
+        for (j = 0; j < kk; j++) {
+            p[j] = r[j] + (rs_new / rs) * p[j];
+        }
+        rs = rs_new;
+    }
+    memcpy(x, w, k * sizeof(float));
+    *b = w[k] * bc;
+}
+
+
+static void
+cm_rs_cg_implicit(uint32_t k, const uint32_t *idx, const float *val,
+    size_t n, const float *Y, const float *gram, float alpha, float thr,
+    float below, float reg, uint32_t steps, float *x, float *s)
+{
+    size_t    j;
+    float    *G = s, *cm1 = G + n * k, *Gp = cm1 + n, *r = Gp + n;
+    float    *p = r + k, *Ap = p + k, rs, rs_new, a;
+    uint32_t  it;
+
+    /* r = sum_j c_j y_j - (gram x + sum_j (c_j - 1)(y_j.x) y_j + reg x) */
+    for (j = 0; j < n; j++) {
+        memcpy(G + j * k, Y + (size_t) idx[j] * k, k * sizeof(float));
+        cm1[j] = alpha * val[j] * (val[j] >= thr ? 1.0f : below);
+    }
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int) n, (int) k, 1.0f, G,
+                (int) k, x, 1, 0.0f, Gp, 1);
+    for (j = 0; j < n; j++) {
+        Gp[j] = (1.0f + cm1[j]) - cm1[j] * Gp[j];
+    }
+    cblas_sgemv(CblasRowMajor, CblasTrans, (int) n, (int) k, 1.0f, G,
+                (int) k, Gp, 1, 0.0f, r, 1);
+    cblas_ssymv(CblasRowMajor, CblasUpper, (int) k, -1.0f, gram, (int) k, x,
+                1, 1.0f, r, 1);
+    cblas_saxpy((int) k, -reg, x, 1, r, 1);
+    memcpy(p, r, k * sizeof(float));
+    rs = cblas_sdot((int) k, r, 1, r, 1);
+    for (it = 0; it < steps && rs > 1e-20f; it++) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int) n, (int) k, 1.0f, G,
+                    (int) k, p, 1, 0.0f, Gp, 1);
+        for (j = 0; j < n; j++) {
+            Gp[j] *= cm1[j];
+        }
+        cblas_sgemv(CblasRowMajor, CblasTrans, (int) n, (int) k, 1.0f, G,
+                    (int) k, Gp, 1, 0.0f, Ap, 1);
+        cblas_ssymv(CblasRowMajor, CblasUpper, (int) k, 1.0f, gram, (int) k,
+                    p, 1, 1.0f, Ap, 1);
+        cblas_saxpy((int) k, reg, p, 1, Ap, 1);
+        a = rs / cblas_sdot((int) k, p, 1, Ap, 1);
+        cblas_saxpy((int) k, a, p, 1, x, 1);
+        cblas_saxpy((int) k, -a, Ap, 1, r, 1);
+        rs_new = cblas_sdot((int) k, r, 1, r, 1);
+        for (j = 0; j < k; j++) {
+            p[j] = r[j] + (rs_new / rs) * p[j];
+        }
+        rs = rs_new;
+    }
 }
 
 
@@ -548,10 +758,36 @@ cm_rs_solve_row(cm_rs_job_t *j, uint32_t row, float *s)
     int                  info;
 
     if (j->algo == CM_RS_IALS) {
-        info = cm_rs_solve_implicit(j->k, idx + ptr[row], val + ptr[row], n,
-                                    j->Y, j->gram, j->alpha, j->reg, x, s);
+        float reg_w = j->reg_exp > 0 && n > 0
+                      ? j->reg * cm_rs_row_weight((double) n, j->reg_exp)
+                      : j->reg;
+
+        if (j->cg_steps > 0 && n > 0) {
+            cm_rs_cg_implicit(j->k, idx + ptr[row], val + ptr[row], n, j->Y,
+                              j->gram, j->alpha, j->conf_thr, j->conf_below,
+                              reg_w, j->cg_steps, x, s);
+            info = 0;
+        } else {
+            info = cm_rs_solve_implicit(j->k, idx + ptr[row], val + ptr[row],
+                                        n, j->Y, j->gram, j->alpha,
+                                        j->conf_thr, j->conf_below, reg_w, x,
+                                        s);
+        }
+    } else if (j->cg_steps > 0 && n > (size_t) j->k + 1) {
+        float reg_w = j->algo == CM_RS_ALS
+                      ? j->reg * cm_rs_row_weight((double) n, j->reg_exp)
+                      : j->reg;
+
+        b = j->xb[row];
+        cm_rs_cg_explicit(j->k, idx + ptr[row], val + ptr[row], n, j->Y,
+                          j->yb, j->mean, reg_w, j->bias_reg, j->cg_steps, x,
+                          &b, s);
+        j->xb[row] = b;
+        info = 0;
     } else {
-        float reg_w = j->algo == CM_RS_ALS ? j->reg * (float) n : j->reg;
+        float reg_w = j->algo == CM_RS_ALS
+                      ? j->reg * cm_rs_row_weight((double) n, j->reg_exp)
+                      : j->reg;
 
         info = cm_rs_solve_explicit(j->k, idx + ptr[row], val + ptr[row], n,
                                     j->Y, j->yb, j->mean, reg_w, j->bias_reg,
@@ -631,14 +867,18 @@ cm_rs_als_loss(const cm_rs_model_t *m, const cm_rs_data_t *d)
         }
         nrm = (k ? cblas_sdot((int) k, x, 1, x, 1) : 0)
               + m->bias_reg * m->bu[u] * m->bu[u];
-        loss += m->reg * (double) (d->u_ptr[u + 1] - d->u_ptr[u]) * nrm;
+        loss += m->reg * cm_rs_row_weight((double) (d->u_ptr[u + 1]
+                                                    - d->u_ptr[u]),
+                                          m->reg_exp) * nrm;
     }
     for (i = 0; i < d->n_items; i++) {
         const float *y = m->V + (size_t) i * k;
 
         nrm = (k ? cblas_sdot((int) k, y, 1, y, 1) : 0)
               + m->bias_reg * m->bi[i] * m->bi[i];
-        loss += m->reg * (double) (d->i_ptr[i + 1] - d->i_ptr[i]) * nrm;
+        loss += m->reg * cm_rs_row_weight((double) (d->i_ptr[i + 1]
+                                                    - d->i_ptr[i]),
+                                          m->reg_exp) * nrm;
     }
     return loss;
 }
@@ -650,6 +890,7 @@ typedef struct {
     const cm_rs_data_t  *d;
     cm_rs_model_t       *m;
     uint32_t             next;
+    float                sim_shrink;
     float              **acc;       /* per thread (n_items) */
 } cm_rs_knn_job_t;
 
@@ -704,6 +945,8 @@ cm_rs_knn_worker(void *arg)
                     sim = acc[o] / sqrtf((float) (d->i_ptr[i + 1] - d->i_ptr[i])
                                          * (float) (d->i_ptr[o + 1]
                                                     - d->i_ptr[o]));
+                    /* few co-raters: trust the cosine less */
+                    sim *= acc[o] / (acc[o] + j->sim_shrink);
                     /* insertion into the sorted top-K (desc sim, asc id) */
                     if (n < K || sim > ns[K - 1]
                         || (sim == ns[K - 1] && o < ni[K - 1]))
@@ -757,6 +1000,7 @@ cm_rs_train_knn(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
         j.d = d;
         j.m = m;
         j.next = 0;
+        j.sim_shrink = c->knn_sim_shrink;
         for (t = 1; t < T; t++) {
             w[t].job = &j;
             w[t].tid = t;
@@ -780,7 +1024,7 @@ cm_rs_train_knn(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
 }
 
 
-/* ---- training driver --------------------------------------------------- */
+/* ---- training driver ----------------------------------------------------- */
 
 int
 cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
@@ -815,6 +1059,10 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     m->reg = c->reg;
     m->alpha = c->alpha;
     m->bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
+    m->conf_thr = c->conf_thr;
+    m->conf_below = c->conf_below;
+    m->reg_exp = c->reg_exp >= 0 ? c->reg_exp
+                 : (c->algo == CM_RS_IALS ? 0.0f : 1.0f);
     m->iters = c->iters;
     m->seed = c->seed;
     m->created = cm_now_real_ns() / 1000000000ull;
@@ -848,6 +1096,10 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     j.alpha = c->alpha;
     j.mean = j.algo == CM_RS_IALS ? 0.0f : d->mean;
     j.bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
+    j.reg_exp = m->reg_exp;
+    j.conf_thr = c->conf_thr;
+    j.conf_below = c->conf_below;
+    j.cg_steps = c->cg_steps;
     j.scratch = calloc(T, sizeof(float *));
     if (k > 0) {
         gram = malloc((size_t) k * k * sizeof(float));
@@ -904,7 +1156,10 @@ cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
                   " definite: try a larger --reg)");
         goto done;
     }
-    if (c->algo == CM_RS_ITEMKNN) {
+    if (c->algo == CM_RS_ITEMKNN
+        || (c->algo == CM_RS_ALS && c->knn_blend > 0))
+    {
+        m->knn_shrink = c->algo == CM_RS_ALS ? c->knn_blend : 0.0f;
         rc = cm_rs_train_knn(d, c, m);
         if (rc != CM_OK) {
             cm_seterr(err, errlen, rc, "out of memory for item-kNN");
@@ -931,7 +1186,7 @@ done:
 }
 
 
-/* ---- reference ALS: plain loops, no BLAS, no threads ------------------- */
+/* ---- reference ALS: plain loops, no BLAS, no threads --------------------- */
 
 /* In-place Cholesky solve of the SPD a (n, n) with b (n); 0 or -1. */
 static int
@@ -978,7 +1233,8 @@ cm_rs_ref_cholesky_solve(float *a, float *b, size_t n)
 static int
 cm_rs_ref_half(const uint64_t *ptr, const uint32_t *idx, const float *val,
     uint32_t n_rows, uint32_t k, const float *Y, const float *yb, float mean,
-    float reg, float *X, float *xb, float *A, float *rhs)
+    float reg, float reg_exp, float bias_reg, float *X, float *xb, float *A,
+    float *rhs)
 {
     size_t    kk = k + 1, a, b;
     uint32_t  r;
@@ -1003,7 +1259,9 @@ cm_rs_ref_half(const uint64_t *ptr, const uint32_t *idx, const float *val,
             }
         }
         for (a = 0; a < kk; a++) {
-            A[a * kk + a] += reg * (float) n + (n == 0 ? 1.0f : 0.0f);
+            A[a * kk + a] += reg * (float) pow((double) n, reg_exp)
+                             * (a == k ? bias_reg : 1.0f)
+                             + (n == 0 ? 1.0f : 0.0f);
         }
         if (cm_rs_ref_cholesky_solve(A, rhs, kk) != 0) {
             return CM_ERR;
@@ -1035,6 +1293,8 @@ cm_rs_train_als_reference(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
         return cm_seterr(err, errlen, rc, "out of memory");
     }
     m->reg = c->reg;
+    m->reg_exp = c->reg_exp >= 0 ? c->reg_exp : 1.0f;
+    m->bias_reg = c->bias_reg > 0 ? c->bias_reg : 1.0f;
     m->iters = c->iters;
     m->seed = c->seed;
     A = malloc((size_t) (k + 1) * (k + 1) * sizeof(float));
@@ -1050,11 +1310,13 @@ cm_rs_train_als_reference(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
     }
     for (it = 0; it < c->iters && rc == CM_OK; it++) {
         rc = cm_rs_ref_half(d->u_ptr, d->u_idx, d->u_val, d->n_users, k,
-                            m->V, m->bi, d->mean, c->reg, (float *) m->U,
+                            m->V, m->bi, d->mean, c->reg, m->reg_exp,
+                            m->bias_reg, (float *) m->U,
                             (float *) m->bu, A, rhs);
         if (rc == CM_OK) {
             rc = cm_rs_ref_half(d->i_ptr, d->i_idx, d->i_val, d->n_items, k,
-                                m->U, m->bu, d->mean, c->reg, (float *) m->V,
+                                m->U, m->bu, d->mean, c->reg, m->reg_exp,
+                                m->bias_reg, (float *) m->V,
                                 (float *) m->bi, A, rhs);
         }
         if (rc == CM_OK && c->loss != NULL) {
@@ -1075,7 +1337,7 @@ cm_rs_train_als_reference(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
 }
 
 
-/* ---- fold-in --------------------------------------------------------------- */
+/* ---- fold-in ------------------------------------------------------------- */
 
 int
 cm_rs_fold_in(const cm_rs_model_t *m, const uint32_t *items,
@@ -1104,10 +1366,17 @@ cm_rs_fold_in(const cm_rs_model_t *m, const uint32_t *items,
     if (m->algo == CM_RS_IALS) {
         info = m->gram == NULL ? -1
                : cm_rs_solve_implicit(m->factors, items, ratings, n, m->V,
-                                      m->gram, m->alpha, reg, x, s);
+                                      m->gram, m->alpha, m->conf_thr,
+                                      m->conf_below,
+                                      m->reg_exp > 0 && n > 0
+                                      ? reg * cm_rs_row_weight((double) n,
+                                                               m->reg_exp)
+                                      : reg, x, s);
     } else {
         info = cm_rs_solve_explicit(m->factors, items, ratings, n, m->V,
-                                    m->bi, m->mean, reg * (float) n,
+                                    m->bi, m->mean,
+                                    reg * cm_rs_row_weight((double) n,
+                                                           m->reg_exp),
                                     m->bias_reg, x, bias, s);
     }
     free(s);

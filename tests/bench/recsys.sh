@@ -21,7 +21,10 @@ print("  mean RMSE %.4f  MAE %.4f  train %.2f s" % (
     sum(o["train_seconds"] for o in r) / len(r)))'
 }
 echo "== accuracy: random:0.2:SEED, seeds 1..5 =="
-for a in "als --factors 64 --iters 15 --reg 0.12" "bias --reg 2"; do
+for a in "bias --reg 2" \
+         "als --factors 64 --iters 15 --reg 0.12" \
+         "als --factors 64 --iters 15 --reg 2 --reg-exp 0.4 --bias-reg 0.5" \
+         "als --factors 64 --iters 15 --reg 2 --reg-exp 0.4 --bias-reg 0.5 --knn-blend 1.5 --knn 500"; do
     echo "$a"
     for s in 1 2 3 4 5; do
         $CM eval recsys --data "$D" --threads 2 --split random:0.2:$s --json \
@@ -29,11 +32,19 @@ for a in "als --factors 64 --iters 15 --reg 0.12" "bias --reg 2"; do
     done | mean_rmse
 done
 echo "== ranking: temporal-user:0.2, K=10 =="
-for a in "pop" "itemknn --knn 100" "als --factors 64 --reg 0.12" \
-         "ials --factors 64 --iters 10 --alpha 1 --reg 30"; do
+for a in "pop" "itemknn --knn 100 --sim-shrink 0 --conf-threshold 0" \
+         "itemknn --knn 30 --sim-shrink 30 --conf-threshold 0" \
+         "itemknn --knn 30 --sim-shrink 30 --conf-threshold 4 --conf-below 0" \
+         "als --factors 64 --reg 2 --reg-exp 0.4 --bias-reg 0.5" \
+         "ials --factors 64 --iters 10 --alpha 1 --reg 30 --conf-threshold 0" \
+         "ials --factors 64 --iters 10 --alpha 1.5 --reg 40 --conf-threshold 4 --conf-below 0" \
+         "ials --factors 64 --iters 10 --alpha 1.5 --reg 40 --conf-threshold 4 --conf-below 0 --cg 3"; do
     $CM eval recsys --data "$D" --threads 2 --split temporal-user:0.2 \
         --algo $a
 done
 echo "== speed: ALS 64 factors x 15 iterations vs the no-BLAS reference =="
-$CM bench recsys --data "$D" --factors 64 --iters 15 --threads 2 \
-    --ref-iters 2 --reg 0.12
+for i in 1 2 3; do
+    $CM bench recsys --data "$D" --factors 64 --iters 15 --threads 2 \
+        --ref-iters 2 --reg 0.12
+done
+uptime

@@ -20,7 +20,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     void           *buf;
     cm_rs_model_t  *m;
-    uint32_t        idx[4];
+    uint32_t        idx[5];
     float           sc[4];
     size_t          n;
     unsigned        pass;
@@ -39,6 +39,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void) cm_rs_recommend(m, 0, 4, 1, idx, sc, &n);
         (void) cm_rs_recommend(m, m->n_users - 1, 4, 1, idx, sc, &n);
         (void) cm_rs_similar_items(m, m->n_items - 1, 4, idx, sc, &n);
+        (void) cm_rs_explain(m, m->n_users - 1, 0, idx, sc);
+        (void) cm_rs_popular(m, NULL, 0, 4, idx, sc, &n);
         cm_rs_model_free(m);
     }
     free(buf);

@@ -5,12 +5,14 @@
     nginx     nginx with the cinematch module against backends, once per test
               module: 2 workers, 2 PostgreSQL connections each, 1 s query
               timeout; "cinematch_echo on" and a 1k body limit in location /
-    workdir   the session's temporary directory
+    workdir   the session's temporary directory (kept when CINEMATCH_KEEP_TMP
+              is set, for its logs)
 
 A test module that needs other directives builds its own harness.Nginx from
 backends and workdir (see harness.py).
 """
 
+import os
 import shutil
 
 import pytest
@@ -25,7 +27,10 @@ def workdir():
         pytest.skip(f"integration stack unavailable: {reason}")
     d = harness.make_workdir()
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if os.environ.get("CINEMATCH_KEEP_TMP"):
+        print(f"\nintegration work directory kept: {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -50,5 +55,6 @@ def nginx(request, workdir, backends):
         yield ngx
     finally:
         ngx.stop()
+    assert ngx.graceful, "nginx did not stop on SIGQUIT within 15 s"
     problems = ngx.log_problems()
     assert not problems, "nginx logged alerts:\n" + "\n".join(problems)

@@ -29,7 +29,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = ROOT / "build" / "ngx_http_cinematch_module.so"
+# CINEMATCH_NGX_MODULE picks another build of the module (e.g. one built
+# with -fsanitize=address); CINEMATCH_NGX_PRELOAD is then put in nginx's
+# LD_PRELOAD (libasan must come first in an uninstrumented nginx).
+MODULE = Path(os.environ.get("CINEMATCH_NGX_MODULE",
+                             ROOT / "build" / "ngx_http_cinematch_module.so"))
+NGX_PRELOAD = os.environ.get("CINEMATCH_NGX_PRELOAD", "")
 PG_BIN = Path(os.environ.get("CINEMATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -169,13 +174,19 @@ class Redis:
     def address(self):
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def unix_address(self):
+        """The same server on its unix socket (cinematch_redis unix:...)."""
+        return f"unix:{self.dir / 'redis.sock'}"
+
     def start(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "redis.log", "ab")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--dir", str(self.dir)],
+             "--unixsocket", str(self.dir / "redis.sock"),
+             "--unixsocketperm", "700", "--dir", str(self.dir)],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_for(self.ping, timeout=10, what=f"redis on {self.port}")
@@ -228,6 +239,7 @@ http {{
             cinematch;
 {location_extra}
         }}
+{server_extra}
     }}
 }}
 """
@@ -237,8 +249,9 @@ class Nginx:
     """nginx -p <prefix> with the cinematch module in the foreground."""
 
     def __init__(self, workdir, pg=None, redis=None, port=None, workers=2,
-                 http_extra="", location_extra="", user=None,
-                 log_level="info", name="nginx", pg_pool=2, pg_timeout="3s"):
+                 http_extra="", location_extra="", server_extra="", user=None,
+                 log_level="info", name="nginx", pg_pool=2, pg_timeout="3s",
+                 redis_address=None):
         self.prefix = Path(workdir) / name
         self.port = port or free_port()
         self.pg = pg
@@ -246,15 +259,18 @@ class Nginx:
         self.workers = workers
         self.http_extra = http_extra
         self.location_extra = location_extra
+        self.server_extra = server_extra
         self.log_level = log_level
         self.pg_pool = pg_pool
         self.pg_timeout = pg_timeout
+        self.redis_address = redis_address
         # As root, workers run as root too by default, so that they can map
         # the segments the test's inference daemons create (mode 0660).
         if user is None and os.geteuid() == 0:
             user = "root root"
         self.user = user
         self.proc = None
+        self.graceful = None
 
     @property
     def conf_path(self):
@@ -271,7 +287,8 @@ class Nginx:
             backends.append(f"    cinematch_postgres_pool {self.pg_pool};")
             backends.append(f"    cinematch_query_timeout {self.pg_timeout};")
         if self.redis is not None:
-            backends.append(f"    cinematch_redis {self.redis.address};")
+            backends.append("    cinematch_redis "
+                            f"{self.redis_address or self.redis.address};")
             backends.append("    cinematch_redis_timeout 1s;")
         conf = NGINX_CONF.format(
             module=MODULE, workers=self.workers, prefix=self.prefix,
@@ -279,22 +296,26 @@ class Nginx:
             log_level=self.log_level, port=self.port,
             backends="\n".join(backends),
             http_extra=_indent(self.http_extra, 4),
-            location_extra=_indent(self.location_extra, 12))
+            location_extra=_indent(self.location_extra, 12),
+            server_extra=_indent(self.server_extra, 8))
         self.conf_path.write_text(conf)
 
     def start(self):
         for d in ("logs", "tmp"):
             (self.prefix / d).mkdir(parents=True, exist_ok=True)
         self.write_conf()
+        env = dict(os.environ)
+        if NGX_PRELOAD:
+            env["LD_PRELOAD"] = NGX_PRELOAD
         check = subprocess.run(["nginx", "-t", "-p", str(self.prefix), "-c",
                                 str(self.conf_path)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True, env=env)
         if check.returncode != 0:
             raise HarnessError(f"nginx -t failed:\n{check.stdout}")
         out = open(self.prefix / "logs" / "stderr.log", "ab")
         self.proc = subprocess.Popen(
             ["nginx", "-p", str(self.prefix), "-c", str(self.conf_path)],
-            stdout=out, stderr=subprocess.STDOUT)
+            stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
         wait_for(lambda: self._alive() and self.request("GET", "/health")[0] == 200,
                  timeout=15, what=f"nginx on {self.port}")
@@ -305,14 +326,22 @@ class Nginx:
                                + self.log_tail())
         return True
 
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        return {int(p) for p in out.split()}
+
     def stop(self):
+        """Graceful stop (SIGQUIT); self.graceful says whether it was enough."""
         if self.proc is None:
             return
+        self.graceful = True
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                self.graceful = False
                 self.proc.terminate()
                 try:
                     self.proc.wait(timeout=5)
@@ -340,7 +369,8 @@ class Nginx:
     def request(self, method, path, body=None, headers=None, timeout=10,
                 chunked=False):
         """One request on a new connection: (status, headers, body bytes).
-        Header names in the returned dict are lower-case."""
+        Header names in the returned dict are lower-case; repeated headers
+        are joined with ", "."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             if isinstance(body, (dict, list)):
@@ -361,7 +391,11 @@ class Nginx:
                 conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
             data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            headers = {}
+            for k, v in resp.getheaders():
+                k = k.lower()
+                headers[k] = f"{headers[k]}, {v}" if k in headers else v
+            return resp.status, headers, data
         finally:
             conn.close()
 

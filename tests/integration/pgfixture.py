@@ -5,6 +5,7 @@
         pg.create_database("t1")
         pg.psql("SELECT 1", db="t1")    # -> "1"
         dsn = pg.dsn("t1")              # libpq conninfo for the C code
+        pg.create_database("t2", migrate=True)   # + every sql/NNN_*.sql applied
 
 Everything lives in a temporary directory that is removed on stop().  When
 the tests run as root the server runs as an unprivileged account (PostgreSQL
@@ -25,6 +26,8 @@ import tempfile
 import time
 
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CINEMATCH_BIN = os.environ.get("CINEMATCH_BIN", os.path.join(ROOT, "build", "cinematch"))
 SUPERUSER = "postgres"
 
 
@@ -171,9 +174,21 @@ class PgServer:
             raise PgError(f"psql failed: {r.stderr.strip()}", r.stderr)
         return r.stdout.strip() if check else r
 
-    def create_database(self, name):
+    def create_database(self, name, migrate=False):
+        """CREATE DATABASE; with migrate=True also apply sql/ with
+        `cinematch migrate` (the schema every component expects)."""
         self.psql(f'CREATE DATABASE "{name}"')
+        if migrate:
+            self.migrate(name)
         return name
+
+    def migrate(self, db, sql_dir=None):
+        r = subprocess.run([CINEMATCH_BIN, "migrate", "--dsn", self.dsn(db), "--dir",
+                            sql_dir or os.path.join(ROOT, "sql")],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise PgError(f"cinematch migrate failed: {r.stderr.strip()}", r.stderr)
+        return r.stdout
 
     def read_log(self):
         try:

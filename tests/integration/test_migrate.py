@@ -106,6 +106,15 @@ def test_status_lists_pending_then_applied_and_changes_nothing(pg, db):
     assert "pending" not in r.stdout
 
 
+def test_dry_run_lists_what_would_apply_and_changes_nothing(pg, db):
+    r = migrate(pg, db, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[-1] for line in r.stdout.splitlines()
+            if line.startswith("would apply ")] == sql_files()
+    assert pg.psql("SELECT to_regclass('schema_migrations') IS NULL", db=db) == "t"
+    assert pg.psql("SELECT to_regclass('users') IS NULL", db=db) == "t"
+
+
 def test_second_run_is_a_no_op(pg, db):
     assert migrate(pg, db).returncode == 0
     before = pg.psql("SELECT version, applied_at FROM schema_migrations ORDER BY 1", db=db)
@@ -168,6 +177,38 @@ def test_failing_migration_rolls_back_entirely(pg, db, sql_copy):
     assert names == sql_files()                 # the good ones before it stay
 
 
+def test_006_upgrades_a_database_holding_rows_of_the_005_shape(pg, db, sql_copy):
+    later = [f for f in sql_files(sql_copy) if int(f[:3]) >= 6]
+    held = {f: open(os.path.join(sql_copy, f)).read() for f in later}
+    for f in later:
+        os.remove(os.path.join(sql_copy, f))
+    assert migrate(pg, db, sql_dir=sql_copy).returncode == 0
+    pg.psql("""
+        INSERT INTO users (email, password_hash) VALUES ('u@example.com', 'h');
+        INSERT INTO model_versions (model_name, version, task, stage, artifact_path, artifact_sha256)
+            VALUES ('als', 1, 'recsys', 'production', '/m/1', repeat('a', 64));
+        INSERT INTO drift_reports (baseline_rows, current_rows, drift_detected, ks_method)
+            VALUES (10, 5, true, 'asymptotic');
+        INSERT INTO batch_jobs (user_id, kind, model_version_id, input)
+            SELECT u.id, 'recommend', v.id, '{}' FROM users u, model_versions v;
+        INSERT INTO batch_jobs (user_id, kind, input) SELECT id, 'similar', '{}' FROM users;
+    """, db=db)
+    for f, text in held.items():
+        with open(os.path.join(sql_copy, f), "w") as fh:
+            fh.write(text)
+    r = migrate(pg, db, sql_dir=sql_copy)
+    assert r.returncode == 0, r.stderr
+    assert pg.psql("SELECT name, task FROM models ORDER BY name", db=db).splitlines() == [
+        "als|recsys", "dialog|dialog", "recsys|recsys"]
+    assert pg.psql("SELECT alert, ks_method, reasons FROM drift_reports", db=db) \
+        == "t|asymp|{unrecorded}"
+    assert pg.psql("SELECT kind, coalesce(model_name, '-') FROM batch_jobs ORDER BY kind",
+                   db=db).splitlines() == ["recommend|als", "similar|-"]
+    # the grandfathered job is allowed, a new one must name its model
+    rejects(pg, db, "INSERT INTO batch_jobs (user_id, input) SELECT id, '{}' FROM users",
+            "batch_jobs_model_name_check")
+
+
 def test_misnamed_sql_file_is_an_error_not_skipped(pg, db, sql_copy):
     with open(os.path.join(sql_copy, "7_typo.sql"), "w") as f:
         f.write("SELECT 1;\n")
@@ -204,8 +245,7 @@ def test_bad_usage_exits_2_and_no_database_exits_1(pg, db):
 
 @pytest.fixture
 def schema(pg, db):
-    r = migrate(pg, db)
-    assert r.returncode == 0, r.stderr
+    pg.migrate(db)
     pg.psql("INSERT INTO movies (movie_id, title, year, genres)"
             " VALUES (1, 'Toy Story', 1995, '{Animation,Children}')", db=db)
     return db
@@ -239,8 +279,10 @@ def test_half_star_ratings_are_accepted_everywhere(pg, schema):
 
 
 def test_only_one_production_version_per_model(pg, schema):
-    ins = ("INSERT INTO model_versions (model_name, version, task, stage, artifact_path,"
-           " artifact_sha256) VALUES ('{m}', {v}, 'recsys', '{s}', '/m/{v}', repeat('a', 64))")
+    pg.psql("INSERT INTO models (name, task) VALUES ('als', 'recsys'), ('other', 'recsys')",
+            db=schema)
+    ins = ("INSERT INTO model_versions (model_name, version, stage, artifact_path,"
+           " artifact_sha256) VALUES ('{m}', {v}, '{s}', '/m/{v}', repeat('a', 64))")
     pg.psql(ins.format(m="als", v=1, s="production"), db=schema)
     pg.psql(ins.format(m="als", v=2, s="staging"), db=schema)
     pg.psql(ins.format(m="other", v=1, s="production"), db=schema)   # another model: fine
@@ -262,6 +304,40 @@ def test_only_one_production_version_per_model(pg, schema):
         "1|-|production", "2|-|staging", "1|production|archived", "2|staging|production"]
     rejects(pg, schema, ins.format(m="als", v=2, s="none"), "model_versions_name_version_key")
     rejects(pg, schema, ins.format(m="Bad Name", v=1, s="none"), "model_name_check")
+    rejects(pg, schema, ins.format(m="unregistered", v=1, s="none"), "foreign key")
+    # a private model needs an owner
+    rejects(pg, schema, "INSERT INTO models (name, task, private) VALUES ('mine', 'recsys', true)",
+            "models_private_check")
+
+
+def test_drift_alert_needs_reasons_and_batch_results_are_idempotent(pg, schema):
+    rejects(pg, schema, "INSERT INTO drift_reports (baseline_rows, current_rows, alert)"
+                        " VALUES (10, 5, true)", "drift_reports_reasons_check")
+    pg.psql("INSERT INTO drift_reports (baseline_rows, current_rows, alert, reasons, ks_method)"
+            " VALUES (10, 5, true, '{psi>0.25}', 'asymp')", db=schema)
+    pg.psql("""
+        INSERT INTO users (email, password_hash) VALUES ('j@example.com', 'h');
+        INSERT INTO batch_jobs (user_id, model_name, input, items_total)
+            SELECT id, 'als', '{"items": [1, 2]}', 2 FROM users;
+    """, db=schema)
+    put = ("INSERT INTO batch_job_results (job_id, item_index, ok, result)"
+           " SELECT id, 0, true, '{\"rating\": 4.1}' FROM batch_jobs"
+           " ON CONFLICT (job_id, item_index) DO NOTHING")
+    pg.psql(put, db=schema)
+    pg.psql(put, db=schema)                      # the redelivered entry
+    assert pg.psql("SELECT count(*) FROM batch_job_results", db=schema) == "1"
+
+
+def test_title_search_uses_the_trigram_index(pg, schema):
+    pg.psql("INSERT INTO movies (movie_id, title, year) SELECT g, 'Movie ' || g, 2000"
+            " FROM generate_series(2, 3000) g; ANALYZE movies;", db=schema)
+    # on a table this small a seq scan is cheaper; forbid it to prove the index applies
+    plan = pg.psql("SET enable_seqscan = off;"
+                   " EXPLAIN SELECT movie_id FROM movies WHERE lower(title) LIKE '%toy st%'",
+                   db=schema)
+    assert "movies_title_trgm_idx" in plan, plan
+    assert pg.psql("SELECT movie_id FROM movies WHERE lower(title) LIKE '%toy st%'",
+                   db=schema) == "1"
 
 
 def test_user_email_is_unique_case_insensitively_and_gets_a_rating_user_id(pg, schema):

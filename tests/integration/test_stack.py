@@ -100,9 +100,10 @@ def test_start_brings_up_every_component_and_prints_how_to_stop(stack):
     pids = recorded_pids(stack["var"])
     for name in ("nginx", "redis", "postgres"):
         assert name in pids and pid_alive(pids[name]), (name, pids)
-    status = stack["run"]("status").stdout
-    assert "postgres  running" in status and "redis     running" in status
-    assert "nginx     running" in status
+    st = stack["run"]("status")
+    assert st.returncode == 0, st.stdout
+    assert "postgres  running" in st.stdout and "redis     running" in st.stdout
+    assert "nginx     running" in st.stdout
 
 
 def test_https_answers_with_the_generated_certificate(stack):
@@ -117,6 +118,29 @@ def test_schema_is_migrated(stack):
                         os.path.join(ROOT, "sql")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "pending" not in r.stdout and "applied" in r.stdout
+
+
+def test_nginx_connects_as_a_role_that_may_only_touch_rows(stack):
+    with open(os.path.join(stack["var"], "secrets", "pg_app_dsn")) as f:
+        app = f.read().strip()
+    with open(os.path.join(stack["var"], "nginx", "nginx.conf")) as f:
+        conf = f.read()
+    if "cinematch_postgres" in conf:          # only rendered when the module is built
+        assert "user=cinematch_app" in conf
+    psql = os.path.join(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"), "psql")
+
+    def run(sql):
+        return subprocess.run([psql, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", app, "-c", sql],
+                              capture_output=True, text=True)
+
+    r = run("INSERT INTO movies (movie_id, title) VALUES (7, 'Se7en') RETURNING movie_id")
+    assert r.returncode == 0 and r.stdout.strip() == "7", r.stderr
+    assert run("SELECT count(*) FROM schema_migrations").returncode == 0
+    for sql in ("CREATE TABLE evil (x int)", "DROP TABLE movies",
+                "DELETE FROM schema_migrations", "ALTER TABLE movies ADD COLUMN x int"):
+        r = run(sql)
+        assert r.returncode != 0 and ("permission denied" in r.stderr
+                                      or "must be owner" in r.stderr), (sql, r.stderr)
 
 
 def test_second_start_detects_the_running_stack(stack):
@@ -138,6 +162,7 @@ def test_stop_leaves_nothing_behind_and_spares_strangers(stack):
     assert not [n for n, p in pids.items() if pid_alive(p)]
     assert not os.path.exists(os.path.join(stack["var"], "run", "nginx.pid"))
     assert not os.path.exists(os.path.join(stack["var"], "run", "redis.pid"))
+    assert stack["run"]("status").returncode == 3
 
     # A pid file naming a process that is not ours (a recycled pid) must not
     # get that process killed: stop only removes the stale file.

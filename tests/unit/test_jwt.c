@@ -132,6 +132,7 @@ test_sign_then_verify_round_trips_every_claim(void **state)
     strcpy(in.sub, "10000042");
     strcpy(in.jti, "6f1c2a");
     strcpy(in.role, "admin");
+    strcpy(in.sid, "0b6c9d0e-6a4f-4b7e-9d55-2c1f3f3f0a11");
     in.iat = NOW;
     in.nbf = NOW;
     in.exp = NOW + 900;
@@ -143,6 +144,7 @@ test_sign_then_verify_round_trips_every_claim(void **state)
     assert_string_equal(out.sub, "10000042");
     assert_string_equal(out.jti, "6f1c2a");
     assert_string_equal(out.role, "admin");
+    assert_string_equal(out.sid, "0b6c9d0e-6a4f-4b7e-9d55-2c1f3f3f0a11");
     assert_string_equal(out.kid, fx->a.kid);
     assert_int_equal(out.iat, NOW);
     assert_int_equal(out.nbf, NOW);
@@ -269,6 +271,29 @@ test_verify_rejects_crit_and_bad_typ(void **state)
              "\"kid\":\"%s\"}", fx->a.kid);
     forge(tok, sizeof(tok), hdr, good_payload(), &fx->a);
     assert_int_equal(verify(fx, tok, NOW), 0);
+}
+
+
+static void
+test_verify_parses_headers_other_than_our_own(void **state)
+{
+    fx_t  *fx = *state;
+    char   hdr[200], tok[2048];
+
+    /* not byte-identical to what we sign, so the full header check runs:
+     * other key order, spaces, no typ, the previous key */
+    snprintf(hdr, sizeof(hdr), "{ \"kid\" : \"%s\", \"alg\" : \"HS256\" }",
+             fx->b.kid);
+    forge(tok, sizeof(tok), hdr, good_payload(), &fx->b);
+    assert_int_equal(verify(fx, tok, NOW), 0);
+    forge(tok, sizeof(tok), hdr, good_payload(), &fx->a);
+    assert_int_equal(verify(fx, tok, NOW), CM_JWT_ESIG);
+    /* our exact header with the other key's signature */
+    hdr_for(hdr, sizeof(hdr), "HS256", &fx->a);
+    assert_int_equal(strlen(fx->a.hdr_b64), fx->a.hdr_b64_len);
+    forge(tok, sizeof(tok), hdr, good_payload(), &fx->b);
+    assert_memory_equal(tok, fx->a.hdr_b64, fx->a.hdr_b64_len);
+    assert_int_equal(verify(fx, tok, NOW), CM_JWT_ESIG);
 }
 
 
@@ -589,6 +614,11 @@ test_verify_rejects_ill_typed_and_missing_claims(void **state)
         "\"sub\":\"1\",\"role\":\"user\",\"iat\":1767225600,"
         "\"exp\":1767226500",
         "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"exp\":1767226500",
+        /* sid as number, sid empty */
+        "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"iat\":1767225600,"
+        "\"sid\":5,\"exp\":1767226500",
+        "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"iat\":1767225600,"
+        "\"sid\":\"\",\"exp\":1767226500",
         /* nbf as bool, exp before iat */
         "\"sub\":\"1\",\"jti\":\"j\",\"role\":\"user\",\"iat\":1767225600,"
         "\"nbf\":true,\"exp\":1767226500",
@@ -767,6 +797,7 @@ main(void)
         cmocka_unit_test(test_verify_rejects_every_alg_but_hs256),
         cmocka_unit_test(test_verify_rejects_hs_rs_confusion),
         cmocka_unit_test(test_verify_rejects_crit_and_bad_typ),
+        cmocka_unit_test(test_verify_parses_headers_other_than_our_own),
         cmocka_unit_test(test_verify_rejects_wrong_signature),
         cmocka_unit_test(test_verify_rejects_payload_changed_after_signing),
         cmocka_unit_test(test_verify_rejects_expired_at_the_exact_second),

@@ -103,6 +103,18 @@ test_data_build_maps_ids_and_keeps_latest_duplicate(void **state)
     assert_int_equal(d.i_ptr[2] - d.i_ptr[1], 2);
     assert_true(fabsf(d.mean - (3.0f + 2.0f + 4.5f) / 3) < 1e-6);
     cm_rs_data_free(&d);
+
+    /* ids too large for the lookup table take the sorting path */
+    r[2].user = 1 << 30;
+    r[3].item = 2000000000;
+    assert_int_equal(cm_rs_data_build(r, 4, &d, NULL, 0), CM_OK);
+    assert_int_equal(d.n_users, 2);
+    assert_int_equal(d.n_items, 3);
+    assert_int_equal(d.nnz, 4);
+    assert_int_equal(d.user_ext[1], 1 << 30);
+    assert_int_equal(d.item_ext[2], 2000000000);
+    assert_int_equal(d.u_idx[d.u_ptr[0] + 2], 2);   /* user 10: 3, 7, 2e9 */
+    cm_rs_data_free(&d);
 }
 
 
@@ -129,6 +141,15 @@ test_als_loss_decreases_monotonically_and_fits_planted_rank(void **state)
     }
     assert_true(loss[19] < loss[0]);
     assert_true(train_rmse(m, &d) < 0.05);
+    cm_rs_model_free(m);
+    /* the same with reg * n^0.4 and a separate bias weight */
+    c.reg_exp = 0.4f;
+    c.bias_reg = 0.5f;
+    c.reg = 0.01f;
+    assert_int_equal(cm_rs_train(&d, &c, &m, NULL, 0), CM_OK);
+    for (it = 1; it < 20; it++) {
+        assert_true(loss[it] <= loss[it - 1] * (1 + 1e-5) + 1e-6);
+    }
     cm_rs_model_free(m);
     cm_rs_data_free(&d);
     cm_ratings_free(&r);
@@ -176,7 +197,9 @@ test_reference_als_matches_blas_als(void **state)
     cm_rs_train_conf_default(&c);
     c.factors = 6;
     c.iters = 3;
-    c.reg = 0.05f;
+    c.reg = 0.3f;
+    c.reg_exp = 0.4f;                   /* and the bias column scaling */
+    c.bias_reg = 0.5f;
     c.loss = la;
     assert_int_equal(cm_rs_train(&d, &c, &a, NULL, 0), CM_OK);
     c.loss = lb;
@@ -200,7 +223,8 @@ test_ials_and_knn_rank_a_users_unseen_preferences_above_chance(void **s)
     cm_rs_data_t        d;
     cm_rs_train_conf_t  c;
     cm_rs_model_t      *m;
-    cm_rs_algo_t        algos[] = { CM_RS_IALS, CM_RS_ITEMKNN, CM_RS_ALS };
+    cm_rs_algo_t        algos[] = { CM_RS_IALS, CM_RS_ITEMKNN, CM_RS_ALS,
+                                    CM_RS_IALS };
     cm_rating_t         x;
     int                 u, i, a, good;
     uint32_t            top[1], uu;
@@ -220,9 +244,10 @@ test_ials_and_knn_rank_a_users_unseen_preferences_above_chance(void **s)
     }
     assert_int_equal(cm_rs_data_build(r.v, r.n, &d, NULL, 0), CM_OK);
     row = malloc(d.n_items * sizeof(float));
-    for (a = 0; a < 3; a++) {
+    for (a = 0; a < 4; a++) {
         cm_rs_train_conf_default(&c);
         c.algo = algos[a];
+        c.cg_steps = a == 3 ? 3 : 0;            /* iALS by CG too */
         c.factors = 4;
         c.iters = 10;
         c.reg = algos[a] == CM_RS_IALS ? 0.1f : 0.05f;
@@ -258,6 +283,36 @@ test_ials_and_knn_rank_a_users_unseen_preferences_above_chance(void **s)
         cm_rs_model_free(m);
     }
     free(row);
+    cm_rs_data_free(&d);
+    cm_ratings_free(&r);
+}
+
+
+static void
+test_cg_solver_reaches_the_cholesky_fit(void **state)
+{
+    cm_ratings_t        r;
+    cm_rs_data_t        d;
+    cm_rs_train_conf_t  c;
+    cm_rs_model_t      *a, *b;
+    double              ra, rb;
+
+    planted(&r, 0.1);
+    assert_int_equal(cm_rs_data_build(r.v, r.n, &d, NULL, 0), CM_OK);
+    cm_rs_train_conf_default(&c);
+    c.factors = 4;
+    c.iters = 15;
+    c.reg = 0.01f;
+    assert_int_equal(cm_rs_train(&d, &c, &a, NULL, 0), CM_OK);
+    c.cg_steps = 3;
+    c.threads = 2;
+    assert_int_equal(cm_rs_train(&d, &c, &b, NULL, 0), CM_OK);
+    ra = train_rmse(a, &d);
+    rb = train_rmse(b, &d);
+    assert_true(rb < ra + 0.02);
+    assert_true(rb < 0.2);
+    cm_rs_model_free(a);
+    cm_rs_model_free(b);
     cm_rs_data_free(&d);
     cm_ratings_free(&r);
 }
@@ -320,8 +375,23 @@ test_fold_in_recovers_a_trained_users_vector(void **state)
 }
 
 
+static float
+cosine_ref(const cm_rs_model_t *m, uint32_t a, uint32_t b)
+{
+    double    dot = 0, na = 0, nb = 0;
+    uint32_t  c, k = m->factors;
+
+    for (c = 0; c < k; c++) {
+        dot += m->V[a * k + c] * m->V[b * k + c];
+        na += m->V[a * k + c] * m->V[a * k + c];
+        nb += m->V[b * k + c] * m->V[b * k + c];
+    }
+    return (float) (dot / sqrt(na * nb));
+}
+
+
 static void
-test_similar_items_are_sorted_cosines_without_the_item(void **state)
+test_similar_explain_and_popular_follow_factors_and_counts(void **state)
 {
     cm_ratings_t        r;
     cm_rs_data_t        d;
@@ -347,6 +417,42 @@ test_similar_items_are_sorted_cosines_without_the_item(void **state)
         }
     }
     assert_int_equal(cm_rs_similar_items(m, NI, 5, idx, sc, &n), CM_EINVAL);
+
+    /* explanation: a seen item, and the best cosine among the seen */
+    {
+        uint32_t  because, u = 7;
+        float     sim, c2;
+        uint64_t  p;
+
+        assert_int_equal(cm_rs_explain(m, u, 3, &because, &sim), CM_OK);
+        for (p = m->seen_ptr[u]; p < m->seen_ptr[u + 1]; p++) {
+            if (m->seen_idx[p] == because) {
+                break;
+            }
+        }
+        assert_true(p < m->seen_ptr[u + 1]);
+        for (p = m->seen_ptr[u]; p < m->seen_ptr[u + 1]; p++) {
+            uint32_t q = m->seen_idx[p];
+
+            if (q == 3) {
+                continue;
+            }
+            c2 = cosine_ref(m, 3, q);
+            assert_true(c2 <= sim + 1e-5f);
+        }
+    }
+    /* cold start: counts descending, exclusions honoured */
+    {
+        uint32_t ex[1];
+
+        assert_int_equal(cm_rs_popular(m, NULL, 0, 5, idx, sc, &n), CM_OK);
+        assert_int_equal(n, 5);
+        assert_true(sc[0] >= sc[4]);
+        assert_true(sc[0] == (float) m->pop[idx[0]]);
+        ex[0] = idx[0];
+        assert_int_equal(cm_rs_popular(m, ex, 1, 1, idx + 1, sc, &n), CM_OK);
+        assert_int_not_equal(idx[1], ex[0]);
+    }
     cm_rs_model_free(m);
     cm_rs_data_free(&d);
     cm_ratings_free(&r);
@@ -364,9 +470,11 @@ main(void)
         cmocka_unit_test(test_reference_als_matches_blas_als),
         cmocka_unit_test(
             test_ials_and_knn_rank_a_users_unseen_preferences_above_chance),
+        cmocka_unit_test(test_cg_solver_reaches_the_cholesky_fit),
         cmocka_unit_test(test_topk_breaks_ties_by_index_and_skips_excluded),
         cmocka_unit_test(test_fold_in_recovers_a_trained_users_vector),
-        cmocka_unit_test(test_similar_items_are_sorted_cosines_without_the_item),
+        cmocka_unit_test(
+            test_similar_explain_and_popular_follow_factors_and_counts),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

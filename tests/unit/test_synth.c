@@ -82,7 +82,8 @@ test_written_files_read_back_strictly_with_movielens_shape(void **state)
     assert_true(ds.movies.n > 400);                 /* + batch-only films */
     for (i = 0; i < ds.ratings.n; i++) {
         sum += ds.ratings.v[i].rating;
-        halves += ds.ratings.v[i].rating != (float) (int) ds.ratings.v[i].rating;
+        halves += ds.ratings.v[i].rating
+                  != (float) (int) ds.ratings.v[i].rating;
         assert_true(ds.ratings.v[i].ts >= 946684800);
     }
     assert_true(sum / n > 3.2 && sum / n < 3.8);    /* MovieLens: 3.50 */
@@ -125,6 +126,15 @@ test_drift_batches_shift_rating_mean_down_and_add_new_films(void **state)
         new3 += r3.v[i].item > max_main;
     }
     assert_true(m3 / r3.n < m1 / r1.n - 0.1);
+    /* no (user, movie) pair twice within a batch */
+    for (i = 0; i < r3.n; i++) {
+        size_t q;
+
+        for (q = i + 1; q < r3.n; q++) {
+            assert_false(r3.v[i].user == r3.v[q].user
+                         && r3.v[i].item == r3.v[q].item);
+        }
+    }
     assert_true(new3 > 40);
     assert_true(r3.v[0].ts > r1.v[0].ts);
     assert_int_equal(cm_synth_batch(s, 4, &r1), CM_EINVAL);
@@ -138,7 +148,8 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_same_seed_gives_same_users_and_other_seed_differs),
+        cmocka_unit_test(
+            test_same_seed_gives_same_users_and_other_seed_differs),
         cmocka_unit_test(
             test_written_files_read_back_strictly_with_movielens_shape),
         cmocka_unit_test(

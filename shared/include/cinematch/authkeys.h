@@ -65,7 +65,7 @@ typedef struct {
 /* t=2, m=64 MiB, p=1: above OWASP's argon2id floor (m=19 MiB, t=2) and
  * equal to libsodium's INTERACTIVE level; tens of ms per hash here. */
 #define CM_PWHASH_OPSLIMIT  2ULL
-#define CM_PWHASH_MEMLIMIT  (64u * 1024 * 1024)
+#define CM_PWHASH_MEMLIMIT  ((size_t) 64 * 1024 * 1024)
 #define CM_PWHASH_STRLEN    128     /* crypto_pwhash_STRBYTES */
 #define CM_PASSWORD_MAX     1024    /* bytes, checked before hashing */
 

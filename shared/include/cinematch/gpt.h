@@ -159,6 +159,10 @@ int cm_gpt_backward(cm_gpt_t *m, float grad_scale);
 float cm_gpt_clip_grad(cm_gpt_t *m, float max_norm);
 /* AdamW; weight decay only on the matrices (wte, wpe, *w with 2 dims). */
 int cm_gpt_update(cm_gpt_t *m, const cm_adamw_t *opt);
+/* AdamW on one tensor (decoupled decay wd; step is 1-based). */
+void cm_adamw_update(float *params, const float *grads, float *m, float *v,
+    size_t n, float lr, float beta1, float beta2, float eps, float wd,
+    int step);
 /* Cosine schedule with linear warm-up, decaying to lr_min at total. */
 float cm_lr_cosine(int step, int warmup, int total, float lr_max,
     float lr_min);

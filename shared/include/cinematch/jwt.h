@@ -46,6 +46,11 @@ typedef struct {
     char      kid[CM_JWT_KID_LEN + 1];
     size_t    len;
     uint8_t   secret[CM_JWT_KEY_MAX];
+    /* base64url of the exact header cm_jwt_sign writes with this key: a
+     * token whose first part is byte-for-byte this skips the header JSON
+     * parse (the common case); anything else takes the full path */
+    char      hdr_b64[96];
+    size_t    hdr_b64_len;
 } cm_jwt_key_t;
 
 typedef struct {
@@ -63,6 +68,9 @@ typedef struct {
     char      sub[CM_JWT_STR_MAX];   /* user id, decimal */
     char      jti[CM_JWT_STR_MAX];   /* unique id, denylist key on logout */
     char      role[CM_JWT_STR_MAX];  /* "user" | "admin" */
+    char      sid[CM_JWT_STR_MAX];   /* optional: session = refresh-token
+                                        family id, so logout can revoke
+                                        the family from the access token */
     char      kid[CM_JWT_KID_LEN + 1];
     int64_t   iat;
     int64_t   nbf;                    /* 0 when absent */

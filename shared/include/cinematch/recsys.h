@@ -11,8 +11,9 @@
  *     r_ui ~ mu + b_u + b_i + U[u] . V[i]
  * trained by ALS with weighted-lambda regularisation: each user step solves
  * min over (U[u], b_u) of sum_i (r_ui - mu - b_i - U[u].V[i] - b_u)^2
- * + reg * n_u * (|U[u]|^2 + bias_reg * b_u^2), and symmetrically for items, so the
- * objective decreases monotonically.  Implicit model (CM_RS_IALS): Hu,
+ * + reg * n_u^e * (|U[u]|^2 + bias_reg * b_u^2) (e = reg_exp: 1 is
+ * ALS-WR), and symmetrically for items, so the objective decreases
+ * monotonically with exact solves.  Implicit model (CM_RS_IALS): Hu,
  * Koren & Volinsky with confidence c_ui = 1 + alpha * r_ui, preference 1 on
  * rated items, biases zero; scores rank, they are not ratings.
  *
@@ -40,6 +41,8 @@
  *     cm_rs_topk()          top-K of a score row, excluding a sorted list
  *     cm_rs_recommend()     score + exclude seen + top-K for one user
  *     cm_rs_similar_items() cosine of item factors, top-K
+ *     cm_rs_explain()       the seen item closest to a recommendation
+ *     cm_rs_popular()       cold-start list
  *     cm_rs_fold_in()       a user vector from (item, rating) pairs: one
  *                           (k+1)x(k+1) ridge solve, no retraining
  */
@@ -83,8 +86,20 @@ typedef struct {
     float         reg;          /* ALS: lambda (times n_u); iALS: lambda */
     float         alpha;        /* iALS confidence slope, default 1 */
     uint32_t      knn;          /* item-kNN neighbours, default 100 */
+    float         knn_blend;    /* ALS: > 0 adds an item-kNN vote on the
+                                   residuals, shrunk by this (eval only) */
+    float         knn_sim_shrink; /* cosine * n_common/(n_common + this) */
+    float         conf_thr;     /* iALS: ratings below conf_thr get */
+    float         conf_below;   /* confidence 1 + alpha conf_below r
+                                   (defaults 0 and 1: plain 1 + alpha r) */
     float         bias_reg;     /* ALS: bias reg = reg * bias_reg (def. 1)*/
+    float         reg_exp;      /* row reg = reg * n^reg_exp; < 0: the
+                                   algo's default (ALS 1, iALS 0) */
     uint64_t      seed;         /* factor initialisation */
+    uint32_t      cg_steps;     /* 0: exact Cholesky solves (default);
+                                   N: N conjugate-gradient steps per row,
+                                   warm-started (ALS rows longer than k+1,
+                                   all iALS rows) */
     double       *loss;         /* out (iters entries) if not NULL: the
                                    objective after each iteration */
 } cm_rs_train_conf_t;
@@ -100,6 +115,9 @@ typedef struct cm_rs_model_s {
     float             reg;
     float             alpha;
     float             bias_reg;     /* bias reg / factor reg (ALS) */
+    float             reg_exp;      /* row reg = reg * n^reg_exp */
+    float             conf_thr;     /* iALS confidence, see train conf */
+    float             conf_below;
     uint32_t          iters;
     uint64_t          seed;
     uint64_t          created;      /* unix seconds */
@@ -123,6 +141,7 @@ typedef struct cm_rs_model_s {
     void             *mem;          /* one allocation for trained models */
     /* item-kNN only (never in an artifact) */
     uint32_t          knn;
+    float             knn_shrink;   /* residual vote / (sum sim + this) */
     uint32_t         *nn_idx;       /* (n_items, knn) neighbour, or ~0 */
     float            *nn_sim;       /* (n_items, knn) cosine */
 } cm_rs_model_t;
@@ -167,7 +186,10 @@ typedef struct {
     uint32_t         n_sections;    /* 144: CM_RS_N_SECTIONS */
     float            bias_reg;      /* 148: bias reg / factor reg */
     cm_rs_section_t  sec[CM_RS_N_SECTIONS];  /* 152 .. 296 */
-    uint8_t          pad[512 - 296];          /* zero */
+    float            reg_exp;       /* 296: row reg = reg * n^reg_exp */
+    float            conf_thr;      /* 300: iALS confidence threshold */
+    float            conf_below;    /* 304: and the weight under it */
+    uint8_t          pad[512 - 308];          /* zero */
 } cm_rs_header_t;
 
 /* ---- data ---------------------------------------------------------------- */
@@ -231,6 +253,15 @@ int cm_rs_recommend(const cm_rs_model_t *m, uint32_t user, size_t k,
 /* Items most similar to item (cosine of factors), item itself excluded. */
 int cm_rs_similar_items(const cm_rs_model_t *m, uint32_t item, size_t k,
     uint32_t *out_idx, float *out_score, size_t *n_out);
+/* "Because you watched X": the user's seen item with the highest cosine
+ * (item factors) to item.  CM_ENOTFOUND when the user has seen nothing. */
+int cm_rs_explain(const cm_rs_model_t *m, uint32_t user, uint32_t item,
+    uint32_t *because, float *sim);
+/* Cold start: the k most rated training items, skipping excl (ascending);
+ * scores are the rating counts. */
+int cm_rs_popular(const cm_rs_model_t *m, const uint32_t *excl,
+    size_t n_excl, size_t k, uint32_t *out_idx, float *out_score,
+    size_t *n_out);
 /* Fold in a user from (dense item, rating) pairs: x (k) and *bias.  For
  * ALS the training user step; for iALS the implicit one. reg <= 0 uses
  * the model's. */

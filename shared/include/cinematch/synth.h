@@ -19,6 +19,8 @@
  * Drift batches (weekly files after the main data) shift progressively:
  * rating mean down, a trending genre up, a growing share of new films that
  * exist only in the batches (they are listed in movies.csv), and new users.
+ * A batch never repeats a (user, film) pair nor one of the main data; a
+ * later batch may re-rate a pair of an earlier one (an update).
  */
 #ifndef CINEMATCH_SYNTH_H
 #define CINEMATCH_SYNTH_H

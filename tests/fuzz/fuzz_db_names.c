@@ -1,16 +1,20 @@
 /*
- * fuzz_migrate_name.c: migration file names (cm_migrate_name_parse) and
- * the error-position helper (cm_migrate_line_of) on arbitrary bytes.
+ * fuzz_db_names.c: the database name parsers on arbitrary bytes:
+ * migration file names (cm_migrate_name_parse), request_logs partition
+ * names (cm_dbmaint_partition_month) and the error-position helper
+ * (cm_migrate_line_of).
  *
- * Invariants checked: an accepted name re-formats to itself from its
- * version ("%03d_..."), holds only [a-z0-9_] between "NNN_" and ".sql",
- * and line_of never reports more lines than the text has plus one.
+ * Invariants checked: an accepted migration name re-formats to itself from
+ * its version ("%03d_..."), holds only [a-z0-9_] between "NNN_" and
+ * ".sql"; an accepted partition name re-formats to itself from its year
+ * and month; line_of never reports more lines than the text has plus one.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cinematch/dbmaint.h"
 #include "cinematch/migrate.h"
 
 
@@ -20,9 +24,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char    name[CM_MIGRATE_NAME_MAX + 16], head[8];
+    char    name[CM_MIGRATE_NAME_MAX + 16], head[8], part[48];
     size_t  n, i, lines = 1;
-    int     version = -1, line;
+    int     version = -1, line, y, m;
     long    pos;
 
     n = size < sizeof(name) - 1 ? size : sizeof(name) - 1;
@@ -43,6 +47,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) {
                 abort();
             }
+        }
+    }
+
+    if (cm_dbmaint_partition_month(name, &y, &m) == 0) {
+        if (m < 1 || m > 12 || y < 1 || y > 9999) {
+            abort();
+        }
+        snprintf(part, sizeof(part), "request_logs_y%04dm%02d", y, m);
+        if (strcmp(part, name) != 0) {
+            abort();
         }
     }
 

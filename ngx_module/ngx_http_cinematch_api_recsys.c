@@ -1,0 +1,561 @@
+/*
+ * ngx_http_cinematch_api_recsys.c: recommendations served by the
+ * inference daemon (API.md "Movies, ratings, recommendations").
+ *
+ *   POST /api/v1/recommend        CM_REQ_RECOMMEND (batched in the daemon)
+ *   POST /api/v1/similar          CM_REQ_SIMILAR
+ *   GET  /api/v1/popular          CM_REQ_POPULAR
+ *   POST /api/v1/predict/{name}   CM_REQ_PREDICT ("recsys" only)
+ *
+ * Every field is validated here and answered with 422 + `fields`; the
+ * daemon validates again (it trusts nothing it reads from a slot) and
+ * answers JSON, which is checked to parse before it is passed through.
+ */
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_cinematch.h"
+#include "ngx_http_cinematch_infer.h"
+#include "cinematch/movielens.h"
+
+
+#define NGX_HTTP_CINEMATCH_MAX_K        100
+#define NGX_HTTP_CINEMATCH_MAX_PREDICT  1000
+
+
+static ngx_int_t ngx_http_cinematch_rs_invalid(ngx_http_request_t *r,
+    const char *field, const char *message);
+static ngx_int_t ngx_http_cinematch_rs_unknown_fields(ngx_http_request_t *r,
+    json_t *body, const char **allowed);
+static ngx_int_t ngx_http_cinematch_rs_int(json_t *body, const char *key,
+    json_int_t def, json_int_t lo, json_int_t hi, json_int_t *out);
+static ngx_int_t ngx_http_cinematch_rs_genres(ngx_http_request_t *r,
+    json_t *arr, ngx_str_t *out);
+static ngx_int_t ngx_http_cinematch_rs_submit(ngx_http_request_t *r,
+    uint32_t kind, uint64_t *params, size_t np, u_char *payload, size_t len);
+static void ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir,
+    ngx_int_t rc);
+
+
+static ngx_str_t  ngx_http_cinematch_rs_json = ngx_string("application/json");
+
+
+static ngx_int_t
+ngx_http_cinematch_rs_invalid(ngx_http_request_t *r, const char *field,
+    const char *message)
+{
+    char                      *txt;
+    json_t                    *doc;
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    doc = json_pack("{s:{s:s, s:s, s:s%, s:{s:s}}}", "error",
+                    "code", "validation_failed",
+                    "message", "the request has invalid fields",
+                    "request_id", ctx != NULL ? (char *) ctx->request_id.data
+                                              : "",
+                    ctx != NULL ? ctx->request_id.len : 0,
+                    "fields", field, message);
+    if (doc == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    txt = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+
+    if (txt == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    {
+        size_t   len = ngx_strlen(txt);
+        u_char  *p = ngx_pnalloc(r->pool, len);
+
+        if (p == NULL) {
+            free(txt);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(p, txt, len);
+        free(txt);
+
+        return ngx_http_cinematch_send_buf(r, 422,
+                                           &ngx_http_cinematch_rs_json,
+                                           p, len);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_rs_unknown_fields(ngx_http_request_t *r, json_t *body,
+    const char **allowed)
+{
+    const char   *key;
+    json_t       *v;
+    ngx_uint_t    i;
+
+    if (!json_is_object(body)) {
+        return ngx_http_cinematch_rs_invalid(r, "body",
+                                             "must be a JSON object");
+    }
+
+    json_object_foreach(body, key, v) {
+        for (i = 0; allowed[i] != NULL; i++) {
+            if (ngx_strcmp(key, allowed[i]) == 0) {
+                break;
+            }
+        }
+
+        if (allowed[i] == NULL) {
+            return ngx_http_cinematch_rs_invalid(r, key, "unknown field");
+        }
+    }
+
+    return NGX_DECLINED;   /* all known: carry on */
+}
+
+
+/* NGX_OK, NGX_DECLINED (absent: def used) or NGX_ERROR (wrong type or
+ * out of range). */
+static ngx_int_t
+ngx_http_cinematch_rs_int(json_t *body, const char *key, json_int_t def,
+    json_int_t lo, json_int_t hi, json_int_t *out)
+{
+    json_t *v = json_object_get(body, key);
+
+    if (v == NULL || json_is_null(v)) {
+        *out = def;
+        return NGX_DECLINED;
+    }
+
+    if (!json_is_integer(v)) {
+        return NGX_ERROR;
+    }
+
+    *out = json_integer_value(v);
+
+    return (*out < lo || *out > hi) ? NGX_ERROR : NGX_OK;
+}
+
+
+/* NGX_DECLINED when every key is allowed, else the 422 already sent. */
+
+/* A JSON array of genre names to "A,B" for the daemon. */
+static ngx_int_t
+ngx_http_cinematch_rs_genres(ngx_http_request_t *r, json_t *arr,
+    ngx_str_t *out)
+{
+    u_char      *p;
+    size_t       i, len;
+    json_t      *g;
+    const char  *name;
+
+    ngx_str_null(out);
+
+    if (arr == NULL || json_is_null(arr)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_array(arr) || json_array_size(arr) > CM_ML_N_GENRES) {
+        return NGX_ERROR;
+    }
+
+    out->data = ngx_pnalloc(r->pool, CM_ML_N_GENRES * 24);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = out->data;
+
+    json_array_foreach(arr, i, g) {
+        if (!json_is_string(g)) {
+            return NGX_ERROR;
+        }
+
+        name = json_string_value(g);
+        len = json_string_length(g);
+
+        if (len == 0 || len > 20 || cm_ml_genre_parse(name, len) <= 0) {
+            return NGX_ERROR;
+        }
+
+        if (p != out->data) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, name, len);
+    }
+
+    out->len = p - out->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    json_t      *filters;
+    uint64_t     params[5];
+    ngx_int_t    rc;
+    ngx_str_t    genres;
+    json_int_t   user, k, ymin, ymax;
+
+    static const char  *allowed[] = { "user_id", "k", "exclude_seen",
+                                      "filters", NULL };
+    static const char  *allowed_filters[] = { "genres", "year_min",
+                                              "year_max", NULL };
+
+    rc = ngx_http_cinematch_rs_unknown_fields(r, ctx->json, allowed);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (ngx_http_cinematch_rs_int(ctx->json, "user_id", 0, 1, NGX_MAX_INT32_VALUE,
+                                  &user) == NGX_ERROR)
+    {
+        return ngx_http_cinematch_rs_invalid(r, "user_id",
+                                             "must be a positive integer");
+    }
+
+    if (ngx_http_cinematch_rs_int(ctx->json, "k", 10, 1,
+                                  NGX_HTTP_CINEMATCH_MAX_K, &k) == NGX_ERROR)
+    {
+        return ngx_http_cinematch_rs_invalid(r, "k", "must be 1..100");
+    }
+
+    params[2] = CM_REC_EXCLUDE_SEEN;
+
+    if (json_object_get(ctx->json, "exclude_seen") != NULL) {
+        if (!json_is_boolean(json_object_get(ctx->json, "exclude_seen"))) {
+            return ngx_http_cinematch_rs_invalid(r, "exclude_seen",
+                                                 "must be true or false");
+        }
+
+        if (json_is_false(json_object_get(ctx->json, "exclude_seen"))) {
+            params[2] = 0;
+        }
+    }
+
+    ymin = 0;
+    ymax = 0;
+    ngx_str_null(&genres);
+    filters = json_object_get(ctx->json, "filters");
+
+    if (filters != NULL && !json_is_null(filters)) {
+        rc = ngx_http_cinematch_rs_unknown_fields(r, filters,
+                                                  allowed_filters);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+
+        if (ngx_http_cinematch_rs_genres(r,
+                json_object_get(filters, "genres"), &genres) != NGX_OK)
+        {
+            return ngx_http_cinematch_rs_invalid(r, "filters.genres",
+                       "must be a list of MovieLens genre names");
+        }
+
+        if (ngx_http_cinematch_rs_int(filters, "year_min", 0, 1870, 2100,
+                                      &ymin) == NGX_ERROR
+            || ngx_http_cinematch_rs_int(filters, "year_max", 0, 1870, 2100,
+                                         &ymax) == NGX_ERROR)
+        {
+            return ngx_http_cinematch_rs_invalid(r, "filters",
+                       "year_min and year_max must be years 1870..2100");
+        }
+
+        if (ymin != 0 && ymax != 0 && ymin > ymax) {
+            return ngx_http_cinematch_rs_invalid(r, "filters.year_min",
+                                                 "must not exceed year_max");
+        }
+    }
+
+    params[0] = (uint64_t) user;
+    params[1] = (uint64_t) k;
+    params[3] = (uint64_t) ymin;
+    params[4] = (uint64_t) ymax;
+
+    return ngx_http_cinematch_rs_submit(r, CM_REQ_RECOMMEND, params, 5,
+                                        genres.data, genres.len);
+}
+
+
+ngx_int_t
+ngx_http_cinematch_similar_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    uint64_t     params[2];
+    ngx_int_t    rc;
+    json_int_t   movie, k;
+
+    static const char  *allowed[] = { "movie_id", "k", NULL };
+
+    rc = ngx_http_cinematch_rs_unknown_fields(r, ctx->json, allowed);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (ngx_http_cinematch_rs_int(ctx->json, "movie_id", 0, 1,
+                                  NGX_MAX_INT32_VALUE, &movie) != NGX_OK)
+    {
+        return ngx_http_cinematch_rs_invalid(r, "movie_id",
+                                             "required, a positive integer");
+    }
+
+    if (ngx_http_cinematch_rs_int(ctx->json, "k", 10, 1,
+                                  NGX_HTTP_CINEMATCH_MAX_K, &k) == NGX_ERROR)
+    {
+        return ngx_http_cinematch_rs_invalid(r, "k", "must be 1..100");
+    }
+
+    params[0] = (uint64_t) movie;
+    params[1] = (uint64_t) k;
+
+    return ngx_http_cinematch_rs_submit(r, CM_REQ_SIMILAR, params, 2, NULL, 0);
+}
+
+
+ngx_int_t
+ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    uint64_t    params[1];
+    ngx_int_t   k;
+    ngx_str_t   arg, genre;
+
+    k = 10;
+
+    if (ngx_http_arg(r, (u_char *) "k", 1, &arg) == NGX_OK) {
+        k = ngx_atoi(arg.data, arg.len);
+
+        if (k == NGX_ERROR || k < 1 || k > NGX_HTTP_CINEMATCH_MAX_K) {
+            return ngx_http_cinematch_rs_invalid(r, "k", "must be 1..100");
+        }
+    }
+
+    ngx_str_null(&genre);
+
+    if (ngx_http_arg(r, (u_char *) "genre", 5, &arg) == NGX_OK) {
+        genre.data = ngx_pnalloc(r->pool, arg.len + 1);
+        if (genre.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        /* "Sci-Fi" arrives as is; "Film%20Noir"-style escapes decoded */
+        {
+            u_char  *dst = genre.data, *src = arg.data;
+
+            ngx_unescape_uri(&dst, &src, arg.len, NGX_UNESCAPE_URI);
+            genre.len = dst - genre.data;
+        }
+
+        if (genre.len == 0 || genre.len > 20
+            || cm_ml_genre_parse((char *) genre.data, genre.len) <= 0)
+        {
+            return ngx_http_cinematch_rs_invalid(r, "genre",
+                                                 "unknown genre");
+        }
+    }
+
+    params[0] = (uint64_t) k;
+
+    return ngx_http_cinematch_rs_submit(r, CM_REQ_POPULAR, params, 1,
+                                        genre.data, genre.len);
+}
+
+
+ngx_int_t
+ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    size_t       i, n;
+    json_t      *ids, *v;
+    int32_t     *buf, id;
+    uint64_t     params[1];
+    ngx_int_t    rc;
+    json_int_t   user;
+
+    static const char  *allowed[] = { "user_id", "movie_ids", NULL };
+
+    if (ctx->params[0].len != 6
+        || ngx_strncmp(ctx->params[0].data, "recsys", 6) != 0)
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_NOT_FOUND,
+                                             "not_found", "no such model");
+    }
+
+    rc = ngx_http_cinematch_rs_unknown_fields(r, ctx->json, allowed);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (ngx_http_cinematch_rs_int(ctx->json, "user_id", 0, 1,
+                                  NGX_MAX_INT32_VALUE, &user) != NGX_OK)
+    {
+        return ngx_http_cinematch_rs_invalid(r, "user_id",
+                                             "required, a positive integer");
+    }
+
+    ids = json_object_get(ctx->json, "movie_ids");
+    n = json_is_array(ids) ? json_array_size(ids) : 0;
+
+    if (n == 0 || n > NGX_HTTP_CINEMATCH_MAX_PREDICT) {
+        return ngx_http_cinematch_rs_invalid(r, "movie_ids",
+                                             "1..1000 movie ids required");
+    }
+
+    buf = ngx_palloc(r->pool, n * sizeof(int32_t));
+    if (buf == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_array_foreach(ids, i, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1
+            || json_integer_value(v) > NGX_MAX_INT32_VALUE)
+        {
+            return ngx_http_cinematch_rs_invalid(r, "movie_ids",
+                                                 "must be positive integers");
+        }
+
+        id = (int32_t) json_integer_value(v);
+        ngx_memcpy(&buf[i], &id, sizeof(int32_t));
+    }
+
+    params[0] = (uint64_t) user;
+
+    return ngx_http_cinematch_rs_submit(r, CM_REQ_PREDICT, params, 1,
+                                        (u_char *) buf, n * sizeof(int32_t));
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_rs_submit(ngx_http_request_t *r, uint32_t kind,
+    uint64_t *params, size_t np, u_char *payload, size_t len)
+{
+    ngx_int_t                        rc;
+    ngx_http_cinematch_infer_req_t  *ir;
+
+    rc = ngx_http_cinematch_infer_submit(r, kind, params, np, payload, len,
+                                         ngx_http_cinematch_rs_ready, NULL,
+                                         &ir);
+    switch (rc) {
+
+    case NGX_OK:
+        ngx_http_cinematch_wait(r);
+        return NGX_DONE;
+
+    case NGX_BUSY:
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                   "unavailable", "all inference slots are busy");
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                   "unavailable", "no inference daemon is available");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static void
+ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir, ngx_int_t rc)
+{
+    u_char              *p;
+    json_t              *check;
+    int32_t              status;
+    uint32_t             state, len;
+    ngx_http_request_t  *r = ir->request;
+
+    if (rc == NGX_ERROR) {
+        ngx_http_cinematch_finish(r, ngx_http_cinematch_send_error(r,
+            NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+            "the inference daemon went away"));
+        return;
+    }
+
+    ngx_http_cinematch_infer_rearm(ir);
+
+    state = cm_ipc_slot_state(ir->slot);
+
+    if (state != CM_SLOT_DONE && state != CM_SLOT_ERROR) {
+        return;
+    }
+
+    status = ir->slot->status;
+    len = ir->slot->res_len;
+
+    if (state == CM_SLOT_ERROR) {
+        ngx_http_cinematch_infer_release(ir);
+
+        switch (status) {
+
+        case CM_ENOTFOUND:
+            rc = ngx_http_cinematch_send_error(r, NGX_HTTP_NOT_FOUND,
+                     "not_found", "no such movie in the model");
+            break;
+
+        case CM_EINVAL:
+            rc = ngx_http_cinematch_rs_invalid(r, "body",
+                     "rejected by the model server");
+            break;
+
+        case CM_EAGAIN:
+            rc = ngx_http_cinematch_send_error(r,
+                     NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+                     "no recommendation model is loaded");
+            break;
+
+        default:
+            rc = ngx_http_cinematch_send_error(r,
+                     NGX_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
+                     "the model server failed the request");
+        }
+
+        ngx_http_cinematch_finish(r, rc);
+        return;
+    }
+
+    /* copy out of the slot, then make sure it is the JSON we expect */
+
+    if (len == 0 || len > ir->seg->hdr->res_cap) {
+        ngx_http_cinematch_infer_release(ir);
+        ngx_http_cinematch_metrics_upstream_error(
+            NGX_HTTP_CINEMATCH_UPSTREAM_INFER);
+        ngx_http_cinematch_finish(r, ngx_http_cinematch_send_error(r,
+            NGX_HTTP_BAD_GATEWAY, "bad_gateway",
+            "malformed answer from the model server"));
+        return;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        ngx_http_cinematch_infer_release(ir);
+        ngx_http_cinematch_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_memcpy(p, cm_ipc_slot_res(ir->seg, ir->slot), len);
+    ngx_http_cinematch_infer_release(ir);
+
+    check = json_loadb((char *) p, len, JSON_REJECT_DUPLICATES, NULL);
+
+    if (!json_is_object(check)) {
+        json_decref(check);
+        ngx_http_cinematch_metrics_upstream_error(
+            NGX_HTTP_CINEMATCH_UPSTREAM_INFER);
+        ngx_http_cinematch_finish(r, ngx_http_cinematch_send_error(r,
+            NGX_HTTP_BAD_GATEWAY, "bad_gateway",
+            "malformed answer from the model server"));
+        return;
+    }
+
+    json_decref(check);
+
+    ngx_http_cinematch_finish(r, ngx_http_cinematch_send_buf(r, NGX_HTTP_OK,
+                                  &ngx_http_cinematch_rs_json, p, len));
+}
