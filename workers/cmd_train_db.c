@@ -775,10 +775,14 @@ cm_tdb_once(const cm_tdb_cli_t *cli, cm_tdb_watch_t *w)
     v[3] = n2;
     v[4] = n3;
     v[5] = ms;
+    /* sql/006: promoted | rejected | skipped (passed, not asked to promote) */
+    v[6] = !pass ? "rejected" : (cli->promote ? "promoted" : "skipped");
+    v[7] = why;
     r = cm_pg_query(c, "UPDATE training_runs SET status = 'succeeded',"
                     " metrics = $2::jsonb, train_rows = $3, test_rows = $4,"
-                    " data_bytes = $5, duration_ms = $6, finished_at = now()"
-                    " WHERE id = $1", 6, v, err, sizeof(err));
+                    " data_bytes = $5, duration_ms = $6, finished_at = now(),"
+                    " gate_decision = $7, gate_reason = $8 WHERE id = $1", 8,
+                    v, err, sizeof(err));
     if (r == NULL) {
         rc = cm_tdb_fail(c, run_id, t0, err);
         goto done;
@@ -797,6 +801,16 @@ cm_tdb_once(const cm_tdb_cli_t *cli, cm_tdb_watch_t *w)
         {
             fprintf(stderr, "cinematch train recsys: promotion failed,"
                     " production unchanged: %s\n", err);
+            if ((size_t) snprintf(why, sizeof(why), "gate passed; promotion"
+                                  " failed: %s", err) >= sizeof(why))
+            {
+                why[sizeof(why) - 1] = '\0';
+            }
+            v[0] = run_id;
+            v[1] = why;
+            PQclear(PQexecParams(c, "UPDATE training_runs SET gate_decision ="
+                                 " 'skipped', gate_reason = $2 WHERE id = $1",
+                                 2, NULL, v, NULL, NULL, 0));
             goto done;
         }
         printf("promoted %s version %d to production\n", cli->model,
