@@ -11,7 +11,7 @@
 #   ./build.sh e2e        browser smoke test of the web app against the running
 #                         stack (Debian chromium + playwright-core; build/e2e/*.png)
 #   ./build.sh lint       warnings as errors, cppcheck, clang-tidy
-#   ./build.sh coverage   gcov/lcov line and branch coverage of the unit suite
+#   ./build.sh coverage   gcov/lcov coverage: unit suite, and the nginx module under integration
 #   ./build.sh fuzz       build the libFuzzer targets and run each briefly
 #   ./build.sh clean      remove build outputs (keeps ./var)
 set -euo pipefail
@@ -175,15 +175,19 @@ cmd_lint() {
 
 cmd_coverage() {
     cmd_deps
-    make -s -j"$JOBS" COV=1 tests
+    make -s -j"$JOBS" COV=1 tests bin
     make -s COV=1 test
+    log "integration tests against a gcov build of the nginx module"
+    local irc=0
+    tests/integration/run_coverage.sh || irc=$?
     lcov -q --capture --directory build-cov --rc lcov_branch_coverage=1 \
         --output-file build-cov/coverage.info
-    lcov -q --remove build-cov/coverage.info '/usr/*' --rc lcov_branch_coverage=1 \
-        --output-file build-cov/coverage.info
+    lcov -q --remove build-cov/coverage.info '/usr/*' '*/build-cov/ngx/src/*' \
+        --rc lcov_branch_coverage=1 --output-file build-cov/coverage.info
     lcov --summary build-cov/coverage.info --rc lcov_branch_coverage=1
     genhtml -q --branch-coverage build-cov/coverage.info -o build-cov/html
     log "HTML report: build-cov/html/index.html"
+    return $irc
 }
 
 cmd_fuzz() {

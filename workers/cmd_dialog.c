@@ -755,6 +755,7 @@ cm_lm_generate_main(int argc, char **argv)
     const uint8_t   *tb;
 
     cm_lm_params_default(&p);
+    p.min_tokens = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {

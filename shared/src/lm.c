@@ -368,6 +368,13 @@ cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
             e->seen[s->history[i]] = 0;
         }
     }
+    if (s->n_generated < p->min_tokens) {
+        for (i = 0; i < p->n_stop; i++) {
+            if (p->stop[i] >= 0 && p->stop[i] < V) {
+                c[p->stop[i]].p = -INFINITY;
+            }
+        }
+    }
     if (p->temperature <= 0.0f) {
         for (i = 1; i < V; i++) {
             if (c[i].p > c[best].p) {

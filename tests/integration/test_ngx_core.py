@@ -255,6 +255,17 @@ def test_bad_query_arguments_are_a_400_json_error(nginx, query):
     assert_error(*nginx.json("GET", "/internal/args" + query), 400, "invalid_request")
 
 
+def test_validation_errors_carry_their_fields(nginx):
+    fields = {"email": "not an email address", "password": "under 8 characters"}
+    status, headers, doc = nginx.json("POST", "/internal/json",
+                                      {"invalid_fields": fields})
+    assert status == 422
+    assert doc == {"error": {"code": "validation_failed",
+                             "message": "some fields are invalid",
+                             "request_id": headers["x-request-id"],
+                             "fields": fields}}
+
+
 # ---- X-Request-ID ----
 
 def test_client_request_id_is_echoed_in_header_and_error(nginx):
@@ -370,9 +381,66 @@ def test_query_results_become_typed_json(nginx):
     assert status == 200, doc
     assert doc == {"rows": [{
         "param": "été'; DROP",          # a parameter, never part of the SQL
-        "i4": 42, "i8": 9007199254740993, "f8": 2.5, "num": 3.25,
+        "one": 1, "i4": 42, "i8": 9007199254740993, "f8": 2.5, "num": 3.25,
         "nan": "NaN", "yes": True, "nothing": None, "doc": {"k": [1, 2]},
         "arr": "{a,b}"}]}
+
+
+def test_failing_query_is_a_500_without_the_server_message(nginx):
+    status, headers, doc = nginx.json("GET", "/internal/pg/types/fail")
+    assert_error(status, headers, doc, 500, "internal")
+    assert "division" not in doc["error"]["message"]
+    assert "division by zero" in nginx.error_log.read_text()   # logged instead
+    assert nginx.json("GET", "/internal/pg/sleep/0")[0] == 200
+
+
+def test_queries_waiting_for_a_connection_time_out_too(nginx):
+    # 4 connections in all, 10 clients each asking for 1.5 s against a 1 s
+    # timeout: the running ones and the waiting ones all end in 503 near 1 s
+    results = []
+
+    def one():
+        t0 = time.monotonic()
+        status, _, doc = nginx.json("GET", "/internal/pg/sleep/1500")
+        results.append((status, doc["error"]["message"] if status != 200 else "",
+                        time.monotonic() - t0))
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r[0] for r in results] == [503] * 10, results
+    assert all(r[1] == "database timeout" and r[2] < 2.5 for r in results), results
+    wait_for(lambda: nginx.json("GET", "/internal/pg/sleep/0")[0] == 200,
+             timeout=5, what="the pool to recover")
+
+
+def test_queries_in_flight_when_postgres_stops_end_in_503(nginx, backends):
+    wait_for(lambda: nginx.json("GET", "/internal/pg/sleep/0")[0] == 200,
+             timeout=10, what="the pool to be up")
+    results = []
+
+    def one():
+        status, _, doc = nginx.json("GET", "/internal/pg/sleep/900")
+        results.append((status, doc))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    backends.pg.stop()          # fast shutdown: running queries are killed
+    try:
+        for t in threads:
+            t.join(timeout=10)
+        assert len(results) == 8
+        assert all(s == 503 for s, _ in results), results
+        assert {d["error"]["message"] for _, d in results} <= {
+            "database unavailable", "database timeout"}
+    finally:
+        backends.pg.start()
+    wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=15,
+             what="/ready 200 after PostgreSQL restarted")
 
 
 def test_bad_path_parameter_is_a_400_json_error(nginx):
@@ -419,21 +487,65 @@ def test_redis_command_arguments_pass_as_they_are(nginx, value, expected):
     assert doc == {"echo": expected}
 
 
+def test_redis_over_a_unix_socket(workdir, backends):
+    ngx = harness.Nginx(workdir, redis=backends.redis,
+                        redis_address=backends.redis.unix_address,
+                        location_extra="cinematch_echo on;", name="nginx-redis-unix")
+    ngx.start()
+    try:
+        wait_for(lambda: ngx.json("GET", "/internal/redis/echo/via-unix")[0] == 200,
+                 timeout=10, what="Redis over its unix socket")
+        assert ngx.json("GET", "/internal/redis/echo/via-unix")[2] == {"echo": "via-unix"}
+        # no cinematch_postgres here: reported, not failing
+        status, _, doc = ngx.json("GET", "/ready")
+        assert status == 200, doc
+        assert doc["checks"]["postgres"] == {"status": "disabled"}
+        assert doc["checks"]["redis"]["status"] == "ok"
+    finally:
+        ngx.stop()
+    assert not ngx.log_problems()
+
+
+def test_large_bodies_buffered_to_a_temporary_file_are_read_back(workdir):
+    # past client_body_buffer_size nginx keeps the body in a file; the
+    # handler still gets it whole, plain or chunked
+    ngx = harness.Nginx(workdir, location_extra="cinematch_echo on;\n"
+                        "cinematch_max_body_size 1m;\n"
+                        "client_body_buffer_size 8k;", name="nginx-bigbody")
+    ngx.start()
+    try:
+        value = "".join(chr(0x41 + i % 26) for i in range(300 * 1024))
+        for chunked in (False, True):
+            status, _, doc = ngx.json("POST", "/internal/json", {"v": value},
+                                      chunked=chunked)
+            assert status == 200, doc
+            assert doc["json"]["v"] == value
+        assert "buffered to a temporary file" in ngx.error_log.read_text()
+    finally:
+        ngx.stop()
+    assert not ngx.log_problems()
+
+
 # ---- reload ----
 
 def test_reload_keeps_metrics_and_new_workers_reconnect(nginx):
     key = ("cinematch_http_requests_total",
            frozenset({("route", "/health"), ("method", "GET"), ("status", "200")}))
     nginx.request("GET", "/health")
-    before = metric_samples(nginx.request("GET", "/metrics")[2].decode())[key]
+    samples = metric_samples(nginx.request("GET", "/metrics")[2].decode())
+    before = samples[key]
+    start = samples[("cinematch_start_time_seconds", frozenset())]
+    uptime = nginx.json("GET", "/health")[2]["uptime_seconds"]
     old = nginx.worker_pids()
     nginx.reload()
     # old workers exit although they hold PostgreSQL and Redis connections
     wait_for(lambda: len(nginx.worker_pids() - old) == 2
              and not (nginx.worker_pids() & old),
              timeout=10, what="new workers and the old ones gone")
-    after = metric_samples(nginx.request("GET", "/metrics")[2].decode())[key]
-    assert after >= before
+    samples = metric_samples(nginx.request("GET", "/metrics")[2].decode())
+    assert samples[key] >= before
+    assert samples[("cinematch_start_time_seconds", frozenset())] == start
+    assert nginx.json("GET", "/health")[2]["uptime_seconds"] >= uptime
     wait_for(lambda: nginx.json("GET", "/ready")[0] == 200, timeout=10,
              what="/ready 200 from the new workers")
 

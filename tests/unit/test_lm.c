@@ -200,6 +200,16 @@ test_sampling_rules(void **state)
     s.pos = 1;
     assert_int_equal(cm_lm_sample(&e, &s, logits), 30);
     s.pos = 0;
+    /* min_tokens: a stop token cannot be the first token emitted */
+    s.params.stop[0] = 17;
+    s.params.n_stop = 1;
+    s.params.min_tokens = 1;
+    assert_int_equal(cm_lm_sample(&e, &s, logits), 30);
+    s.n_generated = 1;
+    assert_int_equal(cm_lm_sample(&e, &s, logits), 17);
+    s.n_generated = 0;
+    s.params.n_stop = 0;
+    s.params.min_tokens = 0;
     /* top-k 1 and a tiny top-p are greedy whatever the temperature */
     s.params.repetition_penalty = 1.0f;
     s.params.temperature = 5.0f;
