@@ -14,11 +14,14 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
     -keyout "$T/tls/key.pem" -out "$T/tls/cert.pem" >/dev/null 2>&1
 cp "$ROOT/conf/snippets/cinematch-security-headers.conf" "$T/snippets/"
 echo 'cinematch_postgres "host=127.0.0.1 dbname=cinematch user=cinematch_app";' >"$T/dsn.conf"
+"$ROOT/build/cinematch" jwt-secret generate --out "$T/jwt.secret" >/dev/null
+"$ROOT/build/cinematch" jwt-secret generate --out "$T/jwt.secret.prev" >/dev/null
 user=$(id -un)
 sed -e "s|/usr/lib/nginx/modules/ngx_http_cinematch_module.so|$SO|" \
     -e "s|^user .*|user $user;|" \
     -e "s|/run/nginx.pid|$T/nginx.pid|; s|/var/log/nginx/|$T/log/|g" \
     -e "s|/etc/cinematch/nginx-dsn.conf|$T/dsn.conf|" \
+    -e "s|/etc/cinematch/jwt.secret|$T/jwt.secret|g" \
     -e "s|/etc/nginx/snippets/|$T/snippets/|g" \
     -e "s|/etc/letsencrypt/live/[^/]*/fullchain.pem|$T/tls/cert.pem|" \
     -e "s|/etc/letsencrypt/live/[^/]*/privkey.pem|$T/tls/key.pem|" \

@@ -28,7 +28,7 @@ function Nav() {
       <div className="who">
         {user ? (
           <>
-            <span className="muted small">{user.email || `user ${user.id}`}</span>
+            <span className="muted small">{user.name || user.email || `user ${user.id}`}</span>
             <button className="btn small" onClick={async () => { await api.logout(); navigate('/'); }}>Log out</button>
           </>
         ) : (
