@@ -158,10 +158,19 @@ async function main() {
     await shot('06-chat');
     return (await page.locator('.conv-list').innerText()).replace(/\s+/g, ' ').slice(0, 80);
   });
+  await step('phone-sized viewport: no horizontal scrolling', async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.goto(BASE + '/movies?q=star%20wars');
+    await page.locator('.grid .card').first().waitFor();
+    const over = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    await shot('07-phone-search');
+    await page.setViewportSize({ width: 1280, height: 860 });
+    if (over > 1) throw new Error(`page is ${over} px wider than the viewport`);
+  });
   await step('API docs page renders the OpenAPI description', async () => {
     await page.goto(BASE + '/api/docs/');
     await page.getByText('cinematch API').first().waitFor({ timeout: 15000 });
-    await shot('07-api-docs');
+    await shot('08-api-docs');
   });
   await step('no uncaught page errors', async () => {
     if (consoleErrors.length) throw new Error(consoleErrors.join('; '));
