@@ -8,6 +8,7 @@
 #                         + web unit tests
 #   ./build.sh run        deps + build + start the local stack under ./var (see README)
 #   ./build.sh stop       stop what `run` started (by pid files), nothing else
+#   ./build.sh image      build the Dockerfile with podman and smoke-test the image
 #   ./build.sh e2e        browser smoke test of the web app against the running
 #                         stack (Debian chromium + playwright-core; build/e2e/*.png)
 #   ./build.sh lint       warnings as errors, cppcheck, clang-tidy
@@ -228,10 +229,11 @@ case "${1:-build}" in
     run)      cmd_deps; cmd_build; exec "$ROOT/conf/stack.sh" start ;;
     stop)     exec "$ROOT/conf/stack.sh" stop ;;
     e2e)      cmd_e2e ;;
+    image)    cmd_deps; cmd_build; exec tests/image/build_and_check.sh ;;
     status)   exec "$ROOT/conf/stack.sh" status ;;
     lint)     cmd_lint ;;
     coverage) cmd_coverage ;;
     fuzz)     cmd_fuzz ;;
     clean)    cmd_clean ;;
-    *)        sed -n '2,16p' "$0"; exit 2 ;;
+    *)        sed -n '2,17p' "$0"; exit 2 ;;
 esac
