@@ -36,7 +36,8 @@ describe('ChatPage', () => {
     fireEvent.click(screen.getByRole('button', { name: 'Send' }));
     await screen.findByText('Try Heat.');
     expect(api.sendMessage.mock.calls[0].slice(0, 2)).toEqual(['4', 'a heist film']);
-    fireEvent.click(screen.getByRole('button', { name: 'Good answer' }));
+    // the reply is done (feedback buttons shown) only after the last token
+    fireEvent.click(await screen.findByRole('button', { name: 'Good answer' }));
     await waitFor(() => expect(api.feedback).toHaveBeenCalledWith(77, 1));
     await waitFor(() => expect(screen.getByRole('button', { name: 'Good answer' }).getAttribute('aria-pressed')).toBe('true'));
   });
