@@ -4,6 +4,7 @@ second start notices it, and that stop leaves no process behind and kills
 nothing it did not start.
 """
 
+import json
 import os
 import shutil
 import ssl
@@ -109,6 +110,42 @@ def test_start_brings_up_every_component_and_prints_how_to_stop(stack):
 def test_https_answers_with_the_generated_certificate(stack):
     code, body = get(stack, "/health")
     assert code == 200, body
+
+
+def post_json(stack, path, body):
+    ctx = ssl.create_default_context(cafile=os.path.join(stack["var"], "tls", "cert.pem"))
+    url = f"https://localhost:{stack['env']['CINEMATCH_HTTPS_PORT']}{path}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def test_web_app_and_api_share_the_server(stack):
+    code, body = get(stack, "/api/v1/no-such-endpoint")
+    assert code == 404 and json.loads(body)["error"]["code"] == "not_found", body
+    if not os.path.exists(os.path.join(ROOT, "web", "dist", "index.html")):
+        pytest.skip("web/dist not built (no npm here): only the API half checked")
+    for path in ("/", "/movies/1", "/chat/7"):        # SPA routes all get index.html
+        code, body = get(stack, path)
+        assert code == 200 and '<div id="root">' in body, (path, code)
+    code, body = get(stack, "/api/docs/")
+    assert code == 200 and "swagger-ui" in body, code
+    code, body = get(stack, "/api/docs/openapi.yaml")
+    assert code == 200 and body.startswith("openapi: 3"), code
+
+
+def test_login_works_with_the_generated_jwt_key(stack):
+    if not os.path.exists(os.path.join(ROOT, "build", "ngx_http_cinematch_module.so")):
+        pytest.skip("module not built")
+    who = {"email": "stack-login@example.com", "password": "a long passphrase"}
+    code, body = post_json(stack, "/api/v1/auth/register", who)
+    assert code in (201, 409), body
+    code, body = post_json(stack, "/api/v1/auth/login", who)
+    assert code == 200 and body["token_type"] == "Bearer" and body["access_token"], body
 
 
 def test_schema_is_migrated(stack):
