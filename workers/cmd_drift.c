@@ -238,7 +238,7 @@ cm_drift_once(const cm_drift_cli_t *cli)
     };
     uint64_t         hb[10], hc[10], nb = 0, nc = 0;
     double           mb, sb, mc, sc, psi, shift, new_items, new_users;
-    double           tvd, rpu_b, rpu_c;
+    double           tvd, rpu_b, rpu_c, user_tvd;
     long             overlap;
     cm_ks_result_t   ks;
     PGconn          *c;
@@ -254,6 +254,18 @@ cm_drift_once(const cm_drift_cli_t *cli)
         fprintf(stderr, "cinematch drift: %s\n", err);
         return 1;
     }
+    /* one run at a time (a timer tick and a manual run would write two
+     * reports from the same data); the lock goes with the session */
+    r = cm_pg_query(c, "SELECT pg_try_advisory_lock(hashtext("
+                    "'cinematch.drift'))", 0, NULL, err, sizeof(err));
+    if (r == NULL || PQgetvalue(r, 0, 0)[0] != 't') {
+        fprintf(stderr, "cinematch drift: %s\n", r == NULL ? err
+                : "another drift run is in progress; nothing done");
+        PQclear(r);
+        rc = r == NULL ? 1 : 0;
+        goto done;
+    }
+    PQclear(r);
     if (cm_drift_hist(c, "SELECT (rating * 2)::int, count(*) FROM ratings"
                       " WHERE data_split = 'train' GROUP BY 1", hb, err,
                       sizeof(err)) != CM_OK
@@ -293,8 +305,10 @@ cm_drift_once(const cm_drift_cli_t *cli)
         "       FROM ratings WHERE data_split = 'train' GROUP BY movie_id),"
         " c AS (SELECT movie_id, count(*)::float8 / sum(count(*)) OVER () p"
         "       FROM cur GROUP BY movie_id),"
-        " bu AS (SELECT DISTINCT user_id FROM ratings"
-        "        WHERE data_split = 'train')"
+        " bu AS (SELECT user_id, count(*)::float8 / sum(count(*)) OVER () p"
+        "        FROM ratings WHERE data_split = 'train' GROUP BY user_id),"
+        " cu AS (SELECT user_id, count(*)::float8 / sum(count(*)) OVER () p"
+        "        FROM cur GROUP BY user_id)"
         " SELECT"
         "  (SELECT count(*) FROM cur WHERE movie_id NOT IN"
         "     (SELECT movie_id FROM b))::float8 / (SELECT count(*) FROM cur),"
@@ -308,7 +322,10 @@ cm_drift_once(const cm_drift_cli_t *cli)
         "  (SELECT count(*)::float8 / greatest(count(DISTINCT user_id), 1)"
         "     FROM ratings WHERE data_split = 'train'),"
         "  (SELECT count(*)::float8 / greatest(count(DISTINCT user_id), 1)"
-        "     FROM cur)", 0, NULL, err, sizeof(err));
+        "     FROM cur),"
+        "  (SELECT 0.5 * sum(abs(coalesce(bu.p, 0) - coalesce(cu.p, 0)))"
+        "     FROM bu FULL JOIN cu USING (user_id))", 0, NULL, err,
+        sizeof(err));
     if (r == NULL) {
         fprintf(stderr, "cinematch drift: %s\n", err);
         goto done;
@@ -319,6 +336,7 @@ cm_drift_once(const cm_drift_cli_t *cli)
     overlap = atol(PQgetvalue(r, 0, 3));
     rpu_b = atof(PQgetvalue(r, 0, 4));
     rpu_c = atof(PQgetvalue(r, 0, 5));
+    user_tvd = atof(PQgetvalue(r, 0, 6));
     PQclear(r);
 
     reasons = json_array();
@@ -359,15 +377,17 @@ cm_drift_once(const cm_drift_cli_t *cli)
                   "thresholds", "alpha", cli->alpha, "ks_min", cli->ks_min,
                   "psi", cli->psi_alert, "mean_shift_pct", cli->mean_shift,
                   "new_items", cli->new_items, "pop_tvd", cli->pop_tvd);
+    if (d != NULL) {
+        json_object_set_new(d, "user_activity_tvd", json_real(user_tvd));
+    }
     details = d != NULL ? json_dumps(d, JSON_COMPACT) : NULL;
 
     snprintf(s[0], 40, "%llu", (unsigned long long) nb);
     snprintf(s[1], 40, "%llu", (unsigned long long) nc);
     snprintf(s[2], 40, "%.17g", ks.statistic);
     snprintf(s[3], 40, "%.17g", ks.pvalue);
-    /* the schema spells methods as scipy.stats.ks_2samp does (sql/006) */
-    snprintf(s[4], 40, "%s", ks.method == CM_KS_ASYMP
-                             ? "asymp" : cm_ks_method_name(ks.method));
+    /* exact | asymp, as scipy.stats.ks_2samp and the schema (sql/006) */
+    snprintf(s[4], 40, "%s", cm_ks_method_name(ks.method));
     snprintf(s[5], 40, "%.17g", psi);
     snprintf(s[6], 40, "%s", cm_psi_band(psi));
     snprintf(s[7], 40, "%.17g", mb);
@@ -380,6 +400,10 @@ cm_drift_once(const cm_drift_cli_t *cli)
         v[i] = s[i];
     }
     v[13] = details != NULL ? details : "{}";
+    snprintf(s[14], 40, "%.17g", tvd);
+    snprintf(s[15], 40, "%.17g", user_tvd);
+    v[14] = s[14];
+    v[15] = s[15];
 
     if (cm_pg_exec(c, "BEGIN", err, sizeof(err)) != CM_OK) {
         goto failed;
@@ -388,14 +412,13 @@ cm_drift_once(const cm_drift_cli_t *cli)
                     " current_rows, ks_statistic, ks_pvalue, ks_method, psi,"
                     " psi_band, mean_baseline, mean_current, std_baseline,"
                     " std_current, new_item_share, alert, details, reasons,"
-                    " thresholds)"
+                    " thresholds, popularity_shift, user_activity_shift)"
                     " SELECT (SELECT max(batch_id) FROM ratings_buffer WHERE"
                     " merged_at IS NULL), $1, $2, $3, $4, $5, $6, $7, $8, $9,"
                     " $10, $11, $12, $13, $14::jsonb, ARRAY(SELECT"
                     " jsonb_array_elements_text($14::jsonb->'reasons')),"
-                    " coalesce($14::jsonb->'thresholds', '{}') RETURNING id",
-                    14, v,
-                    err, sizeof(err));
+                    " coalesce($14::jsonb->'thresholds', '{}'), $15, $16"
+                    " RETURNING id", 16, v, err, sizeof(err));
     if (r == NULL) {
         goto failed;
     }
@@ -451,12 +474,13 @@ cm_drift_once(const cm_drift_cli_t *cli)
                "  KS D=%.4f p=%.3g (%s)  PSI=%.4f (%s)  mean %.3f -> %.3f"
                " (%+.1f%%)  std %.3f -> %.3f\n"
                "  new items %.1f%%  new users %.1f%%  popularity TVD %.3f"
-               "  top-20 overlap %ld/20\n"
+               "  top-20 overlap %ld/20  user activity TVD %.3f\n"
                "  %s\n", id_s, (unsigned long long) nb,
                (unsigned long long) nc, ks.statistic, ks.pvalue,
                cm_ks_method_name(ks.method), psi, cm_psi_band(psi), mb, mc,
                shift, sb, sc, 100.0 * new_items, 100.0 * new_users, tvd,
-               overlap, drift ? "DRIFT: training requested" : "no drift");
+               overlap, user_tvd,
+               drift ? "DRIFT: training requested" : "no drift");
     }
     rc = 0;
     goto cleanup;

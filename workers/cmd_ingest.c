@@ -57,9 +57,11 @@ static int cm_ingest_main(int argc, char **argv);
 static void cm_ingest_usage(FILE *f);
 static int cm_ingest_once(cm_ingest_cli_t *cli);
 static int cm_ingest_movies(PGconn *c, const char *path, cm_ml_format_t fmt,
-    size_t *n_out, char *err, size_t errlen);
+    char *err, size_t errlen);
 static int cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli,
-    const char *path, cm_ml_format_t fmt, char *err, size_t errlen);
+    const char *path, cm_ml_format_t fmt, const char *source, char *err,
+    size_t errlen);
+static const char *cm_ingest_fmt_db(cm_ml_format_t f);
 static int cm_cbuf_put(PGconn *c, cm_cbuf_t *b, const char *s, size_t n,
     char *err, size_t errlen);
 static int cm_cbuf_flush(PGconn *c, cm_cbuf_t *b, char *err, size_t errlen);
@@ -237,7 +239,7 @@ cm_ingest_once(cm_ingest_cli_t *cli)
     const char      *movies = cli->movies;
     cm_ml_format_t   fmt = cli->format, mfmt;
     PGconn          *c;
-    size_t           n = 0, i, nf = 0;
+    size_t           i, nf = 0;
     char           **files = NULL;
     int              rc = 0;
     struct stat      st;
@@ -320,25 +322,24 @@ cm_ingest_once(cm_ingest_cli_t *cli)
         if (strstr(movies, "u.item") != NULL) {
             mfmt = CM_ML_100K;
         }
-        if (cm_ingest_movies(c, movies, mfmt, &n, err, sizeof(err))
-            != CM_OK)
-        {
+        if (cm_ingest_movies(c, movies, mfmt, err, sizeof(err)) != CM_OK) {
             fprintf(stderr, "cinematch ingest: %s: %s\n", movies, err);
             rc = 1;
             goto done;
         }
-        printf("movies: %zu upserted from %s\n", n, movies);
     }
     if (rpath[0] != '\0') {
-        if (cm_ingest_ratings(c, cli, rpath, fmt, err, sizeof(err)) != CM_OK)
+        if (cm_ingest_ratings(c, cli, rpath, fmt,
+                              cli->to_buffer ? "cli" : "initial", err,
+                              sizeof(err)) != CM_OK)
         {
             fprintf(stderr, "cinematch ingest: %s: %s\n", rpath, err);
             rc = 1;
         }
     }
     for (i = 0; i < nf; i++) {
-        if (rc == 0 && cm_ingest_ratings(c, cli, files[i], CM_ML_LATEST, err,
-                                         sizeof(err)) != CM_OK)
+        if (rc == 0 && cm_ingest_ratings(c, cli, files[i], CM_ML_LATEST,
+                                         "watch", err, sizeof(err)) != CM_OK)
         {
             fprintf(stderr, "cinematch ingest: %s: %s\n", files[i], err);
             rc = 1;
@@ -397,14 +398,19 @@ cm_fmt_ts(int64_t ts, char *out)
 
 static int
 cm_ingest_movies(PGconn *c, const char *path, cm_ml_format_t fmt,
-    size_t *n_out, char *err, size_t errlen)
+    char *err, size_t errlen)
 {
     cm_ml_opts_t   o;
     cm_movies_t    mv = { NULL, 0, 0 };
     cm_cbuf_t      b = { NULL, 0, CM_COPY_CHUNK };
-    char           line[2048 + 600], *esc = NULL, num[16];
+    char           line[2048 + 600], *esc = NULL, num[16], sha[65];
+    char           real[PATH_MAX], id_s[24], n1[24], n2[24], n3[24];
+    char           bytes_s[24];
+    const char    *v[5];
     size_t         i, tl, n;
+    uint64_t       bytes;
     int            g, first, rc;
+    PGresult      *r;
     const cm_movie_t  *m;
 
     memset(&o, 0, sizeof(o));
@@ -423,12 +429,38 @@ cm_ingest_movies(PGconn *c, const char *path, cm_ml_format_t fmt,
         rc = cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
         goto done;
     }
+    rc = cm_sha256_file(path, sha, &bytes, err, errlen);
+    if (rc != CM_OK) {
+        goto done;
+    }
     rc = cm_pg_exec(c, "BEGIN; CREATE TEMP TABLE cm_movies_in (movie_id int,"
                     " title text, year smallint, genres text[]) ON COMMIT"
                     " DROP", err, errlen);
     if (rc != CM_OK) {
         goto done;
     }
+    /* the catalogue file is a batch too (kind 'movies'): same sha256 rule */
+    snprintf(bytes_s, sizeof(bytes_s), "%llu", (unsigned long long) bytes);
+    v[0] = realpath(path, real) != NULL ? real : path;
+    v[1] = sha;
+    v[2] = bytes_s;
+    v[3] = cm_ingest_fmt_db(fmt);
+    r = cm_pg_query(c, "INSERT INTO ingestion_batches (file_name, file_sha256,"
+                    " file_bytes, format, kind) VALUES ($1, $2, $3, $4,"
+                    " 'movies') ON CONFLICT (file_sha256) WHERE status <>"
+                    " 'failed' DO NOTHING RETURNING id", 4, v, err, errlen);
+    if (r == NULL) {
+        rc = CM_EIO;
+        goto rollback;
+    }
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        printf("%s: movies already ingested; nothing to do\n", path);
+        rc = CM_OK;
+        goto rollback;
+    }
+    snprintf(id_s, sizeof(id_s), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
     rc = cm_pg_copy_begin(c, "COPY cm_movies_in FROM STDIN", err, errlen);
     if (rc != CM_OK) {
         goto rollback;
@@ -477,10 +509,26 @@ cm_ingest_movies(PGconn *c, const char *path, cm_ml_format_t fmt,
                     " EXCLUDED.title, year = EXCLUDED.year, genres ="
                     " EXCLUDED.genres", err, errlen);
     if (rc == CM_OK) {
+        snprintf(n1, sizeof(n1), "%zu", mv.n + o.n_bad);
+        snprintf(n2, sizeof(n2), "%zu", mv.n);
+        snprintf(n3, sizeof(n3), "%zu", o.n_bad);
+        v[0] = id_s;
+        v[1] = n1;
+        v[2] = n2;
+        v[3] = n3;
+        r = cm_pg_query(c, "UPDATE ingestion_batches SET status = 'complete',"
+                        " rows_total = $2, rows_accepted = $3, rows_rejected"
+                        " = $4, finished_at = clock_timestamp() WHERE id = $1",
+                        4, v, err, errlen);
+        rc = r != NULL ? CM_OK : CM_EIO;
+        PQclear(r);
+    }
+    if (rc == CM_OK) {
         rc = cm_pg_exec(c, "COMMIT", err, errlen);
     }
     if (rc == CM_OK) {
-        *n_out = mv.n;
+        printf("batch %s: movies: %zu upserted from %s (%zu malformed lines"
+               " skipped)\n", id_s, mv.n, path, o.n_bad);
         goto done;
     }
 
@@ -530,7 +578,7 @@ cm_ingest_fmt_db(cm_ml_format_t f)
 
 static int
 cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
-    cm_ml_format_t fmt, char *err, size_t errlen)
+    cm_ml_format_t fmt, const char *source, char *err, size_t errlen)
 {
     char               sha[65], real[PATH_MAX], id_s[24], bytes_s[24];
     char               line[256 + 2 * CM_INGEST_RAW_MAX], ts[40];
@@ -569,12 +617,13 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
     v[1] = sha;
     v[2] = bytes_s;
     v[3] = cm_ingest_fmt_db(fmt);
+    v[4] = source;
     /* a concurrent ingest of the same file waits here on the unique index
      * and then finds the row: the second one is the no-op */
     r = cm_pg_query(c, "INSERT INTO ingestion_batches (file_name, file_sha256,"
-                    " file_bytes, format) VALUES ($1, $2, $3, $4)"
+                    " file_bytes, format, source) VALUES ($1, $2, $3, $4, $5)"
                     " ON CONFLICT (file_sha256) WHERE status <> 'failed'"
-                    " DO NOTHING RETURNING id", 4, v, err, errlen);
+                    " DO NOTHING RETURNING id", 5, v, err, errlen);
     if (r == NULL) {
         rc = CM_EIO;
         goto failed;
@@ -749,10 +798,11 @@ failed:
     v[2] = bytes_s;
     v[3] = cm_ingest_fmt_db(fmt);
     v[4] = errbuf;
+    v[5] = source;
     r = PQexecParams(c, "INSERT INTO ingestion_batches (file_name,"
                      " file_sha256, file_bytes, format, status, error,"
-                     " finished_at) VALUES ($1, $2, $3, $4, 'failed', $5,"
-                     " clock_timestamp())", 5, NULL, v, NULL, NULL, 0);
+                     " finished_at, source) VALUES ($1, $2, $3, $4, 'failed',"
+                     " $5, clock_timestamp(), $6)", 6, NULL, v, NULL, NULL, 0);
     PQclear(r);
     if (rc == CM_OK) {
         rc = CM_ERR;

@@ -658,7 +658,7 @@ const char *
 cm_ks_method_name(cm_ks_method_t m)
 {
     return m == CM_KS_EXACT ? "exact"
-           : (m == CM_KS_ASYMP ? "asymptotic" : "auto");
+           : (m == CM_KS_ASYMP ? "asymp" : "auto");
 }
 
 

@@ -299,29 +299,24 @@ cm_ingest_plan(const char *buf, size_t len, cm_ml_format_t fmt,
     cm_ingest_sort_rows = out->rows;
     cm_ingest_sort_line = out->line;
     qsort(idx, out->n_rows, sizeof(size_t), cm_ingest_cmp_pair);
+    j = 0;                                  /* first of the current run */
     for (i = 1; i < out->n_rows; i++) {
-        const cm_rating_t *a = &out->rows[idx[i - 1]], *b = &out->rows[idx[i]];
+        const cm_rating_t *a = &out->rows[idx[j]], *b = &out->rows[idx[i]];
 
-        if (a->user == b->user && a->item == b->item) {
-            /* idx[i-1] may itself be a duplicate; find the first */
-            for (j = i - 1; j > 0; j--) {
-                const cm_rating_t *c = &out->rows[idx[j - 1]];
-
-                if (c->user != b->user || c->item != b->item) {
-                    break;
-                }
-            }
-            drop[idx[i]] = 1;
-            k = idx[i];
-            l = out->line[k] - 1;
-            rc = cm_ingest_reject(out, &cap_rej, out->line[k],
-                                  buf + lines[l].off, lines[l].len, 1,
-                                  "duplicate (user %d, movie %d) of line %llu",
-                                  (int) b->user, (int) b->item,
-                                  (unsigned long long) out->line[idx[j]]);
-            if (rc != CM_OK) {
-                goto oom;
-            }
+        if (a->user != b->user || a->item != b->item) {
+            j = i;
+            continue;
+        }
+        drop[idx[i]] = 1;
+        k = idx[i];
+        l = out->line[k] - 1;
+        rc = cm_ingest_reject(out, &cap_rej, out->line[k], buf + lines[l].off,
+                              lines[l].len, 1,
+                              "duplicate (user %d, movie %d) of line %llu",
+                              (int) b->user, (int) b->item,
+                              (unsigned long long) out->line[idx[j]]);
+        if (rc != CM_OK) {
+            goto oom;
         }
     }
     n_keep = 0;

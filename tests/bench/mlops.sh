@@ -19,10 +19,26 @@ CM="$(cd "$(dirname "$B/cinematch")" && pwd)/cinematch"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 T=$(mktemp -d /tmp/cm-bench-mlops.XXXXXX)
 PG_PID=
-cleanup() { [ -n "$PG_PID" ] && kill "$PG_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$T"; }
+cleanup() {
+    [ -n "$PG_PID" ] && kill -TERM "$PG_PID" 2>/dev/null && wait "$PG_PID" 2>/dev/null
+    rm -rf "$T"
+}
 trap cleanup EXIT
 
-/usr/bin/python3 "$ROOT/tests/integration/pgfixture.py" > "$T/pg.out" 2>&1 &
+# the server is stopped (and its directory removed) when python gets SIGTERM
+/usr/bin/python3 -c '
+import signal, sys
+sys.path.insert(0, sys.argv[1])
+from pgfixture import PgServer
+pg = PgServer().start()
+def stop(*_):
+    pg.stop()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print(pg.dsn(), flush=True)
+while True:
+    signal.pause()
+' "$ROOT/tests/integration" > "$T/pg.out" 2>&1 &
 PG_PID=$!
 for _ in $(seq 100); do [ -s "$T/pg.out" ] && break; sleep 0.2; done
 DSN=$(head -1 "$T/pg.out")

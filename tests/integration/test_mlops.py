@@ -94,7 +94,10 @@ def test_ingest_keeps_good_rows_and_records_each_reject(env):
                    " WHERE movie_id = 3") == "American President, The|1995"
     assert env.sql("SELECT genres FROM movies WHERE movie_id = 7") == "{}"
     assert env.sql("SELECT status, rows_total, rows_accepted, rows_rejected,"
-                   " rows_duplicate FROM ingestion_batches") == "complete|11|4|6|1"
+                   " rows_duplicate, source FROM ingestion_batches WHERE kind ="
+                   " 'ratings'") == "complete|11|4|6|1|cli"
+    assert env.sql("SELECT status, rows_accepted FROM ingestion_batches WHERE"
+                   " kind = 'movies'") == "complete|7"
     rej = env.sql("SELECT line_no, raw_line, reason FROM ingestion_rejects"
                   " ORDER BY line_no").splitlines()
     assert [int(x.split("|")[0]) for x in rej] == [3, 4, 5, 6, 9, 10, 11]
@@ -110,8 +113,9 @@ def test_ingest_same_file_twice_is_a_noop(env):
             "--data", os.path.join(FIX, "ingest", "ratings_bad.csv"))
     env.run(*args, check=True)
     r = env.run(*args, check=True)
-    assert "already ingested as batch 1" in r.stdout
-    assert env.sql("SELECT count(*) FROM ingestion_batches") == "1"
+    assert "movies already ingested" in r.stdout
+    assert "already ingested as batch 2" in r.stdout
+    assert env.sql("SELECT count(*) FROM ingestion_batches") == "2"
     assert env.sql("SELECT count(*) FROM ratings_buffer") == "4"
     assert env.sql("SELECT count(*) FROM ingestion_rejects") == "7"
 
@@ -132,12 +136,12 @@ def test_ingest_failure_leaves_no_partial_batch_and_allows_retry(env):
     assert env.sql("SELECT count(*) FROM ratings_buffer") == "0"
     assert env.sql("SELECT count(*) FROM ingestion_rejects") == "0"
     assert env.sql("SELECT status || ':' || (error LIKE '%injected%')::text FROM"
-                   " ingestion_batches") == "failed:true"
+                   " ingestion_batches WHERE kind = 'ratings'") == "failed:true"
     env.sql("DROP TRIGGER t_fail ON ratings_buffer")
     r = env.run("ingest", "--data", data, check=True)
     assert env.sql("SELECT count(*) FROM ratings_buffer") == "4"
     assert env.sql("SELECT string_agg(status, ',' ORDER BY id) FROM"
-                   " ingestion_batches") == "failed,complete"
+                   " ingestion_batches WHERE kind = 'ratings'") == "failed,complete"
 
 
 def test_initial_load_holds_out_latest_ratings_per_user(env):
@@ -146,6 +150,7 @@ def test_initial_load_holds_out_latest_ratings_per_user(env):
     env.run("ingest", "--target", "ratings", "--split", "temporal-user:0.2",
             "--data", os.path.join(FIX, "ingest", "ratings_split.csv"), check=True)
     assert env.sql("SELECT count(*) FROM ratings") == "18"
+    assert env.sql("SELECT source FROM ingestion_batches") == "initial"
     assert env.sql("SELECT string_agg(user_id || ':' || movie_id, ' ' ORDER BY"
                    " user_id, movie_id) FROM ratings WHERE data_split = 'test'") \
         == "1:9 1:10 3:5"
@@ -315,8 +320,14 @@ def test_loop_ingest_drift_train_promote_and_infer_reloads(env, synth):
         assert env.sql("SELECT string_agg(version || stage, ' ' ORDER BY version)"
                        " FROM model_versions") == "1archived 2production"
         assert env.sql("SELECT triggered_by || ':' || status || ':' ||"
-                       " (drift_report_id IS NOT NULL)::text FROM training_runs"
-                       " WHERE id = 2") == "drift:succeeded:true"
+                       " (drift_report_id IS NOT NULL)::text || ':' ||"
+                       " gate_decision FROM training_runs WHERE id = 2") == \
+            "drift:succeeded:true:promoted"
+        assert env.sql("SELECT string_agg(alert::text || ':' || ks_method || ':' ||"
+                       " (popularity_shift > 0 AND user_activity_shift > 0)::text"
+                       " || ':' || array_to_string(reasons, '+'), ' ' ORDER BY id)"
+                       " FROM drift_reports") == \
+            "false:asymp:true: false:asymp:true: true:asymp:true:ks+mean_shift+new_items"
         assert env.sql("SELECT count(*) FROM ratings_buffer WHERE merged_at IS"
                        " NULL") == "0"
         # the daemon heard the NOTIFY and swapped without a restart
@@ -367,5 +378,46 @@ def test_gate_keeps_production_when_candidate_is_worse(env, synth):
     assert "rmse worse" in r.stdout
     assert env.sql("SELECT string_agg(version || stage, ' ' ORDER BY version) FROM"
                    " model_versions") == "1production 2staging"
+    assert env.sql("SELECT gate_decision FROM training_runs WHERE id = 2") == "rejected"
     gate = json.loads(env.sql("SELECT metrics->'gate' FROM training_runs WHERE id = 2"))
     assert gate["passed"] is False and gate["production"]["version"] == 1
+
+
+def test_ingest_directory_of_batches_takes_each_file_once(env, tmp_path):
+    env.run("ingest", "--movies", os.path.join(FIX, "ingest", "movies.csv"), check=True)
+    inc = tmp_path / "incoming"
+    inc.mkdir()
+    (inc / "week_001.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1000\n")
+    (inc / "week_002.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.0,2000\n"
+                                      "1,77,3.0,2000\n")
+    (inc / "notes.txt").write_text("not a batch\n")
+    r = env.run("ingest", "--data", str(inc), check=True)
+    assert r.stdout.count("batch ") == 2
+    (inc / "week_003.csv").write_text("userId,movieId,rating,timestamp\n2,3,5.0,3000\n")
+    r = env.run("ingest", "--data", str(inc), check=True)
+    assert r.stdout.count("already ingested") == 2
+    assert env.sql("SELECT string_agg(file_name, ',' ORDER BY id) FROM"
+                   " ingestion_batches").count("week_") == 3
+    assert env.sql("SELECT count(*) FROM ratings_buffer") == "3"
+    assert env.sql("SELECT reason FROM ingestion_rejects") == "unknown movie id 77"
+
+
+def test_sigterm_during_training_marks_the_run_canceled_at_once(env, synth):
+    env.run("ingest", "--data", str(synth), "--target", "ratings", "--split",
+            "temporal-user:0.2", check=True)
+    env.run("train", "recsys", "--from-db", "--promote-if-better", "--factors", "4",
+            "--iters", "2", check=True)
+    p = subprocess.Popen([BIN, "train", "recsys", "--from-db", "--promote-if-better",
+                          "--factors", "128", "--iters", "1000"], env=env.env(),
+                         cwd=str(env.tmp), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: env.sql("SELECT count(*) FROM training_runs WHERE status ="
+                               " 'running'") == "1", what="run row")
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert env.sql("SELECT status || ':' || error FROM training_runs WHERE id = 2") == \
+        "canceled:canceled by signal 15 during training; production untouched"
+    assert env.sql("SELECT string_agg(version || stage, ' ') FROM model_versions") == \
+        "1production"

@@ -143,6 +143,35 @@ test_plan_reads_ml100k_tabs(void **state)
 }
 
 
+/* Regression: each duplicate used to rescan its run backwards to find the
+ * first line, quadratic in the run length (a file of one repeated line
+ * would hang the ingest).  Every later copy names the first line. */
+static void
+test_plan_every_repeat_names_the_first_line_in_linear_time(void **state)
+{
+    cm_ingest_plan_t   p;
+    char               err[256], *buf;
+    size_t             i, n = 50000, len = 0;
+    const char        *row = "7,3,4.0,1000\n";
+
+    buf = malloc(n * strlen(row) + 1);
+    assert_non_null(buf);
+    for (i = 0; i < n; i++) {
+        memcpy(buf + len, row, strlen(row));
+        len += strlen(row);
+    }
+    assert_int_equal(cm_ingest_plan(buf, len, CM_ML_LATEST, "x", NULL, &p,
+                                    err, sizeof(err)), CM_OK);
+    assert_int_equal(p.n_rows, 1);
+    assert_int_equal(p.n_dup, n - 1);
+    assert_int_equal(p.rej[0].line, 2);
+    assert_string_equal(p.rej[n - 2].reason,
+                        "duplicate (user 7, movie 3) of line 1");
+    cm_ingest_plan_free(&p);
+    free(buf);
+}
+
+
 static void
 test_guess_format_by_file_name(void **state)
 {
@@ -192,6 +221,8 @@ main(void)
         cmocka_unit_test(test_plan_without_catalogue_accepts_unknown_movies),
         cmocka_unit_test(test_plan_holds_out_the_latest_ratings_of_each_user),
         cmocka_unit_test(test_plan_reads_ml100k_tabs),
+        cmocka_unit_test(
+            test_plan_every_repeat_names_the_first_line_in_linear_time),
         cmocka_unit_test(test_guess_format_by_file_name),
         cmocka_unit_test(test_title_strip_removes_year_suffix_only),
         cmocka_unit_test(

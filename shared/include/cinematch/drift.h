@@ -84,7 +84,7 @@ double cm_smirnov(uint64_t n, double d);
 
 int cm_ks_alt_parse(const char *s, cm_ks_alt_t *out);
 int cm_ks_method_parse(const char *s, cm_ks_method_t *out);
-const char *cm_ks_method_name(cm_ks_method_t m);     /* exact|asymptotic */
+const char *cm_ks_method_name(cm_ks_method_t m);     /* exact|asymp (scipy) */
 
 /* PSI of two histograms (counts; both must have a positive total). */
 double cm_psi_counts(const uint64_t *base, const uint64_t *cur,
