@@ -107,7 +107,8 @@ cm_ingest_usage(FILE *f)
         "                      fewer than 5 stay in train); default none\n"
         "  --dsn DSN           PostgreSQL (default $CINEMATCH_PG_DSN)\n"
         "  --loop INTERVAL     run again every INTERVAL (30s, 15m, 1h, 1d)"
-        " until killed\n");
+        " until killed\n\n"
+        "Dialogue corpora: `cinematch ingest dialogs --help`.\n");
 }
 
 
