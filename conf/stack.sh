@@ -420,6 +420,7 @@ nginx_conf() {
     sedx+=(-e "s|@VAR@|$VAR|g" -e "s|@MODULE_SO@|$MODULE_SO|g"
            -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g"
            -e "s|@REDIS_PORT@|$REDIS_PORT|g" -e "s|@LISTEN@|$LISTEN|g"
+           -e "s|@WEB_ROOT@|$ROOT/web/dist|g"
            -e "s|@INFER_SOCKET@|$INFER_SOCKET|g" -e "s|@INFER_SHM@|$INFER_SHM|g"
            -e "s|@PG_CONNINFO@|$(cat "$VAR/secrets/pg_app_dsn")|g")
     mkdir -p "$VAR/nginx/tmp"
@@ -443,6 +444,12 @@ nginx_start() {
     need_port "$HTTP_PORT" "nginx http" CINEMATCH_HTTP_PORT
     need_port "$HTTPS_PORT" "nginx https" CINEMATCH_HTTPS_PORT
     tls_cert
+    # the module signs access tokens with this key (auth endpoints)
+    if [ "$MODULE" = 1 ] && [ ! -s "$VAR/secrets/jwt.key" ]; then
+        mkdir -p "$VAR/secrets"
+        "$BIN" jwt-secret generate --out "$VAR/secrets/jwt.key" >/dev/null \
+            || die "could not create $VAR/secrets/jwt.key"
+    fi
     nginx_conf
     rm -f "$RUN/nginx.pid"
     own_var

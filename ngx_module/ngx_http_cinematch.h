@@ -53,6 +53,13 @@
 #define NGX_HTTP_CINEMATCH_ROUTE_BODY      0x0001  /* read the body first */
 #define NGX_HTTP_CINEMATCH_ROUTE_JSON      0x0003  /* ... and parse it */
 #define NGX_HTTP_CINEMATCH_ROUTE_ECHO      0x0004  /* needs cinematch_echo */
+#define NGX_HTTP_CINEMATCH_ROUTE_AUTH      0x0010  /* credentials required */
+#define NGX_HTTP_CINEMATCH_ROUTE_ADMIN     0x0030  /* ... and role admin */
+#define NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH   0x0040  /* caller identified when
+                                                      credentials are sent */
+/* the CM_SCOPE_* (cinematch/validate.h) an API key needs for the route */
+#define NGX_HTTP_CINEMATCH_ROUTE_SCOPE(s)  ((ngx_uint_t) (s) << 8)
+#define NGX_HTTP_CINEMATCH_ROUTE_SCOPES(f) ((uint32_t) (((f) >> 8) & 0xff))
 
 
 /* upstreams counted by cinematch_upstream_errors_total */
@@ -63,6 +70,27 @@
 
 
 typedef struct ngx_http_cinematch_ctx_s  ngx_http_cinematch_ctx_t;
+
+
+/*
+ * Who made the request (ngx_http_cinematch_caller()), filled before the
+ * handler of a ROUTE_AUTH route runs (and of a ROUTE_OPTAUTH route when
+ * credentials were sent).  Handlers scope every user resource by user_id
+ * (admins: any), and answer 404, not 403, for another user's resource.
+ */
+typedef struct {
+    int64_t                         user_id;         /* users.id */
+    int64_t                         key_id;          /* api_keys.id; 0: JWT */
+    int64_t                         rating_user_id;  /* users.rating_user_id;
+                                                        0: not loaded (JWT),
+                                                        see SQL in handlers */
+    uint32_t                        scopes;          /* CM_SCOPE_* allowed */
+    time_t                          exp;             /* JWT expiry */
+    char                            jti[40];         /* JWT id, "" for keys */
+    char                            sid[40];         /* refresh family */
+    unsigned                        admin:1;
+    unsigned                        apikey:1;
+} ngx_http_cinematch_caller_t;
 
 typedef ngx_int_t (*ngx_http_cinematch_handler_pt)(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
@@ -128,6 +156,9 @@ struct ngx_http_cinematch_ctx_s {
 
     unsigned                        body_too_large:1;
 
+    ngx_http_cinematch_caller_t    *caller;       /* NULL: anonymous */
+    void                           *authn;        /* the auth step's state */
+
     void                           *data;         /* the handler's state */
 };
 
@@ -145,6 +176,20 @@ extern ngx_uint_t                  ngx_http_cinematch_nroutes;
 ngx_int_t ngx_http_cinematch_router_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_cinematch_handler(ngx_http_request_t *r);
 ngx_str_t *ngx_http_cinematch_route_name(ngx_uint_t label);
+/* runs the identity and rate-limit step the route asks for, then the
+ * route's handler; returns like a handler */
+ngx_int_t ngx_http_cinematch_dispatch(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+/* the authenticated caller, or NULL (anonymous) */
+ngx_http_cinematch_caller_t *ngx_http_cinematch_caller(ngx_http_request_t *r);
+#if (NGX_HTTP_CINEMATCH_AUTH)
+/* fills caller->rating_user_id (one PostgreSQL query for a JWT caller;
+ * API-key callers have it already), then returns next(r); a missing or
+ * disabled account is a 401 */
+typedef ngx_int_t (*ngx_http_cinematch_caller_next_pt)(ngx_http_request_t *r);
+ngx_int_t ngx_http_cinematch_caller_rating_id(ngx_http_request_t *r,
+    ngx_http_cinematch_caller_next_pt next);
+#endif
 
 
 /* ngx_http_cinematch_http.c */
@@ -215,7 +260,8 @@ json_t *ngx_http_cinematch_pg_rows(PGresult *res);
 
 /*
  * reply is NULL when the command did not complete (timeout, connection
- * lost).  It belongs to hiredis and is only valid during the handler.
+ * lost or never made).  It belongs to hiredis and is only valid during the
+ * handler.
  * The return value is passed to ngx_http_finalize_request() when r is not
  * NULL; with r == NULL the command is fire-and-forget.
  */

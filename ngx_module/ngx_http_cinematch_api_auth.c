@@ -23,10 +23,6 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#if (NGX_THREADS)
-#include <ngx_thread_pool.h>
-#endif
-
 #include "ngx_http_cinematch.h"
 #include "ngx_http_cinematch_auth.h"
 
@@ -34,6 +30,7 @@
 #include "cinematch/authkeys.h"
 #include "cinematch/jwt.h"
 #include "cinematch/validate.h"
+#include "cinematch/digest.h"
 
 
 #define NGX_HTTP_CINEMATCH_PW_HASH     0
@@ -42,20 +39,6 @@
 #define NGX_HTTP_CINEMATCH_MAX_UNKNOWN 8    /* unknown fields reported */
 
 
-typedef struct {
-    ngx_str_t                       secret_file;
-    ngx_str_t                       previous_secret_file;
-    ngx_str_t                       issuer;
-    ngx_str_t                       audience;
-    time_t                          access_ttl;
-    time_t                          refresh_ttl;
-    time_t                          leeway;
-    ngx_str_t                       pool_name;
-#if (NGX_THREADS)
-    ngx_thread_pool_t              *pool;
-#endif
-    cm_jwt_keyring_t               *ring;        /* NULL: login disabled */
-} ngx_http_cinematch_auth_main_conf_t;
 
 
 typedef struct ngx_http_cinematch_pw_job_s  ngx_http_cinematch_pw_job_t;
@@ -88,10 +71,20 @@ typedef struct {
     cm_token_t                            refresh;
     char                                  access[CM_JWT_MAX_TOKEN + 1];
     size_t                                access_len;
+
+    /* me, refresh, logout, keys */
+    ngx_http_cinematch_caller_t          *caller;
+    char                                  caller_id[NGX_INT64_LEN + 1];
+    char                                  sha[CM_SHA256_HEX_LEN + 1];
+    char                                  scopes[256];
+    cm_apikey_t                           key;
 } ngx_http_cinematch_auth_state_t;
 
 
 static void *ngx_http_cinematch_auth_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_cinematch_auth_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_cinematch_auth_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child);
 static char *ngx_http_cinematch_auth_init_main_conf(ngx_conf_t *cf,
     void *conf);
 static char *ngx_http_cinematch_auth_load_key(ngx_conf_t *cf, ngx_str_t *file,
@@ -192,6 +185,21 @@ static ngx_command_t  ngx_http_cinematch_auth_commands[] = {
       offsetof(ngx_http_cinematch_auth_main_conf_t, pool_name),
       NULL },
 
+    { ngx_string("cinematch_api_key_touch_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cinematch_auth_main_conf_t, key_touch),
+      NULL },
+
+    { ngx_string("cinematch_rate_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
+      |NGX_CONF_TAKE12,
+      ngx_http_cinematch_rate_limit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -206,8 +214,8 @@ static ngx_http_module_t  ngx_http_cinematch_auth_module_ctx = {
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
 
-    NULL,                                  /* create location configuration */
-    NULL                                   /* merge location configuration */
+    ngx_http_cinematch_auth_create_loc_conf,   /* create location configuration */
+    ngx_http_cinematch_auth_merge_loc_conf     /* merge location configuration */
 };
 
 
@@ -260,8 +268,41 @@ ngx_http_cinematch_auth_create_main_conf(ngx_conf_t *cf)
     amcf->access_ttl = NGX_CONF_UNSET;
     amcf->refresh_ttl = NGX_CONF_UNSET;
     amcf->leeway = NGX_CONF_UNSET;
+    amcf->key_touch = NGX_CONF_UNSET_MSEC;
 
     return amcf;
+}
+
+
+static void *
+ngx_http_cinematch_auth_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_cinematch_auth_loc_conf_t  *alcf;
+
+    alcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_cinematch_auth_loc_conf_t));
+    if (alcf == NULL) {
+        return NULL;
+    }
+
+    alcf->rl = NGX_CONF_UNSET_PTR;
+
+    return alcf;
+}
+
+
+static char *
+ngx_http_cinematch_auth_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child)
+{
+    ngx_http_cinematch_auth_loc_conf_t *prev = parent;
+    ngx_http_cinematch_auth_loc_conf_t *conf = child;
+
+    if (conf->rl == NGX_CONF_UNSET_PTR) {
+        conf->rl = (prev->rl == NGX_CONF_UNSET_PTR) ? NULL : prev->rl;
+        conf->rl_name = prev->rl_name;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -277,6 +318,7 @@ ngx_http_cinematch_auth_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(amcf->access_ttl, 900);
     ngx_conf_init_value(amcf->refresh_ttl, 30 * 86400);
     ngx_conf_init_value(amcf->leeway, 30);
+    ngx_conf_init_msec_value(amcf->key_touch, 60000);
 
     if (amcf->issuer.len == 0) {
         ngx_str_set(&amcf->issuer, "cinematch");
@@ -1130,4 +1172,753 @@ ngx_http_cinematch_login_done(ngx_http_request_t *r, void *data,
     }
 
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK, doc);
+}
+
+
+/* ---- the endpoints behind the identity step (ROUTE_AUTH) ---- */
+
+static ngx_int_t ngx_http_cinematch_me_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_refresh_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_refresh_reused(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_logout_denied(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_logout_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_key_created(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_key_listed(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_key_revoked(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_key_uncached(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+
+
+/* at most 100 live API keys per user (the INSERT checks) */
+
+static const char  *ngx_http_cinematch_refresh_fields[] = {
+    "refresh_token", NULL
+};
+
+static const char  *ngx_http_cinematch_key_fields[] = {
+    "name", "scopes", NULL
+};
+
+static ngx_str_t  ngx_http_cinematch_auth_json = ngx_string("application/json");
+
+
+/* state for a request with a caller; NULL (and a 401 to send) without */
+
+static ngx_http_cinematch_auth_state_t *
+ngx_http_cinematch_auth_caller_state(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    u_char                           *p;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_state(r, ctx);
+    if (st == NULL) {
+        return NULL;
+    }
+
+    st->caller = ngx_http_cinematch_caller(r);
+    if (st->caller == NULL) {
+        return NULL;
+    }
+
+    p = ngx_sprintf((u_char *) st->caller_id, "%L", st->caller->user_id);
+    *p = '\0';
+
+    return st;
+}
+
+
+/* ---- GET /api/v1/auth/me ---- */
+
+ngx_int_t
+ngx_http_cinematch_me_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_caller_state(r, ctx);
+    if (st == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st->values[0] = st->caller_id;
+
+    return ngx_http_cinematch_pg_queue(r,
+        "SELECT id, email, role, display_name,"
+        " to_char(created_at AT TIME ZONE 'UTC',"
+        " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " FROM users WHERE id = $1::bigint AND disabled_at IS NULL",
+        1, st->values, ngx_http_cinematch_me_done, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_me_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    json_t     *user;
+    ngx_int_t   rc;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        /* a valid token of an account that was disabled or deleted */
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "the account is not active");
+    }
+
+    user = json_pack("{s:{s:I, s:s, s:s, s:o, s:s}}",
+                     "user",
+                     "id", (json_int_t) ngx_atoof((u_char *)
+                                                  PQgetvalue(res, 0, 0),
+                                                  PQgetlength(res, 0, 0)),
+                     "email", PQgetvalue(res, 0, 1),
+                     "role", PQgetvalue(res, 0, 2),
+                     "display_name", PQgetisnull(res, 0, 3)
+                                     ? json_null()
+                                     : json_string(PQgetvalue(res, 0, 3)),
+                     "created_at", PQgetvalue(res, 0, 4));
+
+    if (ngx_http_cinematch_no_store(r) != NGX_OK) {
+        json_decref(user);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK, user);
+}
+
+
+/* ---- POST /api/v1/auth/refresh ---- */
+
+ngx_int_t
+ngx_http_cinematch_refresh_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    json_t                           *fields;
+    ngx_int_t                         rc;
+    ngx_str_t                         token;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_state(r, ctx);
+    fields = ngx_http_cinematch_json_track(r, json_object());
+
+    if (st == NULL || fields == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (st->amcf->ring == NULL) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "login is not configured");
+    }
+
+    if (ngx_http_cinematch_auth_fields(r, ctx->json,
+                                       ngx_http_cinematch_refresh_fields,
+                                       fields)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_auth_string(ctx->json, "refresh_token", 1,
+                                        fields, &token);
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (json_object_size(fields) > 0) {
+        return ngx_http_cinematch_send_fields(r, fields);
+    }
+
+    if (cm_token_hash((char *) token.data, token.len, CM_TOKEN_REFRESH,
+                      st->sha)
+        != CM_OK)
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "invalid refresh token");
+    }
+
+    if (cm_token_generate(&st->refresh, CM_TOKEN_REFRESH, ngx_time(),
+                          st->amcf->refresh_ttl)
+        != CM_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st->values[0] = st->sha;
+    st->values[1] = st->refresh.sha256;
+
+    /* spend and rotate in one statement: the row lock lets one of two
+     * concurrent uses through; the child keeps the family's expiry */
+    return ngx_http_cinematch_pg_queue(r,
+        "WITH spent AS ("
+        " UPDATE refresh_tokens SET spent_at = now()"
+        " WHERE token_sha256 = $1 AND spent_at IS NULL"
+        " AND revoked_at IS NULL AND expires_at > now()"
+        " RETURNING id, user_id, family_id, expires_at, user_agent,"
+        " client_ip),"
+        " child AS ("
+        " INSERT INTO refresh_tokens (user_id, token_sha256, family_id,"
+        " parent_id, expires_at, user_agent, client_ip)"
+        " SELECT user_id, $2, family_id, id, expires_at, user_agent,"
+        " client_ip FROM spent RETURNING user_id, family_id)"
+        " SELECT u.id, u.role, child.family_id FROM child"
+        " JOIN users u ON u.id = child.user_id WHERE u.disabled_at IS NULL",
+        2, st->values, ngx_http_cinematch_refresh_done, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_refresh_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_auth_state_t *st = data;
+
+    json_t           *doc;
+    ngx_int_t         rc;
+    cm_jwt_claims_t   claims;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        /* unknown, expired, revoked or spent: if spent, this is a reuse
+         * (a stolen token or a stolen child): the family dies */
+        return ngx_http_cinematch_pg_queue(r,
+            "UPDATE refresh_tokens SET revoked_at = now()"
+            " WHERE family_id = (SELECT family_id FROM refresh_tokens"
+            " WHERE token_sha256 = $1 AND spent_at IS NOT NULL)"
+            " AND revoked_at IS NULL RETURNING user_id",
+            1, st->values, ngx_http_cinematch_refresh_reused, st);
+    }
+
+    ngx_memzero(&claims, sizeof(cm_jwt_claims_t));
+
+    if (PQgetlength(res, 0, 0) >= (int) sizeof(claims.sub)
+        || PQgetlength(res, 0, 1) >= (int) sizeof(claims.role)
+        || PQgetlength(res, 0, 2) >= (int) sizeof(claims.sid)
+        || cm_uuid_v4(claims.jti) != CM_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_cpystrn((u_char *) claims.sub, (u_char *) PQgetvalue(res, 0, 0),
+                sizeof(claims.sub));
+    ngx_cpystrn((u_char *) claims.role, (u_char *) PQgetvalue(res, 0, 1),
+                sizeof(claims.role));
+    ngx_cpystrn((u_char *) claims.sid, (u_char *) PQgetvalue(res, 0, 2),
+                sizeof(claims.sid));
+    claims.iat = ngx_time();
+    claims.exp = claims.iat + st->amcf->access_ttl;
+
+    if (cm_jwt_sign(st->amcf->ring, &claims, st->access, sizeof(st->access),
+                    &st->access_len)
+        != CM_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "cinematch: cannot sign an access token");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    doc = json_pack("{s:s%, s:s, s:s, s:I}",
+                    "access_token", st->access, st->access_len,
+                    "refresh_token", st->refresh.token,
+                    "token_type", "Bearer",
+                    "expires_in", (json_int_t) st->amcf->access_ttl);
+
+    if (ngx_http_cinematch_no_store(r) != NGX_OK) {
+        json_decref(doc);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK, doc);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_refresh_reused(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) > 0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: spent refresh token reused: session of "
+                      "user %s revoked", PQgetvalue(res, 0, 0));
+    }
+
+    if (ngx_http_cinematch_no_store(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                         "unauthenticated",
+                                         "invalid refresh token");
+}
+
+
+/* ---- POST /api/v1/auth/logout ---- */
+
+ngx_int_t
+ngx_http_cinematch_logout_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    time_t                            ttl;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_caller_state(r, ctx);
+    if (st == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (st->caller->apikey) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "invalid_request",
+                                             "logout needs an access token; "
+                                             "revoke API keys with "
+                                             "DELETE /api/v1/keys/{id}");
+    }
+
+    /* the token is accepted until exp + leeway: deny it that long */
+    ttl = st->caller->exp + st->amcf->leeway - ngx_time() + 1;
+    if (ttl < 1) {
+        ttl = 1;
+    }
+
+    switch (ngx_http_cinematch_redis_commandf(r,
+                                ngx_http_cinematch_logout_denied, st,
+                                "SET cm:deny:%s 1 EX %lld NX",
+                                st->caller->jti, (long long) ttl))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_logout_denied(r, st, NULL);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_logout_denied(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_cinematch_auth_state_t *st = data;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        /* documented trade-off: the access token stays usable until it
+         * expires; the refresh family is revoked below either way */
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: logout: access token not denylisted "
+                      "(Redis unavailable)");
+    }
+
+    if (st->caller->sid[0] == '\0') {
+        return ngx_http_cinematch_logout_done(r, st, NULL, NULL);
+    }
+
+    st->values[0] = st->caller->sid;
+    st->values[1] = st->caller_id;
+
+    return ngx_http_cinematch_pg_queue(r,
+        "UPDATE refresh_tokens SET revoked_at = now()"
+        " WHERE family_id = $1::uuid AND user_id = $2::bigint"
+        " AND revoked_at IS NULL",
+        2, st->values, ngx_http_cinematch_logout_done, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_logout_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_int_t  rc;
+
+    if (res != NULL || err != NULL) {
+        rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_COMMAND_OK);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
+
+    if (ngx_http_cinematch_no_store(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT,
+                                       &ngx_http_cinematch_auth_json,
+                                       NULL, 0);
+}
+
+
+/* ---- /api/v1/keys: managed with a login session, not with a key ---- */
+
+static ngx_int_t
+ngx_http_cinematch_key_session(ngx_http_request_t *r,
+    ngx_http_cinematch_auth_state_t *st)
+{
+    if (st->caller->apikey) {
+        /* a key must not mint keys (a narrow key would widen itself) */
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_FORBIDDEN,
+                                             "forbidden",
+                                             "API keys are managed with an "
+                                             "access token");
+    }
+
+    return NGX_DECLINED;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_key_create_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    json_t                           *fields, *scopes;
+    uint32_t                          mask;
+    ngx_int_t                         rc;
+    ngx_str_t                         name;
+    cm_field_error_t                  fe;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_caller_state(r, ctx);
+    fields = ngx_http_cinematch_json_track(r, json_object());
+
+    if (st == NULL || fields == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_key_session(r, st);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (ngx_http_cinematch_auth_fields(r, ctx->json,
+                                       ngx_http_cinematch_key_fields, fields)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_auth_string(ctx->json, "name", 1, fields, &name);
+    if (rc == NGX_OK && cm_validate_key_name((char *) name.data, name.len,
+                                             &fe)
+                        != CM_OK)
+    {
+        rc = json_object_set_new(fields, "name", json_string(fe.message));
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    mask = 0;
+    scopes = json_object_get(ctx->json, "scopes");
+
+    if (scopes != NULL && !json_is_null(scopes)) {
+        if (cm_scopes_from_json(scopes, &mask, &fe) != CM_OK) {
+            rc = json_object_set_new(fields, "scopes",
+                                     json_string(fe.message));
+
+        } else if ((mask & CM_SCOPE_ADMIN) && !st->caller->admin) {
+            rc = json_object_set_new(fields, "scopes",
+                                     json_string("admin needs an "
+                                                 "administrator"));
+        }
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (json_object_size(fields) > 0) {
+        return ngx_http_cinematch_send_fields(r, fields);
+    }
+
+    st->display_name = ngx_http_cinematch_pstrdup(r->pool, (char *) name.data,
+                                                  name.len);
+    if (st->display_name == NULL
+        || cm_apikey_generate(&st->key) != CM_OK
+        || cm_scopes_to_pg_array(mask, st->scopes, sizeof(st->scopes))
+           != CM_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st->values[0] = st->caller_id;
+    st->values[1] = st->display_name;
+    st->values[2] = st->key.prefix;
+    st->values[3] = st->key.sha256;
+    st->values[4] = st->scopes;
+
+    /* the cap is checked in the same statement as the insert */
+    return ngx_http_cinematch_pg_queue(r,
+        "INSERT INTO api_keys (user_id, name, prefix, key_sha256, scopes)"
+        " SELECT $1::bigint, $2, $3, $4, $5::text[]"
+        " WHERE (SELECT count(*) FROM api_keys WHERE user_id = $1::bigint"
+        " AND revoked_at IS NULL) < 100"
+        " RETURNING id",
+        5, st->values, ngx_http_cinematch_key_created, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_key_created(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_auth_state_t *st = data;
+
+    json_t     *doc;
+    ngx_int_t   rc;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_CONFLICT, "conflict",
+                                             "too many API keys; revoke one "
+                                             "first");
+    }
+
+    doc = json_pack("{s:I, s:s, s:s, s:s}",
+                    "id", (json_int_t) ngx_atoof((u_char *)
+                                                 PQgetvalue(res, 0, 0),
+                                                 PQgetlength(res, 0, 0)),
+                    "name", st->display_name,
+                    "prefix", st->key.prefix,
+                    "key", st->key.key);
+
+    ngx_explicit_memzero(st->key.key, sizeof(st->key.key));
+
+    if (ngx_http_cinematch_no_store(r) != NGX_OK) {
+        json_decref(doc);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_CREATED, doc);
+}
+
+
+ngx_int_t
+ngx_http_cinematch_key_list_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_int_t                         rc;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_caller_state(r, ctx);
+    if (st == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_key_session(r, st);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    st->values[0] = st->caller_id;
+
+    return ngx_http_cinematch_pg_queue(r,
+        "SELECT id, name, prefix, scopes,"
+        " to_char(created_at AT TIME ZONE 'UTC',"
+        " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        " to_char(last_used_at AT TIME ZONE 'UTC',"
+        " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " FROM api_keys WHERE user_id = $1::bigint AND revoked_at IS NULL"
+        " ORDER BY created_at DESC, id DESC",
+        1, st->values, ngx_http_cinematch_key_listed, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_key_listed(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    int         i, n;
+    json_t     *keys, *key, *scopes;
+    uint32_t    mask, bit;
+    ngx_int_t   rc;
+    const char *names[] = { "recommend", "chat", "predict", "models:read",
+                            "models:write", "admin" };
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    keys = ngx_http_cinematch_json_track(r, json_array());
+    if (keys == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    n = PQntuples(res);
+
+    for (i = 0; i < n; i++) {
+        scopes = json_array();
+
+        if (scopes != NULL
+            && cm_scopes_from_pg_array(PQgetvalue(res, i, 3),
+                                       PQgetlength(res, i, 3), &mask)
+               == CM_OK)
+        {
+            for (bit = 0; bit < 6; bit++) {
+                if (mask & (1u << bit)) {
+                    json_array_append_new(scopes, json_string(names[bit]));
+                }
+            }
+        }
+
+        key = json_pack("{s:I, s:s, s:s, s:o, s:s, s:o}",
+                        "id", (json_int_t) ngx_atoof((u_char *)
+                                                     PQgetvalue(res, i, 0),
+                                                     PQgetlength(res, i, 0)),
+                        "name", PQgetvalue(res, i, 1),
+                        "prefix", PQgetvalue(res, i, 2),
+                        "scopes", scopes ? scopes : json_null(),
+                        "created_at", PQgetvalue(res, i, 4),
+                        "last_used_at", PQgetisnull(res, i, 5)
+                                        ? json_null()
+                                        : json_string(PQgetvalue(res, i, 5)));
+
+        if (key == NULL || json_array_append_new(keys, key) != 0) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (ngx_http_cinematch_no_store(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+                                        json_pack("{s:O}", "keys", keys));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_key_delete_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_int_t                         rc;
+    ngx_uint_t                        i;
+    ngx_str_t                        *id;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_caller_state(r, ctx);
+    if (st == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_key_session(r, st);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    /* anything but a plain id cannot name a key: the same 404 */
+    id = &ctx->params[0];
+
+    for (i = 0; i < id->len; i++) {
+        if (id->data[i] < '0' || id->data[i] > '9') {
+            break;
+        }
+    }
+
+    if (id->len == 0 || id->len > 18 || i < id->len || id->data[0] == '0') {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_NOT_FOUND,
+                                             "not_found", "no such API key");
+    }
+
+    st->email = ngx_http_cinematch_pstrdup(r->pool, (char *) id->data,
+                                           id->len);
+    if (st->email == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st->values[0] = st->email;
+    st->values[1] = st->caller_id;
+    st->values[2] = st->caller->admin ? "t" : "f";
+
+    /* another user's key is "no such key" (404), never 403 */
+    return ngx_http_cinematch_pg_queue(r,
+        "UPDATE api_keys SET revoked_at = now()"
+        " WHERE id = $1::bigint AND (user_id = $2::bigint OR $3::boolean)"
+        " AND revoked_at IS NULL RETURNING key_sha256",
+        3, st->values, ngx_http_cinematch_key_revoked, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_key_revoked(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_auth_state_t *st = data;
+
+    ngx_int_t  rc;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1 || PQgetlength(res, 0, 0) != CM_SHA256_HEX_LEN) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_NOT_FOUND,
+                                             "not_found", "no such API key");
+    }
+
+    ngx_memcpy(st->sha, PQgetvalue(res, 0, 0), CM_SHA256_HEX_LEN);
+    st->sha[CM_SHA256_HEX_LEN] = '\0';
+
+    /* drop the cached lookup so the key stops working now */
+    switch (ngx_http_cinematch_redis_commandf(r,
+                                        ngx_http_cinematch_key_uncached, st,
+                                        "DEL cm:key:%s", st->sha))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_key_uncached(r, st, NULL);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_key_uncached(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: revoked API key may stay cached for up "
+                      "to 60 s (Redis unavailable)");
+    }
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT,
+                                       &ngx_http_cinematch_auth_json,
+                                       NULL, 0);
 }

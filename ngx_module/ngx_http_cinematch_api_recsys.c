@@ -41,6 +41,17 @@ static void ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir,
 static ngx_str_t  ngx_http_cinematch_rs_json = ngx_string("application/json");
 
 
+#if (NGX_HTTP_CINEMATCH_AUTH)
+/* a validated /recommend waiting for the caller's rating user id */
+typedef struct {
+    uint64_t   params[5];
+    ngx_str_t  genres;
+} ngx_http_cinematch_rs_rec_t;
+
+static ngx_int_t ngx_http_cinematch_rs_recommend_as(ngx_http_request_t *r);
+#endif
+
+
 static ngx_int_t
 ngx_http_cinematch_rs_invalid(ngx_http_request_t *r, const char *field,
     const char *message)
@@ -274,6 +285,33 @@ ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
         }
     }
 
+#if (NGX_HTTP_CINEMATCH_AUTH)
+    {
+        /* the caller's own recommendations unless an admin names another
+         * user; the caller's rating user id may need a lookup first */
+        ngx_http_cinematch_rs_rec_t  *rec;
+
+        rec = ngx_palloc(r->pool, sizeof(ngx_http_cinematch_rs_rec_t));
+        if (rec == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        rec->params[0] = (uint64_t) user;
+        rec->params[1] = (uint64_t) k;
+        rec->params[2] = params[2];
+        rec->params[3] = (uint64_t) ymin;
+        rec->params[4] = (uint64_t) ymax;
+        rec->genres = genres;
+        ctx->data = rec;
+
+        if (user != 0 && ngx_http_cinematch_caller(r)->admin) {
+            return ngx_http_cinematch_rs_recommend_as(r);
+        }
+
+        return ngx_http_cinematch_caller_rating_id(r,
+                                        ngx_http_cinematch_rs_recommend_as);
+    }
+#else
     params[0] = (uint64_t) user;
     params[1] = (uint64_t) k;
     params[3] = (uint64_t) ymin;
@@ -281,7 +319,38 @@ ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
 
     return ngx_http_cinematch_rs_submit(r, CM_REQ_RECOMMEND, params, 5,
                                         genres.data, genres.len);
+#endif
 }
+
+
+#if (NGX_HTTP_CINEMATCH_AUTH)
+
+static ngx_int_t
+ngx_http_cinematch_rs_recommend_as(ngx_http_request_t *r)
+{
+    ngx_http_cinematch_ctx_t     *ctx;
+    ngx_http_cinematch_rs_rec_t  *rec;
+    ngx_http_cinematch_caller_t  *c;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    rec = ctx->data;
+    c = ngx_http_cinematch_caller(r);
+
+    if (rec->params[0] == 0) {
+        rec->params[0] = (uint64_t) c->rating_user_id;
+
+    } else if (!c->admin && rec->params[0] != (uint64_t) c->rating_user_id) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_FORBIDDEN,
+                                             "forbidden",
+                                             "recommendations for another "
+                                             "user need an administrator");
+    }
+
+    return ngx_http_cinematch_rs_submit(r, CM_REQ_RECOMMEND, rec->params, 5,
+                                        rec->genres.data, rec->genres.len);
+}
+
+#endif
 
 
 ngx_int_t

@@ -214,6 +214,16 @@ ngx_http_cinematch_add_header(ngx_http_request_t *r, ngx_str_t *key,
 }
 
 
+static ngx_int_t
+ngx_http_cinematch_nosniff(ngx_http_request_t *r)
+{
+    ngx_str_t  key = ngx_string("X-Content-Type-Options");
+    ngx_str_t  value = ngx_string("nosniff");
+
+    return ngx_http_cinematch_add_header(r, &key, &value);
+}
+
+
 ngx_int_t
 ngx_http_cinematch_send_buf(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, u_char *data, size_t len)
@@ -225,6 +235,11 @@ ngx_http_cinematch_send_buf(ngx_http_request_t *r, ngx_uint_t status,
     if (r->header_sent) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "cinematch: response already sent");
+        return NGX_ERROR;
+    }
+
+    /* every API answer: no MIME sniffing of JSON into HTML */
+    if (ngx_http_cinematch_nosniff(r) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -753,7 +768,7 @@ ngx_http_cinematch_body_done(ngx_http_request_t *r,
     if ((ctx->route->flags & NGX_HTTP_CINEMATCH_ROUTE_JSON)
         != NGX_HTTP_CINEMATCH_ROUTE_JSON)
     {
-        return ctx->route->handler(r, ctx);
+        return ngx_http_cinematch_dispatch(r, ctx);
     }
 
     if (ctx->body.len == 0) {
@@ -791,7 +806,7 @@ ngx_http_cinematch_body_done(ngx_http_request_t *r,
                                              "a JSON object");
     }
 
-    return ctx->route->handler(r, ctx);
+    return ngx_http_cinematch_dispatch(r, ctx);
 }
 
 

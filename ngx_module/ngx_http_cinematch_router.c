@@ -19,6 +19,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_cinematch.h"
+#include "cinematch/validate.h"     /* CM_SCOPE_* of the route flags */
 #if (NGX_HTTP_CINEMATCH_AUTH)
 #include "ngx_http_cinematch_auth.h"
 #endif
@@ -63,7 +64,9 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     /* recommendations, answered by the inference daemon */
 
     { NGX_HTTP_POST, ngx_string("/api/v1/recommend"),
-      ngx_http_cinematch_recommend_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      ngx_http_cinematch_recommend_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/similar"),
       ngx_http_cinematch_similar_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
@@ -92,6 +95,37 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/login"),
       ngx_http_cinematch_login_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/refresh"),
+      ngx_http_cinematch_refresh_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/logout"),
+      ngx_http_cinematch_logout_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/auth/me"),
+      ngx_http_cinematch_me_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/keys"),
+      ngx_http_cinematch_key_create_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/keys"),
+      ngx_http_cinematch_key_list_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
+
+    { NGX_HTTP_DELETE, ngx_string("/api/v1/keys/{id}"),
+      ngx_http_cinematch_key_delete_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
+
+    /* the caller's ratings (ngx_http_cinematch_api_ratings.c) */
+
+    { NGX_HTTP_PUT, ngx_string("/api/v1/ratings/{movie_id}"),
+      ngx_http_cinematch_rating_put_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/ratings"),
+      ngx_http_cinematch_ratings_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
 #endif
 
     /* internal, only where "cinematch_echo on" */
@@ -111,6 +145,21 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 
     { NGX_HTTP_GET, ngx_string("/internal/redis/echo/{value}"),
       ngx_http_cinematch_redis_echo_handler, NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+#if (NGX_HTTP_CINEMATCH_AUTH)
+    { NGX_HTTP_GET, ngx_string("/internal/auth/whoami"),
+      ngx_http_cinematch_whoami_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH|NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+    { NGX_HTTP_GET, ngx_string("/internal/auth/admin"),
+      ngx_http_cinematch_whoami_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN|NGX_HTTP_CINEMATCH_ROUTE_ECHO },
+
+    { NGX_HTTP_GET, ngx_string("/internal/auth/recommend"),
+      ngx_http_cinematch_whoami_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH|NGX_HTTP_CINEMATCH_ROUTE_ECHO
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
+#endif
 
 #if (NGX_HTTP_CINEMATCH_ECHO)
     { NGX_HTTP_POST, ngx_string("/internal/echo"),
@@ -406,7 +455,37 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    return ngx_http_cinematch_status(r, route->handler(r, ctx));
+    return ngx_http_cinematch_status(r, ngx_http_cinematch_dispatch(r, ctx));
+}
+
+
+ngx_int_t
+ngx_http_cinematch_dispatch(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+#if (NGX_HTTP_CINEMATCH_AUTH)
+    return ngx_http_cinematch_authn(r, ctx);
+#else
+    if (ctx->route->flags & NGX_HTTP_CINEMATCH_ROUTE_AUTH) {
+        /* never serve a protected route without the auth step */
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "authentication is not built in");
+    }
+
+    return ctx->route->handler(r, ctx);
+#endif
+}
+
+
+ngx_http_cinematch_caller_t *
+ngx_http_cinematch_caller(ngx_http_request_t *r)
+{
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_cinematch_module);
+
+    return ctx != NULL ? ctx->caller : NULL;
 }
 
 

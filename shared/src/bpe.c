@@ -1297,7 +1297,8 @@ cm_bpe_load_mem(cm_bpe_t **out, const char *vocab, size_t vlen,
         b->tok_off[V] = (uint32_t) off;
         json_object_foreach(root, key, val) {
             id = json_integer_value(val);
-            l = cm_u2b_str(key, strlen(key), b->tok_bytes + b->tok_off[id]);
+            (void) cm_u2b_str(key, strlen(key),
+                              b->tok_bytes + b->tok_off[id]);
         }
         free(lens);
         free(tmp);

@@ -133,7 +133,8 @@ class Postgres:
         else:
             created = False
         opts = (f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c log_statement=all")
         try:
             self._run([PG_BIN / "pg_ctl", "-D", self.data, "-l", self.logfile,
                        "-o", opts, "-w", "-t", "30", "start"])

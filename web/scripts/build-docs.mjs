@@ -33,7 +33,7 @@ writeFileSync(join(out, 'index.html'), `<!doctype html>
   <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>cinematch API</title>
   <link rel="stylesheet" href="./swagger-ui.css">
-  <style>body{margin:0} .topbar{display:none}</style>
+  <style>body{margin:0} .swagger-ui .topbar{display:none}</style>
 </head>
 <body>
   <div id="swagger-ui"></div>

@@ -14,7 +14,10 @@ function Nav() {
   return (
     <header className="topbar">
       <a className="skip" href="#main">Skip to content</a>
-      <Link to="/" className="brand"><span aria-hidden="true">🎬</span> cinematch</Link>
+      <Link to="/" className="brand">
+        <svg aria-hidden="true" width="22" height="22" viewBox="0 0 32 32"><circle cx="16" cy="16" r="12" fill="none" stroke="currentColor" strokeWidth="3" /><circle cx="16" cy="9" r="2.5" fill="currentColor" /><circle cx="16" cy="23" r="2.5" fill="currentColor" /><circle cx="9" cy="16" r="2.5" fill="currentColor" /><circle cx="23" cy="16" r="2.5" fill="currentColor" /></svg>
+        {' '}cinematch
+      </Link>
       <nav aria-label="Main">
         <Link to="/movies">Movies</Link>
         <Link to="/for-you">For you</Link>
@@ -25,7 +28,7 @@ function Nav() {
       <div className="who">
         {user ? (
           <>
-            <span className="muted small">{user.email || `user ${user.id}`}</span>
+            <span className="muted small">{user.name || user.email || `user ${user.id}`}</span>
             <button className="btn small" onClick={async () => { await api.logout(); navigate('/'); }}>Log out</button>
           </>
         ) : (

@@ -1,0 +1,1236 @@
+
+/*
+ * ngx_http_cinematch_authn.c: the step between routing and a route's
+ * handler (docs/SECURITY.md §3): who is calling, may they, and how fast.
+ *
+ *   credentials   Authorization: Bearer <JWT> | Bearer cm_... | X-API-Key
+ *   JWT           cm_jwt_verify (no database), then GET cm:deny:<jti> in
+ *                 Redis (logout); Redis down: the denylist fails open
+ *   API key       sha256 → GET cm:key:<sha> in Redis (60 s, negative 10 s)
+ *                 → on a miss PostgreSQL, and the answer is cached;
+ *                 last_used_at is written at most once per interval per
+ *                 worker, by a query the response does not wait for
+ *   authorization ROUTE_ADMIN needs role admin (keys: the admin scope);
+ *                 a route scope is checked against a key's scopes
+ *   rate limit    cinematch_rate_limit of the location: a token bucket per
+ *                 identity (u<user>, k<key>, ip<addr>) kept by a Lua script
+ *                 in Redis (EVALSHA, EVAL on NOSCRIPT); Redis down: the
+ *                 same bucket math in a shared-memory table of this node
+ *
+ * Each step either answers (401, 403, 429) or calls the next; the Redis
+ * and PostgreSQL callbacks return what the next step returns, so the
+ * request is finalized once, by whoever answered.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <openssl/sha.h>
+
+#include "ngx_http_cinematch.h"
+#include "ngx_http_cinematch_auth.h"
+
+#include "cinematch/authkeys.h"
+#include "cinematch/digest.h"
+#include "cinematch/jwt.h"
+#include "cinematch/ratelimit.h"
+#include "cinematch/validate.h"
+
+
+#define NGX_HTTP_CINEMATCH_KEY_CACHE_MS     60000
+#define NGX_HTTP_CINEMATCH_KEY_NEG_MS       10000
+#define NGX_HTTP_CINEMATCH_KEY_TOUCH_SLOTS  64
+#define NGX_HTTP_CINEMATCH_RL_ZONE_SIZE     (1024 * 1024)
+
+
+typedef struct {
+    ngx_http_cinematch_auth_main_conf_t  *amcf;
+    ngx_http_cinematch_auth_loc_conf_t   *alcf;
+    ngx_http_cinematch_caller_t           caller;
+    char                                  sha[CM_SHA256_HEX_LEN + 1];
+    char                                  key_id[NGX_INT64_LEN + 1];
+    const char                           *values[1];
+    ngx_str_t                             rl_key;    /* cm:rl:{id}:loc */
+    char                                  rl_argv[3][24];
+    ngx_uint_t                            rl_eval;   /* EVAL after NOSCRIPT */
+} ngx_http_cinematch_authn_t;
+
+
+typedef struct {
+    uint64_t                              key;
+    cm_tbucket_t                          bucket;
+} ngx_http_cinematch_rl_slot_t;
+
+
+typedef struct {
+    ngx_uint_t                            nslots;
+    ngx_http_cinematch_rl_slot_t          slots[1];
+} ngx_http_cinematch_rl_table_t;
+
+
+typedef struct {
+    int64_t                               key_id;
+    ngx_msec_t                            at;
+} ngx_http_cinematch_key_touch_t;
+
+
+static ngx_int_t ngx_http_cinematch_authn_fail(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message,
+    const char *www);
+static ngx_int_t ngx_http_cinematch_authn_header(ngx_http_request_t *r,
+    ngx_str_t *out);
+static ngx_int_t ngx_http_cinematch_authn_jwt(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st, cm_cred_t *cred);
+static ngx_int_t ngx_http_cinematch_authn_deny_done(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_authn_key(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st, cm_cred_t *cred);
+static ngx_int_t ngx_http_cinematch_authn_key_cached(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_authn_key_lookup(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st);
+static ngx_int_t ngx_http_cinematch_authn_key_found(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_authn_key_parse(
+    ngx_http_cinematch_caller_t *c, const char *s, size_t len);
+static void ngx_http_cinematch_authn_key_touch(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st);
+static ngx_int_t ngx_http_cinematch_authn_key_touched(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_authn_authorize(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st);
+static ngx_int_t ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st);
+static ngx_int_t ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st);
+static ngx_int_t ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
+    cm_ratelimit_result_t *res);
+static ngx_int_t ngx_http_cinematch_authn_run(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cinematch_rl_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
+    int64_t *out);
+
+
+static char                            ngx_http_cinematch_rl_sha[41];
+static ngx_http_cinematch_key_touch_t  ngx_http_cinematch_key_touched[
+                                       NGX_HTTP_CINEMATCH_KEY_TOUCH_SLOTS];
+
+static ngx_str_t  ngx_http_cinematch_x_api_key = ngx_string("X-API-Key");
+
+
+ngx_int_t
+ngx_http_cinematch_authn(ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_int_t                     rc;
+    ngx_str_t                     apikey;
+    ngx_uint_t                    flags;
+    cm_cred_t                     cred;
+    cm_field_error_t              fe;
+    ngx_table_elt_t              *authz;
+    ngx_http_cinematch_authn_t   *st;
+    ngx_http_cinematch_auth_loc_conf_t  *alcf;
+
+    flags = ctx->route->flags;
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_auth_module);
+
+    if (!(flags & (NGX_HTTP_CINEMATCH_ROUTE_AUTH
+                   |NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH))
+        && alcf->rl == NULL)
+    {
+        return ctx->route->handler(r, ctx);
+    }
+
+    st = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_authn_t));
+    if (st == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st->amcf = ngx_http_get_module_main_conf(r,
+                                             ngx_http_cinematch_auth_module);
+    st->alcf = alcf;
+    ctx->authn = st;
+
+    if (!(flags & (NGX_HTTP_CINEMATCH_ROUTE_AUTH
+                   |NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH)))
+    {
+        return ngx_http_cinematch_authn_limit(r, st);
+    }
+
+    rc = ngx_http_cinematch_authn_header(r, &apikey);
+    if (rc == NGX_DECLINED) {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "send one X-API-Key header",
+                                             "Bearer error=\"invalid_request\"");
+    }
+
+    authz = r->headers_in.authorization;
+
+    if (cm_auth_header_parse(authz ? (char *) authz->value.data : NULL,
+                             authz ? authz->value.len : 0,
+                             (char *) apikey.data, apikey.len, &cred, &fe)
+        != CM_OK)
+    {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated", fe.message,
+                                             "Bearer error=\"invalid_request\"");
+    }
+
+    switch (cred.kind) {
+
+    case CM_CRED_JWT:
+        return ngx_http_cinematch_authn_jwt(r, st, &cred);
+
+    case CM_CRED_APIKEY:
+        return ngx_http_cinematch_authn_key(r, st, &cred);
+
+    default:
+        if (flags & NGX_HTTP_CINEMATCH_ROUTE_AUTH) {
+            return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                                 "unauthenticated",
+                                                 "credentials required",
+                                                 "Bearer");
+        }
+
+        return ngx_http_cinematch_authn_limit(r, st);
+    }
+}
+
+
+/* X-API-Key: absent (out empty), one (out), or several (NGX_DECLINED) */
+
+static ngx_int_t
+ngx_http_cinematch_authn_header(ngx_http_request_t *r, ngx_str_t *out)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(out);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == ngx_http_cinematch_x_api_key.len
+            && ngx_strncasecmp(h[i].key.data,
+                               ngx_http_cinematch_x_api_key.data,
+                               h[i].key.len)
+               == 0)
+        {
+            if (out->data != NULL) {
+                return NGX_DECLINED;
+            }
+
+            *out = h[i].value;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_fail(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message, const char *www)
+{
+    ngx_str_t  key, value;
+
+    if (www != NULL) {
+        ngx_str_set(&key, "WWW-Authenticate");
+        value.data = (u_char *) www;
+        value.len = ngx_strlen(www);
+
+        if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return ngx_http_cinematch_send_error(r, status, code, message);
+}
+
+
+/* ---- JWT ---- */
+
+static ngx_int_t
+ngx_http_cinematch_authn_jwt(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st, cm_cred_t *cred)
+{
+    int                           rc;
+    cm_jwt_claims_t               claims;
+    ngx_http_cinematch_caller_t  *c;
+
+    if (st->amcf->ring == NULL) {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "access tokens are not "
+                                             "configured",
+                                             "Bearer error=\"invalid_token\"");
+    }
+
+    rc = cm_jwt_verify(st->amcf->ring, cred->token, cred->len, ngx_time(),
+                       &claims);
+    if (rc != CM_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cinematch: access token refused: %s",
+                      cm_jwt_strerror(rc));
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             cm_jwt_strerror(rc),
+                                             "Bearer error=\"invalid_token\"");
+    }
+
+    c = &st->caller;
+
+    if (ngx_http_cinematch_int64(claims.sub, ngx_strlen(claims.sub),
+                                 &c->user_id)
+        != NGX_OK
+        || c->user_id == 0
+        || ngx_strlen(claims.jti) >= sizeof(c->jti)
+        || ngx_strlen(claims.sid) >= sizeof(c->sid))
+    {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "access token has bad claims",
+                                             "Bearer error=\"invalid_token\"");
+    }
+
+    c->admin = (ngx_strcmp(claims.role, "admin") == 0);
+    c->scopes = c->admin ? CM_SCOPE_ALL : (CM_SCOPE_ALL & ~CM_SCOPE_ADMIN);
+    c->exp = (time_t) claims.exp;
+    ngx_cpystrn((u_char *) c->jti, (u_char *) claims.jti, sizeof(c->jti));
+    ngx_cpystrn((u_char *) c->sid, (u_char *) claims.sid, sizeof(c->sid));
+
+    ngx_explicit_memzero(&claims, sizeof(cm_jwt_claims_t));
+
+    /* logout denylist; when Redis is down it fails open (documented) */
+    switch (ngx_http_cinematch_redis_commandf(r,
+                                        ngx_http_cinematch_authn_deny_done,
+                                        st, "EXISTS cm:deny:%s", c->jti))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_authn_authorize(r, st);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_deny_done(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_cinematch_authn_t *st = data;
+
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER
+        && reply->integer != 0)
+    {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "access token was revoked",
+                                             "Bearer error=\"invalid_token\"");
+    }
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: token denylist unavailable, not checked");
+    }
+
+    return ngx_http_cinematch_authn_authorize(r, st);
+}
+
+
+/* ---- API keys ---- */
+
+static ngx_int_t
+ngx_http_cinematch_authn_key(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st, cm_cred_t *cred)
+{
+    if (cm_apikey_parse(cred->token, cred->len, NULL) != CM_OK
+        || cm_sha256_hex(cred->token, cred->len, st->sha) != CM_OK)
+    {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "invalid API key",
+                                             "Bearer error=\"invalid_token\"");
+    }
+
+    switch (ngx_http_cinematch_redis_commandf(r,
+                                        ngx_http_cinematch_authn_key_cached,
+                                        st, "GET cm:key:%s", st->sha))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_authn_key_lookup(r, st);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_key_cached(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_cinematch_authn_t *st = data;
+
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING) {
+
+        if (reply->len == 1 && reply->str[0] == '-') {
+            return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                                 "unauthenticated",
+                                                 "invalid API key",
+                                                 "Bearer error=\"invalid_token\"");
+        }
+
+        if (ngx_http_cinematch_authn_key_parse(&st->caller, reply->str,
+                                               reply->len)
+            == NGX_OK)
+        {
+            return ngx_http_cinematch_authn_authorize(r, st);
+        }
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: bad API key cache entry, ignored");
+    }
+
+    return ngx_http_cinematch_authn_key_lookup(r, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_key_lookup(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st)
+{
+    st->values[0] = st->sha;
+
+    switch (ngx_http_cinematch_pg_query(r,
+                "SELECT k.id, k.user_id, u.role, k.scopes, u.rating_user_id"
+                " FROM api_keys k JOIN users u ON u.id = k.user_id"
+                " WHERE k.key_sha256 = $1 AND k.revoked_at IS NULL"
+                " AND (k.expires_at IS NULL OR k.expires_at > now())"
+                " AND u.disabled_at IS NULL",
+                1, st->values, ngx_http_cinematch_authn_key_found, st))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+    case NGX_BUSY:
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "cannot check the API key now");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_key_found(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_authn_t *st = data;
+
+    u_char                       *p;
+    uint32_t                      mask;
+    u_char                        entry[4 * NGX_INT64_LEN + 16];
+    ngx_http_cinematch_caller_t  *c;
+
+    if (err != NULL) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "cannot check the API key now");
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cinematch: API key lookup failed: %s",
+                      PQresultErrorMessage(res));
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (PQntuples(res) != 1) {
+        /* a short negative entry keeps a flood of bad keys off PostgreSQL */
+        (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+                                         "SET cm:key:%s - PX %d", st->sha,
+                                         NGX_HTTP_CINEMATCH_KEY_NEG_MS);
+
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "invalid API key",
+                                             "Bearer error=\"invalid_token\"");
+    }
+
+    if (cm_scopes_from_pg_array(PQgetvalue(res, 0, 3),
+                                PQgetlength(res, 0, 3), &mask)
+        != CM_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cinematch: API key %s has unknown scopes",
+                      PQgetvalue(res, 0, 0));
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "invalid API key", NULL);
+    }
+
+    p = ngx_snprintf(entry, sizeof(entry) - 1, "%s %s %c %uD %s",
+                     PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+                     ngx_strcmp(PQgetvalue(res, 0, 2), "admin") == 0
+                     ? 'a' : 'u',
+                     mask, PQgetvalue(res, 0, 4));
+    *p = '\0';
+
+    c = &st->caller;
+
+    if (ngx_http_cinematch_authn_key_parse(c, (char *) entry, p - entry)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+                                     "SET cm:key:%s %b PX %d", st->sha,
+                                     entry, (size_t) (p - entry),
+                                     NGX_HTTP_CINEMATCH_KEY_CACHE_MS);
+
+    return ngx_http_cinematch_authn_authorize(r, st);
+}
+
+
+/* "<key id> <user id> <a|u> <scope mask> <rating user id>" */
+
+static ngx_int_t
+ngx_http_cinematch_authn_key_parse(ngx_http_cinematch_caller_t *c,
+    const char *s, size_t len)
+{
+    size_t       i, n, start;
+    int64_t      v[5];
+    ngx_uint_t   admin;
+
+    n = 0;
+    start = 0;
+    admin = 0;
+
+    for (i = 0; i <= len; i++) {
+
+        if (i < len && s[i] != ' ') {
+            continue;
+        }
+
+        if (n == 5) {
+            return NGX_ERROR;
+        }
+
+        if (n == 2) {
+            if (i - start != 1 || (s[start] != 'a' && s[start] != 'u')) {
+                return NGX_ERROR;
+            }
+
+            admin = (s[start] == 'a');
+            v[n++] = 0;
+
+        } else if (ngx_http_cinematch_int64(s + start, i - start, &v[n++])
+                   != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        start = i + 1;
+    }
+
+    if (n != 5 || v[0] == 0 || v[1] == 0 || v[3] > CM_SCOPE_ALL) {
+        return NGX_ERROR;
+    }
+
+    c->key_id = v[0];
+    c->user_id = v[1];
+    c->admin = admin;
+    c->apikey = 1;
+    c->rating_user_id = v[4];
+
+    /* an empty grant is the user's authority without admin */
+    c->scopes = v[3] ? (uint32_t) v[3] : (CM_SCOPE_ALL & ~CM_SCOPE_ADMIN);
+
+    if (!admin) {
+        c->scopes &= ~CM_SCOPE_ADMIN;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * last_used_at, off the request path: at most once per interval per key
+ * and worker, by a query attached to this request that nothing waits for
+ * (the handler's answer goes out without it).
+ */
+
+static void
+ngx_http_cinematch_authn_key_touch(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st)
+{
+    u_char                          *p;
+    ngx_uint_t                       i, oldest;
+    ngx_http_cinematch_key_touch_t  *t;
+
+    t = ngx_http_cinematch_key_touched;
+    oldest = 0;
+
+    for (i = 0; i < NGX_HTTP_CINEMATCH_KEY_TOUCH_SLOTS; i++) {
+        if (t[i].key_id == st->caller.key_id) {
+            break;
+        }
+
+        if (t[i].at < t[oldest].at) {
+            oldest = i;
+        }
+    }
+
+    if (i < NGX_HTTP_CINEMATCH_KEY_TOUCH_SLOTS) {
+        if (ngx_current_msec - t[i].at < st->amcf->key_touch) {
+            return;
+        }
+
+    } else {
+        i = oldest;
+    }
+
+    t[i].key_id = st->caller.key_id;
+    t[i].at = ngx_current_msec;
+
+    p = ngx_sprintf((u_char *) st->key_id, "%L", st->caller.key_id);
+    *p = '\0';
+    st->values[0] = st->key_id;
+
+    if (ngx_http_cinematch_pg_query(r,
+            "UPDATE api_keys SET last_used_at = now() WHERE id = $1::bigint",
+            1, st->values, ngx_http_cinematch_authn_key_touched, NULL)
+        != NGX_OK)
+    {
+        t[i].at = 0;     /* try again with the next request */
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_key_touched(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    if (err != NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: API key last_used_at not updated: %s",
+                      err ? err : PQresultErrorMessage(res));
+    }
+
+    return NGX_DONE;
+}
+
+
+/* ---- authorization ---- */
+
+static ngx_int_t
+ngx_http_cinematch_authn_authorize(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st)
+{
+    uint32_t                       need;
+    ngx_uint_t                     flags;
+    ngx_http_cinematch_ctx_t      *ctx;
+    ngx_http_cinematch_caller_t   *c;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    flags = ctx->route->flags;
+    c = &st->caller;
+
+    if ((flags & NGX_HTTP_CINEMATCH_ROUTE_ADMIN)
+        == NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+        && (!c->admin || !(c->scopes & CM_SCOPE_ADMIN)))
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_FORBIDDEN,
+                                             "forbidden",
+                                             "this needs an administrator");
+    }
+
+    need = NGX_HTTP_CINEMATCH_ROUTE_SCOPES(flags);
+
+    if (need && c->apikey && !cm_scope_allows(c->scopes, need)) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_FORBIDDEN,
+                                             "forbidden",
+                                             "the API key lacks the scope "
+                                             "this needs");
+    }
+
+    ctx->caller = c;
+
+    if (c->apikey) {
+        ngx_http_cinematch_authn_key_touch(r, st);
+    }
+
+    return ngx_http_cinematch_authn_limit(r, st);
+}
+
+
+/* ---- rate limit ---- */
+
+static ngx_int_t
+ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st)
+{
+    u_char                        *p;
+    size_t                         len;
+    ngx_int_t                      rc;
+    ngx_http_cinematch_caller_t   *c;
+    const char                    *argv[7];
+    size_t                         argvlen[7];
+    SHA_CTX                        sha;
+    u_char                         md[SHA_DIGEST_LENGTH];
+
+    if (st->alcf->rl == NULL) {
+        return ngx_http_cinematch_authn_run(r);
+    }
+
+    c = (st->caller.user_id != 0) ? &st->caller : NULL;
+
+    len = sizeof("cm:rl:{ip}:") + NGX_SOCKADDR_STRLEN + NGX_INT64_LEN
+          + st->alcf->rl_name.len;
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st->rl_key.data = p;
+
+    /* the identity in a hash tag: one slot per caller in Redis Cluster */
+    if (c != NULL && c->apikey) {
+        p = ngx_sprintf(p, "cm:rl:{k%L}:", c->key_id);
+
+    } else if (c != NULL) {
+        p = ngx_sprintf(p, "cm:rl:{u%L}:", c->user_id);
+
+    } else {
+        p = ngx_sprintf(p, "cm:rl:{ip%V}:", &r->connection->addr_text);
+    }
+
+    p = ngx_cpymem(p, st->alcf->rl_name.data, st->alcf->rl_name.len);
+    st->rl_key.len = p - st->rl_key.data;
+
+    cm_ratelimit_argv(st->alcf->rl, st->rl_argv);
+
+    if (ngx_http_cinematch_rl_sha[0] == '\0') {
+        SHA1_Init(&sha);
+        SHA1_Update(&sha, cm_ratelimit_lua, ngx_strlen(cm_ratelimit_lua));
+        SHA1_Final(md, &sha);
+        ngx_hex_dump((u_char *) ngx_http_cinematch_rl_sha, md,
+                     SHA_DIGEST_LENGTH);
+    }
+
+    if (st->rl_eval) {
+        argv[0] = "EVAL";
+        argv[1] = cm_ratelimit_lua;
+        argvlen[1] = ngx_strlen(cm_ratelimit_lua);
+
+    } else {
+        argv[0] = "EVALSHA";
+        argv[1] = ngx_http_cinematch_rl_sha;
+        argvlen[1] = 40;
+    }
+
+    argvlen[0] = ngx_strlen(argv[0]);
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (char *) st->rl_key.data;
+    argvlen[3] = st->rl_key.len;
+    argv[4] = st->rl_argv[0];
+    argv[5] = st->rl_argv[1];
+    argv[6] = st->rl_argv[2];
+    argvlen[4] = ngx_strlen(argv[4]);
+    argvlen[5] = ngx_strlen(argv[5]);
+    argvlen[6] = ngx_strlen(argv[6]);
+
+    rc = ngx_http_cinematch_redis_command(r,
+                                          ngx_http_cinematch_authn_limit_done,
+                                          st, 7, argv, argvlen);
+    switch (rc) {
+
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_authn_limit_local(r, st);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_cinematch_authn_t *st = data;
+
+    ngx_uint_t              i;
+    cm_ratelimit_result_t   res;
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR
+        && reply->len >= 8 && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
+        && !st->rl_eval)
+    {
+        st->rl_eval = 1;
+        return ngx_http_cinematch_authn_limit(r, st);
+    }
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 4)
+    {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: rate limit script failed (%s), "
+                      "using the local bucket",
+                      reply && reply->type == REDIS_REPLY_ERROR
+                      ? reply->str : "no reply");
+        return ngx_http_cinematch_authn_limit_local(r, st);
+    }
+
+    for (i = 0; i < 4; i++) {
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER
+            || reply->element[i]->integer < 0)
+        {
+            return ngx_http_cinematch_authn_limit_local(r, st);
+        }
+    }
+
+    res.allowed = reply->element[0]->integer == 1;
+    res.remaining = (uint64_t) reply->element[1]->integer;
+    res.retry_ms = (uint64_t) reply->element[2]->integer;
+    res.reset_ms = (uint64_t) reply->element[3]->integer;
+    res.limit = st->alcf->rl->burst;
+
+    return ngx_http_cinematch_authn_limit_apply(r, &res);
+}
+
+
+/*
+ * Redis down: the same bucket in this node's shared memory.  The table is
+ * direct-mapped by a 64-bit hash of the Redis key; a collision replaces
+ * the older identity's bucket (it starts full again), which can only
+ * loosen the limit, and only under heavy identity churn.
+ */
+
+static ngx_int_t
+ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st)
+{
+    uint64_t                        key;
+    ngx_slab_pool_t                *shpool;
+    cm_ratelimit_result_t           res;
+    ngx_http_cinematch_rl_slot_t   *slot;
+    ngx_http_cinematch_rl_table_t  *t;
+
+    if (st->amcf->rl_zone == NULL || st->amcf->rl_zone->data == NULL) {
+        return ngx_http_cinematch_authn_run(r);
+    }
+
+    shpool = (ngx_slab_pool_t *) st->amcf->rl_zone->shm.addr;
+    t = st->amcf->rl_zone->data;
+
+    key = ((uint64_t) ngx_crc32_long(st->rl_key.data, st->rl_key.len) << 32)
+          | ngx_murmur_hash2(st->rl_key.data, st->rl_key.len);
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    slot = &t->slots[key % t->nslots];
+
+    if (slot->key != key) {
+        slot->key = key;
+        ngx_memzero(&slot->bucket, sizeof(cm_tbucket_t));
+    }
+
+    cm_tbucket_take(st->alcf->rl, &slot->bucket, (uint64_t) ngx_current_msec,
+                    &res);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return ngx_http_cinematch_authn_limit_apply(r, &res);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
+    cm_ratelimit_result_t *res)
+{
+    u_char     *p;
+    ngx_str_t   key, value;
+
+    p = ngx_pnalloc(r->pool, 4 * NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&key, "X-RateLimit-Limit");
+    value.data = p;
+    p = ngx_sprintf(p, "%uL", res->limit);
+    value.len = p - value.data;
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&key, "X-RateLimit-Remaining");
+    value.data = p;
+    p = ngx_sprintf(p, "%uL", res->remaining);
+    value.len = p - value.data;
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&key, "X-RateLimit-Reset");
+    value.data = p;
+    p = ngx_sprintf(p, "%uL", (res->reset_ms + 999) / 1000);
+    value.len = p - value.data;
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (res->allowed) {
+        return ngx_http_cinematch_authn_run(r);
+    }
+
+    ngx_str_set(&key, "Retry-After");
+    value.data = p;
+    p = ngx_sprintf(p, "%uL", ngx_max((res->retry_ms + 999) / 1000, 1));
+    value.len = p - value.data;
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                                         "rate_limited",
+                                         "too many requests, retry later");
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_authn_run(ngx_http_request_t *r)
+{
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    return ctx->route->handler(r, ctx);
+}
+
+
+/* ---- configuration ---- */
+
+/* cinematch_rate_limit 100r/m burst=20; | cinematch_rate_limit off; */
+
+char *
+ngx_http_cinematch_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cinematch_auth_loc_conf_t *alcf = conf;
+
+    char                                  err[256];
+    u_char                               *p;
+    size_t                                len;
+    ngx_str_t                            *value;
+    ngx_uint_t                            i;
+    ngx_http_core_loc_conf_t             *clcf;
+    ngx_http_cinematch_auth_main_conf_t  *amcf;
+
+    if (alcf->rl != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        alcf->rl = NULL;
+        return NGX_CONF_OK;
+    }
+
+    len = 0;
+    for (i = 1; i < cf->args->nelts; i++) {
+        len += value[i].len + 1;
+    }
+
+    p = ngx_pnalloc(cf->pool, len);
+    alcf->rl = ngx_pcalloc(cf->pool, sizeof(cm_ratelimit_t));
+
+    if (p == NULL || alcf->rl == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    len = 0;
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (i > 1) {
+            p[len++] = ' ';
+        }
+
+        ngx_memcpy(p + len, value[i].data, value[i].len);
+        len += value[i].len;
+    }
+
+    if (cm_ratelimit_parse(alcf->rl, (char *) p, len, err, sizeof(err))
+        != CM_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s", err);
+        return NGX_CONF_ERROR;
+    }
+
+    /* the bucket's name in Redis: the location that set the limit, so
+     * nodes with one configuration share it */
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    alcf->rl_name = clcf->name;
+
+    amcf = ngx_http_conf_get_module_main_conf(cf,
+                                              ngx_http_cinematch_auth_module);
+
+    if (amcf->rl_zone == NULL) {
+        return ngx_http_cinematch_authn_init_zone(cf, amcf,
+                                          NGX_HTTP_CINEMATCH_RL_ZONE_SIZE)
+               == NGX_OK ? NGX_CONF_OK : NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_authn_init_zone(ngx_conf_t *cf,
+    ngx_http_cinematch_auth_main_conf_t *amcf, size_t size)
+{
+    ngx_str_t  name;
+
+    ngx_str_set(&name, "cinematch_rate_limit");
+
+    amcf->rl_zone = ngx_shared_memory_add(cf, &name, size,
+                                          &ngx_http_cinematch_auth_module);
+    if (amcf->rl_zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    amcf->rl_zone->init = ngx_http_cinematch_rl_init_zone;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_rl_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    size_t                          size;
+    ngx_slab_pool_t                *shpool;
+    ngx_http_cinematch_rl_table_t  *t;
+
+    if (data) {
+        shm_zone->data = data;        /* reload: keep the buckets */
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        shm_zone->data = shpool->data;
+        return NGX_OK;
+    }
+
+    /* half the zone: the slab allocator keeps its own pages in the rest */
+    size = shm_zone->shm.size / 2;
+
+    t = ngx_slab_alloc(shpool, size);
+    if (t == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(t, size);
+    t->nslots = (size - sizeof(ngx_http_cinematch_rl_table_t))
+                / sizeof(ngx_http_cinematch_rl_slot_t) + 1;
+
+    shpool->data = t;
+    shm_zone->data = t;
+
+    return NGX_OK;
+}
+
+
+/* a decimal int64 of 1..18 digits, no leading zeros ("0" itself is 0) */
+
+static ngx_int_t
+ngx_http_cinematch_int64(const char *s, size_t len, int64_t *out)
+{
+    size_t   i;
+    int64_t  v;
+
+    if (len == 0 || len > 18 || (s[0] == '0' && len > 1)) {
+        return NGX_ERROR;
+    }
+
+    v = 0;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        v = v * 10 + (s[i] - '0');
+    }
+
+    *out = v;
+
+    return NGX_OK;
+}
+
+
+/*
+ * GET /internal/auth/... (cinematch_echo on): the caller as the identity
+ * step saw it; for tests, and the no-op endpoint of the auth benchmark.
+ */
+
+ngx_int_t
+ngx_http_cinematch_whoami_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_http_cinematch_caller_t  *c;
+
+    c = ngx_http_cinematch_caller(r);
+
+    if (c == NULL) {
+        return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+                                            json_pack("{s:n}", "user_id"));
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
+               json_pack("{s:I, s:s, s:I, s:I, s:I, s:b}",
+                         "user_id", (json_int_t) c->user_id,
+                         "role", c->admin ? "admin" : "user",
+                         "key_id", (json_int_t) c->key_id,
+                         "rating_user_id", (json_int_t) c->rating_user_id,
+                         "scopes", (json_int_t) c->scopes,
+                         "apikey", (int) c->apikey));
+}
+
+
+/* ---- the caller's id in the rating user space ---- */
+
+typedef struct {
+    ngx_http_cinematch_caller_next_pt   next;
+    char                                user_id[NGX_INT64_LEN + 1];
+    const char                         *values[1];
+} ngx_http_cinematch_rating_id_t;
+
+
+static ngx_int_t
+ngx_http_cinematch_caller_rating_id_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_rating_id_t *q = data;
+
+    int64_t                       rid;
+    ngx_http_cinematch_caller_t  *c;
+
+    if (err != NULL) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "database unavailable");
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cinematch: rating_user_id lookup failed: %s",
+                      PQresultErrorMessage(res));
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (PQntuples(res) != 1
+        || ngx_http_cinematch_int64(PQgetvalue(res, 0, 0),
+                                    PQgetlength(res, 0, 0), &rid)
+           != NGX_OK
+        || rid == 0)
+    {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "the account is not active");
+    }
+
+    c = ngx_http_cinematch_caller(r);
+    c->rating_user_id = rid;
+
+    return q->next(r);
+}
+
+
+ngx_int_t
+ngx_http_cinematch_caller_rating_id(ngx_http_request_t *r,
+    ngx_http_cinematch_caller_next_pt next)
+{
+    u_char                          *p;
+    ngx_http_cinematch_caller_t     *c;
+    ngx_http_cinematch_rating_id_t  *q;
+
+    c = ngx_http_cinematch_caller(r);
+
+    if (c == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (c->rating_user_id != 0) {
+        return next(r);
+    }
+
+    q = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_rating_id_t));
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    q->next = next;
+    p = ngx_sprintf((u_char *) q->user_id, "%L", c->user_id);
+    *p = '\0';
+    q->values[0] = q->user_id;
+
+    switch (ngx_http_cinematch_pg_query(r,
+                "SELECT rating_user_id FROM users"
+                " WHERE id = $1::bigint AND disabled_at IS NULL",
+                1, q->values, ngx_http_cinematch_caller_rating_id_done, q))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+    case NGX_BUSY:
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "database unavailable");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
