@@ -107,7 +107,8 @@ cm_ingest_usage(FILE *f)
         "                      fewer than 5 stay in train); default none\n"
         "  --dsn DSN           PostgreSQL (default $CINEMATCH_PG_DSN)\n"
         "  --loop INTERVAL     run again every INTERVAL (30s, 15m, 1h, 1d)"
-        " until killed\n");
+        " until killed\n\n"
+        "Dialogue corpora: `cinematch ingest dialogs --help`.\n");
 }
 
 
@@ -288,13 +289,13 @@ cm_ingest_once(cm_ingest_cli_t *cli)
                 nf++;
             }
             closedir(d);
-            qsort(files, nf, sizeof(char *), cm_name_cmp);
             if (nf == 0) {
                 printf("ingest: no ratings file and no *.csv in %s; nothing"
                        " to do\n", cli->data);
                 free(files);
                 return 0;
             }
+            qsort(files, nf, sizeof(char *), cm_name_cmp);
         } else {
             fprintf(stderr, "cinematch ingest: %s: no ratings.csv, u.data or"
                     " ratings.dat\n", cli->data);
@@ -640,7 +641,6 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
         }
         PQclear(r);
         PQclear(PQexec(c, "ROLLBACK"));
-        in_tx = 0;
         rc = CM_OK;
         goto done;
     }

@@ -190,8 +190,8 @@ int
 cm_sha256_file(const char *path, char hex[65], uint64_t *bytes, char *err,
     size_t errlen)
 {
-    char    *buf;
-    size_t   len;
+    char    *buf = NULL;
+    size_t   len = 0;
     int      rc;
 
     rc = cm_read_file(path, &buf, &len, err, errlen);

@@ -218,8 +218,9 @@ cm_ingest_plan(const char *buf, size_t len, cm_ml_format_t fmt,
         goto failed;
     }
 
-    out->rows = malloc((parsed.n ? parsed.n : 1) * sizeof(cm_rating_t));
-    out->line = malloc((parsed.n ? parsed.n : 1) * sizeof(uint64_t));
+    /* calloc: clang-analyzer cannot see that [0, n_rows) gets filled */
+    out->rows = calloc(parsed.n ? parsed.n : 1, sizeof(cm_rating_t));
+    out->line = calloc(parsed.n ? parsed.n : 1, sizeof(uint64_t));
     if (out->rows == NULL || out->line == NULL) {
         rc = cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
         goto failed;
@@ -309,7 +310,12 @@ cm_ingest_plan(const char *buf, size_t len, cm_ml_format_t fmt,
         }
         drop[idx[i]] = 1;
         k = idx[i];
-        l = out->line[k] - 1;
+        l = (size_t) out->line[k] - 1;
+        if (lines == NULL || l >= n_lines) {
+            rc = cm_seterr(err, errlen, CM_ERR, "%s: line index lost line"
+                           " %zu", name, l + 1);
+            goto failed;
+        }
         rc = cm_ingest_reject(out, &cap_rej, out->line[k], buf + lines[l].off,
                               lines[l].len, 1,
                               "duplicate (user %d, movie %d) of line %llu",

@@ -421,3 +421,32 @@ def test_sigterm_during_training_marks_the_run_canceled_at_once(env, synth):
         "canceled:canceled by signal 15 during training; production untouched"
     assert env.sql("SELECT string_agg(version || stage, ' ') FROM model_versions") == \
         "1production"
+
+
+def test_ingest_dialogs_cornell_split_by_film_and_idempotent(env):
+    corpus = os.path.join(FIX, "dialog", "cornell")
+    r = env.run("ingest", "dialogs", "--data", corpus, "--val-frac", "0.3", check=True)
+    assert "dialogues" in r.stdout
+    n_convs = int(env.sql("SELECT count(*) FROM dialogs"))
+    assert n_convs >= 3
+    assert env.sql("SELECT kind || ':' || format || ':' || status || ':' ||"
+                   " rows_accepted FROM ingestion_batches") == \
+        f"dialogs:cornell:complete:{n_convs}"
+    # every dialogue has its turns, in order from 0
+    assert env.sql("SELECT count(*) FROM dialogs d WHERE NOT EXISTS (SELECT 1 FROM"
+                   " dialog_turns t WHERE t.dialog_id = d.id AND t.turn = 0)") == "0"
+    assert env.sql("SELECT count(*) FROM dialog_turns") == \
+        env.sql("SELECT count(*) FROM dialog_turns t JOIN dialogs d ON d.id ="
+                " t.dialog_id")
+    # no film on both sides of the split
+    assert env.sql("SELECT count(*) FROM (SELECT split_part(source_key, ':', 1) FROM"
+                   " dialogs GROUP BY 1 HAVING count(DISTINCT data_split) > 1) x") == "0"
+    assert env.sql("SELECT count(*) FROM dialogs WHERE data_split = 'validation'") != "0"
+    r = env.run("ingest", "dialogs", "--data", corpus, check=True)
+    assert "already ingested" in r.stdout
+    assert int(env.sql("SELECT count(*) FROM dialogs")) == n_convs
+    r = env.run("ingest", "dialogs", "--data", os.path.join(FIX, "dialog", "pairs.tsv"),
+                check=True)
+    assert env.sql("SELECT count(*) FROM ingestion_batches WHERE format ="
+                   " 'dialog-pairs'") == "1"
+    assert env.run("ingest", "dialogs").returncode == 2
