@@ -4,8 +4,10 @@
  * handler (docs/SECURITY.md §3): who is calling, may they, and how fast.
  *
  *   credentials   Authorization: Bearer <JWT> | Bearer cm_... | X-API-Key
- *   JWT           cm_jwt_verify (no database), then GET cm:deny:<jti> in
- *                 Redis (logout); Redis down: the denylist fails open
+ *   JWT           cm_jwt_verify (no database), then EXISTS cm:deny:<jti>
+ *                 in Redis (logout) -- inside the rate-limit script when
+ *                 the location has a limit, so one round trip does both;
+ *                 Redis down: the denylist fails open
  *   API key       sha256 → GET cm:key:<sha> in Redis (60 s, negative 10 s)
  *                 → on a miss PostgreSQL, and the answer is cached;
  *                 last_used_at is written at most once per interval per
@@ -55,6 +57,8 @@ typedef struct {
     ngx_str_t                             rl_key;    /* cm:rl:{id}:loc */
     char                                  rl_argv[3][24];
     ngx_uint_t                            rl_eval;   /* EVAL after NOSCRIPT */
+    ngx_uint_t                            deny;      /* check cm:deny:<jti>
+                                                        in the script */
 } ngx_http_cinematch_authn_t;
 
 
@@ -110,6 +114,7 @@ static ngx_int_t ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
     cm_ratelimit_result_t *res);
 static ngx_int_t ngx_http_cinematch_authn_run(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cinematch_authn_script(ngx_log_t *log);
 static ngx_int_t ngx_http_cinematch_rl_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
@@ -117,6 +122,17 @@ static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
 
 
 static char                            ngx_http_cinematch_rl_sha[41];
+static char                           *ngx_http_cinematch_rl_script;
+
+/*
+ * Prepended to cm_ratelimit_lua: with a second key (a JWT's cm:deny:<jti>)
+ * a revoked token is refused ({-1, 0, 0, 0}) before the bucket is touched.
+ * In Redis Cluster both keys would need one hash slot; not supported yet.
+ */
+static const char  ngx_http_cinematch_deny_lua[] =
+    "if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "  return {-1, 0, 0, 0}\n"
+    "end\n";
 static ngx_http_cinematch_key_touch_t  ngx_http_cinematch_key_touched[
                                        NGX_HTTP_CINEMATCH_KEY_TOUCH_SLOTS];
 
@@ -319,7 +335,13 @@ ngx_http_cinematch_authn_jwt(ngx_http_request_t *r,
 
     ngx_explicit_memzero(&claims, sizeof(cm_jwt_claims_t));
 
-    /* logout denylist; when Redis is down it fails open (documented) */
+    /* logout denylist; when Redis is down it fails open (documented);
+     * with a rate limit the script checks it in the same round trip */
+    if (st->alcf->rl != NULL && ngx_http_cinematch_redis_connected()) {
+        st->deny = 1;
+        return ngx_http_cinematch_authn_authorize(r, st);
+    }
+
     switch (ngx_http_cinematch_redis_commandf(r,
                                         ngx_http_cinematch_authn_deny_done,
                                         st, "EXISTS cm:deny:%s", c->jti))
@@ -703,11 +725,11 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     u_char                        *p;
     size_t                         len;
     ngx_int_t                      rc;
+    ngx_uint_t                     i, n;
     ngx_http_cinematch_caller_t   *c;
-    const char                    *argv[7];
-    size_t                         argvlen[7];
-    SHA_CTX                        sha;
-    u_char                         md[SHA_DIGEST_LENGTH];
+    const char                    *argv[8];
+    size_t                         argvlen[8];
+    u_char                         deny[sizeof("cm:deny:") + 40];
 
     if (st->alcf->rl == NULL) {
         return ngx_http_cinematch_authn_run(r);
@@ -741,18 +763,16 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
 
     cm_ratelimit_argv(st->alcf->rl, st->rl_argv);
 
-    if (ngx_http_cinematch_rl_sha[0] == '\0') {
-        SHA1_Init(&sha);
-        SHA1_Update(&sha, cm_ratelimit_lua, ngx_strlen(cm_ratelimit_lua));
-        SHA1_Final(md, &sha);
-        ngx_hex_dump((u_char *) ngx_http_cinematch_rl_sha, md,
-                     SHA_DIGEST_LENGTH);
+    if (ngx_http_cinematch_rl_script == NULL
+        && ngx_http_cinematch_authn_script(r->connection->log) != NGX_OK)
+    {
+        return ngx_http_cinematch_authn_limit_local(r, st);
     }
 
     if (st->rl_eval) {
         argv[0] = "EVAL";
-        argv[1] = cm_ratelimit_lua;
-        argvlen[1] = ngx_strlen(cm_ratelimit_lua);
+        argv[1] = ngx_http_cinematch_rl_script;
+        argvlen[1] = ngx_strlen(ngx_http_cinematch_rl_script);
 
     } else {
         argv[0] = "EVALSHA";
@@ -761,20 +781,25 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     }
 
     argvlen[0] = ngx_strlen(argv[0]);
-    argv[2] = "1";
+    argv[2] = st->deny ? "2" : "1";
     argvlen[2] = 1;
     argv[3] = (char *) st->rl_key.data;
     argvlen[3] = st->rl_key.len;
-    argv[4] = st->rl_argv[0];
-    argv[5] = st->rl_argv[1];
-    argv[6] = st->rl_argv[2];
-    argvlen[4] = ngx_strlen(argv[4]);
-    argvlen[5] = ngx_strlen(argv[5]);
-    argvlen[6] = ngx_strlen(argv[6]);
+    n = 4;
+
+    if (st->deny) {
+        argv[n] = (char *) deny;
+        argvlen[n++] = ngx_sprintf(deny, "cm:deny:%s", st->caller.jti) - deny;
+    }
+
+    for (i = 0; i < 3; i++) {
+        argv[n] = st->rl_argv[i];
+        argvlen[n++] = ngx_strlen(st->rl_argv[i]);
+    }
 
     rc = ngx_http_cinematch_redis_command(r,
                                           ngx_http_cinematch_authn_limit_done,
-                                          st, 7, argv, argvlen);
+                                          st, (int) n, argv, argvlen);
     switch (rc) {
 
     case NGX_OK:
@@ -809,12 +834,27 @@ ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r, void *data,
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
         || reply->elements != 4)
     {
+        if (st->deny) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "cinematch: token denylist unavailable, "
+                          "not checked");
+        }
+
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "cinematch: rate limit script failed (%s), "
                       "using the local bucket",
                       reply && reply->type == REDIS_REPLY_ERROR
                       ? reply->str : "no reply");
         return ngx_http_cinematch_authn_limit_local(r, st);
+    }
+
+    if (reply->element[0]->type == REDIS_REPLY_INTEGER
+        && reply->element[0]->integer == -1)
+    {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "access token was revoked",
+                                             "Bearer error=\"invalid_token\"");
     }
 
     for (i = 0; i < 4; i++) {
@@ -946,6 +986,39 @@ ngx_http_cinematch_authn_run(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
 
     return ctx->route->handler(r, ctx);
+}
+
+
+/* the combined script and its SHA1, once per process */
+
+static ngx_int_t
+ngx_http_cinematch_authn_script(ngx_log_t *log)
+{
+    u_char   *p;
+    size_t    len;
+    SHA_CTX   sha;
+    u_char    md[SHA_DIGEST_LENGTH];
+
+    len = sizeof(ngx_http_cinematch_deny_lua) - 1
+          + ngx_strlen(cm_ratelimit_lua);
+
+    p = ngx_alloc(len + 1, log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(ngx_cpymem(p, ngx_http_cinematch_deny_lua,
+                           sizeof(ngx_http_cinematch_deny_lua) - 1),
+                cm_ratelimit_lua, ngx_strlen(cm_ratelimit_lua)) = '\0';
+
+    SHA1_Init(&sha);
+    SHA1_Update(&sha, p, len);
+    SHA1_Final(md, &sha);
+    ngx_hex_dump((u_char *) ngx_http_cinematch_rl_sha, md, SHA_DIGEST_LENGTH);
+
+    ngx_http_cinematch_rl_script = (char *) p;
+
+    return NGX_OK;
 }
 
 
