@@ -59,6 +59,10 @@ typedef struct {
     ngx_uint_t                            rl_eval;   /* EVAL after NOSCRIPT */
     ngx_uint_t                            deny;      /* check cm:deny:<jti>
                                                         in the script */
+    /* ngx_http_cinematch_authn_take(): a bucket of another identity */
+    ngx_str_t                             ident;
+    ngx_http_cinematch_caller_next_pt     next;
+    ngx_uint_t                            quiet;     /* no X-RateLimit-* */
 } ngx_http_cinematch_authn_t;
 
 
@@ -112,8 +116,9 @@ static ngx_int_t ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
     ngx_http_cinematch_authn_t *st);
 static ngx_int_t ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
-    cm_ratelimit_result_t *res);
-static ngx_int_t ngx_http_cinematch_authn_run(ngx_http_request_t *r);
+    ngx_http_cinematch_authn_t *st, cm_ratelimit_result_t *res);
+static ngx_int_t ngx_http_cinematch_authn_run(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st);
 static ngx_int_t ngx_http_cinematch_authn_script(ngx_log_t *log);
 static ngx_int_t ngx_http_cinematch_rl_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
@@ -732,13 +737,13 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     u_char                         deny[sizeof("cm:deny:") + 40];
 
     if (st->alcf->rl == NULL) {
-        return ngx_http_cinematch_authn_run(r);
+        return ngx_http_cinematch_authn_run(r, st);
     }
 
     c = (st->caller.user_id != 0) ? &st->caller : NULL;
 
     len = sizeof("cm:rl:{ip}:") + NGX_SOCKADDR_STRLEN + NGX_INT64_LEN
-          + st->alcf->rl_name.len;
+          + st->ident.len + st->alcf->rl_name.len;
 
     p = ngx_pnalloc(r->pool, len);
     if (p == NULL) {
@@ -748,7 +753,10 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     st->rl_key.data = p;
 
     /* the identity in a hash tag: one slot per caller in Redis Cluster */
-    if (c != NULL && c->apikey) {
+    if (st->ident.len) {
+        p = ngx_sprintf(p, "cm:rl:{%V}:", &st->ident);
+
+    } else if (c != NULL && c->apikey) {
         p = ngx_sprintf(p, "cm:rl:{k%L}:", c->key_id);
 
     } else if (c != NULL) {
@@ -871,7 +879,7 @@ ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r, void *data,
     res.reset_ms = (uint64_t) reply->element[3]->integer;
     res.limit = st->alcf->rl->burst;
 
-    return ngx_http_cinematch_authn_limit_apply(r, &res);
+    return ngx_http_cinematch_authn_limit_apply(r, st, &res);
 }
 
 
@@ -893,7 +901,7 @@ ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
     ngx_http_cinematch_rl_table_t  *t;
 
     if (st->amcf->rl_zone == NULL || st->amcf->rl_zone->data == NULL) {
-        return ngx_http_cinematch_authn_run(r);
+        return ngx_http_cinematch_authn_run(r, st);
     }
 
     shpool = (ngx_slab_pool_t *) st->amcf->rl_zone->shm.addr;
@@ -916,13 +924,13 @@ ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
 
     ngx_shmtx_unlock(&shpool->mutex);
 
-    return ngx_http_cinematch_authn_limit_apply(r, &res);
+    return ngx_http_cinematch_authn_limit_apply(r, st, &res);
 }
 
 
 static ngx_int_t
 ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
-    cm_ratelimit_result_t *res)
+    ngx_http_cinematch_authn_t *st, cm_ratelimit_result_t *res)
 {
     u_char     *p;
     ngx_str_t   key, value;
@@ -930,6 +938,14 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
     p = ngx_pnalloc(r->pool, 4 * NGX_INT64_LEN);
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (st->quiet) {
+        if (res->allowed) {
+            return ngx_http_cinematch_authn_run(r, st);
+        }
+
+        goto denied;
     }
 
     ngx_str_set(&key, "X-RateLimit-Limit");
@@ -960,8 +976,10 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
     }
 
     if (res->allowed) {
-        return ngx_http_cinematch_authn_run(r);
+        return ngx_http_cinematch_authn_run(r, st);
     }
+
+denied:
 
     ngx_str_set(&key, "Retry-After");
     value.data = p;
@@ -979,13 +997,53 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_cinematch_authn_run(ngx_http_request_t *r)
+ngx_http_cinematch_authn_run(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st)
 {
     ngx_http_cinematch_ctx_t  *ctx;
+
+    if (st->next != NULL) {
+        return st->next(r);
+    }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
 
     return ctx->route->handler(r, ctx);
+}
+
+
+/*
+ * Take one request from the bucket "cm:rl:{<ident>}:<name>" (Redis, or
+ * the local zone when Redis is down), then return next(r); a 429 with
+ * Retry-After when it is empty.  No X-RateLimit-* headers: the bucket is
+ * not the caller's (e.g. login attempts per account).
+ */
+
+ngx_int_t
+ngx_http_cinematch_authn_take(ngx_http_request_t *r, cm_ratelimit_t *rl,
+    ngx_str_t *name, ngx_str_t *ident, ngx_http_cinematch_caller_next_pt next)
+{
+    ngx_http_cinematch_authn_t          *st;
+    ngx_http_cinematch_auth_loc_conf_t  *alcf;
+
+    st = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_authn_t));
+    alcf = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_auth_loc_conf_t));
+
+    if (st == NULL || alcf == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    alcf->rl = rl;
+    alcf->rl_name = *name;
+
+    st->amcf = ngx_http_get_module_main_conf(r,
+                                             ngx_http_cinematch_auth_module);
+    st->alcf = alcf;
+    st->ident = *ident;
+    st->next = next;
+    st->quiet = 1;
+
+    return ngx_http_cinematch_authn_limit(r, st);
 }
 
 
@@ -1091,6 +1149,68 @@ ngx_http_cinematch_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return ngx_http_cinematch_authn_init_zone(cf, amcf,
                                           NGX_HTTP_CINEMATCH_RL_ZONE_SIZE)
                == NGX_OK ? NGX_CONF_OK : NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* cinematch_login_account_limit 10r/m burst=5; (http) */
+
+char *
+ngx_http_cinematch_login_account_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_cinematch_auth_main_conf_t *amcf = conf;
+
+    char        err[256];
+    u_char     *p;
+    size_t      len;
+    ngx_str_t  *value;
+    ngx_uint_t  i;
+
+    if (amcf->login_rl != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    len = 0;
+    for (i = 1; i < cf->args->nelts; i++) {
+        len += value[i].len + 1;
+    }
+
+    p = ngx_pnalloc(cf->pool, len);
+    amcf->login_rl = ngx_pcalloc(cf->pool, sizeof(cm_ratelimit_t));
+
+    if (p == NULL || amcf->login_rl == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    len = 0;
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (i > 1) {
+            p[len++] = ' ';
+        }
+
+        ngx_memcpy(p + len, value[i].data, value[i].len);
+        len += value[i].len;
+    }
+
+    if (cm_ratelimit_parse(amcf->login_rl, (char *) p, len, err,
+                           sizeof(err))
+        != CM_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s", err);
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->rl_zone == NULL
+        && ngx_http_cinematch_authn_init_zone(cf, amcf,
+                                          NGX_HTTP_CINEMATCH_RL_ZONE_SIZE)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;

@@ -65,7 +65,8 @@ def secret(workdir):
 def api(workdir, backends, db, secret):
     ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
                         http_extra=f"cinematch_jwt_secret_file {secret[0]};\n"
-                                   "cinematch_api_key_touch_interval 1s;",
+                                   "cinematch_api_key_touch_interval 1s;\n"
+                                   "cinematch_login_account_limit 6r/m burst=3;",
                         location_extra="cinematch_echo on;",
                         name="nginx-auth-session", workers=2, pg_pool=2,
                         pg_timeout="3s")
@@ -581,3 +582,23 @@ def test_key_cap_per_user_is_409(api, db):
     status, _, doc = call(api, "POST", "/api/v1/keys", {"name": "one more"},
                           token=u["access_token"])
     assert status == 409, doc
+
+
+def test_login_attempts_are_limited_per_account(api, db):
+    email = f"target-{os.getpid()}@example.com"
+    status, _, _ = call(api, "POST", "/api/v1/auth/register",
+                        {"email": email, "password": "the real password"})
+    assert status == 201
+    got = [call(api, "POST", "/api/v1/auth/login",
+                {"email": email.upper() if i % 2 else email,
+                 "password": f"guess {i}"})[0] for i in range(3)]
+    assert got == [401, 401, 401]
+    # the bucket is empty: even the right password waits, and no argon2id
+    status, hdrs, doc = call(api, "POST", "/api/v1/auth/login",
+                             {"email": email, "password": "the real password"})
+    assert status == 429 and doc["error"]["code"] == "rate_limited"
+    assert 1 <= int(hdrs["retry-after"]) <= 10
+    assert "x-ratelimit-limit" not in hdrs
+    # other accounts are not affected
+    u = new_user(api, db)
+    assert u["access_token"]
