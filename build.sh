@@ -2,12 +2,17 @@
 # cinematch build driver.
 #
 #   ./build.sh deps       install the Debian packages the project needs (idempotent)
-#   ./build.sh [build]    build libcinematch, the cinematch binary, the nginx module
+#   ./build.sh [build]    build libcinematch, the cinematch binary, the nginx module,
+#                         the web app (web/dist, when npm is there; WEB=0 skips it)
 #   ./build.sh test       deps + build + unit tests + sanitizer tests + integration tests
+#                         + web unit tests
 #   ./build.sh run        deps + build + start the local stack under ./var (see README)
 #   ./build.sh stop       stop what `run` started (by pid files), nothing else
+#   ./build.sh image      build the Dockerfile with podman and smoke-test the image
+#   ./build.sh e2e        browser smoke test of the web app against the running
+#                         stack (Debian chromium + playwright-core; build/e2e/*.png)
 #   ./build.sh lint       warnings as errors, cppcheck, clang-tidy
-#   ./build.sh coverage   gcov/lcov line and branch coverage of the unit suite
+#   ./build.sh coverage   gcov/lcov coverage: unit suite, and the nginx module under integration
 #   ./build.sh fuzz       build the libFuzzer targets and run each briefly
 #   ./build.sh clean      remove build outputs (keeps ./var)
 set -euo pipefail
@@ -38,8 +43,14 @@ cmd_deps() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
             || missing+=("$p")
     done
+    # Node.js for web/: the machine's own when it has one (Debian 12's is
+    # older than what Vite needs, see build_web), Debian's only when none.
+    if ! command -v npm >/dev/null 2>&1; then
+        command -v node >/dev/null 2>&1 || missing+=(nodejs)
+        missing+=(npm)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
-    local SUDO=""
+    local SUDO=""""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     log "installing ${#missing[@]} packages: ${missing[*]}"
     $SUDO apt-get update -qq
@@ -76,10 +87,39 @@ build_module() {
     cp "$NGX_BUILD/objs/ngx_http_cinematch_module.so" build/
 }
 
+# web/ → web/dist (the SPA and /api/docs), from the committed lockfile.
+# Skipped, with a line saying why, without npm or with a Node.js that Vite
+# cannot run on (it needs 20.19+ or 22.12+).
+web_ok() {
+    [ "${WEB:-1}" = 1 ] && [ -f web/package-lock.json ] || return 1
+    if ! command -v npm >/dev/null 2>&1; then
+        log "npm not found: web app skipped"; return 1
+    fi
+    local v; v=$(node -p 'process.versions.node' 2>/dev/null || echo 0)
+    node -e 'const [a,b]=process.versions.node.split(".").map(Number);
+             process.exit(a>22||(a===22&&b>=12)||(a===20&&b>=19)?0:1)' 2>/dev/null \
+        || { log "Node.js $v is too old for Vite (20.19+ or 22.12+): web app skipped"; return 1; }
+}
+
+build_web() {
+    web_ok || return 0
+    # npm ci again only when the lockfile changed since the last install
+    if [ ! -f web/node_modules/.package-lock.json ] \
+        || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+        log "installing web dependencies (npm ci)"
+        (cd web && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed"
+        touch web/node_modules/.package-lock.json
+    fi
+    log "building the web app"
+    (cd web && npm run -s build >../build/web-build.log 2>&1) \
+        || { tail -30 build/web-build.log; die "web build failed"; }
+}
+
 cmd_build() {
     log "building libcinematch and cinematch"
     make -s -j"$JOBS" all WERROR="${WERROR:-0}"
     build_module
+    build_web
 }
 
 cmd_test() {
@@ -94,6 +134,13 @@ cmd_test() {
     if make -s -j"$JOBS" SAN=1 tests bin && make -s SAN=1 test; then
         summary+=("sanitizer: ok"); else summary+=("sanitizer: FAILED"); rc=1; fi
     unset ASAN_OPTIONS UBSAN_OPTIONS
+    log "production nginx.conf (nginx -t)"
+    if conf/check-nginx-conf.sh; then summary+=("nginx.conf: ok"); else summary+=("nginx.conf: FAILED"); rc=1; fi
+    if web_ok && [ -d web/node_modules ]; then
+        log "web unit tests (vitest)"
+        if (cd web && npx vitest run --reporter=dot); then
+            summary+=("web: ok"); else summary+=("web: FAILED"); rc=1; fi
+    fi
     if ls tests/integration/test_*.py >/dev/null 2>&1; then
         log "integration tests (real PostgreSQL, Redis, nginx, cinematch infer on loopback)"
         if /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration; then
@@ -129,15 +176,19 @@ cmd_lint() {
 
 cmd_coverage() {
     cmd_deps
-    make -s -j"$JOBS" COV=1 tests
+    make -s -j"$JOBS" COV=1 tests bin
     make -s COV=1 test
+    log "integration tests against a gcov build of the nginx module"
+    local irc=0
+    tests/integration/run_coverage.sh || irc=$?
     lcov -q --capture --directory build-cov --rc lcov_branch_coverage=1 \
         --output-file build-cov/coverage.info
-    lcov -q --remove build-cov/coverage.info '/usr/*' --rc lcov_branch_coverage=1 \
-        --output-file build-cov/coverage.info
+    lcov -q --remove build-cov/coverage.info '/usr/*' '*/build-cov/ngx/src/*' \
+        --rc lcov_branch_coverage=1 --output-file build-cov/coverage.info
     lcov --summary build-cov/coverage.info --rc lcov_branch_coverage=1
     genhtml -q --branch-coverage build-cov/coverage.info -o build-cov/html
     log "HTML report: build-cov/html/index.html"
+    return $irc
 }
 
 cmd_fuzz() {
@@ -153,9 +204,22 @@ cmd_fuzz() {
     done
 }
 
+cmd_e2e() {
+    local var=${CINEMATCH_VAR:-$ROOT/var} port
+    [ -f "$var/stack.env" ] || die "no running stack in $var: ./build.sh run first"
+    port=$(sed -n 's/^HTTP_PORT=//p' "$var/stack.env")
+    web_ok || die "the web app cannot be built here (see above)"
+    if [ ! -x /usr/bin/chromium ]; then
+        log "installing Debian's chromium"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    fi
+    build_web
+    CINEMATCH_VAR=$var CINEMATCH_URL=http://127.0.0.1:$port node web/e2e/smoke.mjs
+}
+
 cmd_clean() {
     make -s clean
-    rm -rf "$NGX_BUILD"
+    rm -rf "$NGX_BUILD" web/dist
 }
 
 case "${1:-build}" in
@@ -164,10 +228,12 @@ case "${1:-build}" in
     test)     cmd_test ;;
     run)      cmd_deps; cmd_build; exec "$ROOT/conf/stack.sh" start ;;
     stop)     exec "$ROOT/conf/stack.sh" stop ;;
+    e2e)      cmd_e2e ;;
+    image)    cmd_deps; cmd_build; exec tests/image/build_and_check.sh ;;
     status)   exec "$ROOT/conf/stack.sh" status ;;
     lint)     cmd_lint ;;
     coverage) cmd_coverage ;;
     fuzz)     cmd_fuzz ;;
     clean)    cmd_clean ;;
-    *)        sed -n '2,13p' "$0"; exit 2 ;;
+    *)        sed -n '2,17p' "$0"; exit 2 ;;
 esac

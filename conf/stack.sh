@@ -344,20 +344,27 @@ infer_start() {
         return 0
     fi
     rm -f "$RUN/infer-0.pid" "$INFER_SOCKET"
-    # A first recommender, trained from the stack's data when there is none
-    # yet (seconds on ml-latest-small), served from the file until the
-    # registry flow (ingest → train → promote) fills model_versions.
-    local model=() artifact=$VAR/models/recsys-dev.cmrs
-    if [ -n "${DATA_DIR:-}" ] && "$BIN" train recsys --help >/dev/null 2>&1; then
-        if [ ! -f "$artifact" ] || [ "$DATA_DIR/ratings.csv" -nt "$artifact" ]; then
-            step "model: training a first recommender on $DATA_DIR"
-            mkdir -p "$VAR/models"
-            "$BIN" train recsys --data "$DATA_DIR" --out "$artifact" --factors 64 \
-                --iters 15 --threads 2 --lenient >>"$LOG/train.log" 2>&1 \
-                || { warn "training failed (log: $LOG/train.log)"; rm -f "$artifact"; }
+    # The MLOps loop's first turn: the stack's data goes into PostgreSQL
+    # (cinematch ingest; a re-run is a no-op, by file sha256), and when the
+    # registry has no production recommender yet, one is trained from the
+    # database and promoted (the first model always passes the gate).  The
+    # daemon then serves the registry's production versions (--dsn) and
+    # reloads on promotion (NOTIFY).
+    local model=()
+    if [ -n "${DATA_DIR:-}" ] && "$BIN" ingest --help >/dev/null 2>&1; then
+        step "data: loading $DATA_DIR into PostgreSQL (cinematch ingest)"
+        "$BIN" ingest --data "$DATA_DIR" --target ratings --split temporal-user:0.2 \
+            --dsn "$(pg_dsn)" >>"$LOG/ingest.log" 2>&1 \
+            || warn "ingest failed (log: $LOG/ingest.log)"
+        if [ "$(as_svc "$PG_BIN/psql" "$(pg_dsn)" -tAc "SELECT count(*) FROM model_versions
+                WHERE model_name = 'recsys' AND stage = 'production'" 2>/dev/null)" = 0 ]; then
+            step "model: training a first recommender from the database"
+            CINEMATCH_MODEL_STORE=$VAR/lib/cinematch/models \
+                "$BIN" train recsys --from-db --promote-if-better --threads 2 \
+                --dsn "$(pg_dsn)" >>"$LOG/train.log" 2>&1 \
+                || warn "training failed (log: $LOG/train.log)"
         fi
-        [ -f "$artifact" ] && [ -f "$DATA_DIR/movies.csv" ] \
-            && model=(--recsys "$artifact" --movies "$DATA_DIR/movies.csv" --recsys-version dev)
+        model=(--dsn "$(cat "$VAR/secrets/pg_app_dsn")")
     fi
     own_var
     step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
@@ -413,6 +420,7 @@ nginx_conf() {
     sedx+=(-e "s|@VAR@|$VAR|g" -e "s|@MODULE_SO@|$MODULE_SO|g"
            -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g"
            -e "s|@REDIS_PORT@|$REDIS_PORT|g" -e "s|@LISTEN@|$LISTEN|g"
+           -e "s|@WEB_ROOT@|$ROOT/web/dist|g"
            -e "s|@INFER_SOCKET@|$INFER_SOCKET|g" -e "s|@INFER_SHM@|$INFER_SHM|g"
            -e "s|@PG_CONNINFO@|$(cat "$VAR/secrets/pg_app_dsn")|g")
     mkdir -p "$VAR/nginx/tmp"
@@ -436,6 +444,12 @@ nginx_start() {
     need_port "$HTTP_PORT" "nginx http" CINEMATCH_HTTP_PORT
     need_port "$HTTPS_PORT" "nginx https" CINEMATCH_HTTPS_PORT
     tls_cert
+    # the module signs access tokens with this key (auth endpoints)
+    if [ "$MODULE" = 1 ] && [ ! -s "$VAR/secrets/jwt.key" ]; then
+        mkdir -p "$VAR/secrets"
+        "$BIN" jwt-secret generate --out "$VAR/secrets/jwt.key" >/dev/null \
+            || die "could not create $VAR/secrets/jwt.key"
+    fi
     nginx_conf
     rm -f "$RUN/nginx.pid"
     own_var

@@ -203,6 +203,8 @@ ngx_int_t ngx_http_cinematch_send_json(ngx_http_request_t *r,
     ngx_uint_t status, json_t *json);
 ngx_int_t ngx_http_cinematch_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
+ngx_int_t ngx_http_cinematch_send_error_json(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message, json_t *extra);
 ngx_int_t ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc);
 json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
@@ -222,6 +224,7 @@ void ngx_http_cinematch_finish(ngx_http_request_t *r, ngx_int_t rc);
 ngx_int_t ngx_http_cinematch_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_cinematch_main_conf_t *cmcf);
 ngx_int_t ngx_http_cinematch_metrics_log_handler(ngx_http_request_t *r);
+time_t ngx_http_cinematch_metrics_start_time(void);
 void ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream);
 void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     ngx_uint_t depth);
@@ -257,7 +260,8 @@ json_t *ngx_http_cinematch_pg_rows(PGresult *res);
 
 /*
  * reply is NULL when the command did not complete (timeout, connection
- * lost).  It belongs to hiredis and is only valid during the handler.
+ * lost or never made).  It belongs to hiredis and is only valid during the
+ * handler.
  * The return value is passed to ngx_http_finalize_request() when r is not
  * NULL; with r == NULL the command is fire-and-forget.
  */
@@ -274,6 +278,39 @@ ngx_int_t ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
     ngx_http_cinematch_redis_handler_pt handler, void *data,
     const char *fmt, ...);
 ngx_uint_t ngx_http_cinematch_redis_connected(void);
+
+
+/* ngx_http_cinematch_sse.c: event streams with recycled buffers */
+
+typedef struct {
+    ngx_http_request_t             *request;
+    ngx_chain_t                    *free;
+    ngx_chain_t                    *busy;
+    ngx_chain_t                    *out;          /* being built */
+    ngx_chain_t                   **last;
+    ngx_buf_t                      *buf;          /* current out buffer */
+    ngx_event_t                     keepalive;    /* ": keep-alive" */
+    unsigned                        done:1;       /* last_buf sent */
+} ngx_http_cinematch_sse_t;
+
+/* JSON string body of src into dst (room for 6 * len bytes). */
+u_char *ngx_http_cinematch_json_text(u_char *dst, const u_char *src,
+    size_t len);
+/* 200 text/event-stream headers, keep-alive comments every 15 s. */
+ngx_int_t ngx_http_cinematch_sse_start(ngx_http_request_t *r,
+    ngx_http_cinematch_sse_t *sse);
+/* Room for need bytes at the returned pointer; commit the new end. */
+u_char *ngx_http_cinematch_sse_reserve(ngx_http_cinematch_sse_t *sse,
+    size_t need);
+void ngx_http_cinematch_sse_commit(ngx_http_cinematch_sse_t *sse,
+    u_char *last);
+/* Send what was committed (and end the stream with last_buf). */
+ngx_int_t ngx_http_cinematch_sse_flush(ngx_http_cinematch_sse_t *sse,
+    ngx_uint_t last_buf);
+/* From the write handler: push out what the client refused before. */
+ngx_int_t ngx_http_cinematch_sse_resume(ngx_http_cinematch_sse_t *sse);
+/* The client has not taken the previous output yet. */
+ngx_uint_t ngx_http_cinematch_sse_blocked(ngx_http_cinematch_sse_t *sse);
 
 
 /* ngx_http_cinematch_api_movies.c */
@@ -330,6 +367,12 @@ ngx_int_t ngx_http_cinematch_similar_handler(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+/* ngx_http_cinematch_api_chat.c: OpenAI-compatible chat */
+ngx_int_t ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_models_list_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
 #endif

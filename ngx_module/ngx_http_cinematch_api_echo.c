@@ -21,13 +21,11 @@
 #include "ngx_http_cinematch_infer.h"
 
 
-#define NGX_HTTP_CINEMATCH_ECHO_BUF  8192
 
 
 typedef struct {
     ngx_http_cinematch_infer_req_t  *ir;
-    ngx_chain_t                     *free;
-    ngx_chain_t                     *busy;
+    ngx_http_cinematch_sse_t         sse;
     u_char                          *rec;       /* one ring record */
     uint32_t                         rec_cap;
     ngx_uint_t                       chunks;
@@ -44,8 +42,6 @@ static void ngx_http_cinematch_echo_stream_ready(
 static void ngx_http_cinematch_echo_stream_write(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_echo_stream_drain(ngx_http_request_t *r,
     ngx_http_cinematch_echo_stream_t *es, ngx_int_t lost);
-static size_t ngx_http_cinematch_echo_escape(u_char *dst, u_char *src,
-    size_t len);
 static ngx_int_t ngx_http_cinematch_echo_arg(ngx_http_request_t *r,
     char *name, size_t len, ngx_int_t def, ngx_int_t lo, ngx_int_t hi,
     ngx_int_t *out);
@@ -181,7 +177,6 @@ ngx_http_cinematch_echo_stream_handler(ngx_http_request_t *r,
 {
     uint64_t                           params[2];
     ngx_int_t                          rc, chunks, delay;
-    ngx_table_elt_t                   *h;
     ngx_http_cinematch_echo_stream_t  *es;
 
     if (ngx_http_cinematch_echo_arg(r, "chunks", 6, 10, 1, 10000, &chunks)
@@ -217,29 +212,8 @@ ngx_http_cinematch_echo_stream_handler(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = -1;
-    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    h->hash = 1;
-    ngx_str_set(&h->key, "Cache-Control");
-    ngx_str_set(&h->value, "no-cache");
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    h->hash = 1;
-    ngx_str_set(&h->key, "X-Accel-Buffering");
-    ngx_str_set(&h->value, "no");
-
-    rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+    rc = ngx_http_cinematch_sse_start(r, &es->sse);
+    if (rc != NGX_OK) {
         return rc;
     }
 
@@ -299,14 +273,10 @@ ngx_http_cinematch_echo_stream_write(ngx_http_request_t *r)
         return;
     }
 
-    rc = ngx_http_output_filter(r, NULL);
-    if (rc == NGX_ERROR) {
+    if (ngx_http_cinematch_sse_resume(&es->sse) == NGX_ERROR) {
         ngx_http_cinematch_finish(r, NGX_ERROR);
         return;
     }
-
-    ngx_chain_update_chains(r->pool, &es->free, &es->busy, NULL,
-                            (ngx_buf_tag_t) &ngx_http_cinematch_module);
 
     rc = ngx_http_cinematch_echo_stream_drain(r, es, es->ir->seg == NULL);
     if (rc != NGX_DONE) {
@@ -323,27 +293,22 @@ static ngx_int_t
 ngx_http_cinematch_echo_stream_drain(ngx_http_request_t *r,
     ngx_http_cinematch_echo_stream_t *es, ngx_int_t lost)
 {
+    u_char                          *p;
     int64_t                          n;
     uint32_t                         state;
     ngx_int_t                        rc;
-    ngx_buf_t                       *b;
-    ngx_chain_t                     *out, **ll, *cl;
     ngx_http_cinematch_infer_req_t  *ir = es->ir;
-    size_t                           need;
 
     static u_char  ev_chunk[] = "event: chunk\ndata: {\"text\":\"";
     static u_char  ev_end[] = "\"}\n\n";
 
-    out = NULL;
-    ll = &out;
-    b = NULL;
-    state = CM_SLOT_RUNNING;
-
     /* the client is not keeping up: leave the ring full, the daemon
      * pauses this stream until the write handler calls us again */
-    if (es->busy != NULL && !lost) {
+    if (ngx_http_cinematch_sse_blocked(&es->sse) && !lost) {
         return NGX_DONE;
     }
+
+    state = CM_SLOT_RUNNING;
 
     if (!lost) {
         ngx_http_cinematch_infer_rearm(ir);
@@ -361,130 +326,47 @@ ngx_http_cinematch_echo_stream_drain(ngx_http_request_t *r,
                 break;
             }
 
-            need = sizeof(ev_chunk) - 1 + (size_t) n * 6 + sizeof(ev_end) - 1;
-
-            if (b == NULL || (size_t) (b->end - b->last) < need) {
-                cl = ngx_chain_get_free_buf(r->pool, &es->free);
-                if (cl == NULL) {
-                    return NGX_ERROR;
-                }
-
-                b = cl->buf;
-
-                if (b->start == NULL
-                    || (size_t) (b->end - b->start)
-                       < ngx_max(need, NGX_HTTP_CINEMATCH_ECHO_BUF))
-                {
-                    b->start = ngx_palloc(r->pool,
-                                   ngx_max(need, NGX_HTTP_CINEMATCH_ECHO_BUF));
-                    if (b->start == NULL) {
-                        return NGX_ERROR;
-                    }
-                    b->end = b->start
-                             + ngx_max(need, NGX_HTTP_CINEMATCH_ECHO_BUF);
-                }
-
-                b->pos = b->start;
-                b->last = b->start;
-                b->memory = 1;
-                b->flush = 1;
-                b->tag = (ngx_buf_tag_t) &ngx_http_cinematch_module;
-
-                *ll = cl;
-                ll = &cl->next;
+            p = ngx_http_cinematch_sse_reserve(&es->sse,
+                    sizeof(ev_chunk) + (size_t) n * 6 + sizeof(ev_end));
+            if (p == NULL) {
+                return NGX_ERROR;
             }
 
-            b->last = ngx_cpymem(b->last, ev_chunk, sizeof(ev_chunk) - 1);
-            b->last += ngx_http_cinematch_echo_escape(b->last, es->rec,
-                                                      (size_t) n);
-            b->last = ngx_cpymem(b->last, ev_end, sizeof(ev_end) - 1);
+            p = ngx_cpymem(p, ev_chunk, sizeof(ev_chunk) - 1);
+            p = ngx_http_cinematch_json_text(p, es->rec, (size_t) n);
+            p = ngx_cpymem(p, ev_end, sizeof(ev_end) - 1);
+            ngx_http_cinematch_sse_commit(&es->sse, p);
             es->chunks++;
         }
     }
 
     if (lost || state == CM_SLOT_DONE || state == CM_SLOT_ERROR) {
         /* final state seen after the last drain: nothing more will come */
-        cl = ngx_chain_get_free_buf(r->pool, &es->free);
-        if (cl == NULL) {
+        p = ngx_http_cinematch_sse_reserve(&es->sse, 256);
+        if (p == NULL) {
             return NGX_ERROR;
         }
-
-        b = cl->buf;
-        b->start = ngx_palloc(r->pool, 256);
-        if (b->start == NULL) {
-            return NGX_ERROR;
-        }
-        b->pos = b->start;
-        b->end = b->start + 256;
-        b->memory = 1;
-        b->last_buf = 1;
-        b->tag = (ngx_buf_tag_t) &ngx_http_cinematch_module;
 
         if (lost || state == CM_SLOT_ERROR) {
-            b->last = ngx_sprintf(b->start,
+            p = ngx_sprintf(p,
                 "event: error\ndata: {\"error\":{\"code\":\"unavailable\","
                 "\"message\":\"%s\"}}\n\n",
                 lost ? "the inference daemon went away"
                      : "the inference daemon failed the request");
         } else {
-            b->last = ngx_sprintf(b->start,
-                                  "event: done\ndata: {\"chunks\":%ui}\n\n",
-                                  es->chunks);
+            p = ngx_sprintf(p, "event: done\ndata: {\"chunks\":%ui}\n\n",
+                            es->chunks);
         }
 
-        *ll = cl;
+        ngx_http_cinematch_sse_commit(&es->sse, p);
         es->finished = 1;
         ngx_http_cinematch_infer_release(ir);
-    }
 
-    if (out == NULL) {
-        return NGX_DONE;
-    }
-
-    rc = ngx_http_output_filter(r, out);
-
-    ngx_chain_update_chains(r->pool, &es->free, &es->busy, &out,
-                            (ngx_buf_tag_t) &ngx_http_cinematch_module);
-
-    if (rc == NGX_ERROR) {
-        return NGX_ERROR;
-    }
-
-    if (es->finished) {
         /* NGX_AGAIN here lets the core writer flush the tail */
-        return rc;
+        return ngx_http_cinematch_sse_flush(&es->sse, 1);
     }
 
-    return NGX_DONE;
-}
+    rc = ngx_http_cinematch_sse_flush(&es->sse, 0);
 
-
-/* JSON string body escaping; dst must hold 6 × len bytes. */
-static size_t
-ngx_http_cinematch_echo_escape(u_char *dst, u_char *src, size_t len)
-{
-    u_char  *p = dst;
-    size_t   i;
-
-    static u_char  hex[] = "0123456789abcdef";
-
-    for (i = 0; i < len; i++) {
-        if (src[i] == '"' || src[i] == '\\') {
-            *p++ = '\\';
-            *p++ = src[i];
-
-        } else if (src[i] < 0x20 || src[i] == 0x7f) {
-            *p++ = '\\';
-            *p++ = 'u';
-            *p++ = '0';
-            *p++ = '0';
-            *p++ = hex[src[i] >> 4];
-            *p++ = hex[src[i] & 0xf];
-
-        } else {
-            *p++ = src[i];
-        }
-    }
-
-    return p - dst;
+    return rc == NGX_ERROR ? NGX_ERROR : NGX_DONE;
 }

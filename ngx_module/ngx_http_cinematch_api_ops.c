@@ -5,10 +5,12 @@
  *   GET /health   liveness: the worker answers; touches nothing else.
  *   GET /ready    readiness: a PostgreSQL round trip (SELECT 1), a Redis
  *                 PING and the inference daemons' state, run concurrently;
- *                 503 names the checks that failed.
+ *                 503 names the checks that failed; a backend that is not
+ *                 configured is "disabled".
  *   GET /metrics  see ngx_http_cinematch_metrics.c.
  *   POST /internal/json  (cinematch_echo on) answers the parsed body; it
- *                 exists to test the body and JSON handling.
+ *                 exists to test the body and JSON handling (and answers
+ *                 422 with the body's "invalid_fields").
  *   GET /internal/redis/echo/{value}  (cinematch_echo on) Redis ECHO of
  *                 the path segment: the model of a handler that waits on
  *                 Redis.
@@ -16,7 +18,8 @@
  *                 argument helpers, as a movie search would use them.
  *   GET /internal/pg/types/{text}  (cinematch_echo on) one row of
  *                 assorted column types through ngx_http_cinematch_pg_rows(),
- *                 the path segment as a query parameter.
+ *                 the path segment as a query parameter ("fail": an error
+ *                 on the server).
  *   GET /internal/pg/sleep/{ms}  (cinematch_echo on) a query that takes
  *                 ms milliseconds, to test the pool: queueing, timeouts,
  *                 clients that go away.  Also the model of a handler that
@@ -51,6 +54,8 @@ static ngx_int_t ngx_http_cinematch_ready_redis(ngx_http_request_t *r,
     void *data, redisReply *reply);
 static void ngx_http_cinematch_ready_check(ngx_http_cinematch_ready_t *rd,
     const char *name, const char *err);
+static void ngx_http_cinematch_ready_disabled(ngx_http_cinematch_ready_t *rd,
+    const char *name);
 static ngx_int_t ngx_http_cinematch_ready_done(ngx_http_request_t *r,
     ngx_http_cinematch_ready_t *rd);
 
@@ -68,12 +73,9 @@ ngx_int_t
 ngx_http_cinematch_health_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
-    u_char                          *p, *body;
-    time_t                           uptime;
-    ngx_str_t                        type;
-    ngx_http_cinematch_main_conf_t  *mcf;
-
-    mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
+    u_char     *p, *body;
+    time_t      uptime;
+    ngx_str_t   type;
 
     body = ngx_pnalloc(r->pool, sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1
                                 + NGX_TIME_T_LEN + sizeof("}") - 1);
@@ -81,7 +83,7 @@ ngx_http_cinematch_health_handler(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    uptime = ngx_max(ngx_time() - mcf->start_time, 0);
+    uptime = ngx_max(ngx_time() - ngx_http_cinematch_metrics_start_time(), 0);
 
     p = ngx_cpymem(body, NGX_HTTP_CINEMATCH_HEALTH,
                    sizeof(NGX_HTTP_CINEMATCH_HEALTH) - 1);
@@ -97,6 +99,18 @@ ngx_int_t
 ngx_http_cinematch_json_echo_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
+    json_t  *fields;
+
+    /* {"invalid_fields": {...}} tests the 422 of handlers that validate */
+
+    fields = json_object_get(ctx->json, "invalid_fields");
+
+    if (json_is_object(fields)) {
+        return ngx_http_cinematch_send_error_json(r, 422,
+                   "validation_failed", "some fields are invalid",
+                   json_pack("{s:O}", "fields", fields));
+    }
+
     return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
                                         json_pack("{s:O}", "json", ctx->json));
 }
@@ -221,8 +235,11 @@ ngx_http_cinematch_pg_types_handler(ngx_http_request_t *r,
     ngx_int_t     rc;
     const char  **values;
 
+    /* the text "fail" makes the query fail on the server (1/0) */
+
     static const char  sql[] =
-        "SELECT $1::text AS param, 42::int4 AS i4, "
+        "SELECT $1::text AS param, 1 / (($1::text <> 'fail')::int) AS one, "
+        "42::int4 AS i4, "
         "9007199254740993::int8 AS i8, 2.5::float8 AS f8, "
         "3.25::numeric AS num, 'NaN'::float8 AS nan, true AS yes, "
         "NULL::text AS nothing, '{\"k\": [1, 2]}'::jsonb AS doc, "
@@ -357,9 +374,10 @@ ngx_int_t
 ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
-    json_t                      *inference;
-    ngx_int_t                    rc;
-    ngx_http_cinematch_ready_t  *rd;
+    json_t                          *inference;
+    ngx_int_t                        rc;
+    ngx_http_cinematch_ready_t      *rd;
+    ngx_http_cinematch_main_conf_t  *mcf;
 
     rd = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_ready_t));
     if (rd == NULL) {
@@ -395,30 +413,50 @@ ngx_http_cinematch_ready_handler(ngx_http_request_t *r,
         rd->failed++;
     }
 
-    /* PostgreSQL and Redis run concurrently; each took its own count */
+    /*
+     * PostgreSQL and Redis run concurrently; each took its own count.  One
+     * that is not configured is reported "disabled" and does not fail.
+     */
 
-    rc = ngx_http_cinematch_pg_query(r, "SELECT 1", 0, NULL,
-                                     ngx_http_cinematch_ready_pg, rd);
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
 
-    if (rc == NGX_OK) {
-        rd->pending++;
+    if (mcf->pg_conninfo.len == 0) {
+        ngx_http_cinematch_ready_disabled(rd, "postgres");
 
     } else {
-        ngx_http_cinematch_ready_check(rd, "postgres",
-                                       (rc == NGX_DECLINED)
-                                       ? "not connected" : "internal error");
+        rc = ngx_http_cinematch_pg_query(r, "SELECT 1", 0, NULL,
+                                         ngx_http_cinematch_ready_pg, rd);
+
+        if (rc == NGX_OK) {
+            rd->pending++;
+
+        } else {
+            ngx_http_cinematch_ready_check(rd, "postgres",
+                                           (rc == NGX_DECLINED)
+                                           ? "not connected"
+                                           : (rc == NGX_BUSY)
+                                             ? "too many queries waiting"
+                                             : "internal error");
+        }
     }
 
-    rc = ngx_http_cinematch_redis_commandf(r, ngx_http_cinematch_ready_redis,
-                                           rd, "PING");
-
-    if (rc == NGX_OK) {
-        rd->pending++;
+    if (mcf->redis_host.len == 0) {
+        ngx_http_cinematch_ready_disabled(rd, "redis");
 
     } else {
-        ngx_http_cinematch_ready_check(rd, "redis",
-                                       (rc == NGX_DECLINED)
-                                       ? "not connected" : "internal error");
+        rc = ngx_http_cinematch_redis_commandf(r,
+                                               ngx_http_cinematch_ready_redis,
+                                               rd, "PING");
+
+        if (rc == NGX_OK) {
+            rd->pending++;
+
+        } else {
+            ngx_http_cinematch_ready_check(rd, "redis",
+                                           (rc == NGX_ERROR)
+                                           ? "internal error"
+                                           : "not connected");
+        }
     }
 
     if (rd->pending) {
@@ -503,6 +541,19 @@ ngx_http_cinematch_ready_check(ngx_http_cinematch_ready_t *rd,
 }
 
 
+static void
+ngx_http_cinematch_ready_disabled(ngx_http_cinematch_ready_t *rd,
+    const char *name)
+{
+    if (json_object_set_new(rd->checks, name,
+                            json_pack("{s:s}", "status", "disabled"))
+        != 0)
+    {
+        rd->failed++;
+    }
+}
+
+
 static ngx_int_t
 ngx_http_cinematch_ready_done(ngx_http_request_t *r,
     ngx_http_cinematch_ready_t *rd)
@@ -520,7 +571,8 @@ ngx_http_cinematch_ready_done(ngx_http_request_t *r,
         status = json_object_get(check, "status");
 
         if (!json_is_string(status)
-            || ngx_strcmp(json_string_value(status), "ok") != 0)
+            || (ngx_strcmp(json_string_value(status), "ok") != 0
+                && ngx_strcmp(json_string_value(status), "disabled") != 0))
         {
             json_array_append_new(failed, json_string(name));
         }

@@ -23,6 +23,8 @@
 static ngx_int_t ngx_http_cinematch_request_id_valid(ngx_str_t *id);
 static ngx_uint_t ngx_http_cinematch_has_header(ngx_http_request_t *r,
     ngx_str_t *key);
+static ngx_int_t ngx_http_cinematch_retry_after(ngx_http_request_t *r,
+    ngx_uint_t status);
 static void ngx_http_cinematch_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_body_done(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
@@ -46,10 +48,12 @@ static ngx_http_cinematch_status_t  ngx_http_cinematch_statuses[] = {
     { NGX_HTTP_UNAUTHORIZED, "unauthenticated", "authentication required" },
     { NGX_HTTP_FORBIDDEN, "forbidden", "forbidden" },
     { NGX_HTTP_NOT_FOUND, "not_found", "not found" },
+    { NGX_HTTP_CONFLICT, "conflict", "conflict" },
     { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
       "request body is too large" },
     { NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
       "unsupported media type" },
+    { NGX_HTTP_TOO_MANY_REQUESTS, "rate_limited", "too many requests" },
     { NGX_HTTP_INTERNAL_SERVER_ERROR, "internal", "internal error" },
     { NGX_HTTP_NOT_IMPLEMENTED, "not_implemented", "not implemented" },
     { NGX_HTTP_BAD_GATEWAY, "bad_gateway", "bad gateway" },
@@ -363,7 +367,7 @@ ngx_http_cinematch_send_error(ngx_http_request_t *r, ngx_uint_t status,
 {
     u_char                    *p, *body;
     size_t                     len, code_len, msg_len;
-    ngx_str_t                  key, value, id;
+    ngx_str_t                  id;
     ngx_http_cinematch_ctx_t  *ctx;
 
     static u_char  part1[] = "{\"error\":{\"code\":\"";
@@ -398,24 +402,78 @@ ngx_http_cinematch_send_error(ngx_http_request_t *r, ngx_uint_t status,
     p = ngx_cpymem(p, part2, sizeof(part2) - 1);
     p = ngx_http_cinematch_json_escape(p, (u_char *) message, msg_len);
     p = ngx_cpymem(p, part3, sizeof(part3) - 1);
-    p = ngx_cpymem(p, id.data, id.len);
+
+    if (id.len) {
+        p = ngx_cpymem(p, id.data, id.len);
+    }
+
     p = ngx_cpymem(p, part4, sizeof(part4) - 1);
 
-    ngx_str_set(&key, "Retry-After");
-
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
-        && !ngx_http_cinematch_has_header(r, &key))
-    {
-        ngx_str_set(&value, "1");
-
-        if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
-            return NGX_ERROR;
-        }
+    if (ngx_http_cinematch_retry_after(r, status) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     return ngx_http_cinematch_send_buf(r, status,
                                        &ngx_http_cinematch_json_type,
                                        body, p - body);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_retry_after(ngx_http_request_t *r, ngx_uint_t status)
+{
+    ngx_str_t  key, value;
+
+    ngx_str_set(&key, "Retry-After");
+
+    if (status != NGX_HTTP_SERVICE_UNAVAILABLE
+        || ngx_http_cinematch_has_header(r, &key))
+    {
+        return NGX_OK;
+    }
+
+    ngx_str_set(&value, "1");
+
+    return ngx_http_cinematch_add_header(r, &key, &value);
+}
+
+
+/*
+ * The error body with more members, e.g. the "fields" of a 422
+ * validation_failed: {"error":{"code","message","request_id","fields":{..}}}.
+ * Takes the reference to extra (an object; NULL for none).
+ */
+
+ngx_int_t
+ngx_http_cinematch_send_error_json(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message, json_t *extra)
+{
+    json_t                    *err;
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    err = json_pack("{s:s, s:s, s:s%}", "code", code, "message", message,
+                    "request_id",
+                    ctx ? (const char *) ctx->request_id.data : "",
+                    ctx ? ctx->request_id.len : 0);
+
+    if (err == NULL || (extra != NULL && json_object_update(err, extra) != 0))
+    {
+        json_decref(err);
+        json_decref(extra);
+        return ngx_http_cinematch_send_error(r, status, code, message);
+    }
+
+    json_decref(extra);
+
+    if (ngx_http_cinematch_retry_after(r, status) != NGX_OK) {
+        json_decref(err);
+        return NGX_ERROR;
+    }
+
+    return ngx_http_cinematch_send_json(r, status,
+                                        json_pack("{s:o}", "error", err));
 }
 
 

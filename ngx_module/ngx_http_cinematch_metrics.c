@@ -49,6 +49,8 @@ typedef struct {
 
 
 typedef struct {
+    time_t                               start_time;  /* first start, kept
+                                                         across reloads */
     ngx_atomic_t                         dropped;
     ngx_atomic_t                         upstream_errors[
                                     NGX_HTTP_CINEMATCH_UPSTREAM_N];
@@ -161,6 +163,8 @@ ngx_http_cinematch_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     if (sh == NULL) {
         return NGX_ERROR;
     }
+
+    sh->start_time = ngx_time();
 
     shpool->data = sh;
     shm_zone->data = sh;
@@ -293,6 +297,24 @@ ngx_http_cinematch_metrics_log_handler(ngx_http_request_t *r)
 }
 
 
+/* when nginx started serving cinematch: a reload does not reset it */
+
+time_t
+ngx_http_cinematch_metrics_start_time(void)
+{
+    ngx_http_cinematch_main_conf_t   *mcf;
+    ngx_http_cinematch_metrics_sh_t  *sh;
+
+    sh = ngx_http_cinematch_metrics_get(&mcf);
+
+    if (sh != NULL) {
+        return sh->start_time;
+    }
+
+    return (mcf != NULL) ? mcf->start_time : ngx_time();
+}
+
+
 void
 ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream)
 {
@@ -344,6 +366,11 @@ ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     "# HELP cinematch_metrics_dropped_total Requests not counted because "   \
     "the metrics table was full.\n"                                          \
     "# TYPE cinematch_metrics_dropped_total counter\n"
+
+#define NGX_HTTP_CINEMATCH_START_HELP                                        \
+    "# HELP cinematch_start_time_seconds When nginx started serving "        \
+    "cinematch (Unix time; reloads keep it).\n"                               \
+    "# TYPE cinematch_start_time_seconds gauge\n"
 
 #define NGX_HTTP_CINEMATCH_BUILD_HELP                                        \
     "# HELP cinematch_build_info The cinematch module version.\n"            \
@@ -408,6 +435,8 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
                 + 64 + NGX_ATOMIC_T_LEN)
            + sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP)
            + sizeof("cinematch_metrics_dropped_total \n") + NGX_ATOMIC_T_LEN
+           + sizeof(NGX_HTTP_CINEMATCH_START_HELP)
+           + sizeof("cinematch_start_time_seconds \n") + NGX_TIME_T_LEN
            + sizeof(NGX_HTTP_CINEMATCH_BUILD_HELP)
            + sizeof("cinematch_build_info{version=\"\"} 1\n")
            + sizeof(NGX_HTTP_CINEMATCH_VERSION);
@@ -510,6 +539,11 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
                    sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP) - 1);
 
     p = ngx_sprintf(p, "cinematch_metrics_dropped_total %uA\n", sh->dropped);
+
+    p = ngx_cpymem(p, NGX_HTTP_CINEMATCH_START_HELP,
+                   sizeof(NGX_HTTP_CINEMATCH_START_HELP) - 1);
+
+    p = ngx_sprintf(p, "cinematch_start_time_seconds %T\n", sh->start_time);
 
     p = ngx_cpymem(p, NGX_HTTP_CINEMATCH_BUILD_HELP,
                    sizeof(NGX_HTTP_CINEMATCH_BUILD_HELP) - 1);

@@ -19,7 +19,8 @@
  *
  * Failures: a lost connection fails its running query and is re-opened
  * after a backoff (100 ms doubling to 2 s); when no connection is open or
- * opening, waiting queries fail and new ones are refused at once.  A query
+ * opening, waiting queries fail, and a new query tries one connection at
+ * once (at most every 100 ms) or is refused.  A query
  * that outlives cinematch_query_timeout (waiting plus running) fails; if it
  * was running its connection is closed, since a non-blocking cancel is not
  * available in libpq 15, and re-opened at once.
@@ -92,6 +93,7 @@ typedef struct {
     ngx_queue_t                        idle;
     ngx_queue_t                        waiting;
     ngx_uint_t                         nwaiting;
+    ngx_msec_t                         kicked;    /* last on-demand connect */
 } ngx_http_cinematch_pg_pool_t;
 
 
@@ -110,6 +112,8 @@ static void ngx_http_cinematch_pg_timer_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_pg_wait_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_cinematch_pg_send(ngx_http_cinematch_pg_conn_t *pc,
     ngx_http_cinematch_pg_query_t *q);
+static ngx_int_t ngx_http_cinematch_pg_kick(
+    ngx_http_cinematch_pg_pool_t *pool);
 static void ngx_http_cinematch_pg_dispatch(void);
 static void ngx_http_cinematch_pg_complete(ngx_http_cinematch_pg_conn_t *pc);
 static void ngx_http_cinematch_pg_fail(ngx_http_cinematch_pg_conn_t *pc,
@@ -250,7 +254,7 @@ ngx_http_cinematch_pg_query(ngx_http_request_t *r, const char *sql,
         }
     }
 
-    if (i == pool->nconns) {
+    if (i == pool->nconns && ngx_http_cinematch_pg_kick(pool) != NGX_OK) {
         ngx_http_cinematch_metrics_upstream_error(
                                             NGX_HTTP_CINEMATCH_UPSTREAM_PG);
         return NGX_DECLINED;
@@ -301,6 +305,41 @@ ngx_http_cinematch_pg_query(ngx_http_request_t *r, const char *sql,
     ngx_http_cinematch_pg_dispatch();
 
     return NGX_OK;
+}
+
+
+/*
+ * Every connection is down, waiting out its backoff.  A query is a reason
+ * to try one now rather than fail: PostgreSQL may be back, and the answer
+ * of a connect comes quickly either way (a refused connect fails the
+ * query through ngx_http_cinematch_pg_fail()).  At most one such attempt
+ * per NGX_HTTP_CINEMATCH_PG_BACKOFF_MIN, so that a flood of requests
+ * against a dead server does not become a flood of connects.
+ */
+
+static ngx_int_t
+ngx_http_cinematch_pg_kick(ngx_http_cinematch_pg_pool_t *pool)
+{
+    ngx_http_cinematch_pg_conn_t  *pc;
+
+    if (ngx_current_msec - pool->kicked < NGX_HTTP_CINEMATCH_PG_BACKOFF_MIN
+        || ngx_exiting || ngx_terminate || ngx_quit)
+    {
+        return NGX_DECLINED;
+    }
+
+    pool->kicked = ngx_current_msec;
+
+    pc = &pool->conns[0];
+
+    if (pc->timer.timer_set) {
+        ngx_del_timer(&pc->timer);
+    }
+
+    ngx_http_cinematch_pg_connect(pc);
+
+    return (pc->state == ngx_http_cinematch_pg_connecting)
+           ? NGX_OK : NGX_DECLINED;
 }
 
 

@@ -9,6 +9,9 @@
  * called again while data is pending); cleanup drops that connection when
  * hiredis frees the context and closes the socket.
  *
+ * A command needs a context, connected or connecting; with none (waiting
+ * out the backoff) it starts a connect at once, at most every 100 ms.
+ *
  * Ownership: hiredis frees its context itself after a failed connect or a
  * disconnect, so the callbacks only forget it and arm the reconnect timer
  * (100 ms doubling to 2 s); nothing here frees a hiredis object from inside
@@ -54,6 +57,8 @@ typedef struct {
     ngx_event_t                            timer;     /* reconnect, connect
                                                          timeout */
     ngx_event_t                            drop;      /* posted: free ac */
+    ngx_msec_t                             kicked;    /* last on-demand
+                                                         connect */
     unsigned                               connected:1;
     unsigned                               exiting:1;
 } ngx_http_cinematch_redis_t;
@@ -391,7 +396,7 @@ ngx_http_cinematch_redis_command(ngx_http_request_t *r,
     cmd = ngx_http_cinematch_redis_cmd_create(r, handler, data);
     if (cmd == NULL) {
         return (ngx_http_cinematch_redis == NULL
-                || !ngx_http_cinematch_redis->connected)
+                || ngx_http_cinematch_redis->ac == NULL)
                ? NGX_DECLINED : NGX_ERROR;
     }
 
@@ -428,7 +433,7 @@ ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
     cmd = ngx_http_cinematch_redis_cmd_create(r, handler, data);
     if (cmd == NULL) {
         return (ngx_http_cinematch_redis == NULL
-                || !ngx_http_cinematch_redis->connected)
+                || ngx_http_cinematch_redis->ac == NULL)
                ? NGX_DECLINED : NGX_ERROR;
     }
 
@@ -448,7 +453,7 @@ ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
 }
 
 
-/* NULL when not connected (counted as an upstream error) or out of memory */
+/* NULL when not connected nor connecting (an upstream error) or no memory */
 
 static ngx_http_cinematch_redis_cmd_t *
 ngx_http_cinematch_redis_cmd_create(ngx_http_request_t *r,
@@ -463,7 +468,27 @@ ngx_http_cinematch_redis_cmd_create(ngx_http_request_t *r,
         return NULL;
     }
 
-    if (!rd->connected || rd->ac == NULL) {
+    /*
+     * While a connect is in progress hiredis buffers commands and sends
+     * them once connected (or fails them if the connect fails).  With no
+     * context at all, waiting out the backoff, a command is a reason to
+     * connect now: at most one such attempt per BACKOFF_MIN.
+     */
+
+    if (rd->ac == NULL
+        && ngx_current_msec - rd->kicked >= NGX_HTTP_CINEMATCH_REDIS_BACKOFF_MIN
+        && !(rd->exiting || ngx_exiting || ngx_terminate || ngx_quit))
+    {
+        rd->kicked = ngx_current_msec;
+
+        if (rd->timer.timer_set) {
+            ngx_del_timer(&rd->timer);
+        }
+
+        ngx_http_cinematch_redis_connect(rd);
+    }
+
+    if (rd->ac == NULL) {
         ngx_http_cinematch_metrics_upstream_error(
                                         NGX_HTTP_CINEMATCH_UPSTREAM_REDIS);
         return NULL;

@@ -665,14 +665,19 @@ cm_lm_logits_main(int argc, char **argv)
             || (*end != ',' && *end != '\0'))
         {
             fprintf(stderr, "lm logits: bad --tokens near '%s'\n", p);
+            free(ids);
             return 2;
         }
         if (n == cap) {
+            int *ni;
+
             cap = cap ? cap * 2 : 64;
-            ids = realloc(ids, (size_t) cap * sizeof(int));
-            if (ids == NULL) {
+            ni = realloc(ids, (size_t) cap * sizeof(int));
+            if (ni == NULL) {
+                free(ids);
                 return 1;
             }
+            ids = ni;
         }
         ids[n++] = (int) v;
         p = *end == ',' ? end + 1 : end;
@@ -683,28 +688,32 @@ cm_lm_logits_main(int argc, char **argv)
     }
     if (cm_gpt_load(&m, ckpt, err, sizeof(err)) != CM_OK) {
         cm_error("lm logits: %s", err);
+        free(ids);
         return 1;
     }
     if (cm_gpt_forward(&m, ids, NULL, 1, n) != CM_OK) {
         cm_error("lm logits: tokens out of range or longer than maxT %d",
                  m.config.max_seq_len);
+        free(ids);
+        cm_gpt_free(&m);
         return 1;
     }
+    free(ids);
     f = fopen(out, "wb");
     if (f == NULL) {
         cm_error("lm logits: %s: %s", out, strerror(errno));
+        cm_gpt_free(&m);
         return 1;
     }
     for (t = 0; t < n; t++) {
         fwrite(m.acts.logits + (size_t) t * m.config.padded_vocab_size,
                sizeof(float), (size_t) m.config.vocab_size, f);
     }
+    cm_gpt_free(&m);
     if (fclose(f) != 0) {
         cm_error("lm logits: write failed");
         return 1;
     }
-    free(ids);
-    cm_gpt_free(&m);
     return 0;
 }
 
@@ -753,8 +762,11 @@ cm_lm_generate_main(int argc, char **argv)
     double           ttft, total;
     size_t           len;
     const uint8_t   *tb;
+    cm_bpe_stream_t  st = { { 0 }, 0 };
+    char             piece[1024];
 
     cm_lm_params_default(&p);
+    p.min_tokens = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -832,13 +844,17 @@ cm_lm_generate_main(int argc, char **argv)
     }
     ttft = cm_secs(t0);
     while (s.finish == CM_LM_RUNNING) {
+        /* whole UTF-8 characters only, as an SSE stream would send */
         tb = cm_bpe_token(b, s.next, &len);
-        if (tb != NULL) {
-            fwrite(tb, 1, len, stdout);
+        if (tb != NULL && len + 4 <= sizeof(piece)) {
+            len = cm_bpe_stream_push(b, &st, s.next, piece);
+            fwrite(piece, 1, len, stdout);
             fflush(stdout);
         }
         cm_lm_step(&e, &sp, 1);
     }
+    len = cm_bpe_stream_flush(&st, piece);
+    fwrite(piece, 1, len, stdout);
     total = cm_secs(t0);
     printf("\n");
     cm_info("%s: prompt %d tokens, %d generated (%s), first token %.1f ms,"
@@ -1034,6 +1050,7 @@ cm_bench_dialog_main(int argc, char **argv)
     const char      *me = "bench dialog", *config = "dialog-small";
     int              c, bad = 0, B = 8, T = 128, steps = 3, ref_steps = 1;
     int              D = 32, P = 128, bi, i, j, batches[3] = { 1, 8, 32 };
+    int              rc = 1;
     cm_gpt_config_t  cfg;
     cm_gpt_t         m;
     cm_lm_engine_t   e;
@@ -1103,6 +1120,11 @@ cm_bench_dialog_main(int argc, char **argv)
     if (prompt == NULL || ctx == NULL || seqs == NULL || sp == NULL
         || cm_lm_engine_init(&e, &m, 128) != CM_OK)
     {
+        free(prompt);
+        free(ctx);
+        free(seqs);
+        free(sp);
+        cm_gpt_free(&m);
         return 1;
     }
     for (i = 0; i < cfg.max_seq_len; i++) {
@@ -1118,7 +1140,7 @@ cm_bench_dialog_main(int argc, char **argv)
             if (cm_lm_seq_init(&seqs[j], &e, &p) != CM_OK
                 || cm_lm_prefill(&e, &seqs[j], prompt, P) != CM_OK)
             {
-                return 1;
+                goto fail;
             }
             sp[j] = &seqs[j];
         }
@@ -1164,7 +1186,7 @@ cm_bench_dialog_main(int argc, char **argv)
     /* time to first token: prefill P tokens + one sample, best of 3 */
     for (i = 0; i < 5; i++) {
         if (cm_lm_seq_init(&seqs[0], &e, &p) != CM_OK) {
-            return 1;
+            goto fail;
         }
         c0 = cm_cpu_now();
         t0 = cm_now_mono_ns();
@@ -1178,11 +1200,14 @@ cm_bench_dialog_main(int argc, char **argv)
     }
     printf("time to first token (%d-token prompt, best of 5): %.1f ms [%.1f"
            " ms CPU]\n", P, ttft * 1e3, nocache_cpu * 1e3);
+    rc = 0;
+
+fail:
     cm_lm_engine_free(&e);
     free(prompt);
     free(ctx);
     free(seqs);
     free(sp);
     cm_gpt_free(&m);
-    return 0;
+    return rc;
 }

@@ -33,6 +33,7 @@
 
 #include "cinematch/common.h"
 #include "cinematch/ipc.h"
+#include "cinematch/serve_dialog.h"
 #include "cinematch/serve_recsys.h"
 #include "cmd.h"
 #include "infer_models.h"
@@ -58,6 +59,8 @@ typedef struct {
     uint64_t         next_ns;           /* ECHO_STREAM: next chunk due */
     uint64_t         remaining;         /* ECHO_STREAM: chunks left */
     uint64_t         delay_ns;
+    cm_dlg_stream_t *dlg;               /* CHAT: generating, or NULL */
+    int              chat_queued;       /* CHAT: waiting for a sequence */
 } cm_infer_job_t;
 
 typedef struct {
@@ -78,6 +81,9 @@ typedef struct {
     int               listen_fd;        /* PostgreSQL LISTEN, or -1 */
     uint32_t         *pending;          /* RECOMMEND slots for the batch */
     uint32_t          npending;
+    uint32_t          nchat;            /* CHAT generations running */
+    uint32_t          nchat_queued;     /* CHAT waiting for admission */
+    uint32_t          chat_queue_max;
 } cm_infer_t;
 
 
@@ -451,6 +457,246 @@ cm_infer_recommend_batch(cm_infer_t *d)
 }
 
 
+/* Parse a CHAT payload (untrusted) and start generating; CM_EAGAIN when
+ * no sequence is free (the job then waits in the queue). */
+static int
+cm_infer_chat_start(cm_infer_t *d, cm_infer_job_t *j, char *err,
+                    size_t errlen)
+{
+    const uint8_t   *p = cm_ipc_slot_req(&d->seg, j->s);
+    uint32_t         len = j->s->req_len, off = 0, n, i, l;
+    const char      *turns[CM_DLG_MAX_TURNS], *stops[CM_DLG_MAX_STOPS];
+    size_t           lens[CM_DLG_MAX_TURNS];
+    char             stopbuf[CM_DLG_MAX_STOPS][CM_DLG_MAX_STOP_LEN + 1];
+    uint8_t         *copy;
+    uint64_t         prm[CM_IPC_NPARAMS];
+    cm_lm_params_t   lp;
+    int              rc, nstops;
+
+    if (d->models.dlg == NULL) {
+        return cm_seterr(err, errlen, CM_EAGAIN, "no dialog model is loaded");
+    }
+    if (d->nchat >= (uint32_t) cm_dlg_server_max_seqs(d->models.dlg)) {
+        return CM_EAGAIN;
+    }
+    if (len > d->seg.hdr->req_cap) {
+        return cm_seterr(err, errlen, CM_EINVAL, "bad chat payload");
+    }
+    /* our own copy: nginx could change the slot while we parse */
+    copy = malloc(len + 1);
+    if (copy == NULL) {
+        return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+    }
+    memcpy(copy, p, len);
+    memcpy(prm, j->s->params, sizeof(prm));
+
+#define CM_TAKE_U32(v)                                                      \
+    do {                                                                    \
+        if (len - off < 4) { goto bad; }                                    \
+        memcpy(&(v), copy + off, 4);                                        \
+        off += 4;                                                           \
+    } while (0)
+
+    CM_TAKE_U32(n);
+    if (n < 1 || n > CM_DLG_MAX_TURNS) {
+        goto bad;
+    }
+    for (i = 0; i < n; i++) {
+        CM_TAKE_U32(l);
+        if (l > len - off) {
+            goto bad;
+        }
+        turns[i] = (const char *) copy + off;
+        lens[i] = l;
+        off += l;
+    }
+    CM_TAKE_U32(l);
+    nstops = (int) l;
+    if (l > CM_DLG_MAX_STOPS) {
+        goto bad;
+    }
+    for (i = 0; i < l; i++) {
+        uint32_t sl;
+
+        CM_TAKE_U32(sl);
+        if (sl < 1 || sl > CM_DLG_MAX_STOP_LEN || sl > len - off
+            || memchr(copy + off, '\0', sl) != NULL)
+        {
+            goto bad;
+        }
+        memcpy(stopbuf[i], copy + off, sl);
+        stopbuf[i][sl] = '\0';
+        stops[i] = stopbuf[i];
+        off += sl;
+    }
+    if (off != len || prm[0] < 1 || prm[0] > CM_DLG_MAX_TOKENS
+        || prm[1] > 2000 || prm[2] > 1000 || prm[3] < 1 || prm[3] > 1000
+        || (prm[5] != 0 && (prm[5] < 1000 || prm[5] > 2000)))
+    {
+        goto bad;
+    }
+#undef CM_TAKE_U32
+
+    cm_lm_params_default(&lp);
+    lp.max_tokens = (int) prm[0];
+    lp.temperature = (float) prm[1] / 1000.0f;
+    lp.top_k = (int) prm[2];
+    lp.top_p = (float) prm[3] / 1000.0f;
+    lp.seed = prm[4];
+    if (prm[5] != 0) {
+        lp.repetition_penalty = (float) prm[5] / 1000.0f;
+    }
+    j->dlg = calloc(1, sizeof(cm_dlg_stream_t));
+    if (j->dlg == NULL) {
+        free(copy);
+        return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+    }
+    rc = cm_dlg_start(d->models.dlg, j->dlg, turns, lens, n, &lp, stops,
+                      nstops, err, errlen);
+    free(copy);
+    if (rc != CM_OK) {
+        free(j->dlg);
+        j->dlg = NULL;
+        return rc == CM_EAGAIN ? CM_EINVAL : rc;
+    }
+    d->nchat++;
+    return CM_OK;
+
+bad:
+    free(copy);
+    return cm_seterr(err, errlen, CM_EINVAL, "bad chat request");
+}
+
+
+static void
+cm_infer_chat_end(cm_infer_t *d, cm_infer_job_t *j)
+{
+    if (j->dlg != NULL) {
+        cm_dlg_stream_free(j->dlg);
+        free(j->dlg);
+        j->dlg = NULL;
+        d->nchat--;
+    }
+    if (j->chat_queued) {
+        j->chat_queued = 0;
+        d->nchat_queued--;
+    }
+}
+
+
+/* Move ready text into the ring; returns 1 when the stream is complete
+ * and its result has been written. */
+static int
+cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
+{
+    char      buf[CM_DLG_TEXT_CAP], res[256];
+    uint32_t  room;
+    size_t    n;
+    int       done = 0, rc;
+
+    room = cm_ipc_ring_space(&d->seg, j->s);
+    if (room > sizeof(buf)) {
+        room = sizeof(buf);
+    }
+    if (j->dlg->ready > 0 && room > 0) {
+        n = cm_dlg_take(j->dlg, buf, room, &done);
+        if (n > 0) {
+            rc = cm_ipc_ring_put(&d->seg, j->s, buf, (uint32_t) n);
+            if (rc == CM_OK) {
+                cm_infer_ready(d, j, slot);
+            }
+        }
+    } else {
+        (void) cm_dlg_take(j->dlg, buf, 0, &done);
+    }
+    if (!done) {
+        return 0;
+    }
+    n = (size_t) snprintf(res, sizeof(res),
+        "{\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%d,"
+        "\"completion_tokens\":%d},\"model_version\":\"%s\"}",
+        cm_dlg_finish_name(j->dlg->finish), j->dlg->prompt_tokens,
+        j->dlg->completion_tokens, cm_dlg_server_version(d->models.dlg));
+    cm_infer_set_result(d, j->s, res, n);
+    if (cm_ipc_finish(j->s, 0) == CM_OK) {
+        cm_infer_ready(d, j, slot);
+    }
+    return 1;
+}
+
+
+/* The decode tick: admit queued generations, step every stream whose
+ * text has drained in one batched forward, and stream what it wrote.
+ * Returns 1 when another step is due at once. */
+static int
+cm_infer_chat_tick(cm_infer_t *d)
+{
+    cm_dlg_stream_t  *batch[256];
+    uint32_t          idx[256], i;
+    int               n = 0, k;
+    cm_infer_job_t   *j;
+    char              err[128];
+
+    for (i = 0; i < d->seg.hdr->slot_count
+                && (d->nchat > 0 || d->nchat_queued > 0); i++)
+    {
+        j = &d->jobs[i];
+        if (!j->active || j->kind != CM_REQ_CHAT) {
+            continue;
+        }
+        if (cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+            cm_infer_chat_end(d, j);
+            (void) cm_ipc_finish(j->s, CM_ECANCELED);
+            cm_infer_job_end(d, j);
+            continue;
+        }
+        if (j->chat_queued) {
+            int rc = cm_infer_chat_start(d, j, err, sizeof(err));
+
+            if (rc == CM_EAGAIN && d->models.dlg != NULL) {
+                continue;   /* still no room */
+            }
+            j->chat_queued = 0;
+            d->nchat_queued--;
+            if (rc != CM_OK) {
+                cm_infer_fail(d, j, i, rc, err);
+                cm_infer_job_end(d, j);
+                continue;
+            }
+        }
+        if (j->dlg == NULL) {
+            continue;
+        }
+        /* a stream whose reader is behind is paused, not stepped */
+        if (cm_infer_chat_flush(d, j, i)) {
+            cm_infer_chat_end(d, j);
+            cm_infer_job_end(d, j);
+            continue;
+        }
+        if (j->dlg->ready == 0 && j->dlg->finish == CM_DLG_FINISH_NONE
+            && n < 256)
+        {
+            batch[n] = j->dlg;
+            idx[n++] = i;
+        } else {
+            /* paused: its reader has not drained the ring */
+        }
+    }
+    if (n == 0) {
+        return 0;
+    }
+    cm_dlg_step(d->models.dlg, batch, n);
+    for (k = 0; k < n; k++) {
+        j = &d->jobs[idx[k]];
+        if (cm_infer_chat_flush(d, j, idx[k])) {
+            cm_infer_chat_end(d, j);
+            cm_infer_job_end(d, j);
+        }
+    }
+    return 1;
+}
+
+
 static void
 cm_infer_publish_models(cm_infer_t *d)
 {
@@ -470,7 +716,7 @@ cm_infer_reload(cm_infer_t *d)
     if (d->npending > 0) {
         cm_infer_recommend_batch(d);   /* swap at a batch boundary */
     }
-    (void) cm_infer_models_load(&d->models);
+    (void) cm_infer_models_load(&d->models, d->nchat + d->nchat_queued > 0);
     cm_infer_publish_models(d);
 }
 
@@ -541,6 +787,31 @@ cm_infer_submit(cm_infer_t *d, int ci, uint32_t slot)
         atomic_fetch_add(&d->seg.hdr->queue_depth, 1);
         return;
 
+    case CM_REQ_CHAT: {
+        char  err[128];
+        int   rc;
+
+        j->active = 1;
+        d->nactive++;
+        atomic_fetch_add(&d->seg.hdr->queue_depth, 1);
+        rc = cm_infer_chat_start(d, j, err, sizeof(err));
+        if (rc == CM_OK) {
+            return;
+        }
+        if (rc == CM_EAGAIN && d->models.dlg != NULL
+            && d->nchat_queued < d->chat_queue_max)
+        {
+            /* all sequences busy: wait in the bounded queue */
+            j->chat_queued = 1;
+            d->nchat_queued++;
+            return;
+        }
+        cm_infer_fail(d, j, slot, rc == CM_EAGAIN ? CM_EAGAIN : rc,
+                      rc == CM_EAGAIN && d->models.dlg != NULL
+                      ? "generation queue is full" : err);
+        break;
+    }
+
     case CM_REQ_RECOMMEND:
     case CM_REQ_SIMILAR:
     case CM_REQ_POPULAR:
@@ -569,6 +840,7 @@ cm_infer_cancel(cm_infer_t *d, uint32_t slot)
     }
     j = &d->jobs[slot];
     if (j->active && cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+        cm_infer_chat_end(d, j);                    /* frees the KV cache */
         (void) cm_ipc_finish(j->s, CM_ECANCELED);   /* frees the slot */
         cm_infer_job_end(d, j);
         cm_debug("slot %u cancelled", slot);
@@ -589,8 +861,8 @@ cm_infer_step(cm_infer_t *d)
 
     for (i = 0; i < d->seg.hdr->slot_count && d->nactive > 0; i++) {
         j = &d->jobs[i];
-        if (!j->active) {
-            continue;
+        if (!j->active || j->kind == CM_REQ_CHAT) {
+            continue;   /* generations are stepped by cm_infer_chat_tick */
         }
         if (cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
             cm_infer_cancel(d, i);   /* its doorbell may still be coming */
@@ -643,6 +915,7 @@ cm_infer_sweep(cm_infer_t *d)
             continue;
         }
         if (d->jobs[i].active) {
+            cm_infer_chat_end(d, &d->jobs[i]);
             cm_infer_job_end(d, &d->jobs[i]);
         }
         if (cm_ipc_slot_cas(s, st, CM_SLOT_FREE)) {
@@ -806,7 +1079,12 @@ cm_infer_usage(FILE *out)
         "                        NOTIFY " CM_INFER_NOTIFY_CHANNEL "\n"
         "  --recsys FILE         serve this recsys artifact instead\n"
         "  --movies FILE         its catalogue (movies.csv)\n"
-        "  --recsys-version V    version reported for --recsys\n\n"
+        "  --recsys-version V    version reported for --recsys\n"
+        "  --dialog DIR          serve this dialog model (model.bin +\n"
+        "                        tokenizer/) instead of the registry's\n"
+        "  --dialog-version V    version reported for --dialog\n"
+        "  --max-seqs N          concurrent generations (KV caches), default 8;\n"
+        "                        up to 4x more wait in a queue, then 503\n\n"
         "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
         CM_IPC_DEFAULT_SLOTS, CM_IPC_MAX_SLOTS, CM_IPC_DEFAULT_RING_CAP / 1024);
 }
@@ -845,6 +1123,9 @@ cm_infer_main(int argc, char **argv)
         { "recsys", required_argument, NULL, 'R' },
         { "movies", required_argument, NULL, 'M' },
         { "recsys-version", required_argument, NULL, 'V' },
+        { "dialog", required_argument, NULL, 'G' },
+        { "dialog-version", required_argument, NULL, 'W' },
+        { "max-seqs", required_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -877,6 +1158,18 @@ cm_infer_main(int argc, char **argv)
         case 'R': d.models.artifact = optarg; break;
         case 'M': d.models.movies = optarg; break;
         case 'V': d.models.version = optarg; break;
+        case 'G': d.models.dialog = optarg; break;
+        case 'W': d.models.dialog_version = optarg; break;
+        case 'S': {
+            uint32_t v;
+
+            if (cm_parse_u32(optarg, 1, 256, &v)) {
+                fprintf(stderr, "infer: --max-seqs must be 1..256\n");
+                return 2;
+            }
+            d.models.max_seqs = (int) v;
+            break;
+        }
         case 'p': snprintf(d.pidfile, sizeof(d.pidfile), "%s", optarg); break;
         case 'n':
             if (cm_parse_u32(optarg, 1, CM_IPC_MAX_SLOTS, &cfg.slot_count)) {
@@ -943,10 +1236,14 @@ cm_infer_main(int argc, char **argv)
         gid = gr->gr_gid;
     }
 
-    if (d.models.dsn == NULL && d.models.artifact == NULL) {
+    if (d.models.dsn == NULL && d.models.artifact == NULL
+        && d.models.dialog == NULL)
+    {
         d.models.dsn = getenv("CINEMATCH_PG_DSN");
     }
     d.lfd = d.sfd = d.epfd = d.listen_fd = -1;
+    d.chat_queue_max = 4 * (uint32_t) (d.models.max_seqs > 0
+                                       ? d.models.max_seqs : 8);
     for (i = 0; i < CM_INFER_MAX_CONNS; i++) {
         d.conns[i].fd = -1;
     }
@@ -1010,7 +1307,7 @@ cm_infer_main(int argc, char **argv)
 
     /* a model that fails to load leaves the daemon up (echo and /ready
      * work, recsys answers 503) with the reason in the status text */
-    (void) cm_infer_models_load(&d.models);
+    (void) cm_infer_models_load(&d.models, 0);
     cm_infer_publish_models(&d);
     atomic_store(&d.seg.hdr->ready, 1);
     d.listen_fd = cm_infer_models_listen_fd(&d.models);
@@ -1027,6 +1324,10 @@ cm_infer_main(int argc, char **argv)
             cm_infer_recommend_batch(&d);
         }
         timeout = d.nactive > 0 ? cm_infer_step(&d) : CM_INFER_TICK_MAX_MS;
+        if (d.nchat > 0 || d.nchat_queued > 0) {
+            /* decode steps back to back; doorbells are read in between */
+            timeout = cm_infer_chat_tick(&d) ? 0 : (timeout > 1 ? 1 : timeout);
+        }
 
         if (d.draining && (d.nactive == 0
                            || cm_now_mono_ns() > d.drain_deadline_ns))

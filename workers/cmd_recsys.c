@@ -15,11 +15,13 @@
 #include "cinematch/recsys.h"
 #include "cinematch/recsys_eval.h"
 #include "cmd.h"
+#include "mlops.h"
 
 static int cm_train_recsys_main(int argc, char **argv);
 static int cm_eval_recsys_main(int argc, char **argv);
 static int cm_model_inspect_main(int argc, char **argv);
 static int cm_bench_recsys_main(int argc, char **argv);
+static int cm_model_query_main(int argc, char **argv);
 CM_COMMAND("train recsys", "train a recommender (ALS, iALS, bias, pop) into"
            " an artifact", cm_train_recsys_main);
 CM_COMMAND("eval recsys", "evaluate recommenders: RMSE/MAE and ranking"
@@ -28,6 +30,8 @@ CM_COMMAND("model inspect", "print and validate a model artifact",
            cm_model_inspect_main);
 CM_COMMAND("bench recsys", "time ALS against the no-BLAS reference ALS",
            cm_bench_recsys_main);
+CM_COMMAND("model query", "recommend, find similar films or fold in ratings"
+           " with an artifact", cm_model_query_main);
 
 /* options shared by train, eval and bench */
 typedef struct {
@@ -53,7 +57,8 @@ typedef struct {
 enum {
     OPT_DATA = 256, OPT_FORMAT, OPT_SPLIT, OPT_ALGO, OPT_FACTORS, OPT_ITERS,
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
-    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG, OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
+    OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG,
+    OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
     OPT_CONF_BELOW, OPT_CG
 };
 
@@ -347,14 +352,16 @@ cm_rs_load(const char *cmd, cm_rs_cli_t *c, cm_ml_dataset_t *ds)
 }
 
 
-/* ---- train recsys ---------------------------------------------------------- */
+/* ---- train recsys -------------------------------------------------------- */
 
 static void
 cm_train_recsys_usage(FILE *f)
 {
     fprintf(f, "usage: cinematch train recsys --data DIR --out FILE"
             " [options]\n\nTrains on every rating of DIR and writes the"
-            " recsys artifact (see\n`cinematch model inspect`).\n\n%s",
+            " recsys artifact (see\n`cinematch model inspect`).  With"
+            " --from-db: the MLOps retraining from\nPostgreSQL (see"
+            " `cinematch train recsys --from-db --help`).\n\n%s",
             cm_rs_common_help);
 }
 
@@ -371,6 +378,9 @@ cm_train_recsys_main(int argc, char **argv)
     uint64_t          t0;
     double            secs;
 
+    if (cm_argv_has(argc, argv, "--from-db")) {
+        return cm_train_recsys_db_main(argc, argv);     /* cmd_train_db.c */
+    }
     rc = cm_rs_parse("train recsys", argc, argv, &c, cm_train_recsys_usage);
     if (rc != 0) {
         return rc == 1 ? 0 : 2;
@@ -418,7 +428,7 @@ cm_train_recsys_main(int argc, char **argv)
 }
 
 
-/* ---- eval recsys ----------------------------------------------------------- */
+/* ---- eval recsys --------------------------------------------------------- */
 
 static void
 cm_eval_recsys_usage(FILE *f)
@@ -609,7 +619,8 @@ cm_eval_recsys_main(int argc, char **argv)
         CM_AT("coverage", mt.coverage);
         json_object_set_new(o, "train_seconds", json_real(train_s));
         json_object_set_new(o, "eval_seconds", json_real(eval_s));
-        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER
+                          | JSON_REAL_PRECISION(6));
         printf("%s\n", s);
         free(s);
         json_decref(o);
@@ -632,8 +643,8 @@ cm_eval_recsys_main(int argc, char **argv)
             printf("  RMSE/MAE      n/a      [%s: ranking-only model]\n",
                    proto);
         }
-        printf("  Precision@%-3zu %.4f   [%s, %zu users with a positive >= 4]\n",
-               c.k, mt.precision, proto, mt.n_rank_users);
+        printf("  Precision@%-3zu %.4f   [%s, %zu users with a positive"
+               " >= 4]\n", c.k, mt.precision, proto, mt.n_rank_users);
         printf("  Recall@%-6zu %.4f   [%s]\n", c.k, mt.recall, proto);
         printf("  NDCG@%-8zu %.4f   [%s]\n", c.k, mt.ndcg, proto);
         printf("  HR@%-10zu %.4f   [%s]\n", c.k, mt.hr, proto);
@@ -654,7 +665,7 @@ out:
 }
 
 
-/* ---- model inspect --------------------------------------------------------- */
+/* ---- model inspect ------------------------------------------------------- */
 
 static void
 cm_hex(const uint8_t *p, size_t n, char *out)
@@ -734,7 +745,7 @@ cm_model_inspect_main(int argc, char **argv)
 }
 
 
-/* ---- bench recsys ---------------------------------------------------------- */
+/* ---- bench recsys -------------------------------------------------------- */
 
 static void
 cm_bench_recsys_usage(FILE *f)
@@ -893,4 +904,203 @@ fail:
     fprintf(stderr, "cinematch bench recsys: %s\n", err);
     cm_rs_data_free(&d);
     return 1;
+}
+
+
+/* ---- model query ---------------------------------------------------------- */
+
+static void
+cm_model_query_usage(FILE *f)
+{
+    fprintf(f, "usage: cinematch model query FILE [--k 10]\n"
+            "         (--user ID | --similar MOVIE | --popular |"
+            " --rate MOVIE:R[,MOVIE:R...])\n\n"
+            "Uses the scoring API the inference daemon uses, with external"
+            " MovieLens ids:\n"
+            "  --user ID       top-K unseen films for a trained user, each with"
+            " the seen\n"
+            "                  film that explains it\n"
+            "  --similar MOVIE films closest to MOVIE (cosine of factors)\n"
+            "  --popular       the cold-start list\n"
+            "  --rate LIST     fold in a new user from ratings (one ridge"
+            " solve), then\n"
+            "                  recommend excluding the rated films\n");
+}
+
+
+static int
+cm_cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+
+    return (x > y) - (x < y);
+}
+
+
+static int
+cm_model_query_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "user", required_argument, NULL, 'u' },
+        { "similar", required_argument, NULL, 's' },
+        { "popular", no_argument, NULL, 'p' },
+        { "rate", required_argument, NULL, 'r' },
+        { "k", required_argument, NULL, 'k' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    cm_rs_model_t  *m = NULL;
+    const char     *user = NULL, *similar = NULL, *rate = NULL, *file;
+    int             popular = 0, ch, rc = 1, modes;
+    size_t          k = 10, n = 0, j, nr = 0;
+    uint32_t       *idx = NULL, *items = NULL, because;
+    float          *sc = NULL, *ratings = NULL, *scores = NULL, *x = NULL;
+    float           bias, sim;
+    double          v;
+    char            err[1024], *end;
+    int64_t         u, it;
+
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'u': user = optarg; break;
+        case 's': similar = optarg; break;
+        case 'p': popular = 1; break;
+        case 'r': rate = optarg; break;
+        case 'k':
+            if (cm_rs_num("model query", "--k", optarg, 1, 1000, &v)) {
+                return 2;
+            }
+            k = (size_t) v;
+            break;
+        case 'h':
+            cm_model_query_usage(stdout);
+            return 0;
+        default:
+            fprintf(stderr, "cinematch model query: unknown or incomplete"
+                    " option '%s'\n", argv[optind - 1]);
+            cm_model_query_usage(stderr);
+            return 2;
+        }
+    }
+    modes = (user != NULL) + (similar != NULL) + popular + (rate != NULL);
+    if (optind != argc - 1 || modes != 1) {
+        cm_model_query_usage(stderr);
+        return 2;
+    }
+    file = argv[optind];
+    if (cm_rs_model_open(file, &m, err, sizeof(err)) != CM_OK) {
+        fprintf(stderr, "cinematch model query: %s\n", err);
+        return 1;
+    }
+    idx = malloc(k * sizeof(uint32_t));
+    sc = malloc(k * sizeof(float));
+    if (idx == NULL || sc == NULL) {
+        goto done;
+    }
+
+    if (user != NULL) {
+        u = cm_rs_find_id(m->user_ext, m->n_users,
+                          (int32_t) strtol(user, &end, 10));
+        if (*end != '\0' || u < 0) {
+            fprintf(stderr, "cinematch model query: user %s is not in the"
+                    " model (try --popular or --rate)\n", user);
+            goto done;
+        }
+        if (cm_rs_recommend(m, (uint32_t) u, k, 1, idx, sc, &n) != CM_OK) {
+            goto done;
+        }
+        for (j = 0; j < n; j++) {
+            printf("%d\t%.4f", m->item_ext[idx[j]], (double) sc[j]);
+            if (m->factors > 0
+                && cm_rs_explain(m, (uint32_t) u, idx[j], &because, &sim)
+                   == CM_OK)
+            {
+                printf("\tbecause %d (%.3f)", m->item_ext[because],
+                       (double) sim);
+            }
+            printf("\n");
+        }
+        rc = 0;
+    } else if (similar != NULL) {
+        it = cm_rs_find_id(m->item_ext, m->n_items,
+                           (int32_t) strtol(similar, &end, 10));
+        if (*end != '\0' || it < 0) {
+            fprintf(stderr, "cinematch model query: movie %s is not in the"
+                    " model\n", similar);
+            goto done;
+        }
+        if (cm_rs_similar_items(m, (uint32_t) it, k, idx, sc, &n) != CM_OK) {
+            fprintf(stderr, "cinematch model query: a %s model has no"
+                    " factors\n", cm_rs_algo_name(m->algo));
+            goto done;
+        }
+        for (j = 0; j < n; j++) {
+            printf("%d\t%.4f\n", m->item_ext[idx[j]], (double) sc[j]);
+        }
+        rc = 0;
+    } else if (popular) {
+        if (cm_rs_popular(m, NULL, 0, k, idx, sc, &n) == CM_OK) {
+            for (j = 0; j < n; j++) {
+                printf("%d\t%.0f\n", m->item_ext[idx[j]], (double) sc[j]);
+            }
+            rc = 0;
+        }
+    } else {
+        const char *p = rate;
+
+        items = malloc((strlen(rate) / 2 + 1) * sizeof(uint32_t));
+        ratings = malloc((strlen(rate) / 2 + 1) * sizeof(float));
+        scores = malloc(m->n_items * sizeof(float));
+        x = malloc((m->factors ? m->factors : 1) * sizeof(float));
+        if (items == NULL || ratings == NULL || scores == NULL || x == NULL) {
+            goto done;
+        }
+        while (*p != '\0') {
+            long   id = strtol(p, &end, 10);
+            double r;
+
+            if (end == p || *end != ':') {
+                fprintf(stderr, "cinematch model query: --rate wants"
+                        " MOVIE:RATING[,...], at '%s'\n", p);
+                rc = 2;
+                goto done;
+            }
+            r = strtod(end + 1, &end);
+            it = cm_rs_find_id(m->item_ext, m->n_items, (int32_t) id);
+            if (it < 0 || !(r >= 0.5 && r <= 5.0)) {
+                fprintf(stderr, "cinematch model query: movie %ld unknown or"
+                        " rating %g outside 0.5..5\n", id, r);
+                rc = 2;
+                goto done;
+            }
+            items[nr] = (uint32_t) it;
+            ratings[nr++] = (float) r;
+            p = *end == ',' ? end + 1 : end;
+            if (*end != ',' && *end != '\0') {
+                rc = 2;
+                fprintf(stderr, "cinematch model query: junk after a rating:"
+                        " '%s'\n", end);
+                goto done;
+            }
+        }
+        if (cm_rs_fold_in(m, items, ratings, nr, 0, x, &bias) != CM_OK) {
+            fprintf(stderr, "cinematch model query: fold-in needs an als or"
+                    " ials model\n");
+            goto done;
+        }
+        cm_rs_score_vector(m, x, bias, scores);
+        qsort(items, nr, sizeof(uint32_t), cm_cmp_u32);
+        n = cm_rs_topk(scores, m->n_items, items, nr, k, idx, sc);
+        for (j = 0; j < n; j++) {
+            printf("%d\t%.4f\n", m->item_ext[idx[j]], (double) sc[j]);
+        }
+        rc = 0;
+    }
+
+done:
+    free(idx); free(sc); free(items); free(ratings); free(scores); free(x);
+    cm_rs_model_free(m);
+    return rc;
 }

@@ -81,7 +81,7 @@ cm_train_tokenizer_main(int argc, char **argv)
     }
 
     cm_corpus_init(&cp);
-    if ((rc = cm_corpus_load(&cp, corpus, err, sizeof(err))) != CM_OK) {
+    if (cm_corpus_load(&cp, corpus, err, sizeof(err)) != CM_OK) {
         cm_error("train tokenizer: %s", err);
         return 1;
     }
@@ -90,6 +90,10 @@ cm_train_tokenizer_main(int argc, char **argv)
     lens = malloc((cp.n_turns + 1) * sizeof(*lens));
     if (is_val == NULL || texts == NULL || lens == NULL) {
         cm_error("train tokenizer: out of memory");
+        free(is_val);
+        free(texts);
+        free(lens);
+        cm_corpus_free(&cp);
         return 1;
     }
     cm_corpus_split(&cp, frac, seed, is_val);
@@ -200,6 +204,7 @@ cm_bench_tokenizer_main(int argc, char **argv)
         t.n = 0;
         t0 = cm_now_mono_ns();
         if (cm_bpe_encode(b, text, len, 0, &t) != CM_OK) {
+            free(text);
             return 1;
         }
         t1 = cm_now_mono_ns();
@@ -207,6 +212,7 @@ cm_bench_tokenizer_main(int argc, char **argv)
                                                  : enc_s;
         t0 = cm_now_mono_ns();
         if (cm_bpe_decode(b, t.ids, t.n, &dec, &dlen) != CM_OK) {
+            free(text);
             return 1;
         }
         t1 = cm_now_mono_ns();
@@ -214,6 +220,8 @@ cm_bench_tokenizer_main(int argc, char **argv)
                                                  : dec_s;
         if (dlen != len || memcmp(dec, text, len) != 0) {
             cm_error("bench tokenizer: round trip mismatch");
+            free(dec);
+            free(text);
             return 1;
         }
         free(dec);

@@ -17,7 +17,7 @@
 int
 cm_infer_models_configured(const cm_infer_models_t *mm)
 {
-    return mm->dsn != NULL || mm->artifact != NULL;
+    return mm->dsn != NULL || mm->artifact != NULL || mm->dialog != NULL;
 }
 
 
@@ -166,8 +166,8 @@ cm_infer_pg_fold_app_ratings(PGconn *c, cm_rs_server_t *rs)
 }
 
 
-int
-cm_infer_models_load(cm_infer_models_t *mm)
+static int
+cm_infer_load_recsys(cm_infer_models_t *mm)
 {
     char             err[256], sha[CM_SHA256_HEX_LEN + 1], ver[32];
     char             path[1024], want[72];
@@ -236,6 +236,7 @@ cm_infer_models_load(cm_infer_models_t *mm)
             }
         }
     } else {
+        mm->status[0] = '\0';
         return CM_OK;
     }
 
@@ -288,19 +289,128 @@ failed:
 }
 
 
+static int
+cm_infer_load_dialog(cm_infer_models_t *mm, int busy, char *status,
+                     size_t statuslen)
+{
+    char              err[256], dir[1024], ver[32], want[72];
+    char              sha[CM_SHA256_HEX_LEN + 1], path[1100];
+    PGconn           *c;
+    PGresult         *res;
+    cm_dlg_server_t  *dlg = NULL;
+    int               rc;
+
+    status[0] = '\0';
+    want[0] = '\0';
+    if (mm->dialog != NULL) {
+        snprintf(dir, sizeof(dir), "%s", mm->dialog);
+        snprintf(ver, sizeof(ver), "%s",
+                 mm->dialog_version != NULL ? mm->dialog_version : "file");
+    } else if (mm->dsn != NULL) {
+        c = cm_infer_pg(mm->dsn, err, sizeof(err));
+        if (c == NULL) {
+            snprintf(status, statuslen, "dialog: %.100s", err);
+            return CM_EIO;
+        }
+        res = PQexec(c, "SELECT version, artifact_path, artifact_sha256"
+                        " FROM model_versions WHERE model_name = 'dialog'"
+                        " AND stage = 'production'");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) == 0) {
+            PQclear(res);
+            PQfinish(c);
+            return CM_OK;   /* no dialog model registered */
+        }
+        snprintf(ver, sizeof(ver), "%s", PQgetvalue(res, 0, 0));
+        snprintf(dir, sizeof(dir), "%s", PQgetvalue(res, 0, 1));
+        snprintf(want, sizeof(want), "%s", PQgetvalue(res, 0, 2));
+        PQclear(res);
+        PQfinish(c);
+    } else {
+        return CM_OK;
+    }
+
+    if (mm->dlg != NULL && strcmp(cm_dlg_server_version(mm->dlg), ver) == 0) {
+        return CM_OK;   /* already serving this version */
+    }
+    if (busy) {
+        snprintf(status, statuslen, "dialog %s waits for running"
+                 " generations to end", ver);
+        return CM_EAGAIN;
+    }
+    snprintf(path, sizeof(path), "%s/model.bin", dir);
+    rc = cm_file_sha256(path, sha);
+    if (rc != CM_OK) {
+        snprintf(status, statuslen, "dialog load failed: %.60s: %s", path,
+                 strerror(errno));
+        cm_error("infer: %s", status);
+        return rc;
+    }
+    if (want[0] != '\0' && strcmp(want, sha) != 0) {
+        snprintf(status, statuslen, "dialog load failed: model.bin sha256"
+                 " differs from the registry's");
+        cm_error("infer: %s", status);
+        return CM_EFORMAT;
+    }
+    rc = cm_dlg_server_open(&dlg, dir, ver,
+                            mm->max_seqs > 0 ? mm->max_seqs : 8, err,
+                            sizeof(err));
+    if (rc != CM_OK) {
+        snprintf(status, statuslen, "dialog load failed: %.100s", err);
+        cm_error("infer: %s%s", status,
+                 mm->dlg != NULL ? " (previous version keeps serving)" : "");
+        return rc;
+    }
+    cm_dlg_server_free(mm->dlg);
+    mm->dlg = dlg;
+    snprintf(mm->dlg_sha256, sizeof(mm->dlg_sha256), "%s", sha);
+    cm_info("infer: serving dialog version %s (%s, context %d)", ver, dir,
+            cm_dlg_server_context(dlg));
+    return CM_OK;
+}
+
+
+int
+cm_infer_models_load(cm_infer_models_t *mm, int dialog_busy)
+{
+    char  dstatus[128];
+    int   rc, rc2;
+
+    rc = cm_infer_load_recsys(mm);
+    rc2 = cm_infer_load_dialog(mm, dialog_busy, dstatus, sizeof(dstatus));
+    if (dstatus[0] != '\0') {
+        if (mm->status[0] == '\0' || strcmp(mm->status, "ok") == 0) {
+            snprintf(mm->status, sizeof(mm->status), "%s", dstatus);
+        }
+    } else if (mm->status[0] == '\0') {
+        snprintf(mm->status, sizeof(mm->status), "ok");
+    }
+    return rc != CM_OK ? rc : rc2;
+}
+
+
 uint32_t
 cm_infer_models_table(const cm_infer_models_t *mm, cm_ipc_model_t *out,
                       uint32_t cap)
 {
-    if (mm->rs == NULL || cap == 0) {
-        return 0;
+    uint32_t n = 0;
+
+    if (mm->rs != NULL && n < cap) {
+        memset(&out[n], 0, sizeof(out[n]));
+        snprintf(out[n].name, sizeof(out[n].name), "recsys");
+        snprintf(out[n].version, sizeof(out[n].version), "%s",
+                 cm_rs_server_version(mm->rs));
+        snprintf(out[n].sha256, sizeof(out[n].sha256), "%s", mm->rs_sha256);
+        n++;
     }
-    memset(out, 0, sizeof(*out));
-    snprintf(out->name, sizeof(out->name), "recsys");
-    snprintf(out->version, sizeof(out->version), "%s",
-             cm_rs_server_version(mm->rs));
-    snprintf(out->sha256, sizeof(out->sha256), "%s", mm->rs_sha256);
-    return 1;
+    if (mm->dlg != NULL && n < cap) {
+        memset(&out[n], 0, sizeof(out[n]));
+        snprintf(out[n].name, sizeof(out[n].name), "dialog");
+        snprintf(out[n].version, sizeof(out[n].version), "%s",
+                 cm_dlg_server_version(mm->dlg));
+        snprintf(out[n].sha256, sizeof(out[n].sha256), "%s", mm->dlg_sha256);
+        n++;
+    }
+    return n;
 }
 
 
@@ -358,6 +468,8 @@ cm_infer_models_free(cm_infer_models_t *mm)
 {
     cm_rs_server_free(mm->rs);
     mm->rs = NULL;
+    cm_dlg_server_free(mm->dlg);
+    mm->dlg = NULL;
     if (mm->listen != NULL) {
         PQfinish(mm->listen);
         mm->listen = NULL;

@@ -12,6 +12,7 @@
 #include <libpq-fe.h>
 
 #include "cinematch/ipc.h"
+#include "cinematch/serve_dialog.h"
 #include "cinematch/serve_recsys.h"
 
 #define CM_INFER_NOTIFY_CHANNEL  "cinematch_models"
@@ -21,7 +22,12 @@ typedef struct {
     const char       *artifact;       /* --recsys FILE */
     const char       *movies;         /* --movies FILE (movies.csv) */
     const char       *version;        /* --recsys-version, default "file" */
+    const char       *dialog;         /* --dialog DIR */
+    const char       *dialog_version;
+    int               max_seqs;       /* concurrent generations */
     cm_rs_server_t   *rs;             /* serving now, or NULL */
+    cm_dlg_server_t  *dlg;            /* serving now, or NULL */
+    char              dlg_sha256[72];
     char              rs_sha256[72];
     PGconn           *listen;         /* LISTEN connection, or NULL */
     char              status[128];
@@ -29,8 +35,10 @@ typedef struct {
 
 /* 1 when some model source is configured. */
 int cm_infer_models_configured(const cm_infer_models_t *mm);
-/* (Re)load; on failure the serving model stays and status says why. */
-int cm_infer_models_load(cm_infer_models_t *mm);
+/* (Re)load; on failure the serving model stays and status says why.
+ * The dialog model is only swapped when no generation is running
+ * (*dialog_busy == 0); otherwise it is loaded on a later reload. */
+int cm_infer_models_load(cm_infer_models_t *mm, int dialog_busy);
 /* The table published in the segment header. */
 uint32_t cm_infer_models_table(const cm_infer_models_t *mm,
     cm_ipc_model_t *out, uint32_t cap);

@@ -936,7 +936,7 @@ cm_corpus_load(cm_corpus_t *c, const char *path, char *err, size_t errlen)
     struct stat  st;
     char         p1[4096], p2[4096], p3[4096];
     char        *b1 = NULL, *b2 = NULL, *b3 = NULL;
-    size_t       n1, n2, n3 = 0, pl;
+    size_t       n1 = 0, n2 = 0, n3 = 0, pl;
     int          rc;
 
     if (stat(path, &st) != 0) {

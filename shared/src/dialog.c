@@ -470,6 +470,7 @@ cm_dialog_reply_eval(const cm_gpt_t *m, const cm_bpe_t *b,
     p.temperature = 0.0f;
     p.repetition_penalty = 1.0f;
     p.max_tokens = max_tokens;
+    p.min_tokens = 1;       /* greedy would often pick <|endoftext|> */
     p.stop[0] = cm_bpe_special(b, CM_BPE_ENDOFTURN);
     p.stop[1] = cm_bpe_special(b, CM_BPE_ENDOFTEXT);
     p.n_stop = 2;

@@ -311,6 +311,7 @@ cm_gpt_header_parse(const int32_t *h, size_t file_size, cm_gpt_config_t *cfg,
     size_t sizes[CM_GPT_NPARAMS], n;
     int    rc;
 
+    memset(cfg, 0, sizeof(*cfg));
     if (file_size < CM_GPT_HEADER_INTS * sizeof(int32_t)) {
         return cm_seterr(err, errlen, CM_EFORMAT, "checkpoint shorter than"
                          " its %d-byte header", CM_GPT_HEADER_INTS * 4);
@@ -350,7 +351,7 @@ int
 cm_gpt_load(cm_gpt_t *m, const char *path, char *err, size_t errlen)
 {
     FILE            *f;
-    int32_t          h[CM_GPT_HEADER_INTS];
+    int32_t          h[CM_GPT_HEADER_INTS] = { 0 };
     struct stat      st;
     cm_gpt_config_t  cfg;
     size_t           i;
@@ -769,7 +770,7 @@ cm_attention_forward(float *out, float *preatt, float *att, const float *inp,
     for (b = 0; b < B; b++) {
         for (h = 0; h < NH; h++) {
             const float *q = inp + (size_t) b * T * C3 + (size_t) h * hs;
-            const float *k = q + C, *v = q + 2 * C;
+            const float *k = q + C, *v = q + 2 * (size_t) C;
             float       *pre = preatt + ((size_t) b * NH + h) * T * T;
             float       *a = att + ((size_t) b * NH + h) * T * T;
             float       *o = out + (size_t) b * T * C + (size_t) h * hs;
@@ -797,8 +798,9 @@ cm_attention_backward(float *dinp, float *dpreatt, float *datt,
     for (b = 0; b < B; b++) {
         for (h = 0; h < NH; h++) {
             size_t       qo = (size_t) b * T * C3 + (size_t) h * hs;
-            const float *q = inp + qo, *k = q + C, *v = q + 2 * C;
-            float       *dq = dinp + qo, *dk = dq + C, *dv = dq + 2 * C;
+            const float *q = inp + qo, *k = q + C, *v = q + 2 * (size_t) C;
+            float       *dq = dinp + qo, *dk = dq + C;
+            float       *dv = dq + 2 * (size_t) C;
             const float *a = att + ((size_t) b * NH + h) * T * T;
             float       *da = datt + ((size_t) b * NH + h) * T * T;
             float       *dp = dpreatt + ((size_t) b * NH + h) * T * T;
@@ -878,7 +880,7 @@ cm_attention_forward_ref(float *out, float *preatt, float *att,
                 }
                 for (t2 = 0; t2 <= t; t2++) {
                     const float *v = inp + ((size_t) b * T + t2) * C3
-                                     + (size_t) h * hs + 2 * C;
+                                     + (size_t) h * hs + 2 * (size_t) C;
 
                     for (i = 0; i < hs; i++) {
                         o[i] += a[t2] * v[i];
@@ -917,7 +919,7 @@ cm_attention_backward_ref(float *dinp, float *dpreatt, float *datt,
                 }
                 for (t2 = 0; t2 <= t; t2++) {
                     size_t vo = ((size_t) b * T + t2) * C3
-                                + (size_t) h * hs + 2 * C;
+                                + (size_t) h * hs + 2 * (size_t) C;
 
                     for (i = 0; i < hs; i++) {
                         da[t2] += inp[vo + i] * d[i];

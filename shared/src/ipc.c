@@ -478,6 +478,24 @@ cm_ipc_ring_get(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s, void *buf,
 }
 
 
+uint32_t
+cm_ipc_ring_space(const cm_ipc_seg_t *seg, const cm_ipc_slot_t *s)
+{
+    uint64_t  head, tail, used;
+    uint32_t  cap = seg->hdr->ring_cap;
+
+    head = atomic_load_explicit(&((cm_ipc_slot_t *) s)->ring_head,
+                                memory_order_relaxed);
+    tail = atomic_load_explicit(&((cm_ipc_slot_t *) s)->ring_tail,
+                                memory_order_acquire);
+    used = head - tail;
+    if (used > cap || cap - used <= 4) {
+        return 0;
+    }
+    return (uint32_t) (cap - used - 4);
+}
+
+
 void
 cm_ipc_ring_close(cm_ipc_slot_t *s)
 {

@@ -209,9 +209,9 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             cm_lm_seq_t *s = e->row_seq[r];
             size_t       at = ((size_t) l * maxT + e->row_pos[r]) * C;
 
-            memcpy(s->k + at, e->qkv + (size_t) r * 3 * C + C,
+            memcpy(s->k + at, e->qkv + (size_t) r * 3 * C + (size_t) C,
                    (size_t) C * sizeof(float));
-            memcpy(s->v + at, e->qkv + (size_t) r * 3 * C + 2 * C,
+            memcpy(s->v + at, e->qkv + (size_t) r * 3 * C + 2 * (size_t) C,
                    (size_t) C * sizeof(float));
         }
         for (r = 0; r < R; r++) {
@@ -221,13 +221,14 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             const float *vc = s->v + (size_t) l * maxT * C;
 
             for (h = 0; h < NH; h++) {
-                const float *q = e->qkv + (size_t) r * 3 * C + h * hs;
-                float       *o = e->atty + (size_t) r * C + h * hs;
+                const float *q = e->qkv + (size_t) r * 3 * C + (size_t) h * hs;
+                float       *o = e->atty + (size_t) r * C + (size_t) h * hs;
                 float        mx = -INFINITY, sum = 0.0f, inv;
 
                 /* scores (pos+1) = scale * K_h (pos+1, hs; ld C) @ q */
                 cblas_sgemv(CblasRowMajor, CblasNoTrans, pos + 1, hs, scale,
-                            kc + h * hs, C, q, 1, 0.0f, e->scores, 1);
+                            kc + (size_t) h * hs, C, q, 1, 0.0f, e->scores,
+                            1);
                 for (t = 0; t <= pos; t++) {
                     mx = e->scores[t] > mx ? e->scores[t] : mx;
                 }
@@ -238,7 +239,8 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
                 inv = 1.0f / sum;
                 /* o (hs) = V_h^T (hs, pos+1) @ scores / sum */
                 cblas_sgemv(CblasRowMajor, CblasTrans, pos + 1, hs, inv,
-                            vc + h * hs, C, e->scores, 1, 0.0f, o, 1);
+                            vc + (size_t) h * hs, C, e->scores, 1, 0.0f, o,
+                            1);
             }
         }
         cm_lm_linear(e->tmp, e->atty, p->attprojw + lc * C, p->attprojb + lc,
@@ -366,6 +368,13 @@ cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
         }
         for (i = 0; i < s->pos; i++) {
             e->seen[s->history[i]] = 0;
+        }
+    }
+    if (s->n_generated < p->min_tokens) {
+        for (i = 0; i < p->n_stop; i++) {
+            if (p->stop[i] >= 0 && p->stop[i] < V) {
+                c[p->stop[i]].p = -INFINITY;
+            }
         }
     }
     if (p->temperature <= 0.0f) {

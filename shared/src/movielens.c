@@ -223,7 +223,7 @@ cm_ml_buf_reserve(cm_ml_buf_t *b, size_t need)
     char   *p;
     size_t  cap;
 
-    if (need <= b->cap) {
+    if (need <= b->cap && b->p != NULL) {
         return CM_OK;
     }
     cap = b->cap ? b->cap : 256;
@@ -679,10 +679,12 @@ cm_ml_parse_ratings(const char *buf, size_t len, cm_ml_format_t fmt,
                     why = "movie id is not an integer in 1..2^31-1";
                 } else {
                     r.item = (int32_t) v;
-                    rc = cm_ml_parse_rating(f[2].p, f[2].len, &r.rating);
-                    if (rc == CM_EINVAL) {
+                    int prc = cm_ml_parse_rating(f[2].p, f[2].len,
+                                                 &r.rating);
+
+                    if (prc == CM_EINVAL) {
                         why = "rating is not a decimal number";
-                    } else if (rc != CM_OK) {
+                    } else if (prc != CM_OK) {
                         why = "rating outside 0.5..5";
                     } else if (cm_ml_parse_i64(f[3].p, f[3].len, 0,
                                                (int64_t) 1 << 40, &v)
@@ -692,7 +694,6 @@ cm_ml_parse_ratings(const char *buf, size_t len, cm_ml_format_t fmt,
                     } else {
                         r.ts = v;
                     }
-                    rc = CM_OK;
                 }
             }
         }
@@ -919,8 +920,8 @@ int
 cm_ml_read_ratings_file(const char *path, cm_ml_format_t fmt,
     cm_ml_opts_t *opts, cm_ratings_t *out, char *err, size_t errlen)
 {
-    char    *buf;
-    size_t   len;
+    char    *buf = NULL;
+    size_t   len = 0;
     int      rc;
 
     rc = cm_ml_slurp(path, &buf, &len, err, errlen);
@@ -937,8 +938,8 @@ int
 cm_ml_read_movies_file(const char *path, cm_ml_format_t fmt,
     cm_ml_opts_t *opts, cm_movies_t *out, char *err, size_t errlen)
 {
-    char    *buf;
-    size_t   len;
+    char    *buf = NULL;
+    size_t   len = 0;
     int      rc;
 
     rc = cm_ml_slurp(path, &buf, &len, err, errlen);

@@ -47,7 +47,7 @@ cm_rs_split_parse(const char *s, cm_rs_split_t *out, char *err, size_t errlen)
             goto bad;
         }
         memcpy(out->base, s + 6, (size_t) (comma - (s + 6)));
-        strcpy(out->test, comma + 1);
+        snprintf(out->test, sizeof(out->test), "%s", comma + 1);
         return CM_OK;
     } else {
         goto bad;
@@ -101,13 +101,19 @@ cm_rs_split_random(const cm_ratings_t *all, double frac, uint64_t seed,
         return CM_ENOMEM;
     }
     n_test = (size_t) llround(frac * (double) n);
+    if (n_test > n) {
+        n_test = n;
+    }
     cm_rng_seed(&r, seed, 0x5011);
     for (i = 0; i < n; i++) {
         perm[i] = i;
     }
     /* partial Fisher-Yates: the first n_test of perm are held out */
     for (i = 0; i < n_test; i++) {
-        j = i + (size_t) cm_rng_below(&r, n - i);
+        j = i + (size_t) cm_rng_below(&r, n - i);     /* i <= j < n */
+        if (j >= n) {
+            j = n - 1;
+        }
         t = perm[i]; perm[i] = perm[j]; perm[j] = t;
         held[perm[i]] = 1;
     }

@@ -313,15 +313,15 @@ cm_rs_model_open_mem(const void *buf, size_t len, unsigned flags,
     m->created = h.created;
     memcpy(m->data_fp, h.data_fp, 32);
     memcpy(m->checksum, h.checksum, 32);
-    m->U = (const float *) (b + h.sec[CM_RS_SEC_U].offset);
-    m->V = (const float *) (b + h.sec[CM_RS_SEC_V].offset);
-    m->bu = (const float *) (b + h.sec[CM_RS_SEC_BU].offset);
-    m->bi = (const float *) (b + h.sec[CM_RS_SEC_BI].offset);
-    m->user_ext = (const int32_t *) (b + h.sec[CM_RS_SEC_USER_IDS].offset);
-    m->item_ext = (const int32_t *) (b + h.sec[CM_RS_SEC_ITEM_IDS].offset);
-    m->pop = (const uint32_t *) (b + h.sec[CM_RS_SEC_POP].offset);
-    m->seen_ptr = (const uint64_t *) (b + h.sec[CM_RS_SEC_SEEN_PTR].offset);
-    m->seen_idx = (const uint32_t *) (b + h.sec[CM_RS_SEC_SEEN_IDX].offset);
+    m->U = (const float *) (const void *) (b + h.sec[CM_RS_SEC_U].offset);
+    m->V = (const float *) (const void *) (b + h.sec[CM_RS_SEC_V].offset);
+    m->bu = (const float *) (const void *) (b + h.sec[CM_RS_SEC_BU].offset);
+    m->bi = (const float *) (const void *) (b + h.sec[CM_RS_SEC_BI].offset);
+    m->user_ext = (const int32_t *) (const void *) (b + h.sec[CM_RS_SEC_USER_IDS].offset);
+    m->item_ext = (const int32_t *) (const void *) (b + h.sec[CM_RS_SEC_ITEM_IDS].offset);
+    m->pop = (const uint32_t *) (const void *) (b + h.sec[CM_RS_SEC_POP].offset);
+    m->seen_ptr = (const uint64_t *) (const void *) (b + h.sec[CM_RS_SEC_SEEN_PTR].offset);
+    m->seen_idx = (const uint32_t *) (const void *) (b + h.sec[CM_RS_SEC_SEEN_IDX].offset);
 
     if (!cm_rs_all_finite(m->U, (uint64_t) m->n_users * m->factors)
         || !cm_rs_all_finite(m->V, (uint64_t) m->n_items * m->factors)
@@ -412,13 +412,17 @@ cm_rs_model_open(const char *path, cm_rs_model_t **out, char *err,
         munmap(p, len);
         return rc;
     }
+    if (*out == NULL) {
+        munmap(p, len);
+        return cm_seterr(err, errlen, CM_ERR, "%s: no model", path);
+    }
     (*out)->map = p;
     (*out)->map_len = len;
     return CM_OK;
 }
 
 
-/* ---- scoring --------------------------------------------------------------- */
+/* ---- scoring ------------------------------------------------------------- */
 
 int
 cm_rs_score_users(const cm_rs_model_t *m, const uint32_t *users, size_t n,

@@ -141,12 +141,55 @@ cm_rs_cmp_trip(const void *a, const void *b)
 }
 
 
+#define CM_RS_LUT_MAX  (1 << 26)   /* ids up to this use a lookup table */
+
+/*
+ * Sorted distinct ids of one column and, when the ids are small enough
+ * (MovieLens ids are under a million), a table id -> dense index, which
+ * turns the mapping of 20M ratings from binary searches into loads.
+ */
 static int32_t *
-cm_rs_unique_ids(const cm_rating_t *r, size_t n, int users, uint32_t *count)
+cm_rs_unique_ids(const cm_rating_t *r, size_t n, int users, uint32_t *count,
+    int32_t **lut_out)
 {
-    int32_t  *v;
+    int32_t  *v, *lut, id, max = 0;
     size_t    i, m = 0;
 
+    *lut_out = NULL;
+    for (i = 0; i < n; i++) {
+        id = users ? r[i].user : r[i].item;
+        max = id > max ? id : max;
+    }
+    if (max >= 0 && max < CM_RS_LUT_MAX) {
+        lut = malloc(((size_t) max + 1) * sizeof(int32_t));
+        if (lut != NULL) {
+            memset(lut, 0xff, ((size_t) max + 1) * sizeof(int32_t));
+            for (i = 0; i < n; i++) {
+                id = users ? r[i].user : r[i].item;
+                if (id >= 0) {
+                    lut[id] = 0;
+                }
+            }
+            for (id = 0; id <= max; id++) {
+                m += lut[id] == 0;
+            }
+            v = malloc((m ? m : 1) * sizeof(int32_t));
+            if (v == NULL) {
+                free(lut);
+                return NULL;
+            }
+            m = 0;
+            for (id = 0; id <= max; id++) {
+                if (lut[id] == 0) {
+                    lut[id] = (int32_t) m;
+                    v[m++] = id;
+                }
+            }
+            *count = (uint32_t) m;
+            *lut_out = lut;
+            return v;
+        }
+    }
     v = malloc((n ? n : 1) * sizeof(int32_t));
     if (v == NULL) {
         return NULL;
@@ -200,27 +243,57 @@ cm_rs_data_build(const cm_rating_t *r, size_t n, cm_rs_data_t *d, char *err,
     cm_rs_trip_t  *t = NULL;
     size_t         i, m = 0;
     uint64_t      *fill = NULL;
+    int32_t       *ulut = NULL, *ilut = NULL;
     double         sum = 0;
 
     memset(d, 0, sizeof(*d));
     if (n == 0) {
         return cm_seterr(err, errlen, CM_EINVAL, "no ratings to train on");
     }
-    d->user_ext = cm_rs_unique_ids(r, n, 1, &d->n_users);
-    d->item_ext = cm_rs_unique_ids(r, n, 0, &d->n_items);
-    t = malloc(n * sizeof(*t));
-    if (d->user_ext == NULL || d->item_ext == NULL || t == NULL) {
+    d->user_ext = cm_rs_unique_ids(r, n, 1, &d->n_users, &ulut);
+    d->item_ext = cm_rs_unique_ids(r, n, 0, &d->n_items, &ilut);
+    t = calloc(n, sizeof(*t));          /* every slot is written below */
+    fill = calloc((size_t) d->n_users + 1, sizeof(uint64_t));
+    if (d->user_ext == NULL || d->item_ext == NULL || t == NULL
+        || fill == NULL)
+    {
         goto nomem;
     }
+#define CM_RS_UIDX(x) (ulut ? (uint32_t) ulut[(x)->user]                      \
+                            : (uint32_t) cm_rs_find_id(d->user_ext,           \
+                                                       d->n_users, (x)->user))
+    /* counting sort by user (two passes, no second copy), then each
+     * user's run by (item, ts) */
     for (i = 0; i < n; i++) {
-        t[i].user = (uint32_t) cm_rs_find_id(d->user_ext, d->n_users,
-                                             r[i].user);
-        t[i].item = (uint32_t) cm_rs_find_id(d->item_ext, d->n_items,
-                                             r[i].item);
-        t[i].rating = r[i].rating;
-        t[i].ts = r[i].ts;
+        fill[CM_RS_UIDX(&r[i]) + 1]++;
     }
-    qsort(t, n, sizeof(*t), cm_rs_cmp_trip);
+    for (i = 0; i < d->n_users; i++) {
+        fill[i + 1] += fill[i];
+    }
+    for (i = 0; i < n; i++) {
+        uint32_t       u = CM_RS_UIDX(&r[i]);
+        cm_rs_trip_t  *x = &t[fill[u]++];
+
+        x->user = u;
+        x->item = ilut ? (uint32_t) ilut[r[i].item]
+                       : (uint32_t) cm_rs_find_id(d->item_ext, d->n_items,
+                                                  r[i].item);
+        x->rating = r[i].rating;
+        x->ts = r[i].ts;
+    }
+#undef CM_RS_UIDX
+    for (i = 0; i < d->n_users; i++) {
+        uint64_t lo = i ? fill[i - 1] : 0, hi = fill[i];
+
+        if (hi - lo > 1) {
+            qsort(t + lo, hi - lo, sizeof(*t), cm_rs_cmp_trip);
+        }
+    }
+    free(fill);
+    fill = NULL;
+    free(ulut);
+    free(ilut);
+    ulut = ilut = NULL;
     /* duplicates: the last of a (user, item) run has the latest ts */
     for (i = 0; i < n; i++) {
         if (i + 1 < n && t[i + 1].user == t[i].user
@@ -272,6 +345,8 @@ cm_rs_data_build(const cm_rating_t *r, size_t n, cm_rs_data_t *d, char *err,
 nomem:
     free(t);
     free(fill);
+    free(ulut);
+    free(ilut);
     cm_rs_data_free(d);
     return cm_seterr(err, errlen, CM_ENOMEM, "out of memory building the"
                      " training matrix");
@@ -304,7 +379,7 @@ cm_rs_data_fingerprint(const cm_rs_data_t *d, uint8_t out[32])
 }
 
 
-/* ---- models ---------------------------------------------------------------- */
+/* ---- models -------------------------------------------------------------- */
 
 void
 cm_rs_model_free(cm_rs_model_t *m)
@@ -370,15 +445,15 @@ cm_rs_model_alloc(const cm_rs_data_t *d, cm_rs_algo_t algo, uint32_t k,
     m->n_items = d->n_items;
     m->nnz = d->nnz;
     m->mean = d->mean;
-    m->U = (float *) (base + off[CM_RS_SEC_U]);
-    m->V = (float *) (base + off[CM_RS_SEC_V]);
-    m->bu = (float *) (base + off[CM_RS_SEC_BU]);
-    m->bi = (float *) (base + off[CM_RS_SEC_BI]);
-    m->user_ext = (int32_t *) (base + off[CM_RS_SEC_USER_IDS]);
-    m->item_ext = (int32_t *) (base + off[CM_RS_SEC_ITEM_IDS]);
-    m->pop = (uint32_t *) (base + off[CM_RS_SEC_POP]);
-    m->seen_ptr = (uint64_t *) (base + off[CM_RS_SEC_SEEN_PTR]);
-    m->seen_idx = (uint32_t *) (base + off[CM_RS_SEC_SEEN_IDX]);
+    m->U = (float *) (void *) (base + off[CM_RS_SEC_U]);
+    m->V = (float *) (void *) (base + off[CM_RS_SEC_V]);
+    m->bu = (float *) (void *) (base + off[CM_RS_SEC_BU]);
+    m->bi = (float *) (void *) (base + off[CM_RS_SEC_BI]);
+    m->user_ext = (int32_t *) (void *) (base + off[CM_RS_SEC_USER_IDS]);
+    m->item_ext = (int32_t *) (void *) (base + off[CM_RS_SEC_ITEM_IDS]);
+    m->pop = (uint32_t *) (void *) (base + off[CM_RS_SEC_POP]);
+    m->seen_ptr = (uint64_t *) (void *) (base + off[CM_RS_SEC_SEEN_PTR]);
+    m->seen_idx = (uint32_t *) (void *) (base + off[CM_RS_SEC_SEEN_IDX]);
     memcpy((void *) m->user_ext, d->user_ext, sz[CM_RS_SEC_USER_IDS]);
     memcpy((void *) m->item_ext, d->item_ext, sz[CM_RS_SEC_ITEM_IDS]);
     memcpy((void *) m->seen_ptr, d->u_ptr, sz[CM_RS_SEC_SEEN_PTR]);
@@ -421,7 +496,7 @@ cm_rs_model_derive(cm_rs_model_t *m)
 }
 
 
-/* ---- the row solves ----------------------------------------------------- */
+/* ---- the row solves ------------------------------------------------------ */
 
 /*
  * Solve the SPD system A x = b in place (b becomes x).  A is row-major with
@@ -534,7 +609,8 @@ cm_rs_solve_implicit(uint32_t k, const uint32_t *idx, const float *val,
     float below, float reg, float *x, float *s)
 {
     size_t   j, c;
-    float   *G = s, *A = G + n * (k + 1), *rhs = A + (k + 1) * (k + 1), w;
+    float   *G = s, *A = G + n * (k + 1);
+    float   *rhs = A + (size_t) (k + 1) * (k + 1), w;
 
     memcpy(A, gram, (size_t) k * k * sizeof(float));
     memset(rhs, 0, k * sizeof(float));
@@ -948,7 +1024,7 @@ cm_rs_train_knn(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
 }
 
 
-/* ---- training driver --------------------------------------------------- */
+/* ---- training driver ----------------------------------------------------- */
 
 int
 cm_rs_train(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
@@ -1110,7 +1186,7 @@ done:
 }
 
 
-/* ---- reference ALS: plain loops, no BLAS, no threads ------------------- */
+/* ---- reference ALS: plain loops, no BLAS, no threads --------------------- */
 
 /* In-place Cholesky solve of the SPD a (n, n) with b (n); 0 or -1. */
 static int
@@ -1261,7 +1337,7 @@ cm_rs_train_als_reference(const cm_rs_data_t *d, const cm_rs_train_conf_t *c,
 }
 
 
-/* ---- fold-in --------------------------------------------------------------- */
+/* ---- fold-in ------------------------------------------------------------- */
 
 int
 cm_rs_fold_in(const cm_rs_model_t *m, const uint32_t *items,

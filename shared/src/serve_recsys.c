@@ -554,7 +554,9 @@ cm_rs_server_recommend_batch(cm_rs_server_t *s, const cm_rs_rec_req_t *reqs,
     }
     /* rows 0..nb-1 of scratch: the SGEMM; row n: per-request work row */
     if (nb > 0 && cm_rs_score_users(s->m, batch, nb, s->scores) != CM_OK) {
-        nb = 0;
+        free(batch);
+        free(dense);
+        return CM_ERR;   /* no scores: every request of the batch fails */
     }
 
     nb = 0;

@@ -202,7 +202,8 @@ cm_syn_taste(const cm_synth_t *s, uint32_t mask, cm_rng_t *r, float *v)
         }
     }
     for (k = 0; k < s->d; k++) {
-        v[k] = (n ? 0.8f * v[k] / (float) n : 0) + 0.5f * (float) cm_rng_normal(r);
+        v[k] = (n ? 0.8f * v[k] / (float) n : 0)
+               + 0.5f * (float) cm_rng_normal(r);
     }
 }
 
@@ -286,7 +287,7 @@ cm_synth_create(const cm_synth_conf_t *conf, cm_synth_t **out, char *err,
     s->n_new_users = conf->drift_batches ? conf->n_users / 10 + 1 : 0;
     n_users_all = conf->n_users + s->n_new_users;
 
-    s->G = malloc(CM_ML_N_GENRES * s->d * sizeof(float));
+    s->G = malloc((size_t) CM_ML_N_GENRES * s->d * sizeof(float));
     s->Q = malloc((size_t) s->n_all * s->d * sizeof(float));
     s->bi = malloc(s->n_all * sizeof(float));
     s->P = malloc((size_t) n_users_all * s->d * sizeof(float));
@@ -296,8 +297,8 @@ cm_synth_create(const cm_synth_conf_t *conf, cm_synth_t **out, char *err,
     s->rel = malloc(s->n_all * sizeof(int64_t));
     s->ext = malloc(s->n_all * sizeof(int32_t));
     s->mark = calloc(s->n_all, sizeof(uint32_t));
-    w = malloc((s->n_all > n_users_all ? s->n_all : n_users_all)
-               * sizeof(double));
+    w = calloc(s->n_all > n_users_all ? s->n_all : n_users_all,
+               sizeof(double));
     perm = malloc(s->n_all * sizeof(uint32_t));
     if (s->G == NULL || s->Q == NULL || s->bi == NULL || s->P == NULL
         || s->bu == NULL || s->half == NULL || s->n_u == NULL
@@ -509,12 +510,13 @@ cm_syn_time(const cm_synth_t *s, uint32_t i, int64_t start, int64_t end,
     int64_t  ts;
 
     if (cm_rng_unif(r) < 0.5) {
-        ts = start + (int64_t) cm_rng_below(r, 3 * 3600);   /* first session */
+        ts = start + (int64_t) cm_rng_below(r, (uint64_t) 3 * 3600);   /* first session */
     } else {
         ts = start + (int64_t) (-log(1.0 - cm_rng_unif(r)) * 365.0 * 86400);
     }
     if (ts < s->rel[i]) {
-        ts = s->rel[i] + (int64_t) (cm_rng_unif(r) * (double) (end - s->rel[i]));
+        ts = s->rel[i]
+             + (int64_t) (cm_rng_unif(r) * (double) (end - s->rel[i]));
     }
     return ts < end ? ts : end - 1;
 }
@@ -558,7 +560,7 @@ cm_synth_user(cm_synth_t *s, uint32_t u, cm_ratings_t *out)
     stamp = cm_syn_next_stamp(s);
     want = s->n_u[u];
     start = CM_SYN_T0 + (int64_t) cm_rng_below(&r, (uint64_t) (CM_SYN_T1
-                                         - CM_SYN_T0 - 30 * 86400));
+                                         - CM_SYN_T0 - 30ll * 86400));
     while (out->n < want && tries < (uint64_t) want * 200 + 1000) {
         tries++;
         i = cm_alias_draw(&s->pop, &r);
@@ -578,7 +580,9 @@ cm_synth_user(cm_synth_t *s, uint32_t u, cm_ratings_t *out)
             return CM_ENOMEM;
         }
     }
-    qsort(out->v, out->n, sizeof(cm_rating_t), cm_syn_cmp_item);
+    if (out->n > 1) {
+        qsort(out->v, out->n, sizeof(cm_rating_t), cm_syn_cmp_item);
+    }
     return CM_OK;
 }
 

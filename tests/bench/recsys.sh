@@ -36,7 +36,7 @@ for a in "pop" "itemknn --knn 100 --sim-shrink 0 --conf-threshold 0" \
          "itemknn --knn 30 --sim-shrink 30 --conf-threshold 0" \
          "itemknn --knn 30 --sim-shrink 30 --conf-threshold 4 --conf-below 0" \
          "als --factors 64 --reg 2 --reg-exp 0.4 --bias-reg 0.5" \
-         "ials --factors 64 --iters 10 --alpha 1 --reg 30" \
+         "ials --factors 64 --iters 10 --alpha 1 --reg 30 --conf-threshold 0" \
          "ials --factors 64 --iters 10 --alpha 1.5 --reg 40 --conf-threshold 4 --conf-below 0" \
          "ials --factors 64 --iters 10 --alpha 1.5 --reg 40 --conf-threshold 4 --conf-below 0 --cg 3"; do
     $CM eval recsys --data "$D" --threads 2 --split temporal-user:0.2 \

@@ -133,7 +133,8 @@ class Postgres:
         else:
             created = False
         opts = (f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c log_statement=all")
         try:
             self._run([PG_BIN / "pg_ctl", "-D", self.data, "-l", self.logfile,
                        "-o", opts, "-w", "-t", "30", "start"])
@@ -174,13 +175,19 @@ class Redis:
     def address(self):
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def unix_address(self):
+        """The same server on its unix socket (cinematch_redis unix:...)."""
+        return f"unix:{self.dir / 'redis.sock'}"
+
     def start(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "redis.log", "ab")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--dir", str(self.dir)],
+             "--unixsocket", str(self.dir / "redis.sock"),
+             "--unixsocketperm", "700", "--dir", str(self.dir)],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_for(self.ping, timeout=10, what=f"redis on {self.port}")
@@ -244,7 +251,8 @@ class Nginx:
 
     def __init__(self, workdir, pg=None, redis=None, port=None, workers=2,
                  http_extra="", location_extra="", server_extra="", user=None,
-                 log_level="info", name="nginx", pg_pool=2, pg_timeout="3s"):
+                 log_level="info", name="nginx", pg_pool=2, pg_timeout="3s",
+                 redis_address=None):
         self.prefix = Path(workdir) / name
         self.port = port or free_port()
         self.pg = pg
@@ -256,6 +264,7 @@ class Nginx:
         self.log_level = log_level
         self.pg_pool = pg_pool
         self.pg_timeout = pg_timeout
+        self.redis_address = redis_address
         # As root, workers run as root too by default, so that they can map
         # the segments the test's inference daemons create (mode 0660).
         if user is None and os.geteuid() == 0:
@@ -279,7 +288,8 @@ class Nginx:
             backends.append(f"    cinematch_postgres_pool {self.pg_pool};")
             backends.append(f"    cinematch_query_timeout {self.pg_timeout};")
         if self.redis is not None:
-            backends.append(f"    cinematch_redis {self.redis.address};")
+            backends.append("    cinematch_redis "
+                            f"{self.redis_address or self.redis.address};")
             backends.append("    cinematch_redis_timeout 1s;")
         conf = NGINX_CONF.format(
             module=MODULE, workers=self.workers, prefix=self.prefix,

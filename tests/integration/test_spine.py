@@ -6,6 +6,7 @@ daemon mid-stream and its restart without touching nginx, slot exhaustion
 and the daemon's drain on SIGTERM.
 """
 
+import json
 import socket
 import threading
 import time
@@ -142,7 +143,7 @@ def test_stream_delivers_every_chunk_then_done(spine):
     assert hdrs["x-accel-buffering"] == "no"
     events = sse_events(body)
     assert [e for e, _ in events[:-1]] == ["chunk"] * 25
-    assert all(d == '{"text":"a \\"quoted\\"\\u000aline"}' for _, d in events[:-1])
+    assert all(json.loads(d) == {"text": "a \"quoted\"\nline"} for _, d in events[:-1])
     assert events[-1] == ("done", '{"chunks":25}')
 
 

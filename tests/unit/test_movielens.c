@@ -239,6 +239,108 @@ test_utf8_bom_before_the_header_is_skipped(void **state)
 
 
 static void
+test_edge_lines_of_every_format_are_judged_correctly(void **state)
+{
+    /* CSV: quoted numeric fields are fine; these lines are all bad */
+    const char    csv[] = "\"1\",\"2\",\"4.5\",\"7\"\n"        /* ok */
+                          "1,2,4\"5,7\n"                   /* quote inside */
+                          "1,2,,7\n"                        /* empty rating */
+                          "1,99999999999,3,7\n"             /* id too big */
+                          "1,2,3.1234567890,7\n"            /* too precise */
+                          "0,2,3,7\n"                       /* user 0 */
+                          ",,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,\n"; /* fields */
+    const char    dat[] = "1::2::5::978300760\n"            /* ok */
+                          "1::2::5\n"                       /* 3 fields */
+                          "1:2::5::9\n";                    /* ':' is no sep */
+    const char    tab[] = "196\t242\t3\t881250949\n"       /* ok */
+                          "196 242 3 881250949\n";          /* spaces */
+    const char    mov[] = "1::Film (1999)::Drama\n"         /* ok */
+                          "2::Film (1999)::\n"              /* no genres */
+                          "3::Film (1999)\n";               /* 2 fields */
+    const char    item[] = "1|T (1995)|01-Jan-1995||u|0|0|0|0|0|0|0|0|1|0|0"
+                           "|0|0|0|0|0|0|0|0\n"             /* ok */
+                           "2|T (1995)|01-Jan-1995||u|0|0|0|0|0|0|0|0|2|0|0"
+                           "|0|0|0|0|0|0|0|0\n"             /* flag 2 */
+                           "3|T\0x|d||u|0|0|0|0|0|0|0|0|1|0|0|0|0|0|0|0|0"
+                           "|0|0\n";                        /* NUL */
+    const char    utf[] = "1,\"\xf0\x9f\x8e\xac Emoji (2001)\",Drama\n"
+                          "2,Overlong \xc0\xaf (2001),Drama\n"
+                          "3,Surrogate \xed\xa0\x80 (2001),Drama\n"
+                          "4,Cut \xe2\x80,Drama\n";
+    cm_ratings_t  r = { 0 };
+    cm_movies_t   m = { 0 };
+    cm_ml_opts_t  o;
+
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(cm_ml_parse_ratings(csv, sizeof(csv) - 1, CM_ML_LATEST,
+                     "e.csv", &o, &r, NULL, 0), CM_OK);
+    assert_int_equal(r.n, 1);
+    assert_true(r.v[0].rating == 4.5f);
+    assert_int_equal(o.n_bad, 6);
+    r.n = 0;
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(cm_ml_parse_ratings(dat, sizeof(dat) - 1, CM_ML_1M,
+                     "e.dat", &o, &r, NULL, 0), CM_OK);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(o.n_bad, 2);
+    r.n = 0;
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(cm_ml_parse_ratings(tab, sizeof(tab) - 1, CM_ML_100K,
+                     "u.data", &o, &r, NULL, 0), CM_OK);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(o.n_bad, 1);
+    assert_int_equal(cm_ml_parse_ratings(tab, 5, CM_ML_AUTO, "x", NULL, &r,
+                                         NULL, 0), CM_EINVAL);
+    cm_ratings_free(&r);
+
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(cm_ml_parse_movies(mov, sizeof(mov) - 1, CM_ML_1M,
+                     "movies.dat", &o, &m, NULL, 0), CM_OK);
+    assert_int_equal(m.n, 1);
+    assert_int_equal(o.n_bad, 2);
+    cm_movies_free(&m);
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(cm_ml_parse_movies(item, sizeof(item) - 1, CM_ML_100K,
+                     "u.item", &o, &m, NULL, 0), CM_OK);
+    assert_int_equal(m.n, 1);
+    assert_int_equal(m.v[0].genres, 1u << CM_ML_G_DRAMA);
+    assert_int_equal(o.n_bad, 2);
+    cm_movies_free(&m);
+    memset(&o, 0, sizeof(o));
+    assert_int_equal(cm_ml_parse_movies(utf, sizeof(utf) - 1, CM_ML_LATEST,
+                     "m.csv", &o, &m, NULL, 0), CM_OK);
+    assert_int_equal(m.n, 1);                       /* only the emoji */
+    assert_int_equal(m.v[0].year, 2001);
+    assert_int_equal(o.n_bad, 3);
+    assert_int_equal(cm_ml_parse_movies(utf, 5, CM_ML_AUTO, "x", NULL, &m,
+                                        NULL, 0), CM_EINVAL);
+    cm_movies_free(&m);
+}
+
+
+static void
+test_format_names_parse_and_print(void **state)
+{
+    cm_ml_format_t  f;
+
+    assert_int_equal(cm_ml_format_parse("ml-25m", &f), CM_OK);
+    assert_int_equal(f, CM_ML_LATEST);
+    assert_string_equal(cm_ml_format_name(f), "ml-latest");
+    assert_int_equal(cm_ml_format_parse("ml-100k", &f), CM_OK);
+    assert_string_equal(cm_ml_ratings_name(f), "u.data");
+    assert_string_equal(cm_ml_movies_name(f), "u.item");
+    assert_int_equal(cm_ml_format_parse("ml-1m", &f), CM_OK);
+    assert_string_equal(cm_ml_format_name(f), "ml-1m");
+    assert_int_equal(cm_ml_format_parse("auto", &f), CM_OK);
+    assert_null(cm_ml_ratings_name(f));
+    assert_string_equal(cm_ml_format_name(f), "auto");
+    assert_int_equal(cm_ml_format_parse("ml-10m", &f), CM_EINVAL);
+    assert_string_equal(cm_ml_genre_name(CM_ML_G_FILM_NOIR), "Film-Noir");
+    assert_null(cm_ml_genre_name(CM_ML_N_GENRES));
+}
+
+
+static void
 test_title_year_handles_suffixes_ranges_and_absence(void **state)
 {
     const char *t;
@@ -330,6 +432,8 @@ main(void)
             test_strict_mode_fails_on_first_malformed_line_with_location),
         cmocka_unit_test(test_movie_lines_with_bad_utf8_or_genres_are_rejected),
         cmocka_unit_test(test_utf8_bom_before_the_header_is_skipped),
+        cmocka_unit_test(test_edge_lines_of_every_format_are_judged_correctly),
+        cmocka_unit_test(test_format_names_parse_and_print),
         cmocka_unit_test(test_title_year_handles_suffixes_ranges_and_absence),
         cmocka_unit_test(test_genres_format_round_trips_through_parse),
         cmocka_unit_test(test_auto_detection_fails_clearly_on_empty_directory),

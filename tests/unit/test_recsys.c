@@ -103,6 +103,18 @@ test_data_build_maps_ids_and_keeps_latest_duplicate(void **state)
     assert_int_equal(d.i_ptr[2] - d.i_ptr[1], 2);
     assert_true(fabsf(d.mean - (3.0f + 2.0f + 4.5f) / 3) < 1e-6);
     cm_rs_data_free(&d);
+
+    /* ids too large for the lookup table take the sorting path */
+    r[2].user = 1 << 30;
+    r[3].item = 2000000000;
+    assert_int_equal(cm_rs_data_build(r, 4, &d, NULL, 0), CM_OK);
+    assert_int_equal(d.n_users, 2);
+    assert_int_equal(d.n_items, 3);
+    assert_int_equal(d.nnz, 4);
+    assert_int_equal(d.user_ext[1], 1 << 30);
+    assert_int_equal(d.item_ext[2], 2000000000);
+    assert_int_equal(d.u_idx[d.u_ptr[0] + 2], 2);   /* user 10: 3, 7, 2e9 */
+    cm_rs_data_free(&d);
 }
 
 
@@ -461,7 +473,8 @@ main(void)
         cmocka_unit_test(test_cg_solver_reaches_the_cholesky_fit),
         cmocka_unit_test(test_topk_breaks_ties_by_index_and_skips_excluded),
         cmocka_unit_test(test_fold_in_recovers_a_trained_users_vector),
-        cmocka_unit_test(test_similar_explain_and_popular_follow_factors_and_counts),
+        cmocka_unit_test(
+            test_similar_explain_and_popular_follow_factors_and_counts),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

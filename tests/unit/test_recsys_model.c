@@ -223,6 +223,97 @@ test_hostile_contents_are_rejected_even_without_checksum(void **state)
 }
 
 
+static void
+test_batched_scores_equal_single_user_scores_and_the_formula(void **state)
+{
+    fx_t           *f = *state;
+    const cm_rs_model_t *m = f->m;
+    uint32_t        users[3] = { 4, 0, 6 }, a, i, c;
+    float           batch[3 * 13], one[13], want;
+
+    assert_int_equal(cm_rs_score_users(m, users, 3, batch), CM_OK);
+    for (a = 0; a < 3; a++) {
+        assert_int_equal(cm_rs_score_users(m, &users[a], 1, one), CM_OK);
+        for (i = 0; i < 13; i++) {
+            want = m->mean + m->bu[users[a]] + m->bi[i];
+            for (c = 0; c < 3; c++) {
+                want += m->U[users[a] * 3 + c] * m->V[i * 3 + c];
+            }
+            assert_true(fabsf(batch[a * 13 + i] - want) < 1e-5f);
+            assert_true(fabsf(one[i] - want) < 1e-5f);
+        }
+    }
+    users[1] = 7;                                   /* out of range */
+    assert_int_equal(cm_rs_score_users(m, users, 3, batch), CM_EINVAL);
+}
+
+
+static void
+test_open_reports_missing_and_truncated_files_with_their_path(void **state)
+{
+    fx_t           *f = *state;
+    cm_rs_model_t  *m;
+    char            err[512], path[80];
+    FILE           *fp;
+
+    assert_int_equal(cm_rs_model_open("/nonexistent/model.bin", &m, err,
+                                      sizeof(err)), CM_ENOTFOUND);
+    snprintf(path, sizeof(path), "%s.cut", f->path);
+    fp = fopen(path, "wb");
+    assert_int_equal(fwrite(f->file, 1, f->len - 64, fp), f->len - 64);
+    fclose(fp);
+    assert_int_equal(cm_rs_model_open(path, &m, err, sizeof(err)),
+                     CM_EFORMAT);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "truncated"));
+    fp = fopen(path, "wb");
+    assert_int_equal(fwrite(f->file, 1, 100, fp), 100);
+    fclose(fp);
+    assert_int_equal(cm_rs_model_open(path, &m, err, sizeof(err)),
+                     CM_EFORMAT);
+    unlink(path);
+    assert_int_equal(cm_rs_model_open("/tmp", &m, err, sizeof(err)), CM_EIO);
+}
+
+
+static void
+test_unsorted_id_maps_are_rejected(void **state)
+{
+    fx_t            *f = *state;
+    cm_rs_model_t   *m;
+    cm_rs_header_t   h;
+    char             err[256];
+    int32_t         *ids, t;
+
+    memcpy(&h, f->file, sizeof(h));
+    ids = (int32_t *) (void *) (f->file + h.sec[CM_RS_SEC_ITEM_IDS].offset);
+    t = ids[0]; ids[0] = ids[1]; ids[1] = t;
+    assert_int_equal(cm_rs_model_open_mem(f->file, f->len,
+                     CM_RS_OPEN_SKIP_CHECKSUM, &m, err, sizeof(err)),
+                     CM_EFORMAT);
+    assert_non_null(strstr(err, "ascending"));
+    t = ids[0]; ids[0] = ids[1]; ids[1] = t;
+}
+
+
+static void
+test_item_knn_models_have_no_artifact(void **state)
+{
+    fx_t               *f = *state;
+    cm_rs_train_conf_t  c;
+    cm_rs_model_t      *m;
+    char                err[256];
+
+    cm_rs_train_conf_default(&c);
+    c.algo = CM_RS_ITEMKNN;
+    c.knn = 4;
+    assert_int_equal(cm_rs_train(&f->d, &c, &m, NULL, 0), CM_OK);
+    assert_int_equal(cm_rs_model_write(m, "/tmp/never.bin", err, sizeof(err)),
+                     CM_EINVAL);
+    cm_rs_model_free(m);
+}
+
+
 int
 main(void)
 {
@@ -239,6 +330,16 @@ main(void)
         cmocka_unit_test_setup_teardown(
             test_hostile_contents_are_rejected_even_without_checksum,
             setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_batched_scores_equal_single_user_scores_and_the_formula,
+            setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_open_reports_missing_and_truncated_files_with_their_path,
+            setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsorted_id_maps_are_rejected,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_item_knn_models_have_no_artifact,
+                                        setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -82,7 +82,8 @@ test_written_files_read_back_strictly_with_movielens_shape(void **state)
     assert_true(ds.movies.n > 400);                 /* + batch-only films */
     for (i = 0; i < ds.ratings.n; i++) {
         sum += ds.ratings.v[i].rating;
-        halves += ds.ratings.v[i].rating != (float) (int) ds.ratings.v[i].rating;
+        halves += ds.ratings.v[i].rating
+                  != (float) (int) ds.ratings.v[i].rating;
         assert_true(ds.ratings.v[i].ts >= 946684800);
     }
     assert_true(sum / n > 3.2 && sum / n < 3.8);    /* MovieLens: 3.50 */
@@ -147,7 +148,8 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_same_seed_gives_same_users_and_other_seed_differs),
+        cmocka_unit_test(
+            test_same_seed_gives_same_users_and_other_seed_differs),
         cmocka_unit_test(
             test_written_files_read_back_strictly_with_movielens_shape),
         cmocka_unit_test(

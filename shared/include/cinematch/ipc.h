@@ -100,6 +100,19 @@ typedef enum {
     CM_REQ_FOLD_IN = 14,     /* params: [0] user; payload: (int32 movie,
                                 float rating) pairs, 1..1000; result
                                 {"user_id", "folded": n} */
+
+    /* dialog: a stream of text records, then a JSON result
+     * {"finish_reason": "stop"|"length", "usage": {"prompt_tokens",
+     * "completion_tokens"}, "model_version"}.  ERROR status CM_EAGAIN
+     * means no model or no room (retry), CM_EINVAL a bad request. */
+    CM_REQ_CHAT = 20,        /* params: [0] max_tokens 1..1024, [1]
+                                temperature x1000 (0..2000), [2] top_k
+                                (0..1000), [3] top_p x1000 (1..1000), [4]
+                                seed, [5] repetition penalty x1000 (0 =
+                                default, else 1000..2000); payload: u32
+                                nturns (1..64), nturns x (u32 len, bytes),
+                                u32 nstops (0..4), nstops x (u32 len,
+                                bytes 1..64); lengths little-endian */
     CM_REQ_KIND_MAX
 } cm_req_kind_t;
 
@@ -241,6 +254,8 @@ int cm_ipc_ring_put(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s,
  * garbage (bad length from a confused writer). */
 int64_t cm_ipc_ring_get(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s,
                         void *buf, uint32_t cap);
+/* daemon: the largest record payload that fits the ring right now. */
+uint32_t cm_ipc_ring_space(const cm_ipc_seg_t *seg, const cm_ipc_slot_t *s);
 /* daemon: mark that no more records follow. */
 void cm_ipc_ring_close(cm_ipc_slot_t *s);
 

@@ -55,6 +55,8 @@ typedef struct {
     float     top_p;               /* nucleus mass; >= 1: off */
     float     repetition_penalty;  /* CTRL-style over prompt + output; 1 off */
     int       max_tokens;          /* emitted tokens at most; 0: no limit */
+    int       min_tokens;          /* stop tokens masked until this many
+                                      were emitted (no empty replies) */
     uint64_t  seed;
     int32_t   stop[CM_LM_MAX_STOP];/* stop token ids */
     int       n_stop;

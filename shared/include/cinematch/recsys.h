@@ -11,8 +11,9 @@
  *     r_ui ~ mu + b_u + b_i + U[u] . V[i]
  * trained by ALS with weighted-lambda regularisation: each user step solves
  * min over (U[u], b_u) of sum_i (r_ui - mu - b_i - U[u].V[i] - b_u)^2
- * + reg * n_u * (|U[u]|^2 + bias_reg * b_u^2), and symmetrically for items, so the
- * objective decreases monotonically.  Implicit model (CM_RS_IALS): Hu,
+ * + reg * n_u^e * (|U[u]|^2 + bias_reg * b_u^2) (e = reg_exp: 1 is
+ * ALS-WR), and symmetrically for items, so the objective decreases
+ * monotonically with exact solves.  Implicit model (CM_RS_IALS): Hu,
  * Koren & Volinsky with confidence c_ui = 1 + alpha * r_ui, preference 1 on
  * rated items, biases zero; scores rank, they are not ratings.
  *

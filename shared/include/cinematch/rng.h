@@ -30,7 +30,8 @@ cm_splitmix64(uint64_t *x)
 static inline void
 cm_rng_seed(cm_rng_t *r, uint64_t seed, uint64_t stream)
 {
-    uint64_t x = seed ^ (stream * 0xd1342543de82ef95ull + 0x2545f4914f6cdd1dull);
+    uint64_t x = seed
+                 ^ (stream * 0xd1342543de82ef95ull + 0x2545f4914f6cdd1dull);
 
     r->s[0] = cm_splitmix64(&x);
     r->s[1] = cm_splitmix64(&x);

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Recommendation serving throughput: POST /api/v1/recommend through the
+# running local stack (./build.sh run) vs nginx serving a static 1.1 KB
+# JSON file, measured in the same run with the same wrk settings.
+#
+#   tests/bench/recommend.sh [connections] [seconds]
+#
+# Users rotate over the dataset's first 600 user ids (cache-miss path: the
+# module has no response cache yet).  Prints requests/s, p50/p99 and the
+# ratio to the static baseline.  Numbers go to docs/BENCHMARKS.md by hand.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CONN=${1:-64}
+SECS=${2:-10}
+PORT=${CINEMATCH_HTTP_PORT:-8080}
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"; exit 2; }
+curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null \
+    || { echo "no ready stack on :$PORT (./build.sh run first)"; exit 2; }
+
+T=$(mktemp -d)
+trap 'nginx -p "$T" -c "$T/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$T"' EXIT
+
+# the static baseline: the same shape of answer, served from a file
+curl -s -XPOST "http://127.0.0.1:$PORT/api/v1/recommend" -H 'Content-Type: application/json' \
+    -d '{"user_id": 1, "k": 10}' >"$T/static.json"
+SPORT=$((PORT + 111))
+mkdir -p "$T/logs"
+cat >"$T/nginx.conf" <<CONF
+worker_processes 2;
+pid $T/nginx.pid;
+error_log $T/logs/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $T/body; proxy_temp_path $T/proxy;
+    fastcgi_temp_path $T/fcgi; uwsgi_temp_path $T/uwsgi; scgi_temp_path $T/scgi;
+    server {
+        listen 127.0.0.1:$SPORT;
+        location / { root $T; default_type application/json; try_files /static.json =404; }
+    }
+}
+CONF
+nginx -p "$T" -c "$T/nginx.conf"
+
+cat >"$T/rec.lua" <<'LUA'
+local n = 0
+request = function()
+    n = n + 1
+    local body = string.format('{"user_id": %d, "k": 10}', (n % 600) + 1)
+    return wrk.format("POST", "/api/v1/recommend",
+                      {["Content-Type"] = "application/json"}, body)
+end
+LUA
+
+run() {   # url [script] -> "req/s p50_ms p99_ms"
+    local out
+    if [ -n "${2:-}" ]; then
+        out=$(wrk -t2 -c"$CONN" -d"${SECS}s" --latency -s "$2" "$1")
+    else
+        out=$(wrk -t2 -c"$CONN" -d"${SECS}s" --latency "$1")
+    fi
+    echo "$out" >&2
+    awk '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
+         END {print r, p50, p99}' <<<"$out"
+}
+
+echo "== static file ($(wc -c <"$T/static.json") bytes), c=$CONN, ${SECS}s" >&2
+read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$SPORT/static.json")
+echo "== POST /api/v1/recommend, k=10, rotating users, c=$CONN, ${SECS}s" >&2
+read -r r_rps r_p50 r_p99 < <(run "http://127.0.0.1:$PORT/api/v1/recommend" "$T/rec.lua")
+
+printf '\n%-36s %12s %10s %10s\n' path "req/s" p50 p99
+printf '%-36s %12s %10s %10s\n' "nginx static JSON (baseline)" "$s_rps" "$s_p50" "$s_p99"
+printf '%-36s %12s %10s %10s\n' "POST /api/v1/recommend (no cache)" "$r_rps" "$r_p50" "$r_p99"
+awk -v a="$r_rps" -v b="$s_rps" 'BEGIN {printf "ratio recommend/static: %.3f\n", a / b}'

@@ -1,0 +1,281 @@
+/*
+ * test_serve_dialog.c: generation streams: stop strings (also across
+ * tokens) never emitted, UTF-8 never split, max_tokens, reproducible
+ * seeds, and batching that does not change a sequence's text.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "cinematch/common.h"
+#include "cinematch/serve_dialog.h"
+#include "cinematch/validate.h"
+
+static cm_dlg_server_t  *S;
+static char              dir[128];
+
+
+static int
+setup(void **state)
+{
+    const char  *b = getenv("CM_BUILD_DIR");
+    char         cmd[512], err[256];
+
+    snprintf(dir, sizeof(dir), "/tmp/cm-test-dlg-%d", (int) getpid());
+    snprintf(cmd, sizeof(cmd), "%s/cinematch train dialog --corpus"
+             " tests/fixtures/dialog/plain.txt --out %s --steps 20"
+             " --config dialog-tiny >/dev/null 2>&1",
+             b != NULL ? b : "build", dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "could not train the fixture model: %s\n", cmd);
+        return -1;
+    }
+    if (cm_dlg_server_open(&S, dir, "t1", 8, err, sizeof(err)) != CM_OK) {
+        fprintf(stderr, "open: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+
+static int
+teardown(void **state)
+{
+    char cmd[256];
+
+    cm_dlg_server_free(S);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+
+static void
+stream_with_stops(cm_dlg_stream_t *st, const char *a, const char *b)
+{
+    memset(st, 0, sizeof(*st));
+    if (a != NULL) {
+        strcpy(st->stops[st->nstops], a);
+        st->stop_len[st->nstops++] = strlen(a);
+    }
+    if (b != NULL) {
+        strcpy(st->stops[st->nstops], b);
+        st->stop_len[st->nstops++] = strlen(b);
+    }
+}
+
+
+static void
+take_all(cm_dlg_stream_t *st, char *out, size_t cap, int *done)
+{
+    size_t n = strlen(out);
+
+    n += cm_dlg_take(st, out + n, cap - n - 1, done);
+    out[n] = '\0';
+}
+
+
+static void
+test_stop_string_spanning_tokens_is_never_emitted(void **state)
+{
+    cm_dlg_stream_t  st;
+    char             out[256] = "";
+    int              done;
+
+    stream_with_stops(&st, "END", NULL);
+    cm_dlg_stream_push(&st, (const uint8_t *) "hello E", 7);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "hello ");     /* "E" might start "END" */
+    assert_false(done);
+    cm_dlg_stream_push(&st, (const uint8_t *) "N", 1);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "hello ");
+    cm_dlg_stream_push(&st, (const uint8_t *) "D and more", 10);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "hello ");
+    assert_true(done);
+    assert_int_equal(st.finish, CM_DLG_FINISH_STOP);
+}
+
+
+static void
+test_false_stop_prefix_is_released(void **state)
+{
+    cm_dlg_stream_t  st;
+    char             out[256] = "";
+    int              done;
+
+    stream_with_stops(&st, "END", "\n\n");
+    cm_dlg_stream_push(&st, (const uint8_t *) "the EN", 6);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "the ");
+    cm_dlg_stream_push(&st, (const uint8_t *) "TRY\n", 4);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "the ENTRY");   /* "\n" may start "\n\n" */
+    cm_dlg_stream_end(&st, CM_DLG_FINISH_LENGTH);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "the ENTRY\n");
+    assert_true(done);
+}
+
+
+static void
+test_utf8_is_never_split_and_broken_tail_dropped(void **state)
+{
+    cm_dlg_stream_t  st;
+    char             out[256] = "";
+    int              done;
+
+    stream_with_stops(&st, NULL, NULL);
+    cm_dlg_stream_push(&st, (const uint8_t *) "caf\xc3", 4);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "caf");
+    cm_dlg_stream_push(&st, (const uint8_t *) "\xa9 \xe2\x82", 4);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "caf\xc3\xa9 ");
+    cm_dlg_stream_end(&st, CM_DLG_FINISH_LENGTH);   /* ends mid-character */
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "caf\xc3\xa9 ");
+    assert_true(done);
+}
+
+
+/* Run streams to the end, stepping them together; texts into outs. */
+static void
+run(cm_dlg_stream_t **sts, int n, char outs[][2048])
+{
+    int i, done, all, guard = 0;
+
+    for (i = 0; i < n; i++) {
+        outs[i][0] = '\0';
+    }
+    do {
+        cm_dlg_step(S, sts, n);
+        all = 1;
+        for (i = 0; i < n; i++) {
+            take_all(sts[i], outs[i], 2048, &done);
+            all &= done;
+        }
+    } while (!all && ++guard < 2000);
+    assert_true(all);
+}
+
+
+static void
+start(cm_dlg_stream_t *st, const char *turn, uint64_t seed, float temp,
+      int max_tokens)
+{
+    cm_lm_params_t  p;
+    size_t          len = strlen(turn);
+    char            err[128];
+
+    cm_lm_params_default(&p);
+    p.seed = seed;
+    p.temperature = temp;
+    p.max_tokens = max_tokens;
+    assert_int_equal(cm_dlg_start(S, st, &turn, &len, 1, &p, NULL, 0, err,
+                                  sizeof(err)), CM_OK);
+    assert_true(st->prompt_tokens > 0);
+}
+
+
+static void
+test_generation_is_valid_utf8_and_respects_max_tokens(void **state)
+{
+    cm_dlg_stream_t   st, *sp = &st;
+    char              out[1][2048];
+
+    start(&st, "Where are you going?", 7, 1.0f, 12);
+    run(&sp, 1, out);
+    assert_true(st.completion_tokens <= 12);
+    assert_true(cm_utf8_valid(out[0], strlen(out[0]), NULL));
+    cm_dlg_stream_free(&st);
+}
+
+
+static void
+test_same_seed_same_text_whatever_shares_the_batch(void **state)
+{
+    cm_dlg_stream_t   a, b, c, *alone[1], *batch[3];
+    char              o1[1][2048], o3[3][2048];
+
+    start(&a, "I love you.", 42, 0.8f, 20);
+    alone[0] = &a;
+    run(alone, 1, o1);
+    cm_dlg_stream_free(&a);
+
+    start(&a, "I love you.", 42, 0.8f, 20);
+    start(&b, "Get out of here!", 1, 0.8f, 30);
+    start(&c, "What time is it?", 2, 0.8f, 5);
+    batch[0] = &b;
+    batch[1] = &a;
+    batch[2] = &c;
+    run(batch, 3, o3);
+    assert_string_equal(o1[0], o3[1]);
+    cm_dlg_stream_free(&a);
+    cm_dlg_stream_free(&b);
+    cm_dlg_stream_free(&c);
+}
+
+
+static void
+test_start_rejects_bad_turns_and_stops(void **state)
+{
+    cm_dlg_stream_t  st;
+    cm_lm_params_t   p;
+    const char      *turn = "hi", *stops[5] = { "a", "b", "c", "d", "e" };
+    const char      *empty[1] = { "" };
+    size_t           len = 2;
+
+    cm_lm_params_default(&p);
+    assert_int_equal(cm_dlg_start(S, &st, &turn, &len, 0, &p, NULL, 0, NULL,
+                                  0), CM_EINVAL);
+    assert_int_equal(cm_dlg_start(S, &st, &turn, &len, 1, &p, stops, 5, NULL,
+                                  0), CM_EINVAL);
+    assert_int_equal(cm_dlg_start(S, &st, &turn, &len, 1, &p, empty, 1, NULL,
+                                  0), CM_EINVAL);
+}
+
+
+static void
+test_long_history_is_truncated_to_fit_the_context(void **state)
+{
+    cm_dlg_stream_t   st, *sp = &st;
+    const char       *turns[40];
+    size_t            lens[40], i;
+    cm_lm_params_t    p;
+    char              out[1][2048], err[64];
+
+    for (i = 0; i < 40; i++) {
+        turns[i] = "This is a rather long line of dialogue that repeats.";
+        lens[i] = strlen(turns[i]);
+    }
+    cm_lm_params_default(&p);
+    p.max_tokens = 8;
+    assert_int_equal(cm_dlg_start(S, &st, turns, lens, 40, &p, NULL, 0, err,
+                                  sizeof(err)), CM_OK);
+    assert_true(st.prompt_tokens <= cm_dlg_server_context(S) - 8);
+    run(&sp, 1, out);
+    cm_dlg_stream_free(&st);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stop_string_spanning_tokens_is_never_emitted),
+        cmocka_unit_test(test_false_stop_prefix_is_released),
+        cmocka_unit_test(test_utf8_is_never_split_and_broken_tail_dropped),
+        cmocka_unit_test(test_generation_is_valid_utf8_and_respects_max_tokens),
+        cmocka_unit_test(test_same_seed_same_text_whatever_shares_the_batch),
+        cmocka_unit_test(test_start_rejects_bad_turns_and_stops),
+        cmocka_unit_test(test_long_history_is_truncated_to_fit_the_context),
+    };
+
+    return cmocka_run_group_tests_name("serve_dialog", tests, setup, teardown);
+}

@@ -1,0 +1,154 @@
+import { useEffect, useRef, useState } from 'react';
+import { useAuth } from '../auth.jsx';
+import { Link, useRouter } from '../router.jsx';
+import { ErrorNote, Spinner } from '../components/common.jsx';
+
+const listOf = (r, key) => (Array.isArray(r) ? r : (r && r[key]) || []);
+
+function Message({ m, onFeedback }) {
+  return (
+    <li className={`msg ${m.role}`}>
+      <span className="sr-only">{m.role === 'user' ? 'You said' : 'cinematch said'}:</span>
+      <div className="bubble">{m.content}{m.streaming ? <span className="caret" aria-hidden="true">▍</span> : null}</div>
+      {m.role === 'assistant' && m.id && !m.streaming ? (
+        <div className="feedback" role="group" aria-label="Was this helpful?">
+          <button className={`icon${m.feedback === 1 ? ' on' : ''}`} aria-pressed={m.feedback === 1} aria-label="Good answer" onClick={() => onFeedback(m, 1)}>👍</button>
+          <button className={`icon${m.feedback === -1 ? ' on' : ''}`} aria-pressed={m.feedback === -1} aria-label="Bad answer" onClick={() => onFeedback(m, -1)}>👎</button>
+          {m.finish_reason && m.finish_reason !== 'stop' ? <span className="muted small">({m.finish_reason})</span> : null}
+        </div>
+      ) : null}
+    </li>
+  );
+}
+
+export function ChatPage({ id }) {
+  const { api, user } = useAuth();
+  const { navigate } = useRouter();
+  const [convs, setConvs] = useState(null);
+  const [listError, setListError] = useState(null);
+  const [messages, setMessages] = useState([]);
+  const [error, setError] = useState(null);
+  const [draft, setDraft] = useState('');
+  const [streaming, setStreaming] = useState(false);
+  const ctl = useRef(null);
+  const end = useRef(null);
+
+  const loadList = () => api.conversations({ limit: 50 }).then((r) => setConvs(listOf(r, 'conversations')), setListError);
+  useEffect(() => { if (user) loadList(); }, [api, user]); // eslint-disable-line react-hooks/exhaustive-deps
+  useEffect(() => {
+    setMessages([]); setError(null);
+    if (!id || !user) return;
+    api.conversation(id).then((r) => setMessages(listOf(r, 'messages')), setError);
+  }, [api, id, user]);
+  useEffect(() => () => ctl.current && ctl.current.abort(), []);
+  useEffect(() => { end.current?.scrollIntoView?.({ block: 'end' }); }, [messages]);
+
+  if (!user) return <p className="note"><Link to="/login">Log in</Link> to chat about movies.</p>;
+
+  async function newChat() {
+    try {
+      const r = await api.createConversation();
+      const c = r.conversation || r;
+      await loadList();
+      navigate(`/chat/${c.id}`);
+      return c.id;
+    } catch (e) { setListError(e); return null; }
+  }
+  async function rename(c) {
+    const title = window.prompt('Rename conversation', c.title || '');
+    if (!title) return;
+    try { await api.renameConversation(c.id, title); loadList(); } catch (e) { setListError(e); }
+  }
+  async function remove(c) {
+    if (!window.confirm(`Delete "${c.title || 'this conversation'}"?`)) return;
+    try { await api.deleteConversation(c.id); await loadList(); if (String(c.id) === String(id)) navigate('/chat'); } catch (e) { setListError(e); }
+  }
+  async function exportAs(format) {
+    try {
+      const blob = await api.exportConversation(id, format);
+      const a = document.createElement('a');
+      a.href = URL.createObjectURL(blob);
+      a.download = `conversation-${id}.${format}`;
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+    } catch (e) { setError(e); }
+  }
+  async function feedback(m, rating) {
+    try {
+      await api.feedback(m.id, rating);
+      setMessages((ms) => ms.map((x) => (x === m ? { ...x, feedback: rating } : x)));
+    } catch (e) { setError(e); }
+  }
+
+  async function send(e) {
+    e.preventDefault();
+    const content = draft.trim();
+    if (!content || streaming) return;
+    let cid = id;
+    if (!cid) { cid = await newChat(); if (!cid) return; }
+    setDraft(''); setError(null); setStreaming(true);
+    const controller = new AbortController();
+    ctl.current = controller;
+    const reply = { role: 'assistant', content: '', streaming: true };
+    setMessages((ms) => [...ms, { role: 'user', content }, reply]);
+    const update = (patch) => setMessages((ms) => ms.map((x) => (x.streaming ? { ...x, ...patch(x) } : x)));
+    try {
+      const done = await api.sendMessage(cid, content, {
+        signal: controller.signal,
+        onToken: (t) => update((x) => ({ content: x.content + t })),
+      });
+      update(() => ({ streaming: false, id: done.message_id, finish_reason: done.finish_reason }));
+    } catch (err) {
+      update(() => ({ streaming: false, finish_reason: err.name === 'AbortError' ? 'stopped' : 'error' }));
+      if (err.name !== 'AbortError') setError(err);
+    } finally {
+      setStreaming(false);
+      ctl.current = null;
+      loadList();
+    }
+  }
+
+  return (
+    <div className="chat">
+      <aside className="conv-list" aria-label="Conversations">
+        <button className="btn primary wide" onClick={newChat}>+ New chat</button>
+        <ErrorNote error={listError} what="Chat" />
+        {!convs && !listError ? <Spinner /> : null}
+        <ul>
+          {(convs || []).map((c) => (
+            <li key={c.id} className={String(c.id) === String(id) ? 'on' : ''}>
+              <Link to={`/chat/${c.id}`}>{c.title || 'Untitled'}</Link>
+              <span className="conv-actions">
+                <button className="icon" aria-label={`Rename ${c.title || 'conversation'}`} onClick={() => rename(c)}>✎</button>
+                <button className="icon" aria-label={`Delete ${c.title || 'conversation'}`} onClick={() => remove(c)}>🗑</button>
+              </span>
+            </li>
+          ))}
+        </ul>
+      </aside>
+      <section className="conv" aria-label="Messages">
+        {id ? (
+          <div className="conv-tools">
+            <span className="muted small">Export:</span>
+            <button className="btn small" onClick={() => exportAs('md')}>Markdown</button>
+            <button className="btn small" onClick={() => exportAs('json')}>JSON</button>
+          </div>
+        ) : null}
+        <ol className="messages" aria-live="polite" aria-busy={streaming}>
+          {messages.length === 0 ? <li className="note">Ask for a movie: “a heist film with a twist, 90s”.</li> : null}
+          {messages.map((m, i) => <Message key={m.id || i} m={m} onFeedback={feedback} />)}
+          <li ref={end} aria-hidden="true" />
+        </ol>
+        <ErrorNote error={error} what="Chat" />
+        <form className="composer" onSubmit={send}>
+          <label htmlFor="composer" className="sr-only">Message</label>
+          <textarea id="composer" rows={2} value={draft} placeholder="Ask about movies…"
+            onChange={(e) => setDraft(e.target.value)}
+            onKeyDown={(e) => { if (e.key === 'Enter' && !e.shiftKey) send(e); }} />
+          {streaming ? <button type="button" className="btn stop" onClick={() => ctl.current && ctl.current.abort()}>■ Stop</button>
+            : <button type="submit" className="btn primary" disabled={!draft.trim()}>Send</button>}
+        </form>
+      </section>
+    </div>
+  );
+}

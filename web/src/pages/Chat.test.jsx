@@ -1,0 +1,72 @@
+// @vitest-environment jsdom
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { cleanup, fireEvent, render, screen, waitFor } from '@testing-library/react';
+import { AuthProvider } from '../auth.jsx';
+import { Router } from '../router.jsx';
+import { ChatPage } from './Chat.jsx';
+import { ApiError } from '../api/client.js';
+
+afterEach(cleanup);
+
+function stub(over) {
+  return {
+    claims: { sub: '5', role: 'user' },
+    onAuthChange: () => () => {},
+    restore: () => Promise.resolve(true),
+    conversations: vi.fn(async () => ({ conversations: [{ id: 4, title: 'Heists' }] })),
+    conversation: vi.fn(async () => ({ conversation: { id: 4 }, messages: [] })),
+    feedback: vi.fn(async () => ({})),
+    ...over,
+  };
+}
+
+const mount = (api) => render(<Router initial={{ path: '/chat/4', search: '' }}><AuthProvider api={api}><ChatPage id="4" /></AuthProvider></Router>);
+
+describe('ChatPage', () => {
+  it('streams tokens into the reply, then offers feedback on it', async () => {
+    const api = stub({
+      sendMessage: vi.fn(async (id, content, { onToken }) => {
+        onToken('Try '); onToken('Heat.');
+        return { message_id: 77, finish_reason: 'stop' };
+      }),
+    });
+    mount(api);
+    await screen.findByText('Heists');
+    fireEvent.change(screen.getByLabelText('Message'), { target: { value: 'a heist film' } });
+    fireEvent.click(screen.getByRole('button', { name: 'Send' }));
+    await screen.findByText('Try Heat.');
+    expect(api.sendMessage.mock.calls[0].slice(0, 2)).toEqual(['4', 'a heist film']);
+    // the reply is done (feedback buttons shown) only after the last token
+    fireEvent.click(await screen.findByRole('button', { name: 'Good answer' }));
+    await waitFor(() => expect(api.feedback).toHaveBeenCalledWith(77, 1));
+    await waitFor(() => expect(screen.getByRole('button', { name: 'Good answer' }).getAttribute('aria-pressed')).toBe('true'));
+  });
+
+  it('Stop aborts the streaming request and keeps the partial reply', async () => {
+    let signal;
+    const api = stub({
+      sendMessage: vi.fn((id, content, opts) => new Promise((resolve, reject) => {
+        signal = opts.signal;
+        opts.onToken('Partial');
+        signal.addEventListener('abort', () => reject(new DOMException('stopped', 'AbortError')));
+      })),
+    });
+    mount(api);
+    await screen.findByText('Heists');
+    fireEvent.change(screen.getByLabelText('Message'), { target: { value: 'long answer please' } });
+    fireEvent.click(screen.getByRole('button', { name: 'Send' }));
+    const stop = await screen.findByRole('button', { name: '■ Stop' });
+    fireEvent.click(stop);
+    expect(signal.aborted).toBe(true);
+    await screen.findByRole('button', { name: 'Send' });
+    expect(screen.getByText('Partial')).toBeTruthy();
+    expect(screen.queryByRole('alert')).toBeNull();
+  });
+
+  it('says chat is not available when the endpoint answers 404', async () => {
+    const api = stub({ conversations: vi.fn(async () => { throw new ApiError(404, 'not_found', 'no such endpoint'); }) });
+    mount(api);
+    const note = await screen.findByText('Chat is not available on this server yet.');
+    expect(note.getAttribute('role')).toBe('status');
+  });
+});
