@@ -193,6 +193,14 @@ static ngx_command_t  ngx_http_cinematch_auth_commands[] = {
       offsetof(ngx_http_cinematch_auth_main_conf_t, key_touch),
       NULL },
 
+    { ngx_string("cinematch_cors"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
+      |NGX_CONF_1MORE,
+      ngx_http_cinematch_cors,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("cinematch_login_account_limit"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_cinematch_login_account_limit,
@@ -293,6 +301,7 @@ ngx_http_cinematch_auth_create_loc_conf(ngx_conf_t *cf)
     }
 
     alcf->rl = NGX_CONF_UNSET_PTR;
+    alcf->cors = NGX_CONF_UNSET_PTR;
 
     return alcf;
 }
@@ -309,6 +318,8 @@ ngx_http_cinematch_auth_merge_loc_conf(ngx_conf_t *cf, void *parent,
         conf->rl = (prev->rl == NGX_CONF_UNSET_PTR) ? NULL : prev->rl;
         conf->rl_name = prev->rl_name;
     }
+
+    ngx_conf_merge_ptr_value(conf->cors, prev->cors, NULL);
 
     return NGX_CONF_OK;
 }

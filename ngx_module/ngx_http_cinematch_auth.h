@@ -52,6 +52,8 @@ typedef struct {
 typedef struct {
     cm_ratelimit_t                 *rl;          /* NULL: no limit */
     ngx_str_t                       rl_name;     /* Redis key part */
+    ngx_array_t                    *cors;        /* of ngx_str_t origins;
+                                                    "*" any; NULL: off */
 } ngx_http_cinematch_auth_loc_conf_t;
 
 
@@ -64,6 +66,10 @@ ngx_int_t ngx_http_cinematch_authn(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 char *ngx_http_cinematch_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_cinematch_cors(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_cinematch_cors_preflight(ngx_http_request_t *r,
+    ngx_uint_t allow);
 char *ngx_http_cinematch_login_account_limit(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_cinematch_authn_take(ngx_http_request_t *r,

@@ -120,6 +120,8 @@ static ngx_int_t ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_authn_run(ngx_http_request_t *r,
     ngx_http_cinematch_authn_t *st);
 static ngx_int_t ngx_http_cinematch_authn_script(ngx_log_t *log);
+static ngx_int_t ngx_http_cinematch_cors_headers(ngx_http_request_t *r,
+    ngx_http_cinematch_auth_loc_conf_t *alcf, ngx_uint_t allow);
 static ngx_int_t ngx_http_cinematch_rl_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
@@ -158,6 +160,12 @@ ngx_http_cinematch_authn(ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx)
 
     flags = ctx->route->flags;
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_auth_module);
+
+    if (alcf->cors != NULL
+        && ngx_http_cinematch_cors_headers(r, alcf, 0) == NGX_ERROR)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     if (!(flags & (NGX_HTTP_CINEMATCH_ROUTE_AUTH
                    |NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH))
@@ -1426,4 +1434,238 @@ ngx_http_cinematch_caller_rating_id(ngx_http_request_t *r,
     default:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+}
+
+
+/*
+ * CORS, off unless a location says "cinematch_cors <origin> ...;" (or "*").
+ * Credentials travel in Authorization / X-API-Key, never in cookies, so
+ * Access-Control-Allow-Credentials is never sent.  Answers made before a
+ * route is found (404, 405, a malformed body) carry no CORS headers.
+ */
+
+char *
+ngx_http_cinematch_cors(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cinematch_auth_loc_conf_t *alcf = conf;
+
+    ngx_str_t   *value, *origin;
+    ngx_uint_t   i;
+
+    if (alcf->cors != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        alcf->cors = NULL;
+        return NGX_CONF_OK;
+    }
+
+    alcf->cors = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                  sizeof(ngx_str_t));
+    if (alcf->cors == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (!(value[i].len == 1 && value[i].data[0] == '*')
+            && ngx_strncmp(value[i].data, "https://", 8) != 0
+            && ngx_strncmp(value[i].data, "http://", 7) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cinematch_cors: \"%V\" is not an origin "
+                               "(scheme://host[:port]) or \"*\"",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        origin = ngx_array_push(alcf->cors);
+        if (origin == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *origin = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* NGX_OK: headers added; NGX_DECLINED: no Origin, or not allowed */
+
+static ngx_int_t
+ngx_http_cinematch_cors_headers(ngx_http_request_t *r,
+    ngx_http_cinematch_auth_loc_conf_t *alcf, ngx_uint_t allow)
+{
+    u_char           *p;
+    ngx_str_t         key, value, *o;
+    ngx_uint_t        i, any, ok;
+    ngx_table_elt_t  *origin;
+
+    static ngx_str_t  methods[] = {
+        ngx_string("GET"), ngx_string("HEAD"), ngx_string("POST"),
+        ngx_string("PUT"), ngx_string("PATCH"), ngx_string("DELETE")
+    };
+    static ngx_uint_t  bits[] = {
+        NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_POST, NGX_HTTP_PUT,
+        NGX_HTTP_PATCH, NGX_HTTP_DELETE
+    };
+
+    origin = NULL;
+
+    {
+        ngx_list_part_t  *part;
+        ngx_table_elt_t  *h;
+
+        part = &r->headers_in.headers.part;
+        h = part->elts;
+
+        for (i = 0; /* void */ ; i++) {
+            if (i >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+
+                part = part->next;
+                h = part->elts;
+                i = 0;
+            }
+
+            if (h[i].key.len == 6
+                && ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6)
+                   == 0)
+            {
+                origin = &h[i];
+                break;
+            }
+        }
+    }
+
+    if (origin == NULL || alcf->cors == NULL) {
+        return NGX_DECLINED;
+    }
+
+    any = 0;
+    ok = 0;
+    o = alcf->cors->elts;
+
+    for (i = 0; i < alcf->cors->nelts; i++) {
+        if (o[i].len == 1 && o[i].data[0] == '*') {
+            any = 1;
+            break;
+        }
+
+        if (o[i].len == origin->value.len
+            && ngx_strncasecmp(o[i].data, origin->value.data, o[i].len) == 0)
+        {
+            ok = 1;
+            break;
+        }
+    }
+
+    if (!any && !ok) {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_set(&key, "Access-Control-Allow-Origin");
+
+    if (any) {
+        ngx_str_set(&value, "*");
+
+    } else {
+        value = origin->value;
+    }
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&key, "Vary");
+    ngx_str_set(&value, "Origin");
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!allow) {
+        ngx_str_set(&key, "Access-Control-Expose-Headers");
+        ngx_str_set(&value, "X-Request-ID, X-RateLimit-Limit, "
+                    "X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After");
+
+        return ngx_http_cinematch_add_header(r, &key, &value);
+    }
+
+    /* a preflight: what the path allows */
+
+    if (allow & NGX_HTTP_GET) {
+        allow |= NGX_HTTP_HEAD;
+    }
+
+    p = ngx_pnalloc(r->pool, sizeof("GET, HEAD, POST, PUT, PATCH, DELETE"));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    value.data = p;
+
+    for (i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+        if (allow & bits[i]) {
+            if (p != value.data) {
+                *p++ = ','; *p++ = ' ';
+            }
+
+            p = ngx_cpymem(p, methods[i].data, methods[i].len);
+        }
+    }
+
+    value.len = p - value.data;
+    ngx_str_set(&key, "Access-Control-Allow-Methods");
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&key, "Access-Control-Allow-Headers");
+    ngx_str_set(&value, "Authorization, Content-Type, X-API-Key, "
+                "X-Request-ID");
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&key, "Access-Control-Max-Age");
+    ngx_str_set(&value, "600");
+
+    return ngx_http_cinematch_add_header(r, &key, &value);
+}
+
+
+/* OPTIONS on a known path: 204 with the CORS answer, or NGX_DECLINED (the
+ * router's 405) when CORS is off or the origin is not allowed */
+
+ngx_int_t
+ngx_http_cinematch_cors_preflight(ngx_http_request_t *r, ngx_uint_t allow)
+{
+    ngx_int_t                            rc;
+    ngx_http_cinematch_auth_loc_conf_t  *alcf;
+
+    static ngx_str_t  type = ngx_string("application/json");
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_auth_module);
+
+    rc = ngx_http_cinematch_cors_headers(r, alcf, allow);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT, &type,
+                                       NULL, 0);
 }

@@ -602,3 +602,59 @@ def test_login_attempts_are_limited_per_account(api, db):
     # other accounts are not affected
     u = new_user(api, db)
     assert u["access_token"]
+
+
+# ---- CORS (off unless configured) ----
+
+@pytest.fixture(scope="module")
+def cors_api(workdir, backends, db, secret):
+    ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
+                        http_extra=f"cinematch_jwt_secret_file {secret[0]};",
+                        location_extra="cinematch_echo on;\n"
+                                       "cinematch_cors https://app.example.com;",
+                        server_extra="location /open/ { cinematch; "
+                                     "cinematch_cors off; }",
+                        name="nginx-auth-cors", workers=1)
+    try:
+        ngx.start()
+        yield ngx
+    finally:
+        ngx.stop()
+    assert not ngx.log_problems()
+
+
+def test_cors_is_off_by_default(api):
+    status, hdrs, _ = call(api, "GET", "/internal/auth/whoami",
+                           headers={"Origin": "https://app.example.com"})
+    assert status == 200 and "access-control-allow-origin" not in hdrs
+    status, _, _ = call(api, "OPTIONS", "/api/v1/auth/me",
+                        headers={"Origin": "https://app.example.com",
+                                 "Access-Control-Request-Method": "GET"})
+    assert status == 405
+
+
+def test_cors_allows_the_configured_origin_only(cors_api, db):
+    ok = {"Origin": "https://app.example.com"}
+    status, hdrs, _ = call(cors_api, "GET", "/internal/auth/whoami", headers=ok)
+    assert status == 200
+    assert hdrs["access-control-allow-origin"] == "https://app.example.com"
+    assert hdrs["vary"] == "Origin"
+    assert "X-RateLimit-Remaining" in hdrs["access-control-expose-headers"]
+    # a 401 is readable by the page too
+    status, hdrs, _ = call(cors_api, "GET", "/api/v1/auth/me", headers=ok)
+    assert status == 401 and "access-control-allow-origin" in hdrs
+
+    status, hdrs, _ = call(cors_api, "GET", "/internal/auth/whoami",
+                           headers={"Origin": "https://evil.example.com"})
+    assert status == 200 and "access-control-allow-origin" not in hdrs
+
+    status, hdrs, data = call(cors_api, "OPTIONS", "/api/v1/keys",
+                              headers={**ok, "Access-Control-Request-Method": "POST"})
+    assert status == 204 and data is None
+    assert hdrs["access-control-allow-methods"] == "GET, HEAD, POST"
+    assert "Authorization" in hdrs["access-control-allow-headers"]
+    assert "access-control-allow-credentials" not in hdrs
+    status, _, _ = call(cors_api, "OPTIONS", "/api/v1/keys",
+                        headers={"Origin": "https://evil.example.com",
+                                 "Access-Control-Request-Method": "POST"})
+    assert status == 405
