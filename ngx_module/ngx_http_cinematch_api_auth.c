@@ -119,6 +119,7 @@ static ngx_int_t ngx_http_cinematch_register_hashed(ngx_http_request_t *r,
     ngx_http_cinematch_pw_job_t *job);
 static ngx_int_t ngx_http_cinematch_register_done(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_login_lookup(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_login_found(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_login_verified(ngx_http_request_t *r,
@@ -190,6 +191,21 @@ static ngx_command_t  ngx_http_cinematch_auth_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_cinematch_auth_main_conf_t, key_touch),
+      NULL },
+
+    { ngx_string("cinematch_cors"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
+      |NGX_CONF_1MORE,
+      ngx_http_cinematch_cors,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("cinematch_login_account_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_cinematch_login_account_limit,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("cinematch_rate_limit"),
@@ -285,6 +301,7 @@ ngx_http_cinematch_auth_create_loc_conf(ngx_conf_t *cf)
     }
 
     alcf->rl = NGX_CONF_UNSET_PTR;
+    alcf->cors = NGX_CONF_UNSET_PTR;
 
     return alcf;
 }
@@ -301,6 +318,8 @@ ngx_http_cinematch_auth_merge_loc_conf(ngx_conf_t *cf, void *parent,
         conf->rl = (prev->rl == NGX_CONF_UNSET_PTR) ? NULL : prev->rl;
         conf->rl_name = prev->rl_name;
     }
+
+    ngx_conf_merge_ptr_value(conf->cors, prev->cors, NULL);
 
     return NGX_CONF_OK;
 }
@@ -983,6 +1002,50 @@ ngx_http_cinematch_login_handler(ngx_http_request_t *r,
     }
 
     st->values[0] = st->email;
+
+    if (st->amcf->login_rl != NULL) {
+        /* attempts per account, whoever makes them (per IP is the
+         * location's cinematch_rate_limit): a refused attempt costs no
+         * query and no argon2id */
+        u_char     *lower;
+        ngx_str_t   name, ident;
+
+        lower = ngx_pnalloc(r->pool, email.len + 1);
+        ident.data = ngx_pnalloc(r->pool, sizeof("login:")
+                                          + CM_SHA256_HEX_LEN);
+        if (lower == NULL || ident.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_strlow(lower, email.data, email.len);
+        ngx_memcpy(ident.data, "login:", 6);
+
+        if (cm_sha256_hex(lower, email.len, (char *) ident.data + 6)
+            != CM_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ident.len = 6 + CM_SHA256_HEX_LEN;
+        ngx_str_set(&name, "account");
+
+        return ngx_http_cinematch_authn_take(r, st->amcf->login_rl, &name,
+                                             &ident,
+                                             ngx_http_cinematch_login_lookup);
+    }
+
+    return ngx_http_cinematch_login_lookup(r);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_login_lookup(ngx_http_request_t *r)
+{
+    ngx_http_cinematch_ctx_t         *ctx;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    st = ctx->data;
 
     return ngx_http_cinematch_pg_queue(r,
         "SELECT id, password_hash, role FROM users"

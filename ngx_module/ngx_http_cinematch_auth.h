@@ -44,12 +44,16 @@ typedef struct {
 
     ngx_msec_t                      key_touch;   /* last_used_at interval */
     ngx_shm_zone_t                 *rl_zone;     /* local fallback buckets */
+    cm_ratelimit_t                 *login_rl;    /* login attempts per
+                                                    account; NULL: off */
 } ngx_http_cinematch_auth_main_conf_t;
 
 
 typedef struct {
     cm_ratelimit_t                 *rl;          /* NULL: no limit */
     ngx_str_t                       rl_name;     /* Redis key part */
+    ngx_array_t                    *cors;        /* of ngx_str_t origins;
+                                                    "*" any; NULL: off */
 } ngx_http_cinematch_auth_loc_conf_t;
 
 
@@ -62,6 +66,15 @@ ngx_int_t ngx_http_cinematch_authn(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 char *ngx_http_cinematch_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_cinematch_cors(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_cinematch_cors_preflight(ngx_http_request_t *r,
+    ngx_uint_t allow);
+char *ngx_http_cinematch_login_account_limit(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_cinematch_authn_take(ngx_http_request_t *r,
+    cm_ratelimit_t *rl, ngx_str_t *name, ngx_str_t *ident,
+    ngx_http_cinematch_caller_next_pt next);
 ngx_int_t ngx_http_cinematch_whoami_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_authn_init_zone(ngx_conf_t *cf,

@@ -4,8 +4,10 @@
  * handler (docs/SECURITY.md §3): who is calling, may they, and how fast.
  *
  *   credentials   Authorization: Bearer <JWT> | Bearer cm_... | X-API-Key
- *   JWT           cm_jwt_verify (no database), then GET cm:deny:<jti> in
- *                 Redis (logout); Redis down: the denylist fails open
+ *   JWT           cm_jwt_verify (no database), then EXISTS cm:deny:<jti>
+ *                 in Redis (logout) -- inside the rate-limit script when
+ *                 the location has a limit, so one round trip does both;
+ *                 Redis down: the denylist fails open
  *   API key       sha256 → GET cm:key:<sha> in Redis (60 s, negative 10 s)
  *                 → on a miss PostgreSQL, and the answer is cached;
  *                 last_used_at is written at most once per interval per
@@ -55,6 +57,12 @@ typedef struct {
     ngx_str_t                             rl_key;    /* cm:rl:{id}:loc */
     char                                  rl_argv[3][24];
     ngx_uint_t                            rl_eval;   /* EVAL after NOSCRIPT */
+    ngx_uint_t                            deny;      /* check cm:deny:<jti>
+                                                        in the script */
+    /* ngx_http_cinematch_authn_take(): a bucket of another identity */
+    ngx_str_t                             ident;
+    ngx_http_cinematch_caller_next_pt     next;
+    ngx_uint_t                            quiet;     /* no X-RateLimit-* */
 } ngx_http_cinematch_authn_t;
 
 
@@ -108,8 +116,12 @@ static ngx_int_t ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
     ngx_http_cinematch_authn_t *st);
 static ngx_int_t ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
-    cm_ratelimit_result_t *res);
-static ngx_int_t ngx_http_cinematch_authn_run(ngx_http_request_t *r);
+    ngx_http_cinematch_authn_t *st, cm_ratelimit_result_t *res);
+static ngx_int_t ngx_http_cinematch_authn_run(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st);
+static ngx_int_t ngx_http_cinematch_authn_script(ngx_log_t *log);
+static ngx_int_t ngx_http_cinematch_cors_headers(ngx_http_request_t *r,
+    ngx_http_cinematch_auth_loc_conf_t *alcf, ngx_uint_t allow);
 static ngx_int_t ngx_http_cinematch_rl_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
@@ -117,6 +129,17 @@ static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
 
 
 static char                            ngx_http_cinematch_rl_sha[41];
+static char                           *ngx_http_cinematch_rl_script;
+
+/*
+ * Prepended to cm_ratelimit_lua: with a second key (a JWT's cm:deny:<jti>)
+ * a revoked token is refused ({-1, 0, 0, 0}) before the bucket is touched.
+ * In Redis Cluster both keys would need one hash slot; not supported yet.
+ */
+static const char  ngx_http_cinematch_deny_lua[] =
+    "if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "  return {-1, 0, 0, 0}\n"
+    "end\n";
 static ngx_http_cinematch_key_touch_t  ngx_http_cinematch_key_touched[
                                        NGX_HTTP_CINEMATCH_KEY_TOUCH_SLOTS];
 
@@ -137,6 +160,12 @@ ngx_http_cinematch_authn(ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx)
 
     flags = ctx->route->flags;
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_auth_module);
+
+    if (alcf->cors != NULL
+        && ngx_http_cinematch_cors_headers(r, alcf, 0) == NGX_ERROR)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     if (!(flags & (NGX_HTTP_CINEMATCH_ROUTE_AUTH
                    |NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH))
@@ -319,7 +348,13 @@ ngx_http_cinematch_authn_jwt(ngx_http_request_t *r,
 
     ngx_explicit_memzero(&claims, sizeof(cm_jwt_claims_t));
 
-    /* logout denylist; when Redis is down it fails open (documented) */
+    /* logout denylist; when Redis is down it fails open (documented);
+     * with a rate limit the script checks it in the same round trip */
+    if (st->alcf->rl != NULL && ngx_http_cinematch_redis_connected()) {
+        st->deny = 1;
+        return ngx_http_cinematch_authn_authorize(r, st);
+    }
+
     switch (ngx_http_cinematch_redis_commandf(r,
                                         ngx_http_cinematch_authn_deny_done,
                                         st, "EXISTS cm:deny:%s", c->jti))
@@ -703,20 +738,20 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     u_char                        *p;
     size_t                         len;
     ngx_int_t                      rc;
+    ngx_uint_t                     i, n;
     ngx_http_cinematch_caller_t   *c;
-    const char                    *argv[7];
-    size_t                         argvlen[7];
-    SHA_CTX                        sha;
-    u_char                         md[SHA_DIGEST_LENGTH];
+    const char                    *argv[8];
+    size_t                         argvlen[8];
+    u_char                         deny[sizeof("cm:deny:") + 40];
 
     if (st->alcf->rl == NULL) {
-        return ngx_http_cinematch_authn_run(r);
+        return ngx_http_cinematch_authn_run(r, st);
     }
 
     c = (st->caller.user_id != 0) ? &st->caller : NULL;
 
     len = sizeof("cm:rl:{ip}:") + NGX_SOCKADDR_STRLEN + NGX_INT64_LEN
-          + st->alcf->rl_name.len;
+          + st->ident.len + st->alcf->rl_name.len;
 
     p = ngx_pnalloc(r->pool, len);
     if (p == NULL) {
@@ -726,7 +761,10 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     st->rl_key.data = p;
 
     /* the identity in a hash tag: one slot per caller in Redis Cluster */
-    if (c != NULL && c->apikey) {
+    if (st->ident.len) {
+        p = ngx_sprintf(p, "cm:rl:{%V}:", &st->ident);
+
+    } else if (c != NULL && c->apikey) {
         p = ngx_sprintf(p, "cm:rl:{k%L}:", c->key_id);
 
     } else if (c != NULL) {
@@ -741,18 +779,16 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
 
     cm_ratelimit_argv(st->alcf->rl, st->rl_argv);
 
-    if (ngx_http_cinematch_rl_sha[0] == '\0') {
-        SHA1_Init(&sha);
-        SHA1_Update(&sha, cm_ratelimit_lua, ngx_strlen(cm_ratelimit_lua));
-        SHA1_Final(md, &sha);
-        ngx_hex_dump((u_char *) ngx_http_cinematch_rl_sha, md,
-                     SHA_DIGEST_LENGTH);
+    if (ngx_http_cinematch_rl_script == NULL
+        && ngx_http_cinematch_authn_script(r->connection->log) != NGX_OK)
+    {
+        return ngx_http_cinematch_authn_limit_local(r, st);
     }
 
     if (st->rl_eval) {
         argv[0] = "EVAL";
-        argv[1] = cm_ratelimit_lua;
-        argvlen[1] = ngx_strlen(cm_ratelimit_lua);
+        argv[1] = ngx_http_cinematch_rl_script;
+        argvlen[1] = ngx_strlen(ngx_http_cinematch_rl_script);
 
     } else {
         argv[0] = "EVALSHA";
@@ -761,20 +797,25 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     }
 
     argvlen[0] = ngx_strlen(argv[0]);
-    argv[2] = "1";
+    argv[2] = st->deny ? "2" : "1";
     argvlen[2] = 1;
     argv[3] = (char *) st->rl_key.data;
     argvlen[3] = st->rl_key.len;
-    argv[4] = st->rl_argv[0];
-    argv[5] = st->rl_argv[1];
-    argv[6] = st->rl_argv[2];
-    argvlen[4] = ngx_strlen(argv[4]);
-    argvlen[5] = ngx_strlen(argv[5]);
-    argvlen[6] = ngx_strlen(argv[6]);
+    n = 4;
+
+    if (st->deny) {
+        argv[n] = (char *) deny;
+        argvlen[n++] = ngx_sprintf(deny, "cm:deny:%s", st->caller.jti) - deny;
+    }
+
+    for (i = 0; i < 3; i++) {
+        argv[n] = st->rl_argv[i];
+        argvlen[n++] = ngx_strlen(st->rl_argv[i]);
+    }
 
     rc = ngx_http_cinematch_redis_command(r,
                                           ngx_http_cinematch_authn_limit_done,
-                                          st, 7, argv, argvlen);
+                                          st, (int) n, argv, argvlen);
     switch (rc) {
 
     case NGX_OK:
@@ -809,12 +850,27 @@ ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r, void *data,
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
         || reply->elements != 4)
     {
+        if (st->deny) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "cinematch: token denylist unavailable, "
+                          "not checked");
+        }
+
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "cinematch: rate limit script failed (%s), "
                       "using the local bucket",
                       reply && reply->type == REDIS_REPLY_ERROR
                       ? reply->str : "no reply");
         return ngx_http_cinematch_authn_limit_local(r, st);
+    }
+
+    if (reply->element[0]->type == REDIS_REPLY_INTEGER
+        && reply->element[0]->integer == -1)
+    {
+        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                             "unauthenticated",
+                                             "access token was revoked",
+                                             "Bearer error=\"invalid_token\"");
     }
 
     for (i = 0; i < 4; i++) {
@@ -831,7 +887,7 @@ ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r, void *data,
     res.reset_ms = (uint64_t) reply->element[3]->integer;
     res.limit = st->alcf->rl->burst;
 
-    return ngx_http_cinematch_authn_limit_apply(r, &res);
+    return ngx_http_cinematch_authn_limit_apply(r, st, &res);
 }
 
 
@@ -853,7 +909,7 @@ ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
     ngx_http_cinematch_rl_table_t  *t;
 
     if (st->amcf->rl_zone == NULL || st->amcf->rl_zone->data == NULL) {
-        return ngx_http_cinematch_authn_run(r);
+        return ngx_http_cinematch_authn_run(r, st);
     }
 
     shpool = (ngx_slab_pool_t *) st->amcf->rl_zone->shm.addr;
@@ -876,13 +932,13 @@ ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
 
     ngx_shmtx_unlock(&shpool->mutex);
 
-    return ngx_http_cinematch_authn_limit_apply(r, &res);
+    return ngx_http_cinematch_authn_limit_apply(r, st, &res);
 }
 
 
 static ngx_int_t
 ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
-    cm_ratelimit_result_t *res)
+    ngx_http_cinematch_authn_t *st, cm_ratelimit_result_t *res)
 {
     u_char     *p;
     ngx_str_t   key, value;
@@ -890,6 +946,14 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
     p = ngx_pnalloc(r->pool, 4 * NGX_INT64_LEN);
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (st->quiet) {
+        if (res->allowed) {
+            return ngx_http_cinematch_authn_run(r, st);
+        }
+
+        goto denied;
     }
 
     ngx_str_set(&key, "X-RateLimit-Limit");
@@ -920,8 +984,10 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
     }
 
     if (res->allowed) {
-        return ngx_http_cinematch_authn_run(r);
+        return ngx_http_cinematch_authn_run(r, st);
     }
+
+denied:
 
     ngx_str_set(&key, "Retry-After");
     value.data = p;
@@ -939,13 +1005,86 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_cinematch_authn_run(ngx_http_request_t *r)
+ngx_http_cinematch_authn_run(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st)
 {
     ngx_http_cinematch_ctx_t  *ctx;
+
+    if (st->next != NULL) {
+        return st->next(r);
+    }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
 
     return ctx->route->handler(r, ctx);
+}
+
+
+/*
+ * Take one request from the bucket "cm:rl:{<ident>}:<name>" (Redis, or
+ * the local zone when Redis is down), then return next(r); a 429 with
+ * Retry-After when it is empty.  No X-RateLimit-* headers: the bucket is
+ * not the caller's (e.g. login attempts per account).
+ */
+
+ngx_int_t
+ngx_http_cinematch_authn_take(ngx_http_request_t *r, cm_ratelimit_t *rl,
+    ngx_str_t *name, ngx_str_t *ident, ngx_http_cinematch_caller_next_pt next)
+{
+    ngx_http_cinematch_authn_t          *st;
+    ngx_http_cinematch_auth_loc_conf_t  *alcf;
+
+    st = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_authn_t));
+    alcf = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_auth_loc_conf_t));
+
+    if (st == NULL || alcf == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    alcf->rl = rl;
+    alcf->rl_name = *name;
+
+    st->amcf = ngx_http_get_module_main_conf(r,
+                                             ngx_http_cinematch_auth_module);
+    st->alcf = alcf;
+    st->ident = *ident;
+    st->next = next;
+    st->quiet = 1;
+
+    return ngx_http_cinematch_authn_limit(r, st);
+}
+
+
+/* the combined script and its SHA1, once per process */
+
+static ngx_int_t
+ngx_http_cinematch_authn_script(ngx_log_t *log)
+{
+    u_char   *p;
+    size_t    len;
+    SHA_CTX   sha;
+    u_char    md[SHA_DIGEST_LENGTH];
+
+    len = sizeof(ngx_http_cinematch_deny_lua) - 1
+          + ngx_strlen(cm_ratelimit_lua);
+
+    p = ngx_alloc(len + 1, log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(ngx_cpymem(p, ngx_http_cinematch_deny_lua,
+                           sizeof(ngx_http_cinematch_deny_lua) - 1),
+                cm_ratelimit_lua, ngx_strlen(cm_ratelimit_lua)) = '\0';
+
+    SHA1_Init(&sha);
+    SHA1_Update(&sha, p, len);
+    SHA1_Final(md, &sha);
+    ngx_hex_dump((u_char *) ngx_http_cinematch_rl_sha, md, SHA_DIGEST_LENGTH);
+
+    ngx_http_cinematch_rl_script = (char *) p;
+
+    return NGX_OK;
 }
 
 
@@ -1018,6 +1157,68 @@ ngx_http_cinematch_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return ngx_http_cinematch_authn_init_zone(cf, amcf,
                                           NGX_HTTP_CINEMATCH_RL_ZONE_SIZE)
                == NGX_OK ? NGX_CONF_OK : NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* cinematch_login_account_limit 10r/m burst=5; (http) */
+
+char *
+ngx_http_cinematch_login_account_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_cinematch_auth_main_conf_t *amcf = conf;
+
+    char        err[256];
+    u_char     *p;
+    size_t      len;
+    ngx_str_t  *value;
+    ngx_uint_t  i;
+
+    if (amcf->login_rl != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    len = 0;
+    for (i = 1; i < cf->args->nelts; i++) {
+        len += value[i].len + 1;
+    }
+
+    p = ngx_pnalloc(cf->pool, len);
+    amcf->login_rl = ngx_pcalloc(cf->pool, sizeof(cm_ratelimit_t));
+
+    if (p == NULL || amcf->login_rl == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    len = 0;
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (i > 1) {
+            p[len++] = ' ';
+        }
+
+        ngx_memcpy(p + len, value[i].data, value[i].len);
+        len += value[i].len;
+    }
+
+    if (cm_ratelimit_parse(amcf->login_rl, (char *) p, len, err,
+                           sizeof(err))
+        != CM_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s", err);
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->rl_zone == NULL
+        && ngx_http_cinematch_authn_init_zone(cf, amcf,
+                                          NGX_HTTP_CINEMATCH_RL_ZONE_SIZE)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
@@ -1233,4 +1434,238 @@ ngx_http_cinematch_caller_rating_id(ngx_http_request_t *r,
     default:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+}
+
+
+/*
+ * CORS, off unless a location says "cinematch_cors <origin> ...;" (or "*").
+ * Credentials travel in Authorization / X-API-Key, never in cookies, so
+ * Access-Control-Allow-Credentials is never sent.  Answers made before a
+ * route is found (404, 405, a malformed body) carry no CORS headers.
+ */
+
+char *
+ngx_http_cinematch_cors(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cinematch_auth_loc_conf_t *alcf = conf;
+
+    ngx_str_t   *value, *origin;
+    ngx_uint_t   i;
+
+    if (alcf->cors != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        alcf->cors = NULL;
+        return NGX_CONF_OK;
+    }
+
+    alcf->cors = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                  sizeof(ngx_str_t));
+    if (alcf->cors == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (!(value[i].len == 1 && value[i].data[0] == '*')
+            && ngx_strncmp(value[i].data, "https://", 8) != 0
+            && ngx_strncmp(value[i].data, "http://", 7) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cinematch_cors: \"%V\" is not an origin "
+                               "(scheme://host[:port]) or \"*\"",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        origin = ngx_array_push(alcf->cors);
+        if (origin == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *origin = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* NGX_OK: headers added; NGX_DECLINED: no Origin, or not allowed */
+
+static ngx_int_t
+ngx_http_cinematch_cors_headers(ngx_http_request_t *r,
+    ngx_http_cinematch_auth_loc_conf_t *alcf, ngx_uint_t allow)
+{
+    u_char           *p;
+    ngx_str_t         key, value, *o;
+    ngx_uint_t        i, any, ok;
+    ngx_table_elt_t  *origin;
+
+    static ngx_str_t  methods[] = {
+        ngx_string("GET"), ngx_string("HEAD"), ngx_string("POST"),
+        ngx_string("PUT"), ngx_string("PATCH"), ngx_string("DELETE")
+    };
+    static ngx_uint_t  bits[] = {
+        NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_POST, NGX_HTTP_PUT,
+        NGX_HTTP_PATCH, NGX_HTTP_DELETE
+    };
+
+    origin = NULL;
+
+    {
+        ngx_list_part_t  *part;
+        ngx_table_elt_t  *h;
+
+        part = &r->headers_in.headers.part;
+        h = part->elts;
+
+        for (i = 0; /* void */ ; i++) {
+            if (i >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+
+                part = part->next;
+                h = part->elts;
+                i = 0;
+            }
+
+            if (h[i].key.len == 6
+                && ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6)
+                   == 0)
+            {
+                origin = &h[i];
+                break;
+            }
+        }
+    }
+
+    if (origin == NULL || alcf->cors == NULL) {
+        return NGX_DECLINED;
+    }
+
+    any = 0;
+    ok = 0;
+    o = alcf->cors->elts;
+
+    for (i = 0; i < alcf->cors->nelts; i++) {
+        if (o[i].len == 1 && o[i].data[0] == '*') {
+            any = 1;
+            break;
+        }
+
+        if (o[i].len == origin->value.len
+            && ngx_strncasecmp(o[i].data, origin->value.data, o[i].len) == 0)
+        {
+            ok = 1;
+            break;
+        }
+    }
+
+    if (!any && !ok) {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_set(&key, "Access-Control-Allow-Origin");
+
+    if (any) {
+        ngx_str_set(&value, "*");
+
+    } else {
+        value = origin->value;
+    }
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&key, "Vary");
+    ngx_str_set(&value, "Origin");
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!allow) {
+        ngx_str_set(&key, "Access-Control-Expose-Headers");
+        ngx_str_set(&value, "X-Request-ID, X-RateLimit-Limit, "
+                    "X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After");
+
+        return ngx_http_cinematch_add_header(r, &key, &value);
+    }
+
+    /* a preflight: what the path allows */
+
+    if (allow & NGX_HTTP_GET) {
+        allow |= NGX_HTTP_HEAD;
+    }
+
+    p = ngx_pnalloc(r->pool, sizeof("GET, HEAD, POST, PUT, PATCH, DELETE"));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    value.data = p;
+
+    for (i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+        if (allow & bits[i]) {
+            if (p != value.data) {
+                *p++ = ','; *p++ = ' ';
+            }
+
+            p = ngx_cpymem(p, methods[i].data, methods[i].len);
+        }
+    }
+
+    value.len = p - value.data;
+    ngx_str_set(&key, "Access-Control-Allow-Methods");
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&key, "Access-Control-Allow-Headers");
+    ngx_str_set(&value, "Authorization, Content-Type, X-API-Key, "
+                "X-Request-ID");
+
+    if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&key, "Access-Control-Max-Age");
+    ngx_str_set(&value, "600");
+
+    return ngx_http_cinematch_add_header(r, &key, &value);
+}
+
+
+/* OPTIONS on a known path: 204 with the CORS answer, or NGX_DECLINED (the
+ * router's 405) when CORS is off or the origin is not allowed */
+
+ngx_int_t
+ngx_http_cinematch_cors_preflight(ngx_http_request_t *r, ngx_uint_t allow)
+{
+    ngx_int_t                            rc;
+    ngx_http_cinematch_auth_loc_conf_t  *alcf;
+
+    static ngx_str_t  type = ngx_string("application/json");
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_auth_module);
+
+    rc = ngx_http_cinematch_cors_headers(r, alcf, allow);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT, &type,
+                                       NULL, 0);
 }

@@ -433,6 +433,16 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
             return rc;
         }
 
+#if (NGX_HTTP_CINEMATCH_AUTH)
+        if (allow && r->method == NGX_HTTP_OPTIONS) {
+            rc = ngx_http_cinematch_cors_preflight(r, allow);
+
+            if (rc != NGX_DECLINED) {
+                return rc;
+            }
+        }
+#endif
+
         if (allow) {
             return ngx_http_cinematch_send_not_allowed(r, allow);
         }

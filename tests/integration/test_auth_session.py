@@ -65,7 +65,8 @@ def secret(workdir):
 def api(workdir, backends, db, secret):
     ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
                         http_extra=f"cinematch_jwt_secret_file {secret[0]};\n"
-                                   "cinematch_api_key_touch_interval 1s;",
+                                   "cinematch_api_key_touch_interval 1s;\n"
+                                   "cinematch_login_account_limit 6r/m burst=3;",
                         location_extra="cinematch_echo on;",
                         name="nginx-auth-session", workers=2, pg_pool=2,
                         pg_timeout="3s")
@@ -581,3 +582,79 @@ def test_key_cap_per_user_is_409(api, db):
     status, _, doc = call(api, "POST", "/api/v1/keys", {"name": "one more"},
                           token=u["access_token"])
     assert status == 409, doc
+
+
+def test_login_attempts_are_limited_per_account(api, db):
+    email = f"target-{os.getpid()}@example.com"
+    status, _, _ = call(api, "POST", "/api/v1/auth/register",
+                        {"email": email, "password": "the real password"})
+    assert status == 201
+    got = [call(api, "POST", "/api/v1/auth/login",
+                {"email": email.upper() if i % 2 else email,
+                 "password": f"guess {i}"})[0] for i in range(3)]
+    assert got == [401, 401, 401]
+    # the bucket is empty: even the right password waits, and no argon2id
+    status, hdrs, doc = call(api, "POST", "/api/v1/auth/login",
+                             {"email": email, "password": "the real password"})
+    assert status == 429 and doc["error"]["code"] == "rate_limited"
+    assert 1 <= int(hdrs["retry-after"]) <= 10
+    assert "x-ratelimit-limit" not in hdrs
+    # other accounts are not affected
+    u = new_user(api, db)
+    assert u["access_token"]
+
+
+# ---- CORS (off unless configured) ----
+
+@pytest.fixture(scope="module")
+def cors_api(workdir, backends, db, secret):
+    ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
+                        http_extra=f"cinematch_jwt_secret_file {secret[0]};",
+                        location_extra="cinematch_echo on;\n"
+                                       "cinematch_cors https://app.example.com;",
+                        server_extra="location /open/ { cinematch; "
+                                     "cinematch_cors off; }",
+                        name="nginx-auth-cors", workers=1)
+    try:
+        ngx.start()
+        yield ngx
+    finally:
+        ngx.stop()
+    assert not ngx.log_problems()
+
+
+def test_cors_is_off_by_default(api):
+    status, hdrs, _ = call(api, "GET", "/internal/auth/whoami",
+                           headers={"Origin": "https://app.example.com"})
+    assert status == 200 and "access-control-allow-origin" not in hdrs
+    status, _, _ = call(api, "OPTIONS", "/api/v1/auth/me",
+                        headers={"Origin": "https://app.example.com",
+                                 "Access-Control-Request-Method": "GET"})
+    assert status == 405
+
+
+def test_cors_allows_the_configured_origin_only(cors_api, db):
+    ok = {"Origin": "https://app.example.com"}
+    status, hdrs, _ = call(cors_api, "GET", "/internal/auth/whoami", headers=ok)
+    assert status == 200
+    assert hdrs["access-control-allow-origin"] == "https://app.example.com"
+    assert hdrs["vary"] == "Origin"
+    assert "X-RateLimit-Remaining" in hdrs["access-control-expose-headers"]
+    # a 401 is readable by the page too
+    status, hdrs, _ = call(cors_api, "GET", "/api/v1/auth/me", headers=ok)
+    assert status == 401 and "access-control-allow-origin" in hdrs
+
+    status, hdrs, _ = call(cors_api, "GET", "/internal/auth/whoami",
+                           headers={"Origin": "https://evil.example.com"})
+    assert status == 200 and "access-control-allow-origin" not in hdrs
+
+    status, hdrs, data = call(cors_api, "OPTIONS", "/api/v1/keys",
+                              headers={**ok, "Access-Control-Request-Method": "POST"})
+    assert status == 204 and data is None
+    assert hdrs["access-control-allow-methods"] == "GET, HEAD, POST"
+    assert "Authorization" in hdrs["access-control-allow-headers"]
+    assert "access-control-allow-credentials" not in hdrs
+    status, _, _ = call(cors_api, "OPTIONS", "/api/v1/keys",
+                        headers={"Origin": "https://evil.example.com",
+                                 "Access-Control-Request-Method": "POST"})
+    assert status == 405

@@ -191,6 +191,20 @@ def test_noscript_falls_back_to_eval(nodes, db, secret, redis):
     assert status == 200 and hdrs["x-ratelimit-remaining"] == str(BURST - 1)
 
 
+def test_denylisted_token_is_refused_in_the_same_script(nodes, db, secret, redis):
+    a, _ = nodes
+    t = user_token(nodes, db, secret)
+    import base64
+    claims = json.loads(base64.urlsafe_b64decode(t.split(".")[1] + "=="))
+    assert call(a, "GET", "/internal/auth/whoami", token=t)[0] == 200
+    subprocess.run(["redis-cli", "-p", str(redis.port), "SET",
+                    f"cm:deny:{claims['jti']}", "1", "EX", "60"],
+                   check=True, capture_output=True)
+    status, hdrs, doc = call(a, "GET", "/internal/auth/whoami", token=t)
+    assert status == 401 and doc["error"]["message"] == "access token was revoked"
+    assert "x-ratelimit-remaining" not in hdrs
+
+
 def test_local_zone_limits_when_redis_is_down(nodes, db, secret, redis):
     a, _ = nodes
     t = user_token(nodes, db, secret)
