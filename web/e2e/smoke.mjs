@@ -119,12 +119,13 @@ async function main() {
     await page.getByRole('button', { name: 'Log in' }).click();
     await page.getByRole('heading', { name: 'Your picks' }).waitFor();
   });
+  let before = [];
   await step('recommendations (or the popular fallback) are shown', async () => {
     await page.locator('.grid .card').first().waitFor({ timeout: 15000 });
-    const n = await page.locator('.grid .card').count();
+    before = await page.locator('.card-title').allInnerTexts();
     const fallback = await page.getByText(/popular picks|Popular instead/).count();
     await shot('03-for-you');
-    return `${n} movies${fallback ? ' (popular fallback)' : ''}`;
+    return `${before.length} movies${fallback ? ' (popular fallback)' : ''}`;
   });
   await step('search with genre and year filters', async () => {
     await page.getByRole('link', { name: 'Movies', exact: true }).click();
@@ -151,11 +152,37 @@ async function main() {
     const said = await page.locator('.rate').innerText();
     return said.includes('Saved') ? 'rating saved' : `rating: ${said.replace(/\s+/g, ' ').slice(0, 80)}`;
   });
+  // Direct loads: each one restores the session from the refresh token.
+  const rateByUrl = async (id) => {
+    await page.goto(`${BASE}/movies/${id}`);
+    const slider = page.getByRole('slider', { name: 'Your rating' });
+    await slider.waitFor();
+    await slider.focus();
+    await page.keyboard.press('End');
+    await page.getByText(/Saved\.|not available/).waitFor();
+  };
+  await step('session survives a reload; rate two more movies', async () => {
+    await rateByUrl(2571);   // The Matrix
+    await rateByUrl(260);    // Star Wars IV
+    await page.getByRole('button', { name: 'Log out' }).waitFor();
+    return (await page.locator('.rate').innerText()).replace(/\s+/g, ' ').slice(0, 60);
+  });
+  await step('recommendations change after rating (fold-in, "because you liked")', async () => {
+    await page.getByRole('link', { name: 'For you' }).click();
+    await page.getByRole('heading', { name: 'Your picks' }).waitFor();
+    await page.locator('.grid .card').first().waitFor({ timeout: 15000 });
+    const after = await page.locator('.card-title').allInnerTexts();
+    const because = await page.locator('.because').count();
+    await shot('06-for-you-after-rating');
+    if (JSON.stringify(after) === JSON.stringify(before)) throw new Error('the list did not change');
+    if (because === 0) throw new Error('no "because you liked" line');
+    return `${because} of ${after.length} with "because you liked"; first: ${after[0]}`;
+  });
   await step('chat page answers (or says chat is not available yet)', async () => {
     await page.getByRole('link', { name: 'Chat', exact: true }).click();
     await page.getByRole('button', { name: '+ New chat' }).waitFor();
     await page.waitForTimeout(500);
-    await shot('06-chat');
+    await shot('07-chat');
     return (await page.locator('.conv-list').innerText()).replace(/\s+/g, ' ').slice(0, 80);
   });
   await step('phone-sized viewport: no horizontal scrolling', async () => {
@@ -163,14 +190,14 @@ async function main() {
     await page.goto(BASE + '/movies?q=star%20wars');
     await page.locator('.grid .card').first().waitFor();
     const over = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-    await shot('07-phone-search');
+    await shot('08-phone-search');
     await page.setViewportSize({ width: 1280, height: 860 });
     if (over > 1) throw new Error(`page is ${over} px wider than the viewport`);
   });
   await step('API docs page renders the OpenAPI description', async () => {
     await page.goto(BASE + '/api/docs/');
     await page.getByText('cinematch API').first().waitFor({ timeout: 15000 });
-    await shot('08-api-docs');
+    await shot('09-api-docs');
   });
   await step('no uncaught page errors', async () => {
     if (consoleErrors.length) throw new Error(consoleErrors.join('; '));
