@@ -178,12 +178,19 @@ async function main() {
     if (because === 0) throw new Error('no "because you liked" line');
     return `${because} of ${after.length} with "because you liked"; first: ${after[0]}`;
   });
-  await step('chat page answers (or says chat is not available yet)', async () => {
+  await step('chat: a message streams a reply (or the error says why)', async () => {
     await page.getByRole('link', { name: 'Chat', exact: true }).click();
     await page.getByRole('button', { name: '+ New chat' }).waitFor();
-    await page.waitForTimeout(500);
+    await page.getByLabel('Message', { exact: true }).fill('a heist film with a twist');
+    await page.getByRole('button', { name: 'Send' }).click();
+    // the stream ends when the Send button is back (Stop while it runs)
+    await page.getByRole('button', { name: 'Send' }).waitFor({ timeout: 60000 });
+    const reply = (await page.locator('.msg.assistant .bubble').last().innerText()).trim();
+    const alert = await page.getByRole('alert').allInnerTexts();
     await shot('07-chat');
-    return (await page.locator('.conv-list').innerText()).replace(/\s+/g, ' ').slice(0, 80);
+    const mode = (await page.getByText(/lives in this tab only/).count()) ? 'tab-only chat via /v1/chat/completions' : 'conversation API';
+    if (!reply && alert.length === 0) throw new Error('no reply and no error shown');
+    return `${mode}: ${reply ? `reply "${reply.slice(0, 40)}"` : `error "${alert[0]}"`}`;
   });
   await step('phone-sized viewport: no horizontal scrolling', async () => {
     await page.setViewportSize({ width: 390, height: 844 });
