@@ -178,6 +178,17 @@ async function main() {
     if (because === 0) throw new Error('no "because you liked" line');
     return `${because} of ${after.length} with "because you liked"; first: ${after[0]}`;
   });
+  await step('account: create an API key and use it', async () => {
+    await page.getByRole('link', { name: email }).click();
+    await page.getByRole('heading', { name: 'Your account' }).waitFor();
+    await page.getByLabel('New key name').fill('e2e key');
+    await page.getByRole('button', { name: 'Create key' }).click();
+    const key = (await page.getByLabel('new API key').innerText()).trim();
+    await shot('07-account');
+    const r = await fetch(`${BASE}/api/v1/auth/me`, { headers: { Authorization: `Bearer ${key}` } });
+    if (r.status !== 200) throw new Error(`GET /auth/me with the new key: ${r.status}`);
+    return `key ${key.slice(0, 6)}… works`;
+  });
   await step('chat: a message streams a reply (or the error says why)', async () => {
     await page.getByRole('link', { name: 'Chat', exact: true }).click();
     await page.getByRole('button', { name: '+ New chat' }).waitFor();
@@ -187,7 +198,7 @@ async function main() {
     await page.getByRole('button', { name: 'Send' }).waitFor({ timeout: 60000 });
     const reply = (await page.locator('.msg.assistant .bubble').last().innerText()).trim();
     const alert = await page.getByRole('alert').allInnerTexts();
-    await shot('07-chat');
+    await shot('07b-chat');
     const mode = (await page.getByText(/lives in this tab only/).count()) ? 'tab-only chat via /v1/chat/completions' : 'conversation API';
     if (!reply && alert.length === 0) throw new Error('no reply and no error shown');
     return `${mode}: ${reply ? `reply "${reply.slice(0, 40)}"` : `error "${alert[0]}"`}`;
