@@ -762,6 +762,8 @@ cm_lm_generate_main(int argc, char **argv)
     double           ttft, total;
     size_t           len;
     const uint8_t   *tb;
+    cm_bpe_stream_t  st = { { 0 }, 0 };
+    char             piece[1024];
 
     cm_lm_params_default(&p);
     p.min_tokens = 1;
@@ -842,13 +844,17 @@ cm_lm_generate_main(int argc, char **argv)
     }
     ttft = cm_secs(t0);
     while (s.finish == CM_LM_RUNNING) {
+        /* whole UTF-8 characters only, as an SSE stream would send */
         tb = cm_bpe_token(b, s.next, &len);
-        if (tb != NULL) {
-            fwrite(tb, 1, len, stdout);
+        if (tb != NULL && len + 4 <= sizeof(piece)) {
+            len = cm_bpe_stream_push(b, &st, s.next, piece);
+            fwrite(piece, 1, len, stdout);
             fflush(stdout);
         }
         cm_lm_step(&e, &sp, 1);
     }
+    len = cm_bpe_stream_flush(&st, piece);
+    fwrite(piece, 1, len, stdout);
     total = cm_secs(t0);
     printf("\n");
     cm_info("%s: prompt %d tokens, %d generated (%s), first token %.1f ms,"

@@ -1497,3 +1497,62 @@ cm_bpe_load(cm_bpe_t **out, const char *dir, char *err, size_t errlen)
     free(m);
     return rc;
 }
+
+
+/* ---- streaming decode ------------------------------------------------- */
+
+/* Bytes at the end of s[0..n) that start a UTF-8 character not yet
+ * complete (0 when the end is a character boundary or plainly invalid). */
+static size_t
+cm_utf8_incomplete_tail(const uint8_t *s, size_t n)
+{
+    size_t  k, need;
+
+    for (k = 1; k <= 3 && k <= n; k++) {
+        uint8_t c = s[n - k];
+
+        if ((c & 0xC0) == 0x80) {
+            continue;               /* continuation: keep looking back */
+        }
+        need = (c >= 0xC2 && c <= 0xDF) ? 2
+               : (c >= 0xE0 && c <= 0xEF) ? 3
+               : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+        return need > k ? k : 0;
+    }
+    return 0;
+}
+
+
+size_t
+cm_bpe_stream_push(const cm_bpe_t *b, cm_bpe_stream_t *st, int32_t id,
+    char *out)
+{
+    const uint8_t *tb;
+    size_t         len = 0, total, keep;
+    uint8_t       *o = (uint8_t *) out;
+
+    tb = cm_bpe_token(b, id, &len);
+    if (tb == NULL) {
+        len = 0;
+    }
+    memcpy(o, st->held, st->n);
+    if (len > 0) {
+        memcpy(o + st->n, tb, len);
+    }
+    total = st->n + len;
+    keep = cm_utf8_incomplete_tail(o, total);
+    memcpy(st->held, o + total - keep, keep);
+    st->n = keep;
+    return total - keep;
+}
+
+
+size_t
+cm_bpe_stream_flush(cm_bpe_stream_t *st, char *out)
+{
+    size_t n = st->n;
+
+    memcpy(out, st->held, n);
+    st->n = 0;
+    return n;
+}

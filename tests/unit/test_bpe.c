@@ -266,6 +266,55 @@ test_loader_accepts_gpt2_layout_and_rejects_bad_files(void **state)
 }
 
 
+static void
+test_stream_decode_holds_partial_utf8_and_matches_decode(void **state)
+{
+    cm_bpe_t        *b = train_small(400);
+    cm_tokens_t      t = { 0 };
+    cm_bpe_stream_t  st = { { 0 }, 0 };
+    char             out[4096], piece[512], *whole;
+    size_t           n = 0, k, i, len;
+    unsigned         seed = 99;
+    const char      *s = "Caf\xc3\xa9 \xe2\x80\x99 \xf0\x9f\x8e\xac end \xff\xc3";
+    int              r;
+
+    /* byte-level tokens split multi-byte characters: streamed pieces must
+     * end on character boundaries (except raw invalid bytes) */
+    assert_int_equal(cm_bpe_encode(b, s, strlen(s), 0, &t), CM_OK);
+    for (i = 0; i < t.n; i++) {
+        k = cm_bpe_stream_push(b, &st, t.ids[i], piece);
+        assert_true(st.n <= 3);
+        memcpy(out + n, piece, k);
+        n += k;
+    }
+    n += cm_bpe_stream_flush(&st, out + n);
+    assert_int_equal(n, strlen(s));
+    assert_memory_equal(out, s, n);
+    /* property: for random token sequences, pushes + flush == decode */
+    for (r = 0; r < 200; r++) {
+        size_t cnt = (size_t) (rand_r(&seed) % 40);
+
+        t.n = 0;
+        for (i = 0; i < cnt; i++) {
+            assert_int_equal(cm_bpe_encode(b, " ", 1, 0, &t), CM_OK);
+            t.ids[t.n - 1] = (int32_t) (rand_r(&seed)
+                                        % (unsigned) cm_bpe_vocab_size(b));
+        }
+        n = 0;
+        for (i = 0; i < t.n; i++) {
+            n += cm_bpe_stream_push(b, &st, t.ids[i], out + n);
+        }
+        n += cm_bpe_stream_flush(&st, out + n);
+        assert_int_equal(cm_bpe_decode(b, t.ids, t.n, &whole, &len), CM_OK);
+        assert_int_equal(n, len);
+        assert_memory_equal(out, whole, len);
+        free(whole);
+    }
+    free(t.ids);
+    cm_bpe_free(b);
+}
+
+
 int
 main(void)
 {
@@ -276,6 +325,8 @@ main(void)
         cmocka_unit_test(test_special_tokens_only_recognised_when_asked),
         cmocka_unit_test(test_save_load_gives_identical_encoding_in_gpt2_format),
         cmocka_unit_test(test_loader_accepts_gpt2_layout_and_rejects_bad_files),
+        cmocka_unit_test(
+            test_stream_decode_holds_partial_utf8_and_matches_decode),
     };
 
     return cmocka_run_group_tests_name("bpe", tests, NULL, NULL);

@@ -141,6 +141,96 @@ test_batched_decode_equals_single_decode(void **state)
 }
 
 
+/* Continuous batching as the daemon will do it: a sequence admitted while
+ * another is half-way through decoding, and one retired early, produce the
+ * same tokens as each run alone. */
+static void
+test_sequences_admitted_mid_decode_match_solo_runs(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e;
+    cm_lm_seq_t     a, b, c, *run[3], *one;
+    cm_lm_params_t  p;
+    int32_t         pa[3] = { 1, 2, 3 }, pb[4] = { 9, 8, 7, 6 };
+    int32_t         pc[2] = { 40, 41 };
+    int32_t         got[3][10], want[3][10];
+    int             i, k, n, na = 0, nb = 0, nc = 0;
+
+    tiny_model(&m);
+    greedy(&p);
+    assert_int_equal(cm_lm_engine_init(&e, &m, 16), CM_OK);
+
+    /* solo runs */
+    for (k = 0; k < 3; k++) {
+        cm_lm_params_t q = p;
+
+        q.max_tokens = k == 2 ? 4 : 10;
+        assert_int_equal(cm_lm_seq_init(&a, &e, &q), CM_OK);
+        assert_int_equal(cm_lm_prefill(&e, &a, k == 0 ? pa : k == 1 ? pb : pc,
+                                       k == 0 ? 3 : k == 1 ? 4 : 2), CM_OK);
+        one = &a;
+        for (i = 0; a.finish == CM_LM_RUNNING; i++) {
+            want[k][i] = a.next;
+            cm_lm_step(&e, &one, 1);
+        }
+        cm_lm_seq_free(&a);
+    }
+
+    /* a runs alone for 3 steps; b joins; c joins at step 5 and retires
+     * after 4 tokens while the others go on */
+    assert_int_equal(cm_lm_seq_init(&a, &e, &p), CM_OK);
+    p.max_tokens = 10;
+    assert_int_equal(cm_lm_seq_init(&b, &e, &p), CM_OK);
+    p.max_tokens = 4;
+    assert_int_equal(cm_lm_seq_init(&c, &e, &p), CM_OK);
+    a.params.max_tokens = 10;
+    assert_int_equal(cm_lm_prefill(&e, &a, pa, 3), CM_OK);
+    for (i = 0; i < 3; i++) {
+        got[0][na++] = a.next;
+        run[0] = &a;
+        cm_lm_step(&e, run, 1);
+    }
+    assert_int_equal(cm_lm_prefill(&e, &b, pb, 4), CM_OK);
+    for (i = 0; i < 12; i++) {
+        if (i == 2) {
+            assert_int_equal(cm_lm_prefill(&e, &c, pc, 2), CM_OK);
+        }
+        n = 0;
+        if (a.finish == CM_LM_RUNNING) {
+            got[0][na++] = a.next;
+            run[n++] = &a;
+        }
+        if (b.finish == CM_LM_RUNNING) {
+            got[1][nb++] = b.next;
+            run[n++] = &b;
+        }
+        if (i >= 2 && c.finish == CM_LM_RUNNING) {
+            got[2][nc++] = c.next;
+            run[n++] = &c;
+        }
+        if (n == 0) {
+            break;
+        }
+        cm_lm_step(&e, run, n);
+    }
+    assert_int_equal(na, 10);
+    assert_int_equal(nb, 10);
+    assert_int_equal(nc, 4);
+    for (i = 0; i < 10; i++) {
+        assert_int_equal(got[0][i], want[0][i]);
+        assert_int_equal(got[1][i], want[1][i]);
+    }
+    for (i = 0; i < 4; i++) {
+        assert_int_equal(got[2][i], want[2][i]);
+    }
+    cm_lm_seq_free(&a);
+    cm_lm_seq_free(&b);
+    cm_lm_seq_free(&c);
+    cm_lm_engine_free(&e);
+    cm_gpt_free(&m);
+}
+
+
 static void
 test_chunked_prefill_equals_one_chunk(void **state)
 {
@@ -336,6 +426,7 @@ main(void)
         cmocka_unit_test(test_kv_cache_decode_matches_full_forward),
         cmocka_unit_test(test_batched_decode_equals_single_decode),
         cmocka_unit_test(test_chunked_prefill_equals_one_chunk),
+        cmocka_unit_test(test_sequences_admitted_mid_decode_match_solo_runs),
         cmocka_unit_test(test_sampling_rules),
         cmocka_unit_test(test_sequences_end_on_stop_length_and_full_context),
     };

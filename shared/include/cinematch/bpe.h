@@ -68,6 +68,24 @@ const uint8_t *cm_bpe_token(const cm_bpe_t *b, int32_t id, size_t *len);
 int cm_bpe_decode(const cm_bpe_t *b, const int32_t *ids, size_t n,
     char **out, size_t *len);
 
+/*
+ * Streaming decode for token-by-token output (SSE): a token may end inside
+ * a UTF-8 character, so each push returns only bytes up to the last
+ * complete character and holds back (at most 3 bytes of) an incomplete
+ * one until the next token; flush returns what is held at the end.  The
+ * concatenation of all pushes and the flush equals cm_bpe_decode of the
+ * same ids, byte for byte (invalid sequences pass through unchanged).
+ * out needs room for the token's bytes + 3.
+ */
+typedef struct {
+    uint8_t  held[4];
+    size_t   n;
+} cm_bpe_stream_t;
+
+size_t cm_bpe_stream_push(const cm_bpe_t *b, cm_bpe_stream_t *st,
+    int32_t id, char *out);
+size_t cm_bpe_stream_flush(cm_bpe_stream_t *st, char *out);
+
 int cm_bpe_vocab_size(const cm_bpe_t *b);
 int cm_bpe_n_merges(const cm_bpe_t *b);
 /* Id of a special token by its text, -1 when the vocab has none. */
