@@ -148,6 +148,34 @@ def test_login_works_with_the_generated_jwt_key(stack):
     assert code == 200 and body["token_type"] == "Bearer" and body["access_token"], body
 
 
+def test_dashboard_uses_only_metrics_that_metrics_exposes(stack):
+    """conf/grafana/cinematch-dashboard.json: every cinematch_* series a panel
+    queries is a family the live /metrics declares (# TYPE), and
+    conf/prometheus.yml passes promtool."""
+    if not os.path.exists(os.path.join(ROOT, "build", "ngx_http_cinematch_module.so")):
+        pytest.skip("module not built")
+    import re
+    code, text = get(stack, "/metrics")
+    assert code == 200, text
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    assert families, text[:200]
+    with open(os.path.join(ROOT, "conf", "grafana", "cinematch-dashboard.json")) as f:
+        dash = json.load(f)
+    used = {}
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            for name in re.findall(r"\bcinematch_[a-z0-9_]+", target["expr"]):
+                used.setdefault(re.sub(r"_(bucket|sum|count)$", "", name), panel["title"])
+    assert used
+    missing = {m: t for m, t in used.items() if m not in families}
+    assert not missing, f"panels query metrics /metrics does not have: {missing}"
+    promtool = shutil.which("promtool")
+    if promtool:
+        r = subprocess.run([promtool, "check", "config", os.path.join(ROOT, "conf", "prometheus.yml")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_schema_is_migrated(stack):
     with open(os.path.join(stack["var"], "secrets", "pg_dsn")) as f:
         dsn = f.read().strip()

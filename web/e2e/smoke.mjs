@@ -119,12 +119,13 @@ async function main() {
     await page.getByRole('button', { name: 'Log in' }).click();
     await page.getByRole('heading', { name: 'Your picks' }).waitFor();
   });
+  let before = [];
   await step('recommendations (or the popular fallback) are shown', async () => {
     await page.locator('.grid .card').first().waitFor({ timeout: 15000 });
-    const n = await page.locator('.grid .card').count();
+    before = await page.locator('.card-title').allInnerTexts();
     const fallback = await page.getByText(/popular picks|Popular instead/).count();
     await shot('03-for-you');
-    return `${n} movies${fallback ? ' (popular fallback)' : ''}`;
+    return `${before.length} movies${fallback ? ' (popular fallback)' : ''}`;
   });
   await step('search with genre and year filters', async () => {
     await page.getByRole('link', { name: 'Movies', exact: true }).click();
@@ -151,26 +152,70 @@ async function main() {
     const said = await page.locator('.rate').innerText();
     return said.includes('Saved') ? 'rating saved' : `rating: ${said.replace(/\s+/g, ' ').slice(0, 80)}`;
   });
-  await step('chat page answers (or says chat is not available yet)', async () => {
+  // Direct loads: each one restores the session from the refresh token.
+  const rateByUrl = async (id) => {
+    await page.goto(`${BASE}/movies/${id}`);
+    const slider = page.getByRole('slider', { name: 'Your rating' });
+    await slider.waitFor();
+    await slider.focus();
+    await page.keyboard.press('End');
+    await page.getByText(/Saved\.|not available/).waitFor();
+  };
+  await step('session survives a reload; rate two more movies', async () => {
+    await rateByUrl(2571);   // The Matrix
+    await rateByUrl(260);    // Star Wars IV
+    await page.getByRole('button', { name: 'Log out' }).waitFor();
+    return (await page.locator('.rate').innerText()).replace(/\s+/g, ' ').slice(0, 60);
+  });
+  await step('recommendations change after rating (fold-in, "because you liked")', async () => {
+    await page.getByRole('link', { name: 'For you' }).click();
+    await page.getByRole('heading', { name: 'Your picks' }).waitFor();
+    await page.locator('.grid .card').first().waitFor({ timeout: 15000 });
+    const after = await page.locator('.card-title').allInnerTexts();
+    const because = await page.locator('.because').count();
+    await shot('06-for-you-after-rating');
+    if (JSON.stringify(after) === JSON.stringify(before)) throw new Error('the list did not change');
+    if (because === 0) throw new Error('no "because you liked" line');
+    return `${because} of ${after.length} with "because you liked"; first: ${after[0]}`;
+  });
+  await step('account: create an API key and use it', async () => {
+    await page.getByRole('link', { name: email }).click();
+    await page.getByRole('heading', { name: 'Your account' }).waitFor();
+    await page.getByLabel('New key name').fill('e2e key');
+    await page.getByRole('button', { name: 'Create key' }).click();
+    const key = (await page.getByLabel('new API key').innerText()).trim();
+    await shot('07-account');
+    const r = await fetch(`${BASE}/api/v1/auth/me`, { headers: { Authorization: `Bearer ${key}` } });
+    if (r.status !== 200) throw new Error(`GET /auth/me with the new key: ${r.status}`);
+    return `key ${key.slice(0, 6)}… works`;
+  });
+  await step('chat: a message streams a reply (or the error says why)', async () => {
     await page.getByRole('link', { name: 'Chat', exact: true }).click();
     await page.getByRole('button', { name: '+ New chat' }).waitFor();
-    await page.waitForTimeout(500);
-    await shot('06-chat');
-    return (await page.locator('.conv-list').innerText()).replace(/\s+/g, ' ').slice(0, 80);
+    await page.getByLabel('Message', { exact: true }).fill('a heist film with a twist');
+    await page.getByRole('button', { name: 'Send' }).click();
+    // the stream ends when the Send button is back (Stop while it runs)
+    await page.getByRole('button', { name: 'Send' }).waitFor({ timeout: 60000 });
+    const reply = (await page.locator('.msg.assistant .bubble').last().innerText()).trim();
+    const alert = await page.getByRole('alert').allInnerTexts();
+    await shot('07b-chat');
+    const mode = (await page.getByText(/lives in this tab only/).count()) ? 'tab-only chat via /v1/chat/completions' : 'conversation API';
+    if (!reply && alert.length === 0) throw new Error('no reply and no error shown');
+    return `${mode}: ${reply ? `reply "${reply.slice(0, 40)}"` : `error "${alert[0]}"`}`;
   });
   await step('phone-sized viewport: no horizontal scrolling', async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(BASE + '/movies?q=star%20wars');
     await page.locator('.grid .card').first().waitFor();
     const over = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-    await shot('07-phone-search');
+    await shot('08-phone-search');
     await page.setViewportSize({ width: 1280, height: 860 });
     if (over > 1) throw new Error(`page is ${over} px wider than the viewport`);
   });
   await step('API docs page renders the OpenAPI description', async () => {
     await page.goto(BASE + '/api/docs/');
     await page.getByText('cinematch API').first().waitFor({ timeout: 15000 });
-    await shot('08-api-docs');
+    await shot('09-api-docs');
   });
   await step('no uncaught page errors', async () => {
     if (consoleErrors.length) throw new Error(consoleErrors.join('; '));

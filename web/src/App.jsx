@@ -7,6 +7,7 @@ import { MoviePage } from './pages/Movie.jsx';
 import { ForYouPage, HomePage } from './pages/ForYou.jsx';
 import { ChatPage } from './pages/Chat.jsx';
 import { AdminPage } from './pages/Admin.jsx';
+import { AccountPage } from './pages/Account.jsx';
 
 function Nav() {
   const { api, user, isAdmin } = useAuth();
@@ -28,7 +29,7 @@ function Nav() {
       <div className="who">
         {user ? (
           <>
-            <span className="muted small">{user.name || user.email || `user ${user.id}`}</span>
+            <Link to="/account" className="small">{user.name || user.email || `user ${user.id}`}</Link>
             <button className="btn small" onClick={async () => { await api.logout(); navigate('/'); }}>Log out</button>
           </>
         ) : (
@@ -56,6 +57,7 @@ function Routes() {
   if (path === '/chat') return <ChatPage />;
   if ((m = match('/chat/:id', path))) return <ChatPage id={m.id} />;
   if (path === '/admin') return <AdminPage />;
+  if (path === '/account') return <AccountPage />;
   return <section><h1>Scene missing</h1><p>There is no page at {path}. <Link to="/">Back to the lobby</Link>.</p></section>;
 }
 

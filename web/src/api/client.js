@@ -202,6 +202,35 @@ export function createClient({ baseUrl = '', fetchImpl, storage } = {}) {
       return done || { finish_reason: 'eof' };
     },
 
+    // OpenAI-compatible streaming completion (POST /v1/chat/completions): the
+    // chat page's fallback while the conversation API is not on the server.
+    // messages: [{role, content}]; onToken per delta; resolves {finish_reason, usage}.
+    async chatCompletion(messages, { signal, onToken, model = 'dialog', params = {} } = {}) {
+      const res = await raw('POST', '/v1/chat/completions', {
+        body: { model, messages, stream: true, stream_options: { include_usage: true }, ...params },
+        signal, headers: { Accept: 'text/event-stream' },
+      });
+      let finish = null;
+      let usage = null;
+      let failure = null;
+      await readSse(res.body, (ev) => {
+        if (ev.data === '[DONE]') return;
+        let chunk;
+        try { chunk = JSON.parse(ev.data); } catch { return; }
+        if (chunk.error) {
+          failure = new ApiError(0, chunk.error.code || 'stream_error', chunk.error.message || 'generation failed');
+          return;
+        }
+        if (chunk.usage) usage = chunk.usage;
+        const choice = chunk.choices && chunk.choices[0];
+        if (!choice) return;
+        if (choice.delta && choice.delta.content && onToken) onToken(choice.delta.content);
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }, signal);
+      if (failure) throw failure;
+      return { finish_reason: finish || 'eof', usage };
+    },
+
     // operations
     models: () => call('GET', '/api/v1/models'),
     versions: (name) => call('GET', `/api/v1/models/${encodeURIComponent(name)}/versions`),

@@ -132,6 +132,28 @@ describe('API client', () => {
     await expect(c.sendMessage(1, 'hi')).rejects.toMatchObject({ code: 'unavailable', message: 'model busy' });
   });
 
+  it('streams an OpenAI-style completion until [DONE], with usage', async () => {
+    const chunk = (o) => `data: ${JSON.stringify(o)}\n\n`;
+    const body = chunk({ choices: [{ delta: { role: 'assistant', content: '' } }] })
+      + chunk({ choices: [{ delta: { content: 'Alien' } }] })
+      + chunk({ choices: [{ delta: { content: ' (1979)' }, finish_reason: 'stop' }] })
+      + chunk({ choices: [], usage: { prompt_tokens: 5, completion_tokens: 2 } }) + 'data: [DONE]\n\n';
+    const f = fakeFetch({ 'POST /v1/chat/completions': () => new Response(body, { headers: { 'Content-Type': 'text/event-stream' } }) });
+    const c = createClient({ fetchImpl: f, storage: null });
+    const tokens = [];
+    const r = await c.chatCompletion([{ role: 'user', content: 'space horror' }], { onToken: (t) => tokens.push(t) });
+    expect(tokens).toEqual(['Alien', ' (1979)']);
+    expect(r).toEqual({ finish_reason: 'stop', usage: { prompt_tokens: 5, completion_tokens: 2 } });
+    expect(f.calls[0].body).toMatchObject({ model: 'dialog', stream: true, messages: [{ role: 'user', content: 'space horror' }] });
+  });
+
+  it('rejects a completion stream that carries an error object', async () => {
+    const body = 'data: {"choices":[{"delta":{"content":""}}]}\n\ndata: {"error":{"code":"unavailable","message":"the generation failed"}}\n\ndata: [DONE]\n\n';
+    const f = fakeFetch({ 'POST /v1/chat/completions': () => new Response(body, { headers: { 'Content-Type': 'text/event-stream' } }) });
+    const c = createClient({ fetchImpl: f, storage: null });
+    await expect(c.chatCompletion([{ role: 'user', content: 'x' }])).rejects.toMatchObject({ code: 'unavailable', message: 'the generation failed' });
+  });
+
   it('decodes JWT payloads with UTF-8 and rejects garbage', () => {
     expect(decodeJwt(jwt({ sub: '1', name: 'Zoë' }))).toMatchObject({ name: 'Zoë' });
     expect(decodeJwt('not.a-jwt')).toBeNull();

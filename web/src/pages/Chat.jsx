@@ -45,7 +45,12 @@ export function ChatPage({ id }) {
 
   if (!user) return <p className="note"><Link to="/login">Log in</Link> to chat about movies.</p>;
 
+  // Without the conversation API (404), the chat runs in this tab only and
+  // streams from the OpenAI-compatible /v1/chat/completions.
+  const local = Boolean(listError && listError.missing);
+
   async function newChat() {
+    if (local) { setMessages([]); setError(null); return null; }
     try {
       const r = await api.createConversation();
       const c = r.conversation || r;
@@ -85,7 +90,8 @@ export function ChatPage({ id }) {
     const content = draft.trim();
     if (!content || streaming) return;
     let cid = id;
-    if (!cid) { cid = await newChat(); if (!cid) return; }
+    if (!cid && !local) { cid = await newChat(); if (!cid) return; }
+    const history = messages.filter((m) => !m.streaming && m.content).map((m) => ({ role: m.role, content: m.content }));
     setDraft(''); setError(null); setStreaming(true);
     const controller = new AbortController();
     ctl.current = controller;
@@ -93,10 +99,10 @@ export function ChatPage({ id }) {
     setMessages((ms) => [...ms, { role: 'user', content }, reply]);
     const update = (patch) => setMessages((ms) => ms.map((x) => (x.streaming ? { ...x, ...patch(x) } : x)));
     try {
-      const done = await api.sendMessage(cid, content, {
-        signal: controller.signal,
-        onToken: (t) => update((x) => ({ content: x.content + t })),
-      });
+      const onToken = (t) => update((x) => ({ content: x.content + t }));
+      const done = local
+        ? await api.chatCompletion([...history, { role: 'user', content }], { signal: controller.signal, onToken })
+        : await api.sendMessage(cid, content, { signal: controller.signal, onToken });
       update(() => ({ streaming: false, id: done.message_id, finish_reason: done.finish_reason }));
     } catch (err) {
       update(() => ({ streaming: false, finish_reason: err.name === 'AbortError' ? 'stopped' : 'error' }));
@@ -104,7 +110,7 @@ export function ChatPage({ id }) {
     } finally {
       setStreaming(false);
       ctl.current = null;
-      loadList();
+      if (!local) loadList();
     }
   }
 
@@ -112,7 +118,9 @@ export function ChatPage({ id }) {
     <div className="chat">
       <aside className="conv-list" aria-label="Conversations">
         <button className="btn primary wide" onClick={newChat}>+ New chat</button>
-        <ErrorNote error={listError} what="Chat" />
+        {local ? (
+          <p className="note" role="status">Saved conversations are not available on this server yet: this chat lives in this tab only.</p>
+        ) : <ErrorNote error={listError} what="Chat" />}
         {!convs && !listError ? <Spinner /> : null}
         <ul>
           {(convs || []).map((c) => (
@@ -127,7 +135,7 @@ export function ChatPage({ id }) {
         </ul>
       </aside>
       <section className="conv" aria-label="Messages">
-        {id ? (
+        {id && !local ? (
           <div className="conv-tools">
             <span className="muted small">Export:</span>
             <button className="btn small" onClick={() => exportAs('md')}>Markdown</button>

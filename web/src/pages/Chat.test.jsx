@@ -63,10 +63,22 @@ describe('ChatPage', () => {
     expect(screen.queryByRole('alert')).toBeNull();
   });
 
-  it('says chat is not available when the endpoint answers 404', async () => {
-    const api = stub({ conversations: vi.fn(async () => { throw new ApiError(404, 'not_found', 'no such endpoint'); }) });
+  it('without the conversation API, chats in the tab through /v1/chat/completions with the history', async () => {
+    const missing = async () => { throw new ApiError(404, 'not_found', 'no such endpoint'); };
+    const api = stub({
+      conversations: vi.fn(missing), conversation: vi.fn(missing), sendMessage: vi.fn(),
+      chatCompletion: vi.fn(async (msgs, { onToken }) => { onToken(`reply ${msgs.length}`); return { finish_reason: 'stop' }; }),
+    });
     mount(api);
-    const note = await screen.findByText('Chat is not available on this server yet.');
-    expect(note.getAttribute('role')).toBe('status');
+    await screen.findByText(/this chat lives in this tab only/);
+    for (const text of ['first', 'second']) {
+      fireEvent.change(screen.getByLabelText('Message'), { target: { value: text } });
+      fireEvent.click(await screen.findByRole('button', { name: 'Send' }));
+      await screen.findByText(text === 'first' ? 'reply 1' : 'reply 3');
+    }
+    expect(api.chatCompletion.mock.calls[1][0]).toEqual([
+      { role: 'user', content: 'first' }, { role: 'assistant', content: 'reply 1' }, { role: 'user', content: 'second' }]);
+    expect(api.sendMessage).not.toHaveBeenCalled();
+    expect(screen.queryByRole('alert')).toBeNull();
   });
 });
