@@ -81,10 +81,11 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 
     { NGX_HTTP_POST, ngx_string("/v1/chat/completions"),
       ngx_http_cinematch_chat_completions_handler,
-      NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
 
     { NGX_HTTP_GET, ngx_string("/v1/models"),
-      ngx_http_cinematch_models_list_handler, 0 },
+      ngx_http_cinematch_models_list_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
 #endif
 
 #if (NGX_HTTP_CINEMATCH_AUTH)

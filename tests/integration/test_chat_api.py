@@ -11,6 +11,7 @@ import pytest
 
 import harness
 from inferfixture import BIN, Infer
+from tokens import access_token, authenticate, new_secret
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,15 @@ def api(workdir, backends):
     infer = Infer(workdir, name="infer-chat", extra=[
         "--dialog", str(model), "--dialog-version", "3", "--max-seqs", "4"])
     infer.start()
+    # chat costs compute: it needs a caller (a session or a "chat" key)
+    secret = workdir / "chat-jwt.secret"
+    token = access_token(new_secret(BIN, secret), role="user", sub="42")
     ngx = harness.Nginx(workdir, pg=backends.pg, redis=backends.redis,
-                        http_extra=infer.directive, name="nginx-chat", workers=2)
+                        http_extra=infer.directive
+                        + f"\ncinematch_jwt_secret_file {secret};",
+                        name="nginx-chat", workers=2)
+    authenticate(ngx, token)
+    ngx.token = token
     ngx.start()
     harness.wait_for(lambda: ngx.json("GET", "/ready")[0] == 200, timeout=10,
                      what="ready with the dialog model")
@@ -46,6 +54,14 @@ def body(**kw):
 
 def sse_data(raw):
     return [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+
+
+def test_chat_without_credentials_is_401(api):
+    status, _, raw = api.unauthenticated("POST", "/v1/chat/completions",
+                                         json.dumps(body()).encode(),
+                                         {"Content-Type": "application/json"})
+    assert status == 401 and json.loads(raw)["error"]["code"] == "unauthenticated"
+    assert api.unauthenticated("GET", "/v1/models")[0] == 401
 
 
 def test_models_lists_the_dialog_model(api):
@@ -103,8 +119,9 @@ def test_client_disconnect_cancels_generation(api):
     s = socket.create_connection(("127.0.0.1", api.port), timeout=10)
     payload = json.dumps(body(stream=True, max_tokens=1024)).encode()
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+              b"Authorization: Bearer %s\r\n"
               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-              % (len(payload), payload))
+              % (api.token.encode(), len(payload), payload))
     s.recv(1024)
     s.close()
     harness.wait_for(

@@ -1,31 +1,14 @@
 """Recommendation endpoints through nginx → shm → cinematch infer, with a
 small synthetic catalogue and a freshly trained ALS artifact."""
 
-import base64
-import hashlib
-import hmac
 import json
 import subprocess
-import time
 
 import pytest
 
 import harness
 from inferfixture import BIN, Infer
-
-
-def _admin_token(secret):
-    """An HS256 access token of an admin, signed with the nginx secret."""
-    def b64(b):
-        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-    now = int(time.time())
-    h = {"alg": "HS256", "typ": "JWT",
-         "kid": hashlib.sha256(secret).hexdigest()[:16]}
-    c = {"iss": "cinematch", "aud": "cinematch-api", "sub": "1",
-         "role": "admin", "jti": "00000000-0000-4000-8000-000000000001",
-         "iat": now, "exp": now + 3600}
-    s = f"{b64(json.dumps(h).encode())}.{b64(json.dumps(c).encode())}"
-    return s + "." + b64(hmac.new(secret, s.encode(), hashlib.sha256).digest())
+from tokens import access_token, authenticate, new_secret
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +28,12 @@ def api(workdir, backends):
     # /recommend needs a caller; an admin may name any user_id (no users
     # table is needed: the token is verified without the database)
     secret = workdir / "rs-jwt.secret"
-    if secret.exists():
-        secret.unlink()
-    subprocess.run([str(BIN), "jwt-secret", "generate", "--out", str(secret)],
-                   check=True, capture_output=True)
-    token = _admin_token(secret.read_bytes().strip())
+    token = access_token(new_secret(BIN, secret), role="admin")
     ngx = harness.Nginx(workdir, pg=backends.pg, redis=backends.redis,
                         http_extra=infer.directive
                         + f"\ncinematch_jwt_secret_file {secret};",
                         name="nginx-rs", workers=2)
-    request = ngx.request
-    ngx.request = lambda method, path, body=None, headers=None, **kw: request(
-        method, path, body, {"Authorization": f"Bearer {token}", **(headers or {})},
-        **kw)
+    authenticate(ngx, token)
     ngx.start()
     harness.wait_for(lambda: ngx.json("GET", "/ready")[0] == 200, timeout=10,
                      what="ready with the model")
