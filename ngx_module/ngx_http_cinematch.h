@@ -205,6 +205,9 @@ ngx_int_t ngx_http_cinematch_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 ngx_int_t ngx_http_cinematch_send_error_json(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message, json_t *extra);
+/* 422 validation_failed with "fields": {field: message}. */
+ngx_int_t ngx_http_cinematch_send_invalid(ngx_http_request_t *r,
+    const char *field, const char *message);
 ngx_int_t ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc);
 json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,

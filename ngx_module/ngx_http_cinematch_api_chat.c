@@ -40,8 +40,6 @@ typedef struct {
 } ngx_http_cinematch_chat_t;
 
 
-static ngx_int_t ngx_http_cinematch_chat_bad(ngx_http_request_t *r,
-    const char *field, const char *message);
 static ngx_int_t ngx_http_cinematch_chat_payload(ngx_http_request_t *r,
     json_t *messages, json_t *stop, ngx_str_t *out, const char **field);
 static void ngx_http_cinematch_chat_ready(ngx_http_cinematch_infer_req_t *ir,
@@ -55,43 +53,6 @@ static ngx_int_t ngx_http_cinematch_chat_final(ngx_http_request_t *r,
 
 static ngx_str_t  ngx_http_cinematch_chat_json = ngx_string("application/json");
 
-
-static ngx_int_t
-ngx_http_cinematch_chat_bad(ngx_http_request_t *r, const char *field,
-    const char *message)
-{
-    u_char                    *p;
-    char                      *txt;
-    size_t                     len;
-    json_t                    *doc;
-    ngx_http_cinematch_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
-
-    doc = json_pack("{s:{s:s, s:s, s:s%, s:{s:s}}}", "error",
-                    "code", "validation_failed", "message", message,
-                    "request_id", (char *) ctx->request_id.data,
-                    ctx->request_id.len, "fields", field, message);
-    txt = doc != NULL ? json_dumps(doc, JSON_COMPACT) : NULL;
-    json_decref(doc);
-
-    if (txt == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = ngx_strlen(txt);
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        free(txt);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_memcpy(p, txt, len);
-    free(txt);
-
-    return ngx_http_cinematch_send_buf(r, 422, &ngx_http_cinematch_chat_json,
-                                       p, len);
-}
 
 
 /* messages (and stop) into the CM_REQ_CHAT payload; the oldest turns are
@@ -295,14 +256,14 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
         }
 
         if (allowed[i] == NULL) {
-            return ngx_http_cinematch_chat_bad(r, key, "unknown field");
+            return ngx_http_cinematch_send_invalid(r, key, "unknown field");
         }
     }
 
     v = json_object_get(b, "model");
 
     if (!json_is_string(v) || json_string_length(v) > 64) {
-        return ngx_http_cinematch_chat_bad(r, "model", "a model id is required");
+        return ngx_http_cinematch_send_invalid(r, "model", "a model id is required");
     }
 
     if (ngx_strncmp(json_string_value(v), "dialog", 6) != 0) {
@@ -314,31 +275,31 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
     if (v != NULL && !json_is_null(v)
         && (!json_is_integer(v) || json_integer_value(v) != 1))
     {
-        return ngx_http_cinematch_chat_bad(r, "n", "only n = 1 is supported");
+        return ngx_http_cinematch_send_invalid(r, "n", "only n = 1 is supported");
     }
 
     if (ngx_http_cinematch_chat_number(b, "temperature", 0.8, 0, 2, &temp)
         != NGX_OK)
     {
-        return ngx_http_cinematch_chat_bad(r, "temperature", "must be 0..2");
+        return ngx_http_cinematch_send_invalid(r, "temperature", "must be 0..2");
     }
 
     if (ngx_http_cinematch_chat_number(b, "top_p", 0.95, 0.001, 1, &top_p)
         != NGX_OK)
     {
-        return ngx_http_cinematch_chat_bad(r, "top_p", "must be in (0, 1]");
+        return ngx_http_cinematch_send_invalid(r, "top_p", "must be in (0, 1]");
     }
 
     if (ngx_http_cinematch_chat_number(b, "top_k", 40, 0, 1000, &top_k)
         != NGX_OK || top_k != (double) (ngx_int_t) top_k)
     {
-        return ngx_http_cinematch_chat_bad(r, "top_k", "must be 0..1000");
+        return ngx_http_cinematch_send_invalid(r, "top_k", "must be 0..1000");
     }
 
     if (ngx_http_cinematch_chat_number(b, "repetition_penalty", 1.1, 1, 2,
                                        &penalty) != NGX_OK)
     {
-        return ngx_http_cinematch_chat_bad(r, "repetition_penalty",
+        return ngx_http_cinematch_send_invalid(r, "repetition_penalty",
                                            "must be 1..2");
     }
 
@@ -348,7 +309,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
     if (ngx_http_cinematch_chat_number(b, field, 64, 1, 1024, &max_tokens)
         != NGX_OK || max_tokens != (double) (ngx_int_t) max_tokens)
     {
-        return ngx_http_cinematch_chat_bad(r, field, "must be 1..1024");
+        return ngx_http_cinematch_send_invalid(r, field, "must be 1..1024");
     }
 
     v = json_object_get(b, "seed");
@@ -356,7 +317,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
     if (v != NULL && !json_is_null(v)
         && (!json_is_integer(v) || json_integer_value(v) < 0))
     {
-        return ngx_http_cinematch_chat_bad(r, "seed",
+        return ngx_http_cinematch_send_invalid(r, "seed",
                                            "must be a non-negative integer");
     }
 
@@ -372,7 +333,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
     v = json_object_get(b, "stream");
 
     if (v != NULL && !json_is_null(v) && !json_is_boolean(v)) {
-        return ngx_http_cinematch_chat_bad(r, "stream", "must be a boolean");
+        return ngx_http_cinematch_send_invalid(r, "stream", "must be a boolean");
     }
 
     ch->stream = json_is_true(v);
@@ -385,7 +346,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
         if (!json_is_object(so) || json_object_size(so) > 1
             || (json_object_size(so) == 1 && !json_is_boolean(v)))
         {
-            return ngx_http_cinematch_chat_bad(r, "stream_options",
+            return ngx_http_cinematch_send_invalid(r, "stream_options",
                                                "only include_usage");
         }
 
@@ -396,7 +357,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
                                         json_object_get(b, "stop"),
                                         &payload, &field) != NGX_OK)
     {
-        return ngx_http_cinematch_chat_bad(r, field,
+        return ngx_http_cinematch_send_invalid(r, field,
                    ngx_strcmp(field, "stop") == 0
                    ? "a string or up to 4 strings of 1..64 bytes"
                    : "1..64 {role, content} messages of user/assistant"
@@ -645,7 +606,7 @@ ngx_http_cinematch_chat_drain(ngx_http_request_t *r,
     if (rc == NGX_DECLINED) {
         /* failed before any byte was sent: a plain JSON error */
         if (status == CM_EINVAL) {
-            return ngx_http_cinematch_chat_bad(r, "messages",
+            return ngx_http_cinematch_send_invalid(r, "messages",
                                                "rejected by the model server");
         }
 

@@ -25,8 +25,6 @@ static ngx_int_t ngx_http_cinematch_movies_arg(ngx_http_request_t *r,
     char *name, size_t len, ngx_str_t *out);
 static ngx_int_t ngx_http_cinematch_movies_num(ngx_http_request_t *r,
     char *name, size_t len, ngx_int_t lo, ngx_int_t hi, const char **out);
-static ngx_int_t ngx_http_cinematch_movies_bad(ngx_http_request_t *r,
-    const char *field, const char *message);
 static ngx_int_t ngx_http_cinematch_movies_query(ngx_http_request_t *r,
     const char *sql, int n, const char **values);
 static ngx_int_t ngx_http_cinematch_movies_done(ngx_http_request_t *r,
@@ -120,40 +118,6 @@ ngx_http_cinematch_movies_num(ngx_http_request_t *r, char *name, size_t len,
 }
 
 
-static ngx_int_t
-ngx_http_cinematch_movies_bad(ngx_http_request_t *r, const char *field,
-    const char *message)
-{
-    u_char                    *p, *end;
-    size_t                     len;
-    ngx_http_cinematch_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
-
-    /* field and message are our own constants: no escaping needed */
-    len = sizeof("{\"error\":{\"code\":\"validation_failed\",\"message\":"
-                 "\"invalid query parameters\",\"request_id\":\"\","
-                 "\"fields\":{\"\":\"\"}}}") - 1
-          + ngx_strlen(field) + ngx_strlen(message)
-          + (ctx != NULL ? ctx->request_id.len : 0);
-
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    end = ngx_snprintf(p, len,
-                       "{\"error\":{\"code\":\"validation_failed\","
-                       "\"message\":\"invalid query parameters\","
-                       "\"request_id\":\"%V\",\"fields\":{\"%s\":\"%s\"}}}",
-                       ctx != NULL ? &ctx->request_id : &r->uri, field,
-                       message);
-
-    return ngx_http_cinematch_send_buf(r, 422,
-                                       &ngx_http_cinematch_movies_type, p,
-                                       end - p);
-}
-
 
 ngx_int_t
 ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
@@ -180,7 +144,7 @@ ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
             || !cm_utf8_valid((char *) q.data, q.len, NULL)
             || ngx_strlen(q.data) != q.len)
         {
-            return ngx_http_cinematch_movies_bad(r, "q",
+            return ngx_http_cinematch_send_invalid(r, "q",
                        "at most 200 bytes of UTF-8 text");
         }
 
@@ -212,7 +176,7 @@ ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
         if (genre.len == 0 || genre.len > 20
             || cm_ml_genre_parse((char *) genre.data, genre.len) <= 0)
         {
-            return ngx_http_cinematch_movies_bad(r, "genre",
+            return ngx_http_cinematch_send_invalid(r, "genre",
                                                  "unknown genre");
         }
 
@@ -224,7 +188,7 @@ ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
         || ngx_http_cinematch_movies_num(r, "year_max", 8, 1870, 2100, &v[3])
            == NGX_ERROR)
     {
-        return ngx_http_cinematch_movies_bad(r, "year_min",
+        return ngx_http_cinematch_send_invalid(r, "year_min",
                    "year_min and year_max must be years 1870..2100");
     }
 
@@ -234,13 +198,13 @@ ngx_http_cinematch_movies_handler(ngx_http_request_t *r,
     if (ngx_http_cinematch_movies_num(r, "limit", 5, 1, 100, &v[4])
         == NGX_ERROR)
     {
-        return ngx_http_cinematch_movies_bad(r, "limit", "must be 1..100");
+        return ngx_http_cinematch_send_invalid(r, "limit", "must be 1..100");
     }
 
     if (ngx_http_cinematch_movies_num(r, "offset", 6, 0, 1000000, &v[5])
         == NGX_ERROR)
     {
-        return ngx_http_cinematch_movies_bad(r, "offset",
+        return ngx_http_cinematch_send_invalid(r, "offset",
                                              "must be 0..1000000");
     }
 

@@ -24,8 +24,6 @@
 #define NGX_HTTP_CINEMATCH_MAX_PREDICT  1000
 
 
-static ngx_int_t ngx_http_cinematch_rs_invalid(ngx_http_request_t *r,
-    const char *field, const char *message);
 static ngx_int_t ngx_http_cinematch_rs_unknown_fields(ngx_http_request_t *r,
     json_t *body, const char **allowed);
 static ngx_int_t ngx_http_cinematch_rs_int(json_t *body, const char *key,
@@ -52,52 +50,6 @@ static ngx_int_t ngx_http_cinematch_rs_recommend_as(ngx_http_request_t *r);
 #endif
 
 
-static ngx_int_t
-ngx_http_cinematch_rs_invalid(ngx_http_request_t *r, const char *field,
-    const char *message)
-{
-    char                      *txt;
-    json_t                    *doc;
-    ngx_http_cinematch_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
-
-    doc = json_pack("{s:{s:s, s:s, s:s%, s:{s:s}}}", "error",
-                    "code", "validation_failed",
-                    "message", "the request has invalid fields",
-                    "request_id", ctx != NULL ? (char *) ctx->request_id.data
-                                              : "",
-                    ctx != NULL ? ctx->request_id.len : 0,
-                    "fields", field, message);
-    if (doc == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    txt = json_dumps(doc, JSON_COMPACT);
-    json_decref(doc);
-
-    if (txt == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    {
-        size_t   len = ngx_strlen(txt);
-        u_char  *p = ngx_pnalloc(r->pool, len);
-
-        if (p == NULL) {
-            free(txt);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        ngx_memcpy(p, txt, len);
-        free(txt);
-
-        return ngx_http_cinematch_send_buf(r, 422,
-                                           &ngx_http_cinematch_rs_json,
-                                           p, len);
-    }
-}
-
 
 static ngx_int_t
 ngx_http_cinematch_rs_unknown_fields(ngx_http_request_t *r, json_t *body,
@@ -108,7 +60,7 @@ ngx_http_cinematch_rs_unknown_fields(ngx_http_request_t *r, json_t *body,
     ngx_uint_t    i;
 
     if (!json_is_object(body)) {
-        return ngx_http_cinematch_rs_invalid(r, "body",
+        return ngx_http_cinematch_send_invalid(r, "body",
                                              "must be a JSON object");
     }
 
@@ -120,7 +72,7 @@ ngx_http_cinematch_rs_unknown_fields(ngx_http_request_t *r, json_t *body,
         }
 
         if (allowed[i] == NULL) {
-            return ngx_http_cinematch_rs_invalid(r, key, "unknown field");
+            return ngx_http_cinematch_send_invalid(r, key, "unknown field");
         }
     }
 
@@ -228,21 +180,21 @@ ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
     if (ngx_http_cinematch_rs_int(ctx->json, "user_id", 0, 1, NGX_MAX_INT32_VALUE,
                                   &user) == NGX_ERROR)
     {
-        return ngx_http_cinematch_rs_invalid(r, "user_id",
+        return ngx_http_cinematch_send_invalid(r, "user_id",
                                              "must be a positive integer");
     }
 
     if (ngx_http_cinematch_rs_int(ctx->json, "k", 10, 1,
                                   NGX_HTTP_CINEMATCH_MAX_K, &k) == NGX_ERROR)
     {
-        return ngx_http_cinematch_rs_invalid(r, "k", "must be 1..100");
+        return ngx_http_cinematch_send_invalid(r, "k", "must be 1..100");
     }
 
     params[2] = CM_REC_EXCLUDE_SEEN;
 
     if (json_object_get(ctx->json, "exclude_seen") != NULL) {
         if (!json_is_boolean(json_object_get(ctx->json, "exclude_seen"))) {
-            return ngx_http_cinematch_rs_invalid(r, "exclude_seen",
+            return ngx_http_cinematch_send_invalid(r, "exclude_seen",
                                                  "must be true or false");
         }
 
@@ -266,7 +218,7 @@ ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
         if (ngx_http_cinematch_rs_genres(r,
                 json_object_get(filters, "genres"), &genres) != NGX_OK)
         {
-            return ngx_http_cinematch_rs_invalid(r, "filters.genres",
+            return ngx_http_cinematch_send_invalid(r, "filters.genres",
                        "must be a list of MovieLens genre names");
         }
 
@@ -275,12 +227,12 @@ ngx_http_cinematch_recommend_handler(ngx_http_request_t *r,
             || ngx_http_cinematch_rs_int(filters, "year_max", 0, 1870, 2100,
                                          &ymax) == NGX_ERROR)
         {
-            return ngx_http_cinematch_rs_invalid(r, "filters",
+            return ngx_http_cinematch_send_invalid(r, "filters",
                        "year_min and year_max must be years 1870..2100");
         }
 
         if (ymin != 0 && ymax != 0 && ymin > ymax) {
-            return ngx_http_cinematch_rs_invalid(r, "filters.year_min",
+            return ngx_http_cinematch_send_invalid(r, "filters.year_min",
                                                  "must not exceed year_max");
         }
     }
@@ -371,14 +323,14 @@ ngx_http_cinematch_similar_handler(ngx_http_request_t *r,
     if (ngx_http_cinematch_rs_int(ctx->json, "movie_id", 0, 1,
                                   NGX_MAX_INT32_VALUE, &movie) != NGX_OK)
     {
-        return ngx_http_cinematch_rs_invalid(r, "movie_id",
+        return ngx_http_cinematch_send_invalid(r, "movie_id",
                                              "required, a positive integer");
     }
 
     if (ngx_http_cinematch_rs_int(ctx->json, "k", 10, 1,
                                   NGX_HTTP_CINEMATCH_MAX_K, &k) == NGX_ERROR)
     {
-        return ngx_http_cinematch_rs_invalid(r, "k", "must be 1..100");
+        return ngx_http_cinematch_send_invalid(r, "k", "must be 1..100");
     }
 
     params[0] = (uint64_t) movie;
@@ -402,7 +354,7 @@ ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
         k = ngx_atoi(arg.data, arg.len);
 
         if (k == NGX_ERROR || k < 1 || k > NGX_HTTP_CINEMATCH_MAX_K) {
-            return ngx_http_cinematch_rs_invalid(r, "k", "must be 1..100");
+            return ngx_http_cinematch_send_invalid(r, "k", "must be 1..100");
         }
     }
 
@@ -425,7 +377,7 @@ ngx_http_cinematch_popular_handler(ngx_http_request_t *r,
         if (genre.len == 0 || genre.len > 20
             || cm_ml_genre_parse((char *) genre.data, genre.len) <= 0)
         {
-            return ngx_http_cinematch_rs_invalid(r, "genre",
+            return ngx_http_cinematch_send_invalid(r, "genre",
                                                  "unknown genre");
         }
     }
@@ -465,7 +417,7 @@ ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
     if (ngx_http_cinematch_rs_int(ctx->json, "user_id", 0, 1,
                                   NGX_MAX_INT32_VALUE, &user) != NGX_OK)
     {
-        return ngx_http_cinematch_rs_invalid(r, "user_id",
+        return ngx_http_cinematch_send_invalid(r, "user_id",
                                              "required, a positive integer");
     }
 
@@ -473,7 +425,7 @@ ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
     n = json_is_array(ids) ? json_array_size(ids) : 0;
 
     if (n == 0 || n > NGX_HTTP_CINEMATCH_MAX_PREDICT) {
-        return ngx_http_cinematch_rs_invalid(r, "movie_ids",
+        return ngx_http_cinematch_send_invalid(r, "movie_ids",
                                              "1..1000 movie ids required");
     }
 
@@ -486,7 +438,7 @@ ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
         if (!json_is_integer(v) || json_integer_value(v) < 1
             || json_integer_value(v) > NGX_MAX_INT32_VALUE)
         {
-            return ngx_http_cinematch_rs_invalid(r, "movie_ids",
+            return ngx_http_cinematch_send_invalid(r, "movie_ids",
                                                  "must be positive integers");
         }
 
@@ -569,7 +521,7 @@ ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir, ngx_int_t rc)
             break;
 
         case CM_EINVAL:
-            rc = ngx_http_cinematch_rs_invalid(r, "body",
+            rc = ngx_http_cinematch_send_invalid(r, "body",
                      "rejected by the model server");
             break;
 

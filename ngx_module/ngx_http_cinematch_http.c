@@ -438,6 +438,22 @@ ngx_http_cinematch_retry_after(ngx_http_request_t *r, ngx_uint_t status)
 }
 
 
+ngx_int_t
+ngx_http_cinematch_send_invalid(ngx_http_request_t *r, const char *field,
+    const char *message)
+{
+    json_t *extra;
+
+    extra = json_pack("{s:{s:s}}", "fields", field, message);
+    if (extra == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_send_error_json(r, 422, "validation_failed",
+                                              message, extra);
+}
+
+
 /*
  * The error body with more members, e.g. the "fields" of a 422
  * validation_failed: {"error":{"code","message","request_id","fields":{..}}}.
