@@ -31,6 +31,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
 #include "cinematch/common.h"
 #include "cinematch/ipc.h"
 #include "cinematch/serve_dialog.h"
@@ -1304,6 +1306,12 @@ cm_infer_main(int argc, char **argv)
         fprintf(pf, "%d\n", (int) getpid());
         fclose(pf);
     }
+
+    /* One BLAS thread: the batches are a few users by ~10k items, too
+     * small to split, and a second OpenBLAS thread spinning in
+     * sched_yield took the core nginx needs (perf: 40 % of the daemon's
+     * samples in the scheduler at 64 connections). */
+    openblas_set_num_threads(1);
 
     /* a model that fails to load leaves the daemon up (echo and /ready
      * work, recsys answers 503) with the reason in the status text */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
 #include <jansson.h>
 
 #include "cinematch/common.h"
@@ -37,6 +38,8 @@ struct cm_rs_server_s {
     size_t           nov;
     size_t           ovcap;
     float           *scores;       /* scratch, scores_cap floats */
+    float           *why;          /* (K + B, k + 1) explanation scratch:
+                                      recommended rows, liked rows, dots */
     size_t           scores_cap;
     uint32_t        *tk_idx;       /* (n_items) */
     float           *tk_score;     /* (n_items) */
@@ -144,6 +147,7 @@ cm_rs_server_free(cm_rs_server_t *s)
     free(s->tk_idx);
     free(s->tk_score);
     free(s->seen_buf);
+    free(s->why);
     cm_rs_model_free(s->m);
     free(s);
 }
@@ -177,7 +181,11 @@ cm_rs_server_open(cm_rs_server_t **out, const char *artifact,
     s->tk_idx = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
     s->tk_score = malloc(((size_t) s->m->n_items + 1) * sizeof(float));
     s->seen_buf = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
-    if (s->cat == NULL || s->item_cat == NULL || s->pop_order == NULL
+    s->why = malloc(((size_t) (CM_RSS_MAX_K + CM_RSS_BECAUSE_MAX)
+                     * (s->m->factors + 1)
+                     + (size_t) CM_RSS_MAX_K * CM_RSS_BECAUSE_MAX)
+                    * sizeof(float));
+    if (s->why == NULL || s->cat == NULL || s->item_cat == NULL || s->pop_order == NULL
         || s->tk_idx == NULL || s->tk_score == NULL || s->seen_buf == NULL)
     {
         cm_rs_server_free(s);
@@ -392,21 +400,6 @@ cm_rss_seen(cm_rs_server_t *s, int64_t dense, cm_rss_user_t *ov,
 }
 
 
-static float
-cm_rss_cosine(const cm_rs_model_t *m, uint32_t a, uint32_t b)
-{
-    const float  *va = m->V + (size_t) a * m->factors;
-    const float  *vb = m->V + (size_t) b * m->factors;
-    float         dot = 0.0f, den;
-    uint32_t      f;
-
-    for (f = 0; f < m->factors; f++) {
-        dot += va[f] * vb[f];
-    }
-    den = m->v_norm[a] * m->v_norm[b];
-    return den > 0.0f ? dot / den : 0.0f;
-}
-
 
 /* Liked items for explanations: rating >= 4 (or the best ones). */
 static size_t
@@ -434,7 +427,7 @@ cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
     const uint32_t  *seen;
     size_t           nseen, i, j, n, nliked;
     uint32_t         liked[CM_RSS_BECAUSE_MAX], best;
-    float            sim, best_sim;
+    float            sim, best_sim, *dots;
     const char      *reason = NULL;
 
     nseen = cm_rss_seen(s, dense, ov, &seen);
@@ -466,16 +459,41 @@ cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
 
     /* filters make an item impossible rather than removing it, so the
      * top-K runs once over the whole row */
-    for (i = 0; i < s->m->n_items; i++) {
-        if (!cm_rss_passes(s, (uint32_t) i, q)) {
-            scores[i] = -INFINITY;
+    if (q->genres != 0 || q->year_min != 0 || q->year_max != 0) {
+        for (i = 0; i < s->m->n_items; i++) {
+            if (!cm_rss_passes(s, (uint32_t) i, q)) {
+                scores[i] = -INFINITY;
+            }
         }
     }
     nliked = s->m->factors > 0
              ? cm_rss_liked(s, scores, ov, seen, nseen, liked) : 0;
 
     n = cm_rs_topk(scores, s->m->n_items, q->exclude_seen ? seen : NULL,
-                   q->exclude_seen ? nseen : 0, q->k, s->tk_idx, s->tk_score);
+                   q->exclude_seen ? nseen : 0,
+                   q->k < CM_RSS_MAX_K ? q->k : CM_RSS_MAX_K, s->tk_idx,
+                   s->tk_score);
+
+    /* explanations: every (recommended, liked) dot product in one SGEMM
+     * (n x k) . (k x nliked), then divided by the two norms */
+    dots = NULL;
+    if (nliked > 0 && n > 0) {
+        size_t   f = s->m->factors;
+        float   *rec = s->why, *lk = s->why + n * f;
+
+        dots = lk + nliked * f;
+        for (i = 0; i < n; i++) {
+            memcpy(rec + i * f, s->m->V + (size_t) s->tk_idx[i] * f,
+                   f * sizeof(float));
+        }
+        for (j = 0; j < nliked; j++) {
+            memcpy(lk + j * f, s->m->V + (size_t) liked[j] * f,
+                   f * sizeof(float));
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) n,
+                    (int) nliked, (int) f, 1.0f, rec, (int) f, lk, (int) f,
+                    0.0f, dots, (int) nliked);
+    }
 
     arr = json_array();
     for (i = 0; i < n && arr != NULL; i++) {
@@ -489,11 +507,13 @@ cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
         json_object_set_new(r, "score", json_real(s->tk_score[i]));
         best = UINT32_MAX;
         best_sim = -2.0f;
-        for (j = 0; j < nliked; j++) {
+        for (j = 0; dots != NULL && j < nliked; j++) {
+            float den = s->m->v_norm[s->tk_idx[i]] * s->m->v_norm[liked[j]];
+
             if (liked[j] == s->tk_idx[i]) {
                 continue;
             }
-            sim = cm_rss_cosine(s->m, s->tk_idx[i], liked[j]);
+            sim = den > 0.0f ? dots[i * nliked + j] / den : 0.0f;
             if (sim > best_sim) {
                 best_sim = sim;
                 best = liked[j];

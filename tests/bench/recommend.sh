@@ -5,9 +5,12 @@
 #
 #   tests/bench/recommend.sh [connections] [seconds]
 #
-# Users rotate over the dataset's first 600 user ids (cache-miss path: the
-# module has no response cache yet).  Prints requests/s, p50/p99 and the
-# ratio to the static baseline.  Numbers go to docs/BENCHMARKS.md by hand.
+# Authenticated as an admin (created with `cinematch user create --admin`
+# in the stack's database), so user_id may rotate over the dataset's first
+# 600 user ids (cache-miss path: the module has no response cache yet).
+# Any non-2xx answer fails the run: a benchmark of 401s measures nothing.
+# Prints requests/s, p50/p99 and the ratio to the static baseline.
+# Numbers go to docs/BENCHMARKS.md by hand.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CONN=${1:-64}
@@ -17,12 +20,24 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null \
     || { echo "no ready stack on :$PORT (./build.sh run first)"; exit 2; }
 
+VAR=${CINEMATCH_VAR:-$ROOT/var}
+EMAIL=bench-admin@example.com PW="bench admin passphrase"
+printf '%s' "$PW" | "$ROOT/build/cinematch" user create --email "$EMAIL" --admin \
+    --password-stdin --dsn "$(cat "$VAR/secrets/pg_dsn")" >/dev/null 2>&1 || true
+TOKEN=$(curl -s -XPOST "http://127.0.0.1:$PORT/api/v1/auth/login" \
+    -H 'Content-Type: application/json' \
+    -d "{\"email\": \"$EMAIL\", \"password\": \"$PW\"}" \
+    | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+[ -n "$TOKEN" ] || { echo "could not log in as $EMAIL"; exit 1; }
+
 T=$(mktemp -d)
+chmod 755 "$T"   # nginx workers (nobody when started as root) read the file
 trap 'nginx -p "$T" -c "$T/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$T"' EXIT
 
 # the static baseline: the same shape of answer, served from a file
-curl -s -XPOST "http://127.0.0.1:$PORT/api/v1/recommend" -H 'Content-Type: application/json' \
-    -d '{"user_id": 1, "k": 10}' >"$T/static.json"
+curl -sf -XPOST "http://127.0.0.1:$PORT/api/v1/recommend" -H 'Content-Type: application/json' \
+    -H "Authorization: Bearer $TOKEN" -d '{"user_id": 1, "k": 10}' >"$T/static.json"
+chmod 644 "$T/static.json"
 SPORT=$((PORT + 111))
 mkdir -p "$T/logs"
 cat >"$T/nginx.conf" <<CONF
@@ -42,13 +57,14 @@ http {
 CONF
 nginx -p "$T" -c "$T/nginx.conf"
 
-cat >"$T/rec.lua" <<'LUA'
+cat >"$T/rec.lua" <<LUA
 local n = 0
 request = function()
     n = n + 1
     local body = string.format('{"user_id": %d, "k": 10}', (n % 600) + 1)
     return wrk.format("POST", "/api/v1/recommend",
-                      {["Content-Type"] = "application/json"}, body)
+                      {["Content-Type"] = "application/json",
+                       ["Authorization"] = "Bearer $TOKEN"}, body)
 end
 LUA
 
@@ -60,6 +76,10 @@ run() {   # url [script] -> "req/s p50_ms p99_ms"
         out=$(wrk -t2 -c"$CONN" -d"${SECS}s" --latency "$1")
     fi
     echo "$out" >&2
+    if grep -q "Non-2xx" <<<"$out"; then
+        echo "non-2xx answers in the run: not a valid measurement" >&2
+        exit 1
+    fi
     awk '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
          END {print r, p50, p99}' <<<"$out"
 }
