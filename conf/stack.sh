@@ -366,6 +366,22 @@ infer_start() {
         fi
         model=(--dsn "$(cat "$VAR/secrets/pg_app_dsn")")
     fi
+    # A demo dialog model so chat works out of the box: dialog-tiny trained
+    # for a few seconds on the Cornell dialogues (or the test fixture).  It
+    # shows the streaming path, not quality: `cinematch train dialog
+    # --config dialog-small` and the registry are for real use.
+    local dcorpus=${CINEMATCH_DIALOG_CORPUS:-$ROOT/../shared/data/cornell/dialogues.txt}
+    [ -f "$dcorpus" ] || dcorpus=$ROOT/tests/fixtures/dialog/plain.txt
+    if [ ! -f "$VAR/models/dialog/model.bin" ] && "$BIN" train dialog --help >/dev/null 2>&1; then
+        step "model: training a demo dialog model (dialog-tiny, seconds; see README)"
+        mkdir -p "$VAR/models"
+        "$BIN" train dialog --corpus "$dcorpus" --out "$VAR/models/dialog" \
+            --config dialog-tiny --steps 300 >>"$LOG/train-dialog.log" 2>&1 \
+            || { warn "dialog training failed (log: $LOG/train-dialog.log)"
+                 rm -rf "$VAR/models/dialog"; }
+    fi
+    [ -f "$VAR/models/dialog/model.bin" ] \
+        && model+=(--dialog "$VAR/models/dialog" --dialog-version demo)
     own_var
     step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
     # setsid: its own session, so a terminal hangup does not reach it.
