@@ -17,6 +17,11 @@
 
 #define FIX "tests/fixtures/dialog/"
 
+#include "cm_test_fixture.h"
+
+/* the Cornell fixture is stored as NAME.fixture (see cm_test_fixture.h) */
+static char fixcornell[256];
+
 typedef struct {
     size_t  n;
     char    msgs[16][160];
@@ -53,7 +58,7 @@ test_cornell_original_reads_turns_speakers_movies_and_cp1252(void **state)
     cm_corpus_init(&c);
     c.warn = record_warn;
     c.warn_data = &w;
-    assert_int_equal(cm_corpus_load(&c, FIX "cornell", err, sizeof(err)),
+    assert_int_equal(cm_corpus_load(&c, fixcornell, err, sizeof(err)),
                      CM_OK);
     assert_int_equal(c.n_convs, 3);
     assert_int_equal(c.convs[0].movie, 0);
@@ -90,7 +95,7 @@ test_cornell_original_reports_malformed_lines_with_file_and_line(void **state)
     cm_corpus_init(&c);
     c.warn = record_warn;
     c.warn_data = &w;
-    assert_int_equal(cm_corpus_load(&c, FIX "cornell", err, sizeof(err)),
+    assert_int_equal(cm_corpus_load(&c, fixcornell, err, sizeof(err)),
                      CM_OK);
     assert_int_equal(c.n_malformed, 5);
     assert_int_equal(w.n, 5);
@@ -249,7 +254,7 @@ test_split_by_movie_never_shares_a_film(void **state)
     cm_corpus_init(&c);
     c.warn = record_warn;
     c.warn_data = &w;
-    assert_int_equal(cm_corpus_load(&c, FIX "cornell", err, sizeof(err)),
+    assert_int_equal(cm_corpus_load(&c, fixcornell, err, sizeof(err)),
                      CM_OK);
     nval = cm_corpus_split(&c, 0.3, 42, is_val);
     assert_true(nval >= 1 && nval < c.n_convs);
@@ -302,6 +307,27 @@ test_real_cornell_corpus_loads_when_present(void **state)
 }
 
 
+static int
+fixtures_up(void **state)
+{
+    const char *d = cm_fixture_dir(FIX "cornell", "cornell");
+
+    if (d == NULL) {
+        return -1;
+    }
+    snprintf(fixcornell, sizeof(fixcornell), "%s", d);
+    return 0;
+}
+
+
+static int
+fixtures_down(void **state)
+{
+    cm_fixture_cleanup();
+    return 0;
+}
+
+
 int
 main(void)
 {
@@ -323,5 +349,6 @@ main(void)
         cmocka_unit_test(test_real_cornell_corpus_loads_when_present),
     };
 
-    return cmocka_run_group_tests_name("cornell", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("cornell", tests, fixtures_up,
+                                       fixtures_down);
 }

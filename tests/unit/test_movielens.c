@@ -15,6 +15,13 @@
 
 #define FX "tests/fixtures/movielens/"
 
+#include "cm_test_fixture.h"
+
+/* 100k and 1m fixtures are stored as NAME.fixture (see cm_test_fixture.h) */
+static char fx100k[256], fx1m[256], fxlatest[256], fxbad[320];
+
+static const char *fx100k_file(const char *name);
+
 typedef struct {
     size_t  n;
     size_t  lines[16];
@@ -59,7 +66,7 @@ test_latest_csv_reads_crlf_ratings_and_quoted_titles(void **state)
     char               err[256];
     const cm_movie_t  *m;
 
-    assert_int_equal(cm_ml_load_dir(FX "latest", CM_ML_AUTO, &o, &ds, err,
+    assert_int_equal(cm_ml_load_dir(fxlatest, CM_ML_AUTO, &o, &ds, err,
                                     sizeof(err)), CM_OK);
     assert_int_equal(ds.format, CM_ML_LATEST);
     assert_int_equal(ds.ratings.n, 36);
@@ -95,7 +102,7 @@ test_ml100k_converts_latin1_titles_and_genre_flags(void **state)
     char               err[256];
     const cm_movie_t  *m;
 
-    assert_int_equal(cm_ml_load_dir(FX "100k", CM_ML_AUTO, NULL, &ds, err,
+    assert_int_equal(cm_ml_load_dir(fx100k, CM_ML_AUTO, NULL, &ds, err,
                                     sizeof(err)), CM_OK);
     assert_int_equal(ds.format, CM_ML_100K);
     assert_int_equal(ds.ratings.n, 18);
@@ -121,9 +128,9 @@ test_ml100k_base_and_test_files_partition_u_data(void **state)
     cm_ratings_t  a = { 0 }, b = { 0 };
     char          err[256];
 
-    assert_int_equal(cm_ml_read_ratings_file(FX "100k/u1.base", CM_ML_100K,
+    assert_int_equal(cm_ml_read_ratings_file(fx100k_file("u1.base"), CM_ML_100K,
                      NULL, &a, err, sizeof(err)), CM_OK);
-    assert_int_equal(cm_ml_read_ratings_file(FX "100k/u1.test", CM_ML_100K,
+    assert_int_equal(cm_ml_read_ratings_file(fx100k_file("u1.test"), CM_ML_100K,
                      NULL, &b, err, sizeof(err)), CM_OK);
     assert_int_equal(a.n + b.n, 18);
     cm_ratings_free(&a);
@@ -138,7 +145,7 @@ test_ml1m_reads_double_colon_latin1(void **state)
     char               err[256];
     const cm_movie_t  *m;
 
-    assert_int_equal(cm_ml_load_dir(FX "1m", CM_ML_AUTO, NULL, &ds, err,
+    assert_int_equal(cm_ml_load_dir(fx1m, CM_ML_AUTO, NULL, &ds, err,
                                     sizeof(err)), CM_OK);
     assert_int_equal(ds.format, CM_ML_1M);
     assert_int_equal(ds.ratings.n, 13);
@@ -162,7 +169,7 @@ test_lenient_mode_reports_every_malformed_line_and_keeps_good_ones(void **s)
     size_t        i;
 
     memset(&log, 0, sizeof(log));
-    assert_int_equal(cm_ml_read_ratings_file(FX "bad/ratings.csv",
+    assert_int_equal(cm_ml_read_ratings_file(fxbad,
                      CM_ML_LATEST, &o, &r, err, sizeof(err)), CM_OK);
     assert_int_equal(r.n, 2);
     assert_int_equal(r.v[1].item, 8);               /* no final newline */
@@ -171,7 +178,7 @@ test_lenient_mode_reports_every_malformed_line_and_keeps_good_ones(void **s)
     for (i = 0; i < CM_ARRAY_SIZE(expect); i++) {
         assert_int_equal(log.lines[i], expect[i]);
     }
-    assert_string_equal(log.file, FX "bad/ratings.csv");
+    assert_string_equal(log.file, fxbad);
     assert_non_null(strstr(log.reasons[0], "expected 4 fields"));
     assert_non_null(strstr(log.reasons[1], "user id"));
     assert_non_null(strstr(log.reasons[2], "outside"));
@@ -189,10 +196,15 @@ test_strict_mode_fails_on_first_malformed_line_with_location(void **state)
     cm_ml_opts_t  o = { 1, NULL, NULL, 0, 0 };
     char          err[256];
 
-    assert_int_equal(cm_ml_read_ratings_file(FX "bad/ratings.csv",
+    assert_int_equal(cm_ml_read_ratings_file(fxbad,
                      CM_ML_LATEST, &o, &r, err, sizeof(err)), CM_EFORMAT);
-    assert_string_equal(err, FX "bad/ratings.csv:3: expected 4 fields"
-                        " (user, movie, rating, timestamp)");
+    {
+        char want[512];
+
+        snprintf(want, sizeof(want), "%s:3: expected 4 fields"
+                 " (user, movie, rating, timestamp)", fxbad);
+        assert_string_equal(err, want);
+    }
     cm_ratings_free(&r);
 }
 
@@ -418,6 +430,45 @@ test_real_ml_latest_small_loads_without_errors(void **state)
 }
 
 
+static const char *
+fx100k_file(const char *name)
+{
+    static char path[2][320];
+    static int  n;
+    char       *p = path[n++ % 2];
+
+    snprintf(p, 320, "%s/%s", fx100k, name);
+    return p;
+}
+
+
+static int
+fixtures_up(void **state)
+{
+    const char *a = cm_fixture_dir(FX "100k", "100k");
+    const char *b = cm_fixture_dir(FX "1m", "1m");
+    const char *c = cm_fixture_dir(FX "latest", "latest");
+    const char *d = cm_fixture_dir(FX "bad", "bad");
+
+    if (a == NULL || b == NULL || c == NULL || d == NULL) {
+        return -1;
+    }
+    snprintf(fxlatest, sizeof(fxlatest), "%s", c);
+    snprintf(fxbad, sizeof(fxbad), "%s/ratings.csv", d);
+    snprintf(fx100k, sizeof(fx100k), "%s", a);
+    snprintf(fx1m, sizeof(fx1m), "%s", b);
+    return 0;
+}
+
+
+static int
+fixtures_down(void **state)
+{
+    cm_fixture_cleanup();
+    return 0;
+}
+
+
 int
 main(void)
 {
@@ -440,5 +491,5 @@ main(void)
         cmocka_unit_test(test_real_ml_latest_small_loads_without_errors),
     };
 
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, fixtures_up, fixtures_down);
 }
