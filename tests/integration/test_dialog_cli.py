@@ -12,6 +12,8 @@ import subprocess
 
 import pytest
 
+from fixturedir import fixture_dir
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 BIN = os.environ.get("CINEMATCH_BIN", os.path.join(ROOT, "build", "cinematch"))
@@ -36,7 +38,7 @@ TRAIN = ["--corpus", os.path.join(FIX, "plain.txt"), "--steps", "10", "--batch",
 
 def test_train_tokenizer_writes_gpt2_files(tmp_path):
     out = tmp_path / "tok"
-    run("train", "tokenizer", "--corpus", os.path.join(FIX, "cornell"),
+    run("train", "tokenizer", "--corpus", fixture_dir(os.path.join(FIX, "cornell")),
         "--vocab-size", "300", "--out", str(out))
     vocab = json.loads((out / "vocab.json").read_text())
     assert vocab["\u0120"] == 32 and "<|eot|>" in vocab and "<|endoftext|>" in vocab

@@ -18,6 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from pgfixture import PgServer, have_postgres  # noqa: E402
+from fixturedir import fixture_dir  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SQL_DIR = os.path.join(ROOT, "sql")
@@ -77,7 +78,7 @@ def env(pg, tmp_path):
 
 def small_artifact(env, name="m.cmrs", factors=4):
     out = str(env.tmp / name)
-    env.run("train", "recsys", "--data", os.path.join(FIX, "movielens", "latest"),
+    env.run("train", "recsys", "--data", fixture_dir(os.path.join(FIX, "movielens", "latest")),
             "--out", out, "--factors", str(factors), "--iters", "2", check=True)
     return out
 
@@ -424,7 +425,7 @@ def test_sigterm_during_training_marks_the_run_canceled_at_once(env, synth):
 
 
 def test_ingest_dialogs_cornell_split_by_film_and_idempotent(env):
-    corpus = os.path.join(FIX, "dialog", "cornell")
+    corpus = fixture_dir(os.path.join(FIX, "dialog", "cornell"))
     r = env.run("ingest", "dialogs", "--data", corpus, "--val-frac", "0.3", check=True)
     assert "dialogues" in r.stdout
     n_convs = int(env.sql("SELECT count(*) FROM dialogs"))

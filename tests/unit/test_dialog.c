@@ -18,6 +18,11 @@
 
 #define FIX "tests/fixtures/dialog/"
 
+#include "cm_test_fixture.h"
+
+/* the Cornell fixture is stored as NAME.fixture (see cm_test_fixture.h) */
+static char fixcornell[256];
+
 
 static void
 quiet(void *d, const char *f, size_t l, const char *r)
@@ -55,7 +60,7 @@ test_render_marks_every_turn_and_conversation_and_splits_by_film(void **st)
 
     cm_corpus_init(&c);
     c.warn = quiet;
-    assert_int_equal(cm_corpus_load(&c, FIX "cornell", err, sizeof(err)),
+    assert_int_equal(cm_corpus_load(&c, fixcornell, err, sizeof(err)),
                      CM_OK);
     b = tokenizer_for(&c);
     id_eot = cm_bpe_special(b, CM_BPE_ENDOFTURN);
@@ -170,6 +175,27 @@ test_bleu_and_distinct_match_hand_computed_values(void **state)
 }
 
 
+static int
+fixtures_up(void **state)
+{
+    const char *d = cm_fixture_dir(FIX "cornell", "cornell");
+
+    if (d == NULL) {
+        return -1;
+    }
+    snprintf(fixcornell, sizeof(fixcornell), "%s", d);
+    return 0;
+}
+
+
+static int
+fixtures_down(void **state)
+{
+    cm_fixture_cleanup();
+    return 0;
+}
+
+
 int
 main(void)
 {
@@ -180,5 +206,6 @@ main(void)
         cmocka_unit_test(test_bleu_and_distinct_match_hand_computed_values),
     };
 
-    return cmocka_run_group_tests_name("dialog", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("dialog", tests, fixtures_up,
+                                       fixtures_down);
 }
