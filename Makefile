@@ -41,13 +41,25 @@ endif
 LIB_SRC  := $(wildcard shared/src/*.c)
 LIB_OBJ  := $(LIB_SRC:shared/src/%.c=$(B)/lib/%.o)
 CUDA_SRC := $(wildcard shared/cuda/*.cu)
+# CUDA is built only when nvcc exists AND its runtime and cuBLAS link; a
+# toolkit without those libraries (or a bare nvcc) builds the CPU-only binary.
 ifneq ($(NVCC),)
   ifneq ($(CUDA_SRC),)
-    CUDA_OBJ := $(CUDA_SRC:shared/cuda/%.cu=$(B)/cuda/%.o)
-    CFLAGS   += -DCM_HAVE_CUDA=1
-    CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
-    LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas \
-                -lstdc++
+    CUDA_HOME := $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
+    CUDA_LIBDIR := $(firstword $(foreach d,$(CUDA_HOME)/lib64 $(CUDA_HOME)/lib \
+                     $(wildcard $(CUDA_HOME)/targets/*/lib) /usr/lib/x86_64-linux-gnu,\
+                     $(if $(wildcard $(d)/libcudart.so),$(if $(wildcard $(d)/libcublas.so),$(d)))))
+    ifneq ($(CUDA_LIBDIR),)
+      CUDA_LINK_OK := $(shell printf 'int main(void){return 0;}' | $(CC) -x c - -o /dev/null \
+                        -L$(CUDA_LIBDIR) -lcudart -lcublas -lstdc++ >/dev/null 2>&1 && echo yes)
+    endif
+    ifeq ($(CUDA_LINK_OK),yes)
+      CUDA_OBJ := $(CUDA_SRC:shared/cuda/%.cu=$(B)/cuda/%.o)
+      CFLAGS   += -DCM_HAVE_CUDA=1
+      LDLIBS   += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lstdc++
+    else
+      $(info cinematch: nvcc found at $(NVCC) but libcudart/libcublas do not link; building CPU only)
+    endif
   endif
 endif
 WRK_SRC  := $(wildcard workers/*.c)
