@@ -391,4 +391,26 @@ ngx_int_t ngx_http_cinematch_echo_stream_handler(ngx_http_request_t *r,
 #endif
 
 
+#if (NGX_HTTP_CINEMATCH_ADMIN)
+
+/* ngx_http_cinematch_api_admin.c: the model registry and admin views */
+ngx_int_t ngx_http_cinematch_admin_models_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_versions_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_stage_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_drift_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_runs_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_ingestions_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_ingestion_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_usage_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
 #endif /* _NGX_HTTP_CINEMATCH_H_INCLUDED_ */

@@ -129,6 +129,42 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
 #endif
 
+#if (NGX_HTTP_CINEMATCH_ADMIN)
+    /* the model registry and admin views (ngx_http_cinematch_api_admin.c) */
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/models"),
+      ngx_http_cinematch_admin_models_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_READ) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/models/{name}/versions"),
+      ngx_http_cinematch_admin_versions_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_READ) },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/models/{name}/versions/{v}/stage"),
+      ngx_http_cinematch_admin_stage_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/drift"),
+      ngx_http_cinematch_admin_drift_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/runs"),
+      ngx_http_cinematch_admin_runs_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/ingestions"),
+      ngx_http_cinematch_admin_ingestions_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/ingestions/{id}"),
+      ngx_http_cinematch_admin_ingestion_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/usage"),
+      ngx_http_cinematch_admin_usage_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+#endif
+
     /* internal, only where "cinematch_echo on" */
 
     { NGX_HTTP_POST, ngx_string("/internal/json"),
