@@ -1,0 +1,64 @@
+// The registry: every model with its versions, stages and metrics; promote a
+// version, send one to staging or archive it, roll back to the version that
+// was production before.  Stage changes go through
+// POST /api/v1/models/{name}/versions/{v}/stage (the same SQL as the CLI).
+import { useState } from 'react';
+import { Panel, errorText, listIn, metricText, useLoad, when } from './shared.jsx';
+
+export function Models({ api }) {
+  const load = useLoad(() => api.models(), [api]);
+  const [msg, setMsg] = useState(null);
+  async function stage(name, version, s, verb) {
+    if (!window.confirm(`${verb} ${name} version ${version}?`)) return;
+    try {
+      const r = await api.stage(name, version, s);
+      const extra = r && r.archived_version ? ` (version ${r.archived_version} archived)` : '';
+      setMsg({ ok: true, text: r && r.changed === false ? `${name} ${version} was already ${s}` : `${name} ${version} → ${s}${extra}` });
+      load.reload();
+    } catch (e) {
+      setMsg({ ok: false, text: errorText(e) });
+    }
+  }
+  return (
+    <Panel title="Models and versions" id="p-models" load={load} what="The model registry">
+      {(d) => (
+        <>
+          {msg ? <p className={msg.ok ? 'note' : 'error'} role={msg.ok ? 'status' : 'alert'}>{msg.text}</p> : null}
+          {listIn(d, 'models').map((m) => (
+            <div key={m.name} className="model">
+              <h3>
+                {m.name} <span className="muted small">{m.task || ''}{m.private ? ' · private' : ''}</span>
+                {m.rollback_version ? (
+                  <button className="btn small" onClick={() => stage(m.name, m.rollback_version, 'production', 'Roll back to')}>
+                    Roll back to {m.rollback_version}
+                  </button>
+                ) : null}
+              </h3>
+              {listIn(m.versions, 'versions').length === 0 ? <p className="muted small">No versions registered.</p> : (
+                <table>
+                  <thead><tr><th scope="col">version</th><th scope="col">stage</th><th scope="col">metrics</th><th scope="col">created</th><th scope="col"><span className="sr-only">actions</span></th></tr></thead>
+                  <tbody>
+                    {listIn(m.versions, 'versions').map((v) => (
+                      <tr key={v.version}>
+                        <td>{v.version}</td>
+                        <td><span className={`stage ${v.stage}`}>{v.stage}</span></td>
+                        <td className="small">{metricText(v.metrics)}</td>
+                        <td className="small">{when(v.created_at)}</td>
+                        <td>
+                          {/* production leaves only when another version is promoted */}
+                          {v.stage !== 'production' ? <button className="btn small" onClick={() => stage(m.name, v.version, 'production', 'Promote')}>Promote</button> : null}
+                          {v.stage === 'none' || v.stage === 'archived' ? <button className="btn small" onClick={() => stage(m.name, v.version, 'staging', 'Stage')}>Stage</button> : null}
+                          {v.stage === 'none' || v.stage === 'staging' ? <button className="btn small" onClick={() => stage(m.name, v.version, 'archived', 'Archive')}>Archive</button> : null}
+                        </td>
+                      </tr>
+                    ))}
+                  </tbody>
+                </table>
+              )}
+            </div>
+          ))}
+        </>
+      )}
+    </Panel>
+  );
+}
