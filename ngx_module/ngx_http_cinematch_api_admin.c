@@ -273,110 +273,15 @@ static const char  ngx_http_cinematch_admin_stage_sql[] =
     " FROM cm_model_set_stage($1::text, $2::int, $3::text, $4::bigint) s";
 
 /*
- * Usage: $1 from, $2 to (timestamptz, to exclusive), $3 group_by,
- * $4 interval (NULL: one bucket for the whole range), $5 limit (groups).
- *
- * Requests and HTTP errors come from request_logs (every logged request:
- * its user, API key and model); generations and tokens from the assistant
- * messages (the conversation's user; the model of the version that wrote
- * it; the API key of the request that asked for it, by request id).  The
- * two are summed per (group, bucket); the groups with the most requests
- * and tokens over the whole range are kept, the totals count every group.
- *
- * Cost: the parameters are constants to the planner (an unnamed statement
- * gets a custom plan), so the CASEs on $3 and $4 fold away and the scan
- * groups by the typed column itself (kid bigint or kname text, the other
- * a constant NULL), and buckets are date_bin() from the epoch: pure
- * arithmetic, where date_trunc(.., 'UTC') converts time zones per row.
- * Both cut the time on 600k rows about in half (docs/BENCHMARKS.md).
+ * Usage: $1 from, $2 to (to exclusive), $3 group_by, $4 interval (NULL:
+ * one bucket), $5 limit (groups).  The query is sql/010's
+ * cm_usage_report(): it runs with jit off and plans for the values at hand
+ * (see there why; on a million logged requests that is seconds against
+ * tens of seconds).
  */
-
-#define NGX_HTTP_CINEMATCH_USAGE_BUCKET(ts)                                  \
-    "CASE $4::text"                                                          \
-    " WHEN 'hour' THEN date_bin('1 hour', " ts ", timestamptz 'epoch')"      \
-    " WHEN 'day' THEN date_bin('1 day', " ts ", timestamptz 'epoch') END"
-
 static const char  ngx_http_cinematch_admin_usage_sql[] =
-    "WITH req AS ("
-    "  SELECT CASE $3::text WHEN 'user' THEN r.user_id"
-    "    WHEN 'api_key' THEN r.api_key_id END AS kid,"
-    "   CASE $3::text WHEN 'model' THEN r.model_name END AS kname,"
-    "   " NGX_HTTP_CINEMATCH_USAGE_BUCKET("r.ts") " AS b,"
-    "   count(*) AS requests,"
-    "   count(*) FILTER (WHERE r.status >= 400) AS errors,"
-    "   count(*) FILTER (WHERE r.status >= 500) AS server_errors,"
-    "   0::bigint AS generations, 0::bigint AS generation_errors,"
-    "   0::bigint AS prompt_tokens, 0::bigint AS completion_tokens"
-    "  FROM request_logs r"
-    "  WHERE r.ts >= $1::timestamptz AND r.ts < $2::timestamptz"
-    "  GROUP BY 1, 2, 3),"
-    " gen AS ("
-    "  SELECT CASE $3::text WHEN 'user' THEN c.user_id"
-    "    WHEN 'api_key' THEN (SELECT l.api_key_id FROM request_logs l"
-    "      WHERE l.request_id = m.request_id AND l.api_key_id IS NOT NULL"
-    "      LIMIT 1) END,"
-    "   CASE $3::text WHEN 'model'"
-    "    THEN coalesce(v.model_name, c.model_name)::text END,"
-    "   " NGX_HTTP_CINEMATCH_USAGE_BUCKET("m.created_at") ","
-    "   0::bigint, 0::bigint, 0::bigint,"
-    "   count(*), count(*) FILTER (WHERE m.status = 'error'),"
-    "   coalesce(sum(m.prompt_tokens), 0)::bigint,"
-    "   coalesce(sum(m.completion_tokens), 0)::bigint"
-    "  FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-    "  LEFT JOIN model_versions v ON v.id = m.model_version_id"
-    "  WHERE m.role = 'assistant'"
-    "    AND m.created_at >= $1::timestamptz"
-    "    AND m.created_at < $2::timestamptz"
-    "  GROUP BY 1, 2, 3),"
-    " g AS ("
-    "  SELECT kid, kname, coalesce(kid::text, kname) AS k, b,"
-    "   sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,"
-    "   sum(server_errors)::bigint AS server_errors,"
-    "   sum(generations)::bigint AS generations,"
-    "   sum(generation_errors)::bigint AS generation_errors,"
-    "   sum(prompt_tokens)::bigint AS prompt_tokens,"
-    "   sum(completion_tokens)::bigint AS completion_tokens"
-    "  FROM (SELECT * FROM req UNION ALL SELECT * FROM gen) u"
-    "  GROUP BY kid, kname, b),"
-    " top AS ("
-    "  SELECT k FROM g GROUP BY k"
-    "  ORDER BY sum(requests) DESC,"
-    "   sum(prompt_tokens + completion_tokens) DESC, k NULLS LAST"
-    "  LIMIT $5::int)"
-    " SELECT json_build_object("
-    "  'from', " NGX_HTTP_CINEMATCH_TS("$1::timestamptz") ","
-    "  'to', " NGX_HTTP_CINEMATCH_TS("$2::timestamptz") ","
-    "  'group_by', $3::text, 'interval', $4::text, 'limit', $5::int,"
-    "  'groups', (SELECT count(DISTINCT coalesce(k, '')) FROM g),"
-    "  'rows', coalesce((SELECT json_agg(json_build_object("
-    "     'key', g.k,"
-    "     'label', CASE $3::text"
-    "       WHEN 'user' THEN (SELECT u.email FROM users u"
-    "         WHERE u.id = g.kid)"
-    "       WHEN 'api_key' THEN (SELECT a.name || ' (' || a.prefix || ')'"
-    "         FROM api_keys a WHERE a.id = g.kid)"
-    "       ELSE g.kname END,"
-    "     'bucket', " NGX_HTTP_CINEMATCH_TS("g.b") ","
-    "     'requests', g.requests, 'errors', g.errors,"
-    "     'server_errors', g.server_errors,"
-    "     'generations', g.generations,"
-    "     'generation_errors', g.generation_errors,"
-    "     'prompt_tokens', g.prompt_tokens,"
-    "     'completion_tokens', g.completion_tokens,"
-    "     'tokens', g.prompt_tokens + g.completion_tokens)"
-    "    ORDER BY g.b NULLS FIRST, g.requests DESC, g.k NULLS LAST)"
-    "    FROM g WHERE EXISTS (SELECT 1 FROM top"
-    "      WHERE top.k IS NOT DISTINCT FROM g.k)), '[]'::json),"
-    "  'totals', (SELECT json_build_object("
-    "     'requests', coalesce(sum(requests), 0),"
-    "     'errors', coalesce(sum(errors), 0),"
-    "     'server_errors', coalesce(sum(server_errors), 0),"
-    "     'generations', coalesce(sum(generations), 0),"
-    "     'generation_errors', coalesce(sum(generation_errors), 0),"
-    "     'prompt_tokens', coalesce(sum(prompt_tokens), 0),"
-    "     'completion_tokens', coalesce(sum(completion_tokens), 0),"
-    "     'tokens', coalesce(sum(prompt_tokens + completion_tokens), 0))"
-    "    FROM g))::text";
+    "SELECT cm_usage_report($1::timestamptz, $2::timestamptz, $3::text,"
+    " $4::text, $5::int)";
 
 
 /* ---- handlers ---- */
