@@ -612,3 +612,32 @@ def test_api_key_scopes_gate_the_registry(api, db, admin):
     assert call(api, "GET", "/api/v1/models", headers=h)[0] == 200
     # an admin's key without the admin scope is not an administrator
     assert call(api, "GET", "/api/v1/admin/runs", headers=h)[0] == 403
+
+
+def test_concurrent_promotions_leave_exactly_one_production(api, db, admin,
+                                                            workdir):
+    """Eight admins' clicks at once: the per-model advisory lock serialises
+    them, every one answers 200, and one version ends in production with
+    each of the others archived by the promotion that followed it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    db.sql("INSERT INTO models (name, task) VALUES ('race', 'recsys')")
+    for v in range(1, 9):
+        path, sha = artifact(workdir, f"race-{v}", b"race %d" % v)
+        db.sql(f"INSERT INTO model_versions (model_name, version, stage,"
+               f" artifact_path, artifact_sha256) VALUES ('race', {v},"
+               f" 'staging', '{path}', '{sha}')")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(
+            lambda v: stage(api, admin["token"], "race", v,
+                            {"stage": "production"}), range(1, 9)))
+    assert all(status == 200 for status, _ in answers), answers
+    stages = db.sql("SELECT stage, count(*) FROM model_versions"
+                    " WHERE model_name = 'race' GROUP BY 1 ORDER BY 1")
+    assert stages == "archived|7\nproduction|1"
+    # each promotion but the first archived exactly the one before it
+    archived = sorted(doc["archived_version"] for _, doc in answers
+                      if doc["archived_version"] is not None)
+    assert len(archived) == 7 and len(set(archived)) == 7
+    assert db.sql("SELECT count(*) FROM model_stage_events WHERE"
+                  " model_name = 'race' AND to_stage = 'production'") == "8"
