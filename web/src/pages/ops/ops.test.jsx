@@ -6,6 +6,7 @@ import { Ingestions } from './Ingestions.jsx';
 import { Usage, usageSeries, usageTable } from './Usage.jsx';
 import { runSeries } from './Runs.jsx';
 import { driftThresholds } from './Drift.jsx';
+import { Models } from './Models.jsx';
 
 afterEach(() => { cleanup(); vi.restoreAllMocks(); });
 
@@ -110,5 +111,25 @@ describe('chart data', () => {
     const t = driftThresholds([{ thresholds: {} }, { thresholds: { psi: 0.25, ks_pvalue: 0.05 } }]);
     expect(t.psi.map((x) => x.value)).toEqual([0.1, 0.25]);
     expect(t.ks.map((x) => x.value)).toEqual([0.05]);
+  });
+});
+
+describe('Models', () => {
+  it('opens a model’s version history with the run behind each version', async () => {
+    const api = {
+      models: vi.fn(async () => ({ models: [{ name: 'recsys', task: 'recsys', production_version: 1, rollback_version: null,
+        versions: [{ version: 2, stage: 'staging', metrics: {} }, { version: 1, stage: 'production', metrics: {} }] }] })),
+      versions: vi.fn(async () => ({ model: { name: 'recsys' }, versions: [
+        { version: 2, stage: 'staging', run: { id: 7, triggered_by: 'drift', params: { factors: 64 }, train_rows: 90000, test_rows: 10000, duration_ms: 4200, gate_decision: 'rejected', gate_reason: 'ndcg@10 +0.4% < 1%' } },
+        { version: 1, stage: 'production', run: null }] })),
+    };
+    render(<Models api={api} />);
+    expect(screen.queryByRole('button', { name: 'Roll back to 1' })).toBeNull();
+    fireEvent.click(await screen.findByRole('button', { name: 'Runs' }));
+    const table = await screen.findByRole('table', { name: 'Training runs of recsys' });
+    await within(table).findByText('rejected: ndcg@10 +0.4% < 1%');
+    expect(api.versions).toHaveBeenCalledWith('recsys');
+    expect(within(table).getByText('4.2 s')).toBeTruthy();
+    expect(within(table).getByText('registered by hand (no training run)')).toBeTruthy();
   });
 });
