@@ -979,8 +979,13 @@ static ngx_int_t
 ngx_http_cinematch_register_done(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
+    ngx_http_cinematch_auth_state_t *st = data;
+
     json_t     *user;
     ngx_int_t   rc;
+
+    /* the verification token lives on in the outbox row only */
+    ngx_explicit_memzero(&st->onetime, sizeof(cm_token_t));
 
     rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
     if (rc != NGX_DECLINED) {
