@@ -1285,11 +1285,14 @@ cm_lm_eval_main(int argc, char **argv)
 static const char cm_bench_dialog_usage[] =
     "usage: cinematch bench dialog [--config NAME] [--batch B] [--seq T]\n"
     "           [--steps N] [--ref-steps N] [--decode N] [--prompt-len N]\n"
+    "           [--lstm-steps N]\n"
     "\n"
     "Random weights.  Prints training tokens/s (SGEMM kernels, and the\n"
     "plain-loop reference for the ratio), decode tokens/s with the KV cache\n"
     "at batch 1, 8 and 32 and without it at batch 1 (full forward over the\n"
-    "context per token), and time to first token for a --prompt-len prompt.\n";
+    "context per token), and time to first token for a --prompt-len prompt.\n"
+    "--lstm-steps N (default 3, 0 off) also trains the LSTM baseline of the\n"
+    "same size class (lstm-tiny / lstm-small) in the same run, for the ratio.\n";
 
 
 static double
@@ -1328,6 +1331,48 @@ cm_bench_train(cm_gpt_t *m, int B, int T, int steps, double *cpu_rate)
 }
 
 
+/* The same loop for the LSTM baseline: random data, AdamW, clipping. */
+static double
+cm_bench_train_lstm(cm_lstm_t *m, int B, int T, int steps, double *cpu_rate)
+{
+    int        *inp, *tgt, i, s;
+    uint64_t    t0, rng = 7;
+    cm_adamw_t  o = { 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 0 };
+    double      secs, c0;
+
+    *cpu_rate = 0.0;
+    inp = malloc((size_t) B * T * sizeof(int));
+    tgt = malloc((size_t) B * T * sizeof(int));
+    if (inp == NULL || tgt == NULL) {
+        free(inp);
+        free(tgt);
+        return 0.0;
+    }
+    for (i = 0; i < B * T; i++) {
+        inp[i] = (int) (cm_rng(&rng) % (uint64_t) m->config.vocab_size);
+        tgt[i] = (int) (cm_rng(&rng) % (uint64_t) m->config.vocab_size);
+    }
+    cm_lstm_forward(m, inp, tgt, B, T);
+    cm_lstm_zero_grad(m);
+    cm_lstm_backward(m, 1.0f);
+    c0 = cm_cpu_now();
+    t0 = cm_now_mono_ns();
+    for (s = 0; s < steps; s++) {
+        cm_lstm_forward(m, inp, tgt, B, T);
+        cm_lstm_zero_grad(m);
+        cm_lstm_backward(m, 1.0f);
+        cm_lstm_clip_grad(m, 1.0f);
+        o.step = s + 1;
+        cm_lstm_update(m, &o);
+    }
+    secs = cm_secs(t0);
+    *cpu_rate = (double) B * T * steps / (cm_cpu_now() - c0);
+    free(inp);
+    free(tgt);
+    return (double) B * T * steps / secs;
+}
+
+
 static int
 cm_bench_dialog_main(int argc, char **argv)
 {
@@ -1339,10 +1384,16 @@ cm_bench_dialog_main(int argc, char **argv)
         { "ref-steps", required_argument, NULL, 'r' },
         { "decode", required_argument, NULL, 'd' },
         { "prompt-len", required_argument, NULL, 'p' },
+        { "lstm-steps", required_argument, NULL, 'l' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
     const char      *me = "bench dialog", *config = "dialog-small";
+    int              lstm_steps = 3;
+    char             lname[64];
+    cm_lstm_config_t lcfg;
+    cm_lstm_t        lm;
+    double           lfast, lfast_cpu;
     int              c, bad = 0, B = 8, T = 128, steps = 3, ref_steps = 1;
     int              D = 32, P = 128, bi, i, j, batches[3] = { 1, 8, 32 };
     int              rc = 1;
@@ -1371,6 +1422,8 @@ cm_bench_dialog_main(int argc, char **argv)
                   break;
         case 'p': bad |= cm_arg_int(me, "prompt-len", optarg, 1, 65536, &P);
                   break;
+        case 'l': bad |= cm_arg_int(me, "lstm-steps", optarg, 0, 100000,
+                                    &lstm_steps); break;
         case 'h': fputs(cm_bench_dialog_usage, stdout); return 0;
         default:  fputs(cm_bench_dialog_usage, stderr); return 2;
         }
@@ -1405,6 +1458,22 @@ cm_bench_dialog_main(int argc, char **argv)
         printf("train B=%d T=%d AdamW: %.0f tok/s [%.0f] (plain-loop"
                " reference, %d steps)  ratio %.1fx [%.1fx]\n", B, T, ref,
                ref_cpu, ref_steps, fast / ref, fast_cpu / ref_cpu);
+    }
+    snprintf(lname, sizeof(lname), "lstm-%.40s",
+             strncmp(config, "dialog-", 7) == 0 ? config + 7 : "small");
+    if (lstm_steps > 0
+        && cm_lstm_config_named(lname, cfg.vocab_size, &lcfg) == CM_OK
+        && cm_lstm_init(&lm, &lcfg, 1) == CM_OK)
+    {
+        int lT = T < lcfg.max_seq_len ? T : lcfg.max_seq_len;
+
+        lfast = cm_bench_train_lstm(&lm, B, lT, lstm_steps, &lfast_cpu);
+        printf("train B=%d T=%d AdamW: %.0f tok/s [%.0f] (LSTM baseline %s,"
+               " L=%d H=%d, %zu parameters, %d steps)  GPT/LSTM %.2fx"
+               " [%.2fx]\n", B, lT, lfast, lfast_cpu, lname,
+               lcfg.num_layers, lcfg.hidden, lm.num_parameters, lstm_steps,
+               fast / lfast, fast_cpu / lfast_cpu);
+        cm_lstm_free(&lm);
     }
 
     /* decode with the KV cache: P-token prompts, then D steps timed */
