@@ -97,3 +97,17 @@ def test_bad_arch_flags_exit_2(tmp_path):
     assert r.returncode == 2
     assert run("train", "dialog", *TRAIN, "--config", "lstm-huge", "--out", out,
                ok=False).returncode == 2
+
+
+def test_device_choice_is_explicit(tmp_path):
+    out = str(tmp_path / "d")
+    r = run("train", "dialog", *TRAIN, "--device", "gpu", "--out", out, ok=False)
+    assert r.returncode == 2 and "--device" in r.stderr
+    # no resident CUDA loop yet: cuda refuses rather than running on the CPU
+    r = run("train", "dialog", *TRAIN, "--device", "cuda", "--out", out, ok=False)
+    assert r.returncode == 1 and "--device cuda" in r.stderr
+    r = run("train", "dialog", *TRAIN, "--device", "auto", "--arch", "lstm", "--out", out)
+    assert "--device auto: CPU" in r.stderr
+    r = run("lm", "eval", "--ckpt", out + "/model.bin", "--tokenizer", out + "/tokenizer",
+            "--corpus", os.path.join(FIX, "plain.txt"), "--device", "cuda", ok=False)
+    assert r.returncode == 1
