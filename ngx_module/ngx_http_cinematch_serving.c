@@ -123,6 +123,7 @@ static ngx_int_t ngx_http_cinematch_serving_init_process(ngx_cycle_t *cycle);
 static void ngx_http_cinematch_serving_exit_process(ngx_cycle_t *cycle);
 
 static ngx_http_cinematch_serving_sh_t *ngx_http_cinematch_serving_sh(void);
+static ngx_uint_t ngx_http_cinematch_cache_bypass(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_serving_tag(u_char *tag, size_t *len,
     ngx_str_t *version, ngx_pool_t *pool);
 static ngx_int_t ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r,
@@ -462,6 +463,49 @@ ngx_http_cinematch_serving_exit_process(ngx_cycle_t *cycle)
 
 
 /*
+ * "Cache-Control: no-cache" (or no-store) from the client: neither read nor
+ * written, as with the cache off (benchmarks of the scoring path).
+ */
+
+static ngx_uint_t
+ngx_http_cinematch_cache_bypass(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("Cache-Control") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Cache-Control",
+                               sizeof("Cache-Control") - 1) == 0
+            && (ngx_strlcasestrn(h[i].value.data,
+                                 h[i].value.data + h[i].value.len,
+                                 (u_char *) "no-cache", 8 - 1) != NULL
+                || ngx_strlcasestrn(h[i].value.data,
+                                    h[i].value.data + h[i].value.len,
+                                    (u_char *) "no-store", 8 - 1) != NULL))
+        {
+            return 1;
+        }
+    }
+}
+
+
+/*
  * "<version>.<first 12 hex of the artifact digest>" of the recsys model of
  * the first ready daemon; NGX_DECLINED when none serves one.
  */
@@ -536,7 +580,8 @@ ngx_http_cinematch_cache_fetch(ngx_http_request_t *r, ngx_uint_t endpoint,
     smcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_serving_module);
 
     if (smcf->cache_ttl <= 0 || endpoint >= NGX_HTTP_CINEMATCH_EP_N
-        || !ngx_http_cinematch_redis_connected())
+        || !ngx_http_cinematch_redis_connected()
+        || ngx_http_cinematch_cache_bypass(r))
     {
         return NGX_DECLINED;
     }

@@ -204,6 +204,18 @@ def test_second_identical_recommend_is_a_cache_hit(api, admin):
     assert s3 == 200 and h3["x-cache"] == "MISS" and len(d3["recommendations"]) == 5
 
 
+def test_cache_control_no_cache_bypasses_the_cache(api, admin):
+    body = json.dumps({"user_id": 8, "k": 3}).encode()
+    h = {"Content-Type": "application/json", "Authorization": f"Bearer {admin}"}
+    for _ in range(2):
+        s, hdrs, _ = api.request("POST", "/api/v1/recommend", body=body,
+                                 headers={**h, "Cache-Control": "no-cache"})
+        assert s == 200 and "x-cache" not in hdrs
+    # nothing was stored either
+    s, hdrs, _ = api.request("POST", "/api/v1/recommend", body=body, headers=h)
+    assert s == 200 and hdrs["x-cache"] == "MISS"
+
+
 def test_similar_and_popular_are_cached(api, stack):
     movie = int(stack.db.sql("SELECT min(movie_id) FROM movies"))
     h = [call(api, "POST", "/api/v1/similar", {"movie_id": movie, "k": 4})[1]
