@@ -381,6 +381,10 @@ def test_admin_reload_needs_an_admin(api, stack):
 
 
 def test_admin_reload_loads_the_production_version(api, stack, admin):
+    body = {"user_id": 4, "k": 4}
+    call(api, "POST", "/api/v1/recommend", body, admin)
+    _, h, old, _ = call(api, "POST", "/api/v1/recommend", body, admin)
+    assert h["x-cache"] == "HIT"
     v = stack.train_and_register(stack.data, "serving-v2.cmrs", 6)
     # production changes behind the daemons' back (no NOTIFY)
     stack.db.sql("UPDATE model_versions SET stage = 'archived'"
@@ -396,6 +400,9 @@ def test_admin_reload_loads_the_production_version(api, stack, admin):
         {"name": m["name"], "version": m["version"]} for m in d["models"]]
     s, _, rec, _ = call(api, "POST", "/api/v1/recommend", {"user_id": 4}, admin)
     assert s == 200 and rec["model_version"] == str(v)
+    # the old model's cached answers are not the new model's
+    s, h, rec, _ = call(api, "POST", "/api/v1/recommend", body, admin)
+    assert h["x-cache"] == "MISS" and rec["model_version"] == str(v) != old["model_version"]
 
 
 def test_promotion_under_load_drops_nothing(api, stack, admin):
@@ -428,6 +435,41 @@ def test_promotion_under_load_drops_nothing(api, stack, admin):
     assert not errors, errors[:5]
     versions = [r[1] for r in results]
     assert versions[-1] == str(v) and len(set(versions)) >= 2, set(versions)
+
+
+def test_a_corrupt_production_artifact_is_refused_and_the_old_one_serves(
+        api, stack, admin):
+    _, _, before, _ = call(api, "POST", "/api/v1/recommend", {"user_id": 6}, admin)
+    old = before["model_version"]
+    v = stack.train_and_register(stack.data, "serving-corrupt.cmrs", 4)
+    path = stack.db.sql("SELECT artifact_path FROM model_versions"
+                        f" WHERE model_name = 'recsys' AND version = {v}")
+    with open(path, "r+b") as f:            # one flipped byte in the factors
+        f.seek(4096)
+        b = f.read(1)
+        f.seek(4096)
+        f.write(bytes([b[0] ^ 0xFF]))
+    stack.db.sql("UPDATE model_versions SET stage = 'archived'"
+                 " WHERE model_name = 'recsys' AND stage = 'production';"
+                 f" UPDATE model_versions SET stage = 'production'"
+                 f" WHERE model_name = 'recsys' AND version = {v}")
+    try:
+        s, _, doc, _ = call(api, "POST", "/api/v1/admin/reload", token=admin)
+        assert s == 200, doc
+        [d] = doc["daemons"]
+        assert "sha256 differs" in d["status"], d
+        assert [m["version"] for m in d["models"] if m["name"] == "recsys"] == [old]
+        _, _, ready, _ = call(api, "GET", "/ready")
+        assert "sha256 differs" in ready["checks"]["inference"]["daemons"][0]["status"]
+        s, _, after, _ = call(api, "POST", "/api/v1/recommend", {"user_id": 6},
+                              admin)
+        assert s == 200 and after["model_version"] == old
+    finally:
+        stack.db.sql("UPDATE model_versions SET stage = 'archived'"
+                     f" WHERE model_name = 'recsys' AND version = {v};"
+                     " UPDATE model_versions SET stage = 'production'"
+                     f" WHERE model_name = 'recsys' AND version = {old}")
+        call(api, "POST", "/api/v1/admin/reload", token=admin)
 
 
 def test_killed_daemon_is_503_then_recovers_after_restart(workdir, backends,
