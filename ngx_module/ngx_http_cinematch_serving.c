@@ -92,7 +92,10 @@ typedef struct {
     ngx_http_cinematch_serving_conf_t   *smcf;
     ngx_http_cinematch_main_conf_t      *mcf;
     ngx_log_t                           *log;
-    json_t                              *queue;      /* array of entries */
+    u_char                              *buf;        /* "[" entry,entry... */
+    size_t                               len;
+    size_t                               cap;
+    ngx_uint_t                           count;      /* entries in buf */
     ngx_uint_t                           inflight;   /* entries sent */
     ngx_uint_t                           failed;     /* in this batch */
     PGconn                              *pg;
@@ -131,11 +134,13 @@ static ngx_int_t ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_cache_invalidated(ngx_http_request_t *r,
     void *data, redisReply *reply);
 static void ngx_http_cinematch_cache_store(ngx_http_request_t *r,
-    ngx_http_cinematch_serving_ctx_t *st, u_char *body, size_t len,
-    json_t *doc);
+    ngx_http_cinematch_serving_ctx_t *st, ngx_str_t *fragment, u_char *body,
+    size_t len, json_t *doc);
 
+static ngx_int_t ngx_http_cinematch_log_fragment(ngx_http_request_t *r,
+    ngx_uint_t endpoint, json_t *doc, ngx_str_t *out);
 static void ngx_http_cinematch_log_add(ngx_http_request_t *r,
-    ngx_uint_t endpoint, int64_t user, json_t *doc, json_t *cache_hit);
+    ngx_str_t *fragment, const char *cache_hit);
 static void ngx_http_cinematch_log_flush_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_log_timeout_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_log_connect(ngx_http_cinematch_log_t *w);
@@ -414,10 +419,13 @@ ngx_http_cinematch_serving_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    w->queue = json_array();
-    if (w->queue == NULL) {
+    w->cap = 64 * 1024;
+    w->buf = ngx_alloc(w->cap, cycle->log);
+    if (w->buf == NULL) {
         return NGX_ERROR;
     }
+    w->buf[0] = '[';
+    w->len = 1;
 
     w->smcf = smcf;
     w->mcf = mcf;
@@ -455,8 +463,8 @@ ngx_http_cinematch_serving_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_cinematch_log_close(w);
 
-    json_decref(w->queue);
-    w->queue = NULL;
+    ngx_free(w->buf);
+    w->buf = NULL;
 
     ngx_http_cinematch_log = NULL;
 }
@@ -645,8 +653,9 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 {
     ngx_http_cinematch_serving_ctx_t *st = data;
 
-    u_char                           *body;
-    json_t                           *doc;
+    u_char                           *body, *nl;
+    size_t                            len;
+    ngx_str_t                         fragment;
     redisReply                       *g, *v;
     ngx_http_cinematch_serving_sh_t  *sh;
 
@@ -685,25 +694,32 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
     st->gen.len = g->len;
     ngx_memcpy(st->gen.data, g->str, g->len);
 
-    if (v != NULL && v->type == REDIS_REPLY_STRING && v->len > 0) {
+    /* an entry is "<log fragment>\n<answer>": the log needs no parse */
+
+    nl = (v != NULL && v->type == REDIS_REPLY_STRING)
+         ? ngx_strlchr((u_char *) v->str, (u_char *) v->str + v->len, '\n')
+         : NULL;
+
+    if (nl != NULL && nl + 1 < (u_char *) v->str + v->len) {
         st->hit = 1;
 
         if (sh != NULL) {
             (void) ngx_atomic_fetch_add(&sh->hits[st->endpoint], 1);
         }
 
-        body = ngx_pnalloc(r->pool, v->len);
+        fragment.data = (u_char *) v->str;
+        fragment.len = nl - fragment.data;
+        len = (u_char *) v->str + v->len - (nl + 1);
+
+        body = ngx_pnalloc(r->pool, len);
         if (body == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_memcpy(body, v->str, v->len);
+        ngx_memcpy(body, nl + 1, len);
 
         if (ngx_http_cinematch_log != NULL) {
-            doc = json_loadb((char *) body, v->len, 0, NULL);
-            ngx_http_cinematch_log_add(r, st->endpoint, 0, doc,
-                                       json_true());
-            json_decref(doc);
+            ngx_http_cinematch_log_add(r, &fragment, "true");
         }
 
         if (ngx_http_cinematch_add_header(r, &ngx_http_cinematch_cache_header,
@@ -715,7 +731,7 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 
         return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK,
                                            &ngx_http_cinematch_serving_json,
-                                           body, v->len);
+                                           body, len);
     }
 
     st->missed = 1;
@@ -739,28 +755,41 @@ void
 ngx_http_cinematch_serving_answered(ngx_http_request_t *r,
     ngx_uint_t endpoint, int64_t user, u_char *body, size_t len, json_t *doc)
 {
+    ngx_str_t                          fragment;
     ngx_http_cinematch_serving_ctx_t  *st;
 
     st = ngx_http_get_module_ctx(r, ngx_http_cinematch_serving_module);
 
+    if ((st == NULL || !st->missed) && ngx_http_cinematch_log == NULL) {
+        return;
+    }
+
+    /* what the log takes from the answer, kept with it in the cache */
+
+    if (ngx_http_cinematch_log_fragment(r, endpoint, doc, &fragment)
+        != NGX_OK)
+    {
+        return;
+    }
+
     if (st != NULL && st->missed) {
-        ngx_http_cinematch_cache_store(r, st, body, len, doc);
+        ngx_http_cinematch_cache_store(r, st, &fragment, body, len, doc);
     }
 
     if (ngx_http_cinematch_log != NULL) {
-        ngx_http_cinematch_log_add(r, endpoint, user, doc,
+        ngx_http_cinematch_log_add(r, &fragment,
                                    st != NULL && st->looked_up
-                                   ? json_false() : json_null());
+                                   ? "false" : "null");
     }
 }
 
 
 static void
 ngx_http_cinematch_cache_store(ngx_http_request_t *r,
-    ngx_http_cinematch_serving_ctx_t *st, u_char *body, size_t len,
-    json_t *doc)
+    ngx_http_cinematch_serving_ctx_t *st, ngx_str_t *fragment, u_char *body,
+    size_t len, json_t *doc)
 {
-    u_char                             *key, *p;
+    u_char                             *key, *value, *p;
     json_t                             *v;
     const char                         *argv[5];
     size_t                              argvlen[5];
@@ -787,12 +816,21 @@ ngx_http_cinematch_cache_store(ngx_http_request_t *r,
     p = ngx_cpymem(key, st->key.data, st->key.len);
     p = ngx_cpymem(p, st->gen.data, st->gen.len);
 
+    value = ngx_pnalloc(r->pool, fragment->len + 1 + len);
+    if (value == NULL) {
+        return;
+    }
+
+    argvlen[2] = ngx_cpymem(ngx_cpymem(value, fragment->data, fragment->len),
+                            "\n", 1) - value;
+    ngx_memcpy(value + argvlen[2], body, len);
+    argvlen[2] += len;
+
     argv[0] = "SET";
     argvlen[0] = 3;
     argv[1] = (const char *) key;
     argvlen[1] = p - key;
-    argv[2] = (const char *) body;
-    argvlen[2] = len;
+    argv[2] = (const char *) value;
     argv[3] = "EX";
     argvlen[3] = 2;
     argv[4] = (const char *) ttl;
@@ -866,13 +904,108 @@ ngx_http_cinematch_cache_invalidated(ngx_http_request_t *r, void *data,
 
 /* request log */
 
-static void
-ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_uint_t endpoint,
-    int64_t user, json_t *doc, json_t *cache_hit)
+/*
+ * The members of a log entry that come from the answer, as JSON text
+ * without the braces: "model_version", "is_fallback", "fallback_reason",
+ * "detail" {endpoint, ids, scores, and the user, movie or source}.
+ */
+
+static ngx_int_t
+ngx_http_cinematch_log_fragment(ngx_http_request_t *r, ngx_uint_t endpoint,
+    json_t *doc, ngx_str_t *out)
 {
-    size_t                            i;
-    json_t                           *e, *items, *item, *ids, *scores, *s;
-    json_t                           *detail, *v;
+    char    *text;
+    size_t   i, n;
+    json_t  *o, *items, *item, *ids, *scores, *sc, *detail, *v;
+
+    if (!json_is_object(doc)) {
+        return NGX_ERROR;
+    }
+
+    items = json_object_get(doc, endpoint == NGX_HTTP_CINEMATCH_EP_SIMILAR
+                                 ? "similar_items" : "recommendations");
+    ids = json_array();
+    scores = json_array();
+
+    json_array_foreach(items, i, item) {
+        sc = json_object_get(item, "score");
+        if (sc == NULL) {
+            sc = json_object_get(item, "popularity_score");
+        }
+
+        json_array_append(ids, json_object_get(item, "movie_id"));
+        json_array_append(scores, sc != NULL ? sc : json_null());
+    }
+
+    detail = json_pack("{s:s, s:o, s:o}",
+                       "endpoint", ngx_http_cinematch_serving_endpoints[
+                                       endpoint].data,
+                       "ids", ids, "scores", scores);
+
+    if (detail != NULL) {
+        v = json_object_get(doc, endpoint == NGX_HTTP_CINEMATCH_EP_RECOMMEND
+                                 ? "user_id"
+                                 : endpoint == NGX_HTTP_CINEMATCH_EP_SIMILAR
+                                   ? "movie_id" : "source");
+        json_object_set(detail,
+                        endpoint == NGX_HTTP_CINEMATCH_EP_RECOMMEND
+                        ? "rating_user_id"
+                        : endpoint == NGX_HTTP_CINEMATCH_EP_SIMILAR
+                          ? "movie_id" : "source",
+                        v != NULL ? v : json_null());
+    }
+
+    o = json_object();
+
+    if (o == NULL || detail == NULL) {
+        json_decref(o);
+        json_decref(detail);
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(doc, "model_version");
+    json_object_set(o, "model_version", json_is_string(v) ? v : json_null());
+    v = json_object_get(doc, "is_fallback");
+    json_object_set(o, "is_fallback", json_is_boolean(v) ? v : json_null());
+    v = json_object_get(doc, "fallback_reason");
+    json_object_set(o, "fallback_reason", json_is_string(v) ? v : json_null());
+    json_object_set_new(o, "detail", detail);
+
+    text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+
+    if (text == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* no newline in compact JSON: the cache splits on the first one */
+
+    n = ngx_strlen(text);
+
+    out->data = ngx_pnalloc(r->pool, n);
+    if (out->data == NULL || n < 2) {
+        free(text);
+        return NGX_ERROR;
+    }
+
+    out->len = n - 2;
+    ngx_memcpy(out->data, text + 1, out->len);
+    free(text);
+
+    return NGX_OK;
+}
+
+
+/* One entry appended to the worker's batch, as text: no allocation per
+ * request beyond the batch buffer's growth. */
+
+static void
+ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
+    const char *cache_hit)
+{
+    u_char                           *p, *nbuf;
+    size_t                            need, rid_len, path_len;
+    ngx_str_t                         rid, route;
     ngx_time_t                       *tp;
     ngx_msec_int_t                    ms;
     ngx_http_cinematch_log_t         *w;
@@ -882,14 +1015,11 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_uint_t endpoint,
 
     w = ngx_http_cinematch_log;
 
-    if (w == NULL || !json_is_object(doc)) {
-        json_decref(cache_hit);
+    if (w == NULL || fragment->len == 0) {
         return;
     }
 
-    if (json_array_size(w->queue) >= w->smcf->log_queue) {
-        json_decref(cache_hit);
-
+    if (w->count >= w->smcf->log_queue) {
         sh = ngx_http_cinematch_serving_sh();
         if (sh != NULL) {
             (void) ngx_atomic_fetch_add(&sh->log_dropped, 1);
@@ -901,84 +1031,72 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_uint_t endpoint,
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
     c = ngx_http_cinematch_caller(r);
 
+    ngx_str_null(&rid);
+    ngx_str_null(&route);
+
+    if (ctx != NULL) {
+        rid = ctx->request_id;
+
+        if (ctx->route != NULL) {
+            route = ctx->route->pattern;
+        }
+    }
+
+    rid_len = rid.len + ngx_escape_json(NULL, rid.data, rid.len);
+    path_len = r->uri.len + ngx_escape_json(NULL, r->uri.data, r->uri.len);
+
+    need = sizeof(",{\"ts\":.000,\"request_id\":\"\",\"method\":\"\","
+                  "\"route\":\"\",\"path\":\"\",\"status\":200,"
+                  "\"duration_ms\":,\"user_id\":,\"api_key_id\":,"
+                  "\"cache_hit\":,}]")
+           + NGX_TIME_T_LEN + rid_len + r->method_name.len + route.len
+           + path_len + 3 * NGX_INT64_LEN + sizeof("false") + fragment->len;
+
+    if (w->len + need > w->cap) {
+        nbuf = ngx_alloc(ngx_max(w->cap * 2, w->len + need), w->log);
+        if (nbuf == NULL) {
+            return;
+        }
+
+        ngx_memcpy(nbuf, w->buf, w->len);
+        ngx_free(w->buf);
+        w->buf = nbuf;
+        w->cap = ngx_max(w->cap * 2, w->len + need);
+    }
+
     tp = ngx_timeofday();
     ms = (ngx_msec_int_t)
              ((tp->sec - r->start_sec) * 1000 + (tp->msec - r->start_msec));
 
-    items = json_object_get(doc, endpoint == NGX_HTTP_CINEMATCH_EP_SIMILAR
-                                 ? "similar_items" : "recommendations");
-    ids = json_array();
-    scores = json_array();
+    p = w->buf + w->len;
 
-    json_array_foreach(items, i, item) {
-        s = json_object_get(item, "score");
-        if (s == NULL) {
-            s = json_object_get(item, "popularity_score");
-        }
+    p = ngx_sprintf(p, "%s{\"ts\":%T.%03M,\"request_id\":\"",
+                    w->count ? "," : "", tp->sec, tp->msec);
+    p = (u_char *) ngx_escape_json(p, rid.data, rid.len);
+    p = ngx_sprintf(p, "\",\"method\":\"%V\",\"route\":\"%V\",\"path\":\"",
+                    &r->method_name, &route);
+    p = (u_char *) ngx_escape_json(p, r->uri.data, r->uri.len);
+    p = ngx_sprintf(p, "\",\"status\":200,\"duration_ms\":%M,\"user_id\":",
+                    (ngx_msec_t) ngx_max(ms, 0));
 
-        json_array_append(ids, json_object_get(item, "movie_id"));
-        json_array_append(scores, s != NULL ? s : json_null());
+    if (c != NULL) {
+        p = ngx_sprintf(p, "%L", c->user_id);
+    } else {
+        p = ngx_cpymem(p, "null", 4);
     }
 
-    detail = json_pack("{s:s, s:o, s:o}",
-                       "endpoint", ngx_http_cinematch_serving_endpoints[
-                                       endpoint].data,
-                       "ids", ids, "scores", scores);
+    p = ngx_cpymem(p, ",\"api_key_id\":", sizeof(",\"api_key_id\":") - 1);
 
-    if (detail != NULL && endpoint == NGX_HTTP_CINEMATCH_EP_RECOMMEND) {
-        v = json_object_get(doc, "user_id");
-        json_object_set(detail, "rating_user_id", v ? v : json_null());
-
-    } else if (detail != NULL && endpoint == NGX_HTTP_CINEMATCH_EP_SIMILAR) {
-        v = json_object_get(doc, "movie_id");
-        json_object_set(detail, "movie_id", v ? v : json_null());
-
-    } else if (detail != NULL) {
-        v = json_object_get(doc, "source");
-        json_object_set(detail, "source", v ? v : json_null());
+    if (c != NULL && c->key_id) {
+        p = ngx_sprintf(p, "%L", c->key_id);
+    } else {
+        p = ngx_cpymem(p, "null", 4);
     }
 
-    (void) user;
+    p = ngx_sprintf(p, ",\"cache_hit\":%s,%V}", cache_hit, fragment);
 
-    e = json_pack("{s:f, s:s%, s:s%, s:s%, s:s%, s:i, s:f}",
-                  "ts", (double) tp->sec + tp->msec / 1000.0,
-                  "request_id", ctx ? (char *) ctx->request_id.data : "",
-                                ctx ? ctx->request_id.len : 0,
-                  "method", (char *) r->method_name.data,
-                            r->method_name.len,
-                  "route", ctx && ctx->route
-                           ? (char *) ctx->route->pattern.data : "",
-                           ctx && ctx->route ? ctx->route->pattern.len : 0,
-                  "path", (char *) r->uri.data, r->uri.len,
-                  "status", 200,
-                  "duration_ms", (double) ngx_max(ms, 0));
-
-    if (e == NULL || detail == NULL) {
-        json_decref(e);
-        json_decref(detail);
-        json_decref(cache_hit);
-        return;
-    }
-
-    json_object_set_new(e, "user_id", c ? json_integer(c->user_id)
-                                        : json_null());
-    json_object_set_new(e, "api_key_id", c && c->key_id
-                                         ? json_integer(c->key_id)
-                                         : json_null());
-
-    v = json_object_get(doc, "model_version");
-    json_object_set(e, "model_version", json_is_string(v) ? v : json_null());
-    json_object_set_new(e, "cache_hit", cache_hit);
-
-    v = json_object_get(doc, "is_fallback");
-    json_object_set(e, "is_fallback", json_is_boolean(v) ? v : json_null());
-    v = json_object_get(doc, "fallback_reason");
-    json_object_set(e, "fallback_reason", json_is_string(v) ? v : json_null());
-    json_object_set_new(e, "detail", detail);
-
-    if (json_array_append_new(w->queue, e) != 0) {
-        return;
-    }
+    w->len = p - w->buf;
+    w->count++;
 
     ngx_http_cinematch_log_arm(w);
 }
@@ -987,7 +1105,7 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_uint_t endpoint,
 static void
 ngx_http_cinematch_log_arm(ngx_http_cinematch_log_t *w)
 {
-    if (!w->flush.timer_set && json_array_size(w->queue) > 0
+    if (!w->flush.timer_set && w->count > 0
         && !(ngx_exiting || ngx_terminate || ngx_quit))
     {
         ngx_add_timer(&w->flush, w->smcf->log_flush);
@@ -1197,29 +1315,27 @@ static void
 ngx_http_cinematch_log_send(ngx_http_cinematch_log_t *w)
 {
     int          rc;
-    char        *text;
     const char  *values[1];
 
-    if (json_array_size(w->queue) == 0) {
+    if (w->count == 0) {
         return;
     }
 
-    text = json_dumps(w->queue, JSON_COMPACT);
+    /* log_add keeps room for the closing "]" and the terminator */
+    w->buf[w->len++] = ']';
+    w->buf[w->len] = '\0';
 
-    w->inflight = json_array_size(w->queue);
+    w->inflight = w->count;
     w->failed = 0;
-    json_array_clear(w->queue);
 
-    if (text == NULL) {
-        ngx_http_cinematch_log_fail(w, "out of memory");
-        return;
-    }
+    values[0] = (const char *) w->buf;
 
-    values[0] = text;
-
+    /* libpq copies the text into its output buffer */
     rc = PQsendQueryParams(w->pg, NGX_HTTP_CINEMATCH_LOG_SQL, 1, NULL,
                            values, NULL, NULL, 0);
-    free(text);
+
+    w->len = 1;
+    w->count = 0;
 
     if (rc != 1) {
         ngx_http_cinematch_log_fail(w, PQerrorMessage(w->pg));
