@@ -67,6 +67,8 @@ typedef struct {
     ngx_str_t                            gen;
     ngx_http_cinematch_serving_next_pt   next;
     void                                *data;
+    ngx_str_t                            fragment;  /* for the log */
+    const char                          *cache_hit; /* "true", ... */
     unsigned                             looked_up:1;
     unsigned                             missed:1;
     unsigned                             hit:1;
@@ -137,10 +139,14 @@ static void ngx_http_cinematch_cache_store(ngx_http_request_t *r,
     ngx_http_cinematch_serving_ctx_t *st, ngx_str_t *fragment, u_char *body,
     size_t len, json_t *doc);
 
+static ngx_http_cinematch_serving_ctx_t *ngx_http_cinematch_serving_ctx(
+    ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_log_fragment(ngx_http_request_t *r,
     ngx_uint_t endpoint, json_t *doc, ngx_str_t *out);
+static ngx_int_t ngx_http_cinematch_serving_log_handler(
+    ngx_http_request_t *r);
 static void ngx_http_cinematch_log_add(ngx_http_request_t *r,
-    ngx_str_t *fragment, const char *cache_hit);
+    ngx_str_t *fragment, const char *cache_hit, ngx_uint_t status);
 static void ngx_http_cinematch_log_flush_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_log_timeout_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_log_connect(ngx_http_cinematch_log_t *w);
@@ -316,10 +322,21 @@ static ngx_int_t
 ngx_http_cinematch_serving_postconf(ngx_conf_t *cf)
 {
     ngx_shm_zone_t                     *zone;
+    ngx_http_handler_pt                *h;
+    ngx_http_core_main_conf_t          *cmcf;
     ngx_http_cinematch_serving_conf_t  *smcf;
 
     smcf = ngx_http_conf_get_module_main_conf(cf,
                                         ngx_http_cinematch_serving_module);
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_cinematch_serving_log_handler;
 
     zone = ngx_shared_memory_add(cf, &ngx_http_cinematch_serving_zone_name,
                                  8 * ngx_pagesize,
@@ -718,8 +735,15 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 
         ngx_memcpy(body, nl + 1, len);
 
+        st->cache_hit = "true";
+
         if (ngx_http_cinematch_log != NULL) {
-            ngx_http_cinematch_log_add(r, &fragment, "true");
+            /* the reply goes away when this returns */
+            st->fragment.data = ngx_pnalloc(r->pool, fragment.len);
+            if (st->fragment.data != NULL) {
+                st->fragment.len = fragment.len;
+                ngx_memcpy(st->fragment.data, fragment.data, fragment.len);
+            }
         }
 
         if (ngx_http_cinematch_add_header(r, &ngx_http_cinematch_cache_header,
@@ -777,10 +801,85 @@ ngx_http_cinematch_serving_answered(ngx_http_request_t *r,
     }
 
     if (ngx_http_cinematch_log != NULL) {
-        ngx_http_cinematch_log_add(r, &fragment,
-                                   st != NULL && st->looked_up
-                                   ? "false" : "null");
+        /* logged in the log phase, with the status that was sent */
+        st = ngx_http_cinematch_serving_ctx(r);
+        if (st != NULL) {
+            st->fragment = fragment;
+            st->cache_hit = st->looked_up ? "false" : "null";
+        }
     }
+}
+
+
+static ngx_http_cinematch_serving_ctx_t *
+ngx_http_cinematch_serving_ctx(ngx_http_request_t *r)
+{
+    ngx_http_cinematch_serving_ctx_t  *st;
+
+    st = ngx_http_get_module_ctx(r, ngx_http_cinematch_serving_module);
+
+    if (st == NULL) {
+        st = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_serving_ctx_t));
+        if (st != NULL) {
+            ngx_http_set_ctx(r, st, ngx_http_cinematch_serving_module);
+        }
+    }
+
+    return st;
+}
+
+
+/*
+ * Every answer of recommend, similar and popular is logged here, errors
+ * included (no detail then), with its status and its whole duration.
+ */
+
+static ngx_int_t
+ngx_http_cinematch_serving_log_handler(ngx_http_request_t *r)
+{
+    ngx_uint_t                         status;
+    ngx_str_t                          fragment;
+    ngx_http_cinematch_ctx_t          *ctx;
+    ngx_http_cinematch_serving_ctx_t  *st;
+    ngx_http_cinematch_handler_pt      h;
+
+    static ngx_str_t  none = ngx_string(
+        "\"model_version\":null,\"is_fallback\":null,"
+        "\"fallback_reason\":null,\"detail\":null");
+
+    if (ngx_http_cinematch_log == NULL || r != r->main) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    if (ctx == NULL || ctx->route == NULL) {
+        return NGX_OK;
+    }
+
+    h = ctx->route->handler;
+
+    if (h != ngx_http_cinematch_recommend_handler
+        && h != ngx_http_cinematch_similar_handler
+        && h != ngx_http_cinematch_popular_handler)
+    {
+        return NGX_OK;
+    }
+
+    status = r->err_status ? r->err_status : r->headers_out.status;
+
+    if (status < 100 || status > 599) {
+        return NGX_OK;
+    }
+
+    st = ngx_http_get_module_ctx(r, ngx_http_cinematch_serving_module);
+
+    fragment = (st != NULL && st->fragment.len) ? st->fragment : none;
+
+    ngx_http_cinematch_log_add(r, &fragment,
+                               st != NULL && st->cache_hit
+                               ? st->cache_hit : "null", status);
+
+    return NGX_OK;
 }
 
 
@@ -1001,7 +1100,7 @@ ngx_http_cinematch_log_fragment(ngx_http_request_t *r, ngx_uint_t endpoint,
 
 static void
 ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
-    const char *cache_hit)
+    const char *cache_hit, ngx_uint_t status)
 {
     u_char                           *p, *nbuf;
     size_t                            need, rid_len, path_len;
@@ -1046,7 +1145,7 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
     path_len = r->uri.len + ngx_escape_json(NULL, r->uri.data, r->uri.len);
 
     need = sizeof(",{\"ts\":.000,\"request_id\":\"\",\"method\":\"\","
-                  "\"route\":\"\",\"path\":\"\",\"status\":200,"
+                  "\"route\":\"\",\"path\":\"\",\"status\":999,"
                   "\"duration_ms\":,\"user_id\":,\"api_key_id\":,"
                   "\"cache_hit\":,}]")
            + NGX_TIME_T_LEN + rid_len + r->method_name.len + route.len
@@ -1076,8 +1175,8 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
     p = ngx_sprintf(p, "\",\"method\":\"%V\",\"route\":\"%V\",\"path\":\"",
                     &r->method_name, &route);
     p = (u_char *) ngx_escape_json(p, r->uri.data, r->uri.len);
-    p = ngx_sprintf(p, "\",\"status\":200,\"duration_ms\":%M,\"user_id\":",
-                    (ngx_msec_t) ngx_max(ms, 0));
+    p = ngx_sprintf(p, "\",\"status\":%ui,\"duration_ms\":%M,\"user_id\":",
+                    status, (ngx_msec_t) ngx_max(ms, 0));
 
     if (c != NULL) {
         p = ngx_sprintf(p, "%L", c->user_id);

@@ -9,9 +9,10 @@
  *     fold-in INCRs the user's generation, so every entry of that user is
  *     unreachable at once; entries age out after cinematch_cache_ttl.
  *     Redis down or slow: the request is served uncached.
- *   - a request log: every 200 answer of those endpoints is queued in the
- *     worker and written to request_logs in batches (one INSERT per flush
- *     on a connection of its own); a full queue drops and counts.
+ *   - a request log: every answer of those endpoints (errors included, with
+ *     their status) is queued in the worker in the log phase and written to
+ *     request_logs in batches (one INSERT per flush on a connection of its
+ *     own); a full queue drops and counts.
  *   - POST /api/v1/admin/reload: NOTIFY cinematch_models, which every
  *     inference daemon LISTENs to.
  */
@@ -55,8 +56,8 @@ ngx_int_t ngx_http_cinematch_cache_fetch(ngx_http_request_t *r,
 /*
  * The daemon answered 200 with body (doc: its parsed form, or NULL):
  * stores it in the cache when a lookup missed and the answer's
- * model_version is the one the key names, and queues the request log
- * entry.  Never fails the request.
+ * model_version is the one the key names, and keeps what the request log
+ * entry takes from it.  Never fails the request.
  */
 void ngx_http_cinematch_serving_answered(ngx_http_request_t *r,
     ngx_uint_t endpoint, int64_t user, u_char *body, size_t len,

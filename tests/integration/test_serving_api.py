@@ -303,9 +303,21 @@ def test_answers_are_written_to_request_logs(api, stack, admin):
                         {"movie_id": doc["recommendations"][0]["movie_id"], "k": 2})
     rid_sim = h["x-request-id"]
 
+    s, h, _, _ = call(api, "POST", "/api/v1/recommend", {"k": 0}, admin)
+    assert s == 422
+    rid_422 = h["x-request-id"]
+    s, h, _, _ = call(api, "POST", "/api/v1/similar", {"movie_id": 987654})
+    assert s == 404
+    rid_404 = h["x-request-id"]
+
     harness.wait_for(lambda: all(_log_rows(stack.db, r) for r in
-                                 (rid_miss, rid_hit, rid_fb, rid_sim)),
+                                 (rid_miss, rid_hit, rid_fb, rid_sim, rid_422,
+                                  rid_404)),
                      timeout=10, what="request_logs rows")
+    # errors are answers too: their status, no model output
+    assert _log_rows(stack.db, rid_422)[0][:2] == ["/api/v1/recommend", "422"]
+    assert _log_rows(stack.db, rid_422)[0][7] == ""
+    assert _log_rows(stack.db, rid_404)[0][:2] == ["/api/v1/similar", "404"]
 
     [row] = _log_rows(stack.db, rid_miss)
     assert row[:7] == ["/api/v1/recommend", "200", "1", doc["model_version"],
