@@ -678,8 +678,6 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 
     sh = ngx_http_cinematch_serving_sh();
 
-    st->looked_up = 1;
-
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
         || reply->elements < 1
         || reply->element[0]->type != REDIS_REPLY_STRING
@@ -699,6 +697,8 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 
         return st->next(r, st->data);
     }
+
+    st->looked_up = 1;
 
     g = reply->element[0];
     v = reply->elements > 1 ? reply->element[1] : NULL;
