@@ -23,6 +23,9 @@
 #if (NGX_HTTP_CINEMATCH_AUTH)
 #include "ngx_http_cinematch_auth.h"
 #endif
+#if (NGX_HTTP_CINEMATCH_SERVING)
+#include "ngx_http_cinematch_serving.h"
+#endif
 
 
 typedef struct {
@@ -145,6 +148,14 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       ngx_http_cinematch_ratings_handler,
       NGX_HTTP_CINEMATCH_ROUTE_AUTH
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
+#endif
+
+#if (NGX_HTTP_CINEMATCH_SERVING && NGX_HTTP_CINEMATCH_AUTH)
+    /* serving (ngx_http_cinematch_serving.c): every daemon reloads */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/admin/reload"),
+      ngx_http_cinematch_admin_reload_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
 #endif
 
     /* internal, only where "cinematch_echo on" */
