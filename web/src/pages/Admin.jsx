@@ -27,6 +27,21 @@ function Service({ api }) {
   const ready = useLoad(() => api.ready(), [api]);
   const metrics = useLoad(() => api.metrics().then((t) => summarizeMetrics(parseMetrics(t))), [api]);
   const [filter, setFilter] = useState('cinematch_');
+  const [reloaded, setReloaded] = useState(null);
+  // POST /api/v1/admin/reload: every inference daemon reloads the
+  // production versions (200 once they all did, 202 when one was slow)
+  async function reload() {
+    try {
+      const r = await api.reload();
+      const ds = (r && r.daemons) || [];
+      setReloaded({ ok: true, text: r && r.status === 'reloaded'
+        ? `Reloaded: ${ds.map((d) => (d.models || []).map((m) => `${m.name} ${m.version}`).join(', ')).filter(Boolean).join('; ') || 'no models'}`
+        : 'Reload requested; a daemon has not answered yet.' });
+      ready.reload();
+    } catch (e) {
+      setReloaded({ ok: false, text: e.missing ? 'Reload is not available on this server yet.' : e.message });
+    }
+  }
   useEffect(() => {
     const t = setInterval(() => { ready.reload(); metrics.reload(); }, 10000);
     return () => clearInterval(t);
@@ -34,7 +49,8 @@ function Service({ api }) {
   const checks = ready.data && ready.data.body && ready.data.body.checks;
   return (
     <section className="panel" aria-labelledby="p-svc">
-      <h2 id="p-svc">Service</h2>
+      <h2 id="p-svc">Service <button className="btn small" onClick={reload}>Reload models</button></h2>
+      {reloaded ? <p className={reloaded.ok ? 'note' : 'error'} role={reloaded.ok ? 'status' : 'alert'}>{reloaded.text}</p> : null}
       {ready.data ? (
         <p>/ready: <strong className={ready.data.status === 200 ? 'good' : 'bad'}>{ready.data.status === 200 ? 'ready' : `not ready (${ready.data.status})`}</strong></p>
       ) : <ErrorNote error={ready.error} what="/ready" />}

@@ -33,6 +33,7 @@ function stub(over) {
     ingestions: vi.fn(async () => { throw new ApiError(404, 'not_found', 'no such endpoint'); }),
     ingestion: vi.fn(),
     usage: vi.fn(async () => ({ group_by: 'user', interval: null, groups: 1, rows: [], totals: {} })),
+    reload: vi.fn(async () => ({ status: 'reloaded', daemons: [{ socket: '/run/infer.sock', reloaded: true, models: [{ name: 'recsys', version: '3' }, { name: 'dialog', version: '1' }] }] })),
     ...over,
   };
 }
@@ -102,6 +103,16 @@ describe('AdminPage', () => {
     const row = (await screen.findByText('staging')).closest('tr');
     fireEvent.click(within(row).getByRole('button', { name: 'Promote' }));
     expect(api.stage).not.toHaveBeenCalled();
+  });
+
+  it('asks the daemons to reload and says what they serve now', async () => {
+    const api = stub();
+    mount(api);
+    const svc = screen.getByRole('region', { name: /Service/ });
+    await within(svc).findByText('ready');
+    fireEvent.click(within(svc).getByRole('button', { name: 'Reload models' }));
+    expect((await within(svc).findByText(/^Reloaded:/)).textContent).toBe('Reloaded: recsys 3, dialog 1');
+    await waitFor(() => expect(api.ready).toHaveBeenCalledTimes(2));
   });
 
   it('warns a non-admin that the panels will be refused', async () => {
