@@ -231,6 +231,10 @@ time_t ngx_http_cinematch_metrics_start_time(void);
 void ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream);
 void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     ngx_uint_t depth);
+/* A chat reply's first token reached this worker (once per request): the
+ * time since the request began goes into
+ * cinematch_chat_time_to_first_token_seconds. */
+void ngx_http_cinematch_metrics_chat_first_token(ngx_http_request_t *r);
 ngx_int_t ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 

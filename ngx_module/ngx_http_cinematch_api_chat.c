@@ -37,6 +37,7 @@ typedef struct {
     unsigned                         stream:1;
     unsigned                         usage:1;  /* include_usage */
     unsigned                         finished:1;
+    unsigned                         first_token:1;  /* TTFT counted */
 } ngx_http_cinematch_chat_t;
 
 
@@ -534,6 +535,11 @@ ngx_http_cinematch_chat_drain(ngx_http_request_t *r,
             if (n < 0) {
                 lost = 1;
                 break;
+            }
+
+            if (!ch->first_token && n > 0) {
+                ch->first_token = 1;
+                ngx_http_cinematch_metrics_chat_first_token(r);
             }
 
             if (!ch->stream) {

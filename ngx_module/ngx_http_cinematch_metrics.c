@@ -13,6 +13,14 @@
  *   hist[]       per route label: request counts per duration bucket
  *                (not cumulative; summed when rendered) and the sum in ms.
  *   upstream_errors[], queue_depth[]
+ *   ttft[]       chat time to first token, as the client sees it: from
+ *                the first byte of the request to the first token record
+ *                taken from the daemon's ring (per bucket, and the sum).
+ *
+ * The inference daemons' own statistics (running and waiting generations,
+ * KV cache use, tokens, cancellations, inter-token latency) are not copied
+ * here: /metrics reads them from each daemon's segment header when it is
+ * rendered (cm_ipc_stats_t), labelled by daemon.
  *
  * Durations are $request_time: from the first byte of the request to the
  * log phase, at the millisecond resolution of nginx's cached clock.
@@ -28,6 +36,9 @@
 #include <ngx_http.h>
 
 #include "ngx_http_cinematch.h"
+#if (NGX_HTTP_CINEMATCH_INFER)
+#include "ngx_http_cinematch_infer.h"
+#endif
 
 
 #define NGX_HTTP_CINEMATCH_METRICS_NCOUNTERS  1024
@@ -56,6 +67,9 @@ typedef struct {
                                     NGX_HTTP_CINEMATCH_UPSTREAM_N];
     ngx_atomic_t                         queue_depth[
                                     NGX_HTTP_CINEMATCH_MAX_INFER];
+    ngx_atomic_t                         ttft[
+                                    NGX_HTTP_CINEMATCH_METRICS_NBUCKETS + 1];
+    ngx_atomic_t                         ttft_sum_ms;
     ngx_http_cinematch_metrics_counter_t requests[
                                     NGX_HTTP_CINEMATCH_METRICS_NCOUNTERS];
     ngx_http_cinematch_metrics_hist_t    hist[1];  /* nroutes + 1 */
@@ -67,6 +81,8 @@ static ngx_int_t ngx_http_cinematch_metrics_init_zone(
 static ngx_http_cinematch_metrics_sh_t *ngx_http_cinematch_metrics_get(
     ngx_http_cinematch_main_conf_t **mcfp);
 static ngx_uint_t ngx_http_cinematch_metrics_method(ngx_http_request_t *r);
+static u_char *ngx_http_cinematch_metrics_daemons(u_char *p,
+    ngx_http_cinematch_main_conf_t *mcf);
 
 
 static ngx_str_t  ngx_http_cinematch_metrics_zone_name =
@@ -85,6 +101,18 @@ static ngx_msec_t  ngx_http_cinematch_metrics_bounds[] = {
 static char  *ngx_http_cinematch_metrics_le[] = {
     "0.001", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
     "1", "2.5", "5", "10", "+Inf"
+};
+
+/* time to first token: a tiny CPU model answers in milliseconds, a queued
+ * request behind long generations in tens of seconds */
+
+static ngx_msec_t  ngx_http_cinematch_metrics_ttft_bounds[] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000
+};
+
+static char  *ngx_http_cinematch_metrics_ttft_le[] = {
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+    "5", "10", "30", "+Inf"
 };
 
 static ngx_str_t  ngx_http_cinematch_metrics_methods[] = {
@@ -342,6 +370,38 @@ ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
 }
 
 
+void
+ngx_http_cinematch_metrics_chat_first_token(ngx_http_request_t *r)
+{
+    ngx_uint_t                        b;
+    ngx_msec_int_t                    ms;
+    ngx_time_t                       *tp;
+    ngx_http_cinematch_metrics_sh_t  *sh;
+
+    sh = ngx_http_cinematch_metrics_get(NULL);
+    if (sh == NULL) {
+        return;
+    }
+
+    /* the cached clock: updated on every event, and a token arrives with
+     * a doorbell event, so it is at most that event's age */
+    tp = ngx_timeofday();
+
+    ms = (ngx_msec_int_t)
+             ((tp->sec - r->start_sec) * 1000 + (tp->msec - r->start_msec));
+    ms = ngx_max(ms, 0);
+
+    for (b = 0; b < NGX_HTTP_CINEMATCH_METRICS_NBUCKETS; b++) {
+        if ((ngx_msec_t) ms <= ngx_http_cinematch_metrics_ttft_bounds[b]) {
+            break;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->ttft[b], 1);
+    (void) ngx_atomic_fetch_add(&sh->ttft_sum_ms, (ngx_atomic_int_t) ms);
+}
+
+
 #define NGX_HTTP_CINEMATCH_REQUESTS_HELP                                     \
     "# HELP cinematch_http_requests_total HTTP requests answered by the "    \
     "cinematch module.\n"                                                    \
@@ -362,6 +422,52 @@ ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     "running in an inference daemon.\n"                                      \
     "# TYPE cinematch_inference_queue_depth gauge\n"
 
+#define NGX_HTTP_CINEMATCH_TTFT_HELP                                         \
+    "# HELP cinematch_chat_time_to_first_token_seconds Time from the first " \
+    "byte of a chat request to its first generated token reaching nginx.\n" \
+    "# TYPE cinematch_chat_time_to_first_token_seconds histogram\n"
+
+/* the daemons' families: name, type, help */
+
+typedef struct {
+    char  *name;
+    char  *type;
+    char  *help;
+} ngx_http_cinematch_metrics_family_t;
+
+static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_daemon_fams[] = {
+    { "cinematch_infer_running_sequences", "gauge",
+      "Generations decoding in an inference daemon (each holds a KV cache)." },
+    { "cinematch_infer_waiting_sequences", "gauge",
+      "Generations admitted and waiting for a free KV cache." },
+    { "cinematch_infer_max_sequences", "gauge",
+      "KV caches in a daemon's pool (0: no dialog model loaded)." },
+    { "cinematch_infer_kv_cache_usage_ratio", "gauge",
+      "Tokens held in KV caches over the pool's capacity"
+      " (max sequences x context)." },
+    { "cinematch_chat_tokens_total", "counter",
+      "Tokens prefilled (type=prompt) and generated (type=completion)"
+      " by the inference daemons." },
+    { "cinematch_chat_cancellations_total", "counter",
+      "Generations cancelled before they finished (client or worker"
+      " went away)." },
+    { "cinematch_chat_queue_rejections_total", "counter",
+      "Generations refused because the wait queue was full (503)." },
+    { "cinematch_chat_inter_token_latency_seconds", "histogram",
+      "Time between two consecutive tokens of one generation reaching"
+      " its stream." }
+};
+
+#define NGX_HTTP_CINEMATCH_NDAEMON_FAMS                                      \
+    (sizeof(ngx_http_cinematch_daemon_fams)                                  \
+     / sizeof(ngx_http_cinematch_metrics_family_t))
+
+/* HELP and TYPE lines of all of them, and everything one daemon adds
+ * (13 buckets and a dozen more samples with a 64-byte label), rounded up */
+#define NGX_HTTP_CINEMATCH_DAEMON_HELP_TEXT  2048
+#define NGX_HTTP_CINEMATCH_DAEMON_TEXT       6144
+
+
 #define NGX_HTTP_CINEMATCH_DROPPED_HELP                                      \
     "# HELP cinematch_metrics_dropped_total Requests not counted because "   \
     "the metrics table was full.\n"                                          \
@@ -375,6 +481,130 @@ ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
 #define NGX_HTTP_CINEMATCH_BUILD_HELP                                        \
     "# HELP cinematch_build_info The cinematch module version.\n"            \
     "# TYPE cinematch_build_info gauge\n"
+
+
+/*
+ * The daemons' families: HELP and TYPE always (a dashboard can rely on the
+ * names), then the samples of each connected daemon that publishes
+ * statistics, labelled by its segment name.
+ */
+static u_char *
+ngx_http_cinematch_metrics_daemons(u_char *p,
+    ngx_http_cinematch_main_conf_t *mcf)
+{
+    ngx_uint_t                            f;
+    ngx_http_cinematch_metrics_family_t  *fam;
+#if (NGX_HTTP_CINEMATCH_INFER)
+    uint64_t                              cum;
+    ngx_str_t                            *name;
+    ngx_uint_t                            i, b, n;
+    ngx_uint_t                            ok[NGX_HTTP_CINEMATCH_MAX_INFER];
+    cm_ipc_stats_snapshot_t              *st;
+    cm_ipc_stats_snapshot_t               snap[NGX_HTTP_CINEMATCH_MAX_INFER];
+    ngx_http_cinematch_infer_conf_t      *ic;
+
+    n = 0;
+    ic = NULL;
+
+    if (mcf->infer) {
+        ic = mcf->infer->elts;
+        n = ngx_min(mcf->infer->nelts, NGX_HTTP_CINEMATCH_MAX_INFER);
+    }
+
+    /* one snapshot per daemon, so that all families agree */
+
+    for (i = 0; i < n; i++) {
+        ok[i] = ngx_http_cinematch_infer_get_stats(i, &snap[i]) == NGX_OK;
+    }
+#endif
+
+    for (f = 0; f < NGX_HTTP_CINEMATCH_NDAEMON_FAMS; f++) {
+        fam = &ngx_http_cinematch_daemon_fams[f];
+
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        fam->name, fam->help, fam->name, fam->type);
+
+#if (NGX_HTTP_CINEMATCH_INFER)
+
+        for (i = 0; i < n; i++) {
+            if (!ok[i]) {
+                continue;
+            }
+
+            st = &snap[i];
+            name = &ic[i].shm;
+
+            switch (f) {
+
+            case 0:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uD\n", fam->name,
+                                name, st->running_seqs);
+                break;
+
+            case 1:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uD\n", fam->name,
+                                name, st->waiting_seqs);
+                break;
+
+            case 2:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uD\n", fam->name,
+                                name, st->max_seqs);
+                break;
+
+            case 3:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %.6f\n", fam->name,
+                                name, st->kv_cap_tokens == 0 ? 0.0
+                                : (double) st->kv_used_tokens
+                                  / (double) st->kv_cap_tokens);
+                break;
+
+            case 4:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\",type=\"prompt\"} %uL\n"
+                                "%s{daemon=\"%V\",type=\"completion\"} %uL\n",
+                                fam->name, name, st->prompt_tokens,
+                                fam->name, name, st->completion_tokens);
+                break;
+
+            case 5:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uL\n", fam->name,
+                                name, st->cancellations);
+                break;
+
+            case 6:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uL\n", fam->name,
+                                name, st->queue_rejections);
+                break;
+
+            default:
+                cum = 0;
+
+                for (b = 0; b <= CM_IPC_ITL_NBUCKETS; b++) {
+                    cum += st->itl_buckets[b];
+
+                    p = ngx_sprintf(p, "%s_bucket{daemon=\"%V\",le=\"%s\"}"
+                                    " %uL\n", fam->name, name,
+                                    cm_ipc_itl_le[b], cum);
+                }
+
+                p = ngx_sprintf(p, "%s_sum{daemon=\"%V\"} %uL.%09uL\n"
+                                "%s_count{daemon=\"%V\"} %uL\n",
+                                fam->name, name,
+                                st->itl_sum_ns / 1000000000,
+                                st->itl_sum_ns % 1000000000,
+                                fam->name, name, cum);
+                break;
+            }
+        }
+
+#endif
+    }
+
+#if !(NGX_HTTP_CINEMATCH_INFER)
+    (void) mcf;
+#endif
+
+    return p;
+}
 
 
 ngx_int_t
@@ -433,6 +663,14 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
            + NGX_HTTP_CINEMATCH_MAX_INFER
              * (sizeof("cinematch_inference_queue_depth{daemon=\"\"} \n")
                 + 64 + NGX_ATOMIC_T_LEN)
+           + sizeof(NGX_HTTP_CINEMATCH_TTFT_HELP)
+           + (NGX_HTTP_CINEMATCH_METRICS_NBUCKETS + 1)
+             * (sizeof("cinematch_chat_time_to_first_token_seconds_bucket"
+                       "{le=\"0.025\"} \n") + NGX_ATOMIC_T_LEN)
+           + 2 * (sizeof("cinematch_chat_time_to_first_token_seconds_count"
+                         " .000\n") + NGX_ATOMIC_T_LEN)
+           + NGX_HTTP_CINEMATCH_DAEMON_HELP_TEXT
+           + NGX_HTTP_CINEMATCH_MAX_INFER * NGX_HTTP_CINEMATCH_DAEMON_TEXT
            + sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP)
            + sizeof("cinematch_metrics_dropped_total \n") + NGX_ATOMIC_T_LEN
            + sizeof(NGX_HTTP_CINEMATCH_START_HELP)
@@ -534,6 +772,28 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
                             &ic[i].shm, sh->queue_depth[i]);
         }
     }
+
+    p = ngx_cpymem(p, NGX_HTTP_CINEMATCH_TTFT_HELP,
+                   sizeof(NGX_HTTP_CINEMATCH_TTFT_HELP) - 1);
+
+    cum = 0;
+
+    for (b = 0; b <= NGX_HTTP_CINEMATCH_METRICS_NBUCKETS; b++) {
+        cum += sh->ttft[b];
+
+        p = ngx_sprintf(p, "cinematch_chat_time_to_first_token_seconds_bucket"
+                        "{le=\"%s\"} %uA\n",
+                        ngx_http_cinematch_metrics_ttft_le[b], cum);
+    }
+
+    value = sh->ttft_sum_ms;
+
+    p = ngx_sprintf(p, "cinematch_chat_time_to_first_token_seconds_sum"
+                    " %uA.%03uA\n", value / 1000, value % 1000);
+    p = ngx_sprintf(p, "cinematch_chat_time_to_first_token_seconds_count"
+                    " %uA\n", cum);
+
+    p = ngx_http_cinematch_metrics_daemons(p, mcf);
 
     p = ngx_cpymem(p, NGX_HTTP_CINEMATCH_DROPPED_HELP,
                    sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP) - 1);

@@ -1,0 +1,180 @@
+"""Observability of chat serving: the daemon's statistics (running and
+waiting generations, KV cache use, tokens, cancellations, inter-token
+latency) carried through the shm header into /metrics, and the module's
+own time-to-first-token histogram; all of it valid for promtool."""
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+import harness
+from inferfixture import BIN, Infer
+from tokens import access_token, authenticate, new_secret
+
+
+@pytest.fixture(scope="module")
+def api(workdir, backends):
+    # untrained dialog-small weights: generations run to max_tokens (128,
+    # half the context) and take long enough to watch them in /metrics
+    model = workdir / "dialog-small-obs"
+    model.mkdir()
+    subprocess.run([str(BIN), "train", "tokenizer", "--corpus",
+                    str(harness.ROOT / "tests/fixtures/dialog/plain.txt"),
+                    "--out", str(model / "tokenizer"), "--vocab-size", "300"],
+                   check=True, capture_output=True)
+    subprocess.run([str(BIN), "lm", "init", "--config", "dialog-small", "--out",
+                    str(model / "model.bin"), "--vocab-size", "300"],
+                   check=True, capture_output=True)
+    infer = Infer(workdir, name="infer-obs", extra=[
+        "--dialog", str(model), "--dialog-version", "5", "--max-seqs", "2"])
+    infer.start()
+    secret = workdir / "obs-jwt.secret"
+    token = access_token(new_secret(BIN, secret), role="user", sub="77")
+    ngx = harness.Nginx(workdir, pg=backends.pg, redis=backends.redis,
+                        http_extra=infer.directive
+                        + f"\ncinematch_jwt_secret_file {secret};",
+                        name="nginx-obs", workers=2)
+    authenticate(ngx, token)
+    ngx.token = token
+    ngx.start()
+    harness.wait_for(lambda: ngx.json("GET", "/ready")[0] == 200, timeout=10,
+                     what="ready with the dialog model")
+    try:
+        yield ngx
+    finally:
+        ngx.stop()
+        infer.stop()
+    problems = ngx.log_problems()
+    assert not problems, "nginx logged alerts:\n" + "\n".join(problems)
+
+
+def samples(text):
+    """{(name, frozenset(labels)): value} from Prometheus text."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-z_]+)(?:\{(.*)\})? (\S+)$', line)
+        assert m, f"unparsable metrics line: {line!r}"
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def scrape(api):
+    status, _, body = api.request("GET", "/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def one(s, name, **labels):
+    """The value of the only series of `name` whose labels include these."""
+    want = set(labels.items())
+    found = [v for (n, ls), v in s.items() if n == name and want <= set(ls)]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def chat(**kw):
+    b = {"model": "dialog", "messages": [{"role": "user", "content": "Where are you going?"}],
+         "max_tokens": 12, "seed": 3, "temperature": 1.0}
+    b.update(kw)
+    return b
+
+
+def test_chat_moves_token_ttft_and_inter_token_metrics(api):
+    before = samples(scrape(api))
+    status, _, doc = api.json("POST", "/v1/chat/completions", chat())
+    assert status == 200, doc
+    u1 = doc["usage"]
+    status, _, raw = api.request("POST", "/v1/chat/completions",
+                                 chat(stream=True, seed=4, stream_options={"include_usage": True}))
+    assert status == 200
+    last = json.loads([ln[6:] for ln in raw.decode(errors="replace").split("\n")
+                       if ln.startswith("data: {")][-1])
+    u2 = last["usage"]
+
+    text = scrape(api)
+    after = samples(text)
+
+    def delta(name, **labels):
+        return one(after, name, **labels) - (one(before, name, **labels)
+                                             if any(n == name for n, _ in before) else 0)
+
+    # tokens are counted where they are produced, exactly
+    assert delta("cinematch_chat_tokens_total", type="prompt") == \
+        u1["prompt_tokens"] + u2["prompt_tokens"]
+    assert delta("cinematch_chat_tokens_total", type="completion") == \
+        u1["completion_tokens"] + u2["completion_tokens"]
+
+    # one TTFT observation per reply that produced text, seen by nginx
+    replies = sum(1 for u in (u1, u2) if u["completion_tokens"] > 0)
+    assert delta("cinematch_chat_time_to_first_token_seconds_count") == replies
+    assert one(after, "cinematch_chat_time_to_first_token_seconds_bucket", le="+Inf") == \
+        one(after, "cinematch_chat_time_to_first_token_seconds_count")
+
+    # a generation of n tokens has n - 1 gaps between them
+    gaps = sum(max(u["completion_tokens"] - 1, 0) for u in (u1, u2))
+    assert delta("cinematch_chat_inter_token_latency_seconds_count") == gaps
+    assert one(after, "cinematch_chat_inter_token_latency_seconds_bucket", le="+Inf") == \
+        one(after, "cinematch_chat_inter_token_latency_seconds_count")
+    assert one(after, "cinematch_chat_inter_token_latency_seconds_sum") > 0
+
+    # gauges: the pool is as configured and, a moment after the last
+    # reply (the daemon rings READY before it retires the sequence), idle
+    assert one(after, "cinematch_infer_max_sequences") == 2
+
+    def idle():
+        s = samples(scrape(api))
+        return (one(s, "cinematch_infer_running_sequences") == 0
+                and one(s, "cinematch_infer_waiting_sequences") == 0
+                and one(s, "cinematch_infer_kv_cache_usage_ratio") == 0)
+    harness.wait_for(idle, timeout=5, what="no generation running")
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not installed (package prometheus)")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def open_stream(api, max_tokens=1024):
+    s = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+    payload = json.dumps(chat(stream=True, max_tokens=max_tokens)).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+              b"Authorization: Bearer %s\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+              % (api.token.encode(), len(payload), payload))
+    assert s.recv(1024).startswith(b"HTTP/1.1 200")
+    return s
+
+
+def test_running_sequences_and_kv_use_show_live_generations_then_cancellations(api):
+    before = samples(scrape(api))
+    cancelled0 = one(before, "cinematch_chat_cancellations_total")
+    # three long streams against a pool of two: two run, one waits; the
+    # clients do not read, so the streams pause on full rings and stay live
+    socks = [open_stream(api) for _ in range(3)]
+    try:
+        def live():
+            s = samples(scrape(api))
+            return (one(s, "cinematch_infer_running_sequences") == 2
+                    and one(s, "cinematch_infer_waiting_sequences") == 1
+                    and one(s, "cinematch_infer_kv_cache_usage_ratio") > 0)
+        harness.wait_for(live, timeout=10, what="2 running, 1 waiting, KV in use")
+    finally:
+        for s in socks:
+            s.close()
+
+    def freed():
+        s = samples(scrape(api))
+        return (one(s, "cinematch_infer_running_sequences") == 0
+                and one(s, "cinematch_infer_waiting_sequences") == 0
+                and one(s, "cinematch_chat_cancellations_total") - cancelled0 == 3)
+    harness.wait_for(freed, timeout=10, what="three cancellations, pool free")
+    assert one(samples(scrape(api)), "cinematch_infer_kv_cache_usage_ratio") == 0
+
