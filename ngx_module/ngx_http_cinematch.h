@@ -160,6 +160,9 @@ struct ngx_http_cinematch_ctx_s {
     void                           *authn;        /* the auth step's state */
 
     void                           *data;         /* the handler's state */
+
+    ngx_str_t                       model_version; /* that answered, for
+                                                      $cinematch_model_version */
 };
 
 
@@ -237,6 +240,15 @@ void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
 void ngx_http_cinematch_metrics_chat_first_token(ngx_http_request_t *r);
 ngx_int_t ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+
+
+/* ngx_http_cinematch_logvars.c: $cinematch_user_id, $cinematch_route,
+ * $cinematch_model_version for structured access logs */
+
+ngx_int_t ngx_http_cinematch_logvars_add(ngx_conf_t *cf);
+/* records answer's "model_version" (a string) for the access log */
+void ngx_http_cinematch_set_model_version(ngx_http_request_t *r,
+    json_t *answer);
 
 
 /* ngx_http_cinematch_pg.c */

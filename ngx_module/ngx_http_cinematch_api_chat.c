@@ -639,6 +639,8 @@ ngx_http_cinematch_chat_final(ngx_http_request_t *r,
     const char  *finish = NULL;
 
     if (res != NULL) {
+        ngx_http_cinematch_set_model_version(r, res);
+
         fr = json_object_get(res, "finish_reason");
         usage = json_object_get(res, "usage");
 

@@ -16,6 +16,15 @@ from inferfixture import BIN, Infer
 from tokens import access_token, authenticate, new_secret
 
 
+def production_log_format():
+    """The request-id map and the JSON log_format of conf/nginx.conf, as
+    they are there: the test checks the real configuration."""
+    conf = (harness.ROOT / "conf" / "nginx.conf").read_text()
+    start = conf.index("map $cinematch_request_id")
+    end = conf.index("}';", conf.index("log_format  cinematch_json")) + 3
+    return conf[start:end]
+
+
 @pytest.fixture(scope="module")
 def api(workdir, backends):
     # untrained dialog-small weights: generations run to max_tokens (128,
@@ -36,8 +45,11 @@ def api(workdir, backends):
     token = access_token(new_secret(BIN, secret), role="user", sub="77")
     ngx = harness.Nginx(workdir, pg=backends.pg, redis=backends.redis,
                         http_extra=infer.directive
-                        + f"\ncinematch_jwt_secret_file {secret};",
+                        + f"\ncinematch_jwt_secret_file {secret};\n"
+                        + production_log_format()
+                        + f"\naccess_log {workdir}/obs-access.json cinematch_json;",
                         name="nginx-obs", workers=2)
+    ngx.json_log = workdir / "obs-access.json"
     authenticate(ngx, token)
     ngx.token = token
     ngx.start()
@@ -178,3 +190,46 @@ def test_running_sequences_and_kv_use_show_live_generations_then_cancellations(a
     harness.wait_for(freed, timeout=10, what="three cancellations, pool free")
     assert one(samples(scrape(api)), "cinematch_infer_kv_cache_usage_ratio") == 0
 
+
+def log_lines(api):
+    return [json.loads(line) for line in api.json_log.read_text().splitlines()]
+
+
+def test_access_log_is_one_json_object_per_request_with_who_what_and_model(api):
+    rid = "obs-log-chat-1"
+    status, _, doc = api.json("POST", "/v1/chat/completions", chat(max_tokens=4),
+                              headers={"X-Request-ID": rid})
+    assert status == 200, doc
+    status, _, _ = api.unauthenticated("GET", "/api/v1/no-such-thing", None,
+                                       {"X-Request-ID": "obs-log-404-1"})
+    assert status == 404
+
+    def logged():
+        return {e["request_id"] for e in log_lines(api)} >= {rid, "obs-log-404-1"}
+    harness.wait_for(logged, timeout=5, what="both requests in the JSON log")
+
+    lines = log_lines(api)        # every line parses: no half-escaped bytes
+    mine = [e for e in lines if e["request_id"] == rid]
+    assert len(mine) == 1, mine
+    e = mine[0]
+    assert e["route"] == "/v1/chat/completions" and e["method"] == "POST"
+    assert e["status"] == 200 and isinstance(e["status"], int)
+    assert e["user_id"] == "77"
+    assert e["model_version"] == "5"
+    assert isinstance(e["request_time"], float) and e["request_time"] >= 0
+    assert e["uri"] == "/v1/chat/completions"
+
+    anon = [e for e in lines if e["request_id"] == "obs-log-404-1"][0]
+    assert anon["route"] == "unmatched" and anon["status"] == 404
+    assert anon["user_id"] == "" and anon["model_version"] == ""
+
+
+def test_access_log_escapes_hostile_client_text(api):
+    agent = 'evil" \\ {"status":0} \x01 end'
+    api.unauthenticated("GET", "/health", None,
+                        {"User-Agent": agent, "X-Request-ID": "obs-log-evil-1"})
+    harness.wait_for(lambda: any(e["request_id"] == "obs-log-evil-1" for e in log_lines(api)),
+                     timeout=5, what="the request in the JSON log")
+    e = [e for e in log_lines(api) if e["request_id"] == "obs-log-evil-1"][0]
+    assert e["status"] == 200 and e["route"] == "/health"
+    assert e["user_agent"] == agent
