@@ -1159,6 +1159,7 @@ cm_infer_usage(FILE *out)
         "  --pidfile FILE        write the pid here\n"
         "  --drain-timeout SEC   on SIGTERM wait this long for work (default 10)\n"
         "  --log-level LEVEL     debug|info|warn|error\n"
+        "  --log-format FORMAT   text|json (one JSON object a line)\n"
         "  --dsn DSN             serve the registry's production models\n"
         "                        (default $CINEMATCH_PG_DSN); reload on\n"
         "                        NOTIFY " CM_INFER_NOTIFY_CHANNEL "\n"

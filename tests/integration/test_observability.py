@@ -233,3 +233,22 @@ def test_access_log_escapes_hostile_client_text(api):
     e = [e for e in log_lines(api) if e["request_id"] == "obs-log-evil-1"][0]
     assert e["status"] == 200 and e["route"] == "/health"
     assert e["user_agent"] == agent
+
+
+def test_daemon_logs_one_json_object_per_line_with_log_format_json(workdir):
+    infer = Infer(workdir, name="infer-jsonlog", slots=4, extra=["--log-format", "json"])
+    infer.start()
+    infer.stop()
+    lines = (infer.dir / "infer.log").read_text().splitlines()
+    assert lines
+    events = [json.loads(line) for line in lines]      # every line parses
+    assert all(e["cmd"] == "infer" and e["level"] in ("debug", "info", "warn", "error")
+               and isinstance(e["pid"], int) and e["time"].endswith("Z") for e in events)
+    assert any("ready" in e["msg"] for e in events)
+    assert any("draining" in e["msg"] or "drained" in e["msg"] for e in events)
+
+
+def test_bad_log_format_is_a_usage_error():
+    r = subprocess.run([str(BIN), "infer", "--log-format", "xml"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "json or text" in r.stderr
