@@ -18,9 +18,14 @@
  *                taken from the daemon's ring (per bucket, and the sum).
  *
  * The inference daemons' own statistics (running and waiting generations,
- * KV cache use, tokens, cancellations, inter-token latency) are not copied
- * here: /metrics reads them from each daemon's segment header when it is
- * rendered (cm_ipc_stats_t), labelled by daemon.
+ * KV cache use, tokens, cancellations, inter-token latency) and the models
+ * they serve are not copied here: /metrics reads them from each daemon's
+ * segment header when it is rendered (cm_ipc_stats_t), labelled by daemon.
+ *
+ * The latest drift report (drift_reports, written by `cinematch drift`, a
+ * cron-style job with no endpoint of its own) is one indexed PostgreSQL
+ * query per scrape; when PostgreSQL does not answer, the drift families
+ * are rendered without samples and everything else is unchanged.
  *
  * Durations are $request_time: from the first byte of the request to the
  * log phase, at the millisecond resolution of nginx's cached clock.
@@ -34,6 +39,10 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+
+#include <ctype.h>
+#include <math.h>
+#include <stdlib.h>
 
 #include "ngx_http_cinematch.h"
 #if (NGX_HTTP_CINEMATCH_INFER)
@@ -83,6 +92,12 @@ static ngx_http_cinematch_metrics_sh_t *ngx_http_cinematch_metrics_get(
 static ngx_uint_t ngx_http_cinematch_metrics_method(ngx_http_request_t *r);
 static u_char *ngx_http_cinematch_metrics_daemons(u_char *p,
     ngx_http_cinematch_main_conf_t *mcf);
+static u_char *ngx_http_cinematch_metrics_label(u_char *p, const char *s);
+static u_char *ngx_http_cinematch_metrics_drift(u_char *p, PGresult *res);
+static ngx_int_t ngx_http_cinematch_metrics_drift_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_metrics_render(ngx_http_request_t *r,
+    PGresult *drift);
 
 
 static ngx_str_t  ngx_http_cinematch_metrics_zone_name =
@@ -455,7 +470,10 @@ static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_daemon_fams[] = {
       "Generations refused because the wait queue was full (503)." },
     { "cinematch_chat_inter_token_latency_seconds", "histogram",
       "Time between two consecutive tokens of one generation reaching"
-      " its stream." }
+      " its stream." },
+    { "cinematch_model_info", "gauge",
+      "Models an inference daemon serves now (value 1), by name and"
+      " registry version." }
 };
 
 #define NGX_HTTP_CINEMATCH_NDAEMON_FAMS                                      \
@@ -463,9 +481,49 @@ static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_daemon_fams[] = {
      / sizeof(ngx_http_cinematch_metrics_family_t))
 
 /* HELP and TYPE lines of all of them, and everything one daemon adds
- * (13 buckets and a dozen more samples with a 64-byte label), rounded up */
-#define NGX_HTTP_CINEMATCH_DAEMON_HELP_TEXT  2048
-#define NGX_HTTP_CINEMATCH_DAEMON_TEXT       6144
+ * (13 buckets and a dozen more samples with a 64-byte label, and up to 16
+ * model lines of 64 + 32 + 32 bytes of labels), rounded up */
+#define NGX_HTTP_CINEMATCH_DAEMON_HELP_TEXT  4096
+#define NGX_HTTP_CINEMATCH_DAEMON_TEXT       (6144 + CM_IPC_MAX_MODELS * 256)
+
+
+/* the latest drift report: SQL column, metric, help (all gauges) */
+
+#define NGX_HTTP_CINEMATCH_DRIFT_SQL                                         \
+    "SELECT extract(epoch FROM created_at)::float8, ks_statistic,"           \
+    " ks_pvalue, psi, (mean_current - mean_baseline)"                        \
+    " / NULLIF(mean_baseline, 0), new_item_share, alert::int,"               \
+    " current_rows FROM drift_reports ORDER BY created_at DESC LIMIT 1"
+
+static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_drift_fams[] = {
+    { "cinematch_drift_report_timestamp_seconds", "gauge",
+      "When the latest drift report was written (Unix time)." },
+    { "cinematch_drift_ks_statistic", "gauge",
+      "Kolmogorov-Smirnov statistic of rating values, training vs buffer,"
+      " in the latest drift report." },
+    { "cinematch_drift_ks_pvalue", "gauge",
+      "Kolmogorov-Smirnov p-value in the latest drift report." },
+    { "cinematch_drift_psi", "gauge",
+      "Population stability index (0.1 moderate, 0.25 significant) in the"
+      " latest drift report." },
+    { "cinematch_drift_mean_shift_ratio", "gauge",
+      "Change of the mean rating over the training mean in the latest"
+      " drift report." },
+    { "cinematch_drift_new_item_share", "gauge",
+      "Share of buffered ratings on items unseen in training in the"
+      " latest drift report." },
+    { "cinematch_drift_detected", "gauge",
+      "1 when the latest drift report found drift." },
+    { "cinematch_drift_current_rows", "gauge",
+      "Buffered ratings the latest drift report compared." }
+};
+
+#define NGX_HTTP_CINEMATCH_NDRIFT_FAMS                                       \
+    (sizeof(ngx_http_cinematch_drift_fams)                                   \
+     / sizeof(ngx_http_cinematch_metrics_family_t))
+
+/* a number from PostgreSQL's text, kept as it is written */
+#define NGX_HTTP_CINEMATCH_DRIFT_NUM  32
 
 
 #define NGX_HTTP_CINEMATCH_DROPPED_HELP                                      \
@@ -481,6 +539,76 @@ static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_daemon_fams[] = {
 #define NGX_HTTP_CINEMATCH_BUILD_HELP                                        \
     "# HELP cinematch_build_info The cinematch module version.\n"            \
     "# TYPE cinematch_build_info gauge\n"
+
+
+/*
+ * A label value from a daemon's model table (NUL-terminated, at most 31
+ * bytes): the other process's text, so anything outside what names and
+ * versions are made of becomes '_' and can never end the label.
+ */
+static u_char *
+ngx_http_cinematch_metrics_label(u_char *p, const char *s)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < 31 && s[i] != '\0'; i++) {
+        *p++ = (isalnum((u_char) s[i]) || ngx_strchr("._:+-", s[i]) != NULL)
+               ? (u_char) s[i] : '_';
+    }
+
+    return p;
+}
+
+
+/*
+ * The latest drift report, one gauge per column.  A value is printed as
+ * PostgreSQL wrote it (float8 text such as "1.5e-12" is valid Prometheus
+ * text) once strtod accepts all of it as a finite number; NULL columns
+ * (a report without a KS test) have no sample.
+ */
+static u_char *
+ngx_http_cinematch_metrics_drift(u_char *p, PGresult *res)
+{
+    int                                   len;
+    char                                 *v, *end;
+    double                                d;
+    ngx_uint_t                            f;
+    ngx_http_cinematch_metrics_family_t  *fam;
+
+    if (res != NULL && (PQntuples(res) != 1
+                        || PQnfields(res) != NGX_HTTP_CINEMATCH_NDRIFT_FAMS))
+    {
+        res = NULL;
+    }
+
+    for (f = 0; f < NGX_HTTP_CINEMATCH_NDRIFT_FAMS; f++) {
+        fam = &ngx_http_cinematch_drift_fams[f];
+
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        fam->name, fam->help, fam->name, fam->type);
+
+        if (res == NULL || PQgetisnull(res, 0, (int) f)) {
+            continue;
+        }
+
+        v = PQgetvalue(res, 0, (int) f);
+        len = PQgetlength(res, 0, (int) f);
+
+        if (len < 1 || len > NGX_HTTP_CINEMATCH_DRIFT_NUM) {
+            continue;
+        }
+
+        d = strtod(v, &end);
+
+        if (end != v + len || !isfinite(d)) {
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s %*s\n", fam->name, (size_t) len, v);
+    }
+
+    return p;
+}
 
 
 /*
@@ -501,7 +629,9 @@ ngx_http_cinematch_metrics_daemons(u_char *p,
     ngx_uint_t                            ok[NGX_HTTP_CINEMATCH_MAX_INFER];
     cm_ipc_stats_snapshot_t              *st;
     cm_ipc_stats_snapshot_t               snap[NGX_HTTP_CINEMATCH_MAX_INFER];
+    ngx_uint_t                            m;
     ngx_http_cinematch_infer_conf_t      *ic;
+    ngx_http_cinematch_infer_status_t     status;
 
     n = 0;
     ic = NULL;
@@ -575,7 +705,23 @@ ngx_http_cinematch_metrics_daemons(u_char *p,
                                 name, st->queue_rejections);
                 break;
 
-            default:
+            case 8:
+                ngx_http_cinematch_infer_get_status(i, &status);
+
+                for (m = 0; m < status.nmodels; m++) {
+                    p = ngx_sprintf(p, "%s{daemon=\"%V\",model=\"", fam->name,
+                                    name);
+                    p = ngx_http_cinematch_metrics_label(p,
+                                                      status.models[m].name);
+                    p = ngx_cpymem(p, "\",version=\"", 11);
+                    p = ngx_http_cinematch_metrics_label(p,
+                                                   status.models[m].version);
+                    p = ngx_cpymem(p, "\"} 1\n", 5);
+                }
+
+                break;
+
+            default:    /* 7: the inter-token latency histogram */
                 cum = 0;
 
                 for (b = 0; b <= CM_IPC_ITL_NBUCKETS; b++) {
@@ -610,6 +756,52 @@ ngx_http_cinematch_metrics_daemons(u_char *p,
 ngx_int_t
 ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_http_cinematch_main_conf_t  *mcf;
+
+    if (ngx_http_cinematch_metrics_get(&mcf) == NULL
+        || mcf->pg_conninfo.len == 0)
+    {
+        return ngx_http_cinematch_metrics_render(r, NULL);
+    }
+
+    switch (ngx_http_cinematch_pg_query(r, NGX_HTTP_CINEMATCH_DRIFT_SQL, 0,
+                                        NULL,
+                                        ngx_http_cinematch_metrics_drift_done,
+                                        NULL))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_ERROR:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    default:
+        /* PostgreSQL down or saturated: the rest is still worth scraping */
+        return ngx_http_cinematch_metrics_render(r, NULL);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_metrics_drift_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    if (err != NULL || res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cinematch: /metrics without drift: %s",
+                      err != NULL ? err
+                      : (res != NULL ? PQresultErrorMessage(res)
+                                     : "no result"));
+        res = NULL;
+    }
+
+    return ngx_http_cinematch_metrics_render(r, res);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_metrics_render(ngx_http_request_t *r, PGresult *drift)
 {
     u_char                                *p, *body;
     size_t                                 size, route_max;
@@ -671,6 +863,8 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
                          " .000\n") + NGX_ATOMIC_T_LEN)
            + NGX_HTTP_CINEMATCH_DAEMON_HELP_TEXT
            + NGX_HTTP_CINEMATCH_MAX_INFER * NGX_HTTP_CINEMATCH_DAEMON_TEXT
+           + NGX_HTTP_CINEMATCH_NDRIFT_FAMS
+             * (256 + 64 + NGX_HTTP_CINEMATCH_DRIFT_NUM)
            + sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP)
            + sizeof("cinematch_metrics_dropped_total \n") + NGX_ATOMIC_T_LEN
            + sizeof(NGX_HTTP_CINEMATCH_START_HELP)
@@ -794,6 +988,8 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
                     " %uA\n", cum);
 
     p = ngx_http_cinematch_metrics_daemons(p, mcf);
+
+    p = ngx_http_cinematch_metrics_drift(p, drift);
 
     p = ngx_cpymem(p, NGX_HTTP_CINEMATCH_DROPPED_HELP,
                    sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP) - 1);

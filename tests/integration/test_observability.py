@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -27,6 +28,10 @@ def production_log_format():
 
 @pytest.fixture(scope="module")
 def api(workdir, backends):
+    # the drift gauges read drift_reports
+    subprocess.run([str(BIN), "migrate", "--dsn", backends.pg.conninfo,
+                    "--dir", str(harness.ROOT / "sql")],
+                   check=True, capture_output=True)
     # untrained dialog-small weights: generations run to max_tokens (128,
     # half the context) and take long enough to watch them in /metrics
     model = workdir / "dialog-small-obs"
@@ -50,6 +55,7 @@ def api(workdir, backends):
                         + f"\naccess_log {workdir}/obs-access.json cinematch_json;",
                         name="nginx-obs", workers=2)
     ngx.json_log = workdir / "obs-access.json"
+    ngx.pg = backends.pg
     authenticate(ngx, token)
     ngx.token = token
     ngx.start()
@@ -252,3 +258,32 @@ def test_bad_log_format_is_a_usage_error():
     r = subprocess.run([str(BIN), "infer", "--log-format", "xml"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "json or text" in r.stderr
+
+
+def test_latest_drift_report_and_served_models_are_gauges(api):
+    api.pg.psql("""
+        INSERT INTO drift_reports (baseline_rows, current_rows, ks_statistic, ks_pvalue,
+                                   ks_method, psi, psi_band, mean_baseline, mean_current,
+                                   new_item_share, alert, reasons, created_at)
+        VALUES (1000, 250, 0.125, 1.5e-12, 'asymp', 0.3, 'significant', 3.5, 3.85,
+                0.2, true, '{psi}', now() + interval '1 day')""")
+    try:
+        text = scrape(api)
+        s = samples(text)
+        assert one(s, "cinematch_drift_ks_statistic") == 0.125
+        assert one(s, "cinematch_drift_ks_pvalue") == 1.5e-12
+        assert one(s, "cinematch_drift_psi") == 0.3
+        assert abs(one(s, "cinematch_drift_mean_shift_ratio") - 0.1) < 1e-9
+        assert one(s, "cinematch_drift_new_item_share") == 0.2
+        assert one(s, "cinematch_drift_detected") == 1
+        assert one(s, "cinematch_drift_current_rows") == 250
+        assert one(s, "cinematch_drift_report_timestamp_seconds") > time.time()
+        assert one(s, "cinematch_model_info", model="dialog") == 1
+        assert one(s, "cinematch_model_info", version="5") == 1
+        if shutil.which("promtool"):
+            check = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                   capture_output=True, text=True)
+            assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        api.pg.psql("DELETE FROM drift_reports WHERE current_rows = 250 AND baseline_rows = 1000"
+                    " AND created_at > now()")
