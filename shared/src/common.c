@@ -62,8 +62,9 @@ cm_json_escape(char *dst, size_t cap, const char *src, size_t n)
 {
     static const char    hex[] = "0123456789abcdef";
     const unsigned char *s = (const unsigned char *) src;
+    const char          *put;
     size_t               o = 0, i = 0, k, need;
-    char                 tmp[8];
+    char                 tmp[6];
 
     if (cap == 0) {
         return 0;
@@ -71,29 +72,34 @@ cm_json_escape(char *dst, size_t cap, const char *src, size_t n)
     while (i < n) {
         k = cm_utf8_seq(s + i, n - i);
         if (k == 0) {                       /* invalid byte: U+FFFD */
-            memcpy(tmp, "\\ufffd", 6);
+            put = "\\ufffd";
             need = 6;
             k = 1;
         } else if (s[i] == '"' || s[i] == '\\') {
             tmp[0] = '\\';
             tmp[1] = (char) s[i];
+            put = tmp;
             need = 2;
         } else if (s[i] == '\n') {
-            memcpy(tmp, "\\n", 2);
+            put = "\\n";
             need = 2;
         } else if (s[i] < 0x20 || s[i] == 0x7f) {
-            memcpy(tmp, "\\u00", 4);
+            tmp[0] = '\\';
+            tmp[1] = 'u';
+            tmp[2] = '0';
+            tmp[3] = '0';
             tmp[4] = hex[s[i] >> 4];
             tmp[5] = hex[s[i] & 0xf];
+            put = tmp;
             need = 6;
         } else {
-            memcpy(tmp, s + i, k);
+            put = (const char *) s + i;
             need = k;
         }
         if (o + need >= cap) {
             break;                          /* whole characters only */
         }
-        memcpy(dst + o, tmp, need);
+        memcpy(dst + o, put, need);
         o += need;
         i += k;
     }
