@@ -57,6 +57,9 @@
 #define NGX_HTTP_CINEMATCH_ROUTE_ADMIN     0x0030  /* ... and role admin */
 #define NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH   0x0040  /* caller identified when
                                                       credentials are sent */
+#define NGX_HTTP_CINEMATCH_ROUTE_NOSTORE   0x0080  /* Cache-Control: no-store
+                                                      on every answer (auth
+                                                      routes do it anyway) */
 /* the CM_SCOPE_* (cinematch/validate.h) an API key needs for the route */
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPE(s)  ((ngx_uint_t) (s) << 8)
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPES(f) ((uint32_t) (((f) >> 8) & 0xff))

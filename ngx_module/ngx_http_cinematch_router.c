@@ -92,13 +92,16 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     /* auth (ngx_http_cinematch_api_auth.c) */
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/register"),
-      ngx_http_cinematch_register_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      ngx_http_cinematch_register_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/login"),
-      ngx_http_cinematch_login_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      ngx_http_cinematch_login_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/refresh"),
-      ngx_http_cinematch_refresh_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      ngx_http_cinematch_refresh_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/logout"),
       ngx_http_cinematch_logout_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
@@ -115,6 +118,21 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 
     { NGX_HTTP_DELETE, ngx_string("/api/v1/keys/{id}"),
       ngx_http_cinematch_key_delete_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
+
+    /* email verification, password reset (ngx_http_cinematch_api_auth.c;
+     * the mail itself goes out from `cinematch mailer`) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/verify-email"),
+      ngx_http_cinematch_verify_email_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/forgot-password"),
+      ngx_http_cinematch_forgot_password_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/reset-password"),
+      ngx_http_cinematch_reset_password_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
 
     /* the caller's ratings (ngx_http_cinematch_api_ratings.c) */
 
