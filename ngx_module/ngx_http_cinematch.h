@@ -163,6 +163,9 @@ struct ngx_http_cinematch_ctx_s {
     void                           *authn;        /* the auth step's state */
 
     void                           *data;         /* the handler's state */
+
+    ngx_str_t                       model_version; /* that answered, for
+                                                      $cinematch_model_version */
 };
 
 
@@ -234,8 +237,21 @@ time_t ngx_http_cinematch_metrics_start_time(void);
 void ngx_http_cinematch_metrics_upstream_error(ngx_uint_t upstream);
 void ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     ngx_uint_t depth);
+/* A chat reply's first token reached this worker (once per request): the
+ * time since the request began goes into
+ * cinematch_chat_time_to_first_token_seconds. */
+void ngx_http_cinematch_metrics_chat_first_token(ngx_http_request_t *r);
 ngx_int_t ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+
+
+/* ngx_http_cinematch_logvars.c: $cinematch_user_id, $cinematch_route,
+ * $cinematch_model_version for structured access logs */
+
+ngx_int_t ngx_http_cinematch_logvars_add(ngx_conf_t *cf);
+/* records answer's "model_version" (a string) for the access log */
+void ngx_http_cinematch_set_model_version(ngx_http_request_t *r,
+    json_t *answer);
 
 
 /* ngx_http_cinematch_pg.c */

@@ -37,6 +37,7 @@ typedef struct {
     unsigned                         stream:1;
     unsigned                         usage:1;  /* include_usage */
     unsigned                         finished:1;
+    unsigned                         first_token:1;  /* TTFT counted */
 } ngx_http_cinematch_chat_t;
 
 
@@ -536,6 +537,11 @@ ngx_http_cinematch_chat_drain(ngx_http_request_t *r,
                 break;
             }
 
+            if (!ch->first_token && n > 0) {
+                ch->first_token = 1;
+                ngx_http_cinematch_metrics_chat_first_token(r);
+            }
+
             if (!ch->stream) {
                 if (ch->len + (size_t) n > NGX_HTTP_CINEMATCH_CHAT_TEXT) {
                     lost = 1;
@@ -633,6 +639,8 @@ ngx_http_cinematch_chat_final(ngx_http_request_t *r,
     const char  *finish = NULL;
 
     if (res != NULL) {
+        ngx_http_cinematch_set_model_version(r, res);
+
         fr = json_object_get(res, "finish_reason");
         usage = json_object_get(res, "usage");
 

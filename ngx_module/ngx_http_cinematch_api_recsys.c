@@ -687,6 +687,7 @@ ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir, ngx_int_t rc)
     }
 #endif
 
+    ngx_http_cinematch_set_model_version(r, check);
     json_decref(check);
 
     ngx_http_cinematch_finish(r, ngx_http_cinematch_send_buf(r, NGX_HTTP_OK,

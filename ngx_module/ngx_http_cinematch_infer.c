@@ -641,6 +641,25 @@ ngx_http_cinematch_infer_get_status(ngx_uint_t i,
 }
 
 
+ngx_int_t
+ngx_http_cinematch_infer_get_stats(ngx_uint_t i, cm_ipc_stats_snapshot_t *st)
+{
+    ngx_http_cinematch_infer_daemon_t  *d;
+
+    if (i >= ngx_http_cinematch_infer_n) {
+        return NGX_DECLINED;
+    }
+
+    d = &ngx_http_cinematch_infer_daemons[i];
+
+    if (d->conn == NULL || d->seg.hdr == NULL) {
+        return NGX_DECLINED;
+    }
+
+    return cm_ipc_stats_read(&d->seg, st) == CM_OK ? NGX_OK : NGX_DECLINED;
+}
+
+
 ngx_uint_t
 ngx_http_cinematch_infer_busy_total(void)
 {

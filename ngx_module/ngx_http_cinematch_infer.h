@@ -88,6 +88,10 @@ typedef struct {
 ngx_uint_t ngx_http_cinematch_infer_ndaemons(void);
 void ngx_http_cinematch_infer_get_status(ngx_uint_t i,
     ngx_http_cinematch_infer_status_t *st);
+/* The daemon's serving statistics (ipc.h, cm_ipc_stats_t): NGX_OK when
+ * daemon i is connected and publishes a block this module understands. */
+ngx_int_t ngx_http_cinematch_infer_get_stats(ngx_uint_t i,
+    cm_ipc_stats_snapshot_t *st);
 /* Requests refused for lack of a slot since start, in this worker. */
 ngx_uint_t ngx_http_cinematch_infer_busy_total(void);
 /* The daemon's model table sequence (moves on every publish, i.e. every

@@ -13,6 +13,19 @@
  *   hist[]       per route label: request counts per duration bucket
  *                (not cumulative; summed when rendered) and the sum in ms.
  *   upstream_errors[], queue_depth[]
+ *   ttft[]       chat time to first token, as the client sees it: from
+ *                the first byte of the request to the first token record
+ *                taken from the daemon's ring (per bucket, and the sum).
+ *
+ * The inference daemons' own statistics (running and waiting generations,
+ * KV cache use, tokens, cancellations, inter-token latency) and the models
+ * they serve are not copied here: /metrics reads them from each daemon's
+ * segment header when it is rendered (cm_ipc_stats_t), labelled by daemon.
+ *
+ * The latest drift report (drift_reports, written by `cinematch drift`, a
+ * cron-style job with no endpoint of its own) is one indexed PostgreSQL
+ * query per scrape; when PostgreSQL does not answer, the drift families
+ * are rendered without samples and everything else is unchanged.
  *
  * Durations are $request_time: from the first byte of the request to the
  * log phase, at the millisecond resolution of nginx's cached clock.
@@ -27,9 +40,16 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <ctype.h>
+#include <math.h>
+#include <stdlib.h>
+
 #include "ngx_http_cinematch.h"
 #if (NGX_HTTP_CINEMATCH_SERVING)
 #include "ngx_http_cinematch_serving.h"
+#endif
+#if (NGX_HTTP_CINEMATCH_INFER)
+#include "ngx_http_cinematch_infer.h"
 #endif
 
 
@@ -59,6 +79,9 @@ typedef struct {
                                     NGX_HTTP_CINEMATCH_UPSTREAM_N];
     ngx_atomic_t                         queue_depth[
                                     NGX_HTTP_CINEMATCH_MAX_INFER];
+    ngx_atomic_t                         ttft[
+                                    NGX_HTTP_CINEMATCH_METRICS_NBUCKETS + 1];
+    ngx_atomic_t                         ttft_sum_ms;
     ngx_http_cinematch_metrics_counter_t requests[
                                     NGX_HTTP_CINEMATCH_METRICS_NCOUNTERS];
     ngx_http_cinematch_metrics_hist_t    hist[1];  /* nroutes + 1 */
@@ -70,6 +93,14 @@ static ngx_int_t ngx_http_cinematch_metrics_init_zone(
 static ngx_http_cinematch_metrics_sh_t *ngx_http_cinematch_metrics_get(
     ngx_http_cinematch_main_conf_t **mcfp);
 static ngx_uint_t ngx_http_cinematch_metrics_method(ngx_http_request_t *r);
+static u_char *ngx_http_cinematch_metrics_daemons(u_char *p,
+    ngx_http_cinematch_main_conf_t *mcf);
+static u_char *ngx_http_cinematch_metrics_label(u_char *p, const char *s);
+static u_char *ngx_http_cinematch_metrics_drift(u_char *p, PGresult *res);
+static ngx_int_t ngx_http_cinematch_metrics_drift_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_metrics_render(ngx_http_request_t *r,
+    PGresult *drift);
 
 
 static ngx_str_t  ngx_http_cinematch_metrics_zone_name =
@@ -88,6 +119,18 @@ static ngx_msec_t  ngx_http_cinematch_metrics_bounds[] = {
 static char  *ngx_http_cinematch_metrics_le[] = {
     "0.001", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
     "1", "2.5", "5", "10", "+Inf"
+};
+
+/* time to first token: a tiny CPU model answers in milliseconds, a queued
+ * request behind long generations in tens of seconds */
+
+static ngx_msec_t  ngx_http_cinematch_metrics_ttft_bounds[] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000
+};
+
+static char  *ngx_http_cinematch_metrics_ttft_le[] = {
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+    "5", "10", "30", "+Inf"
 };
 
 static ngx_str_t  ngx_http_cinematch_metrics_methods[] = {
@@ -345,6 +388,38 @@ ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
 }
 
 
+void
+ngx_http_cinematch_metrics_chat_first_token(ngx_http_request_t *r)
+{
+    ngx_uint_t                        b;
+    ngx_msec_int_t                    ms;
+    ngx_time_t                       *tp;
+    ngx_http_cinematch_metrics_sh_t  *sh;
+
+    sh = ngx_http_cinematch_metrics_get(NULL);
+    if (sh == NULL) {
+        return;
+    }
+
+    /* the cached clock: updated on every event, and a token arrives with
+     * a doorbell event, so it is at most that event's age */
+    tp = ngx_timeofday();
+
+    ms = (ngx_msec_int_t)
+             ((tp->sec - r->start_sec) * 1000 + (tp->msec - r->start_msec));
+    ms = ngx_max(ms, 0);
+
+    for (b = 0; b < NGX_HTTP_CINEMATCH_METRICS_NBUCKETS; b++) {
+        if ((ngx_msec_t) ms <= ngx_http_cinematch_metrics_ttft_bounds[b]) {
+            break;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->ttft[b], 1);
+    (void) ngx_atomic_fetch_add(&sh->ttft_sum_ms, (ngx_atomic_int_t) ms);
+}
+
+
 #define NGX_HTTP_CINEMATCH_REQUESTS_HELP                                     \
     "# HELP cinematch_http_requests_total HTTP requests answered by the "    \
     "cinematch module.\n"                                                    \
@@ -365,6 +440,95 @@ ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     "running in an inference daemon.\n"                                      \
     "# TYPE cinematch_inference_queue_depth gauge\n"
 
+#define NGX_HTTP_CINEMATCH_TTFT_HELP                                         \
+    "# HELP cinematch_chat_time_to_first_token_seconds Time from the first " \
+    "byte of a chat request to its first generated token reaching nginx.\n" \
+    "# TYPE cinematch_chat_time_to_first_token_seconds histogram\n"
+
+/* the daemons' families: name, type, help */
+
+typedef struct {
+    char  *name;
+    char  *type;
+    char  *help;
+} ngx_http_cinematch_metrics_family_t;
+
+static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_daemon_fams[] = {
+    { "cinematch_infer_running_sequences", "gauge",
+      "Generations decoding in an inference daemon (each holds a KV cache)." },
+    { "cinematch_infer_waiting_sequences", "gauge",
+      "Generations admitted and waiting for a free KV cache." },
+    { "cinematch_infer_max_sequences", "gauge",
+      "KV caches in a daemon's pool (0: no dialog model loaded)." },
+    { "cinematch_infer_kv_cache_usage_ratio", "gauge",
+      "Tokens held in KV caches over the pool's capacity"
+      " (max sequences x context)." },
+    { "cinematch_chat_tokens_total", "counter",
+      "Tokens prefilled (type=prompt) and generated (type=completion)"
+      " by the inference daemons." },
+    { "cinematch_chat_cancellations_total", "counter",
+      "Generations cancelled before they finished (client or worker"
+      " went away)." },
+    { "cinematch_chat_queue_rejections_total", "counter",
+      "Generations refused because the wait queue was full (503)." },
+    { "cinematch_chat_inter_token_latency_seconds", "histogram",
+      "Time between two consecutive tokens of one generation reaching"
+      " its stream." },
+    { "cinematch_model_info", "gauge",
+      "Models an inference daemon serves now (value 1), by name and"
+      " registry version." }
+};
+
+#define NGX_HTTP_CINEMATCH_NDAEMON_FAMS                                      \
+    (sizeof(ngx_http_cinematch_daemon_fams)                                  \
+     / sizeof(ngx_http_cinematch_metrics_family_t))
+
+/* HELP and TYPE lines of all of them, and everything one daemon adds
+ * (13 buckets and a dozen more samples with a 64-byte label, and up to 16
+ * model lines of 64 + 32 + 32 bytes of labels), rounded up */
+#define NGX_HTTP_CINEMATCH_DAEMON_HELP_TEXT  4096
+#define NGX_HTTP_CINEMATCH_DAEMON_TEXT       (6144 + CM_IPC_MAX_MODELS * 256)
+
+
+/* the latest drift report: SQL column, metric, help (all gauges) */
+
+#define NGX_HTTP_CINEMATCH_DRIFT_SQL                                         \
+    "SELECT extract(epoch FROM created_at)::float8, ks_statistic,"           \
+    " ks_pvalue, psi, (mean_current - mean_baseline)"                        \
+    " / NULLIF(mean_baseline, 0), new_item_share, alert::int,"               \
+    " current_rows FROM drift_reports ORDER BY created_at DESC LIMIT 1"
+
+static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_drift_fams[] = {
+    { "cinematch_drift_report_timestamp_seconds", "gauge",
+      "When the latest drift report was written (Unix time)." },
+    { "cinematch_drift_ks_statistic", "gauge",
+      "Kolmogorov-Smirnov statistic of rating values, training vs buffer,"
+      " in the latest drift report." },
+    { "cinematch_drift_ks_pvalue", "gauge",
+      "Kolmogorov-Smirnov p-value in the latest drift report." },
+    { "cinematch_drift_psi", "gauge",
+      "Population stability index (0.1 moderate, 0.25 significant) in the"
+      " latest drift report." },
+    { "cinematch_drift_mean_shift_ratio", "gauge",
+      "Change of the mean rating over the training mean in the latest"
+      " drift report." },
+    { "cinematch_drift_new_item_share", "gauge",
+      "Share of buffered ratings on items unseen in training in the"
+      " latest drift report." },
+    { "cinematch_drift_detected", "gauge",
+      "1 when the latest drift report found drift." },
+    { "cinematch_drift_current_rows", "gauge",
+      "Buffered ratings the latest drift report compared." }
+};
+
+#define NGX_HTTP_CINEMATCH_NDRIFT_FAMS                                       \
+    (sizeof(ngx_http_cinematch_drift_fams)                                   \
+     / sizeof(ngx_http_cinematch_metrics_family_t))
+
+/* a number from PostgreSQL's text, kept as it is written */
+#define NGX_HTTP_CINEMATCH_DRIFT_NUM  32
+
+
 #define NGX_HTTP_CINEMATCH_DROPPED_HELP                                      \
     "# HELP cinematch_metrics_dropped_total Requests not counted because "   \
     "the metrics table was full.\n"                                          \
@@ -380,9 +544,267 @@ ngx_http_cinematch_metrics_set_queue_depth(ngx_uint_t daemon,
     "# TYPE cinematch_build_info gauge\n"
 
 
+/*
+ * A label value from a daemon's model table (NUL-terminated, at most 31
+ * bytes): the other process's text, so anything outside what names and
+ * versions are made of becomes '_' and can never end the label.
+ */
+static u_char *
+ngx_http_cinematch_metrics_label(u_char *p, const char *s)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < 31 && s[i] != '\0'; i++) {
+        *p++ = (isalnum((u_char) s[i]) || ngx_strchr("._:+-", s[i]) != NULL)
+               ? (u_char) s[i] : '_';
+    }
+
+    return p;
+}
+
+
+/*
+ * The latest drift report, one gauge per column.  A value is printed as
+ * PostgreSQL wrote it (float8 text such as "1.5e-12" is valid Prometheus
+ * text) once strtod accepts all of it as a finite number; NULL columns
+ * (a report without a KS test) have no sample.
+ */
+static u_char *
+ngx_http_cinematch_metrics_drift(u_char *p, PGresult *res)
+{
+    int                                   len;
+    char                                 *v, *end;
+    double                                d;
+    ngx_uint_t                            f;
+    ngx_http_cinematch_metrics_family_t  *fam;
+
+    if (res != NULL && (PQntuples(res) != 1
+                        || PQnfields(res) != NGX_HTTP_CINEMATCH_NDRIFT_FAMS))
+    {
+        res = NULL;
+    }
+
+    for (f = 0; f < NGX_HTTP_CINEMATCH_NDRIFT_FAMS; f++) {
+        fam = &ngx_http_cinematch_drift_fams[f];
+
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        fam->name, fam->help, fam->name, fam->type);
+
+        if (res == NULL || PQgetisnull(res, 0, (int) f)) {
+            continue;
+        }
+
+        v = PQgetvalue(res, 0, (int) f);
+        len = PQgetlength(res, 0, (int) f);
+
+        if (len < 1 || len > NGX_HTTP_CINEMATCH_DRIFT_NUM) {
+            continue;
+        }
+
+        d = strtod(v, &end);
+
+        if (end != v + len || !isfinite(d)) {
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s %*s\n", fam->name, (size_t) len, v);
+    }
+
+    return p;
+}
+
+
+/*
+ * The daemons' families: HELP and TYPE always (a dashboard can rely on the
+ * names), then the samples of each connected daemon that publishes
+ * statistics, labelled by its segment name.
+ */
+static u_char *
+ngx_http_cinematch_metrics_daemons(u_char *p,
+    ngx_http_cinematch_main_conf_t *mcf)
+{
+    ngx_uint_t                            f;
+    ngx_http_cinematch_metrics_family_t  *fam;
+#if (NGX_HTTP_CINEMATCH_INFER)
+    uint64_t                              cum;
+    ngx_str_t                            *name;
+    ngx_uint_t                            i, b, n;
+    ngx_uint_t                            ok[NGX_HTTP_CINEMATCH_MAX_INFER];
+    cm_ipc_stats_snapshot_t              *st;
+    cm_ipc_stats_snapshot_t               snap[NGX_HTTP_CINEMATCH_MAX_INFER];
+    ngx_uint_t                            m;
+    ngx_http_cinematch_infer_conf_t      *ic;
+    ngx_http_cinematch_infer_status_t     status;
+
+    n = 0;
+    ic = NULL;
+
+    if (mcf->infer) {
+        ic = mcf->infer->elts;
+        n = ngx_min(mcf->infer->nelts, NGX_HTTP_CINEMATCH_MAX_INFER);
+    }
+
+    /* one snapshot per daemon, so that all families agree */
+
+    for (i = 0; i < n; i++) {
+        ok[i] = ngx_http_cinematch_infer_get_stats(i, &snap[i]) == NGX_OK;
+    }
+#endif
+
+    for (f = 0; f < NGX_HTTP_CINEMATCH_NDAEMON_FAMS; f++) {
+        fam = &ngx_http_cinematch_daemon_fams[f];
+
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        fam->name, fam->help, fam->name, fam->type);
+
+#if (NGX_HTTP_CINEMATCH_INFER)
+
+        for (i = 0; i < n; i++) {
+            if (!ok[i]) {
+                continue;
+            }
+
+            st = &snap[i];
+            name = &ic[i].shm;
+
+            switch (f) {
+
+            case 0:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uD\n", fam->name,
+                                name, st->running_seqs);
+                break;
+
+            case 1:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uD\n", fam->name,
+                                name, st->waiting_seqs);
+                break;
+
+            case 2:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uD\n", fam->name,
+                                name, st->max_seqs);
+                break;
+
+            case 3:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %.6f\n", fam->name,
+                                name, st->kv_cap_tokens == 0 ? 0.0
+                                : (double) st->kv_used_tokens
+                                  / (double) st->kv_cap_tokens);
+                break;
+
+            case 4:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\",type=\"prompt\"} %uL\n"
+                                "%s{daemon=\"%V\",type=\"completion\"} %uL\n",
+                                fam->name, name, st->prompt_tokens,
+                                fam->name, name, st->completion_tokens);
+                break;
+
+            case 5:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uL\n", fam->name,
+                                name, st->cancellations);
+                break;
+
+            case 6:
+                p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uL\n", fam->name,
+                                name, st->queue_rejections);
+                break;
+
+            case 8:
+                ngx_http_cinematch_infer_get_status(i, &status);
+
+                for (m = 0; m < status.nmodels; m++) {
+                    p = ngx_sprintf(p, "%s{daemon=\"%V\",model=\"", fam->name,
+                                    name);
+                    p = ngx_http_cinematch_metrics_label(p,
+                                                      status.models[m].name);
+                    p = ngx_cpymem(p, "\",version=\"", 11);
+                    p = ngx_http_cinematch_metrics_label(p,
+                                                   status.models[m].version);
+                    p = ngx_cpymem(p, "\"} 1\n", 5);
+                }
+
+                break;
+
+            default:    /* 7: the inter-token latency histogram */
+                cum = 0;
+
+                for (b = 0; b <= CM_IPC_ITL_NBUCKETS; b++) {
+                    cum += st->itl_buckets[b];
+
+                    p = ngx_sprintf(p, "%s_bucket{daemon=\"%V\",le=\"%s\"}"
+                                    " %uL\n", fam->name, name,
+                                    cm_ipc_itl_le[b], cum);
+                }
+
+                p = ngx_sprintf(p, "%s_sum{daemon=\"%V\"} %uL.%09uL\n"
+                                "%s_count{daemon=\"%V\"} %uL\n",
+                                fam->name, name,
+                                st->itl_sum_ns / 1000000000,
+                                st->itl_sum_ns % 1000000000,
+                                fam->name, name, cum);
+                break;
+            }
+        }
+
+#endif
+    }
+
+#if !(NGX_HTTP_CINEMATCH_INFER)
+    (void) mcf;
+#endif
+
+    return p;
+}
+
+
 ngx_int_t
 ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_http_cinematch_main_conf_t  *mcf;
+
+    if (ngx_http_cinematch_metrics_get(&mcf) == NULL
+        || mcf->pg_conninfo.len == 0)
+    {
+        return ngx_http_cinematch_metrics_render(r, NULL);
+    }
+
+    switch (ngx_http_cinematch_pg_query(r, NGX_HTTP_CINEMATCH_DRIFT_SQL, 0,
+                                        NULL,
+                                        ngx_http_cinematch_metrics_drift_done,
+                                        NULL))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_ERROR:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    default:
+        /* PostgreSQL down or saturated: the rest is still worth scraping */
+        return ngx_http_cinematch_metrics_render(r, NULL);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_metrics_drift_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    if (err != NULL || res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cinematch: /metrics without drift: %s",
+                      err != NULL ? err
+                      : (res != NULL ? PQresultErrorMessage(res)
+                                     : "no result"));
+        res = NULL;
+    }
+
+    return ngx_http_cinematch_metrics_render(r, res);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_metrics_render(ngx_http_request_t *r, PGresult *drift)
 {
     u_char                                *p, *body;
     size_t                                 size, route_max;
@@ -436,6 +858,16 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
            + NGX_HTTP_CINEMATCH_MAX_INFER
              * (sizeof("cinematch_inference_queue_depth{daemon=\"\"} \n")
                 + 64 + NGX_ATOMIC_T_LEN)
+           + sizeof(NGX_HTTP_CINEMATCH_TTFT_HELP)
+           + (NGX_HTTP_CINEMATCH_METRICS_NBUCKETS + 1)
+             * (sizeof("cinematch_chat_time_to_first_token_seconds_bucket"
+                       "{le=\"0.025\"} \n") + NGX_ATOMIC_T_LEN)
+           + 2 * (sizeof("cinematch_chat_time_to_first_token_seconds_count"
+                         " .000\n") + NGX_ATOMIC_T_LEN)
+           + NGX_HTTP_CINEMATCH_DAEMON_HELP_TEXT
+           + NGX_HTTP_CINEMATCH_MAX_INFER * NGX_HTTP_CINEMATCH_DAEMON_TEXT
+           + NGX_HTTP_CINEMATCH_NDRIFT_FAMS
+             * (256 + 64 + NGX_HTTP_CINEMATCH_DRIFT_NUM)
            + sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP)
            + sizeof("cinematch_metrics_dropped_total \n") + NGX_ATOMIC_T_LEN
            + sizeof(NGX_HTTP_CINEMATCH_START_HELP)
@@ -541,6 +973,30 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
                             &ic[i].shm, sh->queue_depth[i]);
         }
     }
+
+    p = ngx_cpymem(p, NGX_HTTP_CINEMATCH_TTFT_HELP,
+                   sizeof(NGX_HTTP_CINEMATCH_TTFT_HELP) - 1);
+
+    cum = 0;
+
+    for (b = 0; b <= NGX_HTTP_CINEMATCH_METRICS_NBUCKETS; b++) {
+        cum += sh->ttft[b];
+
+        p = ngx_sprintf(p, "cinematch_chat_time_to_first_token_seconds_bucket"
+                        "{le=\"%s\"} %uA\n",
+                        ngx_http_cinematch_metrics_ttft_le[b], cum);
+    }
+
+    value = sh->ttft_sum_ms;
+
+    p = ngx_sprintf(p, "cinematch_chat_time_to_first_token_seconds_sum"
+                    " %uA.%03uA\n", value / 1000, value % 1000);
+    p = ngx_sprintf(p, "cinematch_chat_time_to_first_token_seconds_count"
+                    " %uA\n", cum);
+
+    p = ngx_http_cinematch_metrics_daemons(p, mcf);
+
+    p = ngx_http_cinematch_metrics_drift(p, drift);
 
     p = ngx_cpymem(p, NGX_HTTP_CINEMATCH_DROPPED_HELP,
                    sizeof(NGX_HTTP_CINEMATCH_DROPPED_HELP) - 1);

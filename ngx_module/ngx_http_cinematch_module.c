@@ -173,7 +173,7 @@ ngx_http_cinematch_add_variables(ngx_conf_t *cf)
 
     var->get_handler = ngx_http_cinematch_request_id_variable;
 
-    return NGX_OK;
+    return ngx_http_cinematch_logvars_add(cf);
 }
 
 

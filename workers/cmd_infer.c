@@ -63,6 +63,10 @@ typedef struct {
     uint64_t         delay_ns;
     cm_dlg_stream_t *dlg;               /* CHAT: generating, or NULL */
     int              chat_queued;       /* CHAT: waiting for a sequence */
+    int              tokens_counted;    /* CHAT: completion tokens already
+                                           in the statistics */
+    uint64_t         last_token_ns;     /* CHAT: when the previous token
+                                           reached the ring; 0 = none yet */
 } cm_infer_job_t;
 
 typedef struct {
@@ -562,11 +566,80 @@ cm_infer_chat_start(cm_infer_t *d, cm_infer_job_t *j, char *err,
         return rc == CM_EAGAIN ? CM_EINVAL : rc;
     }
     d->nchat++;
+    atomic_fetch_add_explicit(&d->seg.hdr->stats.prompt_tokens,
+                              (uint64_t) j->dlg->prompt_tokens,
+                              memory_order_relaxed);
+    j->tokens_counted = 0;
+    j->last_token_ns = 0;
     return CM_OK;
 
 bad:
     free(copy);
     return cm_seterr(err, errlen, CM_EINVAL, "bad chat request");
+}
+
+
+/* A generation that nginx cancelled (client gone, worker gone): counted
+ * once, by whoever notices it first, before its KV cache is freed. */
+static void
+cm_infer_chat_cancelled(cm_infer_t *d, cm_infer_job_t *j)
+{
+    if (j->active && j->kind == CM_REQ_CHAT) {
+        atomic_fetch_add_explicit(&d->seg.hdr->stats.cancellations, 1,
+                                  memory_order_relaxed);
+    }
+}
+
+
+/* Tokens a step produced for one stream: the counter moves at once (not
+ * when the reply ends), so tokens/s is live; the gap since the stream's
+ * previous token is one inter-token latency sample. */
+static void
+cm_infer_chat_account(cm_infer_t *d, cm_infer_job_t *j, uint64_t now)
+{
+    int n = j->dlg->completion_tokens - j->tokens_counted;
+
+    if (n <= 0) {
+        return;
+    }
+    atomic_fetch_add_explicit(&d->seg.hdr->stats.completion_tokens,
+                              (uint64_t) n, memory_order_relaxed);
+    j->tokens_counted = j->dlg->completion_tokens;
+    if (j->last_token_ns != 0 && now > j->last_token_ns) {
+        cm_ipc_stats_observe_itl(&d->seg, now - j->last_token_ns);
+    }
+    j->last_token_ns = now;
+}
+
+
+/* The gauges, once per loop turn: cheap (a pass over the slots only while
+ * something generates) and always current when nginx samples them. */
+static void
+cm_infer_publish_stats(cm_infer_t *d)
+{
+    cm_ipc_stats_t  *st = &d->seg.hdr->stats;
+    uint64_t         used = 0, cap = 0;
+    uint32_t         i, max_seqs = 0;
+    cm_infer_job_t  *j;
+
+    if (d->models.dlg != NULL) {
+        max_seqs = (uint32_t) cm_dlg_server_max_seqs(d->models.dlg);
+        cap = (uint64_t) max_seqs
+              * (uint64_t) cm_dlg_server_context(d->models.dlg);
+    }
+    for (i = 0; i < d->seg.hdr->slot_count && d->nchat > 0; i++) {
+        j = &d->jobs[i];
+        if (j->active && j->dlg != NULL && j->dlg->started) {
+            used += (uint64_t) j->dlg->seq.pos;
+        }
+    }
+    atomic_store_explicit(&st->running_seqs, d->nchat, memory_order_relaxed);
+    atomic_store_explicit(&st->waiting_seqs, d->nchat_queued,
+                          memory_order_relaxed);
+    atomic_store_explicit(&st->max_seqs, max_seqs, memory_order_relaxed);
+    atomic_store_explicit(&st->kv_cap_tokens, cap, memory_order_relaxed);
+    atomic_store_explicit(&st->kv_used_tokens, used < cap ? used : cap,
+                          memory_order_relaxed);
 }
 
 
@@ -638,6 +711,7 @@ cm_infer_chat_tick(cm_infer_t *d)
     int               n = 0, k;
     cm_infer_job_t   *j;
     char              err[128];
+    uint64_t          now;
 
     for (i = 0; i < d->seg.hdr->slot_count
                 && (d->nchat > 0 || d->nchat_queued > 0); i++)
@@ -647,6 +721,7 @@ cm_infer_chat_tick(cm_infer_t *d)
             continue;
         }
         if (cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+            cm_infer_chat_cancelled(d, j);
             cm_infer_chat_end(d, j);
             (void) cm_ipc_finish(j->s, CM_ECANCELED);
             cm_infer_job_end(d, j);
@@ -688,8 +763,10 @@ cm_infer_chat_tick(cm_infer_t *d)
         return 0;
     }
     cm_dlg_step(d->models.dlg, batch, n);
+    now = cm_now_mono_ns();
     for (k = 0; k < n; k++) {
         j = &d->jobs[idx[k]];
+        cm_infer_chat_account(d, j, now);
         if (cm_infer_chat_flush(d, j, idx[k])) {
             cm_infer_chat_end(d, j);
             cm_infer_job_end(d, j);
@@ -808,6 +885,10 @@ cm_infer_submit(cm_infer_t *d, int ci, uint32_t slot)
             d->nchat_queued++;
             return;
         }
+        if (rc == CM_EAGAIN && d->models.dlg != NULL) {
+            atomic_fetch_add_explicit(&d->seg.hdr->stats.queue_rejections, 1,
+                                      memory_order_relaxed);
+        }
         cm_infer_fail(d, j, slot, rc == CM_EAGAIN ? CM_EAGAIN : rc,
                       rc == CM_EAGAIN && d->models.dlg != NULL
                       ? "generation queue is full" : err);
@@ -842,6 +923,7 @@ cm_infer_cancel(cm_infer_t *d, uint32_t slot)
     }
     j = &d->jobs[slot];
     if (j->active && cm_ipc_slot_state(j->s) == CM_SLOT_CANCELLED) {
+        cm_infer_chat_cancelled(d, j);
         cm_infer_chat_end(d, j);                    /* frees the KV cache */
         (void) cm_ipc_finish(j->s, CM_ECANCELED);   /* frees the slot */
         cm_infer_job_end(d, j);
@@ -917,6 +999,7 @@ cm_infer_sweep(cm_infer_t *d)
             continue;
         }
         if (d->jobs[i].active) {
+            cm_infer_chat_cancelled(d, &d->jobs[i]);
             cm_infer_chat_end(d, &d->jobs[i]);
             cm_infer_job_end(d, &d->jobs[i]);
         }
@@ -1076,6 +1159,7 @@ cm_infer_usage(FILE *out)
         "  --pidfile FILE        write the pid here\n"
         "  --drain-timeout SEC   on SIGTERM wait this long for work (default 10)\n"
         "  --log-level LEVEL     debug|info|warn|error\n"
+        "  --log-format FORMAT   text|json (one JSON object a line)\n"
         "  --dsn DSN             serve the registry's production models\n"
         "                        (default $CINEMATCH_PG_DSN); reload on\n"
         "                        NOTIFY " CM_INFER_NOTIFY_CHANNEL "\n"
@@ -1336,6 +1420,7 @@ cm_infer_main(int argc, char **argv)
             /* decode steps back to back; doorbells are read in between */
             timeout = cm_infer_chat_tick(&d) ? 0 : (timeout > 1 ? 1 : timeout);
         }
+        cm_infer_publish_stats(&d);
 
         if (d.draining && (d.nactive == 0
                            || cm_now_mono_ns() > d.drain_deadline_ns))

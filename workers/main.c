@@ -42,6 +42,50 @@ cm_cmd_wants_help(int argc, char **argv)
 }
 
 
+/*
+ * --log-format json|text is accepted by every command (the daemons log
+ * through cm_log, whatever they are): taken out of argv here, before the
+ * command's own option parser sees it.  Returns 0, or 2 for a bad value.
+ */
+static int
+cm_take_log_format(int *argc, char **argv)
+{
+    int          i, j, take;
+    const char  *v;
+
+    for (i = 1; i < *argc; i++) {
+        if (strcmp(argv[i], "--") == 0) {
+            break;
+        }
+        if (strcmp(argv[i], "--log-format") == 0) {
+            if (i + 1 >= *argc) {
+                fprintf(stderr, "cinematch: --log-format needs json or"
+                        " text\n");
+                return 2;
+            }
+            v = argv[i + 1];
+            take = 2;
+        } else if (strncmp(argv[i], "--log-format=", 13) == 0) {
+            v = argv[i] + 13;
+            take = 1;
+        } else {
+            continue;
+        }
+        if (cm_log_format_parse(v, &cm_log_format) != CM_OK) {
+            fprintf(stderr, "cinematch: --log-format must be json or text,"
+                    " not '%s'\n", v);
+            return 2;
+        }
+        for (j = i; j + take <= *argc; j++) {
+            argv[j] = argv[j + take];       /* argv[argc] is NULL: kept */
+        }
+        *argc -= take;
+        i--;
+    }
+    return 0;
+}
+
+
 static int
 cm_cmd_cmp(const void *a, const void *b)
 {
@@ -62,7 +106,10 @@ cm_usage(FILE *out)
             "usage: cinematch <command> [options]\n"
             "       cinematch <command> --help\n\n"
             "cinematch %s: movie recommendations and dialogue chat served by"
-            " nginx,\nwith the MLOps loop as small daemons.\n\ncommands:\n",
+            " nginx,\nwith the MLOps loop as small daemons.\n\n"
+            "Every command also takes --log-format json|text (default text,"
+            " or\n$CINEMATCH_LOG_FORMAT): json writes one object per log line"
+            " on stderr.\n\ncommands:\n",
             CM_VERSION);
     /* the linker's section bounds: one array, whatever cppcheck thinks */
     /* cppcheck-suppress comparePointers */
@@ -87,6 +134,13 @@ main(int argc, char **argv)
     lvl = getenv("CINEMATCH_LOG");
     if (lvl != NULL) {
         (void) cm_log_level_parse(lvl, &cm_log_level);
+    }
+    lvl = getenv("CINEMATCH_LOG_FORMAT");
+    if (lvl != NULL) {
+        (void) cm_log_format_parse(lvl, &cm_log_format);
+    }
+    if (cm_take_log_format(&argc, argv) != 0) {
+        return 2;
     }
 
     if (argc < 2 || strcmp(argv[1], "--help") == 0
@@ -143,6 +197,8 @@ main(int argc, char **argv)
         }
         return 2;
     }
+
+    cm_log_cmd = best->name;
 
     return best->main(argc - (int) best_words, argv + best_words);
 }

@@ -20,6 +20,21 @@ _Static_assert(offsetof(cm_ipc_slot_t, ring_tail) % 64 == 0,
 _Static_assert(sizeof(cm_ipc_header_t) <= CM_IPC_HEADER_SIZE,
                "header must fit one page");
 _Static_assert(sizeof(cm_ipc_msg_t) == 8, "doorbells are 8 bytes");
+_Static_assert(offsetof(cm_ipc_header_t, stats) == 2392,
+               "the statistics block follows the model table");
+_Static_assert(offsetof(cm_ipc_stats_t, itl_buckets) == 88,
+               "statistics layout is part of the ABI");
+
+const uint64_t  cm_ipc_itl_bounds_ns[CM_IPC_ITL_NBUCKETS] = {
+    1000000ull, 2500000ull, 5000000ull, 10000000ull, 25000000ull,
+    50000000ull, 100000000ull, 250000000ull, 500000000ull, 1000000000ull,
+    2500000000ull, 10000000000ull
+};
+
+const char  *cm_ipc_itl_le[CM_IPC_ITL_NBUCKETS + 1] = {
+    "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+    "0.5", "1", "2.5", "10", "+Inf"
+};
 
 static const char *cm_slot_state_names[] = {
     "free", "claimed", "submitted", "running", "done", "error", "cancelled"
@@ -116,6 +131,10 @@ cm_ipc_create(cm_ipc_seg_t *seg, const char *name, const cm_ipc_config_t *cfg,
     hdr->total_size = total;
     atomic_store(&hdr->heartbeat_ns, cm_now_mono_ns());
     snprintf(hdr->status, sizeof(hdr->status), "starting");
+    hdr->stats.version = CM_IPC_STATS_VERSION;
+    hdr->stats.size = (uint32_t) sizeof(cm_ipc_stats_t);
+    hdr->stats.itl_nbuckets = CM_IPC_ITL_NBUCKETS;
+    hdr->stats.magic = CM_IPC_STATS_MAGIC;
     hdr->abi_version = CM_IPC_ABI_VERSION;
     /* magic last: a reader that sees it sees a complete header */
     atomic_thread_fence(memory_order_release);
@@ -555,6 +574,72 @@ cm_ipc_get_models(const cm_ipc_seg_t *seg, cm_ipc_model_t *out, uint32_t cap)
         }
     }
     return 0;
+}
+
+
+void
+cm_ipc_stats_observe_itl(cm_ipc_seg_t *seg, uint64_t ns)
+{
+    uint32_t         b;
+    cm_ipc_stats_t  *st = &seg->hdr->stats;
+
+    for (b = 0; b < CM_IPC_ITL_NBUCKETS; b++) {
+        if (ns <= cm_ipc_itl_bounds_ns[b]) {
+            break;
+        }
+    }
+    atomic_fetch_add_explicit(&st->itl_buckets[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->itl_sum_ns, ns, memory_order_relaxed);
+}
+
+
+int
+cm_ipc_stats_read(const cm_ipc_seg_t *seg, cm_ipc_stats_snapshot_t *out)
+{
+    uint32_t         b;
+    cm_ipc_stats_t  *st = &seg->hdr->stats;
+
+    memset(out, 0, sizeof(*out));
+    if (st->magic != CM_IPC_STATS_MAGIC) {
+        return CM_ENOTFOUND;
+    }
+    /* a later version may only append: accept it when it is larger and
+     * keeps our bucket layout; never read past what we know */
+    if (st->version < CM_IPC_STATS_VERSION
+        || st->size < sizeof(cm_ipc_stats_t)
+        || st->size > CM_IPC_HEADER_SIZE - offsetof(cm_ipc_header_t, stats)
+        || st->itl_nbuckets != CM_IPC_ITL_NBUCKETS)
+    {
+        return CM_EFORMAT;
+    }
+    out->running_seqs = atomic_load_explicit(&st->running_seqs,
+                                             memory_order_relaxed);
+    out->waiting_seqs = atomic_load_explicit(&st->waiting_seqs,
+                                             memory_order_relaxed);
+    out->max_seqs = atomic_load_explicit(&st->max_seqs, memory_order_relaxed);
+    out->kv_used_tokens = atomic_load_explicit(&st->kv_used_tokens,
+                                               memory_order_relaxed);
+    out->kv_cap_tokens = atomic_load_explicit(&st->kv_cap_tokens,
+                                              memory_order_relaxed);
+    if (out->kv_used_tokens > out->kv_cap_tokens) {
+        out->kv_used_tokens = out->kv_cap_tokens;   /* torn or hostile */
+    }
+    out->prompt_tokens = atomic_load_explicit(&st->prompt_tokens,
+                                              memory_order_relaxed);
+    out->completion_tokens = atomic_load_explicit(&st->completion_tokens,
+                                                  memory_order_relaxed);
+    out->cancellations = atomic_load_explicit(&st->cancellations,
+                                              memory_order_relaxed);
+    out->queue_rejections = atomic_load_explicit(&st->queue_rejections,
+                                                 memory_order_relaxed);
+    out->itl_sum_ns = atomic_load_explicit(&st->itl_sum_ns,
+                                           memory_order_relaxed);
+    for (b = 0; b <= CM_IPC_ITL_NBUCKETS; b++) {
+        out->itl_buckets[b] = atomic_load_explicit(&st->itl_buckets[b],
+                                                   memory_order_relaxed);
+        out->itl_count += out->itl_buckets[b];
+    }
+    return CM_OK;
 }
 
 

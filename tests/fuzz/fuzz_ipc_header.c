@@ -30,10 +30,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     memcpy(buf, data, size);
     if (cm_ipc_validate_header((cm_ipc_header_t *) buf, size, NULL, 0) == 0) {
+        cm_ipc_stats_snapshot_t  st;
+
         memset(&seg, 0, sizeof(seg));
         seg.base = buf;
         seg.size = size;
         seg.hdr = (cm_ipc_header_t *) buf;
+        /* the statistics block: any bytes are rejected or read in bounds,
+         * and a used count never exceeds the capacity */
+        if (cm_ipc_stats_read(&seg, &st) == 0
+            && st.kv_used_tokens > st.kv_cap_tokens)
+        {
+            __builtin_trap();
+        }
         for (i = 0; i < seg.hdr->slot_count; i++) {
             (void) cm_ipc_ring_get(&seg, cm_ipc_slot(&seg, i), out,
                                    sizeof(out));

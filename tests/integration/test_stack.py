@@ -170,11 +170,38 @@ def test_the_printed_demo_user_gets_personal_recommendations(stack):
     # its ratings were folded in when the daemon loaded: not a cold start
     assert doc["is_fallback"] is False and len(doc["recommendations"]) == 5, doc
 
+# Metric families the dashboard may query before the module exports them
+# (none now: the response-cache counters landed with the serving branch).
+PENDING_METRICS = set()
+
+
+def dashboard_metrics():
+    """{metric family: panel title} of every cinematch_* series any panel
+    of conf/grafana/*.json queries (rows' nested panels included)."""
+    import glob
+    import re
+    used = {}
+
+    def walk(panels, where):
+        for panel in panels:
+            walk(panel.get("panels", []), where)
+            for target in panel.get("targets", []):
+                for name in re.findall(r"\bcinematch_[a-z0-9_]+", target.get("expr", "")):
+                    used.setdefault(re.sub(r"_(bucket|sum|count)$", "", name),
+                                    f"{where}: {panel['title']}")
+
+    files = sorted(glob.glob(os.path.join(ROOT, "conf", "grafana", "*.json")))
+    assert files
+    for path in files:
+        with open(path) as f:
+            walk(json.load(f)["panels"], os.path.basename(path))
+    return used
+
 
 def test_dashboard_uses_only_metrics_that_metrics_exposes(stack):
-    """conf/grafana/cinematch-dashboard.json: every cinematch_* series a panel
-    queries is a family the live /metrics declares (# TYPE), and
-    conf/prometheus.yml passes promtool."""
+    """conf/grafana/*.json: every cinematch_* series a panel queries is a
+    family the live /metrics declares (# TYPE), except the pending cache
+    pair, and conf/prometheus.yml passes promtool."""
     if not os.path.exists(os.path.join(ROOT, "build", "ngx_http_cinematch_module.so")):
         pytest.skip("module not built")
     import re
@@ -182,19 +209,22 @@ def test_dashboard_uses_only_metrics_that_metrics_exposes(stack):
     assert code == 200, text
     families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
     assert families, text[:200]
-    with open(os.path.join(ROOT, "conf", "grafana", "cinematch-dashboard.json")) as f:
-        dash = json.load(f)
-    used = {}
-    for panel in dash["panels"]:
-        for target in panel.get("targets", []):
-            for name in re.findall(r"\bcinematch_[a-z0-9_]+", target["expr"]):
-                used.setdefault(re.sub(r"_(bucket|sum|count)$", "", name), panel["title"])
-    assert used
+    used = dashboard_metrics()
+    for wanted in ("cinematch_chat_time_to_first_token_seconds",
+                   "cinematch_chat_inter_token_latency_seconds",
+                   "cinematch_chat_tokens_total", "cinematch_infer_waiting_sequences",
+                   "cinematch_drift_psi", "cinematch_model_info",
+                   "cinematch_cache_hits_total"):
+        assert wanted in used, f"the dashboard has no panel for {wanted}"
     missing = {m: t for m, t in used.items() if m not in families}
-    assert not missing, f"panels query metrics /metrics does not have: {missing}"
+    assert not set(missing) - PENDING_METRICS, \
+        f"panels query metrics /metrics does not have: {missing}"
     promtool = shutil.which("promtool")
     if promtool:
         r = subprocess.run([promtool, "check", "config", os.path.join(ROOT, "conf", "prometheus.yml")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = subprocess.run([promtool, "check", "metrics"], input=text,
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
 

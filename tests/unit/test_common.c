@@ -4,8 +4,12 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
+
+#include <jansson.h>
 
 #include "cinematch/common.h"
 
@@ -71,6 +75,119 @@ test_monotonic_clock_never_goes_backwards(void **state)
 }
 
 
+static void
+test_json_escape_quotes_controls_and_invalid_utf8(void **state)
+{
+    char  out[64];
+
+    assert_int_equal(cm_json_escape(out, sizeof(out), "a\"b\\c\n\t", 7), 15);
+    assert_string_equal(out, "a\\\"b\\\\c\\n\\u0009");
+    /* valid UTF-8 passes; a lone continuation byte, an overlong and a
+     * surrogate become U+FFFD each byte */
+    cm_json_escape(out, sizeof(out), "\xc3\xa9|\x80|\xc0\xaf|\xed\xa0\x80", 11);
+    assert_string_equal(out, "\xc3\xa9|\\ufffd|\\ufffd\\ufffd|"
+                             "\\ufffd\\ufffd\\ufffd");
+    /* NUL is data, not an end */
+    cm_json_escape(out, sizeof(out), "x\0y", 3);
+    assert_string_equal(out, "x\\u0000y");
+}
+
+
+static void
+test_json_escape_truncates_on_whole_characters(void **state)
+{
+    char  out[8];
+
+    /* "\u0001" needs 6 bytes: after "abc" (3) it does not fit in 7 */
+    assert_int_equal(cm_json_escape(out, sizeof(out), "abc\x01", 4), 3);
+    assert_string_equal(out, "abc");
+    assert_int_equal(cm_json_escape(out, 1, "abc", 3), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(cm_json_escape(out, sizeof(out), "\xc3\xa9\xc3\xa9\xc3\xa9"
+                                    "\xc3\xa9", 8), 6);
+    assert_string_equal(out, "\xc3\xa9\xc3\xa9\xc3\xa9");
+}
+
+
+/* Log one message with stderr sent into a pipe; returns what was written. */
+static char *
+capture_log(cm_log_format_t format, const char *arg)
+{
+    static char  buf[16384];
+    int          fds[2], saved;
+    ssize_t      n;
+
+    assert_int_equal(pipe(fds), 0);
+    saved = dup(STDERR_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    cm_log_format = format;
+    cm_log(CM_LOG_WARN, "%s", arg);
+    cm_log_format = CM_LOG_TEXT;
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    n = read(fds[0], buf, sizeof(buf) - 1);
+    close(fds[0]);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    return buf;
+}
+
+
+static void
+test_json_log_line_is_one_parseable_object(void **state)
+{
+    char          *line, big[3000];
+    json_t        *o;
+    json_error_t   e;
+    const char    *hostile = "slot 3 \"quoted\" \\ \n{\"level\":\"debug\"} \xff";
+
+    cm_log_cmd = "infer";
+    line = capture_log(CM_LOG_JSON, hostile);
+    assert_non_null(strchr(line, '\n'));
+    assert_ptr_equal(strchr(line, '\n'), line + strlen(line) - 1);
+    o = json_loads(line, 0, &e);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "level")),
+                        "warn");
+    assert_string_equal(json_string_value(json_object_get(o, "cmd")),
+                        "infer");
+    assert_int_equal(json_integer_value(json_object_get(o, "pid")),
+                     (int) getpid());
+    assert_non_null(strstr(json_string_value(json_object_get(o, "msg")),
+                           "{\"level\":\"debug\"} \xef\xbf\xbd"));
+    assert_int_equal(strlen(json_string_value(json_object_get(o, "time"))),
+                     24);
+    json_decref(o);
+
+    /* a message longer than the buffer is cut, still one valid object */
+    memset(big, '"', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    line = capture_log(CM_LOG_JSON, big);
+    o = json_loads(line, 0, &e);
+    assert_non_null(o);
+    json_decref(o);
+
+    line = capture_log(CM_LOG_TEXT, "plain");
+    assert_non_null(strstr(line, " warn ["));
+    assert_non_null(strstr(line, "] plain\n"));
+}
+
+
+static void
+test_log_format_parse_accepts_json_and_text_only(void **state)
+{
+    cm_log_format_t  f = CM_LOG_TEXT;
+
+    assert_int_equal(cm_log_format_parse("json", &f), CM_OK);
+    assert_int_equal(f, CM_LOG_JSON);
+    assert_int_equal(cm_log_format_parse("TEXT", &f), CM_OK);
+    assert_int_equal(f, CM_LOG_TEXT);
+    assert_int_equal(cm_log_format_parse("xml", &f), CM_EINVAL);
+    assert_int_equal(cm_log_format_parse("", &f), CM_EINVAL);
+}
+
+
 int
 main(void)
 {
@@ -80,6 +197,10 @@ main(void)
         cmocka_unit_test(test_log_level_parse_accepts_names_and_rejects_others),
         cmocka_unit_test(test_strerror_names_every_code),
         cmocka_unit_test(test_monotonic_clock_never_goes_backwards),
+        cmocka_unit_test(test_json_escape_quotes_controls_and_invalid_utf8),
+        cmocka_unit_test(test_json_escape_truncates_on_whole_characters),
+        cmocka_unit_test(test_json_log_line_is_one_parseable_object),
+        cmocka_unit_test(test_log_format_parse_accepts_json_and_text_only),
     };
 
     return cmocka_run_group_tests_name("common", tests, NULL, NULL);

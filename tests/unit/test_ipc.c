@@ -389,6 +389,78 @@ test_two_processes_stream_through_the_ring(void **state)
 }
 
 
+static void
+test_stats_block_is_published_and_histogram_buckets_by_bound(void **state)
+{
+    cm_ipc_seg_t             *seg = *state, peer;
+    cm_ipc_stats_snapshot_t   st;
+    char                      err[256];
+
+    assert_int_equal(cm_ipc_attach(&peer, cm_test_name, err, sizeof(err)),
+                     CM_OK);
+    assert_int_equal(cm_ipc_stats_read(&peer, &st), CM_OK);
+    assert_int_equal(st.itl_count, 0);
+
+    /* on a bound is in that bucket; past the last finite bound is +Inf */
+    cm_ipc_stats_observe_itl(seg, 1);
+    cm_ipc_stats_observe_itl(seg, cm_ipc_itl_bounds_ns[0]);
+    cm_ipc_stats_observe_itl(seg, cm_ipc_itl_bounds_ns[0] + 1);
+    cm_ipc_stats_observe_itl(seg,
+                             cm_ipc_itl_bounds_ns[CM_IPC_ITL_NBUCKETS - 1]
+                             + 1);
+    atomic_store(&seg->hdr->stats.running_seqs, 3);
+    atomic_store(&seg->hdr->stats.completion_tokens, 42);
+
+    assert_int_equal(cm_ipc_stats_read(&peer, &st), CM_OK);
+    assert_int_equal(st.itl_buckets[0], 2);
+    assert_int_equal(st.itl_buckets[1], 1);
+    assert_int_equal(st.itl_buckets[CM_IPC_ITL_NBUCKETS], 1);
+    assert_int_equal(st.itl_count, 4);
+    assert_int_equal(st.itl_sum_ns, 1 + 2 * cm_ipc_itl_bounds_ns[0] + 1
+                     + cm_ipc_itl_bounds_ns[CM_IPC_ITL_NBUCKETS - 1] + 1);
+    assert_int_equal(st.running_seqs, 3);
+    assert_int_equal(st.completion_tokens, 42);
+    assert_string_equal(cm_ipc_itl_le[CM_IPC_ITL_NBUCKETS], "+Inf");
+    cm_ipc_detach(&peer);
+}
+
+
+static void
+test_stats_reader_rejects_old_unknown_and_hostile_blocks(void **state)
+{
+    cm_ipc_seg_t             *seg = *state;
+    cm_ipc_stats_t           *b = &seg->hdr->stats;
+    cm_ipc_stats_snapshot_t   st;
+
+    /* a daemon from before the block leaves it zero: "none", not garbage */
+    b->magic = 0;
+    assert_int_equal(cm_ipc_stats_read(seg, &st), CM_ENOTFOUND);
+    b->magic = CM_IPC_STATS_MAGIC;
+
+    b->itl_nbuckets = CM_IPC_ITL_NBUCKETS + 1;
+    assert_int_equal(cm_ipc_stats_read(seg, &st), CM_EFORMAT);
+    b->itl_nbuckets = CM_IPC_ITL_NBUCKETS;
+
+    b->size = 8;
+    assert_int_equal(cm_ipc_stats_read(seg, &st), CM_EFORMAT);
+    b->size = CM_IPC_HEADER_SIZE;    /* would run past the header page */
+    assert_int_equal(cm_ipc_stats_read(seg, &st), CM_EFORMAT);
+    b->size = sizeof(cm_ipc_stats_t) + 64;   /* a later, longer version */
+    b->version = CM_IPC_STATS_VERSION + 1;
+    assert_int_equal(cm_ipc_stats_read(seg, &st), CM_OK);
+    b->version = 0;
+    assert_int_equal(cm_ipc_stats_read(seg, &st), CM_EFORMAT);
+    b->version = CM_IPC_STATS_VERSION;
+    b->size = sizeof(cm_ipc_stats_t);
+
+    /* more tokens in use than capacity cannot be: clamped, ratio <= 1 */
+    atomic_store(&b->kv_cap_tokens, 100);
+    atomic_store(&b->kv_used_tokens, 1000);
+    assert_int_equal(cm_ipc_stats_read(seg, &st), CM_OK);
+    assert_int_equal(st.kv_used_tokens, 100);
+}
+
+
 int
 main(void)
 {
@@ -407,6 +479,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_ring_get_rejects_garbage_indices, setup_seg, teardown_seg),
         cmocka_unit_test_setup_teardown(test_models_table_round_trips_and_terminates_strings, setup_seg, teardown_seg),
         cmocka_unit_test_setup_teardown(test_two_processes_stream_through_the_ring, setup_seg, teardown_seg),
+        cmocka_unit_test_setup_teardown(test_stats_block_is_published_and_histogram_buckets_by_bound, setup_seg, teardown_seg),
+        cmocka_unit_test_setup_teardown(test_stats_reader_rejects_old_unknown_and_hostile_blocks, setup_seg, teardown_seg),
     };
 
     return cmocka_run_group_tests_name("ipc", tests, NULL, NULL);

@@ -39,13 +39,27 @@ typedef enum {
     CM_LOG_ERROR
 } cm_log_level_t;
 
+typedef enum {
+    CM_LOG_TEXT = 0,     /* "2026-01-01T00:00:00.000Z info [pid] message" */
+    CM_LOG_JSON          /* {"time","level","pid","cmd","msg"}, one a line */
+} cm_log_format_t;
+
 /* Process-wide log threshold; set from --log-level or CINEMATCH_LOG. */
 extern cm_log_level_t cm_log_level;
+/* Line format; set from --log-format (any command) or CINEMATCH_LOG_FORMAT. */
+extern cm_log_format_t cm_log_format;
+/* The command that logs ("infer", "train dialog"): the JSON "cmd" field. */
+extern const char *cm_log_cmd;
 
 void cm_log(cm_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void cm_vlog(cm_log_level_t level, const char *fmt, va_list ap);
 int cm_log_level_parse(const char *s, cm_log_level_t *out);
+int cm_log_format_parse(const char *s, cm_log_format_t *out);
+/* Escape n bytes as the inside of a JSON string into dst (cap bytes, NUL
+ * terminated, truncated on a character boundary); invalid UTF-8 becomes
+ * U+FFFD so the line stays valid JSON.  Returns the length written. */
+size_t cm_json_escape(char *dst, size_t cap, const char *src, size_t n);
 
 #define cm_debug(...) cm_log(CM_LOG_DEBUG, __VA_ARGS__)
 #define cm_info(...)  cm_log(CM_LOG_INFO, __VA_ARGS__)

@@ -40,6 +40,15 @@
  * Trust: each side validates what the other wrote (kinds, lengths,
  * offsets, slot numbers) before use; cm_ipc_attach() checks the header
  * against the real size of the segment.
+ *
+ * Serving statistics: the header ends with cm_ipc_stats_t, the daemon's
+ * gauges and counters for /metrics (running and waiting generations, KV
+ * cache use, tokens, cancellations, inter-token latency).  It carries its
+ * own magic, version, size and bucket count, so the ABI version did not
+ * change: a daemon that predates it leaves those bytes zero and readers
+ * (cm_ipc_stats_read) report "no statistics" instead of misreading them.
+ * Only the daemon writes the block; counters restart at zero with each
+ * daemon generation (Prometheus treats that as a counter reset).
  */
 #ifndef CINEMATCH_IPC_H
 #define CINEMATCH_IPC_H
@@ -136,6 +145,56 @@ typedef struct {
     char      sha256[72];    /* hex digest of the artifact, NUL-terminated */
 } cm_ipc_model_t;
 
+#define CM_IPC_STATS_MAGIC    0x54534d43u   /* "CMST" */
+#define CM_IPC_STATS_VERSION  1u
+#define CM_IPC_ITL_NBUCKETS   12            /* finite bounds; +Inf extra */
+
+/* Inter-token latency bucket upper bounds, ns, and the same bounds as
+ * Prometheus "le" labels (seconds). */
+extern const uint64_t  cm_ipc_itl_bounds_ns[CM_IPC_ITL_NBUCKETS];
+extern const char     *cm_ipc_itl_le[CM_IPC_ITL_NBUCKETS + 1];
+
+/* The daemon's serving statistics, at the end of the header page.
+ * Gauges are stored, counters only grow; all are atomics because nginx
+ * reads them while the daemon writes. */
+typedef struct {
+    uint32_t          magic;          /* 0   CM_IPC_STATS_MAGIC; 0 = none */
+    uint32_t          version;        /* 4   CM_IPC_STATS_VERSION */
+    uint32_t          size;           /* 8   sizeof(cm_ipc_stats_t) */
+    uint32_t          itl_nbuckets;   /* 12  CM_IPC_ITL_NBUCKETS */
+    _Atomic uint32_t  running_seqs;   /* 16  generations decoding (gauge) */
+    _Atomic uint32_t  waiting_seqs;   /* 20  admitted, waiting for a KV
+                                             cache (gauge) */
+    _Atomic uint32_t  max_seqs;       /* 24  KV caches in the pool; 0 = no
+                                             dialog model (gauge) */
+    uint32_t          reserved0;      /* 28 */
+    _Atomic uint64_t  kv_used_tokens; /* 32  tokens held in KV caches */
+    _Atomic uint64_t  kv_cap_tokens;  /* 40  max_seqs x context */
+    _Atomic uint64_t  prompt_tokens;  /* 48  prefilled, total */
+    _Atomic uint64_t  completion_tokens; /* 56 generated, total */
+    _Atomic uint64_t  cancellations;  /* 64  generations cancelled */
+    _Atomic uint64_t  queue_rejections; /* 72 refused: wait queue full */
+    _Atomic uint64_t  itl_sum_ns;     /* 80  sum of inter-token gaps */
+    _Atomic uint64_t  itl_buckets[CM_IPC_ITL_NBUCKETS + 1];
+                                      /* 88  per bucket, not cumulative */
+} cm_ipc_stats_t;
+
+/* A consistent-enough copy for rendering (each word read once). */
+typedef struct {
+    uint32_t  running_seqs;
+    uint32_t  waiting_seqs;
+    uint32_t  max_seqs;
+    uint64_t  kv_used_tokens;         /* clamped to kv_cap_tokens */
+    uint64_t  kv_cap_tokens;
+    uint64_t  prompt_tokens;
+    uint64_t  completion_tokens;
+    uint64_t  cancellations;
+    uint64_t  queue_rejections;
+    uint64_t  itl_sum_ns;
+    uint64_t  itl_buckets[CM_IPC_ITL_NBUCKETS + 1];
+    uint64_t  itl_count;              /* sum of itl_buckets */
+} cm_ipc_stats_snapshot_t;
+
 /* The first page.  Written by the daemon; read-only for nginx except for
  * nothing: nginx never writes the header. */
 typedef struct {
@@ -159,6 +218,7 @@ typedef struct {
     _Atomic uint64_t  requests_total; /* 80  requests finished */
     char              status[128];    /* 88  human text: why not ready */
     cm_ipc_model_t    models[CM_IPC_MAX_MODELS]; /* 216 */
+    cm_ipc_stats_t    stats;          /* 2392 serving statistics */
 } cm_ipc_header_t;
 
 /* Slot header, 256 bytes, at the start of every slot. */
@@ -265,6 +325,15 @@ void cm_ipc_set_models(cm_ipc_seg_t *seg, const cm_ipc_model_t *models,
 /* nginx: copy a consistent model table; returns the count. */
 uint32_t cm_ipc_get_models(const cm_ipc_seg_t *seg, cm_ipc_model_t *out,
                            uint32_t cap);
+
+/* ---- serving statistics (see cm_ipc_stats_t) ---- */
+
+/* daemon: one inter-token gap into the histogram. */
+void cm_ipc_stats_observe_itl(cm_ipc_seg_t *seg, uint64_t ns);
+/* nginx: copy the daemon's statistics.  CM_ENOTFOUND when the daemon
+ * publishes none (older daemon), CM_EFORMAT for a version, size or bucket
+ * count this reader does not know. */
+int cm_ipc_stats_read(const cm_ipc_seg_t *seg, cm_ipc_stats_snapshot_t *out);
 
 const char *cm_slot_state_name(uint32_t state);
 
