@@ -128,4 +128,27 @@ ngx_int_t ngx_http_cinematch_gen_start(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g);
 
 
+#if (NGX_HTTP_CINEMATCH_CONVERSATIONS)
+
+/* ngx_http_cinematch_api_conversations.c: the caller's conversations */
+ngx_int_t ngx_http_cinematch_conv_create_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_conv_list_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_conv_get_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_conv_update_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_conv_delete_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_conv_export_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_msg_create_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_feedback_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
+
 #endif /* _NGX_HTTP_CINEMATCH_CHAT_H_INCLUDED_ */
