@@ -9,7 +9,7 @@
  *   PATCH  /api/v1/conversations/{id}           {title}
  *   DELETE /api/v1/conversations/{id}           → 204
  *   POST   /api/v1/conversations/{id}/messages  generate (SSE or JSON)
- *   GET    /api/v1/conversations/{id}/export?format=json|md
+ *   GET    /api/v1/conversations/{id}/export?format=json|md|pdf
  *   POST   /api/v1/messages/{id}/feedback       {rating: 1|-1, comment?}
  *
  * Every statement is scoped by the caller's user id, so another user's
@@ -42,6 +42,7 @@
 #include "ngx_http_cinematch_infer.h"
 #include "ngx_http_cinematch_chat.h"
 #include "cinematch/validate.h"
+#include "cinematch/chatdoc.h"
 
 
 #define NGX_HTTP_CINEMATCH_CONV_TURNS      20
@@ -115,6 +116,7 @@ typedef struct {
     char                          version[32];
     u_char                       *reply;         /* cleaned, NUL-terminated */
     size_t                        reply_len;
+    unsigned                      version_id:1;  /* version is an integer */
 } ngx_http_cinematch_conv_t;
 
 
@@ -138,7 +140,7 @@ static ngx_int_t ngx_http_cinematch_conv_got(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_conv_deleted(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
-static ngx_int_t ngx_http_cinematch_conv_markdown(ngx_http_request_t *r,
+static ngx_int_t ngx_http_cinematch_conv_export(ngx_http_request_t *r,
     ngx_http_cinematch_conv_t *st, json_t *conv, json_t *messages);
 static ngx_int_t ngx_http_cinematch_conv_download(ngx_http_request_t *r,
     ngx_http_cinematch_conv_t *st, const char *ext, ngx_str_t *type,
@@ -160,8 +162,6 @@ static ngx_int_t ngx_http_cinematch_msg_saved(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static void ngx_http_cinematch_msg_push_turn(ngx_http_cinematch_conv_t *st,
     u_char *text, size_t len);
-static size_t ngx_http_cinematch_utf8_clean(u_char *dst, const u_char *src,
-    size_t len);
 
 static ngx_int_t ngx_http_cinematch_feedback_stored(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
@@ -171,6 +171,8 @@ static ngx_str_t  ngx_http_cinematch_conv_json_type =
     ngx_string("application/json");
 static ngx_str_t  ngx_http_cinematch_conv_md_type =
     ngx_string("text/markdown; charset=utf-8");
+static ngx_str_t  ngx_http_cinematch_conv_pdf_type =
+    ngx_string("application/pdf");
 
 
 
@@ -629,9 +631,12 @@ ngx_http_cinematch_conv_export_handler(ngx_http_request_t *r,
     } else if (format.len == 2 && ngx_strncmp(format.data, "md", 2) == 0) {
         st->format = 1;
 
+    } else if (format.len == 3 && ngx_strncmp(format.data, "pdf", 3) == 0) {
+        st->format = 2;
+
     } else {
         return ngx_http_cinematch_send_invalid(r, "format",
-                                               "must be json or md");
+                                               "must be json, md or pdf");
     }
 
     return ngx_http_cinematch_conv_query(r,
@@ -681,8 +686,8 @@ ngx_http_cinematch_conv_got(ngx_http_request_t *r, void *data,
                              "messages", messages));
     }
 
-    if (st->format == 1) {
-        rc = ngx_http_cinematch_conv_markdown(r, st, conv, messages);
+    if (st->format != 0) {
+        rc = ngx_http_cinematch_conv_export(r, st, conv, messages);
         json_decref(conv);
         json_decref(messages);
         return rc;
@@ -721,85 +726,69 @@ ngx_http_cinematch_conv_got(ngx_http_request_t *r, void *data,
 
 
 /*
- * Markdown: a title, then one section per message.  Message text is
- * written as it is (it is dialogue, not markup); the only escaping is of
- * a line that would otherwise close or open a heading of ours.
+ * Markdown or PDF, rendered by libcinematch (chatdoc.h).  A PDF takes a
+ * few milliseconds of this worker per page and embeds the font; GET of a
+ * conversation is capped at 5000 messages, which bounds it.
  */
 
 static ngx_int_t
-ngx_http_cinematch_conv_markdown(ngx_http_request_t *r,
+ngx_http_cinematch_conv_export(ngx_http_request_t *r,
     ngx_http_cinematch_conv_t *st, json_t *conv, json_t *messages)
 {
-    u_char      *buf, *p;
-    size_t       i, len;
-    json_t      *m, *title;
-    const char  *role, *status, *content, *created;
+    int             rc;
+    char           *md;
+    u_char         *p;
+    size_t          len;
+    unsigned char  *pdf;
+    char            err[256];
 
-    title = json_object_get(conv, "title");
-
-    len = 256 + (json_is_string(title) ? json_string_length(title) : 0);
-
-    json_array_foreach(messages, i, m) {
-        len += 160 + 2 * json_string_length(json_object_get(m, "content"));
-    }
-
-    buf = ngx_pnalloc(r->pool, len);
-    if (buf == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    p = ngx_sprintf(buf, "# %s\n\n_Conversation %s, created %s, model %s._\n",
-                    json_is_string(title) ? json_string_value(title)
-                                          : "Untitled conversation",
-                    st->conv_id,
-                    json_string_value(json_object_get(conv, "created_at")),
-                    json_is_string(json_object_get(conv, "model"))
-                    ? json_string_value(json_object_get(conv, "model"))
-                    : "dialog");
-
-    json_array_foreach(messages, i, m) {
-        role = json_string_value(json_object_get(m, "role"));
-        status = json_string_value(json_object_get(m, "status"));
-        content = json_string_value(json_object_get(m, "content"));
-        created = json_string_value(json_object_get(m, "created_at"));
-
-        if (role == NULL || status == NULL || content == NULL
-            || created == NULL)
-        {
+    if (st->format == 1) {
+        if (cm_chatdoc_markdown(conv, messages, &md, &len) != CM_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        p = ngx_sprintf(p, "\n## %s\n\n_%s%s%s_\n\n",
-                        ngx_strcmp(role, "user") == 0 ? "You"
-                        : ngx_strcmp(role, "assistant") == 0 ? "Assistant"
-                        : "System",
-                        created,
-                        ngx_strcmp(status, "complete") == 0 ? "" : ", ",
-                        ngx_strcmp(status, "complete") == 0 ? "" : status);
-
-        /* each line as it is, but a leading '#' does not start a heading */
-        for ( ;; ) {
-            const char *nl = strchr(content, '\n');
-            size_t      n = nl ? (size_t) (nl - content) : ngx_strlen(content);
-
-            if (n > 0 && content[0] == '#') {
-                *p++ = '\\';
-            }
-
-            p = ngx_cpymem(p, content, n);
-            *p++ = '\n';
-
-            if (nl == NULL) {
-                break;
-            }
-
-            content = nl + 1;
+        p = ngx_pnalloc(r->pool, len);
+        if (p != NULL) {
+            ngx_memcpy(p, md, len);
         }
+        free(md);
+
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_cinematch_conv_download(r, st, "md",
+                                            &ngx_http_cinematch_conv_md_type,
+                                            p, len);
     }
 
-    return ngx_http_cinematch_conv_download(r, st, "md",
-                                            &ngx_http_cinematch_conv_md_type,
-                                            buf, p - buf);
+    rc = cm_chatdoc_pdf(conv, messages, NULL, &pdf, &len, err, sizeof(err));
+
+    if (rc == CM_CHATDOC_ENOTSUP) {
+        return ngx_http_cinematch_send_invalid(r, "format",
+                   "pdf is not available on this server (built without "
+                   "libharu)");
+    }
+
+    if (rc != CM_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cinematch: PDF export failed: %s", err);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p != NULL) {
+        ngx_memcpy(p, pdf, len);
+    }
+    free(pdf);
+
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_conv_download(r, st, "pdf",
+                                            &ngx_http_cinematch_conv_pdf_type,
+                                            p, len);
 }
 
 
@@ -1328,7 +1317,7 @@ ngx_http_cinematch_msg_text(ngx_http_cinematch_gen_t *g, u_char *text,
         return NGX_OK;   /* kept in g->reply */
     }
 
-    n = ngx_http_cinematch_utf8_clean(st->clean, text, len);
+    n = cm_utf8_sanitize((char *) st->clean, (char *) text, len);
 
     p = ngx_http_cinematch_sse_reserve(&g->sse,
                                        sizeof(head) + n * 6 + sizeof(tail));
@@ -1354,6 +1343,7 @@ static ngx_int_t
 ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g)
 {
     u_char                     *p;
+    size_t                      len;
     ngx_http_request_t         *r = g->request;
     ngx_http_cinematch_conv_t  *st = g->data;
 
@@ -1362,8 +1352,8 @@ ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g)
         return NGX_ERROR;
     }
 
-    st->reply_len = ngx_http_cinematch_utf8_clean(st->reply, g->reply,
-                                                  g->len);
+    st->reply_len = cm_utf8_sanitize((char *) st->reply, (char *) g->reply,
+                                     g->len);
     st->reply[st->reply_len] = '\0';
 
     switch (g->outcome) {
@@ -1417,6 +1407,12 @@ ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g)
     ngx_cpystrn((u_char *) st->version, (u_char *) g->version,
                 sizeof(st->version));
 
+    /* registry versions are integers; anything else links to no row (and
+     * is checked here: a failed cast in SQL would lose the reply) */
+    len = ngx_strlen(st->version);
+    st->version_id = (len > 0 && len <= 9
+                      && ngx_atoi((u_char *) st->version, len) != NGX_ERROR);
+
     st->values[2] = (char *) st->reply;
     st->values[3] = st->status;
     st->values[4] = st->finish;
@@ -1425,7 +1421,7 @@ ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g)
     st->values[7] = st->ct[0] ? st->ct : NULL;
     st->values[8] = st->ttft[0] ? st->ttft : NULL;
     st->values[9] = st->latency;
-    st->values[10] = st->version[0] ? st->version : NULL;
+    st->values[10] = st->version_id ? st->version : NULL;
     st->values[11] = st->request_id;
 
     /* the conversation may have been deleted meanwhile: no row then */
@@ -1436,7 +1432,7 @@ ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g)
         " SELECT c.id, 'assistant', $3, $4, $5, $6, $7::integer,"
         "  $8::integer, $9::real, $10::real,"
         "  (SELECT v.id FROM model_versions v WHERE v.model_name = 'dialog'"
-        "    AND $11 ~ '^[0-9]{1,9}$' AND v.version = $11::integer),"
+        "    AND v.version = $11::integer),"
         "  $12"
         " FROM conversations c"
         " WHERE c.id = $1::uuid AND c.user_id = $2::bigint"
@@ -1582,52 +1578,6 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
     ngx_http_cinematch_sse_commit(&g->sse, p);
 
     return ngx_http_cinematch_sse_flush(&g->sse, 1);
-}
-
-
-/*
- * Model text is bytes: byte-level BPE can produce sequences that are not
- * UTF-8.  PostgreSQL and JSON need UTF-8, so every invalid byte becomes
- * U+FFFD and NUL is dropped.  dst has room for 3 * len bytes.
- */
-
-static size_t
-ngx_http_cinematch_utf8_clean(u_char *dst, const u_char *src, size_t len)
-{
-    u_char  *d;
-    size_t   i, n;
-
-    d = dst;
-    i = 0;
-
-    while (i < len) {
-        if (src[i] == 0) {
-            i++;
-            continue;
-        }
-
-        if (src[i] < 0x80) {
-            *d++ = src[i++];
-            continue;
-        }
-
-        n = (src[i] >= 0xc2 && src[i] <= 0xdf) ? 2
-            : (src[i] >= 0xe0 && src[i] <= 0xef) ? 3
-            : (src[i] >= 0xf0 && src[i] <= 0xf4) ? 4 : 0;
-
-        if (n && i + n <= len && cm_utf8_valid((char *) src + i, n, NULL)) {
-            d = ngx_cpymem(d, src + i, n);
-            i += n;
-            continue;
-        }
-
-        *d++ = 0xef;
-        *d++ = 0xbf;
-        *d++ = 0xbd;
-        i++;
-    }
-
-    return d - dst;
 }
 
 

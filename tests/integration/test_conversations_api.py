@@ -4,7 +4,9 @@ ownership, messages streamed as SSE or answered as JSON, persistence of
 complete / partial / error replies, context from Redis rebuilt from
 PostgreSQL, feedback, export, chat events, bad input."""
 
+import concurrent.futures
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +46,10 @@ def db(backends):
                 "('alice@example.com', 'x'), ('bob@example.com', 'x') "
                 "RETURNING id").split()
     d.alice, d.bob = ids
+    # the registry row of the version the daemon reports (--dialog-version 3)
+    d.dialog_v3 = d.sql("INSERT INTO model_versions (model_name, version, "
+                        "artifact_path, artifact_sha256) VALUES ('dialog', 3, "
+                        "'/models/dialog/3', repeat('0', 64)) RETURNING id")
     return d
 
 
@@ -61,7 +67,7 @@ def model(workdir):
 @pytest.fixture(scope="module")
 def api(workdir, backends, db, model):
     infer = Infer(workdir, name="infer-conv", extra=[
-        "--dialog", str(model), "--dialog-version", "3", "--max-seqs", "4"])
+        "--dialog", str(model), "--dialog-version", "3", "--max-seqs", "16"])
     infer.start()
     secret = new_secret(BIN, workdir / "conv-jwt.secret")
     ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
@@ -268,6 +274,8 @@ def test_streamed_message_framing_order_and_persistence(api):
     assert reply["finish_reason"] == done["finish_reason"]
     assert reply["completion_tokens"] == done["usage"]["completion_tokens"]
     assert reply["latency_ms"] is not None and reply["latency_ms"] >= 0
+    assert api.db.sql(f"SELECT model_version_id FROM messages WHERE id = {reply['id']}") \
+        == api.db.dialog_v3
 
 
 def test_non_streamed_message_is_json_and_matches_the_stream(api):
@@ -445,6 +453,26 @@ def _sse_body(raw):
     return out
 
 
+def test_50_concurrent_streams_all_complete_and_are_stored(api):
+    cids = [new_conv(api, f"crowd {i}") for i in range(50)]
+
+    def one(cid):
+        status, _, raw = call(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                              msg(max_tokens=24, seed=None))
+        return status, sse_events(raw)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, cids))
+    for status, events in results:
+        assert status == 200
+        assert events and events[-1][0] == "done", events[-3:]
+    stored = api.db.sql("SELECT count(*) FROM messages WHERE role = 'assistant' AND "
+                        "status = 'complete' AND conversation_id IN ("
+                        + ",".join(f"'{c}'" for c in cids) + ")")
+    assert stored == "50"
+    harness.wait_for(lambda: _queue_empty(api), timeout=5, what="queue drained")
+
+
 def test_feedback_on_own_assistant_messages(api):
     cid = new_conv(api)
     m = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
@@ -505,6 +533,28 @@ def test_export_json_and_markdown(api):
     assert "\\# Hello, wörld" in md
     status, doc = jcall(api, "GET", f"/api/v1/conversations/{cid}/export?format=docx")
     assert status == 422 and "format" in doc["error"]["fields"]
+
+
+def test_export_pdf_renders_utf8(api, workdir):
+    cid = new_conv(api, "Été à Paris")
+    jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+          msg("Ça va? Ελληνικά, русский", stream=False))
+    status, hdrs, raw = call(api, "GET", f"/api/v1/conversations/{cid}/export?format=pdf")
+    if status == 422:
+        pytest.skip("module built without libharu (libhpdf-dev): "
+                    + json.loads(raw)["error"]["fields"]["format"])
+    assert status == 200, raw[:300]
+    assert hdrs["content-type"] == "application/pdf"
+    assert f'filename="conversation-{cid}.pdf"' in hdrs["content-disposition"]
+    assert raw.startswith(b"%PDF-") and b"%%EOF" in raw[-64:]
+    assert b"/FontFile2" in raw          # the TrueType font is embedded
+    if shutil.which("pdftotext") is None:
+        return                           # text check needs poppler-utils
+    f = workdir / f"{cid}.pdf"
+    f.write_bytes(raw)
+    text = subprocess.run(["pdftotext", str(f), "-"], capture_output=True,
+                          text=True).stdout
+    assert "Été à Paris" in text and "Ça va? Ελληνικά, русский" in text
 
 
 # --- last: kills the daemon ---------------------------------------------------
