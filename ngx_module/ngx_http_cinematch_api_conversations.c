@@ -648,7 +648,7 @@ ngx_http_cinematch_conv_export_handler(ngx_http_request_t *r,
 }
 
 
-/* GET (format -1) or an export (0 json, 1 md) of one conversation */
+/* GET (format -1) or an export (0 json, 1 md, 2 pdf) of one conversation */
 
 static ngx_int_t
 ngx_http_cinematch_conv_got(ngx_http_request_t *r, void *data,

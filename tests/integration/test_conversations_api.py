@@ -557,6 +557,29 @@ def test_export_pdf_renders_utf8(api, workdir):
     assert "Été à Paris" in text and "Ça va? Ελληνικά, русский" in text
 
 
+def test_messages_work_while_redis_is_down(api):
+    """Redis holds only what may be lost: without it the context comes from
+    PostgreSQL and the reply is stored all the same."""
+    cid = new_conv(api)
+    first = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                  msg("first line", stream=False))[1]
+    api.redis.stop()
+    try:
+        status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                            msg("second line", stream=False))
+        assert status == 200, doc
+        assert doc["status"] == "complete"
+        # the prompt holds both turns and the first reply: longer than before
+        assert doc["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+    finally:
+        api.redis.start()
+        harness.wait_for(lambda: all(api.json("GET", "/ready")[0] == 200
+                                     for _ in range(6)),
+                         timeout=15, what="Redis back in every worker")
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = "
+                      f"'{cid}'") == "4"
+
+
 # --- last: kills the daemon ---------------------------------------------------
 
 def test_daemon_killed_mid_stream_gives_an_error_event_and_keeps_the_user_message(api):
