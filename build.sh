@@ -31,7 +31,7 @@ DEPS=(
     libjansson-dev libopenblas-dev liblapacke-dev libcmocka-dev
     libjwt-dev libsodium-dev libpcre2-dev libcurl4-openssl-dev libsystemd-dev
     libhpdf-dev fonts-dejavu-core
-    prometheus wrk python3 python3-pytest
+    prometheus wrk python3 python3-pytest python3-aiosmtpd
     clang lcov cppcheck clang-tidy
 )
 

@@ -66,7 +66,9 @@ def model(workdir):
 
 @pytest.fixture(scope="module")
 def api(workdir, backends, db, model):
-    infer = Infer(workdir, name="infer-conv", extra=[
+    # 128 slots: 64 per nginx worker, so 50 concurrent streams fit even
+    # when one worker takes them all (no free slot is a 503 by design)
+    infer = Infer(workdir, name="infer-conv", slots=128, extra=[
         "--dialog", str(model), "--dialog-version", "3", "--max-seqs", "16"])
     infer.start()
     secret = new_secret(BIN, workdir / "conv-jwt.secret")
