@@ -30,6 +30,7 @@ RUN apt-get update -qq \
       build-essential pkg-config ca-certificates nginx nginx-dev libssl-dev zlib1g-dev \
       libpcre3-dev libpq-dev libhiredis-dev libjansson-dev libopenblas-dev liblapacke-dev \
       libcmocka-dev libjwt-dev libsodium-dev libpcre2-dev libcurl4-openssl-dev libsystemd-dev \
+      libhpdf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile VERSION ./
@@ -64,7 +65,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
       nginx ca-certificates libpq5 libhiredis0.14 libjansson4 libopenblas0-pthread \
-      liblapacke libsodium23 libpcre2-8-0 libssl3 libcurl4 tini \
+      liblapacke libsodium23 libpcre2-8-0 libssl3 libcurl4 tini libhpdf-2.3.0 fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
  && useradd --system --user-group --home-dir /var/lib/cinematch --shell /usr/sbin/nologin cinematch \
  && usermod -aG cinematch www-data \

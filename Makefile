@@ -62,6 +62,11 @@ ifneq ($(NVCC),)
     endif
   endif
 endif
+# PDF export (shared/src/chatdoc.c) when libharu is installed.
+ifneq ($(wildcard /usr/include/hpdf.h),)
+  CFLAGS   += -DCM_HAVE_HPDF=1
+  LDLIBS   += -lhpdf
+endif
 WRK_SRC  := $(wildcard workers/*.c)
 WRK_OBJ  := $(WRK_SRC:workers/%.c=$(B)/workers/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c)

@@ -1,5 +1,7 @@
 /*
- * ngx_http_cinematch_api_chat.c: the OpenAI-compatible chat endpoints.
+ * ngx_http_cinematch_api_chat.c: the OpenAI-compatible chat endpoints, and
+ * the dialog generation they share with the conversation messages
+ * (ngx_http_cinematch_chat.h).
  *
  *   POST /v1/chat/completions   stream (SSE chat.completion.chunk events,
  *                               then "data: [DONE]") or one JSON answer
@@ -17,112 +19,52 @@
 
 #include "ngx_http_cinematch.h"
 #include "ngx_http_cinematch_infer.h"
+#include "ngx_http_cinematch_chat.h"
 #include "cinematch/validate.h"
 
 
-#define NGX_HTTP_CINEMATCH_CHAT_TURNS    64
-#define NGX_HTTP_CINEMATCH_CHAT_CONTENT  8192
-#define NGX_HTTP_CINEMATCH_CHAT_TEXT     (256 * 1024)
-
-
 typedef struct {
-    ngx_http_cinematch_infer_req_t  *ir;
-    ngx_http_cinematch_sse_t         sse;
-    u_char                          *rec;
-    uint32_t                         rec_cap;
+    ngx_http_cinematch_gen_t         gen;
     ngx_str_t                        head;     /* chunk JSON up to choices */
-    u_char                          *text;     /* non-stream: the reply */
-    size_t                           len;
-    size_t                           cap;
-    unsigned                         stream:1;
     unsigned                         usage:1;  /* include_usage */
-    unsigned                         finished:1;
-    unsigned                         first_token:1;  /* TTFT counted */
 } ngx_http_cinematch_chat_t;
 
 
-static ngx_int_t ngx_http_cinematch_chat_payload(ngx_http_request_t *r,
-    json_t *messages, json_t *stop, ngx_str_t *out, const char **field);
-static void ngx_http_cinematch_chat_ready(ngx_http_cinematch_infer_req_t *ir,
+static ngx_int_t ngx_http_cinematch_gen_number(json_t *body, const char *key,
+    double def, double lo, double hi, double *out);
+static void ngx_http_cinematch_gen_ready(ngx_http_cinematch_infer_req_t *ir,
     ngx_int_t rc);
-static void ngx_http_cinematch_chat_write(ngx_http_request_t *r);
-static ngx_int_t ngx_http_cinematch_chat_drain(ngx_http_request_t *r,
-    ngx_http_cinematch_chat_t *ch, ngx_int_t lost);
-static ngx_int_t ngx_http_cinematch_chat_final(ngx_http_request_t *r,
-    ngx_http_cinematch_chat_t *ch, json_t *res);
+static void ngx_http_cinematch_gen_write(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
+    ngx_http_cinematch_gen_t *g, ngx_int_t lost);
+static ngx_int_t ngx_http_cinematch_gen_keep(ngx_http_cinematch_gen_t *g,
+    u_char *p, size_t n);
+static ngx_int_t ngx_http_cinematch_gen_collect(ngx_http_cinematch_gen_t *g);
+static ngx_int_t ngx_http_cinematch_chat_text(ngx_http_cinematch_gen_t *g,
+    u_char *text, size_t len);
+static ngx_int_t ngx_http_cinematch_chat_end(ngx_http_cinematch_gen_t *g);
 
 
 static ngx_str_t  ngx_http_cinematch_chat_json = ngx_string("application/json");
 
 
-
 /* messages (and stop) into the CM_REQ_CHAT payload; the oldest turns are
  * dropped when they do not fit a slot. */
-static ngx_int_t
-ngx_http_cinematch_chat_payload(ngx_http_request_t *r, json_t *messages,
-    json_t *stop, ngx_str_t *out, const char **field)
+
+ngx_int_t
+ngx_http_cinematch_gen_payload(ngx_pool_t *pool, const ngx_str_t *turns,
+    size_t n, json_t *stop, ngx_str_t *out, const char **field)
 {
-    u_char       *p;
-    size_t        i, n, first, total, cap, l;
-    json_t       *m, *role, *content, *s;
-    uint32_t      v;
-    const char   *key, *rs;
-    const char   *text[NGX_HTTP_CINEMATCH_CHAT_TURNS];
-    size_t        tlen[NGX_HTTP_CINEMATCH_CHAT_TURNS];
-    json_t       *stops[4];
-    size_t        nstops = 0;
+    u_char      *p;
+    size_t       i, first, total, cap, l;
+    json_t      *s;
+    uint32_t     v;
+    json_t      *stops[4];
+    size_t       nstops = 0;
 
     *field = "messages";
 
-    if (!json_is_array(messages) || json_array_size(messages) == 0
-        || json_array_size(messages) > NGX_HTTP_CINEMATCH_CHAT_TURNS)
-    {
-        return NGX_ERROR;
-    }
-
-    n = 0;
-
-    json_array_foreach(messages, i, m) {
-        if (!json_is_object(m)) {
-            return NGX_ERROR;
-        }
-
-        json_object_foreach(m, key, s) {
-            if (ngx_strcmp(key, "role") != 0
-                && ngx_strcmp(key, "content") != 0
-                && ngx_strcmp(key, "name") != 0)
-            {
-                return NGX_ERROR;
-            }
-        }
-
-        role = json_object_get(m, "role");
-        content = json_object_get(m, "content");
-
-        if (!json_is_string(role) || !json_is_string(content)
-            || json_string_length(content) > NGX_HTTP_CINEMATCH_CHAT_CONTENT
-            || !cm_utf8_valid(json_string_value(content),
-                              json_string_length(content), NULL))
-        {
-            return NGX_ERROR;
-        }
-
-        rs = json_string_value(role);
-
-        if (ngx_strcmp(rs, "system") == 0) {
-            continue;   /* the movie-dialogue model has no system prompt */
-        }
-
-        if (ngx_strcmp(rs, "user") != 0 && ngx_strcmp(rs, "assistant") != 0) {
-            return NGX_ERROR;
-        }
-
-        text[n] = json_string_value(content);
-        tlen[n] = json_string_length(content);
-        n++;
-    }
-
-    if (n == 0) {
+    if (n == 0 || n > NGX_HTTP_CINEMATCH_GEN_TURNS) {
         return NGX_ERROR;
     }
 
@@ -162,10 +104,10 @@ ngx_http_cinematch_chat_payload(ngx_http_request_t *r, json_t *messages,
     }
 
     for (first = n; first > 0; first--) {
-        if (total + 4 + tlen[first - 1] > cap) {
+        if (total + 4 + turns[first - 1].len > cap) {
             break;
         }
-        total += 4 + tlen[first - 1];
+        total += 4 + turns[first - 1].len;
     }
 
     if (first == n) {
@@ -173,7 +115,7 @@ ngx_http_cinematch_chat_payload(ngx_http_request_t *r, json_t *messages,
         return NGX_ERROR;   /* not even the last turn fits */
     }
 
-    out->data = ngx_pnalloc(r->pool, total);
+    out->data = ngx_pnalloc(pool, total);
     if (out->data == NULL) {
         return NGX_ERROR;
     }
@@ -183,9 +125,9 @@ ngx_http_cinematch_chat_payload(ngx_http_request_t *r, json_t *messages,
     p = ngx_cpymem(p, &v, 4);
 
     for (i = first; i < n; i++) {
-        v = (uint32_t) tlen[i];
+        v = (uint32_t) turns[i].len;
         p = ngx_cpymem(p, &v, 4);
-        p = ngx_cpymem(p, text[i], tlen[i]);
+        p = ngx_cpymem(p, turns[i].data, turns[i].len);
     }
 
     v = (uint32_t) nstops;
@@ -205,7 +147,7 @@ ngx_http_cinematch_chat_payload(ngx_http_request_t *r, json_t *messages,
 
 
 static ngx_int_t
-ngx_http_cinematch_chat_number(json_t *body, const char *key, double def,
+ngx_http_cinematch_gen_number(json_t *body, const char *key, double def,
     double lo, double hi, double *out)
 {
     json_t *v = json_object_get(body, key);
@@ -226,16 +168,405 @@ ngx_http_cinematch_chat_number(json_t *body, const char *key, double def,
 
 
 ngx_int_t
+ngx_http_cinematch_gen_sampling(json_t *b,
+    uint64_t params[NGX_HTTP_CINEMATCH_GEN_PARAMS], const char **field,
+    const char **message)
+{
+    json_t  *v;
+    double   temp, top_p, top_k, max_tokens, penalty;
+
+    *field = "temperature";
+    *message = "must be 0..2";
+
+    if (ngx_http_cinematch_gen_number(b, "temperature", 0.8, 0, 2, &temp)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    *field = "top_p";
+    *message = "must be in (0, 1]";
+
+    if (ngx_http_cinematch_gen_number(b, "top_p", 0.95, 0.001, 1, &top_p)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    *field = "top_k";
+    *message = "must be 0..1000";
+
+    if (ngx_http_cinematch_gen_number(b, "top_k", 40, 0, 1000, &top_k)
+        != NGX_OK || top_k != (double) (ngx_int_t) top_k)
+    {
+        return NGX_ERROR;
+    }
+
+    *field = "repetition_penalty";
+    *message = "must be 1..2";
+
+    if (ngx_http_cinematch_gen_number(b, "repetition_penalty", 1.1, 1, 2,
+                                      &penalty) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    *field = json_object_get(b, "max_completion_tokens") != NULL
+             ? "max_completion_tokens" : "max_tokens";
+    *message = "must be 1..1024";
+
+    if (ngx_http_cinematch_gen_number(b, *field, 64, 1, 1024, &max_tokens)
+        != NGX_OK || max_tokens != (double) (ngx_int_t) max_tokens)
+    {
+        return NGX_ERROR;
+    }
+
+    *field = "seed";
+    *message = "must be a non-negative integer";
+
+    v = json_object_get(b, "seed");
+
+    if (v != NULL && !json_is_null(v)
+        && (!json_is_integer(v) || json_integer_value(v) < 0))
+    {
+        return NGX_ERROR;
+    }
+
+    params[0] = (uint64_t) max_tokens;
+    params[1] = (uint64_t) (temp * 1000 + 0.5);
+    params[2] = (uint64_t) top_k;
+    params[3] = (uint64_t) (top_p * 1000 + 0.5);
+    params[4] = (v != NULL && json_is_integer(v))
+                ? (uint64_t) json_integer_value(v)
+                : ((uint64_t) ngx_random() << 31) ^ (uint64_t) ngx_random();
+    params[5] = (uint64_t) (penalty * 1000 + 0.5);
+
+    if (params[3] == 0) {
+        params[3] = 1;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_gen_start(ngx_http_request_t *r,
+    ngx_http_cinematch_gen_t *g, const uint64_t *params, ngx_str_t *payload)
+{
+    ngx_int_t                  rc;
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    rc = ngx_http_cinematch_infer_submit(r, CM_REQ_CHAT, params,
+                                         NGX_HTTP_CINEMATCH_GEN_PARAMS,
+                                         payload->data, payload->len,
+                                         ngx_http_cinematch_gen_ready, g,
+                                         &g->ir);
+    if (rc != NGX_OK) {
+        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR : rc;
+    }
+
+    ctx->data = g;
+    g->started = ngx_current_msec;
+    g->rec_cap = g->ir->seg->hdr->ring_cap;
+    g->rec = ngx_pnalloc(r->pool, g->rec_cap);
+
+    if (g->rec == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (g->stream) {
+        rc = ngx_http_cinematch_sse_start(r, &g->sse);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        r->write_event_handler = ngx_http_cinematch_gen_write;
+    }
+
+    ngx_http_cinematch_wait(r);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cinematch_gen_ready(ngx_http_cinematch_infer_req_t *ir,
+    ngx_int_t rc)
+{
+    ngx_http_request_t        *r = ir->request;
+    ngx_connection_t          *c = r->connection;
+    ngx_http_cinematch_gen_t  *g = ir->data;
+
+    if (g->finished) {
+        return;
+    }
+
+    rc = ngx_http_cinematch_gen_drain(r, g, rc == NGX_ERROR);
+
+    if (g->finished || rc != NGX_DONE) {
+        ngx_http_cinematch_finish(r, rc);
+        return;
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_cinematch_gen_write(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_http_cinematch_ctx_t  *ctx;
+    ngx_http_cinematch_gen_t  *g;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    g = ctx != NULL ? ctx->data : NULL;
+
+    if (g == NULL || g->finished) {
+        return;
+    }
+
+    if (r->connection->write->timedout) {
+        r->connection->timedout = 1;
+        ngx_http_cinematch_finish(r, g->save_on_gone
+                                     ? ngx_http_cinematch_gen_gone(g)
+                                     : NGX_HTTP_REQUEST_TIME_OUT);
+        return;
+    }
+
+    if (ngx_http_cinematch_sse_resume(&g->sse) == NGX_ERROR) {
+        ngx_http_cinematch_finish(r, ngx_http_cinematch_gen_gone(g));
+        return;
+    }
+
+    rc = ngx_http_cinematch_gen_drain(r, g, g->ir->seg == NULL);
+
+    if (g->finished || rc != NGX_DONE) {
+        ngx_http_cinematch_finish(r, rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_gen_keep(ngx_http_cinematch_gen_t *g, u_char *p, size_t n)
+{
+    u_char  *t;
+
+    if (g->len + n > NGX_HTTP_CINEMATCH_GEN_REPLY) {
+        return NGX_DECLINED;
+    }
+
+    if (g->len + n > g->cap) {
+        g->cap = ngx_max(g->cap * 2, g->len + n + 1024);
+        t = ngx_pnalloc(g->request->pool, g->cap);
+        if (t == NULL) {
+            return NGX_ERROR;
+        }
+        if (g->len) {
+            ngx_memcpy(t, g->reply, g->len);
+        }
+        g->reply = t;
+    }
+
+    ngx_memcpy(g->reply + g->len, p, n);
+    g->len += n;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
+    ngx_http_cinematch_gen_t *g, ngx_int_t lost)
+{
+    int64_t                          n;
+    json_t                          *res, *fr, *usage, *ver;
+    uint32_t                         state, len;
+    ngx_int_t                        rc;
+    ngx_http_cinematch_infer_req_t  *ir = g->ir;
+
+    if (g->stream && ngx_http_cinematch_sse_blocked(&g->sse) && !lost) {
+        return NGX_DONE;   /* the daemon pauses while the ring is full */
+    }
+
+    state = CM_SLOT_RUNNING;
+
+    if (!lost) {
+        ngx_http_cinematch_infer_rearm(ir);
+        state = cm_ipc_slot_state(ir->slot);
+
+        for ( ;; ) {
+            n = cm_ipc_ring_get(ir->seg, ir->slot, g->rec, g->rec_cap);
+
+            if (n == CM_EAGAIN) {
+                break;
+            }
+
+            if (n < 0) {
+                lost = 1;
+                break;
+            }
+
+            if (g->first_token == 0) {
+                g->first_token = ngx_current_msec;
+                ngx_http_cinematch_metrics_chat_first_token(g->request);
+            }
+
+            if (g->keep) {
+                rc = ngx_http_cinematch_gen_keep(g, g->rec, (size_t) n);
+
+                if (rc == NGX_ERROR) {
+                    return NGX_ERROR;
+                }
+
+                if (rc == NGX_DECLINED) {
+                    lost = 1;   /* a runaway reply: stop it */
+                    break;
+                }
+            }
+
+            if (g->text(g, g->rec, (size_t) n) == NGX_ERROR) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (!lost && state != CM_SLOT_DONE && state != CM_SLOT_ERROR) {
+        if (!g->stream) {
+            return NGX_DONE;
+        }
+
+        if (ngx_http_cinematch_sse_flush(&g->sse, 0) == NGX_ERROR) {
+            return ngx_http_cinematch_gen_gone(g);
+        }
+
+        return NGX_DONE;
+    }
+
+    /* the end: take the daemon's result before the slot goes back */
+    res = NULL;
+    g->status = CM_EIO;
+
+    if (!lost) {
+        g->status = ir->slot->status;
+        len = ir->slot->res_len;
+
+        if (state == CM_SLOT_DONE && len <= ir->seg->hdr->res_cap) {
+            res = json_loadb((char *) cm_ipc_slot_res(ir->seg, ir->slot),
+                             len, JSON_REJECT_DUPLICATES, NULL);
+        }
+    }
+
+    g->finished = 1;
+    g->ended = ngx_current_msec;
+    ngx_http_cinematch_infer_release(ir);
+
+    g->outcome = lost ? NGX_HTTP_CINEMATCH_GEN_LOST
+                      : NGX_HTTP_CINEMATCH_GEN_FAILED;
+
+    if (res != NULL) {
+        fr = json_object_get(res, "finish_reason");
+        usage = json_object_get(res, "usage");
+        ver = json_object_get(res, "model_version");
+
+        if (json_is_string(fr) && json_is_object(usage)) {
+            g->outcome = NGX_HTTP_CINEMATCH_GEN_COMPLETE;
+            ngx_cpystrn((u_char *) g->finish,
+                        (u_char *) (ngx_strcmp(json_string_value(fr),
+                                               "length") == 0
+                                    ? "length" : "stop"),
+                        sizeof(g->finish));
+            g->prompt_tokens = json_integer_value(
+                                 json_object_get(usage, "prompt_tokens"));
+            g->completion_tokens = json_integer_value(
+                                 json_object_get(usage, "completion_tokens"));
+        }
+
+        ngx_http_cinematch_set_model_version(g->request, res);
+
+        if (json_is_string(ver)) {
+            ngx_cpystrn((u_char *) g->version,
+                        (u_char *) json_string_value(ver), sizeof(g->version));
+        }
+
+        json_decref(res);
+    }
+
+    return g->end(g);
+}
+
+
+/* What the daemon had streamed but nobody took yet, into g->reply. */
+
+static ngx_int_t
+ngx_http_cinematch_gen_collect(ngx_http_cinematch_gen_t *g)
+{
+    int64_t                          n;
+    ngx_http_cinematch_infer_req_t  *ir = g->ir;
+
+    if (!g->keep || ir->seg == NULL || ir->slot == NULL) {
+        return NGX_OK;
+    }
+
+    for ( ;; ) {
+        n = cm_ipc_ring_get(ir->seg, ir->slot, g->rec, g->rec_cap);
+
+        if (n < 0) {
+            return NGX_OK;
+        }
+
+        if (ngx_http_cinematch_gen_keep(g, g->rec, (size_t) n) != NGX_OK) {
+            return NGX_OK;
+        }
+    }
+}
+
+
+ngx_int_t
+ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g)
+{
+    ngx_http_request_t  *r = g->request;
+
+    if (!g->save_on_gone || g->finished) {
+        return NGX_ERROR;
+    }
+
+    r->connection->error = 1;
+
+    /* nothing more is written: no keep-alive comment either */
+    if (g->stream) {
+        g->sse.done = 1;
+
+        if (g->sse.keepalive.timer_set) {
+            ngx_del_timer(&g->sse.keepalive);
+        }
+    }
+
+    (void) ngx_http_cinematch_gen_collect(g);
+
+    g->finished = 1;
+    g->ended = ngx_current_msec;
+    g->outcome = NGX_HTTP_CINEMATCH_GEN_GONE;
+    ngx_http_cinematch_infer_release(g->ir);   /* cancels the sequence */
+
+    return g->end(g);
+}
+
+
+ngx_int_t
 ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
     u_char                     *p;
-    json_t                     *b, *v, *so;
-    double                      temp, top_p, top_k, max_tokens, penalty;
-    uint64_t                    params[6];
+    json_t                     *b, *v, *so, *messages, *m, *role, *content;
+    size_t                      i, n;
+    uint64_t                    params[NGX_HTTP_CINEMATCH_GEN_PARAMS];
     ngx_int_t                   rc;
     ngx_str_t                   payload;
-    const char                 *key, *field;
+    ngx_str_t                  *turns;
+    const char                 *key, *field, *message, *rs;
     ngx_http_cinematch_chat_t  *ch;
 
     static const char  *allowed[] = {
@@ -248,15 +579,15 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
     b = ctx->json;
 
     json_object_foreach(b, key, v) {
-        ngx_uint_t i;
+        ngx_uint_t k;
 
-        for (i = 0; allowed[i] != NULL; i++) {
-            if (ngx_strcmp(key, allowed[i]) == 0) {
+        for (k = 0; allowed[k] != NULL; k++) {
+            if (ngx_strcmp(key, allowed[k]) == 0) {
                 break;
             }
         }
 
-        if (allowed[i] == NULL) {
+        if (allowed[k] == NULL) {
             return ngx_http_cinematch_send_invalid(r, key, "unknown field");
         }
     }
@@ -279,52 +610,11 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
         return ngx_http_cinematch_send_invalid(r, "n", "only n = 1 is supported");
     }
 
-    if (ngx_http_cinematch_chat_number(b, "temperature", 0.8, 0, 2, &temp)
+    if (ngx_http_cinematch_gen_sampling(b, params, &field, &message)
         != NGX_OK)
     {
-        return ngx_http_cinematch_send_invalid(r, "temperature", "must be 0..2");
+        return ngx_http_cinematch_send_invalid(r, field, message);
     }
-
-    if (ngx_http_cinematch_chat_number(b, "top_p", 0.95, 0.001, 1, &top_p)
-        != NGX_OK)
-    {
-        return ngx_http_cinematch_send_invalid(r, "top_p", "must be in (0, 1]");
-    }
-
-    if (ngx_http_cinematch_chat_number(b, "top_k", 40, 0, 1000, &top_k)
-        != NGX_OK || top_k != (double) (ngx_int_t) top_k)
-    {
-        return ngx_http_cinematch_send_invalid(r, "top_k", "must be 0..1000");
-    }
-
-    if (ngx_http_cinematch_chat_number(b, "repetition_penalty", 1.1, 1, 2,
-                                       &penalty) != NGX_OK)
-    {
-        return ngx_http_cinematch_send_invalid(r, "repetition_penalty",
-                                           "must be 1..2");
-    }
-
-    field = json_object_get(b, "max_completion_tokens") != NULL
-            ? "max_completion_tokens" : "max_tokens";
-
-    if (ngx_http_cinematch_chat_number(b, field, 64, 1, 1024, &max_tokens)
-        != NGX_OK || max_tokens != (double) (ngx_int_t) max_tokens)
-    {
-        return ngx_http_cinematch_send_invalid(r, field, "must be 1..1024");
-    }
-
-    v = json_object_get(b, "seed");
-
-    if (v != NULL && !json_is_null(v)
-        && (!json_is_integer(v) || json_integer_value(v) < 0))
-    {
-        return ngx_http_cinematch_send_invalid(r, "seed",
-                                           "must be a non-negative integer");
-    }
-
-    params[4] = (v != NULL && json_is_integer(v))
-                ? (uint64_t) json_integer_value(v)
-                : ((uint64_t) ngx_random() << 31) ^ (uint64_t) ngx_random();
 
     ch = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_chat_t));
     if (ch == NULL) {
@@ -337,7 +627,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
         return ngx_http_cinematch_send_invalid(r, "stream", "must be a boolean");
     }
 
-    ch->stream = json_is_true(v);
+    ch->gen.stream = json_is_true(v);
 
     so = json_object_get(b, "stream_options");
 
@@ -354,31 +644,81 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
         ch->usage = json_is_true(v);
     }
 
-    if (ngx_http_cinematch_chat_payload(r, json_object_get(b, "messages"),
-                                        json_object_get(b, "stop"),
-                                        &payload, &field) != NGX_OK)
+    /* the user/assistant turns; system messages are skipped: the
+     * movie-dialogue model has no system prompt */
+
+    messages = json_object_get(b, "messages");
+    field = "messages";
+    n = 0;
+    turns = NULL;
+
+    if (!json_is_array(messages) || json_array_size(messages) == 0
+        || json_array_size(messages) > NGX_HTTP_CINEMATCH_GEN_TURNS)
     {
-        return ngx_http_cinematch_send_invalid(r, field,
-                   ngx_strcmp(field, "stop") == 0
-                   ? "a string or up to 4 strings of 1..64 bytes"
-                   : "1..64 {role, content} messages of user/assistant"
-                     " UTF-8 text");
+        goto invalid;
     }
 
-    params[0] = (uint64_t) max_tokens;
-    params[1] = (uint64_t) (temp * 1000 + 0.5);
-    params[2] = (uint64_t) top_k;
-    params[3] = (uint64_t) (top_p * 1000 + 0.5);
-    params[5] = (uint64_t) (penalty * 1000 + 0.5);
-
-    if (params[3] == 0) {
-        params[3] = 1;
+    turns = ngx_palloc(r->pool,
+                       json_array_size(messages) * sizeof(ngx_str_t));
+    if (turns == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rc = ngx_http_cinematch_infer_submit(r, CM_REQ_CHAT, params, 6,
-                                         payload.data, payload.len,
-                                         ngx_http_cinematch_chat_ready, ch,
-                                         &ch->ir);
+    json_array_foreach(messages, i, m) {
+        if (!json_is_object(m)) {
+            goto invalid;
+        }
+
+        json_object_foreach(m, key, v) {
+            if (ngx_strcmp(key, "role") != 0
+                && ngx_strcmp(key, "content") != 0
+                && ngx_strcmp(key, "name") != 0)
+            {
+                goto invalid;
+            }
+        }
+
+        role = json_object_get(m, "role");
+        content = json_object_get(m, "content");
+
+        if (!json_is_string(role) || !json_is_string(content)
+            || json_string_length(content) > NGX_HTTP_CINEMATCH_GEN_CONTENT
+            || !cm_utf8_valid(json_string_value(content),
+                              json_string_length(content), NULL))
+        {
+            goto invalid;
+        }
+
+        rs = json_string_value(role);
+
+        if (ngx_strcmp(rs, "system") == 0) {
+            continue;
+        }
+
+        if (ngx_strcmp(rs, "user") != 0 && ngx_strcmp(rs, "assistant") != 0) {
+            goto invalid;
+        }
+
+        turns[n].data = (u_char *) json_string_value(content);
+        turns[n].len = json_string_length(content);
+        n++;
+    }
+
+    if (ngx_http_cinematch_gen_payload(r->pool, turns, n,
+                                       json_object_get(b, "stop"),
+                                       &payload, &field) != NGX_OK)
+    {
+        goto invalid;
+    }
+
+    ch->gen.request = r;
+    ch->gen.text = ngx_http_cinematch_chat_text;
+    ch->gen.end = ngx_http_cinematch_chat_end;
+    ch->gen.data = ch;
+    ch->gen.keep = !ch->gen.stream;
+
+    rc = ngx_http_cinematch_gen_start(r, &ch->gen, params, &payload);
+
     if (rc == NGX_BUSY || rc == NGX_DECLINED) {
         return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                    "unavailable", rc == NGX_BUSY
@@ -387,36 +727,27 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
     }
 
     if (rc != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return rc;
     }
-
-    ctx->data = ch;
-    ch->rec_cap = ch->ir->seg->hdr->ring_cap;
-    ch->rec = ngx_pnalloc(r->pool, ch->rec_cap);
 
     /* "data: {"id":...,"model":"dialog"," shared by every chunk */
     ch->head.data = ngx_pnalloc(r->pool, 160 + ctx->request_id.len);
-
-    if (ch->rec == NULL || ch->head.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (ch->head.data == NULL) {
+        return NGX_ERROR;
     }
 
     p = ngx_sprintf(ch->head.data,
                     "{\"id\":\"chatcmpl-%V\",\"object\":\"%s\","
                     "\"created\":%T,\"model\":\"dialog\",",
                     &ctx->request_id,
-                    ch->stream ? "chat.completion.chunk" : "chat.completion",
+                    ch->gen.stream ? "chat.completion.chunk"
+                                   : "chat.completion",
                     ngx_time());
     ch->head.len = p - ch->head.data;
 
-    if (ch->stream) {
-        rc = ngx_http_cinematch_sse_start(r, &ch->sse);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
+    if (ch->gen.stream) {
         /* the first chunk names the role, as OpenAI's does */
-        p = ngx_http_cinematch_sse_reserve(&ch->sse, ch->head.len + 128);
+        p = ngx_http_cinematch_sse_reserve(&ch->gen.sse, ch->head.len + 128);
         if (p == NULL) {
             return NGX_ERROR;
         }
@@ -429,232 +760,87 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
                        sizeof("\"choices\":[{\"index\":0,\"delta\":{\"role\":"
                               "\"assistant\",\"content\":\"\"},"
                               "\"finish_reason\":null}]}\n\n") - 1);
-        ngx_http_cinematch_sse_commit(&ch->sse, p);
+        ngx_http_cinematch_sse_commit(&ch->gen.sse, p);
 
-        if (ngx_http_cinematch_sse_flush(&ch->sse, 0) == NGX_ERROR) {
+        if (ngx_http_cinematch_sse_flush(&ch->gen.sse, 0) == NGX_ERROR) {
             return NGX_ERROR;
         }
-
-        r->write_event_handler = ngx_http_cinematch_chat_write;
     }
-
-    ngx_http_cinematch_wait(r);
 
     return NGX_DONE;
-}
 
+invalid:
 
-static void
-ngx_http_cinematch_chat_ready(ngx_http_cinematch_infer_req_t *ir,
-    ngx_int_t rc)
-{
-    ngx_http_request_t         *r = ir->request;
-    ngx_connection_t           *c = r->connection;
-    ngx_http_cinematch_chat_t  *ch = ir->data;
-
-    if (ch->finished) {
-        return;
-    }
-
-    rc = ngx_http_cinematch_chat_drain(r, ch, rc == NGX_ERROR);
-
-    if (rc != NGX_DONE) {
-        ngx_http_cinematch_finish(r, rc);
-        return;
-    }
-
-    ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_cinematch_chat_write(ngx_http_request_t *r)
-{
-    ngx_int_t                   rc;
-    ngx_http_cinematch_ctx_t   *ctx;
-    ngx_http_cinematch_chat_t  *ch;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
-    ch = ctx != NULL ? ctx->data : NULL;
-
-    if (ch == NULL || ch->finished) {
-        return;
-    }
-
-    if (r->connection->write->timedout) {
-        r->connection->timedout = 1;
-        ngx_http_cinematch_finish(r, NGX_HTTP_REQUEST_TIME_OUT);
-        return;
-    }
-
-    if (ngx_http_cinematch_sse_resume(&ch->sse) == NGX_ERROR) {
-        ngx_http_cinematch_finish(r, NGX_ERROR);
-        return;
-    }
-
-    rc = ngx_http_cinematch_chat_drain(r, ch, ch->ir->seg == NULL);
-
-    if (rc != NGX_DONE) {
-        ngx_http_cinematch_finish(r, rc);
-    }
+    return ngx_http_cinematch_send_invalid(r, field,
+               ngx_strcmp(field, "stop") == 0
+               ? "a string or up to 4 strings of 1..64 bytes"
+               : "1..64 {role, content} messages of user/assistant"
+                 " UTF-8 text");
 }
 
 
 static ngx_int_t
-ngx_http_cinematch_chat_drain(ngx_http_request_t *r,
-    ngx_http_cinematch_chat_t *ch, ngx_int_t lost)
+ngx_http_cinematch_chat_text(ngx_http_cinematch_gen_t *g, u_char *text,
+    size_t len)
 {
-    u_char                          *p, *t;
-    int64_t                          n;
-    json_t                          *res;
-    int32_t                          status;
-    uint32_t                         state, len;
-    ngx_int_t                        rc;
-    ngx_http_cinematch_infer_req_t  *ir = ch->ir;
+    u_char                     *p;
+    ngx_http_cinematch_chat_t  *ch = g->data;
 
     static u_char  mid[] = "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"";
     static u_char  end[] = "\"},\"finish_reason\":null}]}\n\n";
 
-    if (ch->stream && ngx_http_cinematch_sse_blocked(&ch->sse) && !lost) {
-        return NGX_DONE;   /* the daemon pauses while the ring is full */
+    if (!g->stream) {
+        return NGX_OK;   /* kept in g->reply */
     }
 
-    state = CM_SLOT_RUNNING;
-
-    if (!lost) {
-        ngx_http_cinematch_infer_rearm(ir);
-        state = cm_ipc_slot_state(ir->slot);
-
-        for ( ;; ) {
-            n = cm_ipc_ring_get(ir->seg, ir->slot, ch->rec, ch->rec_cap);
-
-            if (n == CM_EAGAIN) {
-                break;
-            }
-
-            if (n < 0) {
-                lost = 1;
-                break;
-            }
-
-            if (!ch->first_token && n > 0) {
-                ch->first_token = 1;
-                ngx_http_cinematch_metrics_chat_first_token(r);
-            }
-
-            if (!ch->stream) {
-                if (ch->len + (size_t) n > NGX_HTTP_CINEMATCH_CHAT_TEXT) {
-                    lost = 1;
-                    break;
-                }
-
-                if (ch->len + (size_t) n > ch->cap) {
-                    ch->cap = ngx_max(ch->cap * 2, ch->len + (size_t) n + 1024);
-                    t = ngx_pnalloc(r->pool, ch->cap);
-                    if (t == NULL) {
-                        return NGX_ERROR;
-                    }
-                    ngx_memcpy(t, ch->text, ch->len);
-                    ch->text = t;
-                }
-
-                ngx_memcpy(ch->text + ch->len, ch->rec, (size_t) n);
-                ch->len += (size_t) n;
-                continue;
-            }
-
-            p = ngx_http_cinematch_sse_reserve(&ch->sse,
-                    6 + ch->head.len + sizeof(mid) + (size_t) n * 6
-                    + sizeof(end));
-            if (p == NULL) {
-                return NGX_ERROR;
-            }
-
-            p = ngx_cpymem(p, "data: ", 6);
-            p = ngx_cpymem(p, ch->head.data, ch->head.len);
-            p = ngx_cpymem(p, mid, sizeof(mid) - 1);
-            p = ngx_http_cinematch_json_text(p, ch->rec, (size_t) n);
-            p = ngx_cpymem(p, end, sizeof(end) - 1);
-            ngx_http_cinematch_sse_commit(&ch->sse, p);
-        }
+    p = ngx_http_cinematch_sse_reserve(&g->sse,
+            6 + ch->head.len + sizeof(mid) + len * 6 + sizeof(end));
+    if (p == NULL) {
+        return NGX_ERROR;
     }
 
-    if (!lost && state != CM_SLOT_DONE && state != CM_SLOT_ERROR) {
-        if (!ch->stream) {
-            return NGX_DONE;
-        }
+    p = ngx_cpymem(p, "data: ", 6);
+    p = ngx_cpymem(p, ch->head.data, ch->head.len);
+    p = ngx_cpymem(p, mid, sizeof(mid) - 1);
+    p = ngx_http_cinematch_json_text(p, text, len);
+    p = ngx_cpymem(p, end, sizeof(end) - 1);
+    ngx_http_cinematch_sse_commit(&g->sse, p);
 
-        rc = ngx_http_cinematch_sse_flush(&ch->sse, 0);
-
-        return rc == NGX_ERROR ? NGX_ERROR : NGX_DONE;
-    }
-
-    /* the end: take the daemon's result before the slot goes back */
-    res = NULL;
-    status = CM_EIO;
-
-    if (!lost) {
-        status = ir->slot->status;
-        len = ir->slot->res_len;
-
-        if (state == CM_SLOT_DONE && len <= ir->seg->hdr->res_cap) {
-            res = json_loadb((char *) cm_ipc_slot_res(ir->seg, ir->slot),
-                             len, JSON_REJECT_DUPLICATES, NULL);
-        }
-    }
-
-    ch->finished = 1;
-    ngx_http_cinematch_infer_release(ir);
-
-    rc = ngx_http_cinematch_chat_final(r, ch, res);
-    json_decref(res);
-
-    if (rc == NGX_DECLINED) {
-        /* failed before any byte was sent: a plain JSON error */
-        if (status == CM_EINVAL) {
-            return ngx_http_cinematch_send_invalid(r, "messages",
-                                               "rejected by the model server");
-        }
-
-        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                   "unavailable", lost ? "the inference daemon went away"
-                                       : "no dialog model is available");
-    }
-
-    return rc;
+    return NGX_OK;
 }
 
 
-/* The closing chunk(s) or the whole JSON answer.  NGX_DECLINED when there
- * is no usable result and nothing has been sent yet. */
+/* The closing chunk(s) or the whole JSON answer. */
+
 static ngx_int_t
-ngx_http_cinematch_chat_final(ngx_http_request_t *r,
-    ngx_http_cinematch_chat_t *ch, json_t *res)
+ngx_http_cinematch_chat_end(ngx_http_cinematch_gen_t *g)
 {
-    u_char      *p;
-    char        *txt;
-    size_t       tlen;
-    json_t      *usage, *doc, *fr;
-    json_int_t   pt = 0, ct = 0;
-    const char  *finish = NULL;
+    u_char                     *p;
+    char                       *txt;
+    size_t                      tlen;
+    json_t                     *doc;
+    int64_t                     pt, ct;
+    ngx_http_request_t         *r = g->request;
+    ngx_http_cinematch_chat_t  *ch = g->data;
 
-    if (res != NULL) {
-        ngx_http_cinematch_set_model_version(r, res);
+    pt = g->prompt_tokens;
+    ct = g->completion_tokens;
 
-        fr = json_object_get(res, "finish_reason");
-        usage = json_object_get(res, "usage");
+    if (!g->stream) {
+        if (g->outcome != NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
+            /* failed before any byte was sent: a plain JSON error */
+            if (g->outcome == NGX_HTTP_CINEMATCH_GEN_FAILED
+                && g->status == CM_EINVAL)
+            {
+                return ngx_http_cinematch_send_invalid(r, "messages",
+                                               "rejected by the model server");
+            }
 
-        if (json_is_string(fr) && json_is_object(usage)) {
-            finish = json_string_value(fr);
-            pt = json_integer_value(json_object_get(usage, "prompt_tokens"));
-            ct = json_integer_value(json_object_get(usage,
-                                                    "completion_tokens"));
-        }
-    }
-
-    if (!ch->stream) {
-        if (finish == NULL) {
-            return NGX_DECLINED;
+            return ngx_http_cinematch_send_error(r,
+                       NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+                       g->outcome == NGX_HTTP_CINEMATCH_GEN_LOST
+                       ? "the inference daemon went away"
+                       : "no dialog model is available");
         }
 
         /* the head ends with ',': close it into an object to extend */
@@ -674,11 +860,12 @@ ngx_http_cinematch_chat_final(ngx_http_request_t *r,
         json_object_set_new(doc, "choices", json_pack("[{s:i, s:{s:s, s:s%},"
                             " s:s}]", "index", 0, "message", "role",
                             "assistant", "content",
-                            ch->text != NULL ? (char *) ch->text : "",
-                            ch->len, "finish_reason", finish));
+                            g->reply != NULL ? (char *) g->reply : "",
+                            g->len, "finish_reason", g->finish));
         json_object_set_new(doc, "usage", json_pack("{s:I, s:I, s:I}",
-                            "prompt_tokens", pt, "completion_tokens", ct,
-                            "total_tokens", pt + ct));
+                            "prompt_tokens", (json_int_t) pt,
+                            "completion_tokens", (json_int_t) ct,
+                            "total_tokens", (json_int_t) (pt + ct)));
         txt = json_dumps(doc, JSON_COMPACT);
         json_decref(doc);
 
@@ -701,12 +888,12 @@ ngx_http_cinematch_chat_final(ngx_http_request_t *r,
                                            p, tlen);
     }
 
-    p = ngx_http_cinematch_sse_reserve(&ch->sse, 3 * ch->head.len + 512);
+    p = ngx_http_cinematch_sse_reserve(&g->sse, 3 * ch->head.len + 512);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    if (finish == NULL) {
+    if (g->outcome != NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
         p = ngx_cpymem(p, "data: {\"error\":{\"code\":\"unavailable\","
                        "\"message\":\"the generation failed\"}}\n\n",
                        sizeof("data: {\"error\":{\"code\":\"unavailable\","
@@ -715,20 +902,19 @@ ngx_http_cinematch_chat_final(ngx_http_request_t *r,
     } else {
         p = ngx_sprintf(p, "data: %V\"choices\":[{\"index\":0,\"delta\":{},"
                         "\"finish_reason\":\"%s\"}]}\n\n", &ch->head,
-                        ngx_strcmp(finish, "length") == 0 ? "length"
-                                                          : "stop");
+                        g->finish);
         if (ch->usage) {
             p = ngx_sprintf(p, "data: %V\"choices\":[],\"usage\":{"
                             "\"prompt_tokens\":%L,\"completion_tokens\":%L,"
                             "\"total_tokens\":%L}}\n\n", &ch->head,
-                            (int64_t) pt, (int64_t) ct, (int64_t) (pt + ct));
+                            pt, ct, pt + ct);
         }
     }
 
     p = ngx_cpymem(p, "data: [DONE]\n\n", 14);
-    ngx_http_cinematch_sse_commit(&ch->sse, p);
+    ngx_http_cinematch_sse_commit(&g->sse, p);
 
-    return ngx_http_cinematch_sse_flush(&ch->sse, 1);
+    return ngx_http_cinematch_sse_flush(&g->sse, 1);
 }
 
 

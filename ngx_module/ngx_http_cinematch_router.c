@@ -23,6 +23,9 @@
 #if (NGX_HTTP_CINEMATCH_AUTH)
 #include "ngx_http_cinematch_auth.h"
 #endif
+#if (NGX_HTTP_CINEMATCH_CONVERSATIONS)
+#include "ngx_http_cinematch_chat.h"
+#endif
 #if (NGX_HTTP_CINEMATCH_SERVING)
 #include "ngx_http_cinematch_serving.h"
 #endif
@@ -89,6 +92,51 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 
     { NGX_HTTP_GET, ngx_string("/v1/models"),
       ngx_http_cinematch_models_list_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
+#endif
+
+#if (NGX_HTTP_CINEMATCH_CONVERSATIONS)
+    /* conversations with the dialog model
+     * (ngx_http_cinematch_api_conversations.c) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/conversations"),
+      ngx_http_cinematch_conv_create_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/conversations"),
+      ngx_http_cinematch_conv_list_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/conversations/{id}"),
+      ngx_http_cinematch_conv_get_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
+    { NGX_HTTP_PATCH, ngx_string("/api/v1/conversations/{id}"),
+      ngx_http_cinematch_conv_update_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
+    { NGX_HTTP_DELETE, ngx_string("/api/v1/conversations/{id}"),
+      ngx_http_cinematch_conv_delete_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/conversations/{id}/messages"),
+      ngx_http_cinematch_msg_create_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/conversations/{id}/export"),
+      ngx_http_cinematch_conv_export_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/messages/{id}/feedback"),
+      ngx_http_cinematch_feedback_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
 #endif
 
 #if (NGX_HTTP_CINEMATCH_AUTH)

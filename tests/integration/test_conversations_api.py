@@ -1,0 +1,613 @@
+"""Conversations (API.md "Chat") through nginx → PostgreSQL/Redis → shm →
+cinematch infer with a tiny dialog model trained for the test: CRUD and
+ownership, messages streamed as SSE or answered as JSON, persistence of
+complete / partial / error replies, context from Redis rebuilt from
+PostgreSQL, feedback, export, chat events, bad input."""
+
+import concurrent.futures
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+import harness
+from inferfixture import BIN, Infer
+from tokens import access_token, new_secret
+
+DB = "cm_conversations_api"
+
+
+class _Db:
+    def __init__(self, pg, dbname):
+        self.pg = pg
+        self.dbname = dbname
+
+    @property
+    def conninfo(self):
+        return (f"host=127.0.0.1 port={self.pg.port} user={self.pg.user} "
+                f"dbname={self.dbname} sslmode=disable connect_timeout=5")
+
+    def sql(self, text):
+        return self.pg.psql(text, dbname=self.dbname).strip()
+
+
+@pytest.fixture(scope="module")
+def db(backends):
+    backends.pg.psql(f"DROP DATABASE IF EXISTS {DB}", dbname="postgres")
+    backends.pg.psql(f"CREATE DATABASE {DB}", dbname="postgres")
+    d = _Db(backends.pg, DB)
+    subprocess.run([str(BIN), "migrate", "--dsn", d.conninfo, "--dir",
+                    str(harness.ROOT / "sql")], check=True, capture_output=True)
+    ids = d.sql("INSERT INTO users (email, password_hash) VALUES "
+                "('alice@example.com', 'x'), ('bob@example.com', 'x') "
+                "RETURNING id").split()
+    d.alice, d.bob = ids
+    # the registry row of the version the daemon reports (--dialog-version 3)
+    d.dialog_v3 = d.sql("INSERT INTO model_versions (model_name, version, "
+                        "artifact_path, artifact_sha256) VALUES ('dialog', 3, "
+                        "'/models/dialog/3', repeat('0', 64)) RETURNING id")
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+    out = workdir / "dialog-tiny-conv"
+    if not out.exists():
+        subprocess.run([str(BIN), "train", "dialog", "--corpus",
+                        str(harness.ROOT / "tests/fixtures/dialog/plain.txt"),
+                        "--out", str(out), "--steps", "20", "--config",
+                        "dialog-tiny"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def api(workdir, backends, db, model):
+    # 128 slots: 64 per nginx worker, so 50 concurrent streams fit even
+    # when one worker takes them all (no free slot is a 503 by design)
+    infer = Infer(workdir, name="infer-conv", slots=128, extra=[
+        "--dialog", str(model), "--dialog-version", "3", "--max-seqs", "16"])
+    infer.start()
+    secret = new_secret(BIN, workdir / "conv-jwt.secret")
+    ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
+                        http_extra=infer.directive
+                        + f"\ncinematch_jwt_secret_file {workdir / 'conv-jwt.secret'};",
+                        name="nginx-conv", workers=2)
+    ngx.alice = access_token(secret, sub=db.alice)
+    ngx.bob = access_token(secret, sub=db.bob)
+    ngx.infer = infer
+    ngx.db = db
+    ngx.redis = backends.redis
+    ngx.start()
+    harness.wait_for(lambda: ngx.json("GET", "/ready")[0] == 200, timeout=10,
+                     what="ready with the dialog model")
+    try:
+        yield ngx
+    finally:
+        ngx.stop()
+        infer.stop()
+    problems = ngx.log_problems()
+    assert not problems, "nginx logged alerts:\n" + "\n".join(problems)
+
+
+def call(api, method, path, doc=None, token=None, raw=None, who="alice"):
+    h = {"Authorization": f"Bearer {token or getattr(api, who)}"}
+    body = None
+    if doc is not None or raw is not None:
+        body = raw if raw is not None else json.dumps(doc).encode()
+        h["Content-Type"] = "application/json"
+    status, hdrs, data = api.request(method, path, body=body, headers=h,
+                                     timeout=30)
+    return status, hdrs, data
+
+
+def jcall(api, method, path, doc=None, **kw):
+    status, hdrs, data = call(api, method, path, doc, **kw)
+    return status, (json.loads(data) if data and
+                    hdrs.get("content-type", "").startswith("application/json")
+                    else data)
+
+
+def new_conv(api, title="Casablanca", who="alice"):
+    status, doc = jcall(api, "POST", "/api/v1/conversations",
+                        {"title": title} if title is not None else {}, who=who)
+    assert status == 201, doc
+    return doc["conversation"]["id"]
+
+
+def sse_events(raw):
+    """[(event, data-dict)] of an event stream; comments are skipped."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        ev, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                ev = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        if data:
+            out.append((ev, json.loads("\n".join(data))))
+    return out
+
+
+def msg(content="Where are you going?", **kw):
+    b = {"content": content, "max_tokens": 16, "seed": 7}
+    b.update(kw)
+    return b
+
+
+def redis(api, *args):
+    return subprocess.run(["redis-cli", "-p", str(api.redis.port), *args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+# --- conversations CRUD and ownership -------------------------------------
+
+def test_create_get_patch_delete(api):
+    status, doc = jcall(api, "POST", "/api/v1/conversations", {"title": "Été à Paris"})
+    assert status == 201, doc
+    c = doc["conversation"]
+    assert c["title"] == "Été à Paris" and c["model"] == "dialog"
+    assert c["created_at"].endswith("Z") and len(c["id"]) == 36
+
+    status, doc = jcall(api, "GET", f"/api/v1/conversations/{c['id']}")
+    assert status == 200 and doc["conversation"] == c and doc["messages"] == []
+
+    status, doc = jcall(api, "PATCH", f"/api/v1/conversations/{c['id']}",
+                        {"title": "Renamed"})
+    assert status == 200 and doc["conversation"]["title"] == "Renamed"
+    assert doc["conversation"]["updated_at"] >= c["updated_at"]
+
+    status, doc = jcall(api, "PATCH", f"/api/v1/conversations/{c['id']}",
+                        {"title": None})
+    assert status == 200 and doc["conversation"]["title"] is None
+
+    status, _, data = call(api, "DELETE", f"/api/v1/conversations/{c['id']}")
+    assert status == 204 and data == b""
+    assert jcall(api, "GET", f"/api/v1/conversations/{c['id']}")[0] == 404
+    assert call(api, "DELETE", f"/api/v1/conversations/{c['id']}")[0] == 404
+
+
+def test_create_without_title(api):
+    status, doc = jcall(api, "POST", "/api/v1/conversations", {})
+    assert status == 201 and doc["conversation"]["title"] is None
+
+
+def test_another_users_conversation_is_404(api):
+    cid = new_conv(api, "alice's")
+    for method, path, body in [
+            ("GET", f"/api/v1/conversations/{cid}", None),
+            ("PATCH", f"/api/v1/conversations/{cid}", {"title": "mine"}),
+            ("DELETE", f"/api/v1/conversations/{cid}", None),
+            ("GET", f"/api/v1/conversations/{cid}/export?format=md", None),
+            ("POST", f"/api/v1/conversations/{cid}/messages", msg(stream=False))]:
+        status, doc = jcall(api, method, path, body, who="bob")
+        assert status == 404, (method, path, doc)
+        assert doc["error"]["code"] == "not_found"
+    # nothing was changed or stored on bob's behalf
+    assert jcall(api, "GET", f"/api/v1/conversations/{cid}")[1]["conversation"]["title"] \
+        == "alice's"
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = '{cid}'") == "0"
+    listed = jcall(api, "GET", "/api/v1/conversations?limit=100", who="bob")[1]
+    assert cid not in [c["id"] for c in listed["conversations"]]
+
+
+@pytest.mark.parametrize("cid", ["nope", "00000000-0000-0000-0000-000000000000",
+                                 "0000000000000000000000000000000000zz"])
+def test_unknown_or_malformed_id_is_404(api, cid):
+    assert jcall(api, "GET", f"/api/v1/conversations/{cid}")[0] == 404
+    assert jcall(api, "POST", f"/api/v1/conversations/{cid}/messages", msg())[0] == 404
+
+
+def test_list_is_newest_first_with_cursor_pages(api):
+    status, hdrs, _ = call(api, "GET", "/api/v1/conversations", who="bob")
+    ids = [new_conv(api, f"page {i}", who="bob") for i in range(5)]
+    seen, cursor = [], None
+    for _ in range(5):
+        q = "/api/v1/conversations?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        status, doc = jcall(api, "GET", q, who="bob")
+        assert status == 200, doc
+        assert len(doc["conversations"]) <= 2
+        seen += [c["id"] for c in doc["conversations"]]
+        cursor = doc["next_cursor"]
+        if cursor is None:
+            break
+    mine = [i for i in seen if i in ids]
+    assert mine == list(reversed(ids))          # newest first, no repeats
+    assert len(seen) == len(set(seen))
+
+
+def test_a_message_moves_the_conversation_to_the_front(api):
+    a = new_conv(api, "older")
+    new_conv(api, "newer")
+    assert jcall(api, "POST", f"/api/v1/conversations/{a}/messages",
+                 msg(stream=False))[0] == 200
+    first = jcall(api, "GET", "/api/v1/conversations?limit=1")[1]["conversations"][0]
+    assert first["id"] == a
+
+
+@pytest.mark.parametrize("q,field", [("limit=0", "limit"), ("limit=101", "limit"),
+                                     ("cursor=abc", "cursor"),
+                                     ("cursor=12_not-a-uuid", "cursor")])
+def test_bad_list_parameters_are_422(api, q, field):
+    status, doc = jcall(api, "GET", f"/api/v1/conversations?{q}")
+    assert status == 422 and field in doc["error"]["fields"]
+
+
+@pytest.mark.parametrize("body,field", [({"title": "x" * 201}, "title"),
+                                        ({"title": 5}, "title"),
+                                        ({"name": "x"}, "name")])
+def test_bad_conversation_bodies_are_422(api, body, field):
+    status, doc = jcall(api, "POST", "/api/v1/conversations", body)
+    assert status == 422 and field in doc["error"]["fields"]
+
+
+def test_conversations_need_credentials(api):
+    status, _, raw = api.request("GET", "/api/v1/conversations")
+    assert status == 401
+
+
+# --- messages ---------------------------------------------------------------
+
+def test_streamed_message_framing_order_and_persistence(api):
+    cid = new_conv(api)
+    status, hdrs, raw = call(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                             msg(stream=True))
+    assert status == 200 and hdrs["content-type"] == "text/event-stream"
+    assert hdrs.get("x-accel-buffering") == "no"
+    events = sse_events(raw)
+    names = [e for e, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) <= {"token"}, names
+    text = "".join(d["text"] for e, d in events if e == "token")
+    done = events[-1][1]
+    assert done["finish_reason"] in ("stop", "length")
+    assert done["usage"]["prompt_tokens"] > 0
+    assert 0 < done["usage"]["completion_tokens"] <= 16
+
+    doc = jcall(api, "GET", f"/api/v1/conversations/{cid}")[1]
+    user, reply = doc["messages"]
+    assert user["role"] == "user" and user["content"] == "Where are you going?"
+    assert user["id"] == done["user_message_id"]
+    assert reply["id"] == done["message_id"] and reply["role"] == "assistant"
+    assert reply["content"] == text and reply["status"] == "complete"
+    assert reply["finish_reason"] == done["finish_reason"]
+    assert reply["completion_tokens"] == done["usage"]["completion_tokens"]
+    assert reply["latency_ms"] is not None and reply["latency_ms"] >= 0
+    assert api.db.sql(f"SELECT model_version_id FROM messages WHERE id = {reply['id']}") \
+        == api.db.dialog_v3
+
+
+def test_non_streamed_message_is_json_and_matches_the_stream(api):
+    cid = new_conv(api)
+    status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                        msg(stream=False))
+    assert status == 200, doc
+    m = doc
+    assert m["role"] == "assistant" and m["status"] == "complete"
+    assert m["conversation_id"] == cid and m["usage"]["completion_tokens"] > 0
+    # same seed, same context: the streamed reply is the same text
+    cid2 = new_conv(api)
+    raw = call(api, "POST", f"/api/v1/conversations/{cid2}/messages", msg())[2]
+    text = "".join(d["text"] for e, d in sse_events(raw) if e == "token")
+    assert text == m["content"]
+
+
+def test_context_comes_from_redis_and_is_rebuilt_from_postgres(api):
+    cid = new_conv(api)
+    key = f"cinematch:conv:{cid}:turns"
+    assert jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                 msg("first line", stream=False))[0] == 200
+    harness.wait_for(lambda: int(redis(api, "LLEN", key)) >= 1, timeout=5,
+                     what="context cached")
+    turns = redis(api, "LRANGE", key, "0", "-1").splitlines()
+    assert turns[0] == "first line"
+    first = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                  msg("second line", stream=False))[1]
+    # the same request with the cache dropped: rebuilt from PostgreSQL, the
+    # prompt is the same length
+    redis(api, "DEL", key)
+    api.db.sql(f"DELETE FROM messages WHERE conversation_id = '{cid}' AND id > "
+               f"(SELECT min(id) FROM messages WHERE conversation_id = '{cid}' "
+               f"AND role = 'assistant')")
+    second = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                   msg("second line", stream=False))[1]
+    assert second["usage"]["prompt_tokens"] == first["usage"]["prompt_tokens"]
+    harness.wait_for(lambda: int(redis(api, "LLEN", key)) >= 3, timeout=5,
+                     what="context rebuilt")
+    assert redis(api, "TTL", key).strip() != "-1"
+
+
+def test_deleting_a_conversation_drops_its_context(api):
+    cid = new_conv(api)
+    jcall(api, "POST", f"/api/v1/conversations/{cid}/messages", msg(stream=False))
+    key = f"cinematch:conv:{cid}:turns"
+    harness.wait_for(lambda: int(redis(api, "LLEN", key)) >= 1, timeout=5,
+                     what="context cached")
+    assert call(api, "DELETE", f"/api/v1/conversations/{cid}")[0] == 204
+    harness.wait_for(lambda: int(redis(api, "EXISTS", key)) == 0, timeout=5,
+                     what="context dropped")
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"content": ""}, "content"), ({"content": "  \n "}, "content"),
+    ({"content": "x" * 8193}, "content"), ({"content": 5}, "content"),
+    ({"temperature": 3}, "temperature"), ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 5000}, "max_tokens"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"seed": -1}, "seed"),
+    ({"stream": "yes"}, "stream"), ({"bogus": 1}, "bogus"),
+])
+def test_bad_messages_are_422_and_store_nothing(api, patch, field):
+    cid = new_conv(api)
+    b = msg()
+    b.update(patch)
+    status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages", b)
+    assert status == 422, doc
+    assert doc["error"]["code"] == "validation_failed" and field in doc["error"]["fields"]
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = '{cid}'") == "0"
+
+
+def test_non_utf8_and_100k_bodies_are_refused(api):
+    cid = new_conv(api)
+    raw = b'{"content": "caf\xe9", "stream": false}'
+    status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages", raw=raw)
+    assert status == 400 and doc["error"]["code"] == "invalid_request"
+    big = json.dumps(msg("x" * 100_000)).encode()
+    status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages", raw=big)
+    assert status in (413, 422), doc
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = '{cid}'") == "0"
+
+
+def _open_stream(api, cid, **kw):
+    s = socket.create_connection(("127.0.0.1", api.port), timeout=20)
+    payload = json.dumps(msg(**kw)).encode()
+    s.sendall(b"POST /api/v1/conversations/%s/messages HTTP/1.1\r\nHost: x\r\n"
+              b"Authorization: Bearer %s\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+              % (cid.encode(), api.alice.encode(), len(payload), payload))
+    buf = b""
+    while b"event: token" not in buf:
+        chunk = s.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    return s, buf
+
+
+def _long():
+    """Sampling that keeps the tiny model talking until its context is full
+    (64 tokens): it rarely ends its turn early."""
+    return dict(max_tokens=1024, temperature=2.0, top_k=0, top_p=1.0,
+                repetition_penalty=1.0)
+
+
+def _queue_empty(api):
+    return api.json("GET", "/ready")[2]["checks"]["inference"]["daemons"][0]["queue_depth"] == 0
+
+
+def _paused_mid_stream(api, seeds=range(1, 40)):
+    """A stream whose first token arrived and whose daemon was then paused
+    (SIGSTOP) before the generation ended: (socket, bytes so far, cid).
+    The tiny model is fast, so some seeds finish first; those are skipped.
+    The caller sends SIGCONT (within the 2 s heartbeat) or kills."""
+    for seed in seeds:
+        cid = new_conv(api)
+        s, buf = _open_stream(api, cid, seed=seed, **_long())
+        api.infer.proc.send_signal(signal.SIGSTOP)
+        s.settimeout(0.2)
+        try:
+            while b"event: done" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        except socket.timeout:
+            pass
+        if b"event: done" not in buf:
+            return s, buf, cid
+        api.infer.proc.send_signal(signal.SIGCONT)
+        s.close()
+    pytest.fail("every generation ended before the daemon could be paused")
+
+
+def test_client_disconnect_saves_a_partial_reply_and_frees_the_sequence(api):
+    s, buf, cid = _paused_mid_stream(api)
+    try:
+        s.close()
+        harness.wait_for(lambda: api.db.sql(
+            f"SELECT count(*) FROM messages WHERE conversation_id = '{cid}' "
+            "AND role = 'assistant'") == "1", timeout=1.5, what="reply stored")
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    row = api.db.sql(f"SELECT status, finish_reason, latency_ms IS NOT NULL "
+                     f"FROM messages WHERE {where}")
+    assert row == "partial|cancel|t", row
+    content = bytes.fromhex(api.db.sql(
+        f"SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM messages "
+        f"WHERE {where}")).decode()
+    # what the client saw is a prefix of what was kept
+    seen = "".join(d["text"] for e, d in sse_events(_sse_body(buf)) if e == "token")
+    assert seen and content.startswith(seen), (seen, content)
+    harness.wait_for(lambda: _queue_empty(api), timeout=5,
+                     what="daemon sequence freed")
+    # the user message was stored before generation
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = '{cid}' "
+                      "AND role = 'user'") == "1"
+
+
+def _sse_body(raw):
+    """The event stream of a raw chunked HTTP/1.1 response."""
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    out = b""
+    while body:
+        line, _, rest = body.partition(b"\r\n")
+        try:
+            n = int(line, 16)
+        except ValueError:
+            break
+        if n == 0:
+            break
+        out += rest[:n]
+        body = rest[n + 2:]
+    return out
+
+
+def test_50_concurrent_streams_all_complete_and_are_stored(api):
+    cids = [new_conv(api, f"crowd {i}") for i in range(50)]
+
+    def one(cid):
+        status, _, raw = call(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                              msg(max_tokens=24, seed=None))
+        return status, sse_events(raw)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, cids))
+    for status, events in results:
+        assert status == 200
+        assert events and events[-1][0] == "done", events[-3:]
+    stored = api.db.sql("SELECT count(*) FROM messages WHERE role = 'assistant' AND "
+                        "status = 'complete' AND conversation_id IN ("
+                        + ",".join(f"'{c}'" for c in cids) + ")")
+    assert stored == "50"
+    harness.wait_for(lambda: _queue_empty(api), timeout=5, what="queue drained")
+
+
+def test_feedback_on_own_assistant_messages(api):
+    cid = new_conv(api)
+    m = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+              msg(stream=False))[1]
+    status, doc = jcall(api, "POST", f"/api/v1/messages/{m['id']}/feedback",
+                        {"rating": 1, "comment": "très bien"})
+    assert status == 200, doc
+    assert doc["feedback"]["rating"] == 1 and doc["feedback"]["comment"] == "très bien"
+    # voting again updates the vote
+    status, doc = jcall(api, "POST", f"/api/v1/messages/{m['id']}/feedback",
+                        {"rating": -1})
+    assert status == 200 and doc["feedback"]["rating"] == -1
+    assert doc["feedback"]["comment"] is None
+    msgs = jcall(api, "GET", f"/api/v1/conversations/{cid}")[1]["messages"]
+    assert msgs[1]["feedback"] == -1
+    # another user's message, the user's own prompt, an unknown id: 404
+    assert jcall(api, "POST", f"/api/v1/messages/{m['id']}/feedback", {"rating": 1},
+                 who="bob")[0] == 404
+    assert jcall(api, "POST", f"/api/v1/messages/{msgs[0]['id']}/feedback",
+                 {"rating": 1})[0] == 404
+    assert jcall(api, "POST", "/api/v1/messages/999999999/feedback", {"rating": 1})[0] == 404
+    assert jcall(api, "POST", "/api/v1/messages/abc/feedback", {"rating": 1})[0] == 404
+    for bad in ({"rating": 0}, {"rating": "up"}, {"rating": 1, "comment": "x" * 2001},
+                {"rating": 1, "extra": True}):
+        assert jcall(api, "POST", f"/api/v1/messages/{m['id']}/feedback", bad)[0] == 422
+
+
+def test_chat_events_reach_the_stream(api):
+    cid = new_conv(api)
+    m = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+              msg(stream=False))[1]
+    jcall(api, "POST", f"/api/v1/messages/{m['id']}/feedback", {"rating": 1})
+
+    def events():
+        out = redis(api, "--no-raw", "XRANGE", "cinematch:chat.events", "-", "+")
+        return out
+
+    harness.wait_for(lambda: f'"{m["id"]}"' in events() and "feedback" in events(),
+                     timeout=5, what="events")
+    raw = redis(api, "XRANGE", "cinematch:chat.events", "-", "+")
+    assert "message.created" in raw and "generation.finished" in raw
+    assert "feedback" in raw and cid in raw
+
+
+def test_export_json_and_markdown(api):
+    cid = new_conv(api, "Export me")
+    jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+          msg("# Hello, wörld", stream=False))
+    status, hdrs, raw = call(api, "GET", f"/api/v1/conversations/{cid}/export?format=json")
+    assert status == 200 and hdrs["content-type"].startswith("application/json")
+    assert f'filename="conversation-{cid}.json"' in hdrs["content-disposition"]
+    doc = json.loads(raw)
+    assert doc["conversation"]["title"] == "Export me" and len(doc["messages"]) == 2
+    status, hdrs, raw = call(api, "GET", f"/api/v1/conversations/{cid}/export?format=md")
+    assert status == 200 and hdrs["content-type"].startswith("text/markdown")
+    md = raw.decode("utf-8")
+    assert md.startswith("# Export me\n") and "## You" in md and "## Assistant" in md
+    assert "\\# Hello, wörld" in md
+    status, doc = jcall(api, "GET", f"/api/v1/conversations/{cid}/export?format=docx")
+    assert status == 422 and "format" in doc["error"]["fields"]
+
+
+def test_export_pdf_renders_utf8(api, workdir):
+    cid = new_conv(api, "Été à Paris")
+    jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+          msg("Ça va? Ελληνικά, русский", stream=False))
+    status, hdrs, raw = call(api, "GET", f"/api/v1/conversations/{cid}/export?format=pdf")
+    if status == 422:
+        pytest.skip("module built without libharu (libhpdf-dev): "
+                    + json.loads(raw)["error"]["fields"]["format"])
+    assert status == 200, raw[:300]
+    assert hdrs["content-type"] == "application/pdf"
+    assert f'filename="conversation-{cid}.pdf"' in hdrs["content-disposition"]
+    assert raw.startswith(b"%PDF-") and b"%%EOF" in raw[-64:]
+    assert b"/FontFile2" in raw          # the TrueType font is embedded
+    if shutil.which("pdftotext") is None:
+        return                           # text check needs poppler-utils
+    f = workdir / f"{cid}.pdf"
+    f.write_bytes(raw)
+    text = subprocess.run(["pdftotext", str(f), "-"], capture_output=True,
+                          text=True).stdout
+    assert "Été à Paris" in text and "Ça va? Ελληνικά, русский" in text
+
+
+def test_messages_work_while_redis_is_down(api):
+    """Redis holds only what may be lost: without it the context comes from
+    PostgreSQL and the reply is stored all the same."""
+    cid = new_conv(api)
+    first = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                  msg("first line", stream=False))[1]
+    api.redis.stop()
+    try:
+        status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                            msg("second line", stream=False))
+        assert status == 200, doc
+        assert doc["status"] == "complete"
+        # the prompt holds both turns and the first reply: longer than before
+        assert doc["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+    finally:
+        api.redis.start()
+        harness.wait_for(lambda: all(api.json("GET", "/ready")[0] == 200
+                                     for _ in range(6)),
+                         timeout=15, what="Redis back in every worker")
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = "
+                      f"'{cid}'") == "4"
+
+
+# --- last: kills the daemon ---------------------------------------------------
+
+def test_daemon_killed_mid_stream_gives_an_error_event_and_keeps_the_user_message(api):
+    s, buf, cid = _paused_mid_stream(api)
+    api.infer.kill9()
+    s.settimeout(20)
+    while not buf.endswith(b"\r\n0\r\n\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    events = sse_events(_sse_body(buf))
+    names = [e for e, _ in events]
+    assert names[0] == "token" and names[-1] == "error", names
+    assert set(names[:-1]) == {"token"}
+    err = events[-1][1]
+    assert err["error"]["code"] == "unavailable"
+    rows = api.db.sql(f"SELECT role, status, finish_reason, error IS NOT NULL "
+                      f"FROM messages WHERE conversation_id = '{cid}' "
+                      f"ORDER BY id").splitlines()
+    assert rows == ["user|complete||f", "assistant|error|error|t"], rows
+    assert err["message_id"] > err["user_message_id"] > 0
+    # with no daemon a new message is 503, and the user message is kept
+    status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                        msg(stream=False))
+    assert status == 503 and doc["error"]["user_message_id"] > 0
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = "
+                      f"'{cid}' AND role = 'user'") == "2"
