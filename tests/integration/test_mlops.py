@@ -157,6 +157,67 @@ def test_initial_load_holds_out_latest_ratings_per_user(env):
         == "1:9 1:10 3:5"
 
 
+def test_ingest_binary_copy_keeps_exact_ratings_and_timestamps(env):
+    env.run("ingest", "--movies", os.path.join(FIX, "ingest", "movies.csv"),
+            "--data", os.path.join(FIX, "ingest", "ratings_bad.csv"), check=True)
+    assert env.sql("SELECT string_agg(rating::text || '@' || extract(epoch FROM ts)"
+                   "::bigint, ' ' ORDER BY id) FROM ratings_buffer") == \
+        "4.0@964982703 3.5@964982704 2.5@964982711 1.0@964982712"
+    env.sql("INSERT INTO movies (movie_id, title) SELECT g, 'm' || g FROM"
+            " generate_series(1, 10) g ON CONFLICT DO NOTHING")
+    env.run("ingest", "--target", "ratings", "--data",
+            os.path.join(FIX, "ingest", "ratings_split.csv"), check=True)
+    # 1970: before PostgreSQL's epoch, negative microseconds on the wire
+    assert env.sql("SELECT string_agg(rating::text || '@' || extract(epoch FROM ts)"
+                   "::bigint, ' ' ORDER BY movie_id) FROM ratings WHERE user_id = 1"
+                   " AND movie_id <= 3") == "4.0@1000 4.5@1001 3.0@1002"
+
+
+def rejects_fk(env, sql):
+    with pytest.raises(Exception) as e:
+        env.sql(sql)
+    assert "foreign key" in getattr(e.value, "stderr", str(e.value))
+
+
+# migration 009 replaced the per-row foreign keys of ratings and
+# ratings_buffer with statement-level checks: the same guarantees, once
+def test_rating_references_are_checked_once_per_statement(env):
+    env.sql("INSERT INTO movies (movie_id, title) VALUES (1, 'a'), (2, 'b')")
+    for table, extra in (("ratings", ""), ("ratings_buffer", ", 'app'")):
+        cols = "user_id, movie_id, rating, ts" + (", source" if extra else "")
+        rejects_fk(env, f"INSERT INTO {table} ({cols}) VALUES"
+                        f" (1, 1, 4, now(){extra}), (1, 77, 4, now(){extra})")
+        assert env.sql(f"SELECT count(*) FROM {table}") == "0"
+        env.sql(f"INSERT INTO {table} ({cols}) VALUES (1, 1, 4, now(){extra}),"
+                f" (2, 2, 3, now(){extra})")
+        rejects_fk(env, f"UPDATE {table} SET movie_id = 88 WHERE user_id = 2")
+    rejects_fk(env, "INSERT INTO ratings (user_id, movie_id, rating, ts, batch_id)"
+                    " VALUES (5, 1, 4, now(), 4242)")
+    rejects_fk(env, "INSERT INTO ratings_buffer (user_id, movie_id, rating, ts,"
+                    " source, batch_id) VALUES (5, 1, 4, now(), 'dataset', 4242)")
+    rejects_fk(env, "UPDATE movies SET movie_id = 9 WHERE movie_id = 1")
+
+
+def test_deleting_a_movie_or_batch_acts_like_the_old_foreign_keys(env):
+    env.sql("INSERT INTO movies (movie_id, title) VALUES (1, 'a'), (2, 'b')")
+    bid = env.sql("INSERT INTO ingestion_batches (file_name, file_sha256,"
+                  " file_bytes, format) VALUES ('f', repeat('b', 64), 1,"
+                  " 'ml-csv') RETURNING id").splitlines()[0]
+    env.sql(f"""INSERT INTO ratings (user_id, movie_id, rating, ts, batch_id)
+                VALUES (1, 1, 4, now(), {bid}), (1, 2, 3, now(), {bid});
+                INSERT INTO ratings_buffer (user_id, movie_id, rating, ts,
+                source, batch_id) VALUES (1, 1, 4, now(), 'dataset', {bid}),
+                (1, 2, 3, now(), 'dataset', {bid}), (2, 2, 5, now(), 'app', NULL)""")
+    env.sql("DELETE FROM movies WHERE movie_id = 1")     # ON DELETE CASCADE
+    assert env.sql("SELECT count(*) FROM ratings WHERE movie_id = 1") == "0"
+    assert env.sql("SELECT count(*) FROM ratings_buffer WHERE movie_id = 1") == "0"
+    env.sql(f"DELETE FROM ingestion_batches WHERE id = {bid}")
+    # ratings: SET NULL; ratings_buffer: CASCADE
+    assert env.sql("SELECT movie_id || ':' || coalesce(batch_id::text, 'null')"
+                   " FROM ratings") == "2:null"
+    assert env.sql("SELECT user_id || ':' || source FROM ratings_buffer") == "2:app"
+
+
 def test_ingest_usage_errors_exit_2(env):
     assert env.run("ingest").returncode == 2
     assert env.run("ingest", "--data", "x", "--target", "nowhere").returncode == 2
