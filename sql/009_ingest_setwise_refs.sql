@@ -15,7 +15,11 @@
 --
 -- Also dropped: ratings_buffer_user_idx.  No query reads ratings_buffer by
 -- (user_id, ts) (the app's own ratings are read from ratings), and keeping
--- it cost about as much per ingested row as the heap insert itself.
+-- it cost about as much per ingested row as the heap insert itself.  And
+-- ratings_buffer_batch_idx becomes a BRIN index: a batch's rows are
+-- appended together, so block ranges find them (the cascade below, a
+-- batch's rows) at next to no cost per insert, where the btree cost about
+-- 0.5 us of CPU per row (a third of the heap insert).
 
 ALTER TABLE ratings
     DROP CONSTRAINT ratings_movie_id_fkey,
@@ -24,6 +28,8 @@ ALTER TABLE ratings_buffer
     DROP CONSTRAINT ratings_buffer_movie_id_fkey,
     DROP CONSTRAINT ratings_buffer_batch_id_fkey;
 DROP INDEX ratings_buffer_user_idx;
+DROP INDEX ratings_buffer_batch_idx;
+CREATE INDEX ratings_buffer_batch_brin ON ratings_buffer USING brin (batch_id);
 
 
 -- New or changed rows of ratings / ratings_buffer (transition table
@@ -32,37 +38,40 @@ DROP INDEX ratings_buffer_user_idx;
 CREATE FUNCTION cm_rating_refs_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    n_want     bigint;
-    n_batches  bigint;
-    n_have     bigint;
-    bad        bigint;
+    mids    integer[];
+    bids    bigint[];
+    n_have  bigint;
+    bad     bigint;
 BEGIN
-    SELECT count(DISTINCT movie_id), count(DISTINCT batch_id)
-      INTO n_want, n_batches FROM cm_new;
-    IF n_want > 0 THEN
-        SELECT count(*) INTO n_have FROM (
-            SELECT 1 FROM movies m
-             WHERE m.movie_id IN (SELECT movie_id FROM cm_new)
-               FOR KEY SHARE OF m) x;
-        IF n_have < n_want THEN
-            SELECT n.movie_id INTO bad FROM cm_new n
-             WHERE NOT EXISTS (SELECT 1 FROM movies m
-                                WHERE m.movie_id = n.movie_id) LIMIT 1;
-            RAISE foreign_key_violation USING MESSAGE = format(
-                'insert or update on table "%s" violates foreign key: '
-                'movie_id %s is not in movies', TG_TABLE_NAME, bad);
-        END IF;
+    -- the distinct keys of both columns in one pass over the new rows
+    -- (hashed grouping sets; count(DISTINCT) would sort every row)
+    SELECT coalesce(array_agg(movie_id) FILTER (WHERE gm = 0), '{}'),
+           coalesce(array_agg(batch_id) FILTER (WHERE gb = 0
+                                                AND batch_id IS NOT NULL), '{}')
+      INTO mids, bids
+      FROM (SELECT movie_id, batch_id, GROUPING(movie_id) AS gm,
+                   GROUPING(batch_id) AS gb
+              FROM cm_new GROUP BY GROUPING SETS ((movie_id), (batch_id))) g;
+
+    PERFORM 1 FROM movies m WHERE m.movie_id = ANY (mids) FOR KEY SHARE OF m;
+    GET DIAGNOSTICS n_have = ROW_COUNT;
+    IF n_have < cardinality(mids) THEN
+        SELECT x INTO bad FROM unnest(mids) x
+         WHERE NOT EXISTS (SELECT 1 FROM movies m WHERE m.movie_id = x)
+         LIMIT 1;
+        RAISE foreign_key_violation USING MESSAGE = format(
+            'insert or update on table "%s" violates foreign key: '
+            'movie_id %s is not in movies', TG_TABLE_NAME, bad);
     END IF;
-    IF n_batches > 0 THEN
-        SELECT count(*) INTO n_have FROM (
-            SELECT 1 FROM ingestion_batches b
-             WHERE b.id IN (SELECT batch_id FROM cm_new)
-               FOR KEY SHARE OF b) x;
-        IF n_have < n_batches THEN
-            SELECT n.batch_id INTO bad FROM cm_new n
-             WHERE n.batch_id IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM ingestion_batches b
-                                WHERE b.id = n.batch_id) LIMIT 1;
+
+    IF cardinality(bids) > 0 THEN
+        PERFORM 1 FROM ingestion_batches b WHERE b.id = ANY (bids)
+            FOR KEY SHARE OF b;
+        GET DIAGNOSTICS n_have = ROW_COUNT;
+        IF n_have < cardinality(bids) THEN
+            SELECT x INTO bad FROM unnest(bids) x
+             WHERE NOT EXISTS (SELECT 1 FROM ingestion_batches b
+                                WHERE b.id = x) LIMIT 1;
             RAISE foreign_key_violation USING MESSAGE = format(
                 'insert or update on table "%s" violates foreign key: '
                 'batch_id %s is not in ingestion_batches', TG_TABLE_NAME,

@@ -173,6 +173,25 @@ def test_ingest_binary_copy_keeps_exact_ratings_and_timestamps(env):
                    " AND movie_id <= 3") == "4.0@1000 4.5@1001 3.0@1002"
 
 
+def test_loading_ratings_again_keeps_the_newer_rating(env):
+    # the initial load upserts with an UPDATE join and an anti-join INSERT
+    # (no ON CONFLICT): the rule stays "a newer rating replaces the older"
+    env.sql("INSERT INTO movies (movie_id, title) SELECT g, 'm' || g FROM"
+            " generate_series(1, 3) g")
+    first = env.tmp / "r1.csv"
+    first.write_text("userId,movieId,rating,timestamp\n1,1,4.0,1000\n1,2,3.0,1000\n")
+    second = env.tmp / "r2.csv"
+    second.write_text("userId,movieId,rating,timestamp\n1,1,2.0,2000\n"
+                      "1,2,5.0,500\n1,3,1.5,1500\n")
+    env.run("ingest", "--target", "ratings", "--data", str(first), check=True)
+    env.run("ingest", "--target", "ratings", "--data", str(second), check=True)
+    assert env.sql("SELECT string_agg(movie_id || ':' || rating || ':' ||"
+                   " extract(epoch FROM ts)::bigint || ':' || (b.file_name LIKE"
+                   " '%r2.csv')::text, ' ' ORDER BY movie_id) FROM ratings r JOIN"
+                   " ingestion_batches b ON b.id = r.batch_id") == \
+        "1:2.0:2000:true 2:3.0:1000:false 3:1.5:1500:true"
+
+
 def rejects_fk(env, sql):
     with pytest.raises(Exception) as e:
         env.sql(sql)
