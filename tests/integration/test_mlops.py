@@ -167,6 +167,11 @@ def test_ingest_binary_copy_keeps_exact_ratings_and_timestamps(env):
             " generate_series(1, 10) g ON CONFLICT DO NOTHING")
     env.run("ingest", "--target", "ratings", "--data",
             os.path.join(FIX, "ingest", "ratings_split.csv"), check=True)
+    # the load into the empty table dropped and rebuilt its secondary
+    # indexes: all of them are back
+    assert env.sql("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM"
+                   " pg_indexes WHERE tablename = 'ratings'") == \
+        "ratings_movie_idx,ratings_pkey,ratings_split_idx"
     # 1970: before PostgreSQL's epoch, negative microseconds on the wire
     assert env.sql("SELECT string_agg(rating::text || '@' || extract(epoch FROM ts)"
                    "::bigint, ' ' ORDER BY movie_id) FROM ratings WHERE user_id = 1"
