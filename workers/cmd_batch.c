@@ -18,7 +18,9 @@
  *     batch_job_results and writes the others with ON CONFLICT DO NOTHING,
  *     so a result is written once however often its item is computed;
  *   - progress (items_done / items_failed) is recounted from the result
- *     rows after each chunk, never incremented, so it cannot double count.
+ *     rows after each chunk, never incremented, so it cannot double count;
+ *   - a job row that never reached the stream (nginx died between the
+ *     INSERT and the XADD) is queued again after a minute.
  *
  * Predictions come from the registry's production recsys model through
  * cm_rs_server_predict(), the function `cinematch infer` answers
@@ -83,6 +85,7 @@ static int cm_batch_main(int argc, char **argv);
 static void cm_batch_usage(FILE *f);
 static int cm_batch_connect(cm_batch_t *b);
 static int cm_batch_round(cm_batch_t *b, int *idle);
+static int cm_batch_requeue(cm_batch_t *b);
 static int cm_batch_entries(cm_batch_t *b, redisReply *entries, int *n);
 static int cm_batch_entry(cm_batch_t *b, const char *id, redisReply *fields);
 static int cm_batch_job(cm_batch_t *b, const char *entry, const char *job);
@@ -364,6 +367,10 @@ cm_batch_round(cm_batch_t *b, int *idle)
     int          n, rc = CM_OK, guard;
 
     *idle = 1;
+    rc = cm_batch_requeue(b);
+    if (rc != CM_OK) {
+        return rc;
+    }
     snprintf(next, sizeof(next), "0-0");
     snprintf(idle_s, sizeof(idle_s), "%ld", b->cli->claim_idle_ms);
     for (guard = 0; guard < 1000 && !cm_batch_stop; guard++) {
@@ -432,6 +439,59 @@ cm_batch_round(cm_batch_t *b, int *idle)
     }
     freeReplyObject(r);
     return rc;
+}
+
+
+/*
+ * A job whose row was committed but whose XADD never happened (nginx died
+ * in between; a refused XADD marks the job failed instead) would wait
+ * forever: after a minute without a stream id it is put on the stream
+ * again.  A job that was queued but
+ * whose stream id failed to be stored may so run twice; its results are
+ * written once all the same.
+ */
+static int
+cm_batch_requeue(cm_batch_t *b)
+{
+    PGresult    *r, *u;
+    redisReply  *rr;
+    const char  *v[2];
+    int          i;
+
+    r = cm_pg_query(b->pg, "SELECT id::text FROM batch_jobs WHERE status ="
+                    " 'queued' AND stream_id IS NULL AND created_at < now()"
+                    " - interval '1 minute' ORDER BY created_at LIMIT 100",
+                    0, NULL, b->err, sizeof(b->err));
+    if (r == NULL) {
+        return CM_EIO;
+    }
+    for (i = 0; i < PQntuples(r); i++) {
+        rr = redisCommand(b->rd, "XADD %s * job %s model recsys",
+                          b->cli->stream, PQgetvalue(r, i, 0));
+        if (rr == NULL || rr->type != REDIS_REPLY_STRING) {
+            cm_seterr(b->err, sizeof(b->err), CM_EIO, "XADD: %s",
+                      rr == NULL ? b->rd->errstr
+                      : (rr->type == REDIS_REPLY_ERROR ? rr->str
+                                                       : "bad reply"));
+            freeReplyObject(rr);
+            PQclear(r);
+            return CM_EIO;
+        }
+        v[0] = PQgetvalue(r, i, 0);
+        v[1] = rr->str;
+        u = cm_pg_query(b->pg, "UPDATE batch_jobs SET stream_id = $2 WHERE"
+                        " id = $1::uuid", 2, v, b->err, sizeof(b->err));
+        cm_warn("batch: job %s had never been queued; queued as %s", v[0],
+                rr->str);
+        freeReplyObject(rr);
+        if (u == NULL) {
+            PQclear(r);
+            return CM_EIO;
+        }
+        PQclear(u);
+    }
+    PQclear(r);
+    return CM_OK;
 }
 
 

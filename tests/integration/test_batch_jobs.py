@@ -181,6 +181,21 @@ def test_killed_consumer_is_taken_over_and_results_written_once(stack):
                         f" batch_job_results WHERE job_id = '{job}'") == "30|30"
 
 
+def test_job_that_never_reached_the_stream_is_queued_again(stack):
+    # nginx died between the INSERT and the XADD: a row, no stream entry
+    job = stack.db.sql("INSERT INTO batch_jobs (user_id, model_name, input,"
+                       " items_total, created_at) VALUES (1, 'recsys',"
+                       " '{\"items\": [{\"user_id\": 4, \"movie_ids\": [1, 2]}]}',"
+                       " 1, now() - interval '2 minutes') RETURNING id").splitlines()[0]
+    r = consumer(stack, "--once")
+    assert "never been queued" in r.stderr + r.stdout
+    status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}")
+    assert doc["status"] == "succeeded", doc
+    assert doc["result"][0]["user_id"] == 4
+    assert stack.db.sql(f"SELECT stream_id IS NOT NULL FROM batch_jobs WHERE id = '{job}'") \
+        == "t"
+
+
 def test_jobs_are_visible_to_their_owner_and_admins_only(stack):
     job = submit(stack, {"items": items(1)}, user=1)
     assert stack.call("GET", f"/api/v1/jobs/{job}", user=1)[0] == 200
