@@ -11,7 +11,9 @@
 -- statement with SQLSTATE 23503 when a key is missing.  The actions of the
 -- old keys (ON DELETE CASCADE / SET NULL) become statement triggers on the
 -- referenced tables; changing a referenced key is refused, as NO ACTION
--- did.
+-- did.  Like the foreign keys' own triggers, the functions run as the
+-- schema owner (SECURITY DEFINER, search_path pinned to the one of this
+-- migration): a writer needs no rights on movies or ingestion_batches.
 --
 -- Also dropped: ratings_buffer_user_idx.  No query reads ratings_buffer by
 -- (user_id, ts) (the app's own ratings are read from ratings), and keeping
@@ -36,7 +38,7 @@ CREATE INDEX ratings_buffer_batch_brin ON ratings_buffer USING brin (batch_id);
 -- cm_new): every movie_id in movies, every non-null batch_id in
 -- ingestion_batches.
 CREATE FUNCTION cm_rating_refs_check() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     mids    integer[];
     bids    bigint[];
@@ -98,7 +100,7 @@ CREATE TRIGGER ratings_buffer_refs_upd AFTER UPDATE ON ratings_buffer
 
 -- ON DELETE CASCADE of both tables' movie_id.
 CREATE FUNCTION cm_movies_deleted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM ratings WHERE movie_id IN (SELECT movie_id FROM cm_old);
     DELETE FROM ratings_buffer
@@ -114,7 +116,7 @@ CREATE TRIGGER movies_ratings_cascade AFTER DELETE ON movies
 
 -- ratings.batch_id ON DELETE SET NULL, ratings_buffer.batch_id CASCADE.
 CREATE FUNCTION cm_batches_deleted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     UPDATE ratings SET batch_id = NULL
      WHERE batch_id IN (SELECT id FROM cm_old);
@@ -131,7 +133,7 @@ CREATE TRIGGER ingestion_batches_ratings_cascade
 
 -- NO ACTION on key changes: a referenced movie_id / batch id stays.
 CREATE FUNCTION cm_rating_key_kept() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     IF TG_TABLE_NAME = 'movies' AND (
            EXISTS (SELECT 1 FROM ratings WHERE movie_id = OLD.movie_id)

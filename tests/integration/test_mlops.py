@@ -222,6 +222,25 @@ def test_rating_references_are_checked_once_per_statement(env):
     rejects_fk(env, "UPDATE movies SET movie_id = 9 WHERE movie_id = 1")
 
 
+def test_reference_checks_need_no_rights_on_the_referenced_tables(env):
+    # as with a foreign key, a role that may only insert ratings can insert
+    # them: the check (and its FOR KEY SHARE lock) runs as the owner
+    role = f"cm_only_insert_{env.db}"
+    env.sql(f"""INSERT INTO movies (movie_id, title) VALUES (1, 'a');
+                DROP ROLE IF EXISTS {role}; CREATE ROLE {role};
+                GRANT INSERT ON ratings_buffer TO {role};
+                SET ROLE {role};
+                INSERT INTO ratings_buffer (user_id, movie_id, rating, ts, source)
+                VALUES (1, 1, 4, now(), 'app');
+                RESET ROLE;""")
+    assert env.sql("SELECT count(*) FROM ratings_buffer") == "1"
+    with pytest.raises(Exception) as e:
+        env.sql(f"SET ROLE {role}; INSERT INTO ratings_buffer (user_id, movie_id,"
+                " rating, ts, source) VALUES (1, 5, 4, now(), 'app')")
+    assert "foreign key" in getattr(e.value, "stderr", str(e.value))
+    env.sql(f"REVOKE ALL ON ratings_buffer FROM {role}; DROP ROLE {role}")
+
+
 def test_deleting_a_movie_or_batch_acts_like_the_old_foreign_keys(env):
     env.sql("INSERT INTO movies (movie_id, title) VALUES (1, 'a'), (2, 'b')")
     bid = env.sql("INSERT INTO ingestion_batches (file_name, file_sha256,"
