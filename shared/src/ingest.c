@@ -504,7 +504,11 @@ cm_be32(unsigned char *p, uint32_t v)
 size_t
 cm_pgcopy_header(unsigned char *out)
 {
-    memcpy(out, "PGCOPY\n\377\r\n\0", 11);
+    /* "PGCOPY\n\377\r\n\0": bytes, not a string (it ends in NUL) */
+    static const unsigned char  sig[11] = { 'P', 'G', 'C', 'O', 'P', 'Y',
+                                            '\n', 0xff, '\r', '\n', 0 };
+
+    memcpy(out, sig, sizeof(sig));
     cm_be32(out + 11, 0);       /* flags: no OIDs */
     cm_be32(out + 15, 0);       /* header extension length */
     return CM_PGCOPY_HEADER_LEN;
