@@ -64,7 +64,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
       nginx ca-certificates libpq5 libhiredis0.14 libjansson4 libopenblas0-pthread \
-      liblapacke libsodium23 libpcre2-8-0 libssl3 tini \
+      liblapacke libsodium23 libpcre2-8-0 libssl3 libcurl4 tini \
  && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
  && useradd --system --user-group --home-dir /var/lib/cinematch --shell /usr/sbin/nologin cinematch \
  && usermod -aG cinematch www-data \

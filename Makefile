@@ -8,7 +8,7 @@
 
 CC       ?= cc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-PKGS     := libpq hiredis jansson libsodium libpcre2-8 libjwt openblas
+PKGS     := libpq hiredis jansson libsodium libpcre2-8 libjwt openblas libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS)) -llapacke
 

@@ -30,7 +30,7 @@ DEPS=(
     postgresql libpq-dev redis-server libhiredis-dev
     libjansson-dev libopenblas-dev liblapacke-dev libcmocka-dev
     libjwt-dev libsodium-dev libpcre2-dev libcurl4-openssl-dev libsystemd-dev
-    prometheus wrk python3 python3-pytest
+    prometheus wrk python3 python3-pytest python3-aiosmtpd
     clang lcov cppcheck clang-tidy
 )
 

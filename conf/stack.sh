@@ -329,6 +329,45 @@ seed_data() {
     fi
 }
 
+# A demo account with a few ratings, so a newcomer can log in and get
+# personal recommendations at once: its ratings are app ratings (as PUT
+# /api/v1/ratings stores them), which the daemon folds in when it loads.
+# Made once; the credentials stay in $VAR/secrets/demo_user.
+DEMO_EMAIL=demo@cinematch.local
+
+demo_user() {
+    local pw rid sql
+    [ -f "$VAR/secrets/demo_user" ] && return 0
+    "$BIN" user create --help >/dev/null 2>&1 || return 0
+    pw=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
+    if ! printf '%s' "$pw" | "$BIN" user create --email "$DEMO_EMAIL" \
+            --password-stdin --display-name "Demo" --dsn "$(pg_dsn)" \
+            >>"$LOG/demo-user.log" 2>&1; then
+        warn "demo user not created (log: $LOG/demo-user.log)"
+        return 0
+    fi
+    rid=$(as_svc "$PG_BIN/psql" "$(pg_dsn)" -tAc "SELECT rating_user_id FROM users
+            WHERE email = '$DEMO_EMAIL'" 2>>"$LOG/demo-user.log")
+    # the most rated films: loves the top three, dislikes two others
+    sql="WITH top AS (SELECT movie_id, row_number() OVER (ORDER BY count(*) DESC,
+             movie_id) AS n FROM ratings GROUP BY movie_id ORDER BY 2 LIMIT 8),
+         r AS (SELECT $rid AS user_id, movie_id, (CASE n WHEN 1 THEN 5 WHEN 2
+             THEN 5 WHEN 3 THEN 4.5 WHEN 7 THEN 1.5 ELSE 1 END)::numeric AS rating
+             FROM top WHERE n IN (1, 2, 3, 7, 8)),
+         b AS (INSERT INTO ratings_buffer (user_id, movie_id, rating, ts, source)
+             SELECT user_id, movie_id, rating, now(), 'app' FROM r)
+         INSERT INTO ratings (user_id, movie_id, rating, ts, source)
+             SELECT user_id, movie_id, rating, now(), 'app' FROM r
+             ON CONFLICT (user_id, movie_id) DO NOTHING"
+    if [ -n "$rid" ] && as_svc "$PG_BIN/psql" "$(pg_dsn)" -v ON_ERROR_STOP=1 -qc "$sql" \
+            >>"$LOG/demo-user.log" 2>&1; then
+        (umask 077; printf '%s %s\n' "$DEMO_EMAIL" "$pw" >"$VAR/secrets/demo_user")
+        step "demo user: $DEMO_EMAIL with 5 ratings"
+    else
+        warn "demo user's ratings not stored (log: $LOG/demo-user.log)"
+    fi
+}
+
 # ---- cinematch infer -------------------------------------------------------------
 
 infer_pid() { pid_of "$RUN/infer-0.pid" cinematch; }
@@ -382,6 +421,7 @@ infer_start() {
     fi
     [ -f "$VAR/models/dialog/model.bin" ] \
         && model+=(--dialog "$VAR/models/dialog" --dialog-version demo)
+    [ ${#model[@]} -gt 0 ] && demo_user
     own_var
     step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
     # setsid: its own session, so a terminal hangup does not reach it.
@@ -547,6 +587,18 @@ cinematch is up.
   logs       $LOG/  (nginx-error.log nginx-access.log infer-0.log postgresql.log redis.log migrate.log)
   stop       ./build.sh stop   (or conf/stack.sh stop)
 EOF
+    if [ -r "$VAR/secrets/demo_user" ]; then
+        local email pw
+        read -r email pw <"$VAR/secrets/demo_user"
+        cat <<EOF
+  demo user  $email  password $pw   (5 ratings: personal recommendations at once)
+             TOKEN=\$(curl -s -XPOST http://$host:$HTTP_PORT/api/v1/auth/login \\
+               -H 'Content-Type: application/json' \\
+               -d '{"email": "$email", "password": "$pw"}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+             curl -s -XPOST http://$host:$HTTP_PORT/api/v1/recommend -H "Authorization: Bearer \$TOKEN" \\
+               -H 'Content-Type: application/json' -d '{"k": 5}'
+EOF
+    fi
 }
 
 on_start_exit() {

@@ -57,6 +57,9 @@
 #define NGX_HTTP_CINEMATCH_ROUTE_ADMIN     0x0030  /* ... and role admin */
 #define NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH   0x0040  /* caller identified when
                                                       credentials are sent */
+#define NGX_HTTP_CINEMATCH_ROUTE_NOSTORE   0x0080  /* Cache-Control: no-store
+                                                      on every answer (auth
+                                                      routes do it anyway) */
 /* the CM_SCOPE_* (cinematch/validate.h) an API key needs for the route */
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPE(s)  ((ngx_uint_t) (s) << 8)
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPES(f) ((uint32_t) (((f) >> 8) & 0xff))
@@ -400,5 +403,27 @@ ngx_int_t ngx_http_cinematch_echo_stream_handler(ngx_http_request_t *r,
 
 #endif
 
+
+#if (NGX_HTTP_CINEMATCH_ADMIN)
+
+/* ngx_http_cinematch_api_admin.c: the model registry and admin views */
+ngx_int_t ngx_http_cinematch_admin_models_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_versions_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_stage_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_drift_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_runs_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_ingestions_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_ingestion_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_admin_usage_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+#endif
 
 #endif /* _NGX_HTTP_CINEMATCH_H_INCLUDED_ */

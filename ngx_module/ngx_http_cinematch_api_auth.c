@@ -69,6 +69,8 @@ typedef struct {
     const char                           *values[7];
     u_char                                expires[NGX_TIME_T_LEN + 1];
     cm_token_t                            refresh;
+    cm_token_t                            onetime;    /* verify, reset */
+    u_char                                ttl[NGX_TIME_T_LEN + 1];
     char                                  access[CM_JWT_MAX_TOKEN + 1];
     size_t                                access_len;
 
@@ -208,6 +210,27 @@ static ngx_command_t  ngx_http_cinematch_auth_commands[] = {
       0,
       NULL },
 
+    { ngx_string("cinematch_email_verification"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cinematch_auth_main_conf_t, verify_email),
+      NULL },
+
+    { ngx_string("cinematch_verify_token_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cinematch_auth_main_conf_t, verify_ttl),
+      NULL },
+
+    { ngx_string("cinematch_reset_token_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cinematch_auth_main_conf_t, reset_ttl),
+      NULL },
+
     { ngx_string("cinematch_rate_limit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
       |NGX_CONF_TAKE12,
@@ -285,6 +308,9 @@ ngx_http_cinematch_auth_create_main_conf(ngx_conf_t *cf)
     amcf->refresh_ttl = NGX_CONF_UNSET;
     amcf->leeway = NGX_CONF_UNSET;
     amcf->key_touch = NGX_CONF_UNSET_MSEC;
+    amcf->verify_email = NGX_CONF_UNSET;
+    amcf->verify_ttl = NGX_CONF_UNSET;
+    amcf->reset_ttl = NGX_CONF_UNSET;
 
     return amcf;
 }
@@ -338,6 +364,21 @@ ngx_http_cinematch_auth_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(amcf->refresh_ttl, 30 * 86400);
     ngx_conf_init_value(amcf->leeway, 30);
     ngx_conf_init_msec_value(amcf->key_touch, 60000);
+    ngx_conf_init_value(amcf->verify_email, 1);
+    ngx_conf_init_value(amcf->verify_ttl, 86400);
+    ngx_conf_init_value(amcf->reset_ttl, 1800);
+
+    if (amcf->verify_ttl < 60 || amcf->verify_ttl > 7 * 86400) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cinematch_verify_token_ttl must be 1m..7d");
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->reset_ttl < 60 || amcf->reset_ttl > 86400) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cinematch_reset_token_ttl must be 1m..1d");
+        return NGX_CONF_ERROR;
+    }
 
     if (amcf->issuer.len == 0) {
         ngx_str_set(&amcf->issuer, "cinematch");
@@ -882,6 +923,45 @@ ngx_http_cinematch_register_hashed(ngx_http_request_t *r,
     st->values[1] = job->hash;
     st->values[2] = st->display_name;     /* NULL: SQL NULL */
 
+    if (st->amcf->verify_email) {
+        u_char  *p;
+
+        if (cm_token_generate(&st->onetime, CM_TOKEN_ONETIME, ngx_time(),
+                              st->amcf->verify_ttl)
+            != CM_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p = ngx_sprintf(st->ttl, "%T", st->amcf->verify_ttl);
+        *p = '\0';
+
+        st->values[3] = st->onetime.sha256;
+        st->values[4] = (char *) st->ttl;
+        st->values[5] = st->onetime.token;
+
+        /* the account, its verification token and the mail to send, in
+         * one statement: either all three exist or none does */
+        return ngx_http_cinematch_pg_queue(r,
+            "WITH u AS ("
+            " INSERT INTO users (email, password_hash, display_name)"
+            " VALUES ($1, $2, $3)"
+            " ON CONFLICT ((lower(email))) DO NOTHING"
+            " RETURNING id, email, role, display_name, created_at),"
+            " t AS ("
+            " INSERT INTO user_tokens (user_id, purpose, token_sha256,"
+            " expires_at)"
+            " SELECT id, 'verify_email', $4,"
+            " now() + make_interval(secs => $5::int) FROM u RETURNING id),"
+            " m AS ("
+            " INSERT INTO mail_outbox (token_id, kind, to_addr, token)"
+            " SELECT t.id, 'verify_email', u.email, $6 FROM t, u)"
+            " SELECT id, email, role, display_name,"
+            " to_char(created_at AT TIME ZONE 'UTC',"
+            " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM u",
+            6, st->values, ngx_http_cinematch_register_done, st);
+    }
+
     /* ON CONFLICT on the lower(email) index: one round trip, and two
      * concurrent registrations of one address cannot both succeed */
     return ngx_http_cinematch_pg_queue(r,
@@ -899,8 +979,13 @@ static ngx_int_t
 ngx_http_cinematch_register_done(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
+    ngx_http_cinematch_auth_state_t *st = data;
+
     json_t     *user;
     ngx_int_t   rc;
+
+    /* the verification token lives on in the outbox row only */
+    ngx_explicit_memzero(&st->onetime, sizeof(cm_token_t));
 
     rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
     if (rc != NGX_DECLINED) {
@@ -1317,7 +1402,8 @@ ngx_http_cinematch_me_handler(ngx_http_request_t *r,
     return ngx_http_cinematch_pg_queue(r,
         "SELECT id, email, role, display_name,"
         " to_char(created_at AT TIME ZONE 'UTC',"
-        " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        " email_verified_at IS NOT NULL"
         " FROM users WHERE id = $1::bigint AND disabled_at IS NULL",
         1, st->values, ngx_http_cinematch_me_done, st);
 }
@@ -1342,7 +1428,7 @@ ngx_http_cinematch_me_done(ngx_http_request_t *r, void *data,
                                              "the account is not active");
     }
 
-    user = json_pack("{s:{s:I, s:s, s:s, s:o, s:s}}",
+    user = json_pack("{s:{s:I, s:s, s:s, s:o, s:s, s:b}}",
                      "user",
                      "id", (json_int_t) ngx_atoof((u_char *)
                                                   PQgetvalue(res, 0, 0),
@@ -1352,7 +1438,8 @@ ngx_http_cinematch_me_done(ngx_http_request_t *r, void *data,
                      "display_name", PQgetisnull(res, 0, 3)
                                      ? json_null()
                                      : json_string(PQgetvalue(res, 0, 3)),
-                     "created_at", PQgetvalue(res, 0, 4));
+                     "created_at", PQgetvalue(res, 0, 4),
+                     "email_verified", PQgetvalue(res, 0, 5)[0] == 't');
 
     if (ngx_http_cinematch_no_store(r) != NGX_OK) {
         json_decref(user);
@@ -1980,6 +2067,459 @@ ngx_http_cinematch_key_uncached(ngx_http_request_t *r, void *data,
                       "cinematch: revoked API key may stay cached for up "
                       "to 60 s (Redis unavailable)");
     }
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT,
+                                       &ngx_http_cinematch_auth_json,
+                                       NULL, 0);
+}
+
+
+/*
+ * ---- email verification and password reset ----
+ *
+ * One-time tokens ("cmo_", 256 bits) are stored as SHA-256 only; the mail
+ * that carries one is an outbox row written in the same statement as the
+ * token, sent later by `cinematch mailer` (no SMTP on the event loop, and
+ * a mail server outage delays mail instead of failing requests).  A token
+ * is consumed by one UPDATE ... RETURNING, so it works once.
+ */
+
+static ngx_int_t ngx_http_cinematch_onetime_token(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx, ngx_http_cinematch_auth_state_t *st,
+    const char **allowed, json_t *fields);
+static ngx_int_t ngx_http_cinematch_bad_onetime(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cinematch_verify_email_done(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_forgot_password_done(
+    ngx_http_request_t *r, void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_reset_password_found(
+    ngx_http_request_t *r, void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_reset_password_hashed(
+    ngx_http_request_t *r, ngx_http_cinematch_pw_job_t *job);
+static ngx_int_t ngx_http_cinematch_reset_password_done(
+    ngx_http_request_t *r, void *data, PGresult *res, const char *err);
+
+
+static const char  *ngx_http_cinematch_verify_fields[] = {
+    "token", NULL
+};
+
+static const char  *ngx_http_cinematch_forgot_fields[] = {
+    "email", NULL
+};
+
+static const char  *ngx_http_cinematch_reset_fields[] = {
+    "token", "new_password", NULL
+};
+
+
+/*
+ * Field checks of a body with a "token": unknown fields, the token's shape
+ * (a string; a malformed one is the same 400 as an unknown one), and
+ * st->sha = its hash.  NGX_OK: go on; NGX_DECLINED: fields has errors
+ * (more may be added by the caller); anything else is an answer.
+ */
+
+static ngx_int_t
+ngx_http_cinematch_onetime_token(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx, ngx_http_cinematch_auth_state_t *st,
+    const char **allowed, json_t *fields)
+{
+    ngx_int_t  rc;
+    ngx_str_t  token;
+
+    if (ngx_http_cinematch_auth_fields(r, ctx->json, allowed, fields)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_auth_string(ctx->json, "token", 1, fields,
+                                        &token);
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED || json_object_size(fields) > 0) {
+        return NGX_DECLINED;
+    }
+
+    if (cm_token_hash((char *) token.data, token.len, CM_TOKEN_ONETIME,
+                      st->sha)
+        != CM_OK)
+    {
+        st->sha[0] = '\0';
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_bad_onetime(ngx_http_request_t *r)
+{
+    return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "invalid_request",
+                                         "the token is invalid, expired or "
+                                         "already used");
+}
+
+
+/* ---- POST /api/v1/auth/verify-email {token} ---- */
+
+ngx_int_t
+ngx_http_cinematch_verify_email_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    json_t                           *fields;
+    ngx_int_t                         rc;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_state(r, ctx);
+    fields = ngx_http_cinematch_json_track(r, json_object());
+
+    if (st == NULL || fields == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_onetime_token(r, ctx, st,
+                                          ngx_http_cinematch_verify_fields,
+                                          fields);
+    if (rc == NGX_DECLINED) {
+        return ngx_http_cinematch_send_fields(r, fields);
+    }
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (st->sha[0] == '\0') {
+        return ngx_http_cinematch_bad_onetime(r);
+    }
+
+    st->values[0] = st->sha;
+
+    /* consume and apply in one statement: of two concurrent uses, the
+     * row lock lets one through and the other finds used_at set */
+    return ngx_http_cinematch_pg_queue(r,
+        "WITH t AS ("
+        " UPDATE user_tokens SET used_at = now()"
+        " WHERE token_sha256 = $1 AND purpose = 'verify_email'"
+        " AND used_at IS NULL AND expires_at > now() RETURNING user_id)"
+        " UPDATE users SET email_verified_at ="
+        " COALESCE(users.email_verified_at, now())"
+        " FROM t WHERE users.id = t.user_id RETURNING users.id",
+        1, st->values, ngx_http_cinematch_verify_email_done, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_verify_email_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_cinematch_bad_onetime(r);
+    }
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT,
+                                       &ngx_http_cinematch_auth_json,
+                                       NULL, 0);
+}
+
+
+/*
+ * ---- POST /api/v1/auth/forgot-password {email} ----
+ *
+ * Always 202 with one body: whether the address has an account, and
+ * whether a mail was queued, are not in the answer.  Both cases run the
+ * same single statement (an index lookup that finds a row or not, and
+ * inserts that find nothing to insert), so the time differs by a few row
+ * writes, not by a mail transaction.  One reset mail per account per
+ * minute: later requests within the minute queue nothing (and answer the
+ * same), so the endpoint cannot be used to flood someone's mailbox.
+ */
+
+ngx_int_t
+ngx_http_cinematch_forgot_password_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    u_char                           *p;
+    json_t                           *fields;
+    ngx_int_t                         rc;
+    ngx_str_t                         email;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_state(r, ctx);
+    fields = ngx_http_cinematch_json_track(r, json_object());
+
+    if (st == NULL || fields == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_cinematch_auth_fields(r, ctx->json,
+                                       ngx_http_cinematch_forgot_fields,
+                                       fields)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_auth_string(ctx->json, "email", 1, fields,
+                                        &email);
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the shape only: a rule check would answer differently for
+     * addresses that register refuses, which says nothing about accounts,
+     * but keeping one path is simpler to reason about */
+    if (rc == NGX_OK && (email.len == 0 || email.len > CM_EMAIL_MAX)) {
+        if (json_object_set_new(fields, "email",
+                                json_string("must be 1..254 bytes"))
+            != 0)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (json_object_size(fields) > 0) {
+        return ngx_http_cinematch_send_fields(r, fields);
+    }
+
+    st->email = ngx_http_cinematch_pstrdup(r->pool, (char *) email.data,
+                                           email.len);
+    if (st->email == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (cm_token_generate(&st->onetime, CM_TOKEN_ONETIME, ngx_time(),
+                          st->amcf->reset_ttl)
+        != CM_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(st->ttl, "%T", st->amcf->reset_ttl);
+    *p = '\0';
+
+    st->values[0] = st->email;
+    st->values[1] = st->onetime.sha256;
+    st->values[2] = (char *) st->ttl;
+    st->values[3] = st->onetime.token;
+
+    return ngx_http_cinematch_pg_queue(r,
+        "WITH u AS ("
+        " SELECT id, email FROM users"
+        " WHERE lower(email) = lower($1) AND disabled_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM user_tokens k"
+        " WHERE k.user_id = users.id AND k.purpose = 'reset_password'"
+        " AND k.created_at > now() - interval '60 seconds')),"
+        " t AS ("
+        " INSERT INTO user_tokens (user_id, purpose, token_sha256,"
+        " expires_at)"
+        " SELECT id, 'reset_password', $2,"
+        " now() + make_interval(secs => $3::int) FROM u RETURNING id),"
+        " m AS ("
+        " INSERT INTO mail_outbox (token_id, kind, to_addr, token)"
+        " SELECT t.id, 'reset_password', u.email, $4 FROM t, u)"
+        " SELECT count(*) FROM t",
+        4, st->values, ngx_http_cinematch_forgot_password_done, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_forgot_password_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_auth_state_t *st = data;
+
+    ngx_int_t  rc;
+
+    /* the token is in the outbox row (or nowhere); not in this pool */
+    ngx_explicit_memzero(&st->onetime, sizeof(cm_token_t));
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_ACCEPTED,
+               json_pack("{s:s}", "message",
+                         "if an account has this address, a reset link is "
+                         "on its way to it"));
+}
+
+
+/*
+ * ---- POST /api/v1/auth/reset-password {token, new_password} ----
+ *
+ * A cheap look at the token first, so a made-up token costs a query and
+ * no argon2id; then the hash on the thread pool; then one statement that
+ * consumes the token (the look may have raced: the consume decides),
+ * stores the hash, spends the user's other reset tokens and revokes every
+ * refresh family (every session ends; access tokens die at exp).
+ */
+
+ngx_int_t
+ngx_http_cinematch_reset_password_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    json_t                           *fields;
+    ngx_int_t                         rc;
+    ngx_str_t                         password;
+    cm_field_error_t                  fe;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    st = ngx_http_cinematch_auth_state(r, ctx);
+    fields = ngx_http_cinematch_json_track(r, json_object());
+
+    if (st == NULL || fields == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_cinematch_onetime_token(r, ctx, st,
+                                          ngx_http_cinematch_reset_fields,
+                                          fields);
+    if (rc != NGX_OK && rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    rc = ngx_http_cinematch_auth_string(ctx->json, "new_password", 1, fields,
+                                        &password);
+    if (rc == NGX_OK && cm_validate_password((char *) password.data,
+                                             password.len, &fe)
+                        != CM_OK)
+    {
+        rc = json_object_set_new(fields, "new_password",
+                                 json_string(fe.message));
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (json_object_size(fields) > 0) {
+        return ngx_http_cinematch_send_fields(r, fields);
+    }
+
+    if (st->sha[0] == '\0') {
+        return ngx_http_cinematch_bad_onetime(r);
+    }
+
+    st->values[0] = st->sha;
+
+    return ngx_http_cinematch_pg_queue(r,
+        "SELECT 1 FROM user_tokens"
+        " WHERE token_sha256 = $1 AND purpose = 'reset_password'"
+        " AND used_at IS NULL AND expires_at > now()",
+        1, st->values, ngx_http_cinematch_reset_password_found, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_reset_password_found(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_auth_state_t *st = data;
+
+    json_t                    *v;
+    ngx_int_t                  rc;
+    ngx_str_t                  password;
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_cinematch_bad_onetime(r);
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    v = json_object_get(ctx->json, "new_password");
+    password.data = (u_char *) json_string_value(v);
+    password.len = json_string_length(v);
+
+    return ngx_http_cinematch_pw_post(r, st->amcf,
+                                      NGX_HTTP_CINEMATCH_PW_HASH,
+                                      &password, NULL,
+                                      ngx_http_cinematch_reset_password_hashed);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_reset_password_hashed(ngx_http_request_t *r,
+    ngx_http_cinematch_pw_job_t *job)
+{
+    ngx_http_cinematch_ctx_t         *ctx;
+    ngx_http_cinematch_auth_state_t  *st;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    st = ctx->data;
+
+    if (job->rc != CM_OK) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "cinematch: password hashing failed: %s",
+                      cm_auth_strerror(job->rc));
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "cannot reset now");
+    }
+
+    st->values[0] = st->sha;
+    st->values[1] = job->hash;
+
+    /* the other sub-statements must not touch the row t updates (one
+     * statement may not change a row twice): hence token_sha256 <> $1 */
+    return ngx_http_cinematch_pg_queue(r,
+        "WITH t AS ("
+        " UPDATE user_tokens SET used_at = now()"
+        " WHERE token_sha256 = $1 AND purpose = 'reset_password'"
+        " AND used_at IS NULL AND expires_at > now() RETURNING user_id),"
+        " u AS ("
+        " UPDATE users SET password_hash = $2,"
+        " email_verified_at = COALESCE(users.email_verified_at, now())"
+        " FROM t WHERE users.id = t.user_id AND users.disabled_at IS NULL"
+        " RETURNING users.id),"
+        " o AS ("
+        " UPDATE user_tokens SET used_at = now()"
+        " WHERE user_id IN (SELECT id FROM u)"
+        " AND purpose = 'reset_password' AND used_at IS NULL"
+        " AND token_sha256 <> $1),"
+        " rt AS ("
+        " UPDATE refresh_tokens SET revoked_at = now()"
+        " WHERE user_id IN (SELECT id FROM u) AND revoked_at IS NULL)"
+        " SELECT id FROM u",
+        2, st->values, ngx_http_cinematch_reset_password_done, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_reset_password_done(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_cinematch_bad_onetime(r);
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "cinematch: password of user %s reset; sessions revoked",
+                  PQgetvalue(res, 0, 0));
 
     return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT,
                                        &ngx_http_cinematch_auth_json,

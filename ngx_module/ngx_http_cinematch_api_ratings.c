@@ -27,6 +27,9 @@
 #if (NGX_HTTP_CINEMATCH_INFER)
 #include "ngx_http_cinematch_infer.h"
 #endif
+#if (NGX_HTTP_CINEMATCH_SERVING)
+#include "ngx_http_cinematch_serving.h"
+#endif
 
 
 typedef struct {
@@ -273,6 +276,21 @@ ngx_http_cinematch_rating_folded(ngx_http_cinematch_infer_req_t *ir,
 
 
 static ngx_int_t
+ngx_http_cinematch_rating_send(ngx_http_request_t *r, void *data)
+{
+    ngx_http_cinematch_ratings_t *st = data;
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK, json_incref(st->doc));
+}
+
+
+/*
+ * The user's cached recommendations are stale from here on: their cache
+ * generation moves before the answer, so the caller's next /recommend
+ * misses the cache (and sees the fold-in).
+ */
+
+static ngx_int_t
 ngx_http_cinematch_rating_answer(ngx_http_request_t *r,
     ngx_http_cinematch_ratings_t *st, ngx_uint_t folded)
 {
@@ -282,7 +300,13 @@ ngx_http_cinematch_rating_answer(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK, json_incref(st->doc));
+#if (NGX_HTTP_CINEMATCH_SERVING)
+    return ngx_http_cinematch_cache_invalidate(r, st->rating_user,
+                                               ngx_http_cinematch_rating_send,
+                                               st);
+#else
+    return ngx_http_cinematch_rating_send(r, st);
+#endif
 }
 
 

@@ -17,6 +17,9 @@
 
 #include "ngx_http_cinematch.h"
 #include "ngx_http_cinematch_infer.h"
+#if (NGX_HTTP_CINEMATCH_SERVING)
+#include "ngx_http_cinematch_serving.h"
+#endif
 #include "cinematch/movielens.h"
 
 
@@ -32,11 +35,25 @@ static ngx_int_t ngx_http_cinematch_rs_genres(ngx_http_request_t *r,
     json_t *arr, ngx_str_t *out);
 static ngx_int_t ngx_http_cinematch_rs_submit(ngx_http_request_t *r,
     uint32_t kind, uint64_t *params, size_t np, u_char *payload, size_t len);
+static ngx_int_t ngx_http_cinematch_rs_run(ngx_http_request_t *r,
+    void *data);
 static void ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir,
     ngx_int_t rc);
 
 
 static ngx_str_t  ngx_http_cinematch_rs_json = ngx_string("application/json");
+
+
+/* one request to the daemon, kept until it answers */
+typedef struct {
+    uint32_t     kind;
+    ngx_uint_t   endpoint;    /* NGX_HTTP_CINEMATCH_EP_*; 3: none */
+    int64_t      user;        /* the rating user of a recommendation */
+    uint64_t     params[5];
+    size_t       np;
+    u_char      *payload;
+    size_t       len;
+} ngx_http_cinematch_rs_job_t;
 
 
 #if (NGX_HTTP_CINEMATCH_AUTH)
@@ -453,15 +470,99 @@ ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
 }
 
 
+/*
+ * recommend, similar and popular go through the response cache when it is
+ * on (a hit answers without the daemon); everything else, and every miss,
+ * goes to the daemon.
+ */
+
 static ngx_int_t
 ngx_http_cinematch_rs_submit(ngx_http_request_t *r, uint32_t kind,
     uint64_t *params, size_t np, u_char *payload, size_t len)
 {
+    ngx_http_cinematch_rs_job_t  *job;
+
+    job = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_rs_job_t));
+    if (job == NULL || np > 5) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    job->kind = kind;
+    job->np = np;
+    job->payload = payload;
+    job->len = len;
+    ngx_memcpy(job->params, params, np * sizeof(uint64_t));
+
+    switch (kind) {
+    case CM_REQ_RECOMMEND:
+        job->endpoint = 0;
+        job->user = (int64_t) params[0];
+        break;
+    case CM_REQ_SIMILAR:
+        job->endpoint = 1;
+        break;
+    case CM_REQ_POPULAR:
+        job->endpoint = 2;
+        break;
+    default:
+        job->endpoint = 3;
+        break;
+    }
+
+#if (NGX_HTTP_CINEMATCH_SERVING)
+
+    if (job->endpoint < NGX_HTTP_CINEMATCH_EP_N) {
+        u_char     *p;
+        ngx_str_t   key;
+
+        /* the parameters as text, in a fixed order: part of the key */
+
+        key.data = ngx_pnalloc(r->pool, 5 * (NGX_INT64_LEN + 1) + len + 1);
+        if (key.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p = key.data;
+
+        if (kind == CM_REQ_RECOMMEND) {
+            p = ngx_sprintf(p, "%uL:%uL:%uL:%uL:%uL:", params[0], params[1],
+                            params[2], params[3], params[4]);
+
+        } else if (kind == CM_REQ_SIMILAR) {
+            p = ngx_sprintf(p, "%uL:%uL:", params[0], params[1]);
+
+        } else {
+            p = ngx_sprintf(p, "%uL:", params[0]);
+        }
+
+        p = ngx_cpymem(p, payload, len);
+        key.len = p - key.data;
+
+        if (ngx_http_cinematch_cache_fetch(r, job->endpoint, job->user, &key,
+                                           ngx_http_cinematch_rs_run, job)
+            == NGX_DONE)
+        {
+            return NGX_DONE;
+        }
+    }
+
+#endif
+
+    return ngx_http_cinematch_rs_run(r, job);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_rs_run(ngx_http_request_t *r, void *data)
+{
+    ngx_http_cinematch_rs_job_t *job = data;
+
     ngx_int_t                        rc;
     ngx_http_cinematch_infer_req_t  *ir;
 
-    rc = ngx_http_cinematch_infer_submit(r, kind, params, np, payload, len,
-                                         ngx_http_cinematch_rs_ready, NULL,
+    rc = ngx_http_cinematch_infer_submit(r, job->kind, job->params, job->np,
+                                         job->payload, job->len,
+                                         ngx_http_cinematch_rs_ready, job,
                                          &ir);
     switch (rc) {
 
@@ -574,6 +675,17 @@ ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir, ngx_int_t rc)
             "malformed answer from the model server"));
         return;
     }
+
+#if (NGX_HTTP_CINEMATCH_SERVING)
+    {
+        ngx_http_cinematch_rs_job_t *job = ir->data;
+
+        if (job->endpoint < NGX_HTTP_CINEMATCH_EP_N) {
+            ngx_http_cinematch_serving_answered(r, job->endpoint, job->user,
+                                                p, len, check);
+        }
+    }
+#endif
 
     json_decref(check);
 

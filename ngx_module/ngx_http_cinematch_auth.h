@@ -46,6 +46,11 @@ typedef struct {
     ngx_shm_zone_t                 *rl_zone;     /* local fallback buckets */
     cm_ratelimit_t                 *login_rl;    /* login attempts per
                                                     account; NULL: off */
+
+    ngx_flag_t                      verify_email; /* register queues a
+                                                     verification mail */
+    time_t                          verify_ttl;  /* one-time token lives */
+    time_t                          reset_ttl;
 } ngx_http_cinematch_auth_main_conf_t;
 
 
@@ -96,6 +101,12 @@ ngx_int_t ngx_http_cinematch_key_create_handler(ngx_http_request_t *r,
 ngx_int_t ngx_http_cinematch_key_list_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_key_delete_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_verify_email_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_forgot_password_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_reset_password_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
 /* ngx_http_cinematch_api_ratings.c: the caller's ratings */

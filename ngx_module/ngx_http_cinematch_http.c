@@ -25,6 +25,7 @@ static ngx_uint_t ngx_http_cinematch_has_header(ngx_http_request_t *r,
     ngx_str_t *key);
 static ngx_int_t ngx_http_cinematch_retry_after(ngx_http_request_t *r,
     ngx_uint_t status);
+static ngx_int_t ngx_http_cinematch_security_headers(ngx_http_request_t *r);
 static void ngx_http_cinematch_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_body_done(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
@@ -214,13 +215,49 @@ ngx_http_cinematch_add_header(ngx_http_request_t *r, ngx_str_t *key,
 }
 
 
-static ngx_int_t
-ngx_http_cinematch_nosniff(ngx_http_request_t *r)
-{
-    ngx_str_t  key = ngx_string("X-Content-Type-Options");
-    ngx_str_t  value = ngx_string("nosniff");
+/*
+ * On every API answer: no MIME sniffing of JSON into HTML, never framed,
+ * no Referer to wherever a link in an answer leads.  Answers of routes
+ * that carry credentials or secrets (ROUTE_AUTH, ROUTE_OPTAUTH,
+ * ROUTE_NOSTORE), errors included, are not stored by any cache; a handler
+ * that set its own Cache-Control keeps it.
+ */
 
-    return ngx_http_cinematch_add_header(r, &key, &value);
+static ngx_int_t
+ngx_http_cinematch_security_headers(ngx_http_request_t *r)
+{
+    ngx_uint_t                 i;
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    static ngx_str_t  cache_control = ngx_string("Cache-Control");
+    static ngx_str_t  no_store = ngx_string("no-store");
+
+    static ngx_str_t  headers[][2] = {
+        { ngx_string("X-Content-Type-Options"), ngx_string("nosniff") },
+        { ngx_string("X-Frame-Options"), ngx_string("DENY") },
+        { ngx_string("Referrer-Policy"), ngx_string("no-referrer") }
+    };
+
+    for (i = 0; i < sizeof(headers) / sizeof(headers[0]); i++) {
+        if (ngx_http_cinematch_add_header(r, &headers[i][0], &headers[i][1])
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    if (ctx != NULL && ctx->route != NULL
+        && (ctx->route->flags & (NGX_HTTP_CINEMATCH_ROUTE_AUTH
+                                 |NGX_HTTP_CINEMATCH_ROUTE_OPTAUTH
+                                 |NGX_HTTP_CINEMATCH_ROUTE_NOSTORE))
+        && !ngx_http_cinematch_has_header(r, &cache_control))
+    {
+        return ngx_http_cinematch_add_header(r, &cache_control, &no_store);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -238,8 +275,7 @@ ngx_http_cinematch_send_buf(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_ERROR;
     }
 
-    /* every API answer: no MIME sniffing of JSON into HTML */
-    if (ngx_http_cinematch_nosniff(r) != NGX_OK) {
+    if (ngx_http_cinematch_security_headers(r) != NGX_OK) {
         return NGX_ERROR;
     }
 

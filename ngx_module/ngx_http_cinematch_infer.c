@@ -648,6 +648,21 @@ ngx_http_cinematch_infer_busy_total(void)
 }
 
 
+uint32_t
+ngx_http_cinematch_infer_models_seq(ngx_uint_t i)
+{
+    ngx_http_cinematch_infer_daemon_t  *d;
+
+    if (i >= ngx_http_cinematch_infer_n) {
+        return 0;
+    }
+
+    d = &ngx_http_cinematch_infer_daemons[i];
+
+    return d->conn != NULL ? atomic_load(&d->seg.hdr->models_seq) : 0;
+}
+
+
 ngx_int_t
 ngx_http_cinematch_infer_ready(ngx_http_request_t *r, json_t *check)
 {

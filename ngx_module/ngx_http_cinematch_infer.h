@@ -90,6 +90,9 @@ void ngx_http_cinematch_infer_get_status(ngx_uint_t i,
     ngx_http_cinematch_infer_status_t *st);
 /* Requests refused for lack of a slot since start, in this worker. */
 ngx_uint_t ngx_http_cinematch_infer_busy_total(void);
+/* The daemon's model table sequence (moves on every publish, i.e. every
+ * reload); 0 when not connected. */
+uint32_t ngx_http_cinematch_infer_models_seq(ngx_uint_t i);
 
 
 #endif /* _NGX_HTTP_CINEMATCH_INFER_H_INCLUDED_ */

@@ -28,6 +28,9 @@
 #include <ngx_http.h>
 
 #include "ngx_http_cinematch.h"
+#if (NGX_HTTP_CINEMATCH_SERVING)
+#include "ngx_http_cinematch_serving.h"
+#endif
 
 
 #define NGX_HTTP_CINEMATCH_METRICS_NCOUNTERS  1024
@@ -441,6 +444,10 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
            + sizeof("cinematch_build_info{version=\"\"} 1\n")
            + sizeof(NGX_HTTP_CINEMATCH_VERSION);
 
+#if (NGX_HTTP_CINEMATCH_SERVING)
+    size += ngx_http_cinematch_serving_metrics_size();
+#endif
+
     body = ngx_pnalloc(r->pool, size);
     if (body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -550,6 +557,10 @@ ngx_http_cinematch_metrics_handler(ngx_http_request_t *r,
 
     p = ngx_sprintf(p, "cinematch_build_info{version=\"%s\"} 1\n",
                     NGX_HTTP_CINEMATCH_VERSION);
+
+#if (NGX_HTTP_CINEMATCH_SERVING)
+    p = ngx_http_cinematch_serving_metrics(p);
+#endif
 
     return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK,
                                        &ngx_http_cinematch_text_type,

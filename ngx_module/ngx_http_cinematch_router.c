@@ -23,6 +23,9 @@
 #if (NGX_HTTP_CINEMATCH_AUTH)
 #include "ngx_http_cinematch_auth.h"
 #endif
+#if (NGX_HTTP_CINEMATCH_SERVING)
+#include "ngx_http_cinematch_serving.h"
+#endif
 
 
 typedef struct {
@@ -92,13 +95,16 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     /* auth (ngx_http_cinematch_api_auth.c) */
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/register"),
-      ngx_http_cinematch_register_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      ngx_http_cinematch_register_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/login"),
-      ngx_http_cinematch_login_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      ngx_http_cinematch_login_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/refresh"),
-      ngx_http_cinematch_refresh_handler, NGX_HTTP_CINEMATCH_ROUTE_JSON },
+      ngx_http_cinematch_refresh_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/auth/logout"),
       ngx_http_cinematch_logout_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
@@ -116,6 +122,21 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
     { NGX_HTTP_DELETE, ngx_string("/api/v1/keys/{id}"),
       ngx_http_cinematch_key_delete_handler, NGX_HTTP_CINEMATCH_ROUTE_AUTH },
 
+    /* email verification, password reset (ngx_http_cinematch_api_auth.c;
+     * the mail itself goes out from `cinematch mailer`) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/verify-email"),
+      ngx_http_cinematch_verify_email_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/forgot-password"),
+      ngx_http_cinematch_forgot_password_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/auth/reset-password"),
+      ngx_http_cinematch_reset_password_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_NOSTORE },
+
     /* the caller's ratings (ngx_http_cinematch_api_ratings.c) */
 
     { NGX_HTTP_PUT, ngx_string("/api/v1/ratings/{movie_id}"),
@@ -127,6 +148,50 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       ngx_http_cinematch_ratings_handler,
       NGX_HTTP_CINEMATCH_ROUTE_AUTH
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
+#endif
+
+#if (NGX_HTTP_CINEMATCH_ADMIN)
+    /* the model registry and admin views (ngx_http_cinematch_api_admin.c) */
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/models"),
+      ngx_http_cinematch_admin_models_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_READ) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/models/{name}/versions"),
+      ngx_http_cinematch_admin_versions_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_READ) },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/models/{name}/versions/{v}/stage"),
+      ngx_http_cinematch_admin_stage_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/drift"),
+      ngx_http_cinematch_admin_drift_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/runs"),
+      ngx_http_cinematch_admin_runs_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/ingestions"),
+      ngx_http_cinematch_admin_ingestions_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/ingestions/{id}"),
+      ngx_http_cinematch_admin_ingestion_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/admin/usage"),
+      ngx_http_cinematch_admin_usage_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
+#endif
+
+#if (NGX_HTTP_CINEMATCH_SERVING && NGX_HTTP_CINEMATCH_AUTH)
+    /* serving (ngx_http_cinematch_serving.c): every daemon reloads */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/admin/reload"),
+      ngx_http_cinematch_admin_reload_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
 #endif
 
 #if (NGX_HTTP_CINEMATCH_JOBS)

@@ -25,6 +25,10 @@
 #include "cinematch/dialog.h"
 #include "cinematch/gpt.h"
 #include "cinematch/lm.h"
+#include "cinematch/lstm.h"
+#ifdef CM_HAVE_CUDA
+#include "cinematch/gpt_cuda.h"
+#endif
 #include "cmd.h"
 
 static int cm_train_dialog_main(int argc, char **argv);
@@ -171,17 +175,218 @@ cm_dialog_tokenizer(const cm_corpus_t *c, const char *dir, int train,
 }
 
 
+/* ---- --device cpu|cuda|auto ------------------------------------------- */
+
+/*
+ * The CUDA kernels (gpt_cuda.h) exist with their tolerance tests, but no
+ * resident-memory training or decode loop uses them yet, so every command
+ * runs on the CPU: "auto" says why and goes on, "cuda" refuses (exit 1)
+ * rather than silently running on the CPU.  Returns 0 (run on the CPU),
+ * 1 (refused) or 2 (bad value).
+ */
+static int
+cm_dialog_device(const char *me, const char *want)
+{
+    char        err[256] = "";
+    const char *why;
+
+    if (want == NULL || strcmp(want, "cpu") == 0) {
+        return 0;
+    }
+    if (strcmp(want, "cuda") != 0 && strcmp(want, "auto") != 0) {
+        fprintf(stderr, "%s: --device wants cpu, cuda or auto, got '%s'\n",
+                me, want);
+        return 2;
+    }
+#ifdef CM_HAVE_CUDA
+    if (cm_cuda_device_count(err, sizeof(err)) > 0) {
+        why = "a GPU answers, but the CUDA backend is kernels only (no"
+              " resident training or decode loop yet)";
+    } else {
+        why = "no GPU";
+    }
+#else
+    why = "built without CUDA (nvcc, cudart or cuBLAS missing)";
+#endif
+    if (strcmp(want, "cuda") == 0) {
+        cm_error("%s: --device cuda: %s%s%s", me, why, err[0] ? ": " : "",
+                 err);
+        return 1;
+    }
+    cm_info("%s: --device auto: CPU (%s%s%s)", me, why, err[0] ? ": " : "",
+            err);
+    return 0;
+}
+
+
+/* ---- either model: the GPT or the LSTM baseline ----------------------- */
+
+/* One trainer and one evaluation for both architectures: the commands
+ * below go through these, so the two see the same data, schedule and
+ * metrics. */
+typedef struct {
+    int        lstm;        /* 0: GPT (gpt.h), 1: LSTM (lstm.h) */
+    cm_gpt_t   gpt;
+    cm_lstm_t  rnn;
+} cm_dlm_t;
+
+
+static int
+cm_dlm_load(cm_dlm_t *d, const char *path, char *err, size_t errlen)
+{
+    memset(d, 0, sizeof(*d));
+    d->lstm = cm_lstm_is_checkpoint(path);
+    return d->lstm ? cm_lstm_load(&d->rnn, path, err, errlen)
+                   : cm_gpt_load(&d->gpt, path, err, errlen);
+}
+
+
+static void
+cm_dlm_free(cm_dlm_t *d)
+{
+    if (d->lstm) {
+        cm_lstm_free(&d->rnn);
+    } else {
+        cm_gpt_free(&d->gpt);
+    }
+}
+
+
+static int
+cm_dlm_max_seq(const cm_dlm_t *d)
+{
+    return d->lstm ? d->rnn.config.max_seq_len : d->gpt.config.max_seq_len;
+}
+
+
+static int
+cm_dlm_vocab(const cm_dlm_t *d)
+{
+    return d->lstm ? d->rnn.config.vocab_size : d->gpt.config.vocab_size;
+}
+
+
+static size_t
+cm_dlm_num_parameters(const cm_dlm_t *d)
+{
+    return d->lstm ? d->rnn.num_parameters : d->gpt.num_parameters;
+}
+
+
+/* forward with targets and backward, accumulating; *loss is the mean */
+static int
+cm_dlm_forward_backward(cm_dlm_t *d, const int *inp, const int *tgt, int B,
+    int T, float grad_scale, float *loss)
+{
+    int rc;
+
+    if (d->lstm) {
+        rc = cm_lstm_forward(&d->rnn, inp, tgt, B, T);
+        rc = rc == CM_OK ? cm_lstm_backward(&d->rnn, grad_scale) : rc;
+        *loss = d->rnn.mean_loss;
+    } else {
+        rc = cm_gpt_forward(&d->gpt, inp, tgt, B, T);
+        rc = rc == CM_OK ? cm_gpt_backward(&d->gpt, grad_scale) : rc;
+        *loss = d->gpt.mean_loss;
+    }
+    return rc;
+}
+
+
+static void
+cm_dlm_zero_grad(cm_dlm_t *d)
+{
+    if (d->lstm) {
+        cm_lstm_zero_grad(&d->rnn);
+    } else {
+        cm_gpt_zero_grad(&d->gpt);
+    }
+}
+
+
+static float
+cm_dlm_clip_grad(cm_dlm_t *d, float max_norm)
+{
+    return d->lstm ? cm_lstm_clip_grad(&d->rnn, max_norm)
+                   : cm_gpt_clip_grad(&d->gpt, max_norm);
+}
+
+
+static int
+cm_dlm_update(cm_dlm_t *d, const cm_adamw_t *o)
+{
+    return d->lstm ? cm_lstm_update(&d->rnn, o) : cm_gpt_update(&d->gpt, o);
+}
+
+
+static int
+cm_dlm_save(const cm_dlm_t *d, const char *dir, int step, char *err,
+    size_t errlen)
+{
+    char path[4200];
+    int  rc;
+
+    snprintf(path, sizeof(path), "%.4000s/model.bin", dir);
+    rc = d->lstm ? cm_lstm_save(&d->rnn, path, err, errlen)
+                 : cm_gpt_save(&d->gpt, path, err, errlen);
+    if (rc != CM_OK) {
+        return rc;
+    }
+    snprintf(path, sizeof(path), "%.4000s/state.bin", dir);
+    return d->lstm ? cm_lstm_save_state(&d->rnn, step, path, err, errlen)
+                   : cm_gpt_save_state(&d->gpt, step, path, err, errlen);
+}
+
+
+static int
+cm_dlm_load_state(cm_dlm_t *d, int *step, const char *path, char *err,
+    size_t errlen)
+{
+    return d->lstm ? cm_lstm_load_state(&d->rnn, step, path, err, errlen)
+                   : cm_gpt_load_state(&d->gpt, step, path, err, errlen);
+}
+
+
+static int
+cm_dlm_eval(cm_dlm_t *d, const cm_bpe_t *b, const int32_t *ids, size_t n,
+    int B, int T, size_t max_tokens, cm_dialog_eval_t *ev)
+{
+    return d->lstm ? cm_dialog_eval_lstm(&d->rnn, b, ids, n, B, T,
+                                         max_tokens, ev)
+                   : cm_dialog_eval(&d->gpt, b, ids, n, B, T, max_tokens,
+                                    ev);
+}
+
+
+static int
+cm_dlm_reply_eval(const cm_dlm_t *d, const cm_bpe_t *b, const cm_corpus_t *c,
+    const uint8_t *is_val, size_t max_examples, int max_tokens,
+    cm_dialog_replies_t *out)
+{
+    return d->lstm ? cm_dialog_reply_eval_lstm(&d->rnn, b, c, is_val,
+                                               max_examples, max_tokens, out)
+                   : cm_dialog_reply_eval(&d->gpt, b, c, is_val,
+                                          max_examples, max_tokens, out);
+}
+
+
 /* ---- train dialog ----------------------------------------------------- */
 
 static const char cm_train_dialog_usage[] =
     "usage: cinematch train dialog --corpus PATH --out DIR [options]\n"
     "\n"
-    "Trains the dialog GPT on the training split of PATH (Cornell directory,\n"
-    "plain dialogue file or .tsv pairs).  Writes DIR/model.bin (llm.c\n"
-    "checkpoint), DIR/state.bin (optimizer, for --resume), DIR/tokenizer/\n"
-    "(trained here unless --tokenizer is given) and DIR/metrics.json.\n"
-    "  --config NAME       dialog-tiny | dialog-small | gpt2-124M"
-    " (dialog-tiny)\n"
+    "Trains the dialog GPT (or the LSTM baseline) on the training split of\n"
+    "PATH (Cornell directory, plain dialogue file or .tsv pairs).  Writes\n"
+    "DIR/model.bin (llm.c checkpoint; the LSTM's own format), DIR/state.bin\n"
+    "(optimizer, for --resume), DIR/tokenizer/ (trained here unless\n"
+    "--tokenizer is given) and DIR/metrics.json.\n"
+    "  --config NAME       dialog-tiny | dialog-small | gpt2-124M |"
+    " lstm-tiny |\n"
+    "                      lstm-small (dialog-tiny)\n"
+    "  --arch gpt|lstm     lstm with a dialog-* config picks the LSTM of\n"
+    "                      the same size class (lstm-tiny, lstm-small)\n"
+    "  --device D          cpu | cuda | auto (cpu; see docs: CUDA is\n"
+    "                      kernels only so far, cuda refuses)\n"
     "  --steps N           optimizer steps in total (100)\n"
     "  --minutes M         also stop after M minutes of training (0: off)\n"
     "  --tokenizer DIR     use this tokenizer instead of training one\n"
@@ -202,7 +407,7 @@ static const char cm_train_dialog_usage[] =
 
 
 typedef struct {
-    const char  *corpus, *out, *config, *tokenizer;
+    const char  *corpus, *out, *config, *tokenizer, *arch, *device;
     int          steps, batch, seq, accum, warmup, val_every, val_tokens;
     int          log_every, resume, stop_at;
     float        lr, lr_min, wd, clip, frac, minutes;
@@ -211,11 +416,11 @@ typedef struct {
 
 
 static int
-cm_train_dialog_eval(cm_gpt_t *m, const cm_bpe_t *b, const cm_tokens_t *val,
+cm_train_dialog_eval(cm_dlm_t *d, const cm_bpe_t *b, const cm_tokens_t *val,
     const cm_train_opts_t *o, int T, cm_dialog_eval_t *ev)
 {
-    int rc = cm_dialog_eval(m, b, val->ids, val->n, o->batch, T,
-                            (size_t) o->val_tokens, ev);
+    int rc = cm_dlm_eval(d, b, val->ids, val->n, o->batch, T,
+                         (size_t) o->val_tokens, ev);
 
     if (rc != CM_OK) {
         cm_error("train dialog: evaluation failed: %s", cm_strerror(rc));
@@ -249,6 +454,8 @@ cm_train_dialog_main(int argc, char **argv)
         { "resume", no_argument, NULL, 'r' },
         { "log-every", required_argument, NULL, 'L' },
         { "stop-at", required_argument, NULL, 'S' },
+        { "arch", required_argument, NULL, 'A' },
+        { "device", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -258,12 +465,15 @@ cm_train_dialog_main(int argc, char **argv)
     cm_bpe_t           *b = NULL;
     cm_dialog_data_t    data;
     cm_gpt_config_t     cfg;
-    cm_gpt_t            m;
+    cm_lstm_config_t    lcfg;
+    cm_dlm_t            d;
     cm_dialog_eval_t    ev;
     cm_adamw_t          opt;
     char                err[512], path[4200], tokdir[4096];
     int                 c, rc = 0, step = 0, T, a, k, *inp = NULL, *tgt = NULL;
-    int                 bad = 0, train_tok;
+    int                 bad = 0, train_tok, lstm, vocab;
+    float               ml;
+    char                cfgname[64];
     uint64_t            t0, ts, rng;
     size_t              per, span, tokens_done = 0;
     double              train_secs = 0.0, loss = 0.0, last_val = -1.0;
@@ -273,6 +483,7 @@ cm_train_dialog_main(int argc, char **argv)
     json_t             *js;
 
     memset(&o, 0, sizeof(o));
+    memset(&ev, 0, sizeof(ev));
     o.config = "dialog-tiny";
     o.steps = 100;
     o.batch = 8;
@@ -326,6 +537,8 @@ cm_train_dialog_main(int argc, char **argv)
                                     &o.log_every); break;
         case 'S': bad |= cm_arg_int(me, "stop-at", optarg, 1, 100000000,
                                     &o.stop_at); break;
+        case 'A': o.arch = optarg; break;
+        case 'D': o.device = optarg; break;
         case 'h': fputs(cm_train_dialog_usage, stdout); return 0;
         default:  fputs(cm_train_dialog_usage, stderr); return 2;
         }
@@ -337,11 +550,37 @@ cm_train_dialog_main(int argc, char **argv)
         fputs(cm_train_dialog_usage, stderr);
         return 2;
     }
-    if (cm_gpt_config_named(o.config, 0, &cfg) != CM_OK) {
-        fprintf(stderr, "%s: unknown --config '%s' (dialog-tiny, "
-                "dialog-small, gpt2-124M)\n", me, o.config);
+    if ((c = cm_dialog_device(me, o.device)) != 0) {
+        return c;
+    }
+    if (o.arch != NULL && strcmp(o.arch, "gpt") != 0
+        && strcmp(o.arch, "lstm") != 0)
+    {
+        fprintf(stderr, "%s: --arch wants gpt or lstm, got '%s'\n", me,
+                o.arch);
         return 2;
     }
+    lstm = strncmp(o.config, "lstm-", 5) == 0;
+    if (o.arch != NULL && lstm != (strcmp(o.arch, "lstm") == 0)) {
+        if (lstm || strncmp(o.config, "dialog-", 7) != 0) {
+            fprintf(stderr, "%s: --config %s is not a %s config\n", me,
+                    o.config, o.arch);
+            return 2;
+        }
+        /* dialog-tiny -> lstm-tiny, dialog-small -> lstm-small */
+        snprintf(cfgname, sizeof(cfgname), "lstm-%.40s", o.config + 7);
+        o.config = cfgname;
+        lstm = 1;
+    }
+    if (lstm ? cm_lstm_config_named(o.config, 0, &lcfg) != CM_OK
+             : cm_gpt_config_named(o.config, 0, &cfg) != CM_OK)
+    {
+        fprintf(stderr, "%s: unknown --config '%s' (dialog-tiny, "
+                "dialog-small, gpt2-124M, lstm-tiny, lstm-small)\n", me,
+                o.config);
+        return 2;
+    }
+    vocab = lstm ? lcfg.vocab_size : cfg.vocab_size;
     if (o.lr_min < 0.0f) {
         o.lr_min = o.lr / 10.0f;
     }
@@ -375,13 +614,17 @@ cm_train_dialog_main(int argc, char **argv)
         snprintf(path, sizeof(path), "%.4000s/vocab.json", tokdir);
         rc = cm_dialog_tokenizer(&cp, tokdir,
                                  !(o.resume && stat(path, &st) == 0),
-                                 cfg.vocab_size, o.frac, o.seed, &b);
+                                 vocab, o.frac, o.seed, &b);
     }
     if (rc != CM_OK) {
         cm_corpus_free(&cp);
         return 1;
     }
-    cm_gpt_config_named(o.config, cm_bpe_vocab_size(b), &cfg);
+    if (lstm) {
+        cm_lstm_config_named(o.config, cm_bpe_vocab_size(b), &lcfg);
+    } else {
+        cm_gpt_config_named(o.config, cm_bpe_vocab_size(b), &cfg);
+    }
     t0 = cm_now_mono_ns();
     if (cm_dialog_render(&cp, b, o.frac, o.seed, &data) != CM_OK) {
         cm_error("%s: rendering the corpus failed", me);
@@ -400,27 +643,35 @@ cm_train_dialog_main(int argc, char **argv)
 
     /* model */
     snprintf(path, sizeof(path), "%s/model.bin", o.out);
+    memset(&d, 0, sizeof(d));
     if (o.resume) {
-        if (cm_gpt_load(&m, path, err, sizeof(err)) != CM_OK) {
+        if (cm_dlm_load(&d, path, err, sizeof(err)) != CM_OK) {
             cm_error("%s: --resume: %s", me, err);
             return 1;
         }
-        if (m.config.vocab_size != cm_bpe_vocab_size(b)) {
+        if (d.lstm != lstm) {
+            cm_error("%s: --resume: %s holds a%s, not a%s", me, path,
+                     d.lstm ? "n LSTM" : " GPT", lstm ? "n LSTM" : " GPT");
+            return 1;
+        }
+        if (cm_dlm_vocab(&d) != cm_bpe_vocab_size(b)) {
             cm_error("%s: --resume: checkpoint vocab %d != tokenizer %d", me,
-                     m.config.vocab_size, cm_bpe_vocab_size(b));
+                     cm_dlm_vocab(&d), cm_bpe_vocab_size(b));
             return 1;
         }
         snprintf(path, sizeof(path), "%s/state.bin", o.out);
-        if (cm_gpt_load_state(&m, &step, path, err, sizeof(err)) != CM_OK) {
+        if (cm_dlm_load_state(&d, &step, path, err, sizeof(err)) != CM_OK) {
             cm_error("%s: --resume: %s", me, err);
             return 1;
         }
         cm_info("%s: resumed at step %d", me, step);
-    } else if (cm_gpt_init(&m, &cfg, o.seed) != CM_OK) {
+    } else if ((d.lstm = lstm) ? cm_lstm_init(&d.rnn, &lcfg, o.seed) != CM_OK
+                               : cm_gpt_init(&d.gpt, &cfg, o.seed) != CM_OK)
+    {
         cm_error("%s: cannot allocate the model", me);
         return 1;
     }
-    T = o.seq < m.config.max_seq_len ? o.seq : m.config.max_seq_len;
+    T = o.seq < cm_dlm_max_seq(&d) ? o.seq : cm_dlm_max_seq(&d);
     per = (size_t) o.batch * T;
     if (data.train.n < (size_t) T + 2) {
         cm_error("%s: training stream too short (%zu tokens) for T=%d", me,
@@ -428,12 +679,22 @@ cm_train_dialog_main(int argc, char **argv)
         return 1;
     }
     span = data.train.n - (size_t) T - 1;
-    cm_info("%s: %s L=%d NH=%d C=%d maxT=%d V=%d (Vp %d), %zu parameters;"
-            " B=%d T=%d accum=%d, steps %d, lr %.2g -> %.2g, warmup %d", me,
-            o.config, m.config.num_layers, m.config.num_heads,
-            m.config.channels, m.config.max_seq_len, m.config.vocab_size,
-            m.config.padded_vocab_size, m.num_parameters, o.batch, T, o.accum,
-            o.steps, (double) o.lr, (double) o.lr_min, o.warmup);
+    if (lstm) {
+        cm_info("%s: %s LSTM L=%d E=%d H=%d %s maxT=%d V=%d, %zu parameters",
+                me, o.config, d.rnn.config.num_layers, d.rnn.config.embed_dim,
+                d.rnn.config.hidden, d.rnn.config.tied ? "tied" : "untied",
+                d.rnn.config.max_seq_len, d.rnn.config.vocab_size,
+                d.rnn.num_parameters);
+    } else {
+        cm_info("%s: %s L=%d NH=%d C=%d maxT=%d V=%d (Vp %d), %zu"
+                " parameters", me, o.config, d.gpt.config.num_layers,
+                d.gpt.config.num_heads, d.gpt.config.channels,
+                d.gpt.config.max_seq_len, d.gpt.config.vocab_size,
+                d.gpt.config.padded_vocab_size, d.gpt.num_parameters);
+    }
+    cm_info("%s: B=%d T=%d accum=%d, steps %d, lr %.2g -> %.2g, warmup %d",
+            me, o.batch, T, o.accum, o.steps, (double) o.lr,
+            (double) o.lr_min, o.warmup);
     inp = malloc(per * sizeof(int));
     tgt = malloc(per * sizeof(int));
     if (inp == NULL || tgt == NULL) {
@@ -452,7 +713,7 @@ cm_train_dialog_main(int argc, char **argv)
         /* batches depend on (seed, step) only: a resumed run sees the same
          * data as an uninterrupted one */
         rng = o.seed * 1000003ull + (uint64_t) step;
-        cm_gpt_zero_grad(&m);
+        cm_dlm_zero_grad(&d);
         loss = 0.0;
         for (a = 0; a < o.accum; a++) {
             int bb;
@@ -465,18 +726,19 @@ cm_train_dialog_main(int argc, char **argv)
                     tgt[bb * T + k] = data.train.ids[off + k + 1];
                 }
             }
-            if (cm_gpt_forward(&m, inp, tgt, o.batch, T) != CM_OK
-                || cm_gpt_backward(&m, 1.0f / (float) o.accum) != CM_OK)
+            if (cm_dlm_forward_backward(&d, inp, tgt, o.batch, T,
+                                        1.0f / (float) o.accum, &ml)
+                != CM_OK)
             {
                 cm_error("%s: forward/backward failed", me);
                 return 1;
             }
-            loss += m.mean_loss / o.accum;
+            loss += ml / o.accum;
         }
-        norm = cm_gpt_clip_grad(&m, o.clip);
+        norm = cm_dlm_clip_grad(&d, o.clip);
         opt.lr = lr;
         opt.step = step + 1;
-        if (cm_gpt_update(&m, &opt) != CM_OK) {
+        if (cm_dlm_update(&d, &opt) != CM_OK) {
             cm_error("%s: update failed", me);
             return 1;
         }
@@ -500,7 +762,7 @@ cm_train_dialog_main(int argc, char **argv)
         {
             uint64_t te = cm_now_mono_ns();
 
-            if (cm_train_dialog_eval(&m, b, &data.val, &o, T, &ev) == CM_OK
+            if (cm_train_dialog_eval(&d, b, &data.val, &o, T, &ev) == CM_OK
                 && ev.tokens > 0)
             {
                 last_val = ev.loss;
@@ -508,15 +770,7 @@ cm_train_dialog_main(int argc, char **argv)
                         " %zu bytes) after %.0f s", step + 1, ev.loss,
                         ev.ppl, ev.bpb, ev.tokens, ev.bytes, train_secs);
             }
-            snprintf(path, sizeof(path), "%s/model.bin", o.out);
-            if (cm_gpt_save(&m, path, err, sizeof(err)) != CM_OK) {
-                cm_error("%s: %s", me, err);
-                return 1;
-            }
-            snprintf(path, sizeof(path), "%s/state.bin", o.out);
-            if (cm_gpt_save_state(&m, step + 1, path, err, sizeof(err))
-                != CM_OK)
-            {
+            if (cm_dlm_save(&d, o.out, step + 1, err, sizeof(err)) != CM_OK) {
                 cm_error("%s: %s", me, err);
                 return 1;
             }
@@ -536,16 +790,26 @@ cm_train_dialog_main(int argc, char **argv)
     }
     train_tok = (int) (train_secs > 0 ? (double) tokens_done / train_secs
                                       : 0);
-    js = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f,"
-                   " s:f, s:i, s:f, s:I, s:I}",
-                   "config", o.config, "steps", step, "L",
-                   m.config.num_layers, "NH", m.config.num_heads, "C",
-                   m.config.channels, "maxT", m.config.max_seq_len, "V",
-                   m.config.vocab_size, "batch", o.batch, "seq", T,
+    js = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:i, s:f,"
+                   " s:I, s:I}",
+                   "config", o.config, "arch", lstm ? "lstm" : "gpt",
+                   "steps", step, "maxT", cm_dlm_max_seq(&d), "V",
+                   cm_dlm_vocab(&d), "batch", o.batch, "seq", T,
                    "train_loss", loss, "val_loss", last_val,
                    "train_tokens_per_s", train_tok, "train_seconds",
                    train_secs, "val_tokens", (json_int_t) ev.tokens,
-                   "num_parameters", (json_int_t) m.num_parameters);
+                   "num_parameters",
+                   (json_int_t) cm_dlm_num_parameters(&d));
+    if (js != NULL && lstm) {
+        json_object_set_new(js, "L", json_integer(d.rnn.config.num_layers));
+        json_object_set_new(js, "E", json_integer(d.rnn.config.embed_dim));
+        json_object_set_new(js, "H", json_integer(d.rnn.config.hidden));
+        json_object_set_new(js, "tied", json_boolean(d.rnn.config.tied));
+    } else if (js != NULL) {
+        json_object_set_new(js, "L", json_integer(d.gpt.config.num_layers));
+        json_object_set_new(js, "NH", json_integer(d.gpt.config.num_heads));
+        json_object_set_new(js, "C", json_integer(d.gpt.config.channels));
+    }
     if (js != NULL && last_val >= 0) {
         json_object_set_new(js, "val_ppl", json_real(exp(last_val)));
         json_object_set_new(js, "val_bpb", json_real(ev.bpb));
@@ -564,7 +828,7 @@ cm_train_dialog_main(int argc, char **argv)
            train_tok, last_val, o.out);
     free(inp);
     free(tgt);
-    cm_gpt_free(&m);
+    cm_dlm_free(&d);
     cm_bpe_free(b);
     cm_dialog_data_free(&data);
     return 0;
@@ -636,10 +900,11 @@ cm_lm_logits_main(int argc, char **argv)
     };
     static const char usage[] =
         "usage: cinematch lm logits --ckpt FILE --tokens 1,2,3 --out FILE\n"
-        "Writes T x V float32 logits (row-major, unpadded V).\n";
+        "Writes T x V float32 logits (row-major, unpadded V) of a GPT or\n"
+        "LSTM checkpoint.\n";
     const char  *ckpt = NULL, *toks = NULL, *out = NULL, *p;
     int          c, n = 0, cap = 0, *ids = NULL, t;
-    cm_gpt_t     m;
+    cm_dlm_t     m;
     char         err[512], *end;
     FILE        *f;
     long         v;
@@ -686,30 +951,38 @@ cm_lm_logits_main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
-    if (cm_gpt_load(&m, ckpt, err, sizeof(err)) != CM_OK) {
+    if (cm_dlm_load(&m, ckpt, err, sizeof(err)) != CM_OK) {
         cm_error("lm logits: %s", err);
         free(ids);
         return 1;
     }
-    if (cm_gpt_forward(&m, ids, NULL, 1, n) != CM_OK) {
+    if ((m.lstm ? cm_lstm_forward(&m.rnn, ids, NULL, 1, n)
+                : cm_gpt_forward(&m.gpt, ids, NULL, 1, n)) != CM_OK)
+    {
         cm_error("lm logits: tokens out of range or longer than maxT %d",
-                 m.config.max_seq_len);
+                 cm_dlm_max_seq(&m));
         free(ids);
-        cm_gpt_free(&m);
+        cm_dlm_free(&m);
         return 1;
     }
     free(ids);
     f = fopen(out, "wb");
     if (f == NULL) {
         cm_error("lm logits: %s: %s", out, strerror(errno));
-        cm_gpt_free(&m);
+        cm_dlm_free(&m);
         return 1;
     }
     for (t = 0; t < n; t++) {
-        fwrite(m.acts.logits + (size_t) t * m.config.padded_vocab_size,
-               sizeof(float), (size_t) m.config.vocab_size, f);
+        if (m.lstm) {
+            fwrite(m.rnn.acts.logits + (size_t) t * m.rnn.config.vocab_size,
+                   sizeof(float), (size_t) m.rnn.config.vocab_size, f);
+        } else {
+            fwrite(m.gpt.acts.logits
+                   + (size_t) t * m.gpt.config.padded_vocab_size,
+                   sizeof(float), (size_t) m.gpt.config.vocab_size, f);
+        }
     }
-    cm_gpt_free(&m);
+    cm_dlm_free(&m);
     if (fclose(f) != 0) {
         cm_error("lm logits: write failed");
         return 1;
@@ -723,7 +996,7 @@ cm_lm_logits_main(int argc, char **argv)
 static const char cm_lm_generate_usage[] =
     "usage: cinematch lm generate --ckpt FILE --tokenizer DIR --prompt TEXT\n"
     "           [--max-tokens N] [--temperature X] [--top-k K] [--top-p P]\n"
-    "           [--repetition-penalty X] [--seed S]\n"
+    "           [--repetition-penalty X] [--seed S] [--device cpu|cuda|auto]\n"
     "\n"
     "The prompt is the user's turn (earlier turns may be joined with\n"
     "<|eot|>); the reply is printed as it is generated, up to end of turn.\n"
@@ -744,11 +1017,12 @@ cm_lm_generate_main(int argc, char **argv)
         { "top-p", required_argument, NULL, 'P' },
         { "repetition-penalty", required_argument, NULL, 'r' },
         { "seed", required_argument, NULL, 's' },
+        { "device", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
     const char      *me = "lm generate", *ckpt = NULL, *tok = NULL;
-    const char      *prompt = NULL;
+    const char      *prompt = NULL, *device = NULL;
     cm_lm_params_t   p;
     cm_gpt_t         m;
     cm_bpe_t        *b = NULL;
@@ -784,6 +1058,7 @@ cm_lm_generate_main(int argc, char **argv)
         case 'r': bad |= cm_arg_float(me, "repetition-penalty", optarg, 0.01,
                                       100, &p.repetition_penalty); break;
         case 's': p.seed = strtoull(optarg, NULL, 10); break;
+        case 'D': device = optarg; break;
         case 'h': fputs(cm_lm_generate_usage, stdout); return 0;
         default:  fputs(cm_lm_generate_usage, stderr); return 2;
         }
@@ -793,6 +1068,15 @@ cm_lm_generate_main(int argc, char **argv)
     {
         fputs(cm_lm_generate_usage, stderr);
         return 2;
+    }
+    if ((c = cm_dialog_device(me, device)) != 0) {
+        return c;
+    }
+    if (cm_lstm_is_checkpoint(ckpt)) {
+        cm_error("%s: %s is an LSTM baseline; generation serves GPT"
+                 " checkpoints (the LSTM answers in lm eval's replies)", me,
+                 ckpt);
+        return 1;
     }
     if (cm_gpt_load(&m, ckpt, err, sizeof(err)) != CM_OK
         || cm_bpe_load(&b, tok, err, sizeof(err)) != CM_OK)
@@ -888,6 +1172,7 @@ cm_lm_eval_main(int argc, char **argv)
         { "seq", required_argument, NULL, 'T' },
         { "max-tokens", required_argument, NULL, 'n' },
         { "replies", required_argument, NULL, 'R' },
+        { "device", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -895,20 +1180,21 @@ cm_lm_eval_main(int argc, char **argv)
         "usage: cinematch lm eval --ckpt FILE --tokenizer DIR --corpus PATH\n"
         "           [--val-frac F] [--seed S] [--batch B] [--seq T]"
         " [--max-tokens N]\n"
-        "           [--replies N]\n"
+        "           [--replies N] [--device cpu|cuda|auto]\n"
         "Loss, perplexity and bits per byte on the validation split (the\n"
+        "GPT or the LSTM, told apart by the checkpoint's magic; the\n"
         "same --val-frac/--seed as training).  --replies N (default 100, 0\n"
         "off) also answers N validation conversations greedily (32 tokens\n"
         "at most) and reports BLEU-4 against the real replies and\n"
         "distinct-1/2 of the generated ones.\n";
     const char        *me = "lm eval", *ckpt = NULL, *tok = NULL;
-    const char        *corpus = NULL;
+    const char        *corpus = NULL, *device = NULL;
     float              frac = 0.05f;
     uint64_t           seed = 1;
     int                c, bad = 0, B = 8, T = 128, maxn = 0, replies = 100;
     uint8_t           *is_val;
     cm_dialog_replies_t rq;
-    cm_gpt_t           m;
+    cm_dlm_t           m;
     cm_bpe_t          *b = NULL;
     cm_corpus_t        cp;
     cm_dialog_data_t   d;
@@ -930,6 +1216,7 @@ cm_lm_eval_main(int argc, char **argv)
                                     &maxn); break;
         case 'R': bad |= cm_arg_int(me, "replies", optarg, 0, 1 << 24,
                                     &replies); break;
+        case 'D': device = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
         default:  fputs(usage, stderr); return 2;
         }
@@ -940,19 +1227,29 @@ cm_lm_eval_main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
+    if ((c = cm_dialog_device(me, device)) != 0) {
+        return c;
+    }
     cm_corpus_init(&cp);
-    if (cm_gpt_load(&m, ckpt, err, sizeof(err)) != CM_OK
+    if (cm_dlm_load(&m, ckpt, err, sizeof(err)) != CM_OK
         || cm_bpe_load(&b, tok, err, sizeof(err)) != CM_OK
         || cm_corpus_load(&cp, corpus, err, sizeof(err)) != CM_OK)
     {
         cm_error("%s: %s", me, err);
         return 1;
     }
+    if (cm_bpe_vocab_size(b) != cm_dlm_vocab(&m)) {
+        cm_error("%s: tokenizer has %d tokens, model %d", me,
+                 cm_bpe_vocab_size(b), cm_dlm_vocab(&m));
+        return 1;
+    }
     if (cm_dialog_render(&cp, b, frac, seed, &d) != CM_OK) {
         return 1;
     }
-    T = T < m.config.max_seq_len ? T : m.config.max_seq_len;
-    if (cm_dialog_eval(&m, b, d.val.ids, d.val.n, B, T, (size_t) maxn, &ev)
+    T = T < cm_dlm_max_seq(&m) ? T : cm_dlm_max_seq(&m);
+    printf("model: %s, %zu parameters\n", m.lstm ? "LSTM" : "GPT",
+           cm_dlm_num_parameters(&m));
+    if (cm_dlm_eval(&m, b, d.val.ids, d.val.n, B, T, (size_t) maxn, &ev)
         != CM_OK)
     {
         cm_error("%s: evaluation failed", me);
@@ -962,12 +1259,10 @@ cm_lm_eval_main(int argc, char **argv)
            "loss %.4f nats/token  perplexity %.2f  bits/byte %.4f\n",
            d.n_val_convs, ev.tokens, ev.bytes, ev.loss, ev.ppl, ev.bpb);
     is_val = malloc(cp.n_convs + 1);
-    if (replies > 0 && is_val != NULL
-        && m.config.max_seq_len > 32)
-    {
+    if (replies > 0 && is_val != NULL && cm_dlm_max_seq(&m) > 32) {
         cm_corpus_split(&cp, frac, seed, is_val);
-        if (cm_dialog_reply_eval(&m, b, &cp, is_val, (size_t) replies, 32,
-                                 &rq) == CM_OK && rq.examples > 0)
+        if (cm_dlm_reply_eval(&m, b, &cp, is_val, (size_t) replies, 32, &rq)
+            == CM_OK && rq.examples > 0)
         {
             printf("greedy replies to %zu conversations: BLEU-4 %.4f (p1..p4"
                    " %.3f %.3f %.3f %.3f, brevity %.3f)  distinct-1 %.3f"
@@ -980,7 +1275,7 @@ cm_lm_eval_main(int argc, char **argv)
     cm_dialog_data_free(&d);
     cm_corpus_free(&cp);
     cm_bpe_free(b);
-    cm_gpt_free(&m);
+    cm_dlm_free(&m);
     return 0;
 }
 
@@ -990,11 +1285,14 @@ cm_lm_eval_main(int argc, char **argv)
 static const char cm_bench_dialog_usage[] =
     "usage: cinematch bench dialog [--config NAME] [--batch B] [--seq T]\n"
     "           [--steps N] [--ref-steps N] [--decode N] [--prompt-len N]\n"
+    "           [--lstm-steps N]\n"
     "\n"
     "Random weights.  Prints training tokens/s (SGEMM kernels, and the\n"
     "plain-loop reference for the ratio), decode tokens/s with the KV cache\n"
     "at batch 1, 8 and 32 and without it at batch 1 (full forward over the\n"
-    "context per token), and time to first token for a --prompt-len prompt.\n";
+    "context per token), and time to first token for a --prompt-len prompt.\n"
+    "--lstm-steps N (default 3, 0 off) also trains the LSTM baseline of the\n"
+    "same size class (lstm-tiny / lstm-small) in the same run, for the ratio.\n";
 
 
 static double
@@ -1033,6 +1331,48 @@ cm_bench_train(cm_gpt_t *m, int B, int T, int steps, double *cpu_rate)
 }
 
 
+/* The same loop for the LSTM baseline: random data, AdamW, clipping. */
+static double
+cm_bench_train_lstm(cm_lstm_t *m, int B, int T, int steps, double *cpu_rate)
+{
+    int        *inp, *tgt, i, s;
+    uint64_t    t0, rng = 7;
+    cm_adamw_t  o = { 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 0 };
+    double      secs, c0;
+
+    *cpu_rate = 0.0;
+    inp = malloc((size_t) B * T * sizeof(int));
+    tgt = malloc((size_t) B * T * sizeof(int));
+    if (inp == NULL || tgt == NULL) {
+        free(inp);
+        free(tgt);
+        return 0.0;
+    }
+    for (i = 0; i < B * T; i++) {
+        inp[i] = (int) (cm_rng(&rng) % (uint64_t) m->config.vocab_size);
+        tgt[i] = (int) (cm_rng(&rng) % (uint64_t) m->config.vocab_size);
+    }
+    cm_lstm_forward(m, inp, tgt, B, T);
+    cm_lstm_zero_grad(m);
+    cm_lstm_backward(m, 1.0f);
+    c0 = cm_cpu_now();
+    t0 = cm_now_mono_ns();
+    for (s = 0; s < steps; s++) {
+        cm_lstm_forward(m, inp, tgt, B, T);
+        cm_lstm_zero_grad(m);
+        cm_lstm_backward(m, 1.0f);
+        cm_lstm_clip_grad(m, 1.0f);
+        o.step = s + 1;
+        cm_lstm_update(m, &o);
+    }
+    secs = cm_secs(t0);
+    *cpu_rate = (double) B * T * steps / (cm_cpu_now() - c0);
+    free(inp);
+    free(tgt);
+    return (double) B * T * steps / secs;
+}
+
+
 static int
 cm_bench_dialog_main(int argc, char **argv)
 {
@@ -1044,10 +1384,16 @@ cm_bench_dialog_main(int argc, char **argv)
         { "ref-steps", required_argument, NULL, 'r' },
         { "decode", required_argument, NULL, 'd' },
         { "prompt-len", required_argument, NULL, 'p' },
+        { "lstm-steps", required_argument, NULL, 'l' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
     const char      *me = "bench dialog", *config = "dialog-small";
+    int              lstm_steps = 3;
+    char             lname[64];
+    cm_lstm_config_t lcfg;
+    cm_lstm_t        lm;
+    double           lfast, lfast_cpu;
     int              c, bad = 0, B = 8, T = 128, steps = 3, ref_steps = 1;
     int              D = 32, P = 128, bi, i, j, batches[3] = { 1, 8, 32 };
     int              rc = 1;
@@ -1076,6 +1422,8 @@ cm_bench_dialog_main(int argc, char **argv)
                   break;
         case 'p': bad |= cm_arg_int(me, "prompt-len", optarg, 1, 65536, &P);
                   break;
+        case 'l': bad |= cm_arg_int(me, "lstm-steps", optarg, 0, 100000,
+                                    &lstm_steps); break;
         case 'h': fputs(cm_bench_dialog_usage, stdout); return 0;
         default:  fputs(cm_bench_dialog_usage, stderr); return 2;
         }
@@ -1110,6 +1458,22 @@ cm_bench_dialog_main(int argc, char **argv)
         printf("train B=%d T=%d AdamW: %.0f tok/s [%.0f] (plain-loop"
                " reference, %d steps)  ratio %.1fx [%.1fx]\n", B, T, ref,
                ref_cpu, ref_steps, fast / ref, fast_cpu / ref_cpu);
+    }
+    snprintf(lname, sizeof(lname), "lstm-%.40s",
+             strncmp(config, "dialog-", 7) == 0 ? config + 7 : "small");
+    if (lstm_steps > 0
+        && cm_lstm_config_named(lname, cfg.vocab_size, &lcfg) == CM_OK
+        && cm_lstm_init(&lm, &lcfg, 1) == CM_OK)
+    {
+        int lT = T < lcfg.max_seq_len ? T : lcfg.max_seq_len;
+
+        lfast = cm_bench_train_lstm(&lm, B, lT, lstm_steps, &lfast_cpu);
+        printf("train B=%d T=%d AdamW: %.0f tok/s [%.0f] (LSTM baseline %s,"
+               " L=%d H=%d, %zu parameters, %d steps)  GPT/LSTM %.2fx"
+               " [%.2fx]\n", B, lT, lfast, lfast_cpu, lname,
+               lcfg.num_layers, lcfg.hidden, lm.num_parameters, lstm_steps,
+               fast / lfast, fast_cpu / lfast_cpu);
+        cm_lstm_free(&lm);
     }
 
     /* decode with the KV cache: P-token prompts, then D steps timed */

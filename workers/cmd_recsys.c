@@ -2,6 +2,7 @@
  * cmd_recsys.c: `cinematch train recsys`, `cinematch eval recsys`,
  * `cinematch model inspect` and `cinematch bench recsys`.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -52,6 +53,8 @@ typedef struct {
     int                  lenient;
     uint32_t             ref_iters;
     int                  validate;
+    const char          *artifact;     /* eval recsys --artifact */
+    const char          *dump_topk;    /* eval recsys --dump-topk */
 } cm_rs_cli_t;
 
 enum {
@@ -59,7 +62,7 @@ enum {
     OPT_REG, OPT_ALPHA, OPT_K, OPT_JSON, OPT_THREADS, OPT_SEED, OPT_OUT,
     OPT_KNN, OPT_LENIENT, OPT_REF_ITERS, OPT_VALIDATE, OPT_BIAS_REG,
     OPT_REG_EXP, OPT_KNN_BLEND, OPT_SIM_SHRINK, OPT_CONF_THR,
-    OPT_CONF_BELOW, OPT_CG
+    OPT_CONF_BELOW, OPT_CG, OPT_ARTIFACT, OPT_DUMP_TOPK
 };
 
 static const struct option cm_rs_opts[] = {
@@ -87,6 +90,8 @@ static const struct option cm_rs_opts[] = {
     { "conf-threshold", required_argument, NULL, OPT_CONF_THR },
     { "conf-below", required_argument, NULL, OPT_CONF_BELOW },
     { "cg", required_argument, NULL, OPT_CG },
+    { "artifact", required_argument, NULL, OPT_ARTIFACT },
+    { "dump-topk", required_argument, NULL, OPT_DUMP_TOPK },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
@@ -169,6 +174,8 @@ cm_rs_parse(const char *cmd, int argc, char **argv, cm_rs_cli_t *c,
         case OPT_JSON: c->json = 1; break;
         case OPT_LENIENT: c->lenient = 1; break;
         case OPT_VALIDATE: c->validate = 1; break;
+        case OPT_ARTIFACT: c->artifact = optarg; break;
+        case OPT_DUMP_TOPK: c->dump_topk = optarg; break;
         case OPT_FORMAT:
             if (cm_ml_format_parse(optarg, &c->format) != CM_OK) {
                 fprintf(stderr, "cinematch %s: --format wants auto, ml-latest,"
@@ -444,7 +451,17 @@ cm_eval_recsys_usage(FILE *f)
             " way and\n"
             "                      report on that validation part (for"
             " tuning; the\n"
-            "                      test part is never touched)\n%s\n"
+            "                      test part is never touched)\n"
+            "  --artifact FILE     with --dump-topk: no training, no split;"
+            " score every\n"
+            "                      user of this artifact offline, one user"
+            " at a time\n"
+            "  --dump-topk FILE    write each user's top-K unseen films as"
+            " JSON lines\n"
+            "                      {user_id, movie_ids, scores} (external"
+            " ids; - is\n"
+            "                      stdout): what `cinematch infer` must"
+            " answer\n%s\n"
             "Ranking: full catalogue of train items minus the user's train"
             " items;\npositives = test ratings >= 4.0; see"
             " shared/include/cinematch/recsys_eval.h.\n", cm_rs_common_help);
@@ -476,6 +493,73 @@ cm_rs_read_split_file(cm_rs_cli_t *c, const char *name, cm_ratings_t *out)
 }
 
 
+/*
+ * eval recsys --artifact FILE --dump-topk OUT: the offline top-K of every
+ * user of an artifact, scored one user at a time (the daemon scores
+ * batches with one SGEMM), seen films excluded, for consistency checks of
+ * the serving path.
+ */
+static int
+cm_rs_dump_topk(const cm_rs_cli_t *c)
+{
+    FILE           *f;
+    float          *row, *sc;
+    uint32_t       *idx, u;
+    size_t          n, j;
+    cm_rs_model_t  *m;
+    char            err[1024];
+    int             rc = 0;
+
+    if (cm_rs_model_open(c->artifact, &m, err, sizeof(err)) != CM_OK) {
+        fprintf(stderr, "cinematch eval recsys: %s\n", err);
+        return 1;
+    }
+    f = strcmp(c->dump_topk, "-") == 0 ? stdout : fopen(c->dump_topk, "w");
+    row = malloc((size_t) m->n_items * sizeof(float));
+    idx = malloc(c->k * sizeof(uint32_t));
+    sc = malloc(c->k * sizeof(float));
+    if (f == NULL || row == NULL || idx == NULL || sc == NULL) {
+        fprintf(stderr, "cinematch eval recsys: %s: %s\n", c->dump_topk,
+                f == NULL ? strerror(errno) : "out of memory");
+        rc = 1;
+        goto done;
+    }
+    for (u = 0; u < m->n_users && rc == 0; u++) {
+        if (cm_rs_score_users(m, &u, 1, row) != CM_OK) {
+            fprintf(stderr, "cinematch eval recsys: scoring failed\n");
+            rc = 1;
+            break;
+        }
+        n = cm_rs_topk(row, m->n_items, m->seen_idx + m->seen_ptr[u],
+                       m->seen_ptr[u + 1] - m->seen_ptr[u], c->k, idx, sc);
+        fprintf(f, "{\"user_id\":%d,\"movie_ids\":[", m->user_ext[u]);
+        for (j = 0; j < n; j++) {
+            fprintf(f, "%s%d", j ? "," : "", m->item_ext[idx[j]]);
+        }
+        fprintf(f, "],\"scores\":[");
+        for (j = 0; j < n; j++) {
+            fprintf(f, "%s%.9g", j ? "," : "", (double) sc[j]);
+        }
+        fprintf(f, "]}\n");
+    }
+    if (f != stdout && f != NULL && fclose(f) != 0) {
+        fprintf(stderr, "cinematch eval recsys: %s: %s\n", c->dump_topk,
+                strerror(errno));
+        rc = 1;
+    }
+    f = NULL;
+done:
+    if (f != NULL && f != stdout) {
+        fclose(f);
+    }
+    free(row);
+    free(idx);
+    free(sc);
+    cm_rs_model_free(m);
+    return rc;
+}
+
+
 static int
 cm_eval_recsys_main(int argc, char **argv)
 {
@@ -493,6 +577,19 @@ cm_eval_recsys_main(int argc, char **argv)
     rc = cm_rs_parse("eval recsys", argc, argv, &c, cm_eval_recsys_usage);
     if (rc != 0) {
         return rc == 1 ? 0 : 2;
+    }
+    if ((c.artifact == NULL) != (c.dump_topk == NULL)) {
+        fprintf(stderr, "cinematch eval recsys: --artifact and --dump-topk"
+                " go together\n");
+        return 2;
+    }
+    if (c.artifact != NULL) {
+        if (c.data != NULL || c.have_split) {
+            fprintf(stderr, "cinematch eval recsys: --artifact takes no"
+                    " --data or --split\n");
+            return 2;
+        }
+        return cm_rs_dump_topk(&c);
     }
     if (c.data == NULL) {
         fprintf(stderr, "cinematch eval recsys: --data is required\n");

@@ -531,8 +531,8 @@ int
 cm_model_promote(PGconn *c, const char *name, int version, char *err,
     size_t errlen)
 {
-    char         ver[16], sha[65], payload[64];
-    const char  *v[3];
+    char         ver[16], sha[65];
+    const char  *v[2];
     PGresult    *r;
     int          rc;
 
@@ -579,23 +579,11 @@ cm_model_promote(PGconn *c, const char *name, int version, char *err,
         PQclear(PQexec(c, "ROLLBACK"));
         return rc;
     }
-    r = cm_pg_query(c, "UPDATE model_versions SET stage = 'archived' WHERE"
-                    " model_name = $1 AND stage = 'production'", 1, v, err,
-                    errlen);
-    if (r == NULL) {
-        goto failed;
-    }
-    PQclear(r);
-    r = cm_pg_query(c, "UPDATE model_versions SET stage = 'production' WHERE"
-                    " model_name = $1 AND version = $2", 2, v, err, errlen);
-    if (r == NULL) {
-        goto failed;
-    }
-    PQclear(r);
-    snprintf(payload, sizeof(payload), "%s:%d", name, version);
-    v[0] = payload;
-    r = cm_pg_query(c, "SELECT pg_notify('" CM_MODELS_CHANNEL "', $1)", 1, v,
-                    err, errlen);
+    /* the transition, the archiving of the old production and the NOTIFY
+     * are sql/010's cm_model_set_stage(), which the API's stage endpoint
+     * calls too */
+    r = cm_pg_query(c, "SELECT changed FROM cm_model_set_stage($1, $2::int,"
+                    " 'production')", 2, v, err, errlen);
     if (r == NULL) {
         goto failed;
     }
@@ -616,17 +604,14 @@ cm_model_rollback(PGconn *c, const char *name, int *version, char *err,
     PGresult    *r;
 
     /* the version promoted before the current production (history from the
-     * model_stage_events trigger); rolling back twice flips back */
-    r = cm_pg_query(c, "SELECT e.version FROM model_stage_events e"
-                    " JOIN model_versions m ON m.id = e.model_version_id"
-                    " WHERE e.model_name = $1 AND e.to_stage = 'production'"
-                    " AND m.stage <> 'production'"
-                    " ORDER BY e.changed_at DESC, e.id DESC LIMIT 1", 1, v,
-                    err, errlen);
+     * model_stage_events trigger; sql/010's cm_model_rollback_version(),
+     * which GET /api/v1/models reports too); rolling back twice flips back */
+    r = cm_pg_query(c, "SELECT cm_model_rollback_version($1)", 1, v, err,
+                    errlen);
     if (r == NULL) {
         return CM_EIO;
     }
-    if (PQntuples(r) == 0) {
+    if (PQntuples(r) == 0 || PQgetisnull(r, 0, 0)) {
         PQclear(r);
         return cm_seterr(err, errlen, CM_ENOTFOUND, "%s has no earlier"
                          " production version to roll back to", name);

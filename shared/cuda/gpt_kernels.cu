@@ -193,6 +193,130 @@ cm_adamw_kernel(float *params, const float *grads, float *m, float *v,
 }
 
 
+/* one warp per row; dweight and dbias summed over rows with atomics (the
+ * order varies run to run: equal to the CPU loop within rounding) */
+__global__ static void
+cm_layernorm_backward_kernel(float *dinp, float *dw, float *db,
+    const float *dout, const float *inp, const float *w, const float *mean,
+    const float *rstd, int N, int C)
+{
+    int          row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int          lane = threadIdx.x % 32;
+    const float *d, *x;
+    float       *dx, m, s, dmean = 0.0f, dnmean = 0.0f;
+
+    if (row >= N) {
+        return;
+    }
+    d = dout + (size_t) row * C;
+    x = inp + (size_t) row * C;
+    dx = dinp + (size_t) row * C;
+    m = mean[row];
+    s = rstd[row];
+    for (int i = lane; i < C; i += 32) {
+        float norm = (x[i] - m) * s, dn = w[i] * d[i];
+
+        dmean += dn;
+        dnmean += dn * norm;
+    }
+    dmean = cm_warp_sum(dmean) / C;
+    dnmean = cm_warp_sum(dnmean) / C;
+    for (int i = lane; i < C; i += 32) {
+        float norm = (x[i] - m) * s, dn = w[i] * d[i];
+
+        atomicAdd(&db[i], d[i]);
+        atomicAdd(&dw[i], norm * d[i]);
+        dx[i] += (dn - dmean - norm * dnmean) * s;
+    }
+}
+
+
+/* dbias[o] += sum over rows of dout[., o]; one thread per column */
+__global__ static void
+cm_colsum_kernel(float *dbias, const float *dout, int N, int OC)
+{
+    int   o = blockIdx.x * blockDim.x + threadIdx.x;
+    float s = 0.0f;
+
+    if (o >= OC) {
+        return;
+    }
+    for (int n = 0; n < N; n++) {
+        s += dout[(size_t) n * OC + o];
+    }
+    dbias[o] += s;
+}
+
+
+/*
+ * One warp per (b, h, t) row: the causal softmax's backward.  With
+ * s = sum_{j<=t} a_j da_j:  dpreatt_j = a_j (da_j - s) for j <= t, 0 above;
+ * datt above the diagonal is zeroed, as the CPU loop leaves it.
+ */
+__global__ static void
+cm_causal_softmax_backward_kernel(float *dpreatt, float *datt,
+    const float *att, int rows, int T)
+{
+    int          row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int          lane = threadIdx.x % 32, t;
+    const float *a;
+    float       *da, *dp, s = 0.0f;
+
+    if (row >= rows) {
+        return;
+    }
+    t = row % T;
+    a = att + (size_t) row * T;
+    da = datt + (size_t) row * T;
+    dp = dpreatt + (size_t) row * T;
+    for (int j = lane; j <= t; j += 32) {
+        s += a[j] * da[j];
+    }
+    s = cm_warp_sum(s);
+    for (int j = lane; j < T; j += 32) {
+        if (j <= t) {
+            dp[j] = a[j] * (da[j] - s);
+        } else {
+            dp[j] = 0.0f;
+            da[j] = 0.0f;
+        }
+    }
+}
+
+
+__global__ static void
+cm_crossentropy_kernel(float *losses, const float *probs, const int *targets,
+    int N, int Vp)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+
+    if (i < N) {
+        float p = probs[(size_t) i * Vp + targets[i]];
+
+        losses[i] = -logf(p > 1e-30f ? p : 1e-30f);
+    }
+}
+
+
+/* dlogits[n, i] += (probs[n, i] - [i == target n]) dlosses[n], i < V */
+__global__ static void
+cm_crossentropy_softmax_backward_kernel(float *dlogits, const float *dlosses,
+    const float *probs, const int *targets, int N, int V, int Vp)
+{
+    size_t k = (size_t) blockIdx.x * blockDim.x + threadIdx.x;
+    int    n, i;
+
+    if (k >= (size_t) N * V) {
+        return;
+    }
+    n = (int) (k / V);
+    i = (int) (k % V);
+    dlogits[(size_t) n * Vp + i] += (probs[(size_t) n * Vp + i]
+                                     - (i == targets[n] ? 1.0f : 0.0f))
+                                    * dlosses[n];
+}
+
+
 /* ---- host side -------------------------------------------------------- */
 
 static int
@@ -243,6 +367,24 @@ cm_up(cm_dev_t *dv, const float *h, size_t n)
     dv->d[dv->n++] = d;
     if (h != NULL && cudaMemcpy(d, h, n * sizeof(float),
                                 cudaMemcpyHostToDevice) != cudaSuccess)
+    {
+        return NULL;
+    }
+    return d;
+}
+
+
+static int *
+cm_up_int(cm_dev_t *dv, const int *h, size_t n)
+{
+    int *d = NULL;
+
+    if (cudaMalloc((void **) &d, (n ? n : 1) * sizeof(int)) != cudaSuccess) {
+        return NULL;
+    }
+    dv->d[dv->n++] = (float *) d;
+    if (cudaMemcpy(d, h, n * sizeof(int), cudaMemcpyHostToDevice)
+        != cudaSuccess)
     {
         return NULL;
     }
@@ -512,6 +654,241 @@ cm_cuda_adamw(float *params, const float *grads, float *m, float *v,
             n, lr, beta1, beta2, b1c, b2c, eps, wd);
         if (cm_sync() == CM_OK && cm_down(params, p, n) == CM_OK
             && cm_down(m, dm, n) == CM_OK && cm_down(v, dvv, n) == CM_OK)
+        {
+            rc = CM_OK;
+        }
+    }
+    cm_dev_free(&dv);
+    return rc;
+}
+
+
+extern "C" int
+cm_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,
+    const float *dout, const float *inp, const float *weight,
+    const float *mean, const float *rstd, int N, int C)
+{
+    cm_dev_t  dv = { { NULL }, 0 };
+    float    *di, *dw, *db, *d, *x, *w, *m, *r;
+    int       rc = CM_ERR;
+
+    if (!cm_cuda_ready()) {
+        return CM_ENOTFOUND;
+    }
+    di = cm_up(&dv, dinp, (size_t) N * C);
+    dw = cm_up(&dv, dweight, (size_t) C);
+    db = cm_up(&dv, dbias, (size_t) C);
+    d = cm_up(&dv, dout, (size_t) N * C);
+    x = cm_up(&dv, inp, (size_t) N * C);
+    w = cm_up(&dv, weight, (size_t) C);
+    m = cm_up(&dv, mean, (size_t) N);
+    r = cm_up(&dv, rstd, (size_t) N);
+    if (di != NULL && dw != NULL && db != NULL && d != NULL && x != NULL
+        && w != NULL && m != NULL && r != NULL)
+    {
+        cm_layernorm_backward_kernel<<<(N + 3) / 4, 128>>>(di, dw, db, d, x,
+                                                           w, m, r, N, C);
+        if (cm_sync() == CM_OK
+            && cm_down(dinp, di, (size_t) N * C) == CM_OK
+            && cm_down(dweight, dw, (size_t) C) == CM_OK
+            && cm_down(dbias, db, (size_t) C) == CM_OK)
+        {
+            rc = CM_OK;
+        }
+    }
+    cm_dev_free(&dv);
+    return rc;
+}
+
+
+/* Accumulates as the CPU version: dinp += dout W, dW += dout^T inp,
+ * dbias += column sums of dout (dbias may be NULL). */
+extern "C" int
+cm_cuda_matmul_backward(float *dinp, float *dweight, float *dbias,
+    const float *dout, const float *inp, const float *weight, int N, int C,
+    int OC)
+{
+    cm_dev_t        dv = { { NULL }, 0 };
+    cublasHandle_t  h;
+    float          *di, *dw, *db = NULL, *d, *x, *w, one = 1.0f;
+    int             rc = CM_ERR;
+
+    if (!cm_cuda_ready()) {
+        return CM_ENOTFOUND;
+    }
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+        return CM_ERR;
+    }
+    di = cm_up(&dv, dinp, (size_t) N * C);
+    dw = cm_up(&dv, dweight, (size_t) OC * C);
+    d = cm_up(&dv, dout, (size_t) N * OC);
+    x = cm_up(&dv, inp, (size_t) N * C);
+    w = cm_up(&dv, weight, (size_t) OC * C);
+    if (dbias != NULL) {
+        db = cm_up(&dv, dbias, (size_t) OC);
+    }
+    if (di != NULL && dw != NULL && d != NULL && x != NULL && w != NULL
+        && (dbias == NULL || db != NULL)
+        /* column-major: dinp^T (C x N) += W^T (C x OC) dout^T (OC x N) */
+        && cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, d,
+                       OC, &one, di, C) == CUBLAS_STATUS_SUCCESS
+        /* dW^T (C x OC) += inp^T (C x N) dout (N x OC) */
+        && cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, x, C, d,
+                       OC, &one, dw, C) == CUBLAS_STATUS_SUCCESS)
+    {
+        if (db != NULL) {
+            cm_colsum_kernel<<<(OC + 127) / 128, 128>>>(db, d, N, OC);
+        }
+        if (cm_sync() == CM_OK
+            && cm_down(dinp, di, (size_t) N * C) == CM_OK
+            && cm_down(dweight, dw, (size_t) OC * C) == CM_OK
+            && (db == NULL || cm_down(dbias, db, (size_t) OC) == CM_OK))
+        {
+            rc = CM_OK;
+        }
+    }
+    cm_dev_free(&dv);
+    cublasDestroy(h);
+    return rc;
+}
+
+
+/*
+ * As cm_attention_backward: dinp (B, T, 3C) accumulates dq, dk, dv;
+ * dpreatt and datt (B, NH, T, T) are overwritten.  Per batch row b, heads
+ * batched (row-major X is column-major X^T):
+ *   datt = dout v^T        dv += att^T dout
+ *   dpreatt = causal softmax backward (kernel)
+ *   dq += scale dpreatt k  dk += scale dpreatt^T q
+ */
+extern "C" int
+cm_cuda_attention_backward(float *dinp, float *dpreatt, float *datt,
+    const float *dout, const float *inp, const float *att, int B, int T,
+    int C, int NH)
+{
+    cm_dev_t        dv = { { NULL }, 0 };
+    cublasHandle_t  h;
+    float          *di, *dp, *da, *d, *x, *a, one = 1.0f, zero = 0.0f, scale;
+    int             hs = C / NH, C3 = 3 * C, rc = CM_ERR, b, ok = 1;
+    size_t          natt = (size_t) B * NH * T * T;
+    long long       sa = (long long) T * T;
+
+    if (!cm_cuda_ready()) {
+        return CM_ENOTFOUND;
+    }
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+        return CM_ERR;
+    }
+    scale = 1.0f / sqrtf((float) hs);
+    di = cm_up(&dv, dinp, (size_t) B * T * C3);
+    dp = cm_up(&dv, NULL, natt);
+    da = cm_up(&dv, NULL, natt);
+    d = cm_up(&dv, dout, (size_t) B * T * C);
+    x = cm_up(&dv, inp, (size_t) B * T * C3);
+    a = cm_up(&dv, att, natt);
+    if (di == NULL || dp == NULL || da == NULL || d == NULL || x == NULL
+        || a == NULL)
+    {
+        ok = 0;
+    }
+    for (b = 0; b < B && ok; b++) {
+        const float *v = x + (size_t) b * T * C3 + 2 * C;
+        const float *db = d + (size_t) b * T * C;
+        const float *ab = a + (size_t) b * NH * T * T;
+        float       *dab = da + (size_t) b * NH * T * T;
+        float       *dvb = di + (size_t) b * T * C3 + 2 * C;
+
+        /* datt[h] (T x T) = dout[h] (T x hs) v[h]^T */
+        ok = cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs,
+                 &one, v, C3, hs, db, C, hs, &zero, dab, T, sa, NH)
+             == CUBLAS_STATUS_SUCCESS
+             /* dv[h] (T x hs) += att[h]^T dout[h] */
+             && cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, hs, T,
+                 T, &one, db, C, hs, ab, T, sa, &one, dvb, C3, hs, NH)
+                == CUBLAS_STATUS_SUCCESS;
+    }
+    if (ok) {
+        int rows = B * NH * T;
+
+        cm_causal_softmax_backward_kernel<<<(rows + 3) / 4, 128>>>(dp, da, a,
+                                                                   rows, T);
+    }
+    for (b = 0; b < B && ok; b++) {
+        const float *q = x + (size_t) b * T * C3, *k = q + C;
+        const float *dpb = dp + (size_t) b * NH * T * T;
+        float       *dq = di + (size_t) b * T * C3, *dk = dq + C;
+
+        /* dq[h] (T x hs) += scale dpreatt[h] k[h] */
+        ok = cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T,
+                 &scale, k, C3, hs, dpb, T, sa, &one, dq, C3, hs, NH)
+             == CUBLAS_STATUS_SUCCESS
+             /* dk[h] (T x hs) += scale dpreatt[h]^T q[h] */
+             && cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, hs, T,
+                 T, &scale, q, C3, hs, dpb, T, sa, &one, dk, C3, hs, NH)
+                == CUBLAS_STATUS_SUCCESS;
+    }
+    if (ok && cm_sync() == CM_OK
+        && cm_down(dinp, di, (size_t) B * T * C3) == CM_OK
+        && cm_down(dpreatt, dp, natt) == CM_OK
+        && cm_down(datt, da, natt) == CM_OK)
+    {
+        rc = CM_OK;
+    }
+    cm_dev_free(&dv);
+    cublasDestroy(h);
+    return rc;
+}
+
+
+extern "C" int
+cm_cuda_crossentropy_forward(float *losses, const float *probs,
+    const int *targets, int N, int Vp)
+{
+    cm_dev_t  dv = { { NULL }, 0 };
+    float    *l, *p;
+    int      *t;
+    int       rc = CM_ERR;
+
+    if (!cm_cuda_ready()) {
+        return CM_ENOTFOUND;
+    }
+    l = cm_up(&dv, NULL, (size_t) N);
+    p = cm_up(&dv, probs, (size_t) N * Vp);
+    t = cm_up_int(&dv, targets, (size_t) N);
+    if (l != NULL && p != NULL && t != NULL) {
+        cm_crossentropy_kernel<<<(N + 127) / 128, 128>>>(l, p, t, N, Vp);
+        if (cm_sync() == CM_OK && cm_down(losses, l, (size_t) N) == CM_OK) {
+            rc = CM_OK;
+        }
+    }
+    cm_dev_free(&dv);
+    return rc;
+}
+
+
+extern "C" int
+cm_cuda_crossentropy_softmax_backward(float *dlogits, const float *dlosses,
+    const float *probs, const int *targets, int N, int V, int Vp)
+{
+    cm_dev_t  dv = { { NULL }, 0 };
+    float    *dl, *dls, *p;
+    int      *t;
+    int       rc = CM_ERR;
+    size_t    n = (size_t) N * V;
+
+    if (!cm_cuda_ready()) {
+        return CM_ENOTFOUND;
+    }
+    dl = cm_up(&dv, dlogits, (size_t) N * Vp);
+    dls = cm_up(&dv, dlosses, (size_t) N);
+    p = cm_up(&dv, probs, (size_t) N * Vp);
+    t = cm_up_int(&dv, targets, (size_t) N);
+    if (dl != NULL && dls != NULL && p != NULL && t != NULL) {
+        cm_crossentropy_softmax_backward_kernel<<<(unsigned) ((n + 255)
+                                                              / 256), 256>>>(
+            dl, dls, p, t, N, V, Vp);
+        if (cm_sync() == CM_OK
+            && cm_down(dlogits, dl, (size_t) N * Vp) == CM_OK)
         {
             rc = CM_OK;
         }

@@ -10,6 +10,15 @@
 #include "cinematch/common.h"
 #include "cinematch/dialog.h"
 #include "cinematch/lm.h"
+#include "cinematch/lstm.h"
+
+
+typedef int (*cm_dialog_loss_pt)(void *model, const int *inp,
+    const int *tgt, int B, int T, float *mean_loss);
+
+static int cm_dialog_eval_with(cm_dialog_loss_pt loss, void *model,
+    const cm_bpe_t *b, const int32_t *ids, size_t n, int B, int T,
+    size_t max_tokens, cm_dialog_eval_t *out);
 
 
 static int
@@ -112,10 +121,57 @@ cm_dialog_data_free(cm_dialog_data_t *d)
 }
 
 
+/* The mean loss of one (B, T) batch, whatever the model. */
+static int
+cm_dialog_gpt_loss(void *model, const int *inp, const int *tgt, int B, int T,
+    float *mean_loss)
+{
+    cm_gpt_t *m = model;
+    int       rc = cm_gpt_forward(m, inp, tgt, B, T);
+
+    *mean_loss = m->mean_loss;
+    return rc;
+}
+
+
+static int
+cm_dialog_lstm_loss(void *model, const int *inp, const int *tgt, int B,
+    int T, float *mean_loss)
+{
+    cm_lstm_t *m = model;
+    int        rc = cm_lstm_forward(m, inp, tgt, B, T);
+
+    *mean_loss = m->mean_loss;
+    return rc;
+}
+
+
 int
 cm_dialog_eval(cm_gpt_t *m, const cm_bpe_t *b, const int32_t *ids, size_t n,
     int B, int T, size_t max_tokens, cm_dialog_eval_t *out)
 {
+    return cm_dialog_eval_with(cm_dialog_gpt_loss, m, b, ids, n, B, T,
+                               max_tokens, out);
+}
+
+
+int
+cm_dialog_eval_lstm(cm_lstm_t *m, const cm_bpe_t *b, const int32_t *ids,
+    size_t n, int B, int T, size_t max_tokens, cm_dialog_eval_t *out)
+{
+    return cm_dialog_eval_with(cm_dialog_lstm_loss, m, b, ids, n, B, T,
+                               max_tokens, out);
+}
+
+
+/* The same windows, targets and byte count for every kind of model, so
+ * their numbers compare. */
+static int
+cm_dialog_eval_with(cm_dialog_loss_pt loss, void *model, const cm_bpe_t *b,
+    const int32_t *ids, size_t n, int B, int T, size_t max_tokens,
+    cm_dialog_eval_t *out)
+{
+    float    ml = 0.0f;
     int     *inp, *tgt, rc = CM_OK;
     size_t   per = (size_t) B * T, off = 0, k, len;
     double   sum = 0.0;
@@ -137,10 +193,10 @@ cm_dialog_eval(cm_gpt_t *m, const cm_bpe_t *b, const int32_t *ids, size_t n,
             inp[k] = ids[off + k];
             tgt[k] = ids[off + k + 1];
         }
-        if ((rc = cm_gpt_forward(m, inp, tgt, B, T)) != CM_OK) {
+        if ((rc = loss(model, inp, tgt, B, T, &ml)) != CM_OK) {
             break;
         }
-        sum += (double) m->mean_loss * (double) per;
+        sum += (double) ml * (double) per;
         for (k = 0; k < per; k++) {
             len = 0;
             (void) cm_bpe_token(b, tgt[k], &len);
@@ -572,5 +628,106 @@ cm_dialog_reply_eval(const cm_gpt_t *m, const cm_bpe_t *b,
     free(refs);
     free(ctx.ids);
     cm_lm_engine_free(&e);
+    return rc;
+}
+
+
+/*
+ * The LSTM's greedy replies, on exactly the examples and contexts
+ * cm_dialog_reply_eval picks for a GPT of the same maxT (validation
+ * conversations of 2..512 turns in corpus order, the earlier turns
+ * rendered and cut to their last maxT - max_tokens tokens), with the same
+ * decoding (argmax, end of turn / end of text stop the reply and are
+ * masked for the first token).  One sequence at a time: the state is two
+ * (L, H) vectors, each step two SGEMVs per layer.
+ */
+int
+cm_dialog_reply_eval_lstm(const cm_lstm_t *m, const cm_bpe_t *b,
+    const cm_corpus_t *c, const uint8_t *is_val, size_t max_examples,
+    int max_tokens, cm_dialog_replies_t *out)
+{
+    cm_lstm_state_t   st;
+    cm_tokens_t       ctx = { 0 }, gen = { 0 };
+    size_t            i, k, nh = 0;
+    char            **hyps = NULL;
+    const char      **refs = NULL;
+    const char       *turns[512];
+    int               rc = CM_OK, n, room, t, V = m->config.vocab_size, best;
+    int32_t           eot = cm_bpe_special(b, CM_BPE_ENDOFTURN);
+    int32_t           eos = cm_bpe_special(b, CM_BPE_ENDOFTEXT);
+
+    memset(out, 0, sizeof(*out));
+    if (max_tokens < 1 || max_tokens >= m->config.max_seq_len) {
+        return CM_EINVAL;
+    }
+    hyps = calloc(max_examples + 1, sizeof(char *));
+    refs = calloc(max_examples + 1, sizeof(char *));
+    if (hyps == NULL || refs == NULL || cm_lstm_state_init(&st, m) != CM_OK) {
+        free(hyps);
+        free(refs);
+        return CM_ENOMEM;
+    }
+    room = m->config.max_seq_len - max_tokens;
+    for (i = 0; rc == CM_OK && nh < max_examples && i < c->n_convs; i++) {
+        const cm_conv_t *cv = &c->convs[i];
+
+        if (!is_val[i] || cv->n < 2 || cv->n > 512) {
+            continue;
+        }
+        for (k = 0; k + 1 < cv->n; k++) {
+            turns[k] = cm_corpus_str(c, c->turns[cv->first + k].text);
+        }
+        ctx.n = 0;
+        if ((rc = cm_dialog_render_turns(b, turns, cv->n - 1, 0, &ctx))
+            != CM_OK)
+        {
+            break;
+        }
+        n = (int) ctx.n > room ? room : (int) ctx.n;
+        cm_lstm_state_reset(&st, m);
+        for (k = ctx.n - (size_t) n; rc == CM_OK && k < ctx.n; k++) {
+            rc = cm_lstm_step(m, &st, ctx.ids[k], k + 1 == ctx.n);
+        }
+        gen.n = 0;
+        for (t = 0; rc == CM_OK && t < max_tokens; t++) {
+            best = -1;
+            for (k = 0; k < (size_t) V; k++) {
+                if (t == 0 && ((int32_t) k == eot || (int32_t) k == eos)) {
+                    continue;
+                }
+                if (best < 0 || st.logits[k] > st.logits[best]) {
+                    best = (int) k;
+                }
+            }
+            if (best == eot || best == eos) {
+                break;
+            }
+            if ((rc = cm_push(&gen, best)) != CM_OK) {
+                break;
+            }
+            if (t + 1 < max_tokens) {
+                rc = cm_lstm_step(m, &st, best, 1);
+            }
+        }
+        if (rc == CM_OK
+            && cm_bpe_decode(b, gen.ids, gen.n, &hyps[nh], NULL) != CM_OK)
+        {
+            rc = CM_ENOMEM;
+        }
+        if (rc == CM_OK) {
+            refs[nh++] = cm_corpus_str(c, c->turns[cv->first + cv->n - 1].text);
+        }
+    }
+    if (rc == CM_OK && nh > 0) {
+        rc = cm_dialog_bleu((const char *const *) hyps, refs, nh, out);
+    }
+    for (k = 0; k < nh; k++) {
+        free(hyps[k]);
+    }
+    free(hyps);
+    free(refs);
+    free(ctx.ids);
+    free(gen.ids);
+    cm_lstm_state_free(&st);
     return rc;
 }

@@ -16,7 +16,10 @@ rate limit, on the same nginx in the same run.
 
 Prints requests/s and latency of each and the ratios to anonymous.  Rounds
 alternate so that drift on a shared machine hits all three; the best round
-of each is reported.  Starts its own PostgreSQL, Redis and nginx (1 worker).
+of each is reported.  Also the CPU time the nginx worker and redis-server
+spent per request (utime + stime from /proc over the run, median of the
+rounds): on a loaded machine throughput swings with everyone else's work,
+CPU per request much less.  Starts its own PostgreSQL, Redis and nginx (1 worker).
 """
 
 import argparse
@@ -24,7 +27,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
+import statistics
 import shutil
 import subprocess
 import sys
@@ -38,6 +43,13 @@ import harness  # noqa: E402
 BIN = harness.ROOT / "build" / "cinematch"
 
 
+def cpu_s(pid):
+    """utime + stime of a process in seconds (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(port, path, seconds, connections, extra):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
                           "--latency", *extra,
@@ -48,7 +60,8 @@ def wrk(port, path, seconds, connections, extra):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
-    return rps, p50, p99
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, p50, p99, n
 
 
 def token(secret):
@@ -107,22 +120,30 @@ def main():
             assert " 200" in out.splitlines()[0], (name, out)
             assert ("x-ratelimit-limit" in out.lower()) == ("limit" in name), out
 
+        worker = next(iter(s.nginx.worker_pids()))
+        redis = s.redis.proc.pid
         best = {name: None for name in cases}
+        cpu = {name: ([], []) for name in cases}
         for _ in range(args.rounds):
             for name, (port, extra) in cases.items():
+                w0, r0 = cpu_s(worker), cpu_s(redis)
                 r = wrk(port, path, args.seconds, args.connections, extra)
+                cpu[name][0].append((cpu_s(worker) - w0) / r[3] * 1e6)
+                cpu[name][1].append((cpu_s(redis) - r0) / r[3] * 1e6)
                 if best[name] is None or r[0] > best[name][0]:
                     best[name] = r
 
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, nginx 1 worker, "
           f"best of {args.rounds} alternating rounds")
     print(f"{'case':<16} {'req/s':>10} {'p50':>9} {'p99':>9} "
-          f"{'vs anonymous':>13}")
+          f"{'vs anonymous':>13} {'nginx us/req':>13} {'redis us/req':>13}")
     for name in best:
-        rps, p50, p99 = best[name]
+        rps, p50, p99, _ = best[name]
         base = best["anonymous+limit" if name == "jwt+limit"
                     else "anonymous"][0]
-        print(f"{name:<16} {rps:>10.0f} {p50:>9} {p99:>9} {rps / base:>13.2f}")
+        print(f"{name:<16} {rps:>10.0f} {p50:>9} {p99:>9} {rps / base:>13.2f}"
+              f" {statistics.median(cpu[name][0]):>13.1f}"
+              f" {statistics.median(cpu[name][1]):>13.1f}")
     print("ratios: jwt+limit against anonymous+limit (same location), "
           "others against anonymous")
     print(f"jwt+limit / anonymous (no limit): "

@@ -24,6 +24,8 @@ import harness
 ROOT = harness.ROOT
 BIN = ROOT / "build" / "cinematch"
 USERS_SQL = ROOT / "sql" / "001_users_auth.sql"
+# register writes a verification token and its mail (sql/007)
+EMAIL_SQL = ROOT / "sql" / "007_email_tokens.sql"
 DB = "cm_auth_session"
 
 
@@ -47,6 +49,7 @@ def db(backends):
     backends.pg.psql(f"CREATE DATABASE {DB}", dbname="postgres")
     d = _Db(backends.pg, DB)
     d.sql(USERS_SQL.read_text())
+    d.sql(EMAIL_SQL.read_text())
     return d
 
 
@@ -147,7 +150,8 @@ def test_full_session_flow_register_login_me_refresh_logout(api, db):
     assert status == 200, doc
     assert doc["user"]["id"] == u["id"] and doc["user"]["email"] == u["email"]
     assert set(doc["user"]) == {"id", "email", "role", "display_name",
-                                "created_at"}
+                                "created_at", "email_verified"}
+    assert doc["user"]["email_verified"] is False
     assert hdrs["cache-control"] == "no-store"
     assert hdrs["x-content-type-options"] == "nosniff"
 

@@ -19,6 +19,8 @@ import harness
 ROOT = harness.ROOT
 BIN = ROOT / "build" / "cinematch"
 USERS_SQL = ROOT / "sql" / "001_users_auth.sql"
+# register writes a verification token and its mail (sql/007)
+EMAIL_SQL = ROOT / "sql" / "007_email_tokens.sql"
 DB = "cm_ratelimit_api"
 
 BURST = 5
@@ -48,6 +50,7 @@ def db(backends):
     backends.pg.psql(f"CREATE DATABASE {DB}", dbname="postgres")
     d = _Db(backends.pg, DB)
     d.sql(USERS_SQL.read_text())
+    d.sql(EMAIL_SQL.read_text())
     return d
 
 

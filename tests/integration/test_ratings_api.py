@@ -18,7 +18,8 @@ from inferfixture import BIN, Infer
 
 ROOT = harness.ROOT
 SCHEMA = [ROOT / "sql" / "001_users_auth.sql",
-          ROOT / "sql" / "002_catalog_ratings.sql"]
+          ROOT / "sql" / "002_catalog_ratings.sql",
+          ROOT / "sql" / "007_email_tokens.sql"]     # register's token + mail
 DB = "cm_ratings_api"
 
 

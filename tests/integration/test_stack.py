@@ -148,6 +148,29 @@ def test_login_works_with_the_generated_jwt_key(stack):
     assert code == 200 and body["token_type"] == "Bearer" and body["access_token"], body
 
 
+def test_the_printed_demo_user_gets_personal_recommendations(stack):
+    if not os.path.exists(os.path.join(ROOT, "build", "ngx_http_cinematch_module.so")):
+        pytest.skip("module not built")
+    out = stack["started"].stdout
+    line = [x for x in out.splitlines() if x.strip().startswith("demo user ")]
+    assert line, out
+    words = line[0].split()
+    email, pw = words[2], words[4]
+    assert words[3] == "password"
+    code, tok = post_json(stack, "/api/v1/auth/login", {"email": email, "password": pw})
+    assert code == 200, tok
+    ctx = ssl.create_default_context(cafile=os.path.join(stack["var"], "tls", "cert.pem"))
+    req = urllib.request.Request(
+        f"https://localhost:{stack['env']['CINEMATCH_HTTPS_PORT']}/api/v1/recommend",
+        data=b'{"k": 5}', method="POST",
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Bearer " + tok["access_token"]})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        doc = json.loads(r.read())
+    # its ratings were folded in when the daemon loaded: not a cold start
+    assert doc["is_fallback"] is False and len(doc["recommendations"]) == 5, doc
+
+
 def test_dashboard_uses_only_metrics_that_metrics_exposes(stack):
     """conf/grafana/cinematch-dashboard.json: every cinematch_* series a panel
     queries is a family the live /metrics declares (# TYPE), and

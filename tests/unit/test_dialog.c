@@ -15,6 +15,7 @@
 #include "cinematch/cornell.h"
 #include "cinematch/dialog.h"
 #include "cinematch/gpt.h"
+#include "cinematch/lstm.h"
 
 #define FIX "tests/fixtures/dialog/"
 
@@ -144,6 +145,66 @@ test_eval_counts_bytes_and_gives_finite_bits_per_byte(void **state)
 }
 
 
+/* The LSTM baseline goes through the same evaluation: same windows (same
+ * token and byte counts as the GPT), the same reply examples. */
+static void
+test_lstm_eval_uses_the_gpt_windows_and_reply_examples(void **state)
+{
+    cm_corpus_t          c;
+    cm_bpe_t            *b;
+    cm_dialog_data_t     d;
+    cm_gpt_config_t      gcfg;
+    cm_lstm_config_t     lcfg;
+    cm_gpt_t             g;
+    cm_lstm_t            l;
+    cm_dialog_eval_t     eg, el;
+    cm_dialog_replies_t  qg, ql;
+    uint8_t              is_val[8];
+    char                 err[256];
+
+    cm_corpus_init(&c);
+    assert_int_equal(cm_corpus_load(&c, FIX "plain.txt", err, sizeof(err)),
+                     CM_OK);
+    b = tokenizer_for(&c);
+    assert_int_equal(cm_dialog_render(&c, b, 0.0, 1, &d), CM_OK);
+    assert_int_equal(cm_gpt_config_named("dialog-tiny", cm_bpe_vocab_size(b),
+                                         &gcfg), CM_OK);
+    assert_int_equal(cm_lstm_config_named("lstm-tiny", cm_bpe_vocab_size(b),
+                                          &lcfg), CM_OK);
+    assert_int_equal(cm_gpt_init(&g, &gcfg, 1), CM_OK);
+    assert_int_equal(cm_lstm_init(&l, &lcfg, 1), CM_OK);
+    assert_int_equal(cm_dialog_eval(&g, b, d.train.ids, d.train.n, 2, 8, 0,
+                                    &eg), CM_OK);
+    assert_int_equal(cm_dialog_eval_lstm(&l, b, d.train.ids, d.train.n, 2, 8,
+                                         0, &el), CM_OK);
+    assert_int_equal(el.tokens, eg.tokens);
+    assert_int_equal(el.bytes, eg.bytes);
+    assert_true(fabs(el.loss - log((double) cm_bpe_vocab_size(b))) < 0.3);
+    assert_float_equal(el.bpb, el.loss * (double) el.tokens
+                       / (double) el.bytes / M_LN2, 1e-9);
+    /* a cap on tokens applies alike */
+    assert_int_equal(cm_dialog_eval_lstm(&l, b, d.train.ids, d.train.n, 2, 8,
+                                         16, &el), CM_OK);
+    assert_int_equal(el.tokens, 16);
+
+    assert_int_equal(cm_corpus_split(&c, 0.34, 1, is_val), 1);
+    assert_int_equal(cm_dialog_reply_eval(&g, b, &c, is_val, 10, 8, &qg),
+                     CM_OK);
+    assert_int_equal(cm_dialog_reply_eval_lstm(&l, b, &c, is_val, 10, 8,
+                                               &ql), CM_OK);
+    assert_int_equal(ql.examples, qg.examples);
+    assert_true(ql.bleu4 >= 0.0 && ql.bleu4 <= 1.0);
+    assert_true(ql.distinct1 >= 0.0 && ql.distinct1 <= 1.0);
+    assert_int_equal(cm_dialog_reply_eval_lstm(&l, b, &c, is_val, 10, 64,
+                                               &ql), CM_EINVAL);
+    cm_gpt_free(&g);
+    cm_lstm_free(&l);
+    cm_dialog_data_free(&d);
+    cm_bpe_free(b);
+    cm_corpus_free(&c);
+}
+
+
 static void
 test_bleu_and_distinct_match_hand_computed_values(void **state)
 {
@@ -203,6 +264,8 @@ main(void)
         cmocka_unit_test(
             test_render_marks_every_turn_and_conversation_and_splits_by_film),
         cmocka_unit_test(test_eval_counts_bytes_and_gives_finite_bits_per_byte),
+        cmocka_unit_test(
+            test_lstm_eval_uses_the_gpt_windows_and_reply_examples),
         cmocka_unit_test(test_bleu_and_distinct_match_hand_computed_values),
     };
 

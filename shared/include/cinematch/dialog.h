@@ -21,6 +21,7 @@
 #include "cinematch/bpe.h"
 #include "cinematch/cornell.h"
 #include "cinematch/gpt.h"
+#include "cinematch/lstm.h"
 
 typedef struct {
     cm_tokens_t  train;
@@ -50,6 +51,10 @@ typedef struct {
 int cm_dialog_eval(cm_gpt_t *m, const cm_bpe_t *b, const int32_t *ids,
     size_t n, int B, int T, size_t max_tokens, cm_dialog_eval_t *out);
 
+/* The same for the LSTM baseline (same windows, same byte count). */
+int cm_dialog_eval_lstm(cm_lstm_t *m, const cm_bpe_t *b, const int32_t *ids,
+    size_t n, int B, int T, size_t max_tokens, cm_dialog_eval_t *out);
+
 /*
  * Reply quality beyond perplexity: for up to max_examples validation
  * conversations (is_val from cm_corpus_split) with >= 2 turns, the model
@@ -72,6 +77,12 @@ int cm_dialog_bleu(const char *const *hyps, const char *const *refs,
     size_t n, cm_dialog_replies_t *out);
 
 int cm_dialog_reply_eval(const cm_gpt_t *m, const cm_bpe_t *b,
+    const cm_corpus_t *c, const uint8_t *is_val, size_t max_examples,
+    int max_tokens, cm_dialog_replies_t *out);
+
+/* The same examples, contexts and greedy decoding for the LSTM (contexts
+ * cut to maxT - max_tokens tokens as for a GPT of the same maxT). */
+int cm_dialog_reply_eval_lstm(const cm_lstm_t *m, const cm_bpe_t *b,
     const cm_corpus_t *c, const uint8_t *is_val, size_t max_examples,
     int max_tokens, cm_dialog_replies_t *out);
 

@@ -1,7 +1,8 @@
 /*
  * cinematch/gpt_cuda.h: CUDA versions of the GPT kernels (cuBLAS for the
  * matrix products, own kernels for layernorm, GELU, softmax, causal
- * attention softmax, AdamW), built only when nvcc exists (CM_HAVE_CUDA).
+ * attention softmax, cross-entropy, AdamW; forward and backward), built
+ * only when nvcc exists and cudart/cuBLAS link (CM_HAVE_CUDA).
  *
  * Every function has a CPU reference in gpt.h with the same arguments and
  * is tested against it by test_gpt_cuda (skipped where no GPU answers).
@@ -36,6 +37,22 @@ int cm_cuda_gelu_backward(float *dinp, const float *inp, const float *dout,
     size_t N);
 int cm_cuda_softmax_forward(float *probs, const float *logits, int N, int V,
     int Vp);
+/* The backward kernels accumulate exactly where their CPU references do
+ * (dinp, dweight, dbias, dlogits: +=; dpreatt, datt: overwritten). */
+int cm_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,
+    const float *dout, const float *inp, const float *weight,
+    const float *mean, const float *rstd, int N, int C);
+int cm_cuda_matmul_backward(float *dinp, float *dweight, float *dbias,
+    const float *dout, const float *inp, const float *weight, int N, int C,
+    int OC);
+int cm_cuda_attention_backward(float *dinp, float *dpreatt, float *datt,
+    const float *dout, const float *inp, const float *att, int B, int T,
+    int C, int NH);
+int cm_cuda_crossentropy_forward(float *losses, const float *probs,
+    const int *targets, int N, int Vp);
+int cm_cuda_crossentropy_softmax_backward(float *dlogits,
+    const float *dlosses, const float *probs, const int *targets, int N,
+    int V, int Vp);
 /* One tensor's AdamW step (decay as given; the CPU loop decays matrices
  * only, so callers pass 0 for biases and LayerNorm parameters). */
 int cm_cuda_adamw(float *params, const float *grads, float *m, float *v,

@@ -235,9 +235,13 @@ export function createClient({ baseUrl = '', fetchImpl, storage } = {}) {
     models: () => call('GET', '/api/v1/models'),
     versions: (name) => call('GET', `/api/v1/models/${encodeURIComponent(name)}/versions`),
     stage: (name, v, stage) => call('POST', `/api/v1/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(v)}/stage`, { body: { stage } }),
-    runs: () => call('GET', '/api/v1/admin/runs'),
-    drift: () => call('GET', '/api/v1/admin/drift'),
-    ingestions: () => call('GET', '/api/v1/admin/ingestions'),
+    // admin views: q = {limit, cursor, ...filters}; each answer has next_cursor
+    runs: (q) => call('GET', `/api/v1/admin/runs${qs(q)}`),
+    drift: (q) => call('GET', `/api/v1/admin/drift${qs(q)}`),
+    ingestions: (q) => call('GET', `/api/v1/admin/ingestions${qs(q)}`),
+    ingestion: (id, q) => call('GET', `/api/v1/admin/ingestions/${encodeURIComponent(id)}${qs(q)}`),
+    // q = {from, to, group_by: user|api_key|model, interval: hour|day, limit}
+    usage: (q) => call('GET', `/api/v1/admin/usage${qs(q)}`),
     reload: () => call('POST', '/api/v1/admin/reload'),
     async ready() {
       const res = await send('GET', '/ready', { auth: false });
