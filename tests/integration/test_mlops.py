@@ -197,6 +197,45 @@ def test_loading_ratings_again_keeps_the_newer_rating(env):
         "1:2.0:2000:true 2:3.0:1000:false 3:1.5:1500:true"
 
 
+def test_eval_replay_scores_logged_recommendations_by_version(env):
+    env.sql("INSERT INTO movies (movie_id, title) SELECT g, 'm' || g FROM"
+            " generate_series(1, 5) g")
+    log = ("INSERT INTO request_logs (ts, request_id, method, route, path,"
+           " status, duration_ms, model_name, model_version, detail) VALUES"
+           " (now() - interval '{age}', 'r', 'POST', 'recommend',"
+           " '/api/v1/recommend', {status}, 1, 'recsys', {ver},"
+           " '{{\"endpoint\": \"recommend\", \"rating_user_id\": {uid},"
+           " \"ids\": {ids}}}')")
+    for age, status, ver, uid, ids in (
+            ("2 hours", 200, 1, 7, "[1, 2, 3]"),   # 7 rates 2 later: hit
+            ("2 hours", 200, 1, 8, "[1, 2]"),      # 8 rates 4 later: no hit
+            ("2 hours", 200, 2, 9, "[3, 4]"),      # 9 rated 3 before: not back
+            ("2 hours", 200, 2, 10, "[5]"),        # 10 rates 5 later: hit
+            ("2 hours", 503, 2, 10, "[1]"),        # not an answer
+            ("3 days", 200, 1, 7, "[4]")):         # outside --since 1d
+        env.sql(log.format(age=age, status=status, ver=ver, uid=uid, ids=ids))
+    env.sql("""INSERT INTO ratings_buffer (user_id, movie_id, rating, ts, source)
+               VALUES (7, 2, 4, now() - interval '1 hour', 'app'),
+                      (8, 4, 3, now() - interval '1 hour', 'app');
+               INSERT INTO ratings (user_id, movie_id, rating, ts) VALUES
+               (9, 3, 5, now() - interval '3 hours'),
+               (10, 5, 4, now() - interval '30 minutes'),
+               (7, 4, 2, now() - interval '1 hour')""")
+    r = env.run("eval", "replay", "--since", "1d", "--json", check=True)
+    doc = json.loads(r.stdout)
+    got = {v["model_version"]: v for v in doc["versions"]}
+    assert got["1"] == {"model_version": "1", "answers": 2, "users": 2,
+                        "returning": 2, "hits": 1, "hit_rate": 0.5,
+                        "precision": 0.2}
+    assert got["2"] == {"model_version": "2", "answers": 2, "users": 2,
+                        "returning": 1, "hits": 1, "hit_rate": 1.0,
+                        "precision": 1.0}
+    r = env.run("eval", "replay", "--since", "2026-01-01 00:00+00", check=True)
+    assert r.stdout.splitlines()[0].split()[:3] == ["version", "answers", "users"]
+    assert env.run("eval", "replay").returncode == 2
+    assert env.run("eval", "replay", "--since", "1d", "--bogus").returncode == 2
+
+
 def rejects_fk(env, sql):
     with pytest.raises(Exception) as e:
         env.sql(sql)
