@@ -399,6 +399,16 @@ ngx_int_t ngx_http_cinematch_models_list_handler(ngx_http_request_t *r,
 
 #endif
 
+#if (NGX_HTTP_CINEMATCH_JOBS)
+
+/* ngx_http_cinematch_api_jobs.c: batch prediction jobs */
+ngx_int_t ngx_http_cinematch_batch_submit_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_job_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
 #if (NGX_HTTP_CINEMATCH_ECHO)
 
 /* ngx_http_cinematch_api_echo.c: internal echo endpoints (cinematch_echo) */

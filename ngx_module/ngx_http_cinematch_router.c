@@ -242,6 +242,20 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
 #endif
 
+#if (NGX_HTTP_CINEMATCH_JOBS)
+    /* batch prediction jobs (ngx_http_cinematch_api_jobs.c) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/predict/{name}/batch"),
+      ngx_http_cinematch_batch_submit_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
+
+    { NGX_HTTP_GET, ngx_string("/api/v1/jobs/{id}"),
+      ngx_http_cinematch_job_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_RECOMMEND) },
+#endif
+
     /* internal, only where "cinematch_echo on" */
 
     { NGX_HTTP_POST, ngx_string("/internal/json"),

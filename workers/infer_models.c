@@ -388,6 +388,13 @@ cm_infer_models_load(cm_infer_models_t *mm, int dialog_busy)
 }
 
 
+int
+cm_infer_models_load_recsys(cm_infer_models_t *mm)
+{
+    return cm_infer_load_recsys(mm);
+}
+
+
 uint32_t
 cm_infer_models_table(const cm_infer_models_t *mm, cm_ipc_model_t *out,
                       uint32_t cap)

@@ -39,6 +39,8 @@ int cm_infer_models_configured(const cm_infer_models_t *mm);
  * The dialog model is only swapped when no generation is running
  * (*dialog_busy == 0); otherwise it is loaded on a later reload. */
 int cm_infer_models_load(cm_infer_models_t *mm, int dialog_busy);
+/* (Re)load the recsys model only (`cinematch batch` predicts with it). */
+int cm_infer_models_load_recsys(cm_infer_models_t *mm);
 /* The table published in the segment header. */
 uint32_t cm_infer_models_table(const cm_infer_models_t *mm,
     cm_ipc_model_t *out, uint32_t cap);

@@ -481,3 +481,138 @@ cm_ingest_copy_escape(const char *in, size_t n, size_t max_in, char *out)
     out[o] = '\0';
     return o;
 }
+
+
+static void
+cm_be16(unsigned char *p, uint16_t v)
+{
+    p[0] = (unsigned char) (v >> 8);
+    p[1] = (unsigned char) v;
+}
+
+
+static void
+cm_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char) (v >> 24);
+    p[1] = (unsigned char) (v >> 16);
+    p[2] = (unsigned char) (v >> 8);
+    p[3] = (unsigned char) v;
+}
+
+
+size_t
+cm_pgcopy_header(unsigned char *out)
+{
+    /* "PGCOPY\n\377\r\n\0": bytes, not a string (it ends in NUL) */
+    static const unsigned char  sig[11] = { 'P', 'G', 'C', 'O', 'P', 'Y',
+                                            '\n', 0xff, '\r', '\n', 0 };
+
+    memcpy(out, sig, sizeof(sig));
+    cm_be32(out + 11, 0);       /* flags: no OIDs */
+    cm_be32(out + 15, 0);       /* header extension length */
+    return CM_PGCOPY_HEADER_LEN;
+}
+
+
+size_t
+cm_pgcopy_trailer(unsigned char *out)
+{
+    cm_be16(out, 0xffff);
+    return 2;
+}
+
+
+size_t
+cm_pgcopy_tuple(unsigned char *out, int nfields)
+{
+    cm_be16(out, (uint16_t) nfields);
+    return 2;
+}
+
+
+size_t
+cm_pgcopy_int4(unsigned char *out, int32_t v)
+{
+    cm_be32(out, 4);
+    cm_be32(out + 4, (uint32_t) v);
+    return 8;
+}
+
+
+size_t
+cm_pgcopy_int8(unsigned char *out, int64_t v)
+{
+    cm_be32(out, 8);
+    cm_be32(out + 4, (uint32_t) ((uint64_t) v >> 32));
+    cm_be32(out + 8, (uint32_t) v);
+    return 12;
+}
+
+
+size_t
+cm_pgcopy_text(unsigned char *out, const char *s, size_t n)
+{
+    cm_be32(out, (uint32_t) n);
+    memcpy(out + 4, s, n);
+    return 4 + n;
+}
+
+
+/* PostgreSQL's epoch, 2000-01-01 00:00:00 UTC, in unix seconds */
+#define CM_PG_EPOCH_UNIX  INT64_C(946684800)
+
+size_t
+cm_pgcopy_timestamptz(unsigned char *out, int64_t unix_s)
+{
+    int64_t us = (unix_s - CM_PG_EPOCH_UNIX) * INT64_C(1000000);
+
+    cm_be32(out, 8);
+    cm_be32(out + 4, (uint32_t) ((uint64_t) us >> 32));
+    cm_be32(out + 8, (uint32_t) us);
+    return 12;
+}
+
+
+/*
+ * numeric's binary form: int16 ndigits, int16 weight (of the first digit,
+ * in base-10000 places), int16 sign (0 positive), int16 dscale (decimal
+ * digits after the point), then ndigits base-10000 digits.  x.5 is the
+ * digits {x, 5000} with weight 0; 0.5 is {5000} with weight -1; zero has
+ * no digits.
+ */
+size_t
+cm_pgcopy_half_stars(unsigned char *out, int half_stars)
+{
+    int       ip = half_stars / 2, half = half_stars % 2;
+    uint16_t  nd, d[2];
+    int16_t   weight;
+    size_t    i;
+
+    if (ip == 0 && !half) {
+        nd = 0;
+        weight = 0;
+    } else if (ip == 0) {
+        nd = 1;
+        weight = -1;
+        d[0] = 5000;
+    } else if (!half) {
+        nd = 1;
+        weight = 0;
+        d[0] = (uint16_t) ip;
+    } else {
+        nd = 2;
+        weight = 0;
+        d[0] = (uint16_t) ip;
+        d[1] = 5000;
+    }
+    cm_be32(out, (uint32_t) (8 + 2 * nd));
+    cm_be16(out + 4, nd);
+    cm_be16(out + 6, (uint16_t) weight);
+    cm_be16(out + 8, 0);
+    cm_be16(out + 10, 1);
+    for (i = 0; i < nd; i++) {
+        cm_be16(out + 12 + 2 * i, d[i]);
+    }
+    return 12 + 2 * (size_t) nd;
+}

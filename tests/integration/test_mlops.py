@@ -157,6 +157,149 @@ def test_initial_load_holds_out_latest_ratings_per_user(env):
         == "1:9 1:10 3:5"
 
 
+def test_ingest_binary_copy_keeps_exact_ratings_and_timestamps(env):
+    env.run("ingest", "--movies", os.path.join(FIX, "ingest", "movies.csv"),
+            "--data", os.path.join(FIX, "ingest", "ratings_bad.csv"), check=True)
+    assert env.sql("SELECT string_agg(rating::text || '@' || extract(epoch FROM ts)"
+                   "::bigint, ' ' ORDER BY id) FROM ratings_buffer") == \
+        "4.0@964982703 3.5@964982704 2.5@964982711 1.0@964982712"
+    env.sql("INSERT INTO movies (movie_id, title) SELECT g, 'm' || g FROM"
+            " generate_series(1, 10) g ON CONFLICT DO NOTHING")
+    env.run("ingest", "--target", "ratings", "--data",
+            os.path.join(FIX, "ingest", "ratings_split.csv"), check=True)
+    # the load into the empty table dropped and rebuilt its secondary
+    # indexes: all of them are back
+    assert env.sql("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM"
+                   " pg_indexes WHERE tablename = 'ratings'") == \
+        "ratings_movie_idx,ratings_pkey,ratings_split_idx"
+    # 1970: before PostgreSQL's epoch, negative microseconds on the wire
+    assert env.sql("SELECT string_agg(rating::text || '@' || extract(epoch FROM ts)"
+                   "::bigint, ' ' ORDER BY movie_id) FROM ratings WHERE user_id = 1"
+                   " AND movie_id <= 3") == "4.0@1000 4.5@1001 3.0@1002"
+
+
+def test_loading_ratings_again_keeps_the_newer_rating(env):
+    # the initial load upserts with an UPDATE join and an anti-join INSERT
+    # (no ON CONFLICT): the rule stays "a newer rating replaces the older"
+    env.sql("INSERT INTO movies (movie_id, title) SELECT g, 'm' || g FROM"
+            " generate_series(1, 3) g")
+    first = env.tmp / "r1.csv"
+    first.write_text("userId,movieId,rating,timestamp\n1,1,4.0,1000\n1,2,3.0,1000\n")
+    second = env.tmp / "r2.csv"
+    second.write_text("userId,movieId,rating,timestamp\n1,1,2.0,2000\n"
+                      "1,2,5.0,500\n1,3,1.5,1500\n")
+    env.run("ingest", "--target", "ratings", "--data", str(first), check=True)
+    env.run("ingest", "--target", "ratings", "--data", str(second), check=True)
+    assert env.sql("SELECT string_agg(movie_id || ':' || rating || ':' ||"
+                   " extract(epoch FROM ts)::bigint || ':' || (b.file_name LIKE"
+                   " '%r2.csv')::text, ' ' ORDER BY movie_id) FROM ratings r JOIN"
+                   " ingestion_batches b ON b.id = r.batch_id") == \
+        "1:2.0:2000:true 2:3.0:1000:false 3:1.5:1500:true"
+
+
+def test_eval_replay_scores_logged_recommendations_by_version(env):
+    env.sql("INSERT INTO movies (movie_id, title) SELECT g, 'm' || g FROM"
+            " generate_series(1, 5) g")
+    log = ("INSERT INTO request_logs (ts, request_id, method, route, path,"
+           " status, duration_ms, model_name, model_version, detail) VALUES"
+           " (now() - interval '{age}', 'r', 'POST', 'recommend',"
+           " '/api/v1/recommend', {status}, 1, 'recsys', {ver},"
+           " '{{\"endpoint\": \"recommend\", \"rating_user_id\": {uid},"
+           " \"ids\": {ids}}}')")
+    for age, status, ver, uid, ids in (
+            ("2 hours", 200, 1, 7, "[1, 2, 3]"),   # 7 rates 2 later: hit
+            ("2 hours", 200, 1, 8, "[1, 2]"),      # 8 rates 4 later: no hit
+            ("2 hours", 200, 2, 9, "[3, 4]"),      # 9 rated 3 before: not back
+            ("2 hours", 200, 2, 10, "[5]"),        # 10 rates 5 later: hit
+            ("2 hours", 503, 2, 10, "[1]"),        # not an answer
+            ("3 days", 200, 1, 7, "[4]")):         # outside --since 1d
+        env.sql(log.format(age=age, status=status, ver=ver, uid=uid, ids=ids))
+    env.sql("""INSERT INTO ratings_buffer (user_id, movie_id, rating, ts, source)
+               VALUES (7, 2, 4, now() - interval '1 hour', 'app'),
+                      (8, 4, 3, now() - interval '1 hour', 'app');
+               INSERT INTO ratings (user_id, movie_id, rating, ts) VALUES
+               (9, 3, 5, now() - interval '3 hours'),
+               (10, 5, 4, now() - interval '30 minutes'),
+               (7, 4, 2, now() - interval '1 hour')""")
+    r = env.run("eval", "replay", "--since", "1d", "--json", check=True)
+    doc = json.loads(r.stdout)
+    got = {v["model_version"]: v for v in doc["versions"]}
+    assert got["1"] == {"model_version": "1", "answers": 2, "users": 2,
+                        "returning": 2, "hits": 1, "hit_rate": 0.5,
+                        "precision": 0.2}
+    assert got["2"] == {"model_version": "2", "answers": 2, "users": 2,
+                        "returning": 1, "hits": 1, "hit_rate": 1.0,
+                        "precision": 1.0}
+    r = env.run("eval", "replay", "--since", "2026-01-01 00:00+00", check=True)
+    assert r.stdout.splitlines()[0].split()[:3] == ["version", "answers", "users"]
+    assert env.run("eval", "replay").returncode == 2
+    assert env.run("eval", "replay", "--since", "1d", "--bogus").returncode == 2
+
+
+def rejects_fk(env, sql):
+    with pytest.raises(Exception) as e:
+        env.sql(sql)
+    assert "foreign key" in getattr(e.value, "stderr", str(e.value))
+
+
+# migration 011 replaced the per-row foreign keys of ratings and
+# ratings_buffer with statement-level checks: the same guarantees, once
+def test_rating_references_are_checked_once_per_statement(env):
+    env.sql("INSERT INTO movies (movie_id, title) VALUES (1, 'a'), (2, 'b')")
+    for table, extra in (("ratings", ""), ("ratings_buffer", ", 'app'")):
+        cols = "user_id, movie_id, rating, ts" + (", source" if extra else "")
+        rejects_fk(env, f"INSERT INTO {table} ({cols}) VALUES"
+                        f" (1, 1, 4, now(){extra}), (1, 77, 4, now(){extra})")
+        assert env.sql(f"SELECT count(*) FROM {table}") == "0"
+        env.sql(f"INSERT INTO {table} ({cols}) VALUES (1, 1, 4, now(){extra}),"
+                f" (2, 2, 3, now(){extra})")
+        rejects_fk(env, f"UPDATE {table} SET movie_id = 88 WHERE user_id = 2")
+    rejects_fk(env, "INSERT INTO ratings (user_id, movie_id, rating, ts, batch_id)"
+                    " VALUES (5, 1, 4, now(), 4242)")
+    rejects_fk(env, "INSERT INTO ratings_buffer (user_id, movie_id, rating, ts,"
+                    " source, batch_id) VALUES (5, 1, 4, now(), 'dataset', 4242)")
+    rejects_fk(env, "UPDATE movies SET movie_id = 9 WHERE movie_id = 1")
+
+
+def test_reference_checks_need_no_rights_on_the_referenced_tables(env):
+    # as with a foreign key, a role that may only insert ratings can insert
+    # them: the check (and its FOR KEY SHARE lock) runs as the owner
+    role = f"cm_only_insert_{env.db}"
+    env.sql(f"""INSERT INTO movies (movie_id, title) VALUES (1, 'a');
+                DROP ROLE IF EXISTS {role}; CREATE ROLE {role};
+                GRANT INSERT ON ratings_buffer TO {role};
+                SET ROLE {role};
+                INSERT INTO ratings_buffer (user_id, movie_id, rating, ts, source)
+                VALUES (1, 1, 4, now(), 'app');
+                RESET ROLE;""")
+    assert env.sql("SELECT count(*) FROM ratings_buffer") == "1"
+    with pytest.raises(Exception) as e:
+        env.sql(f"SET ROLE {role}; INSERT INTO ratings_buffer (user_id, movie_id,"
+                " rating, ts, source) VALUES (1, 5, 4, now(), 'app')")
+    assert "foreign key" in getattr(e.value, "stderr", str(e.value))
+    env.sql(f"REVOKE ALL ON ratings_buffer FROM {role}; DROP ROLE {role}")
+
+
+def test_deleting_a_movie_or_batch_acts_like_the_old_foreign_keys(env):
+    env.sql("INSERT INTO movies (movie_id, title) VALUES (1, 'a'), (2, 'b')")
+    bid = env.sql("INSERT INTO ingestion_batches (file_name, file_sha256,"
+                  " file_bytes, format) VALUES ('f', repeat('b', 64), 1,"
+                  " 'ml-csv') RETURNING id").splitlines()[0]
+    env.sql(f"""INSERT INTO ratings (user_id, movie_id, rating, ts, batch_id)
+                VALUES (1, 1, 4, now(), {bid}), (1, 2, 3, now(), {bid});
+                INSERT INTO ratings_buffer (user_id, movie_id, rating, ts,
+                source, batch_id) VALUES (1, 1, 4, now(), 'dataset', {bid}),
+                (1, 2, 3, now(), 'dataset', {bid}), (2, 2, 5, now(), 'app', NULL)""")
+    env.sql("DELETE FROM movies WHERE movie_id = 1")     # ON DELETE CASCADE
+    assert env.sql("SELECT count(*) FROM ratings WHERE movie_id = 1") == "0"
+    assert env.sql("SELECT count(*) FROM ratings_buffer WHERE movie_id = 1") == "0"
+    env.sql(f"DELETE FROM ingestion_batches WHERE id = {bid}")
+    # ratings: SET NULL; ratings_buffer: CASCADE
+    assert env.sql("SELECT movie_id || ':' || coalesce(batch_id::text, 'null')"
+                   " FROM ratings") == "2:null"
+    assert env.sql("SELECT user_id || ':' || source FROM ratings_buffer") == "2:app"
+
+
 def test_ingest_usage_errors_exit_2(env):
     assert env.run("ingest").returncode == 2
     assert env.run("ingest", "--data", "x", "--target", "nowhere").returncode == 2

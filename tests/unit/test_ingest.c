@@ -212,6 +212,74 @@ test_copy_escape_escapes_specials_and_replaces_bad_bytes(void **state)
 }
 
 
+static void
+test_pgcopy_numeric_encodes_every_half_star(void **state)
+{
+    /* expected per PostgreSQL's numeric_send: ndigits, weight, sign,
+     * dscale, base-10000 digits (all int16 big-endian), after the int32
+     * length */
+    static const unsigned char r05[] = { 0, 0, 0, 10, 0, 1, 0xff, 0xff,
+                                         0, 0, 0, 1, 0x13, 0x88 };
+    static const unsigned char r30[] = { 0, 0, 0, 10, 0, 1, 0, 0, 0, 0,
+                                         0, 1, 0, 3 };
+    static const unsigned char r45[] = { 0, 0, 0, 12, 0, 2, 0, 0, 0, 0,
+                                         0, 1, 0, 4, 0x13, 0x88 };
+    static const unsigned char r0[] = { 0, 0, 0, 8, 0, 0, 0, 0, 0, 0,
+                                        0, 1 };
+    unsigned char out[CM_PGCOPY_NUMERIC_MAX];
+
+    (void) state;
+    assert_int_equal(cm_pgcopy_half_stars(out, 1), sizeof(r05));
+    assert_memory_equal(out, r05, sizeof(r05));
+    assert_int_equal(cm_pgcopy_half_stars(out, 6), sizeof(r30));
+    assert_memory_equal(out, r30, sizeof(r30));
+    assert_int_equal(cm_pgcopy_half_stars(out, 9), sizeof(r45));
+    assert_memory_equal(out, r45, sizeof(r45));
+    assert_int_equal(cm_pgcopy_half_stars(out, 0), sizeof(r0));
+    assert_memory_equal(out, r0, sizeof(r0));
+    assert_true(cm_pgcopy_half_stars(out, 19999) <= CM_PGCOPY_NUMERIC_MAX);
+}
+
+
+static void
+test_pgcopy_frames_header_tuple_and_trailer_big_endian(void **state)
+{
+    static const unsigned char hdr[] = { 'P', 'G', 'C', 'O', 'P', 'Y', '\n',
+                                         0xff, '\r', '\n', 0, 0, 0, 0, 0,
+                                         0, 0, 0, 0 };
+    /* 2000-01-01T00:00:01Z is 1,000,000 us after PostgreSQL's epoch */
+    static const unsigned char ts[] = { 0, 0, 0, 8, 0, 0, 0, 0, 0, 0x0f,
+                                        0x42, 0x40 };
+    static const unsigned char i8[] = { 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0,
+                                        2 };
+    unsigned char out[64];
+
+    (void) state;
+    assert_int_equal(cm_pgcopy_header(out), CM_PGCOPY_HEADER_LEN);
+    assert_memory_equal(out, hdr, sizeof(hdr));
+    assert_int_equal(cm_pgcopy_tuple(out, 6), 2);
+    assert_int_equal(out[0], 0);
+    assert_int_equal(out[1], 6);
+    assert_int_equal(cm_pgcopy_int4(out, -2), 8);
+    assert_int_equal(out[3], 4);
+    assert_int_equal(out[4], 0xff);
+    assert_int_equal(out[7], 0xfe);
+    assert_int_equal(cm_pgcopy_int8(out, (INT64_C(1) << 32) | 2), 12);
+    assert_memory_equal(out, i8, sizeof(i8));
+    assert_int_equal(cm_pgcopy_timestamptz(out, 946684801), 12);
+    assert_memory_equal(out, ts, sizeof(ts));
+    /* before 2000: negative microseconds, two's complement */
+    cm_pgcopy_timestamptz(out, 946684799);
+    assert_int_equal(out[4], 0xff);
+    assert_int_equal(out[11], 0xc0);
+    assert_int_equal(cm_pgcopy_text(out, "test", 4), 8);
+    assert_memory_equal(out, "\0\0\0\4test", 8);
+    assert_int_equal(cm_pgcopy_trailer(out), 2);
+    assert_int_equal(out[0], 0xff);
+    assert_int_equal(out[1], 0xff);
+}
+
+
 int
 main(void)
 {
@@ -224,6 +292,9 @@ main(void)
         cmocka_unit_test(
             test_plan_every_repeat_names_the_first_line_in_linear_time),
         cmocka_unit_test(test_guess_format_by_file_name),
+        cmocka_unit_test(test_pgcopy_numeric_encodes_every_half_star),
+        cmocka_unit_test(
+            test_pgcopy_frames_header_tuple_and_trailer_big_endian),
         cmocka_unit_test(test_title_strip_removes_year_suffix_only),
         cmocka_unit_test(
             test_copy_escape_escapes_specials_and_replaces_bad_bytes),

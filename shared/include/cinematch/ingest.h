@@ -73,4 +73,28 @@ size_t cm_ingest_title_strip(const char *t, size_t len);
 size_t cm_ingest_copy_escape(const char *in, size_t n, size_t max_in,
     char *out);
 
+/*
+ * PostgreSQL binary COPY (COPY ... FROM STDIN (FORMAT binary)), the form
+ * the ingest sends rows in: no text to format on our side and none to
+ * parse on the server's.  Every value is big-endian:
+ *   header   "PGCOPY\n\377\r\n\0", int32 flags 0, int32 extension 0
+ *   tuple    int16 field count, then per field int32 length + bytes
+ *   trailer  int16 -1
+ * Each writer stores at out and returns the bytes written.
+ */
+#define CM_PGCOPY_HEADER_LEN   19
+#define CM_PGCOPY_NUMERIC_MAX  16   /* cm_pgcopy_half_stars() at most */
+
+size_t cm_pgcopy_header(unsigned char *out);
+size_t cm_pgcopy_trailer(unsigned char *out);
+size_t cm_pgcopy_tuple(unsigned char *out, int nfields);
+size_t cm_pgcopy_int4(unsigned char *out, int32_t v);
+size_t cm_pgcopy_int8(unsigned char *out, int64_t v);
+size_t cm_pgcopy_text(unsigned char *out, const char *s, size_t n);
+/* timestamptz: unix seconds as microseconds since 2000-01-01 UTC. */
+size_t cm_pgcopy_timestamptz(unsigned char *out, int64_t unix_s);
+/* numeric with one decimal (numeric(2,1), rating_value) of half_stars / 2;
+ * half_stars 0..19999. */
+size_t cm_pgcopy_half_stars(unsigned char *out, int half_stars);
+
 #endif /* CINEMATCH_INGEST_H */
