@@ -136,7 +136,7 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
 #if (NGX_HTTP_CINEMATCH_WS)
     { NGX_HTTP_GET, ngx_string("/api/v1/ws/chat"),
       ngx_http_cinematch_ws_chat_handler,
-      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH|NGX_HTTP_CINEMATCH_ROUTE_WS
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
 #endif
 

@@ -5,6 +5,13 @@
  *
  * Authentication is the route's, as for every endpoint: the handshake
  * carries Authorization: Bearer <access token> or X-API-Key (scope chat).
+ * Browsers cannot set headers on a WebSocket, so the access token may
+ * instead come as a subprotocol:
+ *
+ *     new WebSocket(url, ["cinematch.v1", "cinematch.bearer." + token])
+ *
+ * and the 101 then selects "cinematch.v1".  (Not a query parameter: URLs
+ * end up in access logs, the subprotocol header does not.)
  *
  * The handshake (HTTP/1.1 GET, Upgrade: websocket, Connection: upgrade,
  * Sec-WebSocket-Version: 13 else 426, a valid Sec-WebSocket-Key else 400)
@@ -45,6 +52,8 @@
 #define NGX_HTTP_CINEMATCH_WS_OUT          (256 * 1024)
 #define NGX_HTTP_CINEMATCH_WS_TURNS        20
 #define NGX_HTTP_CINEMATCH_WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define NGX_HTTP_CINEMATCH_WS_PROTO   "cinematch.v1"
+#define NGX_HTTP_CINEMATCH_WS_BEARER  "cinematch.bearer."
 
 
 typedef struct {
@@ -97,6 +106,8 @@ typedef struct {
 
 static ngx_int_t ngx_http_cinematch_ws_header(ngx_http_request_t *r,
     const char *name, size_t len, ngx_str_t *value);
+static ngx_int_t ngx_http_cinematch_ws_protocol(ngx_http_request_t *r,
+    const char *prefix, size_t len, ngx_str_t *item);
 static ngx_int_t ngx_http_cinematch_ws_accept(ngx_http_request_t *r,
     ngx_str_t *key);
 static void ngx_http_cinematch_ws_cleanup(void *data);
@@ -162,6 +173,79 @@ ngx_http_cinematch_ws_header(ngx_http_request_t *r, const char *name,
 }
 
 
+/*
+ * The first item of Sec-WebSocket-Protocol (a comma-separated list) that
+ * starts with prefix (exactly prefix when exact); NGX_DECLINED when none.
+ */
+
+static ngx_int_t
+ngx_http_cinematch_ws_protocol(ngx_http_request_t *r, const char *prefix,
+    size_t len, ngx_str_t *item)
+{
+    u_char     *p, *last, *end;
+    ngx_str_t   v;
+
+    if (ngx_http_cinematch_ws_header(r, "Sec-WebSocket-Protocol", 22, &v)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    p = v.data;
+    last = v.data + v.len;
+
+    while (p < last) {
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        end = p;
+        while (end < last && *end != ',' && *end != ' ' && *end != '\t') {
+            end++;
+        }
+
+        if ((size_t) (end - p) >= len && ngx_strncmp(p, prefix, len) == 0) {
+            item->data = p;
+            item->len = end - p;
+            return NGX_OK;
+        }
+
+        p = end;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_ws_bearer(ngx_http_request_t *r, ngx_str_t *authz)
+{
+    u_char     *p;
+    ngx_str_t   item;
+    size_t      len = sizeof(NGX_HTTP_CINEMATCH_WS_BEARER) - 1;
+
+    if (ngx_http_cinematch_ws_protocol(r, NGX_HTTP_CINEMATCH_WS_BEARER, len,
+                                       &item)
+        != NGX_OK
+        || item.len == len)
+    {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(r->pool, sizeof("Bearer ") - 1 + item.len - len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    authz->data = p;
+    p = ngx_cpymem(p, "Bearer ", sizeof("Bearer ") - 1);
+    p = ngx_cpymem(p, item.data + len, item.len - len);
+    authz->len = p - authz->data;
+
+    return NGX_OK;
+}
+
+
 /* Sec-WebSocket-Accept: base64(SHA-1(key + GUID)), RFC 6455 4.2.2 */
 
 static ngx_int_t
@@ -204,6 +288,23 @@ ngx_http_cinematch_ws_accept(ngx_http_request_t *r, ngx_str_t *key)
     h->hash = 1;
     ngx_str_set(&h->key, "Upgrade");
     ngx_str_set(&h->value, "websocket");
+
+    /* a browser that offered our subprotocol needs it selected */
+    if (ngx_http_cinematch_ws_protocol(r, NGX_HTTP_CINEMATCH_WS_PROTO,
+                                       sizeof(NGX_HTTP_CINEMATCH_WS_PROTO) - 1,
+                                       &src)
+        == NGX_OK
+        && src.len == sizeof(NGX_HTTP_CINEMATCH_WS_PROTO) - 1)
+    {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Sec-WebSocket-Protocol");
+        ngx_str_set(&h->value, NGX_HTTP_CINEMATCH_WS_PROTO);
+    }
 
     return NGX_OK;
 }

@@ -160,7 +160,8 @@ class Ws:
         self.s.close()
 
 
-def handshake(api, token=None, key=None, version=b"13", upgrade=True):
+def handshake(api, token=None, key=None, version=b"13", upgrade=True,
+              protocols=None):
     """(status line, headers dict, socket, bytes after the headers)"""
     s = socket.create_connection(("127.0.0.1", api.port), timeout=20)
     key = key if key is not None else base64.b64encode(os.urandom(16))
@@ -169,8 +170,11 @@ def handshake(api, token=None, key=None, version=b"13", upgrade=True):
               if upgrade else b"")
            + b"Sec-WebSocket-Version: " + version + b"\r\n"
            + b"Sec-WebSocket-Key: " + key + b"\r\n"
-           + b"Authorization: Bearer " + (token or api.alice).encode()
-           + b"\r\n\r\n")
+           + (b"Sec-WebSocket-Protocol: " + protocols.encode() + b"\r\n"
+              if protocols is not None else
+              b"Authorization: Bearer " + (token or api.alice).encode()
+              + b"\r\n")
+           + b"\r\n")
     s.sendall(req)
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -225,6 +229,23 @@ def test_bad_handshakes_are_refused(api, kw, status):
     assert line.split()[1] == status, (line, rest)
     if status == "426":
         assert hdrs["sec-websocket-version"] == "13"
+
+
+def test_browser_token_comes_as_a_subprotocol(api):
+    ws = connect(api, protocols=f"cinematch.v1, cinematch.bearer.{api.alice}")
+    ws.send_frame(0x9, b"p")
+    assert ws.recv_frame() == (0xa, b"p")
+    ws.close()
+    status, hdrs, s, _, _ = handshake(api, protocols=f"cinematch.v1, "
+                                      f"cinematch.bearer.{api.alice}")
+    s.close()
+    assert hdrs["sec-websocket-protocol"] == "cinematch.v1"
+    line, _, s, _, _ = handshake(api, protocols="cinematch.v1, cinematch.bearer.x")
+    s.close()
+    assert line.split()[1] == "401", line
+    line, _, s, _, _ = handshake(api, protocols="cinematch.v1")
+    s.close()
+    assert line.split()[1] == "401", line
 
 
 def test_chat_streams_tokens_then_done_and_stores_both_messages(api):
