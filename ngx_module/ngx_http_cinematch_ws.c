@@ -54,6 +54,8 @@
 #define NGX_HTTP_CINEMATCH_WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define NGX_HTTP_CINEMATCH_WS_PROTO   "cinematch.v1"
 #define NGX_HTTP_CINEMATCH_WS_BEARER  "cinematch.bearer."
+#define NGX_HTTP_CINEMATCH_WS_EVENTS                                          \
+    "XADD cinematch:chat.events MAXLEN ~ 100000 * "
 
 
 typedef struct {
@@ -1034,6 +1036,20 @@ ngx_http_cinematch_ws_stored(ngx_http_request_t *r, void *data,
                    ngx_min((size_t) PQgetlength(res, 0, 0), NGX_INT64_LEN));
     *p = '\0';
 
+    /*
+     * The context is read from PostgreSQL here; the Redis list that the
+     * SSE path keeps would miss this turn, so it is dropped and rebuilt by
+     * the next SSE message.  Events as the SSE path sends them.
+     */
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "DEL cinematch:conv:%s:turns", ws->conv_id);
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               NGX_HTTP_CINEMATCH_WS_EVENTS "type message.created"
+               " conversation_id %s message_id %s user_id %s role user"
+               " request_id %s",
+               ws->conv_id, ws->user_message_id, ws->user_id,
+               ws->request_id);
+
     /* the last turns, which include the message just stored */
     if (ngx_http_cinematch_pg_query(r,
             "SELECT content FROM (SELECT id, content FROM messages"
@@ -1333,6 +1349,18 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                       : PQresultStatus(res) == PGRES_TUPLES_OK
                       ? "conversation deleted" : PQresultErrorMessage(res));
     }
+
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "DEL cinematch:conv:%s:turns", ws->conv_id);
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               NGX_HTTP_CINEMATCH_WS_EVENTS "type generation.finished"
+               " conversation_id %s message_id %s user_id %s status %s"
+               " finish_reason %s prompt_tokens %s completion_tokens %s"
+               " first_token_ms %s latency_ms %s model_version %s"
+               " request_id %s",
+               ws->conv_id, id != NULL ? id : "", ws->user_id, ws->status,
+               ws->finish, ws->pt, ws->ct, ws->ttft, ws->latency,
+               ws->version, ws->request_id);
 
     if (r->connection->error) {
         return ngx_http_cinematch_ws_idle(ws);   /* partial: stored */

@@ -76,6 +76,7 @@ def api(workdir, backends, db, model):
     ngx.bob = access_token(secret, sub=db.bob)
     ngx.infer = infer
     ngx.db = db
+    ngx.redis = backends.redis
     ngx.start()
     harness.wait_for(lambda: ngx.json("GET", "/ready")[0] == 200, timeout=10,
                      what="ready with the dialog model")
@@ -274,6 +275,13 @@ def test_chat_streams_tokens_then_done_and_stores_both_messages(api):
         f"WHERE id = {done['message_id']}")).decode()
     assert content == text
 
+    # the same events as the SSE path
+    raw = subprocess.run(["redis-cli", "-p", str(api.redis.port), "XRANGE",
+                          "cinematch:chat.events", "-", "+"],
+                         capture_output=True, text=True, check=True).stdout
+    assert cid in raw and "message.created" in raw
+    assert "generation.finished" in raw and str(done["message_id"]) in raw
+
     # the socket takes a second message, with the first as context
     ws.send_json(chat(cid, "And then?"))
     while (ev := ws.recv_event())["type"] == "token":
@@ -282,6 +290,32 @@ def test_chat_streams_tokens_then_done_and_stores_both_messages(api):
     assert api.db.sql(f"SELECT count(*) FROM messages "
                       f"WHERE conversation_id = '{cid}'") == "4"
     ws.close()
+
+
+def test_sse_context_cache_is_dropped_by_a_websocket_message(api):
+    cid = new_conv(api)
+    key = f"cinematch:conv:{cid}:turns"
+    status, _, _ = api.request(
+        "POST", f"/api/v1/conversations/{cid}/messages",
+        body=json.dumps({"content": "Hello", "max_tokens": 8, "seed": 1,
+                         "stream": False}).encode(),
+        headers={"Authorization": f"Bearer {api.alice}",
+                 "Content-Type": "application/json"}, timeout=20)
+    assert status == 200
+
+    def exists():
+        return subprocess.run(["redis-cli", "-p", str(api.redis.port),
+                               "EXISTS", key], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    harness.wait_for(lambda: exists() == "1", timeout=5, what="cached turns")
+    ws = connect(api)
+    ws.send_json(chat(cid))
+    while (ev := ws.recv_event())["type"] == "token":
+        pass
+    assert ev["type"] == "done", ev
+    ws.close()
+    harness.wait_for(lambda: exists() == "0", timeout=5,
+                     what="cached turns dropped")
 
 
 def test_ping_is_answered_with_pong(api):
