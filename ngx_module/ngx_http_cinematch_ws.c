@@ -32,7 +32,11 @@
  * so far is stored with status "partial", as with SSE.
  *
  * Memory: one state per socket from the request pool (read buffer,
- * message buffer, output buffer of fixed sizes), reused by every message.
+ * message buffer, output buffer of fixed sizes), reused by every message;
+ * what one message needs (context, payload, the stored reply) comes from a
+ * pool of its own, destroyed when the message is answered, so a long-lived
+ * socket grows the request pool only by the few hundred bytes of each
+ * query and slot request.
  */
 
 
@@ -78,9 +82,11 @@ typedef struct {
     uint64_t                      params[NGX_HTTP_CINEMATCH_GEN_PARAMS];
     json_t                       *stop;
     ngx_str_t                     content;
+    ngx_pool_t                   *pool;       /* this message's, see below */
     ngx_str_t                    *turns;
     size_t                        nturns;
-    u_char                       *clean;
+    u_char                       *clean;      /* 3 * clean_cap bytes */
+    uint32_t                      clean_cap;
     char                          user_id[NGX_INT64_LEN + 1];
     char                          conv_id[40];
     char                          user_message_id[NGX_INT64_LEN + 1];
@@ -471,6 +477,11 @@ ngx_http_cinematch_ws_cleanup(void *data)
     if (ws->body != NULL) {
         json_decref(ws->body);
         ws->body = NULL;
+    }
+
+    if (ws->pool != NULL) {
+        ngx_destroy_pool(ws->pool);
+        ws->pool = NULL;
     }
 }
 
@@ -946,9 +957,17 @@ ngx_http_cinematch_ws_message(ngx_http_cinematch_ws_t *ws, u_char *data,
 
     ws->stop = json_object_get(b, "stop");
 
-    if (ngx_http_cinematch_gen_payload(r->pool, &ws->content, 1, ws->stop,
+    ws->pool = ngx_create_pool(4096, r->connection->log);
+    if (ws->pool == NULL) {
+        ngx_http_cinematch_ws_error(ws, "internal", "out of memory", NULL);
+        return;
+    }
+
+    if (ngx_http_cinematch_gen_payload(ws->pool, &ws->content, 1, ws->stop,
                                        &payload, &field) != NGX_OK)
     {
+        ngx_destroy_pool(ws->pool);
+        ws->pool = NULL;
         ngx_http_cinematch_ws_error(ws, "validation_failed",
             ngx_strcmp(field, "stop") == 0
             ? "a string or up to 4 strings of 1..64 bytes" : "too long",
@@ -980,7 +999,7 @@ ngx_http_cinematch_ws_message(ngx_http_cinematch_ws_t *ws, u_char *data,
         4, ws->values, ngx_http_cinematch_ws_stored, ws);
 
     if (rc != NGX_OK) {
-        ws->busy = 0;
+        (void) ngx_http_cinematch_ws_idle(ws);
         ngx_http_cinematch_ws_error(ws, "unavailable",
                                     "database unavailable", NULL);
     }
@@ -997,6 +1016,11 @@ ngx_http_cinematch_ws_idle(ngx_http_cinematch_ws_t *ws)
 {
     ws->busy = 0;
     ws->generating = 0;
+
+    if (ws->pool != NULL) {
+        ngx_destroy_pool(ws->pool);
+        ws->pool = NULL;
+    }
 
     if (ws->request->connection->error) {
         return NGX_HTTP_CLIENT_CLOSED_REQUEST;
@@ -1074,8 +1098,9 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
     int                        i, n;
-    u_char                    *reply;
+    u_char                    *reply, *rec;
     size_t                     cap;
+    uint32_t                   rec_cap;
     ngx_int_t                  rc;
     ngx_str_t                  payload;
     const char                *field;
@@ -1100,14 +1125,14 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
         return ngx_http_cinematch_ws_idle(ws);
     }
 
-    ws->turns = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
+    ws->turns = ngx_palloc(ws->pool, n * sizeof(ngx_str_t));
     if (ws->turns == NULL) {
         return NGX_ERROR;
     }
 
     for (i = 0; i < n; i++) {
         ws->turns[i].len = PQgetlength(res, i, 0);
-        ws->turns[i].data = ngx_pnalloc(r->pool, ws->turns[i].len + 1);
+        ws->turns[i].data = ngx_pnalloc(ws->pool, ws->turns[i].len + 1);
         if (ws->turns[i].data == NULL) {
             return NGX_ERROR;
         }
@@ -1117,7 +1142,7 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
 
     ws->nturns = n;
 
-    if (ngx_http_cinematch_gen_payload(r->pool, ws->turns, ws->nturns,
+    if (ngx_http_cinematch_gen_payload(ws->pool, ws->turns, ws->nturns,
                                        ws->stop, &payload, &field)
         != NGX_OK)
     {
@@ -1130,9 +1155,13 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
     g = &ws->gen;
     reply = g->reply;
     cap = g->cap;
+    rec = g->rec;
+    rec_cap = g->rec_cap;
     ngx_memzero(g, sizeof(ngx_http_cinematch_gen_t));
     g->reply = reply;
     g->cap = cap;
+    g->rec = rec;
+    g->rec_cap = rec_cap;
 
     g->request = r;
     g->text = ngx_http_cinematch_ws_text;
@@ -1164,11 +1193,12 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
     /* gen_start has set ctx->data = g, which is ws */
     ws->generating = 1;
 
-    if (ws->clean == NULL) {
+    if (ws->clean == NULL || ws->clean_cap < g->rec_cap) {
         ws->clean = ngx_pnalloc(r->pool, 3 * (size_t) g->rec_cap);
         if (ws->clean == NULL) {
             return NGX_ERROR;
         }
+        ws->clean_cap = g->rec_cap;
     }
 
     return NGX_DONE;
@@ -1218,7 +1248,7 @@ ngx_http_cinematch_ws_end(ngx_http_cinematch_gen_t *g)
 
     ws->generating = 0;
 
-    ws->reply = ngx_pnalloc(r->pool, 3 * g->len + 1);
+    ws->reply = ngx_pnalloc(ws->pool, 3 * g->len + 1);
     if (ws->reply == NULL) {
         return NGX_ERROR;
     }

@@ -318,6 +318,20 @@ def test_sse_context_cache_is_dropped_by_a_websocket_message(api):
                      what="cached turns dropped")
 
 
+def test_one_socket_answers_many_messages(api):
+    # each message's memory is a pool of its own (ASan run: no reuse bugs)
+    cid = new_conv(api)
+    ws = connect(api)
+    for i in range(25):
+        ws.send_json(chat(cid, f"line {i}", max_tokens=4, seed=i))
+        while (ev := ws.recv_event())["type"] == "token":
+            pass
+        assert ev["type"] == "done", (i, ev)
+    ws.close()
+    assert api.db.sql(f"SELECT count(*) FROM messages "
+                      f"WHERE conversation_id = '{cid}'") == "50"
+
+
 def test_ping_is_answered_with_pong(api):
     ws = connect(api)
     ws.send_frame(0x9, b"hello")
