@@ -105,6 +105,8 @@ typedef struct {
     u_char                       *reply;
     size_t                        reply_len;
 
+    ngx_event_t                   busy_timer;   /* armed while busy */
+
     unsigned                      busy:1;       /* a message is in flight */
     unsigned                      generating:1; /* the gen is running */
     unsigned                      closing:1;    /* a close frame is queued */
@@ -119,6 +121,7 @@ static ngx_int_t ngx_http_cinematch_ws_protocol(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_ws_accept(ngx_http_request_t *r,
     ngx_str_t *key);
 static void ngx_http_cinematch_ws_cleanup(void *data);
+static void ngx_http_cinematch_ws_busy_timer(ngx_event_t *ev);
 static void ngx_http_cinematch_ws_read(ngx_http_request_t *r);
 static void ngx_http_cinematch_ws_write(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_ws_flush(ngx_http_cinematch_ws_t *ws);
@@ -419,6 +422,10 @@ ngx_http_cinematch_ws_chat_handler(ngx_http_request_t *r,
     cln->handler = ngx_http_cinematch_ws_cleanup;
     cln->data = ws;
 
+    ws->busy_timer.handler = ngx_http_cinematch_ws_busy_timer;
+    ws->busy_timer.data = ws;
+    ws->busy_timer.log = c->log;
+
     if (ngx_http_cinematch_ws_accept(r, &key) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -458,6 +465,10 @@ ngx_http_cinematch_ws_chat_handler(ngx_http_request_t *r,
     /* the request lives until the socket closes */
     r->main->count++;
 
+    /* between messages the socket is idle: a reload or a shutdown of
+     * the worker closes it (ngx_close_idle_connections) */
+    c->idle = 1;
+
     if (ws->in_len > 0 || c->read->ready) {
         ngx_post_event(c->read, &ngx_posted_events);
 
@@ -469,10 +480,31 @@ ngx_http_cinematch_ws_chat_handler(ngx_http_request_t *r,
 }
 
 
+/*
+ * A timer armed while a message is in flight: a worker that is shutting
+ * down (reload) waits for its pending timers, so the reply finishes and is
+ * stored instead of the socket being abandoned.  It only re-arms itself.
+ */
+
+static void
+ngx_http_cinematch_ws_busy_timer(ngx_event_t *ev)
+{
+    ngx_http_cinematch_ws_t  *ws = ev->data;
+
+    if (ws->busy) {
+        ngx_add_timer(ev, 60000);
+    }
+}
+
+
 static void
 ngx_http_cinematch_ws_cleanup(void *data)
 {
     ngx_http_cinematch_ws_t  *ws = data;
+
+    if (ws->busy_timer.timer_set) {
+        ngx_del_timer(&ws->busy_timer);
+    }
 
     if (ws->body != NULL) {
         json_decref(ws->body);
@@ -989,6 +1021,8 @@ ngx_http_cinematch_ws_message(ngx_http_cinematch_ws_t *ws, u_char *data,
     ws->values[3] = ws->request_id;
 
     ws->busy = 1;
+    r->connection->idle = 0;
+    ngx_add_timer(&ws->busy_timer, 60000);
     ws->user_message_id[0] = '\0';
 
     rc = ngx_http_cinematch_pg_query(r,
@@ -1017,6 +1051,10 @@ ngx_http_cinematch_ws_idle(ngx_http_cinematch_ws_t *ws)
     ws->busy = 0;
     ws->generating = 0;
 
+    if (ws->busy_timer.timer_set) {
+        ngx_del_timer(&ws->busy_timer);
+    }
+
     if (ws->pool != NULL) {
         ngx_destroy_pool(ws->pool);
         ws->pool = NULL;
@@ -1024,6 +1062,14 @@ ngx_http_cinematch_ws_idle(ngx_http_cinematch_ws_t *ws)
 
     if (ws->request->connection->error) {
         return NGX_HTTP_CLIENT_CLOSED_REQUEST;
+    }
+
+    ws->request->connection->idle = 1;
+
+    if (ngx_exiting || ngx_terminate) {
+        /* the worker is going away: the answer is out, say goodbye */
+        ngx_http_cinematch_ws_close(ws, CM_WS_CLOSE_GOING_AWAY,
+                                    "server restarting");
     }
 
     return NGX_DONE;

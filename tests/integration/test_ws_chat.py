@@ -332,6 +332,31 @@ def test_one_socket_answers_many_messages(api):
                       f"WHERE conversation_id = '{cid}'") == "50"
 
 
+def test_reload_closes_idle_sockets_and_lets_a_reply_finish(api):
+    idle = connect(api)
+    ws, seen, cid = _paused_mid_stream(api)
+    try:
+        api.reload()
+        # the idle socket is closed by the old worker at once
+        idle.s.settimeout(5)
+        with pytest.raises((EOFError, ConnectionResetError)):
+            idle.recv_frame()
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    # the busy one finishes its reply, then is closed with 1001
+    ws.s.settimeout(10)
+    while (ev := ws.recv_event())["type"] == "token":
+        pass
+    assert ev["type"] == "done", ev
+    assert ws.recv_close() == 1001
+    ws.close()
+    idle.close()
+    fresh = connect(api)
+    fresh.send_frame(0x9, b"")
+    assert fresh.recv_frame() == (0xa, b"")
+    fresh.close()
+
+
 def test_ping_is_answered_with_pong(api):
     ws = connect(api)
     ws.send_frame(0x9, b"hello")
