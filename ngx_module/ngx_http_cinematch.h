@@ -60,6 +60,10 @@
 #define NGX_HTTP_CINEMATCH_ROUTE_NOSTORE   0x0080  /* Cache-Control: no-store
                                                       on every answer (auth
                                                       routes do it anyway) */
+#define NGX_HTTP_CINEMATCH_ROUTE_WS        0x10000 /* WebSocket handshake:
+                                                      the access token may
+                                                      come in
+                                                      Sec-WebSocket-Protocol */
 /* the CM_SCOPE_* (cinematch/validate.h) an API key needs for the route */
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPE(s)  ((ngx_uint_t) (s) << 8)
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPES(f) ((uint32_t) (((f) >> 8) & 0xff))
@@ -167,6 +171,15 @@ struct ngx_http_cinematch_ctx_s {
     ngx_str_t                       model_version; /* that answered, for
                                                       $cinematch_model_version */
 };
+
+
+#if (NGX_HTTP_CINEMATCH_WS)
+/* ngx_http_cinematch_ws.c: "Bearer <token>" from the handshake's
+ * Sec-WebSocket-Protocol (browsers cannot send Authorization); NGX_DECLINED
+ * when none is offered */
+ngx_int_t ngx_http_cinematch_ws_bearer(ngx_http_request_t *r,
+    ngx_str_t *authz);
+#endif
 
 
 /* ngx_http_cinematch_module.c */

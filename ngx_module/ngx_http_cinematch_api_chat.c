@@ -269,11 +269,15 @@ ngx_http_cinematch_gen_start(ngx_http_request_t *r,
 
     ctx->data = g;
     g->started = ngx_current_msec;
-    g->rec_cap = g->ir->seg->hdr->ring_cap;
-    g->rec = ngx_pnalloc(r->pool, g->rec_cap);
+    /* a caller that generates again on one request (the WebSocket) keeps
+     * its record buffer, so the request pool does not grow per message */
+    if (g->rec == NULL || g->rec_cap != g->ir->seg->hdr->ring_cap) {
+        g->rec_cap = g->ir->seg->hdr->ring_cap;
+        g->rec = ngx_pnalloc(r->pool, g->rec_cap);
 
-    if (g->rec == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (g->rec == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
 
     if (g->stream) {

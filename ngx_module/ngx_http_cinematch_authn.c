@@ -179,7 +179,7 @@ ngx_int_t
 ngx_http_cinematch_authn(ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx)
 {
     ngx_int_t                     rc;
-    ngx_str_t                     apikey;
+    ngx_str_t                     apikey, bearer;
     ngx_uint_t                    flags;
     cm_cred_t                     cred;
     cm_field_error_t              fe;
@@ -228,9 +228,22 @@ ngx_http_cinematch_authn(ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx)
     }
 
     authz = r->headers_in.authorization;
+    ngx_str_null(&bearer);
 
-    if (cm_auth_header_parse(authz ? (char *) authz->value.data : NULL,
-                             authz ? authz->value.len : 0,
+    if (authz != NULL) {
+        bearer = authz->value;
+    }
+
+#if (NGX_HTTP_CINEMATCH_WS)
+    if (authz == NULL && (flags & NGX_HTTP_CINEMATCH_ROUTE_WS)
+        && ngx_http_cinematch_ws_bearer(r, &bearer) == NGX_ERROR)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+#endif
+
+    if (cm_auth_header_parse(bearer.len ? (char *) bearer.data : NULL,
+                             bearer.len,
                              (char *) apikey.data, apikey.len, &cred, &fe)
         != CM_OK)
     {

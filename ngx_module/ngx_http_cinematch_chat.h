@@ -151,4 +151,13 @@ ngx_int_t ngx_http_cinematch_feedback_handler(ngx_http_request_t *r,
 #endif
 
 
+#if (NGX_HTTP_CINEMATCH_WS)
+
+/* ngx_http_cinematch_ws.c: GET /api/v1/ws/chat */
+ngx_int_t ngx_http_cinematch_ws_chat_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
+
 #endif /* _NGX_HTTP_CINEMATCH_CHAT_H_INCLUDED_ */

@@ -133,6 +133,13 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       NGX_HTTP_CINEMATCH_ROUTE_AUTH
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
 
+#if (NGX_HTTP_CINEMATCH_WS)
+    { NGX_HTTP_GET, ngx_string("/api/v1/ws/chat"),
+      ngx_http_cinematch_ws_chat_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH|NGX_HTTP_CINEMATCH_ROUTE_WS
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+#endif
+
     { NGX_HTTP_POST, ngx_string("/api/v1/messages/{id}/feedback"),
       ngx_http_cinematch_feedback_handler,
       NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
