@@ -66,6 +66,87 @@ const char cm_ratelimit_lua[] =
     "return {allowed, idiv(tokens, cost), retry, reset}\n";
 
 
+/*
+ * The batch: one call takes from N buckets in order, each exactly as the
+ * single script would (the same math, one TIME for all).  KEYS come in
+ * pairs (bucket, denylist key or ""), ARGV in triples (capacity, refill,
+ * cost), then an optional now_ms.  Everything is checked before any
+ * bucket changes, so a bad call changes nothing.
+ */
+const char cm_ratelimit_batch_lua[] =
+    "local n = #KEYS / 2\n"
+    "if n < 1 or n ~= math.floor(n)\n"
+    "   or (#ARGV ~= 3 * n and #ARGV ~= 3 * n + 1) then\n"
+    "  return redis.error_reply('cm_ratelimit_batch: bad arguments')\n"
+    "end\n"
+    "for i = 1, n do\n"
+    "  local cap = tonumber(ARGV[3 * i - 2])\n"
+    "  local refill = tonumber(ARGV[3 * i - 1])\n"
+    "  local cost = tonumber(ARGV[3 * i])\n"
+    "  if not cap or not refill or not cost or refill < 1 or cost < 1\n"
+    "     or cap < cost then\n"
+    "    return redis.error_reply('cm_ratelimit_batch: bad arguments')\n"
+    "  end\n"
+    "end\n"
+    "local now = tonumber(ARGV[3 * n + 1])\n"
+    "if not now then\n"
+    "  local t = redis.call('TIME')\n"
+    "  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "end\n"
+    "local function idiv(a, b)\n"
+    "  local q = math.floor(a / b)\n"
+    "  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end\n"
+    "  return q\n"
+    "end\n"
+    "local function cdiv(a, b) return idiv(a + b - 1, b) end\n"
+    "local out = {}\n"
+    "for i = 1, n do\n"
+    "  local key = KEYS[2 * i - 1]\n"
+    "  local deny = KEYS[2 * i]\n"
+    "  local o = 4 * i - 3\n"
+    "  if deny ~= '' and redis.call('EXISTS', deny) == 1 then\n"
+    "    out[o] = -1; out[o + 1] = 0; out[o + 2] = 0; out[o + 3] = 0\n"
+    "  else\n"
+    "    local cap = tonumber(ARGV[3 * i - 2])\n"
+    "    local refill = tonumber(ARGV[3 * i - 1])\n"
+    "    local cost = tonumber(ARGV[3 * i])\n"
+    "    local st = redis.call('HMGET', key, 't', 'ts')\n"
+    "    local tokens = tonumber(st[1])\n"
+    "    local ts = tonumber(st[2])\n"
+    "    if not tokens or not ts then\n"
+    "      tokens = cap\n"
+    "      ts = now\n"
+    "    end\n"
+    "    if tokens > cap then tokens = cap end\n"
+    "    if now > ts then\n"
+    "      local el = now - ts\n"
+    "      if el >= cdiv(cap, refill) then\n"
+    "        tokens = cap\n"
+    "      else\n"
+    "        tokens = tokens + el * refill\n"
+    "        if tokens > cap then tokens = cap end\n"
+    "      end\n"
+    "      ts = now\n"
+    "    end\n"
+    "    local allowed = 0\n"
+    "    local retry = 0\n"
+    "    if tokens >= cost then\n"
+    "      tokens = tokens - cost\n"
+    "      allowed = 1\n"
+    "    else\n"
+    "      retry = cdiv(cost - tokens, refill)\n"
+    "    end\n"
+    "    local reset = cdiv(cap - tokens, refill)\n"
+    "    redis.call('HSET', key, 't', string.format('%d', tokens),\n"
+    "               'ts', string.format('%d', ts))\n"
+    "    redis.call('PEXPIRE', key, reset + 1000)\n"
+    "    out[o] = allowed; out[o + 1] = idiv(tokens, cost)\n"
+    "    out[o + 2] = retry; out[o + 3] = reset\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+
 int
 cm_ratelimit_init(cm_ratelimit_t *rl, uint64_t rate, uint64_t period_ms,
     uint64_t burst)
