@@ -59,7 +59,6 @@ typedef struct {
     char                                  key_id[NGX_INT64_LEN + 1];
     const char                           *values[1];
     ngx_str_t                             rl_key;    /* cm:rl:{id}:loc */
-    char                                  rl_argv[3][24];
     u_char                                rl_deny[sizeof("cm:deny:") + 40];
     size_t                                rl_deny_len;
     ngx_uint_t                            deny;      /* check cm:deny:<jti>
@@ -888,8 +887,6 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     p = ngx_cpymem(p, st->alcf->rl_name.data, st->alcf->rl_name.len);
     st->rl_key.len = p - st->rl_key.data;
 
-    cm_ratelimit_argv(st->alcf->rl, st->rl_argv);
-
     if (st->deny) {
         st->rl_deny_len = ngx_sprintf(st->rl_deny, "cm:deny:%s",
                                       st->caller.jti)
@@ -1042,8 +1039,8 @@ ngx_http_cinematch_rl_batch_send(ngx_http_cinematch_rl_batch_t *b)
         }
 
         for (j = 0; j < 3; j++) {
-            argv[argc] = e->st->rl_argv[j];
-            argvlen[argc++] = ngx_strlen(e->st->rl_argv[j]);
+            argv[argc] = e->st->alcf->rl->argv[j];
+            argvlen[argc++] = ngx_strlen(e->st->alcf->rl->argv[j]);
         }
     }
 

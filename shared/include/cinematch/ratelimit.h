@@ -34,6 +34,10 @@ typedef struct {
     uint64_t  cost;        /* P */
     uint64_t  refill;      /* R per ms */
     uint64_t  capacity;    /* burst * P */
+
+    /* the script's ARGV (capacity, refill, cost) as decimal strings, made
+     * once here rather than with snprintf on every request */
+    char      argv[3][24];
 } cm_ratelimit_t;
 
 typedef struct {
