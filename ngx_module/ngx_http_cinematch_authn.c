@@ -120,6 +120,8 @@ typedef struct {
  * each side).  Each request is resumed with its own 4 integers; a failed
  * batch (no reply, an error, Redis down) sends each to the local bucket.
  * A request that goes away while it waits is detached by its pool cleanup.
+ * In Redis Cluster all keys of a batch would need one hash slot: not
+ * supported (the denylist key beside the bucket was not either).
  */
 #define NGX_HTTP_CINEMATCH_RL_BATCH  64
 
