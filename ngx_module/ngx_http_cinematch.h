@@ -313,6 +313,7 @@ ngx_int_t ngx_http_cinematch_redis_commandf(ngx_http_request_t *r,
     ngx_http_cinematch_redis_handler_pt handler, void *data,
     const char *fmt, ...);
 ngx_uint_t ngx_http_cinematch_redis_connected(void);
+ngx_uint_t ngx_http_cinematch_redis_configured(void);
 
 
 /* ngx_http_cinematch_sse.c: event streams with recycled buffers */

@@ -16,7 +16,8 @@
  *                 a route scope is checked against a key's scopes
  *   rate limit    cinematch_rate_limit of the location: a token bucket per
  *                 identity (u<user>, k<key>, ip<addr>) kept by a Lua script
- *                 in Redis (EVALSHA, EVAL on NOSCRIPT); Redis down: the
+ *                 in Redis (EVALSHA, EVAL on NOSCRIPT), the checks of one
+ *                 event-loop turn batched into one call; Redis down: the
  *                 same bucket math in a shared-memory table of this node
  *
  * Each step either answers (401, 403, 429) or calls the next; the Redis
@@ -58,8 +59,8 @@ typedef struct {
     char                                  key_id[NGX_INT64_LEN + 1];
     const char                           *values[1];
     ngx_str_t                             rl_key;    /* cm:rl:{id}:loc */
-    char                                  rl_argv[3][24];
-    ngx_uint_t                            rl_eval;   /* EVAL after NOSCRIPT */
+    u_char                                rl_deny[sizeof("cm:deny:") + 40];
+    size_t                                rl_deny_len;
     ngx_uint_t                            deny;      /* check cm:deny:<jti>
                                                         in the script */
     /* ngx_http_cinematch_authn_take(): a bucket of another identity */
@@ -108,6 +109,42 @@ typedef struct {
 } ngx_http_cinematch_key_touch_t;
 
 
+/*
+ * Rate-limit checks are batched per event-loop turn: each request joins
+ * the worker's open batch (and waits), and a posted event, run once this
+ * turn's I/O events are handled, sends the whole batch as ONE EVALSHA of
+ * cm_ratelimit_batch_lua.  Redis runs the script atomically and takes the
+ * entries in arrival order, so the counts are the ones N single calls in
+ * that order would give, across nodes too; what is saved is the per-call
+ * cost (command dispatch, Lua entry, reply parsing, a syscall or two on
+ * each side).  Each request is resumed with its own 4 integers; a failed
+ * batch (no reply, an error, Redis down) sends each to the local bucket.
+ * A request that goes away while it waits is detached by its pool cleanup.
+ * In Redis Cluster all keys of a batch would need one hash slot: not
+ * supported (the denylist key beside the bucket was not either).
+ */
+#define NGX_HTTP_CINEMATCH_RL_BATCH  64
+
+typedef struct {
+    ngx_http_request_t                   *request;   /* NULL: gone */
+    ngx_http_cinematch_authn_t           *st;
+    ngx_pool_cleanup_t                   *cln;
+    ngx_uint_t                            sent;      /* in the last send */
+} ngx_http_cinematch_rl_entry_t;
+
+
+typedef struct ngx_http_cinematch_rl_batch_s  ngx_http_cinematch_rl_batch_t;
+
+struct ngx_http_cinematch_rl_batch_s {
+    ngx_http_cinematch_rl_batch_t        *next;      /* this turn's next */
+    ngx_uint_t                            n;
+    ngx_uint_t                            sent;      /* entries sent */
+    ngx_uint_t                            eval;      /* EVAL after NOSCRIPT */
+    ngx_http_cinematch_rl_entry_t         entries[
+                                            NGX_HTTP_CINEMATCH_RL_BATCH];
+};
+
+
 static ngx_int_t ngx_http_cinematch_authn_fail(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message,
     const char *www);
@@ -137,8 +174,17 @@ static ngx_int_t ngx_http_cinematch_authn_authorize(ngx_http_request_t *r,
     ngx_http_cinematch_authn_t *st);
 static ngx_int_t ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     ngx_http_cinematch_authn_t *st);
-static ngx_int_t ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r,
+static ngx_int_t ngx_http_cinematch_authn_limit_verdict(
+    ngx_http_request_t *r, ngx_http_cinematch_authn_t *st,
+    redisReply **el);
+static void ngx_http_cinematch_rl_batch_flush_handler(ngx_event_t *ev);
+static void ngx_http_cinematch_rl_batch_send(
+    ngx_http_cinematch_rl_batch_t *b);
+static ngx_int_t ngx_http_cinematch_rl_batch_done(ngx_http_request_t *r,
     void *data, redisReply *reply);
+static void ngx_http_cinematch_rl_batch_local(
+    ngx_http_cinematch_rl_batch_t *b, const char *why);
+static void ngx_http_cinematch_rl_entry_cleanup(void *data);
 static ngx_int_t ngx_http_cinematch_authn_limit_local(ngx_http_request_t *r,
     ngx_http_cinematch_authn_t *st);
 static ngx_int_t ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
@@ -157,20 +203,17 @@ static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
 static char                            ngx_http_cinematch_rl_sha[41];
 static char                           *ngx_http_cinematch_rl_script;
 
-/*
- * Prepended to cm_ratelimit_lua: with a second key (a JWT's cm:deny:<jti>)
- * a revoked token is refused ({-1, 0, 0, 0}) before the bucket is touched.
- * In Redis Cluster both keys would need one hash slot; not supported yet.
- */
-static const char  ngx_http_cinematch_deny_lua[] =
-    "if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then\n"
-    "  return {-1, 0, 0, 0}\n"
-    "end\n";
 static ngx_http_cinematch_key_touch_t  ngx_http_cinematch_key_touched[
                                        NGX_HTTP_CINEMATCH_KEY_TOUCH_SLOTS];
 
 static ngx_http_cinematch_jwt_slot_t   ngx_http_cinematch_jwt_cache[
                                        NGX_HTTP_CINEMATCH_JWT_CACHE_SLOTS];
+
+/* per worker: the batches filled this turn (more than one only past
+ * NGX_HTTP_CINEMATCH_RL_BATCH checks), and their flush event */
+static ngx_http_cinematch_rl_batch_t  *ngx_http_cinematch_rl_open;
+static ngx_http_cinematch_rl_batch_t  *ngx_http_cinematch_rl_last;
+static ngx_event_t                     ngx_http_cinematch_rl_flush;
 
 static ngx_str_t  ngx_http_cinematch_x_api_key = ngx_string("X-API-Key");
 
@@ -819,14 +862,12 @@ static ngx_int_t
 ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     ngx_http_cinematch_authn_t *st)
 {
-    u_char                        *p;
-    size_t                         len;
-    ngx_int_t                      rc;
-    ngx_uint_t                     i, n;
-    ngx_http_cinematch_caller_t   *c;
-    const char                    *argv[8];
-    size_t                         argvlen[8];
-    u_char                         deny[sizeof("cm:deny:") + 40];
+    u_char                          *p;
+    size_t                           len;
+    ngx_event_t                     *ev;
+    ngx_http_cinematch_caller_t     *c;
+    ngx_http_cinematch_rl_entry_t   *e;
+    ngx_http_cinematch_rl_batch_t   *b;
 
     if (st->alcf->rl == NULL) {
         return ngx_http_cinematch_authn_run(r, st);
@@ -861,7 +902,11 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     p = ngx_cpymem(p, st->alcf->rl_name.data, st->alcf->rl_name.len);
     st->rl_key.len = p - st->rl_key.data;
 
-    cm_ratelimit_argv(st->alcf->rl, st->rl_argv);
+    if (st->deny) {
+        st->rl_deny_len = ngx_sprintf(st->rl_deny, "cm:deny:%s",
+                                      st->caller.jti)
+                          - st->rl_deny;
+    }
 
     if (ngx_http_cinematch_rl_script == NULL
         && ngx_http_cinematch_authn_script(r->connection->log) != NGX_OK)
@@ -869,88 +914,289 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
         return ngx_http_cinematch_authn_limit_local(r, st);
     }
 
-    if (st->rl_eval) {
+    if (!ngx_http_cinematch_redis_configured()) {
+        return ngx_http_cinematch_authn_limit_local(r, st);
+    }
+
+    b = ngx_http_cinematch_rl_last;
+
+    if (b == NULL || b->n == NGX_HTTP_CINEMATCH_RL_BATCH) {
+        b = ngx_calloc(sizeof(ngx_http_cinematch_rl_batch_t),
+                       r->connection->log);
+        if (b == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (ngx_http_cinematch_rl_last != NULL) {
+            ngx_http_cinematch_rl_last->next = b;
+
+        } else {
+            ngx_http_cinematch_rl_open = b;
+        }
+
+        ngx_http_cinematch_rl_last = b;
+    }
+
+    e = &b->entries[b->n];
+
+    e->cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (e->cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    e->cln->handler = ngx_http_cinematch_rl_entry_cleanup;
+    e->cln->data = e;
+    e->request = r;
+    e->st = st;
+    b->n++;
+
+    ngx_http_cinematch_wait(r);
+
+    /* sent from the posted event, never from here: a failed send resumes
+     * its requests at once, and this one must first return NGX_DONE */
+
+    if (!ngx_http_cinematch_rl_flush.posted) {
+        ev = &ngx_http_cinematch_rl_flush;
+        ev->handler = ngx_http_cinematch_rl_batch_flush_handler;
+        ev->log = ngx_cycle->log;
+        ngx_post_event(ev, &ngx_posted_events);
+    }
+
+    return NGX_DONE;
+}
+
+
+/* the end of this turn's events: send what arrived in it */
+
+static void
+ngx_http_cinematch_rl_batch_flush_handler(ngx_event_t *ev)
+{
+    ngx_http_cinematch_rl_batch_t  *b, *next;
+
+    b = ngx_http_cinematch_rl_open;
+    ngx_http_cinematch_rl_open = NULL;
+    ngx_http_cinematch_rl_last = NULL;
+
+    while (b != NULL) {
+        next = b->next;
+        b->next = NULL;
+        ngx_http_cinematch_rl_batch_send(b);
+        b = next;
+    }
+}
+
+
+/*
+ * One EVALSHA (EVAL after NOSCRIPT) for the batch's live entries.  Never
+ * called from inside a request's handler with that request's answer
+ * pending: the entries are resumed by ngx_http_cinematch_finish().
+ */
+
+static void
+ngx_http_cinematch_rl_batch_send(ngx_http_cinematch_rl_batch_t *b)
+{
+    int                              argc;
+    ngx_int_t                        rc;
+    ngx_uint_t                       i, j, live;
+    const char                     **argv;
+    size_t                          *argvlen;
+    char                             numkeys[NGX_INT_T_LEN + 1];
+    ngx_http_cinematch_authn_t      *st;
+    ngx_http_cinematch_rl_entry_t   *e;
+    const char                      *av[3 + 5 * NGX_HTTP_CINEMATCH_RL_BATCH];
+    size_t                           al[3 + 5 * NGX_HTTP_CINEMATCH_RL_BATCH];
+
+    argv = av;
+    argvlen = al;
+
+    if (b->eval) {
         argv[0] = "EVAL";
+        argvlen[0] = 4;
         argv[1] = ngx_http_cinematch_rl_script;
         argvlen[1] = ngx_strlen(ngx_http_cinematch_rl_script);
 
     } else {
         argv[0] = "EVALSHA";
+        argvlen[0] = 7;
         argv[1] = ngx_http_cinematch_rl_sha;
         argvlen[1] = 40;
     }
 
-    argvlen[0] = ngx_strlen(argv[0]);
-    argv[2] = st->deny ? "2" : "1";
-    argvlen[2] = 1;
-    argv[3] = (char *) st->rl_key.data;
-    argvlen[3] = st->rl_key.len;
-    n = 4;
+    live = 0;
+    argc = 3;
 
-    if (st->deny) {
-        argv[n] = (char *) deny;
-        argvlen[n++] = ngx_sprintf(deny, "cm:deny:%s", st->caller.jti) - deny;
+    for (i = 0; i < b->n; i++) {
+        e = &b->entries[i];
+        e->sent = (e->request != NULL);
+        if (!e->sent) {
+            continue;
+        }
+
+        st = e->st;
+        argv[argc] = (char *) st->rl_key.data;
+        argvlen[argc++] = st->rl_key.len;
+        argv[argc] = (char *) st->rl_deny;
+        argvlen[argc++] = st->rl_deny_len;
+        live++;
     }
 
-    for (i = 0; i < 3; i++) {
-        argv[n] = st->rl_argv[i];
-        argvlen[n++] = ngx_strlen(st->rl_argv[i]);
+    b->sent = live;
+
+    if (live == 0) {
+        ngx_free(b);
+        return;
     }
 
-    rc = ngx_http_cinematch_redis_command(r,
-                                          ngx_http_cinematch_authn_limit_done,
-                                          st, (int) n, argv, argvlen);
-    switch (rc) {
+    for (i = 0; i < b->n; i++) {
+        e = &b->entries[i];
+        if (e->request == NULL) {
+            continue;
+        }
 
-    case NGX_OK:
-        return NGX_DONE;
+        for (j = 0; j < 3; j++) {
+            argv[argc] = e->st->alcf->rl->argv[j];
+            argvlen[argc++] = ngx_strlen(e->st->alcf->rl->argv[j]);
+        }
+    }
 
-    case NGX_DECLINED:
-        return ngx_http_cinematch_authn_limit_local(r, st);
+    argv[2] = numkeys;
+    argvlen[2] = ngx_sprintf((u_char *) numkeys, "%ui", 2 * live)
+                 - (u_char *) numkeys;
 
-    default:
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    rc = ngx_http_cinematch_redis_command(NULL,
+                                          ngx_http_cinematch_rl_batch_done,
+                                          b, argc, argv, argvlen);
+    if (rc != NGX_OK) {
+        ngx_http_cinematch_rl_batch_local(b, rc == NGX_DECLINED
+                                             ? "Redis not connected"
+                                             : "cannot queue the command");
     }
 }
 
 
 static ngx_int_t
-ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r, void *data,
+ngx_http_cinematch_rl_batch_done(ngx_http_request_t *unused, void *data,
     redisReply *reply)
 {
-    ngx_http_cinematch_authn_t *st = data;
+    ngx_http_cinematch_rl_batch_t *b = data;
 
-    ngx_uint_t              i;
-    cm_ratelimit_result_t   res;
+    ngx_int_t                        rc;
+    ngx_uint_t                       i, k;
+    ngx_http_request_t              *r;
+    ngx_http_cinematch_rl_entry_t   *e;
 
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR
         && reply->len >= 8 && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
-        && !st->rl_eval)
+        && !b->eval)
     {
-        st->rl_eval = 1;
-        return ngx_http_cinematch_authn_limit(r, st);
+        b->eval = 1;
+        ngx_http_cinematch_rl_batch_send(b);
+        return NGX_OK;
     }
 
+    /* the reply is positional: one quadruple per entry sent, including
+     * those whose request has gone since */
+
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != 4)
+        || reply->elements != 4 * b->sent)
     {
-        if (st->deny) {
+        ngx_http_cinematch_rl_batch_local(b,
+                                   reply && reply->type == REDIS_REPLY_ERROR
+                                   ? reply->str : "no reply");
+        return NGX_OK;
+    }
+
+    k = 0;
+
+    for (i = 0; i < b->n; i++) {
+        e = &b->entries[i];
+
+        if (!e->sent) {
+            continue;
+        }
+
+        r = e->request;
+        k += 4;
+
+        if (r == NULL) {
+            continue;
+        }
+
+        e->cln->handler = NULL;
+        e->request = NULL;
+
+        rc = ngx_http_cinematch_authn_limit_verdict(r, e->st,
+                                                    &reply->element[k - 4]);
+        ngx_http_cinematch_finish(r, rc);
+    }
+
+    ngx_free(b);
+
+    return NGX_OK;
+}
+
+
+/* every live entry of b to the local bucket, and b freed */
+
+static void
+ngx_http_cinematch_rl_batch_local(ngx_http_cinematch_rl_batch_t *b,
+    const char *why)
+{
+    ngx_int_t                        rc;
+    ngx_uint_t                       i;
+    ngx_http_request_t              *r;
+    ngx_http_cinematch_rl_entry_t   *e;
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "cinematch: rate limit script failed (%s), "
+                  "using the local bucket", why);
+
+    for (i = 0; i < b->n; i++) {
+        e = &b->entries[i];
+        r = e->request;
+
+        if (r == NULL) {
+            continue;
+        }
+
+        e->cln->handler = NULL;
+        e->request = NULL;
+
+        if (e->st->deny) {
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                           "cinematch: token denylist unavailable, "
                           "not checked");
         }
 
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "cinematch: rate limit script failed (%s), "
-                      "using the local bucket",
-                      reply && reply->type == REDIS_REPLY_ERROR
-                      ? reply->str : "no reply");
-        return ngx_http_cinematch_authn_limit_local(r, st);
+        rc = ngx_http_cinematch_authn_limit_local(r, e->st);
+        ngx_http_cinematch_finish(r, rc);
     }
 
-    if (reply->element[0]->type == REDIS_REPLY_INTEGER
-        && reply->element[0]->integer == -1)
-    {
+    ngx_free(b);
+}
+
+
+/* the request is going away while it waits in a batch */
+
+static void
+ngx_http_cinematch_rl_entry_cleanup(void *data)
+{
+    ngx_http_cinematch_rl_entry_t *e = data;
+
+    e->request = NULL;
+}
+
+
+/* one entry's 4 integers from the batch reply */
+
+static ngx_int_t
+ngx_http_cinematch_authn_limit_verdict(ngx_http_request_t *r,
+    ngx_http_cinematch_authn_t *st, redisReply **el)
+{
+    ngx_uint_t              i;
+    cm_ratelimit_result_t   res;
+
+    if (el[0]->type == REDIS_REPLY_INTEGER && el[0]->integer == -1) {
         return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
                                              "unauthenticated",
                                              "access token was revoked",
@@ -958,17 +1204,15 @@ ngx_http_cinematch_authn_limit_done(ngx_http_request_t *r, void *data,
     }
 
     for (i = 0; i < 4; i++) {
-        if (reply->element[i]->type != REDIS_REPLY_INTEGER
-            || reply->element[i]->integer < 0)
-        {
+        if (el[i]->type != REDIS_REPLY_INTEGER || el[i]->integer < 0) {
             return ngx_http_cinematch_authn_limit_local(r, st);
         }
     }
 
-    res.allowed = reply->element[0]->integer == 1;
-    res.remaining = (uint64_t) reply->element[1]->integer;
-    res.retry_ms = (uint64_t) reply->element[2]->integer;
-    res.reset_ms = (uint64_t) reply->element[3]->integer;
+    res.allowed = el[0]->integer == 1;
+    res.remaining = (uint64_t) el[1]->integer;
+    res.retry_ms = (uint64_t) el[2]->integer;
+    res.reset_ms = (uint64_t) el[3]->integer;
     res.limit = st->alcf->rl->burst;
 
     return ngx_http_cinematch_authn_limit_apply(r, st, &res);
@@ -1139,7 +1383,7 @@ ngx_http_cinematch_authn_take(ngx_http_request_t *r, cm_ratelimit_t *rl,
 }
 
 
-/* the combined script and its SHA1, once per process */
+/* the batch script (cm_ratelimit_batch_lua) and its SHA1, once per process */
 
 static ngx_int_t
 ngx_http_cinematch_authn_script(ngx_log_t *log)
@@ -1149,17 +1393,14 @@ ngx_http_cinematch_authn_script(ngx_log_t *log)
     SHA_CTX   sha;
     u_char    md[SHA_DIGEST_LENGTH];
 
-    len = sizeof(ngx_http_cinematch_deny_lua) - 1
-          + ngx_strlen(cm_ratelimit_lua);
+    len = ngx_strlen(cm_ratelimit_batch_lua);
 
     p = ngx_alloc(len + 1, log);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    *ngx_cpymem(ngx_cpymem(p, ngx_http_cinematch_deny_lua,
-                           sizeof(ngx_http_cinematch_deny_lua) - 1),
-                cm_ratelimit_lua, ngx_strlen(cm_ratelimit_lua)) = '\0';
+    *ngx_cpymem(p, cm_ratelimit_batch_lua, len) = '\0';
 
     SHA1_Init(&sha);
     SHA1_Update(&sha, p, len);

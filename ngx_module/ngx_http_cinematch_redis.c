@@ -164,6 +164,15 @@ ngx_http_cinematch_redis_exit_process(ngx_cycle_t *cycle)
 }
 
 
+/* whether this worker has Redis at all (connected or not) */
+
+ngx_uint_t
+ngx_http_cinematch_redis_configured(void)
+{
+    return ngx_http_cinematch_redis != NULL;
+}
+
+
 ngx_uint_t
 ngx_http_cinematch_redis_connected(void)
 {

@@ -8,6 +8,9 @@ This module runs its own redis-server, because one test stops it.
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -222,3 +225,80 @@ def test_local_zone_limits_when_redis_is_down(nodes, db, secret, redis):
         assert "retry-after" in hdrs
     finally:
         redis.start()
+
+
+def redis_script_calls(redis):
+    """EVALSHA + EVAL calls Redis has run (INFO commandstats)."""
+    out = subprocess.run(["redis-cli", "-p", str(redis.port), "INFO",
+                          "commandstats"], check=True, capture_output=True,
+                         text=True).stdout
+    n = 0
+    for cmd in ("evalsha", "eval"):
+        m = re.search(rf"^cmdstat_{cmd}:calls=(\d+)", out, re.M)
+        n += int(m.group(1)) if m else 0
+    return n
+
+
+def test_checks_of_one_event_loop_turn_go_as_one_script_call_each_exact(
+        nodes, db, secret, redis):
+    """Requests that reach a worker in the same event-loop turn are checked
+    by ONE script call, and each still gets its own verdict: the workers are
+    stopped (SIGSTOP) while the requests are written on connections they
+    already accepted, so on SIGCONT each worker sees all of its requests in
+    one epoll_wait."""
+    a, _ = nodes
+    many = user_token(nodes, db, secret)
+    other = user_token(nodes, db, secret)
+    revoked = user_token(nodes, db, secret)
+    import base64
+    jti = json.loads(base64.urlsafe_b64decode(revoked.split(".")[1] + "=="))["jti"]
+    subprocess.run(["redis-cli", "-p", str(redis.port), "SET",
+                    f"cm:deny:{jti}", "1", "EX", "60"],
+                   check=True, capture_output=True)
+    # the script cached in Redis, so no NOSCRIPT round in the count
+    assert call(a, "GET", "/internal/auth/whoami", token=other)[0] == 200
+
+    plan = [many] * (3 * BURST) + [other] * 2 + [revoked] * 2
+    socks = [socket.create_connection(("127.0.0.1", a.port), timeout=30)
+             for _ in plan]
+    workers = a.worker_pids()
+    try:
+        time.sleep(0.3)                 # accepted, waiting for bytes
+        before = redis_script_calls(redis)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for s, tok in zip(socks, plan):
+                s.sendall((f"GET /internal/auth/whoami HTTP/1.1\r\n"
+                           f"Host: x\r\nAuthorization: Bearer {tok}\r\n"
+                           f"Connection: close\r\n\r\n").encode())
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        answers = []
+        for s in socks:
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            head = data.split(b"\r\n\r\n", 1)[0].decode()
+            hdrs = dict(line.lower().split(": ", 1)
+                        for line in head.split("\r\n")[1:])
+            answers.append((int(head.split()[1]), hdrs))
+        calls = redis_script_calls(redis) - before
+    finally:
+        for s in socks:
+            s.close()
+
+    got = [st for (st, _), tok in zip(answers, plan) if tok == many]
+    assert got.count(200) == BURST and got.count(429) == 2 * BURST, got
+    got = [(st, h.get("x-ratelimit-remaining"))
+           for (st, h), tok in zip(answers, plan) if tok == other]
+    # "other" spent one token above: these two took the next two
+    assert sorted(got) == [(200, str(BURST - 3)), (200, str(BURST - 2))], got
+    got = [st for (st, _), tok in zip(answers, plan) if tok == revoked]
+    assert got == [401, 401], got
+    # one call per worker that had requests (two workers), not one each
+    assert 1 <= calls <= len(workers), (calls, len(plan))

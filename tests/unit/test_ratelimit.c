@@ -468,6 +468,118 @@ test_lua_script_matches_c_bucket_step_by_step(void **state)
 }
 
 
+/* one EVALSHA for a batch gives what the C bucket gives taking the same
+ * entries one by one, in order, across several buckets at once */
+static void
+test_batch_script_matches_c_buckets_taken_in_order(void **state)
+{
+    redis_fx_t            *fxp = *state;
+    const char            *cfgs[] = { "100r/m burst=20", "7r/s burst=3",
+                                      "1r/h" };
+    cm_ratelimit_t         rl[3];
+    cm_tbucket_t           b[3];
+    cm_ratelimit_result_t  rc;
+    char                   keys[3][32], args[3][3][24], nowbuf[24];
+    char                   numkeys[8];
+    const char            *argv[4 + 5 * 8];
+    size_t                 argvlen[4 + 5 * 8];
+    size_t                 i, k, n, step, a;
+    uint64_t               now = 1767225600000ull;
+    uint64_t               seed = 88172645463325252ull;
+    int                    which[8], allowed = 0;
+    redisReply            *rep;
+
+    if (fxp->c == NULL) {
+        fprintf(stderr, "redis-server not usable: Lua comparison skipped\n");
+        skip();
+    }
+
+    for (i = 0; i < 3; i++) {
+        rl[i] = rl_of(cfgs[i]);
+        memset(&b[i], 0, sizeof(b[i]));
+        snprintf(keys[i], sizeof(keys[i]), "cm:rl:batch:%zu", i);
+        cm_ratelimit_argv(&rl[i], args[i]);
+    }
+
+    for (step = 0; step < 300; step++) {
+        seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+        n = 1 + seed % 8;                     /* entries in this batch */
+        now += (seed >> 8) % 3 == 0 ? (seed >> 16) % 3000 : 0;
+
+        a = 0;
+        argv[a++] = "EVAL";
+        argv[a++] = cm_ratelimit_batch_lua;
+        argv[a++] = NULL;                     /* numkeys, below */
+        for (k = 0; k < n; k++) {
+            which[k] = (int) ((seed >> (3 * k + 20)) % 3);
+            argv[a++] = keys[which[k]];
+            argv[a++] = "";
+        }
+        for (k = 0; k < n; k++) {
+            for (i = 0; i < 3; i++) {
+                argv[a++] = args[which[k]][i];
+            }
+        }
+        snprintf(nowbuf, sizeof(nowbuf), "%llu", (unsigned long long) now);
+        argv[a++] = nowbuf;
+
+        snprintf(numkeys, sizeof(numkeys), "%zu", 2 * n);
+        argv[2] = numkeys;
+        for (i = 0; i < a; i++) {
+            argvlen[i] = strlen(argv[i]);
+        }
+
+        rep = redisCommandArgv(fxp->c, (int) a, argv, argvlen);
+        assert_non_null(rep);
+        assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+        assert_int_equal(rep->elements, 4 * n);
+
+        for (k = 0; k < n; k++) {
+            cm_tbucket_take(&rl[which[k]], &b[which[k]], now, &rc);
+            assert_int_equal(rep->element[4 * k]->integer, rc.allowed);
+            assert_int_equal(rep->element[4 * k + 1]->integer, rc.remaining);
+            assert_int_equal(rep->element[4 * k + 2]->integer, rc.retry_ms);
+            assert_int_equal(rep->element[4 * k + 3]->integer, rc.reset_ms);
+            allowed += rc.allowed;
+        }
+        freeReplyObject(rep);
+    }
+    assert_true(allowed > 0);
+
+    /* a denylisted entry is refused without touching its bucket; the
+     * others in the batch are taken as usual */
+    rep = redisCommand(fxp->c, "SET cm:deny:j1 1");
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EVAL %s 4 cm:rl:batch:d cm:deny:j1 "
+                       "cm:rl:batch:d %s 1200000 100 60000 1200000 100 60000",
+                       cm_ratelimit_batch_lua, "");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->elements, 8);
+    assert_int_equal(rep->element[0]->integer, -1);
+    assert_int_equal(rep->element[4]->integer, 1);
+    assert_int_equal(rep->element[5]->integer, 19);    /* first take */
+    freeReplyObject(rep);
+
+    /* bad arguments anywhere: an error, and no bucket changed */
+    rep = redisCommand(fxp->c, "EVAL %s 4 cm:rl:batch:e %s cm:rl:batch:f %s "
+                       "1200000 100 60000 10 0 60000",
+                       cm_ratelimit_batch_lua, "", "");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EXISTS cm:rl:batch:e");
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+
+    /* odd key count */
+    rep = redisCommand(fxp->c, "EVAL %s 1 cm:rl:batch:e 1200000 100 60000",
+                       cm_ratelimit_batch_lua);
+    assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+}
+
+
 int
 main(void)
 {
@@ -481,6 +593,9 @@ main(void)
         cmocka_unit_test(test_lowered_limit_clamps_a_fuller_bucket),
         cmocka_unit_test_setup_teardown(
             test_lua_script_matches_c_bucket_step_by_step, redis_setup,
+            redis_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_batch_script_matches_c_buckets_taken_in_order, redis_setup,
             redis_teardown),
     };
 

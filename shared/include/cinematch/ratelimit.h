@@ -34,6 +34,10 @@ typedef struct {
     uint64_t  cost;        /* P */
     uint64_t  refill;      /* R per ms */
     uint64_t  capacity;    /* burst * P */
+
+    /* the script's ARGV (capacity, refill, cost) as decimal strings, made
+     * once here rather than with snprintf on every request */
+    char      argv[3][24];
 } cm_ratelimit_t;
 
 typedef struct {
@@ -60,6 +64,19 @@ typedef struct {
  * NOSCRIPT).
  */
 extern const char cm_ratelimit_lua[];
+
+/*
+ * The same for N buckets in one call (one round trip, one script run):
+ * KEYS = bucket_1, deny_1, ..., bucket_N, deny_N where deny_i is a key
+ * whose existence refuses entry i without touching its bucket (a logout
+ * denylist entry) or "" for none; ARGV = capacity_i, refill_i, cost_i for
+ * each i, then an optional now_ms.  Entries are taken in order, each
+ * exactly as cm_ratelimit_lua would, so N calls of the single script in
+ * the same order give the same answers.  Returns 4N integers: per entry
+ * {allowed, remaining, retry_ms, reset_ms}, or {-1, 0, 0, 0} for a
+ * denied key.  Bad arguments anywhere: an error reply, nothing changed.
+ */
+extern const char cm_ratelimit_batch_lua[];
 
 /*
  * Parse the directive arguments, e.g. "100r/m burst=20" (also r/s, r/h;
