@@ -9,6 +9,7 @@
 
 #include "cinematch/common.h"
 #include "cinematch/serve_dialog.h"
+#include "cinematch/validate.h"
 
 struct cm_dlg_server_s {
     cm_gpt_t         model;
@@ -230,17 +231,56 @@ cm_dlg_stream_end(cm_dlg_stream_t *st, cm_dlg_finish_t f)
 }
 
 
+/* Bytes the UTF-8 sequence that starts with lead byte c claims (1 for a
+ * byte that cannot start one). */
+static size_t
+cm_dlg_utf8_need(unsigned char c)
+{
+    return (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+           : (c & 0xf8) == 0xf0 ? 4 : 1;
+}
+
+
+/*
+ * Ready bytes go out as valid UTF-8 only: a byte that does not start a
+ * valid sequence (a stray continuation byte, a lead byte whose sequence is
+ * broken, overlong or a surrogate) is replaced by U+FFFD, so every reader
+ * (SSE, JSON, PostgreSQL) gets text it can keep.  Input is consumed only as
+ * far as its output fits in cap.
+ */
 size_t
 cm_dlg_take(cm_dlg_stream_t *st, char *out, size_t cap, int *done)
 {
-    size_t n = st->ready < cap ? st->ready : cap;
+    size_t          i = 0, o = 0, need;
+    unsigned char   c;
 
-    memcpy(out, st->text, n);
-    memmove(st->text, st->text + n, st->len - n);
-    st->len -= n;
-    st->ready -= n;
+    while (i < st->ready) {
+        c = (unsigned char) st->text[i];
+        need = c < 0x80 ? 1 : cm_dlg_utf8_need(c);
+        if (c >= 0x80
+            && (need == 1 || i + need > st->ready
+                || cm_utf8_valid(st->text + i, need, NULL) != 1))
+        {
+            if (o + 3 > cap) {
+                break;
+            }
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i += 1;
+            continue;
+        }
+        if (o + need > cap) {
+            break;
+        }
+        memcpy(out + o, st->text + i, need);
+        o += need;
+        i += need;
+    }
+    memmove(st->text, st->text + i, st->len - i);
+    st->len -= i;
+    st->ready -= i;
     *done = st->finish != CM_DLG_FINISH_NONE && st->len == 0;
-    return n;
+    return o;
 }
 
 

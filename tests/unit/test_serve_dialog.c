@@ -80,6 +80,39 @@ take_all(cm_dlg_stream_t *st, char *out, size_t cap, int *done)
 
 
 static void
+test_invalid_utf8_from_the_model_goes_out_as_replacement_characters(void **state)
+{
+    cm_dlg_stream_t  st;
+    char             out[256] = "";
+    char             small[4];
+    int              done;
+    size_t           n;
+
+    stream_with_stops(&st, NULL, NULL);
+    /* a stray continuation byte, a broken 3-byte sequence, an overlong
+     * "/" and a valid "\xc3\xa9" (e acute) */
+    cm_dlg_stream_push(&st, (const uint8_t *) "a\x80" "b\xe2\x82" "z\xc0\xaf\xc3\xa9", 11);
+    cm_dlg_stream_end(&st, CM_DLG_FINISH_STOP);
+    take_all(&st, out, sizeof(out), &done);
+    assert_string_equal(out, "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd" "z"
+                             "\xef\xbf\xbd\xef\xbf\xbd" "\xc3\xa9");
+    assert_true(done);
+
+    /* output that does not fit waits: nothing is consumed half-way */
+    stream_with_stops(&st, NULL, NULL);
+    cm_dlg_stream_push(&st, (const uint8_t *) "x\xff", 2);
+    cm_dlg_stream_end(&st, CM_DLG_FINISH_STOP);
+    n = cm_dlg_take(&st, small, 2, &done);
+    assert_int_equal(n, 1);
+    assert_false(done);
+    n = cm_dlg_take(&st, small, sizeof(small), &done);
+    assert_int_equal(n, 3);
+    assert_memory_equal(small, "\xef\xbf\xbd", 3);
+    assert_true(done);
+}
+
+
+static void
 test_stop_string_spanning_tokens_is_never_emitted(void **state)
 {
     cm_dlg_stream_t  st;
@@ -269,6 +302,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stop_string_spanning_tokens_is_never_emitted),
+        cmocka_unit_test(test_invalid_utf8_from_the_model_goes_out_as_replacement_characters),
         cmocka_unit_test(test_false_stop_prefix_is_released),
         cmocka_unit_test(test_utf8_is_never_split_and_broken_tail_dropped),
         cmocka_unit_test(test_generation_is_valid_utf8_and_respects_max_tokens),
