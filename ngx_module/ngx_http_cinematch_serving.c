@@ -737,6 +737,19 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 
         st->cache_hit = "true";
 
+        if (st->version.len > 0) {
+            /* the key names the version that produced the answer: the
+             * access log's $cinematch_model_version gets it on a hit too */
+            json_t  *mv = json_pack("{s:s%}", "model_version",
+                                    (const char *) st->version.data,
+                                    st->version.len);
+
+            if (mv != NULL) {
+                ngx_http_cinematch_set_model_version(r, mv);
+                json_decref(mv);
+            }
+        }
+
         if (ngx_http_cinematch_log != NULL) {
             /* the reply goes away when this returns */
             st->fragment.data = ngx_pnalloc(r->pool, fragment.len);

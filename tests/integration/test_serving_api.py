@@ -204,6 +204,37 @@ def test_second_identical_recommend_is_a_cache_hit(api, admin):
     assert s3 == 200 and h3["x-cache"] == "MISS" and len(d3["recommendations"]) == 5
 
 
+def test_a_cache_hit_logs_the_model_version_that_produced_it(
+        workdir, backends, stack, infer, admin):
+    from test_observability import production_log_format
+    log = workdir / "serving-access.json"
+    ngx = _nginx(workdir, backends, stack, infer, "nginx-serving-log",
+                 "cinematch_cache_ttl 60s;\n" + production_log_format()
+                 + f"\naccess_log {log} cinematch_json;")
+    try:
+        body = {"user_id": 9, "k": 4, "filters": {"year_min": 1901}}  # a key of its own
+        seen = {}
+        for rid in ("srv-log-miss", "srv-log-hit"):
+            status, hdrs, data = ngx.request(
+                "POST", "/api/v1/recommend", body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json",
+                         "Authorization": f"Bearer {admin}", "X-Request-ID": rid})
+            assert status == 200, data
+            seen[rid] = (hdrs["x-cache"], json.loads(data)["model_version"])
+        assert seen["srv-log-miss"][0] == "MISS" and seen["srv-log-hit"][0] == "HIT"
+
+        def lines():
+            return {e["request_id"]: e for e in
+                    (json.loads(x) for x in log.read_text().splitlines())}
+        harness.wait_for(lambda: {"srv-log-miss", "srv-log-hit"} <= set(lines()),
+                         timeout=5, what="both requests in the JSON log")
+        got = lines()
+        for rid, (_, version) in seen.items():
+            assert got[rid]["model_version"] == version, got[rid]
+    finally:
+        ngx.stop()
+
+
 def test_cache_control_no_cache_bypasses_the_cache(api, admin):
     body = json.dumps({"user_id": 8, "k": 3}).encode()
     h = {"Content-Type": "application/json", "Authorization": f"Bearer {admin}"}
