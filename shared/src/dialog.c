@@ -427,9 +427,12 @@ cm_dialog_bleu(const char *const *hyps, const char *const *refs, size_t n,
 
     memset(out, 0, sizeof(*out));
     for (i = 0; i < n && rc == CM_OK; i++) {
+        memset(&rw, 0, sizeof(rw));
         if (cm_words_split(hyps[i], &hw) != CM_OK
             || cm_words_split(refs[i], &rw) != CM_OK)
         {
+            cm_words_free(&hw);     /* a split frees nothing itself */
+            cm_words_free(&rw);
             rc = CM_ENOMEM;
             break;
         }

@@ -248,6 +248,9 @@ cm_dlg_utf8_need(unsigned char c)
  * (SSE, JSON, PostgreSQL) gets text it can keep.  Input is consumed only as
  * far as its output fits in cap.
  */
+static const unsigned char  cm_dlg_fffd[3] = { 0xef, 0xbf, 0xbd };  /* U+FFFD */
+
+
 size_t
 cm_dlg_take(cm_dlg_stream_t *st, char *out, size_t cap, int *done)
 {
@@ -264,8 +267,8 @@ cm_dlg_take(cm_dlg_stream_t *st, char *out, size_t cap, int *done)
             if (o + 3 > cap) {
                 break;
             }
-            memcpy(out + o, "\xef\xbf\xbd", 3);
-            o += 3;
+            memcpy(out + o, cm_dlg_fffd, sizeof(cm_dlg_fffd));
+            o += sizeof(cm_dlg_fffd);
             i += 1;
             continue;
         }
