@@ -982,3 +982,73 @@ ngx_http_cinematch_models_list_handler(ngx_http_request_t *r,
     return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK,
                                        &ngx_http_cinematch_chat_json, p, len);
 }
+
+
+/* The stored-reply columns of a finished generation. */
+
+void
+ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
+    ngx_http_cinematch_reply_row_t *row)
+{
+    u_char  *p;
+    size_t   len;
+
+    ngx_memzero(row, sizeof(ngx_http_cinematch_reply_row_t));
+
+    switch (g->outcome) {
+
+    case NGX_HTTP_CINEMATCH_GEN_COMPLETE:
+        ngx_cpystrn((u_char *) row->status, (u_char *) "complete",
+                    sizeof(row->status));
+        ngx_cpystrn((u_char *) row->finish, (u_char *) g->finish,
+                    sizeof(row->finish));
+        break;
+
+    case NGX_HTTP_CINEMATCH_GEN_GONE:
+        ngx_cpystrn((u_char *) row->status, (u_char *) "partial",
+                    sizeof(row->status));
+        ngx_cpystrn((u_char *) row->finish, (u_char *) "cancel",
+                    sizeof(row->finish));
+        break;
+
+    default:
+        ngx_cpystrn((u_char *) row->status, (u_char *) "error",
+                    sizeof(row->status));
+        ngx_cpystrn((u_char *) row->finish, (u_char *) "error",
+                    sizeof(row->finish));
+        ngx_cpystrn((u_char *) row->error,
+                    (u_char *) (g->outcome == NGX_HTTP_CINEMATCH_GEN_LOST
+                                ? "the inference daemon went away"
+                                : g->status == CM_EINVAL
+                                ? "rejected by the model server"
+                                : "no dialog model is available"),
+                    sizeof(row->error));
+        break;
+    }
+
+    /* token counts are known only when the daemon finished the sequence */
+    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
+        p = ngx_sprintf((u_char *) row->pt, "%L", g->prompt_tokens);
+        *p = '\0';
+        p = ngx_sprintf((u_char *) row->ct, "%L", g->completion_tokens);
+        *p = '\0';
+    }
+
+    if (g->first_token) {
+        p = ngx_sprintf((u_char *) row->ttft, "%M",
+                        g->first_token - g->started);
+        *p = '\0';
+    }
+
+    p = ngx_sprintf((u_char *) row->latency, "%M", g->ended - g->started);
+    *p = '\0';
+
+    ngx_cpystrn((u_char *) row->version, (u_char *) g->version,
+                sizeof(row->version));
+
+    /* registry versions are integers; anything else links to no row (and
+     * is checked here: a failed cast in SQL would lose the reply) */
+    len = ngx_strlen(row->version);
+    row->version_id = (len > 0 && len <= 9
+                      && ngx_atoi((u_char *) row->version, len) != NGX_ERROR);
+}

@@ -106,17 +106,9 @@ typedef struct {
     u_char                       *clean;         /* one record, cleaned */
 
     /* the stored reply */
-    char                          status[12];
-    char                          finish[8];
-    char                          error[64];
-    char                          pt[NGX_INT64_LEN + 1];
-    char                          ct[NGX_INT64_LEN + 1];
-    char                          ttft[NGX_INT64_LEN + 1];
-    char                          latency[NGX_INT64_LEN + 1];
-    char                          version[32];
+    ngx_http_cinematch_reply_row_t  row;
     u_char                       *reply;         /* cleaned, NUL-terminated */
     size_t                        reply_len;
-    unsigned                      version_id:1;  /* version is an integer */
 } ngx_http_cinematch_conv_t;
 
 
@@ -1342,8 +1334,6 @@ ngx_http_cinematch_msg_text(ngx_http_cinematch_gen_t *g, u_char *text,
 static ngx_int_t
 ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g)
 {
-    u_char                     *p;
-    size_t                      len;
     ngx_http_request_t         *r = g->request;
     ngx_http_cinematch_conv_t  *st = g->data;
 
@@ -1356,72 +1346,17 @@ ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g)
                                      g->len);
     st->reply[st->reply_len] = '\0';
 
-    switch (g->outcome) {
-
-    case NGX_HTTP_CINEMATCH_GEN_COMPLETE:
-        ngx_cpystrn((u_char *) st->status, (u_char *) "complete",
-                    sizeof(st->status));
-        ngx_cpystrn((u_char *) st->finish, (u_char *) g->finish,
-                    sizeof(st->finish));
-        break;
-
-    case NGX_HTTP_CINEMATCH_GEN_GONE:
-        ngx_cpystrn((u_char *) st->status, (u_char *) "partial",
-                    sizeof(st->status));
-        ngx_cpystrn((u_char *) st->finish, (u_char *) "cancel",
-                    sizeof(st->finish));
-        break;
-
-    default:
-        ngx_cpystrn((u_char *) st->status, (u_char *) "error",
-                    sizeof(st->status));
-        ngx_cpystrn((u_char *) st->finish, (u_char *) "error",
-                    sizeof(st->finish));
-        ngx_cpystrn((u_char *) st->error,
-                    (u_char *) (g->outcome == NGX_HTTP_CINEMATCH_GEN_LOST
-                                ? "the inference daemon went away"
-                                : g->status == CM_EINVAL
-                                ? "rejected by the model server"
-                                : "no dialog model is available"),
-                    sizeof(st->error));
-        break;
-    }
-
-    /* token counts are known only when the daemon finished the sequence */
-    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
-        p = ngx_sprintf((u_char *) st->pt, "%L", g->prompt_tokens);
-        *p = '\0';
-        p = ngx_sprintf((u_char *) st->ct, "%L", g->completion_tokens);
-        *p = '\0';
-    }
-
-    if (g->first_token) {
-        p = ngx_sprintf((u_char *) st->ttft, "%M",
-                        g->first_token - g->started);
-        *p = '\0';
-    }
-
-    p = ngx_sprintf((u_char *) st->latency, "%M", g->ended - g->started);
-    *p = '\0';
-
-    ngx_cpystrn((u_char *) st->version, (u_char *) g->version,
-                sizeof(st->version));
-
-    /* registry versions are integers; anything else links to no row (and
-     * is checked here: a failed cast in SQL would lose the reply) */
-    len = ngx_strlen(st->version);
-    st->version_id = (len > 0 && len <= 9
-                      && ngx_atoi((u_char *) st->version, len) != NGX_ERROR);
+    ngx_http_cinematch_gen_reply_row(g, &st->row);
 
     st->values[2] = (char *) st->reply;
-    st->values[3] = st->status;
-    st->values[4] = st->finish;
-    st->values[5] = st->error[0] ? st->error : NULL;
-    st->values[6] = st->pt[0] ? st->pt : NULL;
-    st->values[7] = st->ct[0] ? st->ct : NULL;
-    st->values[8] = st->ttft[0] ? st->ttft : NULL;
-    st->values[9] = st->latency;
-    st->values[10] = st->version_id ? st->version : NULL;
+    st->values[3] = st->row.status;
+    st->values[4] = st->row.finish;
+    st->values[5] = st->row.error[0] ? st->row.error : NULL;
+    st->values[6] = st->row.pt[0] ? st->row.pt : NULL;
+    st->values[7] = st->row.ct[0] ? st->row.ct : NULL;
+    st->values[8] = st->row.ttft[0] ? st->row.ttft : NULL;
+    st->values[9] = st->row.latency;
+    st->values[10] = st->row.version_id ? st->row.version : NULL;
     st->values[11] = st->request_id;
 
     /* the conversation may have been deleted meanwhile: no row then */
@@ -1489,8 +1424,8 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                " finish_reason %s prompt_tokens %s completion_tokens %s"
                " first_token_ms %s latency_ms %s model_version %s"
                " request_id %s",
-               st->conv_id, id != NULL ? id : "", st->user_id, st->status,
-               st->finish, st->pt, st->ct, st->ttft, st->latency, st->version,
+               st->conv_id, id != NULL ? id : "", st->user_id, st->row.status,
+               st->row.finish, st->row.pt, st->row.ct, st->row.ttft, st->row.latency, st->row.version,
                st->request_id);
 
     if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
@@ -1522,7 +1457,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
 
     } else {
         code = "unavailable";
-        message = id == NULL ? "the reply could not be stored" : st->error;
+        message = id == NULL ? "the reply could not be stored" : st->row.error;
         status = NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
@@ -1544,11 +1479,11 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                         "conversation_id", st->conv_id,
                         "role", "assistant",
                         "content", (char *) st->reply, st->reply_len,
-                        "status", st->status,
-                        "finish_reason", st->finish,
+                        "status", st->row.status,
+                        "finish_reason", st->row.finish,
                         "usage", "prompt_tokens", (json_int_t) pt,
                         "completion_tokens", (json_int_t) ct,
-                        "model_version", st->version[0] ? st->version : NULL,
+                        "model_version", st->row.version[0] ? st->row.version : NULL,
                         "request_id", st->request_id,
                         "user_message_id", umid);
 
@@ -1565,7 +1500,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                         "\"user_message_id\":%s,\"finish_reason\":\"%s\","
                         "\"usage\":{\"prompt_tokens\":%L,"
                         "\"completion_tokens\":%L}}\n\n",
-                        id, st->user_message_id, st->finish, pt, ct);
+                        id, st->user_message_id, st->row.finish, pt, ct);
 
     } else {
         p = ngx_sprintf(p, "event: error\ndata: {\"error\":{\"code\":\"%s\","

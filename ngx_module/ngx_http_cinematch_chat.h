@@ -127,6 +127,23 @@ ngx_int_t ngx_http_cinematch_gen_start(ngx_http_request_t *r,
 /* The client went away (see above); returns like end(). */
 ngx_int_t ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g);
 
+/* How a generation ended, as the columns of the stored assistant message
+ * (conversation messages over SSE and WebSocket store the same row). */
+typedef struct {
+    char                          status[12];    /* complete|partial|error */
+    char                          finish[8];
+    char                          error[64];
+    char                          pt[NGX_INT64_LEN + 1];    /* "" unknown */
+    char                          ct[NGX_INT64_LEN + 1];
+    char                          ttft[NGX_INT64_LEN + 1];
+    char                          latency[NGX_INT64_LEN + 1];
+    char                          version[32];
+    unsigned                      version_id:1;  /* version is an integer */
+} ngx_http_cinematch_reply_row_t;
+
+void ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
+    ngx_http_cinematch_reply_row_t *row);
+
 
 #if (NGX_HTTP_CINEMATCH_CONVERSATIONS)
 

@@ -94,14 +94,7 @@ typedef struct {
                                              + NGX_INT_T_LEN + 2];
     size_t                        request_id_len;  /* the handshake's */
     const char                   *values[12];
-    char                          status[12];
-    char                          finish[8];
-    char                          error[64];
-    char                          pt[NGX_INT64_LEN + 1];
-    char                          ct[NGX_INT64_LEN + 1];
-    char                          ttft[NGX_INT64_LEN + 1];
-    char                          latency[NGX_INT64_LEN + 1];
-    char                          version[32];
+    ngx_http_cinematch_reply_row_t  row;
     u_char                       *reply;
     size_t                        reply_len;
 
@@ -1286,9 +1279,6 @@ ngx_http_cinematch_ws_text(ngx_http_cinematch_gen_t *g, u_char *text,
 static ngx_int_t
 ngx_http_cinematch_ws_end(ngx_http_cinematch_gen_t *g)
 {
-    u_char                   *p;
-    size_t                    len;
-    ngx_uint_t                version_id;
     ngx_http_request_t       *r = g->request;
     ngx_http_cinematch_ws_t  *ws = g->data;
 
@@ -1303,74 +1293,17 @@ ngx_http_cinematch_ws_end(ngx_http_cinematch_gen_t *g)
                                      g->len);
     ws->reply[ws->reply_len] = '\0';
 
-    ws->error[0] = '\0';
-    ws->pt[0] = '\0';
-    ws->ct[0] = '\0';
-    ws->ttft[0] = '\0';
-
-    switch (g->outcome) {
-
-    case NGX_HTTP_CINEMATCH_GEN_COMPLETE:
-        ngx_cpystrn((u_char *) ws->status, (u_char *) "complete",
-                    sizeof(ws->status));
-        ngx_cpystrn((u_char *) ws->finish, (u_char *) g->finish,
-                    sizeof(ws->finish));
-        break;
-
-    case NGX_HTTP_CINEMATCH_GEN_GONE:
-        ngx_cpystrn((u_char *) ws->status, (u_char *) "partial",
-                    sizeof(ws->status));
-        ngx_cpystrn((u_char *) ws->finish, (u_char *) "cancel",
-                    sizeof(ws->finish));
-        break;
-
-    default:
-        ngx_cpystrn((u_char *) ws->status, (u_char *) "error",
-                    sizeof(ws->status));
-        ngx_cpystrn((u_char *) ws->finish, (u_char *) "error",
-                    sizeof(ws->finish));
-        ngx_cpystrn((u_char *) ws->error,
-                    (u_char *) (g->outcome == NGX_HTTP_CINEMATCH_GEN_LOST
-                                ? "the inference daemon went away"
-                                : g->status == CM_EINVAL
-                                ? "rejected by the model server"
-                                : "no dialog model is available"),
-                    sizeof(ws->error));
-        break;
-    }
-
-    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
-        p = ngx_sprintf((u_char *) ws->pt, "%L", g->prompt_tokens);
-        *p = '\0';
-        p = ngx_sprintf((u_char *) ws->ct, "%L", g->completion_tokens);
-        *p = '\0';
-    }
-
-    if (g->first_token) {
-        p = ngx_sprintf((u_char *) ws->ttft, "%M",
-                        g->first_token - g->started);
-        *p = '\0';
-    }
-
-    p = ngx_sprintf((u_char *) ws->latency, "%M", g->ended - g->started);
-    *p = '\0';
-
-    ngx_cpystrn((u_char *) ws->version, (u_char *) g->version,
-                sizeof(ws->version));
-
-    len = ngx_strlen(ws->version);
-    version_id = (len > 0 && len <= 9
-                  && ngx_atoi((u_char *) ws->version, len) != NGX_ERROR);
+    ngx_http_cinematch_gen_reply_row(g, &ws->row);
 
     ws->values[2] = (char *) ws->reply;
-    ws->values[3] = ws->status;
-    ws->values[4] = ws->finish;
-    ws->values[5] = ws->error[0] ? ws->error : NULL;
-    ws->values[6] = ws->pt[0] ? ws->pt : NULL;
-    ws->values[7] = ws->ct[0] ? ws->ct : NULL;
-    ws->values[8] = ws->ttft[0] ? ws->ttft : NULL;
-    ws->values[9] = ws->latency;
-    ws->values[10] = version_id ? ws->version : NULL;
+    ws->values[3] = ws->row.status;
+    ws->values[4] = ws->row.finish;
+    ws->values[5] = ws->row.error[0] ? ws->row.error : NULL;
+    ws->values[6] = ws->row.pt[0] ? ws->row.pt : NULL;
+    ws->values[7] = ws->row.ct[0] ? ws->row.ct : NULL;
+    ws->values[8] = ws->row.ttft[0] ? ws->row.ttft : NULL;
+    ws->values[9] = ws->row.latency;
+    ws->values[10] = ws->row.version_id ? ws->row.version : NULL;
     ws->values[11] = ws->request_id;
 
     switch (ngx_http_cinematch_pg_query(r,
@@ -1434,9 +1367,9 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                " finish_reason %s prompt_tokens %s completion_tokens %s"
                " first_token_ms %s latency_ms %s model_version %s"
                " request_id %s",
-               ws->conv_id, id != NULL ? id : "", ws->user_id, ws->status,
-               ws->finish, ws->pt, ws->ct, ws->ttft, ws->latency,
-               ws->version, ws->request_id);
+               ws->conv_id, id != NULL ? id : "", ws->user_id, ws->row.status,
+               ws->row.finish, ws->row.pt, ws->row.ct, ws->row.ttft, ws->row.latency,
+               ws->row.version, ws->request_id);
 
     if (r->connection->error) {
         return ngx_http_cinematch_ws_idle(ws);   /* partial: stored */
@@ -1452,7 +1385,7 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                       "message_id", (json_int_t) ngx_atoof((u_char *) id,
                                                          ngx_strlen(id)),
                       "user_message_id", umid,
-                      "finish_reason", ws->finish,
+                      "finish_reason", ws->row.finish,
                       "usage", "prompt_tokens",
                       (json_int_t) g->prompt_tokens,
                       "completion_tokens",
@@ -1468,7 +1401,7 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
 
     } else {
         code = "unavailable";
-        message = id == NULL ? "the reply could not be stored" : ws->error;
+        message = id == NULL ? "the reply could not be stored" : ws->row.error;
     }
 
     (void) ngx_http_cinematch_ws_event(ws,
