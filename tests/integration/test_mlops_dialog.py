@@ -304,3 +304,40 @@ def test_infer_hot_reloads_the_promoted_dialog_version(env, workdir, backends):
     finally:
         ngx.stop()
         infer.stop()
+
+
+def test_chat_without_a_dialog_model_is_503_saying_how_to_add_one(env, workdir, backends):
+    import harness
+    from inferfixture import Infer
+    from tokens import access_token, authenticate, new_secret
+
+    infer = Infer(workdir, name="infer-no-dialog", extra=["--dsn", env.dsn])
+    infer.start()
+    secret = workdir / "no-dialog-jwt.secret"
+    token = access_token(new_secret(BIN, secret), role="user", sub="43")
+    ngx = harness.Nginx(workdir, pg=backends.pg, redis=backends.redis,
+                        http_extra=infer.directive
+                        + f"\ncinematch_jwt_secret_file {secret};",
+                        name="nginx-no-dialog", workers=2)
+    authenticate(ngx, token)
+    ngx.start()
+    body = {"model": "dialog", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Hello?"}]}
+    try:
+        # JSON and event-stream requests alike: a 503 before any event
+        for stream in (False, True):
+            status, hdrs, raw = ngx.request("POST", "/v1/chat/completions",
+                                            dict(body, stream=stream))
+            assert status == 503, raw
+            assert hdrs["content-type"] == "application/json"
+            err = json.loads(raw)["error"]
+            assert err["code"] == "unavailable"
+            assert "cinematch ingest dialogs" in err["message"]
+            assert "CINEMATCH_DATA" in err["message"]
+        # everything else answers: the daemon is up and ready
+        status, _, doc = ngx.json("GET", "/ready")
+        assert status == 200 and doc["checks"]["inference"]["models"] == []
+        assert ngx.json("GET", "/v1/models")[2]["data"] == []
+    finally:
+        ngx.stop()
+        infer.stop()
