@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -315,7 +316,9 @@ def test_chat_without_a_dialog_model_is_503_saying_how_to_add_one(env, workdir, 
     infer.start()
     secret = workdir / "no-dialog-jwt.secret"
     token = access_token(new_secret(BIN, secret), role="user", sub="43")
-    ngx = harness.Nginx(workdir, pg=backends.pg, redis=backends.redis,
+    # nginx on this test's database, so /ready sees its training runs
+    ngx = harness.Nginx(workdir, pg=types.SimpleNamespace(conninfo=env.dsn),
+                        redis=backends.redis,
                         http_extra=infer.directive
                         + f"\ncinematch_jwt_secret_file {secret};",
                         name="nginx-no-dialog", workers=2)
@@ -337,7 +340,24 @@ def test_chat_without_a_dialog_model_is_503_saying_how_to_add_one(env, workdir, 
         # everything else answers: the daemon is up and ready
         status, _, doc = ngx.json("GET", "/ready")
         assert status == 200 and doc["checks"]["inference"]["models"] == []
+        assert doc["training"] == []
         assert ngx.json("GET", "/v1/models")[2]["data"] == []
+        # a training in progress shows in /ready with its progress
+        env.ingest()
+        p = env.popen("train", "dialog", "--from-db", "--config", "dialog-tiny",
+                      "--steps", "1000000", "--val-every", "0")
+        try:
+            def progress():
+                runs = ngx.json("GET", "/ready")[2].get("training") or [{}]
+                return (runs[0].get("progress") or {}).get("step", 0) > 0 and runs[0]
+            wait_until(progress, what="training progress in /ready")
+            run = progress()
+            assert run["model"] == "dialog" and run["status"] == "running"
+            assert run["progress"]["steps"] == 1000000 and run["progress"]["loss"] > 0
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=30)
+        assert ngx.json("GET", "/ready")[2]["training"] == []
     finally:
         ngx.stop()
         infer.stop()
