@@ -513,8 +513,10 @@ dialog_train_start() {
             AND status = '"'succeeded'"' AND params->>'"'config'"' = '"'dialog-small'"'")
         [ "$done" = 0 ] || exit 0
         echo "== $(date -u +%FT%TZ) train dialog-small for $mins minutes"
-        "$bin" train dialog --from-db --config dialog-small --steps 100000 \
-            --minutes "$mins" --val-every 200 --dsn "$dsn"
+        # about 5 s a step on two busy cores: the cosine schedule (and its
+        # warm-up, steps/20) must fit the minutes, which only cap it
+        "$bin" train dialog --from-db --config dialog-small --steps $((mins * 12)) \
+            --minutes "$mins" --val-every 60 --dsn "$dsn"
     ' train-dialog "$RUN/train-dialog.pid" "$BIN" "$corpus" "$(pg_dsn)" "$PG_BIN/psql" \
         "$mins" "$store" "$steps" >>"$LOG/train-dialog.log" 2>&1 </dev/null &
 }
