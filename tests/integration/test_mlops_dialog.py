@@ -251,6 +251,24 @@ def test_sigkill_during_training_is_marked_failed_by_the_next_trainer(env):
     assert env.stages() == "1production"
 
 
+def test_val_corpus_trains_on_all_of_the_corpus_and_validates_on_the_other(tmp_path):
+    """The file trainer's --val-corpus, which --from-db trains through: every
+    conversation of --corpus trains (the tokenizer too), PATH validates."""
+    fix = os.path.join(ROOT, "tests", "fixtures", "dialog")
+    args = [BIN, "train", "dialog", "--corpus", os.path.join(fix, "plain.txt"),
+            "--steps", "3", "--batch", "2", "--seq", "8"]
+    r = subprocess.run(args + ["--out", str(tmp_path / "a"), "--val-corpus",
+                               os.path.join(fix, "pairs.tsv")],
+                       capture_output=True, text=True, errors="replace", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "on 7 training turns" in r.stderr
+    assert "train 114 tokens (3 conversations), val 52 tokens (2 conversations)" in r.stderr
+    # without it, a share of the same file validates
+    r = subprocess.run(args + ["--out", str(tmp_path / "b"), "--val-frac", "0.34"],
+                       capture_output=True, text=True, errors="replace", timeout=120)
+    assert r.returncode == 0 and "(2 conversations), val" in r.stderr, r.stderr
+
+
 def test_usage_errors_exit_2(env):
     assert env.run("train", "dialog", "--from-db", "--bogus").returncode == 2
     assert env.run("train", "dialog", "--from-db", "--config", "lstm-tiny").returncode == 2
