@@ -34,6 +34,7 @@
  * Exit status: 0 trained (promoted or not) or nothing to do, 1 failed,
  * 2 bad usage, 128+N stopped by signal N.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -132,6 +133,7 @@ static int cm_tdd_register(PGconn *c, const char *name, const char *src,
 static int cm_tdd_copy(const char *from, const char *to, char *err,
     size_t errlen);
 static void cm_tdd_rmtree(const char *dir);
+static void cm_tdd_sweep(const char *root, const char *model);
 static int cm_tdd_fail(PGconn *c, const char *run_id, uint64_t t0,
     const char *why);
 static void cm_tdd_on_progress(int step, int steps, double loss,
@@ -719,6 +721,33 @@ cm_tdd_rmtree(const char *dir)
 }
 
 
+/* The work directories of this model's runs that were killed (we hold
+ * the model's training lock: none of them is in use). */
+static void
+cm_tdd_sweep(const char *root, const char *model)
+{
+    char            dir[PATH_MAX + 16], path[PATH_MAX + 300];
+    size_t          n = strlen(model);
+    DIR            *d;
+    struct dirent  *e;
+
+    snprintf(dir, sizeof(dir), "%.4000s/.tmp", root);
+    d = opendir(dir);
+    if (d == NULL) {
+        return;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, model, n) == 0
+            && strncmp(e->d_name + n, "-run", 4) == 0)
+        {
+            snprintf(path, sizeof(path), "%.4000s/%.255s", dir, e->d_name);
+            cm_tdd_rmtree(path);
+        }
+    }
+    closedir(d);
+}
+
+
 /*
  * The version directory: model.bin, tokenizer/{vocab.json,merges.txt},
  * training.json (the trainer's metrics), meta.json and SHA256SUMS over all
@@ -941,6 +970,8 @@ cm_tdd_once(const cm_tdd_cli_t *cli, cm_tdd_watch_t *w)
                          " finishing', finished_at = now() WHERE model_name ="
                          " $1 AND status = 'running'", 1, NULL, v, NULL, NULL,
                          0));
+    cm_model_store_root(root, sizeof(root));
+    cm_tdd_sweep(root, cli->model);
 
     /* 2. what there is to train on */
     r = cm_pg_query(c, "SELECT max(id) FROM ingestion_batches WHERE kind ="
@@ -1012,14 +1043,12 @@ cm_tdd_once(const cm_tdd_cli_t *cli, cm_tdd_watch_t *w)
     }
 
     /* 4. the split, exported where the store keeps its temporaries */
-    cm_model_store_root(root, sizeof(root));
     if ((size_t) snprintf(work, sizeof(work), "%.4000s/.tmp/%s-run%s", root,
                           cli->model, run_id) >= sizeof(work))
     {
         rc = cm_tdd_fail(c, run_id, t0, "model store path too long");
         goto done;
     }
-    cm_tdd_rmtree(work);
     snprintf(out, sizeof(out), "%.4000s/model", work);
     if (cm_mkdir_p(out, err, sizeof(err)) != CM_OK) {
         rc = cm_tdd_fail(c, run_id, t0, err);

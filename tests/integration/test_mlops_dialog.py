@@ -245,10 +245,13 @@ def test_sigkill_during_training_is_marked_failed_by_the_next_trainer(env):
     p.kill()
     p.wait()
     assert env.stages() == "1production"
+    assert os.listdir(os.path.join(env.store, ".tmp")) == ["dialog-run2"]
     env.run("train", "dialog", "--from-db", "--if-new-data", *FAST, check=True)
     assert env.sql("SELECT status || ':' || (error LIKE 'interrupted%')::text FROM"
                    " training_runs WHERE id = 2") == "failed:true"
     assert env.stages() == "1production"
+    # the dead run's work directory went with it
+    assert os.listdir(os.path.join(env.store, ".tmp")) == []
 
 
 def test_val_corpus_trains_on_all_of_the_corpus_and_validates_on_the_other(tmp_path):
