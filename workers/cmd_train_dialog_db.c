@@ -1095,6 +1095,10 @@ cm_tdd_once(const cm_tdd_cli_t *cli, cm_tdd_watch_t *w)
     targv[targc++] = a_seed;
     targv[targc++] = "--val-every";
     targv[targc++] = a_ve;
+    /* the trainer's evaluations are progress reports: a sample is enough,
+     * the gate below scores the whole validation set once */
+    targv[targc++] = "--val-tokens";
+    targv[targc++] = "8192";
     if (cli->minutes > 0) {
         snprintf(a_min, sizeof(a_min), "%g", cli->minutes);
         targv[targc++] = "--minutes";
