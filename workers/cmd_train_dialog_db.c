@@ -250,8 +250,9 @@ cm_train_dialog_db_main(int argc, char **argv)
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'F': break;
-        case 'p': break;
+        case 'F':               /* the form itself */
+        case 'p':               /* the default: promote when better */
+            break;
         case 'd': cli.dsn = optarg; break;
         case 'N': cli.model = optarg; break;
         case 'I': cli.if_new_data = 1; break;
