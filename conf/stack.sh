@@ -482,11 +482,12 @@ dialog_train_pid() { pid_of "$RUN/train-dialog.pid" bash; }
 dialog_train_start() {
     local corpus store=$VAR/lib/cinematch/models mins=${CINEMATCH_DIALOG_MINUTES:-10}
     local steps=${CINEMATCH_DIALOG_STEPS:-600}
-    DIALOG=none
+    DIALOG=
     if ! "$BIN" train dialog --help >/dev/null 2>&1 || [ "${INFER:-0}" != 1 ]; then
         return 0
     fi
     if ! corpus=$(dialog_corpus); then
+        DIALOG=none
         say "dialog: no dialogue corpus found: chat answers 503 until one is added" \
             "(put the Cornell Movie-Dialogs files in \$CINEMATCH_DATA/cornell and start again;" \
             "see docs/OPERATIONS.md)"
