@@ -132,6 +132,8 @@ static int cm_tdd_register(PGconn *c, const char *name, const char *src,
     size_t errlen);
 static int cm_tdd_copy(const char *from, const char *to, char *err,
     size_t errlen);
+static int cm_tdd_rm_one(const char *path, const struct stat *st, int flag,
+    struct FTW *ftw);
 static void cm_tdd_rmtree(const char *dir);
 static void cm_tdd_sweep(const char *root, const char *model);
 static int cm_tdd_fail(PGconn *c, const char *run_id, uint64_t t0,
@@ -166,7 +168,8 @@ cm_tdd_usage(FILE *f)
         "Trains the dialog GPT on the ingested dialogues (`cinematch ingest"
         " dialogs`):\ndata_split 'train' trains, 'validation' validates (split"
         " by film at ingest).\nRecords a training_runs row, registers the"
-        " version in the model store\n($CINEMATCH_MODEL_STORE/dialog/<version>/,"
+        " version in the model store\n"
+        "($CINEMATCH_MODEL_STORE/dialog/<version>/,"
         " stage staging) and promotes it when\nthe gate passes: no production"
         " model yet, or validation bits per byte at\nleast PCT %% below"
         " production's, both measured now on the same validation text.\n\n"
