@@ -30,6 +30,7 @@ typedef struct {
 } ngx_http_cinematch_chat_t;
 
 
+static ngx_uint_t ngx_http_cinematch_gen_model_state(void);
 static ngx_int_t ngx_http_cinematch_gen_number(json_t *body, const char *key,
     double def, double lo, double hi, double *out);
 static void ngx_http_cinematch_gen_ready(ngx_http_cinematch_infer_req_t *ir,
@@ -249,6 +250,52 @@ ngx_http_cinematch_gen_sampling(json_t *b,
 }
 
 
+/*
+ * 0: no daemon connected; 1: daemons connected, none lists a dialog model
+ * in its table; 2: a dialog model is served.  Reads the segments' headers
+ * only (no locks, no syscalls).
+ */
+static ngx_uint_t
+ngx_http_cinematch_gen_model_state(void)
+{
+    ngx_uint_t                          i, m, state;
+    ngx_http_cinematch_infer_status_t   st;
+
+    state = 0;
+
+    for (i = 0; i < ngx_http_cinematch_infer_ndaemons(); i++) {
+        ngx_http_cinematch_infer_get_status(i, &st);
+
+        if (!st.connected) {
+            continue;
+        }
+
+        state = 1;
+
+        for (m = 0; m < st.nmodels; m++) {
+            if (ngx_strcmp(st.models[m].name, "dialog") == 0) {
+                return 2;
+            }
+        }
+    }
+
+    return state;
+}
+
+
+const char *
+ngx_http_cinematch_gen_unavailable(ngx_int_t rc)
+{
+    if (rc == NGX_BUSY) {
+        return "all inference slots are busy";
+    }
+
+    return ngx_http_cinematch_gen_model_state() == 0
+           ? "no inference daemon is available"
+           : NGX_HTTP_CINEMATCH_NO_DIALOG_MODEL;
+}
+
+
 ngx_int_t
 ngx_http_cinematch_gen_start(ngx_http_request_t *r,
     ngx_http_cinematch_gen_t *g, const uint64_t *params, ngx_str_t *payload)
@@ -257,6 +304,12 @@ ngx_http_cinematch_gen_start(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    /* a daemon without a dialog model would only fail the generation:
+     * say so before any byte of an event stream goes out */
+    if (ngx_http_cinematch_gen_model_state() == 1) {
+        return NGX_DECLINED;
+    }
 
     rc = ngx_http_cinematch_infer_submit(r, CM_REQ_CHAT, params,
                                          NGX_HTTP_CINEMATCH_GEN_PARAMS,
@@ -725,9 +778,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
 
     if (rc == NGX_BUSY || rc == NGX_DECLINED) {
         return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                   "unavailable", rc == NGX_BUSY
-                                  ? "all inference slots are busy"
-                                  : "no inference daemon is available");
+                   "unavailable", ngx_http_cinematch_gen_unavailable(rc));
     }
 
     if (rc != NGX_OK) {
@@ -844,7 +895,7 @@ ngx_http_cinematch_chat_end(ngx_http_cinematch_gen_t *g)
                        NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
                        g->outcome == NGX_HTTP_CINEMATCH_GEN_LOST
                        ? "the inference daemon went away"
-                       : "no dialog model is available");
+                       : NGX_HTTP_CINEMATCH_NO_DIALOG_MODEL);
         }
 
         /* the head ends with ',': close it into an object to extend */

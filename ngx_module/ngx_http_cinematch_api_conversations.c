@@ -1194,8 +1194,7 @@ ngx_http_cinematch_msg_generate(ngx_http_request_t *r,
     if (rc == NGX_BUSY || rc == NGX_DECLINED) {
         return ngx_http_cinematch_send_error_json(r,
                    NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
-                   rc == NGX_BUSY ? "all inference slots are busy"
-                                  : "no inference daemon is available",
+                   ngx_http_cinematch_gen_unavailable(rc),
                    json_pack("{s:I}", "user_message_id",
                              (json_int_t) ngx_atoof(
                                  (u_char *) st->user_message_id,

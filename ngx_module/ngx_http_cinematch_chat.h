@@ -124,6 +124,20 @@ ngx_int_t ngx_http_cinematch_gen_payload(ngx_pool_t *pool,
 ngx_int_t ngx_http_cinematch_gen_start(ngx_http_request_t *r,
     ngx_http_cinematch_gen_t *g, const uint64_t *params, ngx_str_t *payload);
 
+/*
+ * Why gen_start() answered NGX_BUSY or NGX_DECLINED, for the client: no
+ * slot, no daemon, or daemons that serve no dialog model (then the text
+ * says how to get one: chat is the one feature that needs a corpus).
+ */
+#define NGX_HTTP_CINEMATCH_NO_DIALOG_MODEL                                   \
+    "no dialog model is loaded yet: add a dialogue corpus (the Cornell "     \
+    "Movie-Dialogs files in $CINEMATCH_DATA/cornell, then ./build.sh run "   \
+    "trains one in the background), or run `cinematch ingest dialogs "       \
+    "--data DIR` and `cinematch train dialog --from-db`; a model in "        \
+    "training is served once promoted (GET /ready shows its progress)"
+
+const char *ngx_http_cinematch_gen_unavailable(ngx_int_t rc);
+
 /* The client went away (see above); returns like end(). */
 ngx_int_t ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g);
 

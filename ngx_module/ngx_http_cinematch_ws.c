@@ -1215,8 +1215,7 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
         (void) ngx_http_cinematch_ws_event(ws,
             json_pack("{s:s, s:{s:s, s:s}, s:I}", "type", "error",
                       "error", "code", "unavailable", "message",
-                      rc == NGX_BUSY ? "all inference slots are busy"
-                                     : "no inference daemon is available",
+                      ngx_http_cinematch_gen_unavailable(rc),
                       "user_message_id",
                       (json_int_t) ngx_atoof((u_char *) ws->user_message_id,
                                        ngx_strlen(ws->user_message_id))));
