@@ -377,6 +377,26 @@ def test_websocket_context_is_rebuilt_from_postgres_on_a_miss(api):
     assert _redis(api, "TTL", key).strip() != "-1"
 
 
+def test_websocket_works_while_redis_is_down(api):
+    """Redis holds only what may be lost: without it the WebSocket takes its
+    context from PostgreSQL and stores the reply all the same."""
+    cid = new_conv(api)
+    first = _ws_reply(api, cid, "first line")
+    api.redis.stop()
+    try:
+        done = _ws_reply(api, cid, "second line")
+        # the prompt holds the first exchange too
+        assert done["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+        assert done["context"]["turns"] + done["context"]["dropped_turns"] >= 2
+    finally:
+        api.redis.start()
+        harness.wait_for(lambda: all(api.json("GET", "/ready")[0] == 200
+                                     for _ in range(4)),
+                         timeout=15, what="Redis back in every worker")
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = "
+                      f"'{cid}' AND status = 'complete'") == "4"
+
+
 # --- keep-alive: server pings and the idle timeout (the "fast" server) ------
 
 def _close_payload(payload):
