@@ -1074,6 +1074,16 @@ ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
     ngx_cpystrn((u_char *) row->version, (u_char *) g->version,
                 sizeof(row->version));
 
+    if (g->context) {
+        p = ngx_sprintf((u_char *) row->turns, "%L", g->context_turns);
+        *p = '\0';
+        p = ngx_sprintf((u_char *) row->dropped, "%L", g->dropped_turns);
+        *p = '\0';
+        ngx_cpystrn((u_char *) row->truncated,
+                    (u_char *) (g->truncated ? "true" : "false"),
+                    sizeof(row->truncated));
+    }
+
     /* registry versions are integers; anything else links to no row (and
      * is checked here: a failed cast in SQL would lose the reply) */
     len = ngx_strlen(row->version);

@@ -1459,10 +1459,12 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                " conversation_id %s message_id %s user_id %s status %s"
                " finish_reason %s prompt_tokens %s completion_tokens %s"
                " first_token_ms %s latency_ms %s model_version %s"
-               " request_id %s",
+               " request_id %s context_turns %s dropped_turns %s"
+               " truncated %s",
                st->conv_id, id != NULL ? id : "", st->user_id, st->row.status,
                st->row.finish, st->row.pt, st->row.ct, st->row.ttft, st->row.latency, st->row.version,
-               st->request_id);
+               st->request_id, st->row.turns, st->row.dropped,
+               st->row.truncated);
 
     if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
         && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED)

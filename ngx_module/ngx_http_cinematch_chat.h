@@ -146,6 +146,9 @@ typedef struct {
     char                          ttft[NGX_INT64_LEN + 1];
     char                          latency[NGX_INT64_LEN + 1];
     char                          version[32];
+    char                          turns[NGX_INT64_LEN + 1];   /* context, */
+    char                          dropped[NGX_INT64_LEN + 1]; /* "" when */
+    char                          truncated[6];               /* unknown */
     unsigned                      version_id:1;  /* version is an integer */
 } ngx_http_cinematch_reply_row_t;
 

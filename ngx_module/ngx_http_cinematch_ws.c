@@ -1654,10 +1654,12 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                " conversation_id %s message_id %s user_id %s status %s"
                " finish_reason %s prompt_tokens %s completion_tokens %s"
                " first_token_ms %s latency_ms %s model_version %s"
-               " request_id %s",
+               " request_id %s context_turns %s dropped_turns %s"
+               " truncated %s",
                ws->conv_id, id != NULL ? id : "", ws->user_id, ws->row.status,
                ws->row.finish, ws->row.pt, ws->row.ct, ws->row.ttft, ws->row.latency,
-               ws->row.version, ws->request_id);
+               ws->row.version, ws->request_id, ws->row.turns,
+               ws->row.dropped, ws->row.truncated);
 
     if (r->connection->error) {
         return ngx_http_cinematch_ws_idle(ws);   /* partial: stored */

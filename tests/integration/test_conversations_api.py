@@ -301,9 +301,14 @@ def test_non_streamed_message_is_json_and_matches_the_stream(api):
 def test_context_comes_from_redis_and_is_rebuilt_from_postgres(api):
     cid = new_conv(api)
     key = f"cinematch:conv:{cid}:turns"
-    assert jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
-                 msg("first line", stream=False))[0] == 200
-    harness.wait_for(lambda: int(redis(api, "LLEN", key)) >= 1, timeout=5,
+    status, reply = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
+                          msg("first line", stream=False))
+    assert status == 200
+    # the reply's turn is appended by the worker that answered, on its own
+    # Redis connection, after the answer: the next message could be read
+    # by another worker before it lands (a flaky failure, seen once)
+    n = 1 + (reply["content"] != "")
+    harness.wait_for(lambda: int(redis(api, "LLEN", key)) == n, timeout=5,
                      what="context cached")
     turns = redis(api, "LRANGE", key, "0", "-1").splitlines()
     assert turns[0] == "first line"
@@ -829,6 +834,22 @@ def test_context_drops_the_oldest_whole_turns(api):
     assert more > budget or more == kept, (more, kept)
 
 
+def _finished_event(api, message_id):
+    """The fields of the generation.finished event of a message, or None."""
+    lines = redis(api, "XREVRANGE", "cinematch:chat.events", "+", "-",
+                  "COUNT", "100").splitlines()
+    for i in range(len(lines) - 1):
+        if lines[i] == "message_id" and lines[i + 1] == str(message_id):
+            start = i
+            while start > 0 and lines[start] != "type":
+                start -= 2
+            fields = lines[start:start + 32]
+            ev = dict(zip(fields[0::2], fields[1::2]))
+            if ev.get("type") == "generation.finished":
+                return ev
+    return None
+
+
 def test_a_newest_turn_longer_than_the_context_keeps_its_tail(api):
     cid = new_conv(api)
     status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",
@@ -841,6 +862,11 @@ def test_a_newest_turn_longer_than_the_context_keeps_its_tail(api):
     assert status == 200 and doc["status"] == "complete", doc
     assert doc["context"] == {"turns": 1, "dropped_turns": 2, "truncated": True}
     assert doc["usage"]["prompt_tokens"] == 64 - 16
+    # the chat event says so too
+    ev = harness.wait_for(lambda: _finished_event(api, doc["id"]), timeout=5,
+                          what="generation.finished event")
+    assert (ev["context_turns"], ev["dropped_turns"], ev["truncated"]) == \
+        ("1", "2", "true"), ev
     # the whole message is stored, whatever the model saw
     msgs = jcall(api, "GET", f"/api/v1/conversations/{cid}")[1]["messages"]
     assert msgs[2]["content"] == "Louis, I think this is the beginning. " * 100
