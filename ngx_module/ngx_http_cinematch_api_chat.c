@@ -439,7 +439,7 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
     ngx_http_cinematch_gen_t *g, ngx_int_t lost)
 {
     int64_t                          n;
-    json_t                          *res, *fr, *usage, *ver;
+    json_t                          *res, *fr, *usage, *ver, *cx;
     uint32_t                         state, len;
     ngx_int_t                        rc;
     ngx_http_cinematch_infer_req_t  *ir = g->ir;
@@ -541,6 +541,19 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
                                  json_object_get(usage, "completion_tokens"));
         }
 
+        cx = json_object_get(res, "context");
+
+        if (json_is_integer(json_object_get(cx, "turns"))
+            && json_is_integer(json_object_get(cx, "dropped_turns")))
+        {
+            g->context = 1;
+            g->context_turns = json_integer_value(
+                                 json_object_get(cx, "turns"));
+            g->dropped_turns = json_integer_value(
+                                 json_object_get(cx, "dropped_turns"));
+            g->truncated = json_is_true(json_object_get(cx, "truncated"));
+        }
+
         ngx_http_cinematch_set_model_version(g->request, res);
 
         if (json_is_string(ver)) {
@@ -602,6 +615,16 @@ ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g)
     }
 
     (void) ngx_http_cinematch_gen_collect(g);
+
+    /* the daemon's counts so far: it writes no result for a cancelled
+     * sequence */
+    if (g->ir->seg != NULL && g->ir->slot != NULL) {
+        g->prompt_tokens = atomic_load_explicit(&g->ir->slot->prompt_tokens,
+                                                memory_order_relaxed);
+        g->completion_tokens = atomic_load_explicit(
+                                   &g->ir->slot->completion_tokens,
+                                   memory_order_relaxed);
+    }
 
     g->finished = 1;
     g->ended = ngx_current_msec;
@@ -1077,8 +1100,13 @@ ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
         break;
     }
 
-    /* token counts are known only when the daemon finished the sequence */
-    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
+    /* token counts: the daemon's result, or for a reply cut short by the
+     * client the counts it had published when it was cancelled (none when
+     * it never started: prompt_tokens is 0 then) */
+    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE
+        || (g->outcome == NGX_HTTP_CINEMATCH_GEN_GONE
+            && g->prompt_tokens > 0))
+    {
         p = ngx_sprintf((u_char *) row->pt, "%L", g->prompt_tokens);
         *p = '\0';
         p = ngx_sprintf((u_char *) row->ct, "%L", g->completion_tokens);
@@ -1097,9 +1125,32 @@ ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
     ngx_cpystrn((u_char *) row->version, (u_char *) g->version,
                 sizeof(row->version));
 
+    if (g->context) {
+        p = ngx_sprintf((u_char *) row->turns, "%L", g->context_turns);
+        *p = '\0';
+        p = ngx_sprintf((u_char *) row->dropped, "%L", g->dropped_turns);
+        *p = '\0';
+        ngx_cpystrn((u_char *) row->truncated,
+                    (u_char *) (g->truncated ? "true" : "false"),
+                    sizeof(row->truncated));
+    }
+
     /* registry versions are integers; anything else links to no row (and
      * is checked here: a failed cast in SQL would lose the reply) */
     len = ngx_strlen(row->version);
     row->version_id = (len > 0 && len <= 9
                       && ngx_atoi((u_char *) row->version, len) != NGX_ERROR);
+}
+
+
+u_char *
+ngx_http_cinematch_gen_context(ngx_http_cinematch_gen_t *g, u_char *p)
+{
+    if (!g->context) {
+        return ngx_cpymem(p, "null", 4);
+    }
+
+    return ngx_sprintf(p, "{\"turns\":%L,\"dropped_turns\":%L,"
+                       "\"truncated\":%s}", g->context_turns,
+                       g->dropped_turns, g->truncated ? "true" : "false");
 }
