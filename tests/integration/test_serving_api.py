@@ -368,6 +368,30 @@ def test_answers_are_written_to_request_logs(api, stack, admin):
     assert metric(api, "cinematch_request_log_written_total") >= 4
 
 
+def test_logged_error_rows_carry_the_error_code_of_their_body(
+        api, stack, admin):
+    want = {}
+    s, h, doc, _ = call(api, "POST", "/api/v1/recommend", {"k": 0}, admin)
+    assert s == 422
+    want[h["x-request-id"]] = doc["error"]["code"]
+    s, h, doc, _ = call(api, "POST", "/api/v1/similar", {"movie_id": 987654})
+    assert s == 404
+    want[h["x-request-id"]] = doc["error"]["code"]
+    s, h, _, _ = call(api, "POST", "/api/v1/recommend", {"user_id": 4, "k": 2},
+                      admin)
+    assert s == 200
+    want[h["x-request-id"]] = ""
+
+    def code(rid):
+        return stack.db.sql("SELECT coalesce(error_code, '') FROM request_logs"
+                            f" WHERE request_id = '{rid}'")
+
+    harness.wait_for(lambda: all(_log_rows(stack.db, r) for r in want),
+                     timeout=10, what="request_logs rows")
+    assert {rid: code(rid) for rid in want} == want
+    assert sorted(want.values()) == ["", "not_found", "validation_failed"]
+
+
 def test_a_full_request_log_queue_drops_and_counts(workdir, backends, stack,
                                                    infer):
     ngx = _nginx(workdir, backends, stack, infer, "nginx-serving-logfull", """
