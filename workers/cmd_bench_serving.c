@@ -104,6 +104,7 @@ cm_bsv_measure(const cm_rs_server_t *srv, const int32_t *users,
     size_t         at = 0;
     int            rc = CM_OK;
 
+    *cpu = 0.0;
     if (threads < 1 || threads > 64) {
         return -1.0;
     }
@@ -161,7 +162,9 @@ cm_bsv_cache(cm_rs_server_t *srv, const int32_t *users, size_t nusers,
     uint64_t          t0, t1;
 
     /* 2-way sets: room enough that no user's answer is evicted */
-    if (cm_rs_server_cache_size(srv, 16 * nusers) != CM_OK) {
+    if (nusers == 0 || total == 0
+        || cm_rs_server_cache_size(srv, 16 * nusers) != CM_OK)
+    {
         return -1.0;
     }
     memset(&q, 0, sizeof(q));
@@ -229,7 +232,7 @@ cm_bench_serving_main(int argc, char **argv)
     const cm_rs_model_t   *m;
     int32_t               *users = NULL;
     char                   err[256], *end;
-    double                 one, us, cpu, one_cpu;
+    double                 one, us, cpu, one_cpu = 0.0;
     size_t                 b, i;
     uint32_t               t;
     int                    c, rc = 1;
