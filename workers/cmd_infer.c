@@ -11,7 +11,11 @@
  *
  * Why one thread: the doorbells and the scheduler share one view of the
  * jobs without locks, and batching wants every runnable job in one place.
- * Heavy kernels inside a step use BLAS threads of their own.
+ * The one exception is recommendation scoring: a batch's misses are split
+ * between --score-threads threads (BLAS at one thread each) and the loop
+ * thread waits for them (a fork-join), so the model, its fold-in overlay
+ * and the answer cache are still only touched by the loop thread between
+ * batches.
  *
  * The heartbeat in the header is refreshed every loop turn (the loop wakes
  * at least every CM_INFER_TICK_MAX_MS), so a wedged loop shows up in nginx
