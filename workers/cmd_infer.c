@@ -1396,7 +1396,7 @@ cm_infer_usage(FILE *out)
         "                        (default: the CPUs, at most 8), 1..64\n"
         "  --answer-cache N      recommend answers kept per model version,\n"
         "                        dropped per user by a fold-in (default\n"
-        "                        8192; 0: off)\n\n"
+        "                        8192, at most 64 MB; 0: off)\n\n"
         "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
         CM_IPC_DEFAULT_SLOTS, CM_IPC_MAX_SLOTS, CM_IPC_DEFAULT_RING_CAP / 1024);
 }

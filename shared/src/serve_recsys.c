@@ -16,6 +16,7 @@
 #define CM_RSS_BECAUSE_MAX   200     /* candidate explanations per user */
 #define CM_RSS_LIKED         4.0f    /* "highly rated" */
 #define CM_RSS_JSON_FLAGS    (JSON_COMPACT | JSON_REAL_PRECISION(6))
+#define CM_RSS_CACHE_BYTES   ((size_t) 64 << 20)   /* answer cache text */
 
 typedef struct {
     int32_t    user;
@@ -78,6 +79,7 @@ struct cm_rs_server_s {
     uint32_t        *frag_short;   /* (n_items + 1) offsets into frag */
     cm_rss_entry_t  *cache;        /* (ncache) 2-way sets; NULL: off */
     size_t           ncache;
+    size_t           cache_bytes;  /* text held by the cache */
     uint64_t         tick;
     uint64_t         cache_hits;
     uint64_t         cache_misses;
@@ -240,6 +242,7 @@ cm_rss_cache_clear(cm_rs_server_t *s)
     free(s->cache);
     s->cache = NULL;
     s->ncache = 0;
+    s->cache_bytes = 0;
 }
 
 
@@ -1064,7 +1067,7 @@ void
 cm_rs_server_cache_put(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
                        char *json)
 {
-    size_t           set, i, victim;
+    size_t           set, i, victim, len;
     cm_rss_entry_t  *e;
 
     if (s->cache == NULL || json == NULL) {
@@ -1084,11 +1087,22 @@ cm_rs_server_cache_put(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
         }
     }
     e = &s->cache[victim];
-    free(e->json);
+    len = strlen(json);
+    if (s->cache_bytes - (e->json != NULL ? e->len : 0) + len
+        > CM_RSS_CACHE_BYTES)
+    {
+        free(json);   /* full: answers of k=100 are ~25 KB each */
+        return;
+    }
+    if (e->json != NULL) {
+        s->cache_bytes -= e->len;
+        free(e->json);
+    }
     e->q = *q;
     e->json = json;
-    e->len = strlen(json);
+    e->len = len;
     e->used = ++s->tick;
+    s->cache_bytes += len;
 }
 
 
@@ -1109,6 +1123,7 @@ cm_rss_cache_forget(cm_rs_server_t *s, int32_t user)
 
     for (i = 0; i < s->ncache; i++) {
         if (s->cache[i].json != NULL && s->cache[i].q.user == user) {
+            s->cache_bytes -= s->cache[i].len;
             free(s->cache[i].json);
             s->cache[i].json = NULL;
         }

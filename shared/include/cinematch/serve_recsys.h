@@ -75,7 +75,8 @@ cm_rs_scratch_t *cm_rs_scratch_new(void);
 void cm_rs_scratch_free(cm_rs_scratch_t *w);
 
 /* The answer cache: `entries` answers (rounded up to a power of two; 0
- * turns it off, the default).  get returns the cached text (owned by the
+ * turns it off, the default), and at most 64 MB of text in all (beyond
+ * that new answers are not kept).  get returns the cached text (owned by the
  * cache, valid until the next call on s) or NULL; put takes `json` (a
  * malloc'd answer to exactly q) and frees it when the cache is off. */
 int cm_rs_server_cache_size(cm_rs_server_t *s, size_t entries);
