@@ -126,6 +126,9 @@ typedef enum {
 } cm_req_kind_t;
 
 #define CM_REC_EXCLUDE_SEEN  0x1u
+/* RECOMMEND: answer "<request log members>\n<JSON answer>" (see
+ * cm_rs_rec_req_t.log_members); a daemon without it answers plain JSON */
+#define CM_REC_LOG_MEMBERS   0x2u
 
 /* Doorbell operations: 8 bytes on the socket, native endianness. */
 typedef enum {
