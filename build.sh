@@ -85,7 +85,10 @@ build_module() {
         grep 'warning:' "$NGX_BUILD/make.log" | head -20
         [ "${WERROR:-0}" = 1 ] && die "module build has warnings"
     fi
-    cp "$NGX_BUILD/objs/ngx_http_cinematch_module.so" build/
+    # A new file renamed into place: rewriting the old one would change the
+    # pages a running nginx has mapped (its workers would crash).
+    cp "$NGX_BUILD/objs/ngx_http_cinematch_module.so" build/.ngx_http_cinematch_module.so.new
+    mv -f build/.ngx_http_cinematch_module.so.new build/ngx_http_cinematch_module.so
 }
 
 # web/ → web/dist (the SPA and /api/docs), from the committed lockfile.
