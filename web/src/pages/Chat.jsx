@@ -24,7 +24,7 @@ function Message({ m, onFeedback }) {
     <li className={`msg ${m.role}`}>
       <span className="sr-only">{m.role === 'user' ? 'You said' : 'cinematch said'}:</span>
       <div className="bubble">
-        {empty ? <em className="muted">{note ? '(nothing yet)' : '(no words this time; try asking again)'}</em> : m.content}
+        {empty ? <em className="muted">{!note ? '(no words this time; try asking again)' : m.status === 'error' || m.finish_reason === 'error' ? '(no reply)' : '(nothing yet)'}</em> : m.content}
         {m.streaming ? <span className="caret" aria-hidden="true">▍</span> : null}
       </div>
       {m.role === 'assistant' && !m.streaming && (m.id || note) ? (
