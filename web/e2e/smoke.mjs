@@ -17,15 +17,13 @@
 // The issue's flow: sign up, rate three movies, recommendations change, a
 // similar movie's page, chat with tokens streaming, Stop mid-reply (partial
 // reply shown and saved), thumbs feedback, and the admin's run/drift panels.
-// The demo dialog model writes a reply in ~15 ms, too fast to see or to stop:
-// while chatting, the test steps the inference daemon (pid file in
-// $CINEMATCH_VAR/run) with SIGSTOP/SIGCONT, as tests/integration does, so
-// tokens arrive one by one; without the right to signal it those checks
-// report what they could not do.
+// The chat steps need a model that takes visible time per token:
+// web/e2e/run.sh serves one (an untrained dialog-small, 15-30 tokens/s) and
+// runs strictly; against a stack whose model answers in a millisecond (the
+// stack's own demo model) those two steps report "skip", not a failure.
 //
 // Prints one line per step and "N passed, N failed" last; exit 1 on a failure.
 import { execFileSync } from 'node:child_process';
-import { performance } from 'node:perf_hooks';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -81,62 +79,6 @@ const ownerDsn = () => {
   return existsSync(f) ? readFileSync(f, 'utf8').trim() : null;
 };
 
-// Steps the inference daemon with SIGSTOP/SIGCONT (as tests/integration
-// does), so a generation that takes a millisecond takes a second or two:
-// run(page, until) lets it run for a few microseconds at a time, longer
-// while no token reaches the page, shorter once one did, until the
-// in-page predicate `until` holds; it is left stopped (held), and
-// release() lets it run freely again.  It never stays stopped for long:
-// the module takes a daemon without a heartbeat for 2 s as lost.
-export class DaemonStepper {
-  constructor(pidFile) {
-    this.pid = 0;
-    this.why = '';
-    this.held = false;
-    try {
-      this.pid = Number(readFileSync(pidFile, 'utf8').trim());
-      process.kill(this.pid, 0);
-    } catch (e) {
-      this.why = `cannot signal the daemon (${pidFile}: ${e.code || e.message})`;
-      this.pid = 0;
-    }
-    if (this.pid) process.on('exit', () => this.release());
-  }
-  get ok() { return this.pid > 0; }
-  signal(sig) { try { process.kill(this.pid, sig); } catch { /* gone */ } }
-  hold() { if (this.ok) { this.held = true; this.signal('SIGSTOP'); } }
-  release() { if (this.ok && this.held) { this.held = false; this.signal('SIGCONT'); } }
-  // One slice: SIGCONT, `us` microseconds, SIGSTOP.
-  slice(us) {
-    this.signal('SIGCONT');
-    const t = performance.now();
-    while (performance.now() - t < us / 1000) { /* spin */ }
-    this.signal('SIGSTOP');
-  }
-  async run(page, until, { timeout = 30000 } = {}) {
-    if (!this.ok) return page.waitForFunction(until, null, { timeout });
-    const progress = () => page.evaluate(() => (window.__sse || [])
-      .reduce((n, c) => n + c.tokens + c.done, 0));
-    const t0 = Date.now();
-    let us = 40;
-    let idle = 0;
-    let last = await progress();
-    this.hold();
-    while (!(await page.evaluate(until))) {
-      if (Date.now() - t0 > timeout) { this.release(); throw new Error(`stepping: no end after ${timeout} ms`); }
-      this.slice(us);
-      await sleep(3);   // what it wrote reaches nginx, then the page
-      const n = await progress();
-      // slices too short to get anything done (a busy machine, a slower
-      // model) grow; once tokens come, they shrink again
-      idle = n === last ? idle + 1 : 0;
-      if (idle >= 10) { us = Math.min(us * 2, 50000); idle = 0; }
-      if (n !== last) us = Math.max(us / 2, 40);
-      last = n;
-    }
-  }
-}
-
 // In the page: every chunk a fetch() body reader returns that carries SSE
 // events, with its time and the events in it (window.__sse), so the test can
 // tell tokens that arrived one by one from a reply that came in one piece.
@@ -147,9 +89,13 @@ function recordSseChunks() {
   ReadableStreamDefaultReader.prototype.read = async function (...a) {
     const r = await read.apply(this, a);
     if (r && r.value instanceof Uint8Array) {
-      const text = (this.__tail || '') + dec.decode(r.value, { stream: true });
+      // the end of the previous chunk joins this one, so an event line split
+      // between two reads is seen; a line is counted in the read it ends in
+      const tail = this.__tail || '';
+      const text = tail + dec.decode(r.value, { stream: true });
       this.__tail = text.slice(-16);
-      const count = (ev) => (text.match(new RegExp(`event: ${ev}\\n`, 'g')) || []).length;
+      const count = (ev) => [...text.matchAll(new RegExp(`event: ${ev}\\n`, 'g'))]
+        .filter((m) => m.index + m[0].length > tail.length).length;
       const tokens = count('token');
       const done = count('done');
       if (tokens || done) window.__sse.push({ t: performance.now(), tokens, done });
@@ -425,7 +371,6 @@ async function main() {
     return `${second().title} → "${title}" (${match}), its own similar list shown`;
   });
 
-  const stepper = new DaemonStepper(join(VAR, 'run', 'infer-0.pid'));
   // the app's message requests get the long-reply sampling
   await page.route('**/api/v1/conversations/*/messages', (route) => {
     const body = { ...JSON.parse(route.request().postData() || '{}'), ...LONG };
@@ -433,13 +378,10 @@ async function main() {
   });
   const reply = page.locator('.msg.assistant .bubble').last();
   const sawDone = () => window.__sse.some((c) => c.done);
-  // Types and sends a message; with `stepped`, the daemon is held from
-  // before the request (a whole demo reply takes about a millisecond).
-  const ask = async (text, stepped) => {
+  const ask = async (text) => {
     await page.getByLabel('Message', { exact: true }).fill(text);
     await page.evaluate(() => { window.__sse = []; });
     await page.evaluate(watchReply);
-    if (stepped) stepper.hold();
     await page.getByRole('button', { name: 'Send' }).click();
   };
   // What the network and the page saw of one reply.
@@ -454,25 +396,22 @@ async function main() {
     const ok = reads >= 3 && early > 0 && frames.length >= 3;
     return { ok, done: doneAt >= 0, tokens, reads, text: `${tokens} tokens in ${reads} reads over ${ms} ms, ${early} before done, ${frames.length} texts on screen` };
   };
-  // The first try lets the daemon run freely (a real model streams on its
-  // own); later ones step it (the demo model does not).  A busy machine can
-  // stall a step past the daemon heartbeat, and stepping is coarse: more
-  // than one try of each.
-  const tries = stepper.ok ? [false, false, true, true] : [false, false];
+  // Up to three tries: a reply may end at once (the model chose to), and a
+  // busy machine can stall a decode step past the daemon heartbeat.
+  const tries = [1, 2, 3];
   let chatUrl = null;
   await step('chat: the reply streams in token by token', async () => {
     await page.getByRole('link', { name: 'Chat', exact: true }).click();
     await page.getByRole('button', { name: '+ New chat' }).waitFor();
     const seen = [];
     let r;
-    for (const [i, stepped] of tries.entries()) {
-      await ask(i ? `and another one, please (${i})` : 'a heist film with a twist', stepped);
-      if (stepped) { await stepper.run(page, sawDone); stepper.release(); }
+    for (const i of tries) {
+      await ask(i > 1 ? `and another one, please (${i})` : 'a heist film with a twist');
       // the stream ends when the Send button is back (Stop while it runs)
       await page.getByRole('button', { name: 'Send' }).waitFor({ timeout: 60000 });
       const alert = await page.getByRole('alert').allInnerTexts();
       r = await streamed();
-      seen.push(`${stepped ? 'stepped: ' : ''}${alert.length ? `error "${alert[0]}"` : r.text}`);
+      seen.push(alert.length ? `error "${alert[0]}"` : r.text);
       if (alert.length) { r.ok = false; continue; }
       if (r.ok) break;
     }
@@ -481,7 +420,7 @@ async function main() {
     await shot('07b-chat');
     if (!/\/chat\/[^/]+$/.test(chatUrl)) throw new Error(`the new conversation has no URL: ${chatUrl}`);
     if (!r.done && r.ok) throw new Error('no done event');
-    const why = `tokens did not arrive one by one: ${seen.join('; ')}${stepper.ok ? '' : ` (${stepper.why})`}`;
+    const why = `tokens did not arrive one by one: ${seen.join('; ')}`;
     // A whole reply in one read is what a millisecond-fast model gives too:
     // on such a stack this is not a finding (web/e2e/run.sh serves a slower
     // model and is strict).
@@ -493,24 +432,22 @@ async function main() {
     const seen = [];
     let ok = false;
     let shown = '';
-    for (const stepped of tries) {
+    for (const _ of tries) { // eslint-disable-line no-unused-vars
       await page.getByRole('button', { name: '+ New chat' }).click();
       await page.waitForURL((u) => u.href !== chatUrl && /\/chat\/[^/]+$/.test(u.pathname));
       chatUrl = page.url();
-      await ask('tell me a long story about a bank job', stepped);
-      // a few tokens in, the daemon is held (when it can be) and Stop clicked
+      await ask('tell me a long story about a bank job');
+      // a few tokens in, Stop
       const until = () => (window.__frames || []).length >= 3 || window.__sse.some((c) => c.done);
-      if (stepped) await stepper.run(page, until);
-      else { await page.waitForFunction(until, null, { timeout: 30000 }); stepper.hold(); }
+      await page.waitForFunction(until, null, { timeout: 30000 });
       shown = ((await page.evaluate(() => window.__frames.at(-1))) || '').trim();
       let done = await page.evaluate(sawDone);
       if (!done) {
-        // the daemon is held, but a reply that was complete already ends anyway
+        // a reply that ends meanwhile takes the Stop button with it
         await page.getByRole('button', { name: '■ Stop' }).click({ timeout: 3000 }).catch(() => { done = true; });
       }
       await page.getByRole('button', { name: 'Send' }).waitFor();
-      stepper.release();
-      seen.push(`${stepped ? 'stepped: ' : ''}${done ? 'finished before Stop' : `stopped after ${shown.length} characters`}`);
+      seen.push(done ? 'finished before Stop' : `stopped after ${shown.length} characters`);
       if (!done) { ok = true; break; }
     }
     if (!ok) throw new Skip(`no reply could be stopped mid-stream: ${seen.join('; ')}; the stack's dialog model answers too fast (web/e2e/run.sh serves a slower one)`);
@@ -543,7 +480,6 @@ async function main() {
     return 'thumbs up survived a reload; thumbs down replaced it';
   });
   await page.unroute('**/api/v1/conversations/*/messages');
-  stepper.release();
   await step('phone-sized viewport: no horizontal scrolling', async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(BASE + '/movies?q=star%20wars');
