@@ -54,7 +54,9 @@ busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_ports() {
     local base p i
     for _ in $(seq 1 50); do
-        base=$(( 20000 + (RANDOM % 2000) * 10 ))
+        # below the kernel's ephemeral range (32768+ on Debian), where a
+        # port that nothing listens on may still be some connection's
+        base=$(( 20000 + (RANDOM % 1200) * 10 ))
         for i in 0 1 2 3; do
             p=$((base + i))
             busy "$p" && continue 2

@@ -482,7 +482,7 @@ async function main() {
   await page.unroute('**/api/v1/conversations/*/messages');
   await step('phone-sized viewport: no horizontal scrolling', async () => {
     await page.setViewportSize({ width: 390, height: 844 });
-    await page.goto(BASE + '/movies?q=star%20wars');
+    await page.goto(`${BASE}/movies?q=${encodeURIComponent(first().title.split(' ')[0])}`);
     await page.locator('.grid .card').first().waitFor();
     const over = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     await shot('08-phone-search');
