@@ -14,7 +14,8 @@
 //                   $CINEMATCH_VAR/secrets/admin_user (same format) when the
 //                   stack made one; else one is created through the owner DSN
 //
-// The flow: sign up, rate three movies, recommendations change, a
+// The flow: sign up, the verification and password-reset mail links
+// (tokens read from mail_outbox), rate three movies, recommendations change, a
 // similar movie's page, chat with tokens streaming, Stop mid-reply (partial
 // reply shown and saved), thumbs feedback, and the admin's run/drift panels.
 // The chat steps need a model that takes visible time per token:
@@ -22,7 +23,10 @@
 // runs strictly; against a stack whose model answers in a millisecond (the
 // stack's own demo model) those two steps report "skip", not a failure.
 //
-// Prints one line per step and "N passed, N failed" last; exit 1 on a failure.
+//   E2E_STRICT=1    a skip counts as a failure (web/e2e/run.sh sets it)
+//
+// Prints one line per step and "N passed, N failed[, N skipped]" last; exit 1
+// on a failure.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
