@@ -411,7 +411,11 @@ async function main() {
     let r;
     for (const i of tries) {
       await ask(i > 1 ? `and another one, please (${i})` : 'a heist film with a twist');
-      // the stream ends when the Send button is back (Stop while it runs)
+      // the reply ends with a done event, or an error is shown; then the
+      // Send button is back (Stop while it runs; a first message creates
+      // the conversation first, so Send is still there for a moment)
+      await page.waitForFunction(() => window.__sse.some((c) => c.done) || document.querySelector('[role="alert"]'),
+        null, { timeout: 60000 });
       await page.getByRole('button', { name: 'Send' }).waitFor({ timeout: 60000 });
       const alert = await page.getByRole('alert').allInnerTexts();
       r = await streamed();
