@@ -22,6 +22,9 @@
 #                                    cornell/ or ../cornell, ../shared/data/cornell);
 #                                    ingested and trained in the background
 #   CINEMATCH_DIALOG_STEPS [600]     dialog-tiny steps (the first model)
+#   CINEMATCH_DIALOG_CONFIG [dialog-tiny]  the first model's config
+#   CINEMATCH_DIALOG_ARGS            more `train dialog --from-db` options for
+#                                    the first model (e.g. "--lr 1e-7 --batch 1")
 #   CINEMATCH_DIALOG_MINUTES [10]    then dialog-small minutes (0: skip)
 #   CINEMATCH_BIN [build/cinematch]  PG_BIN [/usr/lib/postgresql/15/bin]
 #
@@ -502,13 +505,15 @@ dialog_train_start() {
     # setsid: its own process group, which stop signals as a whole
     "${AS_SVC[@]}" setsid bash -c '
         echo $$ >"$1"
-        bin=$2 corpus=$3 dsn=$4 psql=$5 mins=$6 steps=$8
+        bin=$2 corpus=$3 dsn=$4 psql=$5 mins=$6 steps=$8 config=$9 args=${10}
         export CINEMATCH_MODEL_STORE=$7
         echo "== $(date -u +%FT%TZ) ingest dialogs $corpus"
         "$bin" ingest dialogs --data "$corpus" --dsn "$dsn" || exit 1
-        echo "== $(date -u +%FT%TZ) train dialog-tiny (if the corpus is new)"
-        "$bin" train dialog --from-db --if-new-data --config dialog-tiny --steps "$steps" \
-            --minutes 2 --dsn "$dsn" || exit 1
+        echo "== $(date -u +%FT%TZ) train $config (if the corpus is new)"
+        # $args unquoted on purpose: a list of options
+        # shellcheck disable=SC2086
+        "$bin" train dialog --from-db --if-new-data --config "$config" --steps "$steps" \
+            --minutes 2 $args --dsn "$dsn" || exit 1
         [ "$mins" = 0 ] && exit 0
         done=$("$psql" "$dsn" -tAc "SELECT count(*) FROM training_runs WHERE model_name = '"'dialog'"'
             AND status = '"'succeeded'"' AND params->>'"'config'"' = '"'dialog-small'"'")
@@ -519,7 +524,8 @@ dialog_train_start() {
         "$bin" train dialog --from-db --config dialog-small --steps $((mins * 12)) \
             --minutes "$mins" --val-every 60 --dsn "$dsn"
     ' train-dialog "$RUN/train-dialog.pid" "$BIN" "$corpus" "$(pg_dsn)" "$PG_BIN/psql" \
-        "$mins" "$store" "$steps" >>"$LOG/train-dialog.log" 2>&1 </dev/null &
+        "$mins" "$store" "$steps" "${CINEMATCH_DIALOG_CONFIG:-dialog-tiny}" \
+        "${CINEMATCH_DIALOG_ARGS:-}" >>"$LOG/train-dialog.log" 2>&1 </dev/null &
 }
 
 dialog_train_stop() {

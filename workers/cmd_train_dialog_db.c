@@ -632,6 +632,9 @@ cm_tdd_eval_dir(const char *dir, const char *val_path, cm_tdd_eval_t *ev,
         goto done;
     }
     T = m.config.max_seq_len;
+    if (vd.train.n >= 2 && vd.train.n <= (size_t) T) {
+        T = (int) vd.train.n - 1;   /* a small corpus: one shorter window */
+    }
     rc = cm_dialog_eval(&m, b, vd.train.ids, vd.train.n, 4, T, 0, &e1);
     if (rc == CM_OK) {
         used = e1.tokens;
@@ -897,7 +900,9 @@ cm_tdd_register(PGconn *c, const char *name, const char *src,
     return CM_OK;
 
 failed:
-    PQclear(PQexec(c, "ROLLBACK"));
+    if (PQtransactionStatus(c) != PQTRANS_IDLE) {
+        PQclear(PQexec(c, "ROLLBACK"));
+    }
     if (made) {
         cm_tdd_rmtree(dir);
     }
@@ -913,7 +918,9 @@ cm_tdd_fail(PGconn *c, const char *run_id, uint64_t t0, const char *why)
     char         ms[24];
     const char  *v[3];
 
-    PQclear(PQexec(c, "ROLLBACK"));
+    if (PQtransactionStatus(c) != PQTRANS_IDLE) {
+        PQclear(PQexec(c, "ROLLBACK"));
+    }
     snprintf(ms, sizeof(ms), "%llu",
              (unsigned long long) ((cm_now_mono_ns() - t0) / 1000000));
     v[0] = run_id;

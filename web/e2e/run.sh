@@ -14,12 +14,11 @@
 #                    it, else `cinematch synth` data)
 #
 # The chat steps want a model that takes visible time per token: the stack's
-# demo model (dialog-tiny) writes a whole reply in about a millisecond, so
-# before the stack starts, an untrained dialog-small (one step at lr 1e-7:
-# near-uniform output that seldom ends its turn; seconds to make, 15-30
-# tokens/s on a CPU, gibberish) is put where the stack looks for its demo
-# dialog model ($CINEMATCH_VAR/models/dialog); the stack then serves it
-# instead of training dialog-tiny.
+# first dialog model (dialog-tiny) writes a whole reply in about a
+# millisecond, so the stack is asked to make its first model an untrained
+# dialog-small on the committed Cornell-format fixture (one step at lr 1e-7:
+# near-uniform output that seldom ends its turn; 15-30 tokens/s on a CPU,
+# gibberish), and the flow starts once the registry has promoted it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -90,21 +89,43 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 t0=$(date +%s)
-mkdir -p "$VAR/models"
-if "$BIN" train dialog --help >/dev/null 2>&1; then
-    say "making a slow dialog model for the chat steps (dialog-small, untrained)"
-    "$BIN" train dialog --corpus tests/fixtures/dialog/plain.txt --out "$VAR/models/dialog" \
-        --config dialog-small --steps 1 --lr 1e-7 --batch 1 --seq 16 --val-every 1000 --val-tokens 64 \
-        >"$VAR/train-dialog.log" 2>&1 \
-        || { tail -5 "$VAR/train-dialog.log"; say "dialog-small failed: the stack trains its demo model"; rm -rf "$VAR/models/dialog"; }
-    rm -f "$VAR/models/dialog/state.bin"   # the optimizer state: 87 MB, not served
-fi
+# the committed Cornell-format fixture, under the real file names
+mkdir -p "$VAR/dialog-corpus"
+for f in tests/fixtures/dialog/cornell-small/*.fixture; do
+    cp "$f" "$VAR/dialog-corpus/$(basename "$f" .fixture)"
+done
+export CINEMATCH_DIALOG_CORPUS=$VAR/dialog-corpus \
+       CINEMATCH_DIALOG_CONFIG=dialog-small CINEMATCH_DIALOG_STEPS=1 CINEMATCH_DIALOG_MINUTES=0 \
+       CINEMATCH_DIALOG_ARGS="--lr 1e-7 --batch 1 --seq 16 --val-bytes 4096"
 say "starting a stack in $VAR (http 127.0.0.1:$BASE)"
 if ! conf/stack.sh start >"$VAR/stack-start.log" 2>&1; then
     tail -30 "$VAR/stack-start.log"
     say "the stack did not start"
     exit 1
 fi
+# the dialog model trains in the background; chat needs it promoted
+dsn=$(cat "$VAR/secrets/pg_dsn")
+promoted() {
+    [ "$("${PG_BIN:-/usr/lib/postgresql/15/bin}/psql" "$dsn" -tAc \
+        "SELECT count(*) FROM model_versions WHERE model_name = 'dialog' AND stage = 'production'" \
+        2>/dev/null)" = 1 ]
+}
+trainer_running() {
+    local pid
+    pid=$(cat "$VAR/run/train-dialog.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null
+}
+ok=0
+for i in $(seq 1 240); do
+    promoted && { ok=1; break; }
+    # the background trainer ended without a promotion: no use waiting
+    if [ "$i" -gt 3 ] && ! trainer_running; then
+        promoted && ok=1
+        break
+    fi
+    sleep 1
+done
+[ "$ok" = 1 ] || { tail -20 "$VAR/log/train-dialog.log" 2>/dev/null; say "no dialog model was promoted"; exit 1; }
+sleep 2   # the daemon reloads on the promotion's NOTIFY
 t1=$(date +%s)
 say "stack up in $((t1 - t0)) s; running the flow"
 rc=0
