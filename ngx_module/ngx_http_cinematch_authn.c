@@ -4,10 +4,12 @@
  * handler (docs/SECURITY.md §3): who is calling, may they, and how fast.
  *
  *   credentials   Authorization: Bearer <JWT> | Bearer cm_... | X-API-Key
- *   JWT           cm_jwt_verify (no database), then EXISTS cm:deny:<jti>
- *                 in Redis (logout) -- inside the rate-limit script when
- *                 the location has a limit, so one round trip does both;
- *                 Redis down: the denylist fails open
+ *   JWT           cm_jwt_verify (no database), then in Redis the logout
+ *                 denylist cm:deny:<jti> and the user's "tokens not
+ *                 before" cm:nbf:u<id> (a password reset: a token with
+ *                 iat before it is refused) -- MGET, or inside the
+ *                 rate-limit script when the location has a limit, so one
+ *                 round trip does all; Redis down: both fail open
  *   API key       sha256 → GET cm:key:<sha> in Redis (60 s, negative 10 s)
  *                 → on a miss PostgreSQL, and the answer is cached;
  *                 last_used_at is written at most once per interval per
@@ -30,7 +32,6 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include <openssl/crypto.h>
 #include <openssl/sha.h>
 
 #include "ngx_http_cinematch.h"
@@ -61,12 +62,22 @@ typedef struct {
     ngx_str_t                             rl_key;    /* cm:rl:{id}:loc */
     u_char                                rl_deny[sizeof("cm:deny:") + 40];
     size_t                                rl_deny_len;
+    u_char                                rl_nbf[sizeof("cm:nbf:u")
+                                                 + NGX_INT64_LEN];
+    size_t                                rl_nbf_len;
+    u_char                                rl_iat[NGX_INT64_LEN];
+    size_t                                rl_iat_len;
     ngx_uint_t                            deny;      /* check cm:deny:<jti>
-                                                        in the script */
+                                                        and cm:nbf:u<id> in
+                                                        the script */
     /* ngx_http_cinematch_authn_take(): a bucket of another identity */
     ngx_str_t                             ident;
     ngx_http_cinematch_caller_next_pt     next;
     ngx_uint_t                            quiet;     /* no X-RateLimit-* */
+    u_char                                rl_buf[sizeof("cm:rl:{ip}:")
+                                                 + NGX_SOCKADDR_STRLEN
+                                                 + NGX_INT64_LEN + 32];
+    u_char                                rl_hdr[4 * NGX_INT64_LEN];
 } ngx_http_cinematch_authn_t;
 
 
@@ -198,6 +209,9 @@ static ngx_int_t ngx_http_cinematch_rl_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_cinematch_int64(const char *s, size_t len,
     int64_t *out);
+static u_char *ngx_http_cinematch_u64(u_char *p, uint64_t v);
+static ngx_uint_t ngx_http_cinematch_ct_equal(const u_char *a,
+    const u_char *b, size_t len);
 
 
 static char                            ngx_http_cinematch_rl_sha[41];
@@ -406,7 +420,8 @@ ngx_http_cinematch_authn_jwt(ngx_http_request_t *r,
         && slot->len == cred->len
         && slot->ring == st->amcf->ring
         && ngx_time() < slot->until
-        && CRYPTO_memcmp(slot->token, cred->token, cred->len) == 0)
+        && ngx_http_cinematch_ct_equal(slot->token, (u_char *) cred->token,
+                                       cred->len))
     {
         *c = slot->caller;
         goto deny;
@@ -440,6 +455,7 @@ ngx_http_cinematch_authn_jwt(ngx_http_request_t *r,
     c->admin = (ngx_strcmp(claims.role, "admin") == 0);
     c->scopes = c->admin ? CM_SCOPE_ALL : (CM_SCOPE_ALL & ~CM_SCOPE_ADMIN);
     c->exp = (time_t) claims.exp;
+    c->iat = (time_t) claims.iat;
     ngx_cpystrn((u_char *) c->jti, (u_char *) claims.jti, sizeof(c->jti));
     ngx_cpystrn((u_char *) c->sid, (u_char *) claims.sid, sizeof(c->sid));
 
@@ -455,8 +471,9 @@ ngx_http_cinematch_authn_jwt(ngx_http_request_t *r,
 
 deny:
 
-    /* logout denylist; when Redis is down it fails open (documented);
-     * with a rate limit the script checks it in the same round trip */
+    /* the logout denylist and the user's "tokens not before"; when Redis
+     * is down both fail open (docs/SECURITY.md); with a rate limit the
+     * script checks them in the same round trip */
     if (st->alcf->rl != NULL && ngx_http_cinematch_redis_connected()) {
         st->deny = 1;
         return ngx_http_cinematch_authn_authorize(r, st);
@@ -464,7 +481,8 @@ deny:
 
     switch (ngx_http_cinematch_redis_commandf(r,
                                         ngx_http_cinematch_authn_deny_done,
-                                        st, "EXISTS cm:deny:%s", c->jti))
+                                        st, "MGET cm:deny:%s cm:nbf:u%lld",
+                                        c->jti, (long long) c->user_id))
     {
     case NGX_OK:
         return NGX_DONE;
@@ -504,16 +522,34 @@ ngx_http_cinematch_authn_deny_done(ngx_http_request_t *r, void *data,
 {
     ngx_http_cinematch_authn_t *st = data;
 
-    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER
-        && reply->integer != 0)
+    int64_t       nbf;
+    redisReply   *deny, *notbefore;
+
+    /* {cm:deny:<jti> or nil, cm:nbf:u<id> or nil} */
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY
+        && reply->elements == 2)
     {
-        return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
-                                             "unauthenticated",
-                                             "access token was revoked",
-                                             "Bearer error=\"invalid_token\"");
+        deny = reply->element[0];
+        notbefore = reply->element[1];
+
+        if (deny->type != REDIS_REPLY_NIL
+            || (notbefore->type == REDIS_REPLY_STRING
+                && ngx_http_cinematch_int64(notbefore->str, notbefore->len,
+                                            &nbf)
+                   == NGX_OK
+                && (int64_t) st->caller.iat < nbf))
+        {
+            return ngx_http_cinematch_authn_fail(r, NGX_HTTP_UNAUTHORIZED,
+                                                 "unauthenticated",
+                                                 "access token was revoked",
+                                                 "Bearer error=\"invalid_token\"");
+        }
+
+        return ngx_http_cinematch_authn_authorize(r, st);
     }
 
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "cinematch: token denylist unavailable, not checked");
     }
@@ -878,34 +914,54 @@ ngx_http_cinematch_authn_limit(ngx_http_request_t *r,
     len = sizeof("cm:rl:{ip}:") + NGX_SOCKADDR_STRLEN + NGX_INT64_LEN
           + st->ident.len + st->alcf->rl_name.len;
 
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (len <= sizeof(st->rl_buf)) {
+        p = st->rl_buf;
+
+    } else {
+        p = ngx_pnalloc(r->pool, len);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
 
     st->rl_key.data = p;
 
     /* the identity in a hash tag: one slot per caller in Redis Cluster */
-    if (st->ident.len) {
-        p = ngx_sprintf(p, "cm:rl:{%V}:", &st->ident);
+    p = ngx_cpymem(p, "cm:rl:{", sizeof("cm:rl:{") - 1);
 
-    } else if (c != NULL && c->apikey) {
-        p = ngx_sprintf(p, "cm:rl:{k%L}:", c->key_id);
+    if (st->ident.len) {
+        p = ngx_cpymem(p, st->ident.data, st->ident.len);
 
     } else if (c != NULL) {
-        p = ngx_sprintf(p, "cm:rl:{u%L}:", c->user_id);
+        *p++ = c->apikey ? 'k' : 'u';
+        p = ngx_http_cinematch_u64(p, (uint64_t) (c->apikey ? c->key_id
+                                                             : c->user_id));
 
     } else {
-        p = ngx_sprintf(p, "cm:rl:{ip%V}:", &r->connection->addr_text);
+        p = ngx_cpymem(p, "ip", 2);
+        p = ngx_cpymem(p, r->connection->addr_text.data,
+                       r->connection->addr_text.len);
     }
 
+    *p++ = '}';
+    *p++ = ':';
     p = ngx_cpymem(p, st->alcf->rl_name.data, st->alcf->rl_name.len);
     st->rl_key.len = p - st->rl_key.data;
 
     if (st->deny) {
-        st->rl_deny_len = ngx_sprintf(st->rl_deny, "cm:deny:%s",
-                                      st->caller.jti)
+        st->rl_deny_len = ngx_cpystrn(ngx_cpymem(st->rl_deny, "cm:deny:",
+                                                 sizeof("cm:deny:") - 1),
+                                      (u_char *) st->caller.jti,
+                                      sizeof(st->caller.jti))
                           - st->rl_deny;
+
+        p = ngx_cpymem(st->rl_nbf, "cm:nbf:u", sizeof("cm:nbf:u") - 1);
+        st->rl_nbf_len = ngx_http_cinematch_u64(p,
+                                          (uint64_t) st->caller.user_id)
+                         - st->rl_nbf;
+        st->rl_iat_len = ngx_http_cinematch_u64(st->rl_iat,
+                                  (uint64_t) ngx_max(st->caller.iat, 0))
+                         - st->rl_iat;
     }
 
     if (ngx_http_cinematch_rl_script == NULL
@@ -1003,8 +1059,8 @@ ngx_http_cinematch_rl_batch_send(ngx_http_cinematch_rl_batch_t *b)
     char                             numkeys[NGX_INT_T_LEN + 1];
     ngx_http_cinematch_authn_t      *st;
     ngx_http_cinematch_rl_entry_t   *e;
-    const char                      *av[3 + 5 * NGX_HTTP_CINEMATCH_RL_BATCH];
-    size_t                           al[3 + 5 * NGX_HTTP_CINEMATCH_RL_BATCH];
+    const char                      *av[3 + 7 * NGX_HTTP_CINEMATCH_RL_BATCH];
+    size_t                           al[3 + 7 * NGX_HTTP_CINEMATCH_RL_BATCH];
 
     argv = av;
     argvlen = al;
@@ -1037,6 +1093,8 @@ ngx_http_cinematch_rl_batch_send(ngx_http_cinematch_rl_batch_t *b)
         argvlen[argc++] = st->rl_key.len;
         argv[argc] = (char *) st->rl_deny;
         argvlen[argc++] = st->rl_deny_len;
+        argv[argc] = (char *) st->rl_nbf;
+        argvlen[argc++] = st->rl_nbf_len;
         live++;
     }
 
@@ -1057,10 +1115,13 @@ ngx_http_cinematch_rl_batch_send(ngx_http_cinematch_rl_batch_t *b)
             argv[argc] = e->st->alcf->rl->argv[j];
             argvlen[argc++] = ngx_strlen(e->st->alcf->rl->argv[j]);
         }
+
+        argv[argc] = (char *) e->st->rl_iat;
+        argvlen[argc++] = e->st->rl_iat_len;
     }
 
     argv[2] = numkeys;
-    argvlen[2] = ngx_sprintf((u_char *) numkeys, "%ui", 2 * live)
+    argvlen[2] = ngx_sprintf((u_char *) numkeys, "%ui", 3 * live)
                  - (u_char *) numkeys;
 
     rc = ngx_http_cinematch_redis_command(NULL,
@@ -1271,10 +1332,8 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
     u_char     *p;
     ngx_str_t   key, value;
 
-    p = ngx_pnalloc(r->pool, 4 * NGX_INT64_LEN);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    /* the values go into st: no allocation, no ngx_sprintf() */
+    p = st->rl_hdr;
 
     if (st->quiet) {
         if (res->allowed) {
@@ -1286,7 +1345,7 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
 
     ngx_str_set(&key, "X-RateLimit-Limit");
     value.data = p;
-    p = ngx_sprintf(p, "%uL", res->limit);
+    p = ngx_http_cinematch_u64(p, res->limit);
     value.len = p - value.data;
 
     if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
@@ -1295,7 +1354,7 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
 
     ngx_str_set(&key, "X-RateLimit-Remaining");
     value.data = p;
-    p = ngx_sprintf(p, "%uL", res->remaining);
+    p = ngx_http_cinematch_u64(p, res->remaining);
     value.len = p - value.data;
 
     if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
@@ -1304,7 +1363,7 @@ ngx_http_cinematch_authn_limit_apply(ngx_http_request_t *r,
 
     ngx_str_set(&key, "X-RateLimit-Reset");
     value.data = p;
-    p = ngx_sprintf(p, "%uL", (res->reset_ms + 999) / 1000);
+    p = ngx_http_cinematch_u64(p, (res->reset_ms + 999) / 1000);
     value.len = p - value.data;
 
     if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
@@ -1319,7 +1378,7 @@ denied:
 
     ngx_str_set(&key, "Retry-After");
     value.data = p;
-    p = ngx_sprintf(p, "%uL", ngx_max((res->retry_ms + 999) / 1000, 1));
+    p = ngx_http_cinematch_u64(p, ngx_max((res->retry_ms + 999) / 1000, 1));
     value.len = p - value.data;
 
     if (ngx_http_cinematch_add_header(r, &key, &value) != NGX_OK) {
@@ -1329,6 +1388,52 @@ denied:
     return ngx_http_cinematch_send_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
                                          "rate_limited",
                                          "too many requests, retry later");
+}
+
+
+/* v in decimal at p (at most NGX_INT64_LEN digits); returns the end */
+
+static u_char *
+ngx_http_cinematch_u64(u_char *p, uint64_t v)
+{
+    u_char   tmp[NGX_INT64_LEN], *t;
+
+    t = tmp + sizeof(tmp);
+
+    do {
+        *--t = (u_char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+
+    return ngx_cpymem(p, t, tmp + sizeof(tmp) - t);
+}
+
+
+/*
+ * Constant-time equality of two buffers of len bytes, a word at a time
+ * (CRYPTO_memcmp() goes a byte at a time through a call: ~1 % of the
+ * worker on the token-cache hit of every authenticated request).
+ */
+
+static ngx_uint_t
+ngx_http_cinematch_ct_equal(const u_char *a, const u_char *b, size_t len)
+{
+    size_t    i;
+    uint64_t  x, y, d;
+
+    d = 0;
+
+    for (i = 0; i + 8 <= len; i += 8) {
+        ngx_memcpy(&x, a + i, 8);
+        ngx_memcpy(&y, b + i, 8);
+        d |= x ^ y;
+    }
+
+    for ( /* void */ ; i < len; i++) {
+        d |= (uint64_t) (a[i] ^ b[i]);
+    }
+
+    return d == 0;
 }
 
 
@@ -1639,29 +1744,45 @@ ngx_http_cinematch_int64(const char *s, size_t len, int64_t *out)
 /*
  * GET /internal/auth/... (cinematch_echo on): the caller as the identity
  * step saw it; for tests, and the no-op endpoint of the auth benchmark.
+ * Printed into an exact-size buffer: no jansson on the no-op path (the
+ * benchmark measures the auth step, not JSON serialisation).
  */
+
+#define NGX_HTTP_CINEMATCH_WHOAMI_FMT                                        \
+    "{\"user_id\":%L,\"role\":\"%s\",\"key_id\":%L,"                        \
+    "\"rating_user_id\":%L,\"scopes\":%uD,\"apikey\":%s}"
 
 ngx_int_t
 ngx_http_cinematch_whoami_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
+    u_char                       *p, *body;
+    ngx_str_t                     type;
     ngx_http_cinematch_caller_t  *c;
+
+    static u_char  anonymous[] = "{\"user_id\":null}";
+
+    ngx_str_set(&type, "application/json");
 
     c = ngx_http_cinematch_caller(r);
 
     if (c == NULL) {
-        return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
-                                            json_pack("{s:n}", "user_id"));
+        return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK, &type, anonymous,
+                                           sizeof(anonymous) - 1);
     }
 
-    return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
-               json_pack("{s:I, s:s, s:I, s:I, s:I, s:b}",
-                         "user_id", (json_int_t) c->user_id,
-                         "role", c->admin ? "admin" : "user",
-                         "key_id", (json_int_t) c->key_id,
-                         "rating_user_id", (json_int_t) c->rating_user_id,
-                         "scopes", (json_int_t) c->scopes,
-                         "apikey", (int) c->apikey));
+    body = ngx_pnalloc(r->pool, sizeof(NGX_HTTP_CINEMATCH_WHOAMI_FMT)
+                                + 4 * NGX_INT64_LEN + sizeof("false"));
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(body, NGX_HTTP_CINEMATCH_WHOAMI_FMT,
+                    c->user_id, c->admin ? "admin" : "user", c->key_id,
+                    c->rating_user_id, (uint32_t) c->scopes,
+                    c->apikey ? "true" : "false");
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK, &type, body, p - body);
 }
 
 

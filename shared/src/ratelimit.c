@@ -69,38 +69,42 @@ const char cm_ratelimit_lua[] =
 /*
  * The batch: one call takes from N buckets in order, each exactly as the
  * single script would (the same math, one TIME for all).  KEYS come in
- * pairs (bucket, denylist key or ""), ARGV in triples (capacity, refill,
- * cost), then an optional now_ms.  Everything is checked before any
- * bucket changes, so a bad call changes nothing.  A bucket that appears
- * several times is read once, taken from in order in Lua, and written
- * once at the end with the state (and expiry) its last take left: the
- * same end state and answers as separate calls, fewer Redis commands.
- * ARGV strings are converted once each (strtod was the top of Redis'
- * profile): a batch of one location repeats the same three.
+ * triples (bucket, denylist key or "", not-before key or ""), ARGV in
+ * quadruples (capacity, refill, cost, iat or ""), then an optional
+ * now_ms.  Everything is checked before any bucket changes, so a bad call
+ * changes nothing.  A bucket that appears several times is read once,
+ * taken from in order in Lua, and written once at the end with the state
+ * (and expiry) its last take left: the same end state and answers as
+ * separate calls, fewer Redis commands.  The denylist and not-before keys
+ * are read once per call each, too.  ARGV strings are converted once each
+ * (strtod was the top of Redis' profile): a batch of one location repeats
+ * the same three.
  */
 const char cm_ratelimit_batch_lua[] =
-    "local n = #KEYS / 2\n"
+    "local n = #KEYS / 3\n"
     "if n < 1 or n ~= math.floor(n)\n"
-    "   or (#ARGV ~= 3 * n and #ARGV ~= 3 * n + 1) then\n"
+    "   or (#ARGV ~= 4 * n and #ARGV ~= 4 * n + 1) then\n"
     "  return redis.error_reply('cm_ratelimit_batch: bad arguments')\n"
     "end\n"
-    "local memo, caps, refills, costs = {}, {}, {}, {}\n"
+    "local memo, caps, refills, costs, iats = {}, {}, {}, {}, {}\n"
     "local function num(s)\n"
     "  local v = memo[s]\n"
     "  if v == nil then v = tonumber(s) or false; memo[s] = v end\n"
     "  return v\n"
     "end\n"
     "for i = 1, n do\n"
-    "  local cap = num(ARGV[3 * i - 2])\n"
-    "  local refill = num(ARGV[3 * i - 1])\n"
-    "  local cost = num(ARGV[3 * i])\n"
-    "  if not cap or not refill or not cost or refill < 1 or cost < 1\n"
-    "     or cap < cost then\n"
+    "  local cap = num(ARGV[4 * i - 3])\n"
+    "  local refill = num(ARGV[4 * i - 2])\n"
+    "  local cost = num(ARGV[4 * i - 1])\n"
+    "  local iat = 0\n"
+    "  if KEYS[3 * i] ~= '' then iat = num(ARGV[4 * i]) end\n"
+    "  if not cap or not refill or not cost or not iat or refill < 1\n"
+    "     or cost < 1 or cap < cost then\n"
     "    return redis.error_reply('cm_ratelimit_batch: bad arguments')\n"
     "  end\n"
-    "  caps[i] = cap; refills[i] = refill; costs[i] = cost\n"
+    "  caps[i] = cap; refills[i] = refill; costs[i] = cost; iats[i] = iat\n"
     "end\n"
-    "local now = tonumber(ARGV[3 * n + 1])\n"
+    "local now = tonumber(ARGV[4 * n + 1])\n"
     "if not now then\n"
     "  local t = redis.call('TIME')\n"
     "  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -113,14 +117,20 @@ const char cm_ratelimit_batch_lua[] =
     "local function cdiv(a, b) return idiv(a + b - 1, b) end\n"
     "local out = {}\n"
     "local bt, bts, bttl, order, denied = {}, {}, {}, {}, {}\n"
+    "local notbefore = {}\n"
     "for i = 1, n do\n"
-    "  local key = KEYS[2 * i - 1]\n"
-    "  local deny = KEYS[2 * i]\n"
+    "  local key = KEYS[3 * i - 2]\n"
+    "  local deny = KEYS[3 * i - 1]\n"
+    "  local nbk = KEYS[3 * i]\n"
     "  local o = 4 * i - 3\n"
     "  if deny ~= '' and denied[deny] == nil then\n"
     "    denied[deny] = redis.call('EXISTS', deny) == 1\n"
     "  end\n"
-    "  if deny ~= '' and denied[deny] then\n"
+    "  if nbk ~= '' and notbefore[nbk] == nil then\n"
+    "    notbefore[nbk] = tonumber(redis.call('GET', nbk)) or false\n"
+    "  end\n"
+    "  if (deny ~= '' and denied[deny])\n"
+    "     or (nbk ~= '' and notbefore[nbk] and iats[i] < notbefore[nbk]) then\n"
     "    out[o] = -1; out[o + 1] = 0; out[o + 2] = 0; out[o + 3] = 0\n"
     "  else\n"
     "    local cap, refill, cost = caps[i], refills[i], costs[i]\n"

@@ -481,8 +481,8 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
     cm_ratelimit_result_t  rc;
     char                   keys[3][32], args[3][3][24], nowbuf[24];
     char                   numkeys[8];
-    const char            *argv[4 + 5 * 8];
-    size_t                 argvlen[4 + 5 * 8];
+    const char            *argv[4 + 7 * 8];
+    size_t                 argvlen[4 + 7 * 8];
     size_t                 i, k, n, step, a;
     uint64_t               now = 1767225600000ull;
     uint64_t               seed = 88172645463325252ull;
@@ -514,16 +514,18 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
             which[k] = (int) ((seed >> (3 * k + 20)) % 3);
             argv[a++] = keys[which[k]];
             argv[a++] = "";
+            argv[a++] = "";
         }
         for (k = 0; k < n; k++) {
             for (i = 0; i < 3; i++) {
                 argv[a++] = args[which[k]][i];
             }
+            argv[a++] = "";
         }
         snprintf(nowbuf, sizeof(nowbuf), "%llu", (unsigned long long) now);
         argv[a++] = nowbuf;
 
-        snprintf(numkeys, sizeof(numkeys), "%zu", 2 * n);
+        snprintf(numkeys, sizeof(numkeys), "%zu", 3 * n);
         argv[2] = numkeys;
         for (i = 0; i < a; i++) {
             argvlen[i] = strlen(argv[i]);
@@ -550,9 +552,10 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
      * others in the batch are taken as usual */
     rep = redisCommand(fxp->c, "SET cm:deny:j1 1");
     freeReplyObject(rep);
-    rep = redisCommand(fxp->c, "EVAL %s 4 cm:rl:batch:d cm:deny:j1 "
-                       "cm:rl:batch:d %s 1200000 100 60000 1200000 100 60000",
-                       cm_ratelimit_batch_lua, "");
+    rep = redisCommand(fxp->c, "EVAL %s 6 cm:rl:batch:d cm:deny:j1 %s "
+                       "cm:rl:batch:d %s %s 1200000 100 60000 %s "
+                       "1200000 100 60000 %s",
+                       cm_ratelimit_batch_lua, "", "", "", "", "");
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
     assert_int_equal(rep->elements, 8);
@@ -562,9 +565,10 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
     freeReplyObject(rep);
 
     /* bad arguments anywhere: an error, and no bucket changed */
-    rep = redisCommand(fxp->c, "EVAL %s 4 cm:rl:batch:e %s cm:rl:batch:f %s "
-                       "1200000 100 60000 10 0 60000",
-                       cm_ratelimit_batch_lua, "", "");
+    rep = redisCommand(fxp->c, "EVAL %s 6 cm:rl:batch:e %s %s "
+                       "cm:rl:batch:f %s %s 1200000 100 60000 %s "
+                       "10 0 60000 %s",
+                       cm_ratelimit_batch_lua, "", "", "", "", "", "");
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_ERROR);
     freeReplyObject(rep);
@@ -572,10 +576,77 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
 
-    /* odd key count */
-    rep = redisCommand(fxp->c, "EVAL %s 1 cm:rl:batch:e 1200000 100 60000",
-                       cm_ratelimit_batch_lua);
+    /* a not-before key without a number for iat: an error, no change */
+    rep = redisCommand(fxp->c, "EVAL %s 3 cm:rl:batch:e %s cm:nbf:u1 "
+                       "1200000 100 60000 %s",
+                       cm_ratelimit_batch_lua, "", "");
     assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EXISTS cm:rl:batch:e");
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+
+    /* key count not a multiple of three */
+    rep = redisCommand(fxp->c, "EVAL %s 2 cm:rl:batch:e %s "
+                       "1200000 100 60000 %s",
+                       cm_ratelimit_batch_lua, "", "");
+    assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+}
+
+
+/* "tokens not before": an entry whose token was issued before the time in
+ * its not-before key is refused like a denylisted one (its bucket
+ * untouched); issued at or after that second, or no such key: taken */
+static void
+test_batch_script_refuses_tokens_issued_before_not_before(void **state)
+{
+    redis_fx_t  *fxp = *state;
+    redisReply  *rep;
+
+    if (fxp->c == NULL) {
+        fprintf(stderr, "redis-server not usable: Lua comparison skipped\n");
+        skip();
+    }
+
+    rep = redisCommand(fxp->c, "SET cm:nbf:u7 1767225600");
+    freeReplyObject(rep);
+
+    /* issued a second before, the same second, after; another user with
+     * no key; the same bucket for the first three */
+    rep = redisCommand(fxp->c, "EVAL %s 12 "
+                       "cm:rl:nbf:a %s cm:nbf:u7 "
+                       "cm:rl:nbf:a %s cm:nbf:u7 "
+                       "cm:rl:nbf:a %s cm:nbf:u7 "
+                       "cm:rl:nbf:b %s cm:nbf:u8 "
+                       "1200000 100 60000 1767225599 "
+                       "1200000 100 60000 1767225600 "
+                       "1200000 100 60000 1767225601 "
+                       "1200000 100 60000 1",
+                       cm_ratelimit_batch_lua, "", "", "", "");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->elements, 16);
+    assert_int_equal(rep->element[0]->integer, -1);
+    assert_int_equal(rep->element[4]->integer, 1);
+    assert_int_equal(rep->element[5]->integer, 19);   /* first take of a */
+    assert_int_equal(rep->element[8]->integer, 1);
+    assert_int_equal(rep->element[9]->integer, 18);
+    assert_int_equal(rep->element[12]->integer, 1);
+    assert_int_equal(rep->element[13]->integer, 19);  /* b: no key */
+    freeReplyObject(rep);
+
+    /* denylist and not-before on one entry: refused */
+    rep = redisCommand(fxp->c, "SET cm:deny:j9 1");
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EVAL %s 3 cm:rl:nbf:c cm:deny:j9 cm:nbf:u7 "
+                       "1200000 100 60000 1767225700",
+                       cm_ratelimit_batch_lua);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->element[0]->integer, -1);
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EXISTS cm:rl:nbf:c");
+    assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
 }
 
@@ -597,6 +668,9 @@ main(void)
         cmocka_unit_test_setup_teardown(
             test_batch_script_matches_c_buckets_taken_in_order, redis_setup,
             redis_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_batch_script_refuses_tokens_issued_before_not_before,
+            redis_setup, redis_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
