@@ -492,6 +492,39 @@ def test_mailer_drops_mail_whose_token_expired_unsent(api, db, smtp):
                   f"WHERE user_id = {uid})") == "t|t"
 
 
+def test_mailer_mail_dir_writes_eml_files_whose_links_work(api, db, workdir):
+    """Development mode (conf/stack.sh without SMTP): no SMTP server, each
+    mail is an .eml file (0600) in --mail-dir, and its link's token works."""
+    maildir = os.path.join(workdir, "mail-dev")
+    email = new_email("dev")
+    uid = register(api, email)
+    r = subprocess.run(
+        [str(BIN), "mailer", "--once", "--dsn", db.conninfo,
+         "--mail-dir", maildir, "--from", FROM,
+         "--link-base", "http://127.0.0.1:8080"],
+        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "development mode" in r.stderr
+    files = [f for f in os.listdir(maildir)
+             if open(os.path.join(maildir, f)).read().count(email)]
+    assert len(files) == 1, os.listdir(maildir)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-\d+-verify_email\.eml", files[0])
+    path = os.path.join(maildir, files[0])
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(maildir).st_mode & 0o777 == 0o700
+    msg = open(path).read()
+    assert f"To: <{email}>" in msg
+    m = re.search(r"http://127\.0\.0\.1:8080/verify-email\?token=(cmo_\w{43})",
+                  msg)
+    assert m, msg
+    assert db.sql(f"SELECT sent_at IS NOT NULL, token IS NULL FROM mail_outbox "
+                  f"WHERE token_id IN (SELECT id FROM user_tokens "
+                  f"WHERE user_id = {uid})") == "t|t"
+    status, _, doc = call(api, "POST", "/api/v1/auth/verify-email",
+                          {"token": m.group(1)})
+    assert status == 204, doc
+
+
 def test_mailer_loop_sends_on_notify_and_stops_on_sigterm(api, db, smtp):
     p = subprocess.Popen(
         [str(BIN), "mailer", "--loop", "--interval", "600", "--dsn", db.conninfo,
