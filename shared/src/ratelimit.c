@@ -80,8 +80,8 @@ const char cm_ratelimit_lua[] =
  * (one `now` per call: after the first refill no take refills, so k =
  * min(count, tokens / cost) succeed).  A bucket that appears in several
  * entries is read once, carried in Lua and written once at the end, as
- * are the denylist and not-before keys: the same end state and answers as
- * separate calls, fewer Redis commands.  ARGV strings are converted once
+ * are the denylist and not-before keys (one MGET for both when new): the
+ * same end state and answers as separate calls, fewer Redis commands.  ARGV strings are converted once
  * each (strtod was the top of Redis' profile).
  */
 const char cm_ratelimit_batch_lua[] =
@@ -130,6 +130,12 @@ const char cm_ratelimit_batch_lua[] =
     "  local deny = KEYS[3 * i - 1]\n"
     "  local nbk = KEYS[3 * i]\n"
     "  local o = 4 * i - 3\n"
+    "  if deny ~= '' and nbk ~= '' and denied[deny] == nil\n"
+    "     and notbefore[nbk] == nil then\n"
+    "    local v = redis.call('MGET', deny, nbk)\n"
+    "    denied[deny] = v[1] ~= false\n"
+    "    notbefore[nbk] = tonumber(v[2]) or false\n"
+    "  end\n"
     "  if deny ~= '' and denied[deny] == nil then\n"
     "    denied[deny] = redis.call('EXISTS', deny) == 1\n"
     "  end\n"

@@ -689,6 +689,18 @@ test_batch_script_refuses_tokens_issued_before_not_before(void **state)
     assert_string_equal(rep->str, "960000");                /* 4 taken */
     freeReplyObject(rep);
 
+    /* both keys given, the denylist one absent (one MGET reads both):
+     * not-before alone decides */
+    rep = redisCommand(fxp->c, "EVAL %s 6 cm:rl:nbf:d cm:deny:none cm:nbf:u7 "
+                       "cm:rl:nbf:d cm:deny:none2 cm:nbf:u7 "
+                       "1200000 100 60000 1767225599 1 "
+                       "1200000 100 60000 1767225600 1",
+                       cm_ratelimit_batch_lua);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->element[0]->integer, -1);
+    assert_int_equal(rep->element[4]->integer, 1);
+    freeReplyObject(rep);
+
     /* denylist and not-before on one entry: refused */
     rep = redisCommand(fxp->c, "SET cm:deny:j9 1");
     freeReplyObject(rep);
