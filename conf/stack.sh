@@ -3,7 +3,8 @@
 # directory (./var, or $CINEMATCH_VAR).  `./build.sh run|stop|status` call it.
 #
 #   conf/stack.sh start    PostgreSQL, Redis, cinematch migrate, cinematch infer,
-#                          nginx (+ the module); returns once /ready is 200
+#                          cinematch mailer, nginx (+ the module); returns once
+#                          /ready is 200
 #   conf/stack.sh stop     stops what start started, by pid file, nothing else
 #   conf/stack.sh status   one line per component
 #
@@ -27,6 +28,13 @@
 #                                    the first model (e.g. "--lr 1e-7 --batch 1")
 #   CINEMATCH_DIALOG_MINUTES [10]    then dialog-small minutes (0: skip)
 #   CINEMATCH_BIN [build/cinematch]  PG_BIN [/usr/lib/postgresql/15/bin]
+#   CINEMATCH_SMTP_URL               when set, `cinematch mailer` sends the
+#                                    verification/reset mail over SMTP (also
+#                                    CINEMATCH_SMTP_TLS, CINEMATCH_MAIL_FROM,
+#                                    CINEMATCH_SMTP_CREDENTIALS_FILE; see
+#                                    `cinematch mailer --help`); unset: each
+#                                    mail is an .eml file in var/mail/
+#   CINEMATCH_PUBLIC_URL [http://<listen>:<http port>]  where mail links point
 #
 # Ports in use by something else are reported, never taken over.  The ports a
 # running stack uses are remembered in var/stack.env, so stop/status/a second
@@ -445,6 +453,55 @@ infer_stop() {
     rm -f "/dev/shm/${INFER_SHM#/}"
 }
 
+# ---- cinematch mailer --------------------------------------------------------------
+# The auth layer's mail (email verification, password reset) from the outbox.
+# With CINEMATCH_SMTP_URL: over SMTP.  Without: development mode, every mail
+# an .eml file (0600) in var/mail/, so a newcomer still gets the links.  The
+# DSN goes in the environment, not argv (argv is world-readable in /proc).
+
+MAIL_DIR=$VAR/mail
+
+mailer_pid() { pid_of "$RUN/mailer.pid" cinematch; }
+
+mail_link_base() { printf '%s\n' "${CINEMATCH_PUBLIC_URL:-http://$(probe_host):$HTTP_PORT}"; }
+
+mailer_start() {
+    local pid args
+    if mailer_pid >/dev/null; then
+        say "mailer: already running (pid $(mailer_pid))"; return 0
+    fi
+    if ! "$BIN" mailer --help >/dev/null 2>&1; then
+        say "mailer: skipped ('cinematch mailer' is not built)"; return 0
+    fi
+    args=(--loop --link-base "$(mail_link_base)"
+          --from "${CINEMATCH_MAIL_FROM:-noreply@cinematch.localhost}")
+    if [ -n "${CINEMATCH_SMTP_URL:-}" ]; then
+        args+=(--smtp-url "$CINEMATCH_SMTP_URL")
+        step "mailer: sending over SMTP ($CINEMATCH_SMTP_URL)"
+    else
+        mkdir -p "$MAIL_DIR"
+        chmod 700 "$MAIL_DIR"
+        args+=(--mail-dir "$MAIL_DIR")
+        step "mailer: development mode, mail goes to $MAIL_DIR/*.eml"
+    fi
+    rm -f "$RUN/mailer.pid"
+    own_var
+    # setsid: its own session, so a terminal hangup does not reach it
+    CINEMATCH_PG_DSN=$(cat "$VAR/secrets/pg_app_dsn") CINEMATCH_MAIL_DIR= \
+        "${AS_SVC[@]}" setsid "$BIN" mailer "${args[@]}" >>"$LOG/mailer.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$RUN/mailer.pid"
+    sleep 0.3
+    if ! mailer_pid >/dev/null; then
+        tail -5 "$LOG/mailer.log" >&2
+        warn "cinematch mailer did not stay up (log: $LOG/mailer.log); mail stays queued"
+        rm -f "$RUN/mailer.pid"
+    fi
+    return 0
+}
+
+mailer_stop() { stop_pid mailer "$RUN/mailer.pid" cinematch TERM; }
+
 # ---- the dialog model: ingest a corpus, train in the background -------------------
 
 # The dialogue corpus chat learns from: $CINEMATCH_DIALOG_CORPUS (a Cornell
@@ -670,7 +727,8 @@ load_env() {
 
 all_running() {
     pg_pid >/dev/null && redis_pid >/dev/null && nginx_pid >/dev/null \
-        && { ! "$BIN" infer --help >/dev/null 2>&1 || infer_pid >/dev/null; }
+        && { ! "$BIN" infer --help >/dev/null 2>&1 || infer_pid >/dev/null; } \
+        && { ! "$BIN" mailer --help >/dev/null 2>&1 || mailer_pid >/dev/null; }
 }
 
 summary() {
@@ -684,9 +742,15 @@ cinematch is up.
   health     https://$host:$HTTPS_PORT/health   ready: /ready   metrics: /metrics (from this host)
   postgres   $PG_BIN/psql "\$(cat $VAR/secrets/pg_dsn)"   (owner; nginx uses pg_app_dsn)
   redis      redis-cli -p $REDIS_PORT
-  logs       $LOG/  (nginx-error.log nginx-access.log infer-0.log postgresql.log redis.log migrate.log)
+  logs       $LOG/  (nginx-error.log nginx-access.log infer-0.log mailer.log postgresql.log redis.log migrate.log)
   stop       ./build.sh stop   (or conf/stack.sh stop)
 EOF
+    if [ -n "${CINEMATCH_SMTP_URL:-}" ]; then
+        say "  mail       sent over SMTP ($CINEMATCH_SMTP_URL), links to $(mail_link_base)"
+    else
+        say "  mail       development mode: each verification/reset mail is a file in"
+        say "             $MAIL_DIR/ (links to $(mail_link_base)); set CINEMATCH_SMTP_URL to send"
+    fi
     case "${DIALOG:-}" in
         training) say "  chat       a dialog model is training in the background; chat answers once it" \
                       "is promoted" "(progress: /ready, $LOG/train-dialog.log)" ;;
@@ -751,6 +815,7 @@ cmd_start() {
     seed_data
     save_env
     infer_start
+    mailer_start
     nginx_start
     wait_ready
     dialog_train_start
@@ -763,6 +828,7 @@ cmd_stop() {
     # name, so nothing this script did not start is touched.
     dialog_train_stop
     nginx_stop
+    mailer_stop
     infer_stop
     redis_stop
     pg_stop
@@ -781,6 +847,11 @@ cmd_status() {
     if pid=$(infer_pid); then say "infer     running  pid $pid  $INFER_SOCKET"
     elif "$BIN" infer --help >/dev/null 2>&1; then say "infer     stopped"; down=1
     else say "infer     not built"; fi
+    if pid=$(mailer_pid); then
+        if [ -n "${CINEMATCH_SMTP_URL:-}" ]; then say "mailer    running  pid $pid  SMTP"
+        else say "mailer    running  pid $pid  files in $MAIL_DIR"; fi
+    elif "$BIN" mailer --help >/dev/null 2>&1; then say "mailer    stopped"; down=1
+    else say "mailer    not built"; fi
     if pid=$(dialog_train_pid); then say "dialog    training pid $pid  (log: $LOG/train-dialog.log)"; fi
     if pid=$(nginx_pid); then
         say "nginx     running  pid $pid  https://$(probe_host):$HTTPS_PORT" \
@@ -795,5 +866,5 @@ case "${1:-}" in
     start)  cmd_start ;;
     stop)   cmd_stop ;;
     status) cmd_status ;;
-    *)      sed -n '2,30p' "$0"; exit 2 ;;
+    *)      sed -n '2,38p' "$0"; exit 2 ;;
 esac

@@ -93,6 +93,7 @@ typedef struct {
                                                         see SQL in handlers */
     uint32_t                        scopes;          /* CM_SCOPE_* allowed */
     time_t                          exp;             /* JWT expiry */
+    time_t                          iat;             /* JWT issued at */
     char                            jti[40];         /* JWT id, "" for keys */
     char                            sid[40];         /* refresh family */
     unsigned                        admin:1;

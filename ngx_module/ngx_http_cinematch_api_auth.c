@@ -2096,6 +2096,8 @@ static ngx_int_t ngx_http_cinematch_reset_password_found(
     ngx_http_request_t *r, void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_reset_password_hashed(
     ngx_http_request_t *r, ngx_http_cinematch_pw_job_t *job);
+static ngx_int_t ngx_http_cinematch_reset_password_nbf(
+    ngx_http_request_t *r, void *data, redisReply *reply);
 static ngx_int_t ngx_http_cinematch_reset_password_done(
     ngx_http_request_t *r, void *data, PGresult *res, const char *err);
 
@@ -2364,7 +2366,14 @@ ngx_http_cinematch_forgot_password_done(ngx_http_request_t *r, void *data,
  * no argon2id; then the hash on the thread pool; then one statement that
  * consumes the token (the look may have raced: the consume decides),
  * stores the hash, spends the user's other reset tokens and revokes every
- * refresh family (every session ends; access tokens die at exp).
+ * refresh family (every session ends); then SET cm:nbf:u<id> <now>, the
+ * user's "tokens not before": the identity step refuses access tokens
+ * issued before that second (checked with the denylist, in the same Redis
+ * round trip; kept until the last such token expires).  The answer waits
+ * for it, so once the client has its 204 the old tokens are refused.
+ * Redis down: the reset still succeeds, and access tokens issued before
+ * it live until exp (at most cinematch_access_token_ttl): fail open, the
+ * same as the logout denylist (docs/SECURITY.md).
  */
 
 ngx_int_t
@@ -2506,7 +2515,8 @@ static ngx_int_t
 ngx_http_cinematch_reset_password_done(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
-    ngx_int_t  rc;
+    ngx_int_t                         rc;
+    ngx_http_cinematch_auth_state_t  *st;
 
     rc = ngx_http_cinematch_pg_failed(r, res, err, PGRES_TUPLES_OK);
     if (rc != NGX_DECLINED) {
@@ -2520,6 +2530,39 @@ ngx_http_cinematch_reset_password_done(ngx_http_request_t *r, void *data,
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "cinematch: password of user %s reset; sessions revoked",
                   PQgetvalue(res, 0, 0));
+
+    st = data;
+
+    /* older tokens may live until exp + leeway; the key one second more */
+    switch (ngx_http_cinematch_redis_commandf(r,
+                              ngx_http_cinematch_reset_password_nbf, st,
+                              "SET cm:nbf:u%s %lld EX %lld",
+                              PQgetvalue(res, 0, 0), (long long) ngx_time(),
+                              (long long) (st->amcf->access_ttl
+                                           + st->amcf->leeway + 1)))
+    {
+    case NGX_OK:
+        return NGX_DONE;
+
+    case NGX_DECLINED:
+        return ngx_http_cinematch_reset_password_nbf(r, st, NULL);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_reset_password_nbf(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: Redis unavailable: access tokens issued "
+                      "before this password reset stay valid until they "
+                      "expire");
+    }
 
     return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT,
                                        &ngx_http_cinematch_auth_json,

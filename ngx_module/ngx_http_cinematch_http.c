@@ -3,7 +3,9 @@
  * ngx_http_cinematch_http.c: what every endpoint shares.
  *
  *   - the request context and X-Request-ID (the client's when it is sane,
- *     otherwise the stock $request_id), sent on every response;
+ *     otherwise 32 hex digits of fresh randomness, as the stock
+ *     $request_id, but drawn from a per-worker buffer), sent on every
+ *     response;
  *   - responses: JSON (jansson), raw buffers, and the uniform error body
  *     {"error":{"code":..,"message":..,"request_id":..}} of the API;
  *   - the request body: cinematch_max_body_size (JSON 413), one
@@ -17,10 +19,14 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <openssl/rand.h>
+
 #include "ngx_http_cinematch.h"
 
 
 static ngx_int_t ngx_http_cinematch_request_id_valid(ngx_str_t *id);
+static ngx_int_t ngx_http_cinematch_request_id_new(ngx_http_request_t *r,
+    ngx_str_t *id);
 static ngx_uint_t ngx_http_cinematch_has_header(ngx_http_request_t *r,
     ngx_str_t *key);
 static ngx_int_t ngx_http_cinematch_retry_after(ngx_http_request_t *r,
@@ -79,9 +85,7 @@ ngx_http_cinematch_create_ctx(ngx_http_request_t *r)
     ngx_uint_t                       i;
     ngx_list_part_t                 *part;
     ngx_table_elt_t                 *h;
-    ngx_http_variable_value_t       *vv;
     ngx_http_cinematch_ctx_t        *ctx;
-    ngx_http_cinematch_main_conf_t  *mcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
     if (ctx != NULL) {
@@ -140,17 +144,10 @@ ngx_http_cinematch_create_ctx(ngx_http_request_t *r)
         break;
     }
 
-    if (ctx->request_id.len == 0) {
-        mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
-
-        vv = ngx_http_get_indexed_variable(r, mcf->request_id_index);
-
-        if (vv == NULL || vv->not_found) {
-            return NULL;
-        }
-
-        ctx->request_id.data = vv->data;
-        ctx->request_id.len = vv->len;
+    if (ctx->request_id.len == 0
+        && ngx_http_cinematch_request_id_new(r, &ctx->request_id) != NGX_OK)
+    {
+        return NULL;
     }
 
     if (ngx_http_cinematch_add_header(r, &ngx_http_cinematch_request_id_header,
@@ -161,6 +158,73 @@ ngx_http_cinematch_create_ctx(ngx_http_request_t *r)
     }
 
     return ctx;
+}
+
+
+/*
+ * A new request id: 16 random bytes as 32 hex digits, the shape and the
+ * strength of the stock $request_id, which calls RAND_bytes() for each
+ * request (OpenSSL 3's per-call overhead was ~2.5 % of a worker serving a
+ * no-op endpoint, measured with perf).  Here the bytes come from a
+ * per-worker buffer that one RAND_bytes() call refills every 256 ids: the
+ * same generator (unpredictable, unique with the odds of 128 random bits),
+ * one call instead of 256.  The buffer belongs to the process that filled
+ * it: after a fork it is refilled before use.  The stock variable stays
+ * the fallback if the generator fails.
+ */
+
+#define NGX_HTTP_CINEMATCH_RID_BYTES  16
+#define NGX_HTTP_CINEMATCH_RID_BATCH  256
+
+static ngx_int_t
+ngx_http_cinematch_request_id_new(ngx_http_request_t *r, ngx_str_t *id)
+{
+    u_char                          *p;
+    ngx_http_variable_value_t       *vv;
+    ngx_http_cinematch_main_conf_t  *mcf;
+
+    static ngx_pid_t   pid;
+    static ngx_uint_t  next = NGX_HTTP_CINEMATCH_RID_BATCH;
+    static u_char      pool[NGX_HTTP_CINEMATCH_RID_BYTES
+                            * NGX_HTTP_CINEMATCH_RID_BATCH];
+
+    p = ngx_pnalloc(r->pool, 2 * NGX_HTTP_CINEMATCH_RID_BYTES);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (pid != ngx_pid || next == NGX_HTTP_CINEMATCH_RID_BATCH) {
+        if (RAND_bytes(pool, sizeof(pool)) != 1) {
+            goto fallback;
+        }
+
+        pid = ngx_pid;
+        next = 0;
+    }
+
+    ngx_hex_dump(p, pool + next * NGX_HTTP_CINEMATCH_RID_BYTES,
+                 NGX_HTTP_CINEMATCH_RID_BYTES);
+    next++;
+
+    id->data = p;
+    id->len = 2 * NGX_HTTP_CINEMATCH_RID_BYTES;
+
+    return NGX_OK;
+
+fallback:
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_module);
+
+    vv = ngx_http_get_indexed_variable(r, mcf->request_id_index);
+
+    if (vv == NULL || vv->not_found) {
+        return NGX_ERROR;
+    }
+
+    id->data = vv->data;
+    id->len = vv->len;
+
+    return NGX_OK;
 }
 
 

@@ -4,6 +4,8 @@
  *
  *   cinematch mailer (--once | --loop) --smtp-url URL --from ADDR
  *                    --link-base URL [--dsn DSN] [...]
+ *   cinematch mailer (--once | --loop) --mail-dir DIR --from ADDR
+ *                    --link-base URL      (development: .eml files)
  *
  * --loop LISTENs on cm_mail_outbox (a trigger of sql/007 notifies on every
  * insert), so a mail goes out within a round trip of its request; it also
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
@@ -82,6 +85,12 @@ cm_mailer_usage(FILE *out)
         " mode 0600/0640\n"
         "                          ($CINEMATCH_SMTP_CREDENTIALS_FILE; none:"
         " no AUTH)\n"
+        "  --mail-dir DIR          development: write each mail as"
+        " DIR/<time>-<id>-<kind>.eml\n"
+        "                          (mode 0600) instead of SMTP;"
+        " --smtp-* are then unused\n"
+        "                          ($CINEMATCH_MAIL_DIR; DIR is created"
+        " 0700 when missing)\n"
         "  --from ADDR             sender address ($CINEMATCH_MAIL_FROM)\n"
         "  --link-base URL         where the links point, e.g."
         " https://cinematch.example.com\n"
@@ -250,6 +259,7 @@ cm_mailer_main(int argc, char **argv)
         { "interval",              required_argument, NULL, 'i' },
         { "dsn",                   required_argument, NULL, 'd' },
         { "smtp-url",              required_argument, NULL, 'u' },
+        { "mail-dir",              required_argument, NULL, 'D' },
         { "smtp-tls",              required_argument, NULL, 't' },
         { "smtp-credentials-file", required_argument, NULL, 'c' },
         { "from",                  required_argument, NULL, 'f' },
@@ -276,6 +286,10 @@ cm_mailer_main(int argc, char **argv)
     tls = getenv("CINEMATCH_SMTP_TLS");
     cli.dsn = getenv("CINEMATCH_PG_DSN");
     cli.conf.smtp.url = getenv("CINEMATCH_SMTP_URL");
+    cli.conf.maildir = getenv("CINEMATCH_MAIL_DIR");
+    if (cli.conf.maildir != NULL && cli.conf.maildir[0] == '\0') {
+        cli.conf.maildir = NULL;
+    }
     cli.conf.smtp.from = getenv("CINEMATCH_MAIL_FROM");
     cli.conf.link_base = getenv("CINEMATCH_PUBLIC_URL");
     cli.creds_file = getenv("CINEMATCH_SMTP_CREDENTIALS_FILE");
@@ -302,6 +316,9 @@ cm_mailer_main(int argc, char **argv)
             break;
         case 'u':
             cli.conf.smtp.url = optarg;
+            break;
+        case 'D':
+            cli.conf.maildir = optarg;
             break;
         case 't':
             tls = optarg;
@@ -363,19 +380,36 @@ cm_mailer_main(int argc, char **argv)
         return 2;
     }
 
-    if (cli.conf.smtp.url == NULL || cli.conf.smtp.from == NULL
-        || cli.conf.link_base == NULL)
+    if ((cli.conf.smtp.url == NULL && cli.conf.maildir == NULL)
+        || cli.conf.smtp.from == NULL || cli.conf.link_base == NULL)
     {
-        fprintf(stderr, "cinematch mailer: --smtp-url, --from and"
-                " --link-base are required (or their environment variables;"
-                " see --help)\n");
+        fprintf(stderr, "cinematch mailer: --smtp-url (or --mail-dir),"
+                " --from and --link-base are required (or their environment"
+                " variables; see --help)\n");
         return 2;
     }
 
     if (cm_mailer_conf_check(&cli.conf, err, sizeof(err)) != CM_OK) {
-        fprintf(stderr, "cinematch mailer: %s (--smtp-url, --from,"
-                " --link-base)\n", err);
+        fprintf(stderr, "cinematch mailer: %s (--smtp-url, --mail-dir,"
+                " --from, --link-base)\n", err);
         return 2;
+    }
+
+    if (cli.conf.maildir != NULL) {
+        struct stat  st;
+
+        if (mkdir(cli.conf.maildir, 0700) != 0 && errno != EEXIST) {
+            fprintf(stderr, "cinematch mailer: cannot create %s: %s\n",
+                    cli.conf.maildir, strerror(errno));
+            return 1;
+        }
+        if (stat(cli.conf.maildir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "cinematch mailer: %s is not a directory\n",
+                    cli.conf.maildir);
+            return 1;
+        }
+        cm_info("mailer: development mode: mail is written to %s, not sent",
+                cli.conf.maildir);
     }
 
     if (tls == NULL || strcmp(tls, "require") == 0) {

@@ -582,7 +582,20 @@ cm_mailer_one(PGconn *conn, const cm_mailer_conf_t *conf,
         rc = CM_ERR;
     }
 
-    if (rc == CM_OK) {
+    if (rc == CM_OK && conf->maildir != NULL) {
+        char  name[64], path[4096];
+
+        snprintf(name, sizeof(name), "%s-%s", id,
+                 cm_mail_kinds[m.kind]);
+        rc = cm_mail_write_file(conf->maildir, name, msg, len, m.date, path,
+                                sizeof(path), serr, sizeof(serr));
+        if (rc == CM_OK) {
+            cm_info("mailer: wrote %s (to %s)", path, m.to);
+        } else if (rc != CM_EAGAIN) {
+            rc = CM_ERR;
+        }
+
+    } else if (rc == CM_OK) {
         rc = cm_smtp_send(&conf->smtp, m.to, msg, len, serr, sizeof(serr));
     }
 
@@ -643,6 +656,94 @@ cm_mailer_one(PGconn *conn, const cm_mailer_conf_t *conf,
 
 
 int
+cm_mail_write_file(const char *dir, const char *name, const char *msg,
+    size_t len, int64_t now, char *path, size_t pathlen, char *err,
+    size_t errlen)
+{
+    char        tmp[4096], final[4096], stamp[32];
+    size_t      i, nlen, off;
+    ssize_t     n;
+    time_t      t;
+    struct tm   tm;
+    int         fd;
+
+    nlen = name != NULL ? strlen(name) : 0;
+    if (nlen == 0 || nlen > 64) {
+        return cm_seterr(err, errlen, CM_EINVAL, "bad mail file name");
+    }
+    for (i = 0; i < nlen; i++) {
+        if (!((name[i] >= 'a' && name[i] <= 'z')
+              || (name[i] >= 'A' && name[i] <= 'Z')
+              || (name[i] >= '0' && name[i] <= '9')
+              || name[i] == '-' || name[i] == '_'))
+        {
+            return cm_seterr(err, errlen, CM_EINVAL, "bad mail file name");
+        }
+    }
+
+    t = (time_t) now;
+    if (gmtime_r(&t, &tm) == NULL
+        || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
+    {
+        return cm_seterr(err, errlen, CM_EINVAL, "bad time");
+    }
+
+    if ((size_t) snprintf(final, sizeof(final), "%s/%s-%s.eml", dir, stamp,
+                          name)
+            >= sizeof(final)
+        || (size_t) snprintf(tmp, sizeof(tmp), "%s/.%s-%s.eml.tmp", dir,
+                             stamp, name)
+            >= sizeof(tmp))
+    {
+        return cm_seterr(err, errlen, CM_EINVAL, "mail directory path is"
+                         " too long");
+    }
+
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+              0600);
+    if (fd < 0) {
+        return cm_seterr(err, errlen, CM_EAGAIN, "cannot create %s: %s", tmp,
+                         strerror(errno));
+    }
+
+    for (off = 0; off < len; off += (size_t) n) {
+        n = write(fd, msg + off, len - off);
+        if (n < 0 && errno == EINTR) {
+            n = 0;
+            continue;
+        }
+        if (n <= 0) {
+            cm_seterr(err, errlen, CM_EAGAIN, "cannot write %s: %s", tmp,
+                      n < 0 ? strerror(errno) : "short write");
+            close(fd);
+            unlink(tmp);
+            return CM_EAGAIN;
+        }
+    }
+
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        cm_seterr(err, errlen, CM_EAGAIN, "cannot write %s: %s", tmp,
+                  strerror(errno));
+        unlink(tmp);
+        return CM_EAGAIN;
+    }
+
+    if (rename(tmp, final) != 0) {
+        cm_seterr(err, errlen, CM_EAGAIN, "cannot rename %s: %s", tmp,
+                  strerror(errno));
+        unlink(tmp);
+        return CM_EAGAIN;
+    }
+
+    if (path != NULL && pathlen > 0) {
+        snprintf(path, pathlen, "%s", final);
+    }
+
+    return CM_OK;
+}
+
+
+int
 cm_mailer_conf_check(const cm_mailer_conf_t *conf, char *err, size_t errlen)
 {
     char       out[CM_MAIL_MAX];
@@ -657,9 +758,15 @@ cm_mailer_conf_check(const cm_mailer_conf_t *conf, char *err, size_t errlen)
     m.token = "cmo_0000000000000000000000000000000000000000000";
     m.message_id = "<check@example.com>";
 
-    if (conf->smtp.url == NULL
-        || (strncmp(conf->smtp.url, "smtp://", 7) != 0
-            && strncmp(conf->smtp.url, "smtps://", 8) != 0))
+    if (conf->maildir != NULL) {
+        if (conf->maildir[0] == '\0') {
+            return cm_seterr(err, errlen, CM_EINVAL, "the mail directory is"
+                             " empty");
+        }
+
+    } else if (conf->smtp.url == NULL
+               || (strncmp(conf->smtp.url, "smtp://", 7) != 0
+                   && strncmp(conf->smtp.url, "smtps://", 8) != 0))
     {
         return cm_seterr(err, errlen, CM_EINVAL, "the SMTP URL must start"
                          " with smtp:// or smtps://");

@@ -68,39 +68,50 @@ const char cm_ratelimit_lua[] =
 
 /*
  * The batch: one call takes from N buckets in order, each exactly as the
- * single script would (the same math, one TIME for all).  KEYS come in
- * pairs (bucket, denylist key or ""), ARGV in triples (capacity, refill,
- * cost), then an optional now_ms.  Everything is checked before any
- * bucket changes, so a bad call changes nothing.  A bucket that appears
- * several times is read once, taken from in order in Lua, and written
- * once at the end with the state (and expiry) its last take left: the
- * same end state and answers as separate calls, fewer Redis commands.
- * ARGV strings are converted once each (strtod was the top of Redis'
- * profile): a batch of one location repeats the same three.
+ * single script would (the same math, one TIME for all).  An entry is a
+ * group of `count` identical checks in a row (a caller on several
+ * connections): KEYS come in triples (bucket, denylist key or "",
+ * not-before key or ""), ARGV in quintuples (capacity, refill, cost, iat
+ * or "", count), then an optional now_ms.  Everything is checked before
+ * any bucket changes, so a bad call changes nothing.  Each entry answers
+ * the bucket state its group started from (tokens, ts) and now; the caller
+ * replays the `count` takes on it with cm_tbucket_take(), the C twin, for
+ * each check's exact answer, while the script applies them in closed form
+ * (one `now` per call: after the first refill no take refills, so k =
+ * min(count, tokens / cost) succeed).  A bucket that appears in several
+ * entries is read once, carried in Lua and written once at the end, as
+ * are the denylist and not-before keys (one MGET for both when new): the
+ * same end state and answers as separate calls, fewer Redis commands.  ARGV strings are converted once
+ * each (strtod was the top of Redis' profile).
  */
 const char cm_ratelimit_batch_lua[] =
-    "local n = #KEYS / 2\n"
+    "local n = #KEYS / 3\n"
     "if n < 1 or n ~= math.floor(n)\n"
-    "   or (#ARGV ~= 3 * n and #ARGV ~= 3 * n + 1) then\n"
+    "   or (#ARGV ~= 5 * n and #ARGV ~= 5 * n + 1) then\n"
     "  return redis.error_reply('cm_ratelimit_batch: bad arguments')\n"
     "end\n"
-    "local memo, caps, refills, costs = {}, {}, {}, {}\n"
+    "local memo, caps, refills, costs, iats, counts = {}, {}, {}, {}, {}, {}\n"
     "local function num(s)\n"
     "  local v = memo[s]\n"
     "  if v == nil then v = tonumber(s) or false; memo[s] = v end\n"
     "  return v\n"
     "end\n"
     "for i = 1, n do\n"
-    "  local cap = num(ARGV[3 * i - 2])\n"
-    "  local refill = num(ARGV[3 * i - 1])\n"
-    "  local cost = num(ARGV[3 * i])\n"
-    "  if not cap or not refill or not cost or refill < 1 or cost < 1\n"
-    "     or cap < cost then\n"
+    "  local cap = num(ARGV[5 * i - 4])\n"
+    "  local refill = num(ARGV[5 * i - 3])\n"
+    "  local cost = num(ARGV[5 * i - 2])\n"
+    "  local iat = 0\n"
+    "  if KEYS[3 * i] ~= '' then iat = num(ARGV[5 * i - 1]) end\n"
+    "  local count = num(ARGV[5 * i])\n"
+    "  if not cap or not refill or not cost or not iat or not count\n"
+    "     or refill < 1 or cost < 1 or cap < cost or count < 1\n"
+    "     or count ~= math.floor(count) then\n"
     "    return redis.error_reply('cm_ratelimit_batch: bad arguments')\n"
     "  end\n"
-    "  caps[i] = cap; refills[i] = refill; costs[i] = cost\n"
+    "  caps[i] = cap; refills[i] = refill; costs[i] = cost; iats[i] = iat\n"
+    "  counts[i] = count\n"
     "end\n"
-    "local now = tonumber(ARGV[3 * n + 1])\n"
+    "local now = tonumber(ARGV[5 * n + 1])\n"
     "if not now then\n"
     "  local t = redis.call('TIME')\n"
     "  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -113,14 +124,26 @@ const char cm_ratelimit_batch_lua[] =
     "local function cdiv(a, b) return idiv(a + b - 1, b) end\n"
     "local out = {}\n"
     "local bt, bts, bttl, order, denied = {}, {}, {}, {}, {}\n"
+    "local notbefore = {}\n"
     "for i = 1, n do\n"
-    "  local key = KEYS[2 * i - 1]\n"
-    "  local deny = KEYS[2 * i]\n"
+    "  local key = KEYS[3 * i - 2]\n"
+    "  local deny = KEYS[3 * i - 1]\n"
+    "  local nbk = KEYS[3 * i]\n"
     "  local o = 4 * i - 3\n"
+    "  if deny ~= '' and nbk ~= '' and denied[deny] == nil\n"
+    "     and notbefore[nbk] == nil then\n"
+    "    local v = redis.call('MGET', deny, nbk)\n"
+    "    denied[deny] = v[1] ~= false\n"
+    "    notbefore[nbk] = tonumber(v[2]) or false\n"
+    "  end\n"
     "  if deny ~= '' and denied[deny] == nil then\n"
     "    denied[deny] = redis.call('EXISTS', deny) == 1\n"
     "  end\n"
-    "  if deny ~= '' and denied[deny] then\n"
+    "  if nbk ~= '' and notbefore[nbk] == nil then\n"
+    "    notbefore[nbk] = tonumber(redis.call('GET', nbk)) or false\n"
+    "  end\n"
+    "  if (deny ~= '' and denied[deny])\n"
+    "     or (nbk ~= '' and notbefore[nbk] and iats[i] < notbefore[nbk]) then\n"
     "    out[o] = -1; out[o + 1] = 0; out[o + 2] = 0; out[o + 3] = 0\n"
     "  else\n"
     "    local cap, refill, cost = caps[i], refills[i], costs[i]\n"
@@ -135,6 +158,7 @@ const char cm_ratelimit_batch_lua[] =
     "      tokens = cap\n"
     "      ts = now\n"
     "    end\n"
+    "    out[o] = 1; out[o + 1] = tokens; out[o + 2] = ts; out[o + 3] = now\n"
     "    if tokens > cap then tokens = cap end\n"
     "    if now > ts then\n"
     "      local el = now - ts\n"
@@ -146,18 +170,11 @@ const char cm_ratelimit_batch_lua[] =
     "      end\n"
     "      ts = now\n"
     "    end\n"
-    "    local allowed = 0\n"
-    "    local retry = 0\n"
-    "    if tokens >= cost then\n"
-    "      tokens = tokens - cost\n"
-    "      allowed = 1\n"
-    "    else\n"
-    "      retry = cdiv(cost - tokens, refill)\n"
-    "    end\n"
-    "    local reset = cdiv(cap - tokens, refill)\n"
-    "    bt[key] = tokens; bts[key] = ts; bttl[key] = reset + 1000\n"
-    "    out[o] = allowed; out[o + 1] = idiv(tokens, cost)\n"
-    "    out[o + 2] = retry; out[o + 3] = reset\n"
+    "    local k = idiv(tokens, cost)\n"
+    "    if k > counts[i] then k = counts[i] end\n"
+    "    tokens = tokens - k * cost\n"
+    "    bt[key] = tokens; bts[key] = ts\n"
+    "    bttl[key] = cdiv(cap - tokens, refill) + 1000\n"
     "  end\n"
     "end\n"
     "for _, key in ipairs(order) do\n"

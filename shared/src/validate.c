@@ -468,18 +468,22 @@ cm_scope_allows(uint32_t granted, uint32_t required)
 /*
  * Character classes of a Bearer token, one table lookup per byte (the
  * auth header is parsed on every authenticated request):
- * CM_TOK68 token68 (RFC 9110 11.2), CM_B64URL base64url (a JWT's parts).
+ * CM_TOK68 token68 (RFC 9110 11.2), CM_JWSCH base64url or '.' (a compact
+ * JWS), CM_DOT the dot itself.  One branch-free pass ANDs the classes and
+ * counts the dots (cm_auth_header_parse was ~2 % of a worker serving an
+ * authenticated no-op, with two passes).
  */
 #define CM_TOK68   1
-#define CM_B64URL  2
+#define CM_JWSCH   2
+#define CM_DOT     4
 
 static const unsigned char  cm_token_class[256] = {
-    ['A' ... 'Z'] = CM_TOK68 | CM_B64URL,
-    ['a' ... 'z'] = CM_TOK68 | CM_B64URL,
-    ['0' ... '9'] = CM_TOK68 | CM_B64URL,
-    ['-'] = CM_TOK68 | CM_B64URL,
-    ['_'] = CM_TOK68 | CM_B64URL,
-    ['.'] = CM_TOK68,
+    ['A' ... 'Z'] = CM_TOK68 | CM_JWSCH,
+    ['a' ... 'z'] = CM_TOK68 | CM_JWSCH,
+    ['0' ... '9'] = CM_TOK68 | CM_JWSCH,
+    ['-'] = CM_TOK68 | CM_JWSCH,
+    ['_'] = CM_TOK68 | CM_JWSCH,
+    ['.'] = CM_TOK68 | CM_JWSCH | CM_DOT,
     ['~'] = CM_TOK68,
     ['+'] = CM_TOK68,
     ['/'] = CM_TOK68,
@@ -487,38 +491,14 @@ static const unsigned char  cm_token_class[256] = {
 };
 
 
-static int
-cm_is_token68(char c)
-{
-    return cm_token_class[(unsigned char) c] & CM_TOK68;
-}
-
-
-/* Compact JWS shape only: base64url chars and exactly two dots.  The JWT
- * unit checks everything else. */
-static int
-cm_is_jwt_shape(const char *s, size_t len)
-{
-    size_t  i, dots = 0;
-
-    for (i = 0; i < len; i++) {
-        if (s[i] == '.') {
-            dots++;
-        } else if (!(cm_token_class[(unsigned char) s[i]] & CM_B64URL)) {
-            return 0;
-        }
-    }
-    return dots == 2;
-}
-
-
 int
 cm_auth_header_parse(const char *authz, size_t authz_len,
     const char *apikey, size_t apikey_len, cm_cred_t *cred,
     cm_field_error_t *e)
 {
-    const char  *p, *end, *tok;
-    size_t       i, tlen;
+    const char     *p, *end, *tok;
+    size_t          i, tlen, dots;
+    unsigned char   cls, all;
 
     memset(cred, 0, sizeof(*cred));
 
@@ -584,11 +564,16 @@ cm_auth_header_parse(const char *authz, size_t authz_len,
     if (tlen == 0) {
         return cm_fail(e, "malformed", "Bearer needs a token");
     }
+    all = CM_TOK68 | CM_JWSCH;
+    dots = 0;
     for (i = 0; i < tlen; i++) {
-        if (!cm_is_token68(tok[i])) {
-            return cm_fail(e, "malformed",
-                           "the Bearer token has invalid characters");
-        }
+        cls = cm_token_class[(unsigned char) tok[i]];
+        all &= cls;
+        dots += cls >> 2;
+    }
+    if (!(all & CM_TOK68)) {
+        return cm_fail(e, "malformed",
+                       "the Bearer token has invalid characters");
     }
 
     if (tlen >= 3 && memcmp(tok, "cm_", 3) == 0) {
@@ -597,7 +582,8 @@ cm_auth_header_parse(const char *authz, size_t authz_len,
                                            " key");
         }
         cred->kind = CM_CRED_APIKEY;
-    } else if (cm_is_jwt_shape(tok, tlen)) {
+    } else if ((all & CM_JWSCH) && dots == 2) {
+        /* compact JWS shape only: the JWT unit checks everything else */
         cred->kind = CM_CRED_JWT;
     } else {
         return cm_fail(e, "malformed",

@@ -33,6 +33,7 @@ import statistics
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -64,6 +65,29 @@ def wrk(port, path, seconds, connections, extra):
     return rps, p50, p99, n
 
 
+def profile(s, cases, path, args, workdir):
+    """One wrk of args.perf with perf sampling the nginx worker."""
+    port, extra = cases[args.perf]
+    worker = next(iter(s.nginx.worker_pids()))
+    data = Path(tempfile.gettempdir()) / f"ngx_auth-perf-{args.perf}.data"
+    rec = subprocess.Popen(["perf", "record", "-g", "-o", str(data),
+                            "-p", str(worker)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    wrk(port, path, args.seconds, args.connections, extra)
+    rec.send_signal(2)
+    rec.wait()
+    report = [f"({data}; `perf report -i` it for more)"]
+    for sort, limit in (("dso", "1"), ("dso,symbol", "0.5")):
+        out = subprocess.run(["perf", "report", "-i", str(data),
+                              "--no-children", "--percent-limit", limit,
+                              "--stdio", "--sort", sort, "-g", "none"],
+                             capture_output=True, text=True).stdout
+        report += [ln.rstrip(" -") for ln in out.splitlines()
+                   if ln.strip() and not ln.startswith("#")]
+    return "\n".join(report)
+
+
 def token(secret):
     def b64(b):
         return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
@@ -82,6 +106,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--perf", metavar="CASE",
+                    help="after the rounds, one more wrk of CASE under "
+                         "`perf record -g -p <worker>`; prints the top of "
+                         "the report by DSO and symbol (needs perf)")
     args = ap.parse_args()
 
     reason = harness.missing_prerequisites()
@@ -132,6 +160,8 @@ def main():
                 cpu[name][1].append((cpu_s(redis) - r0) / r[3] * 1e6)
                 if best[name] is None or r[0] > best[name][0]:
                     best[name] = r
+        report = profile(s, cases, path, args, workdir) if args.perf else None
+
 
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, nginx 1 worker, "
           f"best of {args.rounds} alternating rounds")
@@ -148,6 +178,8 @@ def main():
           "others against anonymous")
     print(f"jwt+limit / anonymous (no limit): "
           f"{best['jwt+limit'][0] / best['anonymous'][0]:.2f}")
+    if report is not None:
+        print(f"perf record -g -p <worker> during {args.perf}:\n{report}")
 
 
 if __name__ == "__main__":

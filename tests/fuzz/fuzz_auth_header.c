@@ -4,7 +4,8 @@
  * Input: one flag byte (bit 0: Authorization present, bit 1: X-API-Key
  * present), then the Authorization value, '\n', the X-API-Key value.  An
  * accepted credential must point inside its header and have the shape its
- * kind promises; a JWT-shaped one is then run through the verifier.
+ * kind promises (a JWT: base64url and exactly two dots, checked here the
+ * plain way); a JWT-shaped one is then run through the verifier.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -77,6 +78,29 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case CM_CRED_JWT:
             if (c.token < buf || c.token + c.len > buf + rest) {
                 abort();
+            }
+            /* the shape promised: base64url and exactly two dots (the
+             * parser checks it in one branch-free pass; this is the
+             * plain two-pass reading of the rule) */
+            {
+                size_t  i, dots = 0;
+
+                for (i = 0; i < c.len; i++) {
+                    char ch = c.token[i];
+
+                    if (ch == '.') {
+                        dots++;
+                    } else if (!((ch >= 'A' && ch <= 'Z')
+                                 || (ch >= 'a' && ch <= 'z')
+                                 || (ch >= '0' && ch <= '9')
+                                 || ch == '-' || ch == '_'))
+                    {
+                        abort();
+                    }
+                }
+                if (dots != 2) {
+                    abort();
+                }
             }
             (void) cm_jwt_verify(&ring, c.token, c.len, 0, &claims);
             break;

@@ -276,6 +276,90 @@ def test_each_login_starts_a_new_refresh_family(api, db):
                   "ON u.id = r.user_id WHERE u.email = 'twice@example.com'") == "2"
 
 
+# ---- hostile input on every auth endpoint ----
+#
+# The issue's list: SQL metacharacters in every field, invalid UTF-8, NUL
+# bytes, a 1 MB email, wrong types, extra fields, deep nesting, duplicate
+# keys.  Each is a documented 4xx (forgot-password: its usual 202, which
+# never says whether the address exists), nothing is written, no worker
+# dies.
+
+AUTH_ENDPOINTS = {
+    # path: a well-shaped body, each string field filled by the test
+    "/api/v1/auth/register": {"email": "e", "password": "p"},
+    "/api/v1/auth/login": {"email": "e", "password": "p"},
+    "/api/v1/auth/refresh": {"refresh_token": "t"},
+    "/api/v1/auth/verify-email": {"token": "t"},
+    "/api/v1/auth/forgot-password": {"email": "e"},
+    "/api/v1/auth/reset-password": {"token": "t", "new_password": "p"},
+}
+
+SQL_META = ["' OR '1'='1", "x'; DROP TABLE users; --", "\\'; SELECT pg_sleep(5); --",
+            "$1::text", "%' AND 1=1 --"]
+
+
+def table_counts(db):
+    return db.sql("SELECT (SELECT count(*) FROM users), "
+                  "(SELECT count(*) FROM refresh_tokens), "
+                  "(SELECT count(*) FROM user_tokens), "
+                  "(SELECT count(*) FROM mail_outbox), "
+                  "(SELECT max(password_hash) FROM users)")
+
+
+def hostile_bodies():
+    nested = b"[" * 5000 + b"]" * 5000
+    for path, shape in AUTH_ENDPOINTS.items():
+        fields = list(shape)
+        for f in fields:
+            # register stores metacharacters verbatim (a password may hold
+            # anything): test_register_stores_sql_metacharacters_verbatim
+            for i, meta in enumerate(SQL_META if "register" not in path else []):
+                doc = {k: ("someone@example.com" if k == "email" else
+                           "long enough password") for k in fields}
+                doc[f] = (meta.replace(" ", "") + "@example.com"
+                          if f == "email" and i % 2 else meta)
+                yield path, f"sql-{f}-{i}", json.dumps(doc).encode(), None
+            base = {k: "x" for k in fields}
+            raw = json.dumps(base).encode()
+            yield path, f"nul-{f}", raw.replace(
+                f'"{f}": "x"'.encode(), f'"{f}": "a\\u0000b"'.encode()), 400
+            yield path, f"utf8-{f}", raw.replace(
+                f'"{f}": "x"'.encode(), f'"{f}": "a'.encode() + b"\xff\xfe" + b'b"'), 400
+            yield path, f"type-{f}", json.dumps({**base, f: {"$ne": ""}}).encode(), 422
+            yield path, f"deep-{f}", raw.replace(
+                f'"{f}": "x"'.encode(), f'"{f}": '.encode() + nested), None
+            yield path, f"dup-{f}", raw[:-1] + f', "{f}": "y"}}'.encode(), 400
+        yield path, "extra-field", json.dumps({**{k: "x" for k in fields},
+                                               "role": "admin"}).encode(), 422
+        yield path, "not-an-object", b'["x"]', 400
+        yield path, "1mb-email-or-token", json.dumps(
+            {**{k: "x" for k in fields},
+             fields[0]: "a" * (1 << 20) + "@example.com"}).encode(), 413
+        yield path, "900kb-email-or-token", json.dumps(
+            {**{k: "x" for k in fields},
+             fields[0]: "a" * 900_000 + "@example.com"}).encode(), None
+
+
+def test_hostile_input_on_every_auth_endpoint_is_4xx_and_writes_nothing(api, db):
+    before = table_counts(db)
+    pids = api.worker_pids()
+    seen = {}
+    for path, name, raw, want in hostile_bodies():
+        status, hdrs, doc = post(api, path, raw=raw)
+        if want is not None:
+            assert status == want, (path, name, status, doc)
+        elif path.endswith("forgot-password"):
+            assert status in (202, 400, 413, 422), (path, name, status, doc)
+        else:
+            assert 400 <= status < 500, (path, name, status, doc)
+        if status != 202:
+            assert doc["error"]["request_id"] == hdrs["x-request-id"], (path, name)
+        seen[status] = seen.get(status, 0) + 1
+    assert table_counts(db) == before
+    assert api.worker_pids() == pids
+    assert set(seen) <= {202, 400, 401, 413, 422}, seen
+
+
 def test_argon2id_runs_off_the_event_loop(api):
     """Logins hash on the thread pool: /health on the same workers keeps
     answering while several logins are in flight (latencies are printed,

@@ -8,6 +8,7 @@ no-store on every answer of the auth routes, errors included.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -103,12 +104,21 @@ def api(workdir, backends, db):
         os.unlink(secret)
     subprocess.run([str(BIN), "jwt-secret", "generate", "--out", secret],
                    check=True, capture_output=True)
+    # a second server whose location has a rate limit: there the denylist
+    # and "tokens not before" are checked inside the rate-limit script
+    limited = harness.free_port()
     ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
                         http_extra=f"cinematch_jwt_secret_file {secret};\n"
                                    "cinematch_reset_token_ttl 10m;\n"
-                                   "cinematch_verify_token_ttl 1h;",
+                                   "cinematch_verify_token_ttl 1h;\n"
+                                   f"server {{ listen 127.0.0.1:{limited};\n"
+                                   "  location / { cinematch;\n"
+                                   "    cinematch_rate_limit 1000r/s "
+                                   "burst=1000; }\n"
+                                   "}",
                         name="nginx-auth-email", workers=2, pg_pool=2,
                         pg_timeout="3s")
+    ngx.limited_port = limited
     try:
         ngx.start()
         yield ngx
@@ -304,6 +314,59 @@ def test_password_reset_changes_password_and_ends_every_session(api, db, smtp):
                   f"WHERE lower(email) = lower('{email}')") == "t"
 
 
+def me(api, token, port=None):
+    """GET /api/v1/auth/me on the plain server or on the rate-limited one."""
+    conn = http.client.HTTPConnection("127.0.0.1", port or api.port, timeout=10)
+    try:
+        conn.request("GET", "/api/v1/auth/me",
+                     headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def test_password_reset_refuses_access_tokens_issued_before_it(api, db, smtp,
+                                                               backends):
+    """Access tokens issued before a reset are refused at once, with and
+    without a rate limit on the location (MGET, or inside the script), also
+    by a worker that has the token in its verified-token cache; tokens
+    issued after the reset work."""
+    email = new_email()
+    uid = register(api, email, password="old password 1")
+    status, _, old = login(api, email, "old password 1")
+    assert status == 200
+    for port in (api.port, api.limited_port) * 3:   # both workers cache it
+        assert me(api, old["access_token"], port)[0] == 200
+
+    # "not before" has one-second resolution (iat): reset in a later second
+    time.sleep(1.1)
+    call(api, "POST", "/api/v1/auth/forgot-password", {"email": email})
+    mailer(db, smtp.port)
+    tok = token_from(smtp, email, n=2)
+    status, _, doc = call(api, "POST", "/api/v1/auth/reset-password",
+                          {"token": tok, "new_password": "new password 2"})
+    assert status == 204, doc
+
+    for port in (api.port, api.limited_port) * 3:
+        status, doc = me(api, old["access_token"], port)
+        assert status == 401, doc
+        assert doc["error"]["message"] == "access token was revoked"
+
+    status, _, new = login(api, email, "new password 2")
+    assert status == 200
+    for port in (api.port, api.limited_port) * 2:
+        status, doc = me(api, new["access_token"], port)
+        assert status == 200, doc
+        assert doc["user"]["id"] == uid
+
+    # kept as long as an older token can live (access TTL + leeway + 1 s)
+    r = subprocess.run(["redis-cli", "-p", str(backends.redis.port),
+                        "TTL", f"cm:nbf:u{uid}"],
+                       capture_output=True, text=True, check=True)
+    assert 800 < int(r.stdout) <= 15 * 60 + 61, r.stdout
+
+
 def test_expired_reset_token_is_refused(api, db, smtp):
     email = new_email()
     uid = register(api, email)
@@ -427,6 +490,39 @@ def test_mailer_drops_mail_whose_token_expired_unsent(api, db, smtp):
     assert db.sql(f"SELECT failed_at IS NOT NULL, token IS NULL FROM mail_outbox "
                   f"WHERE token_id IN (SELECT id FROM user_tokens "
                   f"WHERE user_id = {uid})") == "t|t"
+
+
+def test_mailer_mail_dir_writes_eml_files_whose_links_work(api, db, workdir):
+    """Development mode (conf/stack.sh without SMTP): no SMTP server, each
+    mail is an .eml file (0600) in --mail-dir, and its link's token works."""
+    maildir = os.path.join(workdir, "mail-dev")
+    email = new_email("dev")
+    uid = register(api, email)
+    r = subprocess.run(
+        [str(BIN), "mailer", "--once", "--dsn", db.conninfo,
+         "--mail-dir", maildir, "--from", FROM,
+         "--link-base", "http://127.0.0.1:8080"],
+        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "development mode" in r.stderr
+    files = [f for f in os.listdir(maildir)
+             if open(os.path.join(maildir, f)).read().count(email)]
+    assert len(files) == 1, os.listdir(maildir)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-\d+-verify_email\.eml", files[0])
+    path = os.path.join(maildir, files[0])
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(maildir).st_mode & 0o777 == 0o700
+    msg = open(path).read()
+    assert f"To: <{email}>" in msg
+    m = re.search(r"http://127\.0\.0\.1:8080/verify-email\?token=(cmo_\w{43})",
+                  msg)
+    assert m, msg
+    assert db.sql(f"SELECT sent_at IS NOT NULL, token IS NULL FROM mail_outbox "
+                  f"WHERE token_id IN (SELECT id FROM user_tokens "
+                  f"WHERE user_id = {uid})") == "t|t"
+    status, _, doc = call(api, "POST", "/api/v1/auth/verify-email",
+                          {"token": m.group(1)})
+    assert status == 204, doc
 
 
 def test_mailer_loop_sends_on_notify_and_stops_on_sigterm(api, db, smtp):

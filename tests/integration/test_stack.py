@@ -63,6 +63,8 @@ def stack():
                CINEMATCH_PG_PORT=str(free_port()),
                CINEMATCH_REDIS_PORT=str(free_port()),
                CINEMATCH_READY_TIMEOUT="60",
+               CINEMATCH_SMTP_URL="",        # the mailer's file mode
+               CINEMATCH_PUBLIC_URL="",
                # chat's first model from a fixture corpus, a few seconds of
                # training in the background; no dialog-small stage
                CINEMATCH_DIALOG_CORPUS=corpus,
@@ -84,7 +86,8 @@ def stack():
 def recorded_pids(var):
     pids = {}
     for name, path in (("nginx", "run/nginx.pid"), ("redis", "run/redis.pid"),
-                       ("infer", "run/infer-0.pid"), ("postgres", "pg/data/postmaster.pid")):
+                       ("infer", "run/infer-0.pid"), ("mailer", "run/mailer.pid"),
+                       ("postgres", "pg/data/postmaster.pid")):
         try:
             with open(os.path.join(var, path)) as f:
                 pids[name] = int(f.readline())
@@ -200,6 +203,37 @@ def test_login_works_with_the_generated_jwt_key(stack):
     assert code in (201, 409), body
     code, body = post_json(stack, "/api/v1/auth/login", who)
     assert code == 200 and body["token_type"] == "Bearer" and body["access_token"], body
+
+
+def test_without_smtp_the_mailer_writes_each_mail_into_var_mail(stack):
+    """Development mode: the start-up summary names var/mail/; registering
+    queues a verification mail that the running mailer (--loop, woken by
+    NOTIFY) writes there as an .eml file linking to the stack's URL."""
+    if not os.path.exists(os.path.join(ROOT, "build", "ngx_http_cinematch_module.so")):
+        pytest.skip("module not built")
+    maildir = os.path.join(stack["var"], "mail")
+    assert maildir in stack["started"].stdout, stack["started"].stdout
+    st = stack["run"]("status")
+    assert "mailer    running" in st.stdout, st.stdout
+    email = "stack-mail@example.com"
+    code, body = post_json(stack, "/api/v1/auth/register",
+                           {"email": email, "password": "a long passphrase"})
+    assert code == 201, body
+    link = (f"http://127.0.0.1:{stack['env']['CINEMATCH_HTTP_PORT']}"
+            "/verify-email?token=cmo_")
+    deadline = time.time() + 15
+    found = []
+    while time.time() < deadline and not found:
+        for name in os.listdir(maildir):
+            if name.endswith(".eml"):
+                with open(os.path.join(maildir, name)) as f:
+                    text = f.read()
+                if email in text:
+                    found.append(text)
+        time.sleep(0.2)
+    assert found, (os.listdir(maildir),
+                   open(os.path.join(stack["var"], "log", "mailer.log")).read())
+    assert link in found[0], found[0]
 
 
 def test_the_printed_demo_user_gets_personal_recommendations(stack):

@@ -321,6 +321,82 @@ test_conf_check_refuses_what_would_fail_every_row(void **state)
 }
 
 
+/* development mode: the message lands whole, 0600, under a name of UTC
+ * time + the caller's name; no temporary file is left; bad names and an
+ * unwritable directory are refused (the latter as retry-later) */
+static void
+test_write_file_puts_one_private_eml_per_mail(void **state)
+{
+    char         dir[] = "/tmp/cm-maildirXXXXXX", path[4096], err[256];
+    char         buf[64], tmpname[4200];
+    const char  *msg = "To: a@example.com\r\n\r\nhello\r\n";
+    struct stat  st;
+    FILE        *f;
+    size_t       n;
+
+    (void) state;
+    assert_non_null(mkdtemp(dir));
+
+    /* 2026-01-01T00:00:00Z */
+    assert_int_equal(cm_mail_write_file(dir, "42-reset_password", msg,
+                                        strlen(msg), 1767225600, path,
+                                        sizeof(path), err, sizeof(err)),
+                     CM_OK);
+    snprintf(buf, sizeof(buf), "/20260101T000000Z-42-reset_password.eml");
+    assert_true(strlen(path) > strlen(buf));
+    assert_string_equal(path + strlen(path) - strlen(buf), buf);
+
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    f = fopen(path, "rb");
+    assert_non_null(f);
+    n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    assert_int_equal(n, strlen(msg));
+    assert_memory_equal(buf, msg, n);
+
+    snprintf(tmpname, sizeof(tmpname),
+             "%s/.20260101T000000Z-42-reset_password.eml.tmp", dir);
+    assert_int_not_equal(access(tmpname, F_OK), 0);
+
+    assert_int_equal(cm_mail_write_file(dir, "../x", msg, strlen(msg), 0,
+                                        NULL, 0, err, sizeof(err)),
+                     CM_EINVAL);
+    assert_int_equal(cm_mail_write_file(dir, "", msg, strlen(msg), 0,
+                                        NULL, 0, err, sizeof(err)),
+                     CM_EINVAL);
+
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+    assert_int_equal(cm_mail_write_file(dir, "1-verify_email", msg,
+                                        strlen(msg), 0, NULL, 0, err,
+                                        sizeof(err)),
+                     CM_EAGAIN);
+    assert_non_null(strstr(err, "cannot create"));
+}
+
+
+/* with a mail directory no SMTP URL is needed, the rest is checked */
+static void
+test_conf_check_accepts_a_mail_directory_instead_of_smtp(void **state)
+{
+    cm_mailer_conf_t  c;
+    char              err[128];
+
+    (void) state;
+    memset(&c, 0, sizeof(c));
+    c.maildir = "/tmp";
+    c.smtp.from = "noreply@cinematch.test";
+    c.link_base = "http://127.0.0.1:8080";
+    assert_int_equal(cm_mailer_conf_check(&c, err, sizeof(err)), CM_OK);
+    c.maildir = "";
+    assert_int_equal(cm_mailer_conf_check(&c, err, sizeof(err)), CM_EINVAL);
+    c.maildir = "/tmp";
+    c.smtp.from = "noreply";
+    assert_int_equal(cm_mailer_conf_check(&c, err, sizeof(err)), CM_EINVAL);
+}
+
+
 int
 main(void)
 {
@@ -335,6 +411,9 @@ main(void)
         cmocka_unit_test(test_backoff_doubles_from_base_up_to_the_cap),
         cmocka_unit_test(test_send_to_a_closed_port_is_a_transient_failure),
         cmocka_unit_test(test_conf_check_refuses_what_would_fail_every_row),
+        cmocka_unit_test(test_write_file_puts_one_private_eml_per_mail),
+        cmocka_unit_test(
+            test_conf_check_accepts_a_mail_directory_instead_of_smtp),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

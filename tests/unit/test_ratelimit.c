@@ -469,7 +469,9 @@ test_lua_script_matches_c_bucket_step_by_step(void **state)
 
 
 /* one EVALSHA for a batch gives what the C bucket gives taking the same
- * entries one by one, in order, across several buckets at once */
+ * checks one by one, in order, across several buckets at once: runs of
+ * identical checks go as one group with a count, and replaying the count
+ * on the state the script answers gives each check's exact answer */
 static void
 test_batch_script_matches_c_buckets_taken_in_order(void **state)
 {
@@ -480,10 +482,11 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
     cm_tbucket_t           b[3];
     cm_ratelimit_result_t  rc;
     char                   keys[3][32], args[3][3][24], nowbuf[24];
-    char                   numkeys[8];
-    const char            *argv[4 + 5 * 8];
-    size_t                 argvlen[4 + 5 * 8];
-    size_t                 i, k, n, step, a;
+    char                   numkeys[8], counts[8][8];
+    const char            *argv[4 + 8 * 8];
+    size_t                 argvlen[4 + 8 * 8];
+    size_t                 i, k, n, g, ng, step, a, start[8], cnt[8];
+    uint64_t               t0, ts0;
     uint64_t               now = 1767225600000ull;
     uint64_t               seed = 88172645463325252ull;
     int                    which[8], allowed = 0;
@@ -506,24 +509,43 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
         n = 1 + seed % 8;                     /* entries in this batch */
         now += (seed >> 8) % 3 == 0 ? (seed >> 16) % 3000 : 0;
 
+        /* n checks on 3 buckets, often the same one in a row (two
+         * bits of seed per check), grouped into runs */
+        ng = 0;
+        for (k = 0; k < n; k++) {
+            which[k] = (int) ((seed >> (2 * k + 20)) % 4);
+            if (which[k] == 3) {
+                which[k] = k ? which[k - 1] : 0;
+            }
+            if (k == 0 || which[k] != which[k - 1]) {
+                start[ng] = k;
+                cnt[ng++] = 1;
+            } else {
+                cnt[ng - 1]++;
+            }
+        }
+
         a = 0;
         argv[a++] = "EVAL";
         argv[a++] = cm_ratelimit_batch_lua;
         argv[a++] = NULL;                     /* numkeys, below */
-        for (k = 0; k < n; k++) {
-            which[k] = (int) ((seed >> (3 * k + 20)) % 3);
-            argv[a++] = keys[which[k]];
+        for (g = 0; g < ng; g++) {
+            argv[a++] = keys[which[start[g]]];
+            argv[a++] = "";
             argv[a++] = "";
         }
-        for (k = 0; k < n; k++) {
+        for (g = 0; g < ng; g++) {
             for (i = 0; i < 3; i++) {
-                argv[a++] = args[which[k]][i];
+                argv[a++] = args[which[start[g]]][i];
             }
+            argv[a++] = "";
+            snprintf(counts[g], sizeof(counts[g]), "%zu", cnt[g]);
+            argv[a++] = counts[g];
         }
         snprintf(nowbuf, sizeof(nowbuf), "%llu", (unsigned long long) now);
         argv[a++] = nowbuf;
 
-        snprintf(numkeys, sizeof(numkeys), "%zu", 2 * n);
+        snprintf(numkeys, sizeof(numkeys), "%zu", 3 * ng);
         argv[2] = numkeys;
         for (i = 0; i < a; i++) {
             argvlen[i] = strlen(argv[i]);
@@ -532,15 +554,36 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
         rep = redisCommandArgv(fxp->c, (int) a, argv, argvlen);
         assert_non_null(rep);
         assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
-        assert_int_equal(rep->elements, 4 * n);
+        assert_int_equal(rep->elements, 4 * ng);
 
-        for (k = 0; k < n; k++) {
-            cm_tbucket_take(&rl[which[k]], &b[which[k]], now, &rc);
-            assert_int_equal(rep->element[4 * k]->integer, rc.allowed);
-            assert_int_equal(rep->element[4 * k + 1]->integer, rc.remaining);
-            assert_int_equal(rep->element[4 * k + 2]->integer, rc.retry_ms);
-            assert_int_equal(rep->element[4 * k + 3]->integer, rc.reset_ms);
-            allowed += rc.allowed;
+        for (g = 0; g < ng; g++) {
+            cm_tbucket_t  replay;
+            cm_ratelimit_result_t  rr;
+
+            k = start[g];
+            /* the state the group starts from is the C bucket's */
+            t0 = b[which[k]].init ? b[which[k]].tokens : rl[which[k]].capacity;
+            ts0 = b[which[k]].init ? b[which[k]].ts_ms : now;
+            assert_int_equal(rep->element[4 * g]->integer, 1);
+            assert_int_equal(rep->element[4 * g + 1]->integer, t0);
+            assert_int_equal(rep->element[4 * g + 2]->integer, ts0);
+            assert_int_equal(rep->element[4 * g + 3]->integer, now);
+
+            /* the caller's replay answers what single takes answer */
+            replay.tokens = (uint64_t) rep->element[4 * g + 1]->integer;
+            replay.ts_ms = (uint64_t) rep->element[4 * g + 2]->integer;
+            replay.init = 1;
+            for (i = 0; i < cnt[g]; i++) {
+                cm_tbucket_take(&rl[which[k]], &b[which[k]], now, &rc);
+                cm_tbucket_take(&rl[which[k]], &replay,
+                                (uint64_t) rep->element[4 * g + 3]->integer,
+                                &rr);
+                assert_int_equal(rr.allowed, rc.allowed);
+                assert_int_equal(rr.remaining, rc.remaining);
+                assert_int_equal(rr.retry_ms, rc.retry_ms);
+                assert_int_equal(rr.reset_ms, rc.reset_ms);
+                allowed += rc.allowed;
+            }
         }
         freeReplyObject(rep);
     }
@@ -550,21 +593,26 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
      * others in the batch are taken as usual */
     rep = redisCommand(fxp->c, "SET cm:deny:j1 1");
     freeReplyObject(rep);
-    rep = redisCommand(fxp->c, "EVAL %s 4 cm:rl:batch:d cm:deny:j1 "
-                       "cm:rl:batch:d %s 1200000 100 60000 1200000 100 60000",
-                       cm_ratelimit_batch_lua, "");
+    rep = redisCommand(fxp->c, "EVAL %s 6 cm:rl:batch:d cm:deny:j1 %s "
+                       "cm:rl:batch:d %s %s 1200000 100 60000 %s 1 "
+                       "1200000 100 60000 %s 1",
+                       cm_ratelimit_batch_lua, "", "", "", "", "");
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
     assert_int_equal(rep->elements, 8);
     assert_int_equal(rep->element[0]->integer, -1);
     assert_int_equal(rep->element[4]->integer, 1);
-    assert_int_equal(rep->element[5]->integer, 19);    /* first take */
+    assert_int_equal(rep->element[5]->integer, 1200000);   /* full */
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "HGET cm:rl:batch:d t");
+    assert_string_equal(rep->str, "1140000");               /* one take */
     freeReplyObject(rep);
 
     /* bad arguments anywhere: an error, and no bucket changed */
-    rep = redisCommand(fxp->c, "EVAL %s 4 cm:rl:batch:e %s cm:rl:batch:f %s "
-                       "1200000 100 60000 10 0 60000",
-                       cm_ratelimit_batch_lua, "", "");
+    rep = redisCommand(fxp->c, "EVAL %s 6 cm:rl:batch:e %s %s "
+                       "cm:rl:batch:f %s %s 1200000 100 60000 %s 1 "
+                       "10 0 60000 %s 1",
+                       cm_ratelimit_batch_lua, "", "", "", "", "", "");
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_ERROR);
     freeReplyObject(rep);
@@ -572,10 +620,98 @@ test_batch_script_matches_c_buckets_taken_in_order(void **state)
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
 
-    /* odd key count */
-    rep = redisCommand(fxp->c, "EVAL %s 1 cm:rl:batch:e 1200000 100 60000",
-                       cm_ratelimit_batch_lua);
+    /* a not-before key without a number for iat: an error, no change */
+    rep = redisCommand(fxp->c, "EVAL %s 3 cm:rl:batch:e %s cm:nbf:u1 "
+                       "1200000 100 60000 %s 1",
+                       cm_ratelimit_batch_lua, "", "");
     assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+    /* a count that is not a positive integer: an error, no change */
+    rep = redisCommand(fxp->c, "EVAL %s 3 cm:rl:batch:e %s %s "
+                       "1200000 100 60000 %s 1.5",
+                       cm_ratelimit_batch_lua, "", "", "");
+    assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EXISTS cm:rl:batch:e");
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+
+    /* key count not a multiple of three */
+    rep = redisCommand(fxp->c, "EVAL %s 2 cm:rl:batch:e %s "
+                       "1200000 100 60000 %s 1",
+                       cm_ratelimit_batch_lua, "", "");
+    assert_int_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+}
+
+
+/* "tokens not before": an entry whose token was issued before the time in
+ * its not-before key is refused like a denylisted one (its bucket
+ * untouched); issued at or after that second, or no such key: taken */
+static void
+test_batch_script_refuses_tokens_issued_before_not_before(void **state)
+{
+    redis_fx_t  *fxp = *state;
+    redisReply  *rep;
+
+    if (fxp->c == NULL) {
+        fprintf(stderr, "redis-server not usable: Lua comparison skipped\n");
+        skip();
+    }
+
+    rep = redisCommand(fxp->c, "SET cm:nbf:u7 1767225600");
+    freeReplyObject(rep);
+
+    /* issued a second before, the same second, after; another user with
+     * no key; the same bucket for the first three */
+    rep = redisCommand(fxp->c, "EVAL %s 12 "
+                       "cm:rl:nbf:a %s cm:nbf:u7 "
+                       "cm:rl:nbf:a %s cm:nbf:u7 "
+                       "cm:rl:nbf:a %s cm:nbf:u7 "
+                       "cm:rl:nbf:b %s cm:nbf:u8 "
+                       "1200000 100 60000 1767225599 2 "
+                       "1200000 100 60000 1767225600 3 "
+                       "1200000 100 60000 1767225601 1 "
+                       "1200000 100 60000 1 1 1767225600000",
+                       cm_ratelimit_batch_lua, "", "", "", "");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->elements, 16);
+    assert_int_equal(rep->element[0]->integer, -1);         /* 2 refused */
+    assert_int_equal(rep->element[4]->integer, 1);
+    assert_int_equal(rep->element[5]->integer, 1200000);    /* a: new */
+    assert_int_equal(rep->element[8]->integer, 1);
+    assert_int_equal(rep->element[9]->integer, 1020000);    /* a: 3 taken */
+    assert_int_equal(rep->element[12]->integer, 1);
+    assert_int_equal(rep->element[13]->integer, 1200000);   /* b: no key */
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "HGET cm:rl:nbf:a t");
+    assert_string_equal(rep->str, "960000");                /* 4 taken */
+    freeReplyObject(rep);
+
+    /* both keys given, the denylist one absent (one MGET reads both):
+     * not-before alone decides */
+    rep = redisCommand(fxp->c, "EVAL %s 6 cm:rl:nbf:d cm:deny:none cm:nbf:u7 "
+                       "cm:rl:nbf:d cm:deny:none2 cm:nbf:u7 "
+                       "1200000 100 60000 1767225599 1 "
+                       "1200000 100 60000 1767225600 1",
+                       cm_ratelimit_batch_lua);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->element[0]->integer, -1);
+    assert_int_equal(rep->element[4]->integer, 1);
+    freeReplyObject(rep);
+
+    /* denylist and not-before on one entry: refused */
+    rep = redisCommand(fxp->c, "SET cm:deny:j9 1");
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EVAL %s 3 cm:rl:nbf:c cm:deny:j9 cm:nbf:u7 "
+                       "1200000 100 60000 1767225700 1",
+                       cm_ratelimit_batch_lua);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->element[0]->integer, -1);
+    freeReplyObject(rep);
+    rep = redisCommand(fxp->c, "EXISTS cm:rl:nbf:c");
+    assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
 }
 
@@ -597,6 +733,9 @@ main(void)
         cmocka_unit_test_setup_teardown(
             test_batch_script_matches_c_buckets_taken_in_order, redis_setup,
             redis_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_batch_script_refuses_tokens_issued_before_not_before,
+            redis_setup, redis_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -61,7 +61,11 @@ typedef struct {
 } cm_smtp_t;
 
 typedef struct {
-    cm_smtp_t        smtp;
+    cm_smtp_t        smtp;          /* url unused when maildir is set */
+    const char      *maildir;       /* non-NULL: write each message as a
+                                       file into this directory instead of
+                                       SMTP (development; see
+                                       cm_mail_write_file) */
     const char      *link_base;
     int              batch;         /* rows per run; 0 = 100 */
     int              max_attempts;  /* then the row is given up; 0 = 8 */
@@ -99,6 +103,20 @@ int cm_smtp_send(const cm_smtp_t *s, const char *rcpt, const char *msg,
     size_t len, char *err, size_t errlen);
 
 /*
+ * Development instead of SMTP (like Django's file e-mail backend): write
+ * the composed message to dir/<UTC time>-<name>.eml, mode 0600 (the mail
+ * holds a live one-time token), through a temporary file renamed into
+ * place so a reader never sees half a message.  name: [A-Za-z0-9_-], at
+ * most 64 bytes (e.g. the outbox row id and kind).  The final path goes to
+ * path (may be NULL).  CM_OK; CM_EINVAL for a bad name; CM_EAGAIN when
+ * the file cannot be written (a full disk: retried like a transient SMTP
+ * failure), err says why.
+ */
+int cm_mail_write_file(const char *dir, const char *name, const char *msg,
+    size_t len, int64_t now, char *path, size_t pathlen, char *err,
+    size_t errlen);
+
+/*
  * The SMTP credentials file: one line "username:password" (the password
  * may contain ':'; a trailing newline is ignored; nothing after it).
  * Both parts non-empty, at most CM_SMTP_SECRET_MAX - 1 bytes, no controls.
@@ -116,7 +134,8 @@ int cm_smtp_credentials_load(const char *path,
  * base * 2^(attempts-1), capped at max. */
 long cm_mailer_backoff(int attempts, long base, long max);
 
-/* CM_OK when conf can compose a message (sender, link base, URL scheme);
+/* CM_OK when conf can compose a message (sender, link base, and the URL
+ * scheme or a mail directory);
  * run_once checks it first, so a bad --from never gives rows up. */
 int cm_mailer_conf_check(const cm_mailer_conf_t *conf, char *err,
     size_t errlen);

@@ -66,15 +66,24 @@ typedef struct {
 extern const char cm_ratelimit_lua[];
 
 /*
- * The same for N buckets in one call (one round trip, one script run):
- * KEYS = bucket_1, deny_1, ..., bucket_N, deny_N where deny_i is a key
- * whose existence refuses entry i without touching its bucket (a logout
- * denylist entry) or "" for none; ARGV = capacity_i, refill_i, cost_i for
- * each i, then an optional now_ms.  Entries are taken in order, each
- * exactly as cm_ratelimit_lua would, so N calls of the single script in
- * the same order give the same answers.  Returns 4N integers: per entry
- * {allowed, remaining, retry_ms, reset_ms}, or {-1, 0, 0, 0} for a
- * denied key.  Bad arguments anywhere: an error reply, nothing changed.
+ * The same for N groups of checks in one call (one round trip, one script
+ * run).  A group is `count` identical checks in a row (same bucket, keys,
+ * limits and iat).  KEYS = bucket_1, deny_1, nbf_1, ..., bucket_N, deny_N,
+ * nbf_N where deny_i is a key whose existence refuses group i without
+ * touching its bucket (a logout denylist entry) or "" for none, and nbf_i
+ * a key holding a unix time before which credentials are no longer
+ * accepted (set by a password reset: "tokens not before") or "" for none;
+ * ARGV = capacity_i, refill_i, cost_i, iat_i, count_i for each i (iat_i:
+ * when group i's token was issued, unix seconds; "" when nbf_i is ""),
+ * then an optional now_ms.  Group i is refused when deny_i exists or
+ * iat_i < GET nbf_i.  Returns 4N integers: per group {1, tokens, ts_ms,
+ * now_ms}, the bucket state the group started from (a new bucket: full at
+ * now) and the call's time, or {-1, 0, 0, 0} when refused.  The caller
+ * gets each check's {allowed, remaining, retry_ms, reset_ms} by running
+ * cm_tbucket_take(rl, {tokens, ts_ms, init = 1}, now_ms) count_i times:
+ * exactly what N single-script calls in the same order answer, and the
+ * bucket ends in the same state.  Bad arguments anywhere: an error reply,
+ * nothing changed.
  */
 extern const char cm_ratelimit_batch_lua[];
 
