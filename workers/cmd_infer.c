@@ -356,8 +356,10 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
             return 0;
         }
         memcpy(ids, req, len);
-        rc = cm_rs_server_predict(d->models.rs, (int32_t) p[0], ids, n, &out,
-                                  err, sizeof(err));
+        rc = cm_rs_server_predict(cm_infer_models_recsys_for(&d->models,
+                                                             (int64_t) p[0]),
+                                  (int32_t) p[0], ids, n, &out, err,
+                                  sizeof(err));
         free(ids);
         break;
 
@@ -383,6 +385,14 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
         }
         rc = cm_rs_server_fold_in(d->models.rs, (int32_t) p[0], ids, vals, n,
                                   err, sizeof(err));
+        if (rc == CM_OK && d->models.canary != NULL
+            && cm_rs_server_fold_in(d->models.canary, (int32_t) p[0], ids,
+                                    vals, n, err, sizeof(err)) != CM_OK)
+        {
+            /* production took them: the canary answers from the
+             * dataset vector until the next load folds them in */
+            cm_warn("infer: canary fold-in of user %d: %s", (int) p[0], err);
+        }
         free(ids);
         free(vals);
         if (rc == CM_OK) {
@@ -390,7 +400,8 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
 
             snprintf(buf, sizeof(buf), "{\"user_id\":%d,\"folded\":%u,"
                      "\"model_version\":\"%s\"}", (int) p[0], n,
-                     cm_rs_server_version(d->models.rs));
+                     cm_rs_server_version(cm_infer_models_recsys_for(
+                         &d->models, (int64_t) p[0])));
             out = strdup(buf);
         }
         break;
@@ -405,6 +416,50 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
     }
     cm_infer_answer(d, j, slot, out);
     return 0;
+}
+
+
+/* Score a batch with the model each user is routed to: one SGEMM per
+ * served version (the canary's users apart from the rest).  out[i] stays
+ * NULL for a request whose model failed. */
+static void
+cm_infer_recommend_routed(cm_infer_t *d, const cm_rs_rec_req_t *q,
+                          uint32_t n, char **out)
+{
+    cm_rs_rec_req_t  *sub;
+    cm_rs_server_t   *m;
+    uint32_t         *idx, i, k, side;
+    char            **subout;
+
+    memset(out, 0, n * sizeof(*out));
+    if (d->models.canary == NULL) {
+        (void) cm_rs_server_recommend_batch(d->models.rs, q, n, out);
+        return;
+    }
+    sub = malloc(n * sizeof(*sub));
+    idx = malloc(n * sizeof(*idx));
+    subout = calloc(n, sizeof(*subout));
+    for (side = 0; sub != NULL && idx != NULL && subout != NULL && side < 2;
+         side++)
+    {
+        m = side ? d->models.canary : d->models.rs;
+        for (i = 0, k = 0; i < n; i++) {
+            if (cm_infer_models_recsys_for(&d->models, q[i].user) == m) {
+                idx[k] = i;
+                sub[k++] = q[i];
+            }
+        }
+        if (k > 0 && cm_rs_server_recommend_batch(m, sub, k, subout)
+                     == CM_OK)
+        {
+            for (i = 0; i < k; i++) {
+                out[idx[i]] = subout[i];
+            }
+        }
+    }
+    free(sub);
+    free(idx);
+    free(subout);
 }
 
 
@@ -450,9 +505,7 @@ cm_infer_recommend_batch(cm_infer_t *d)
         q[i].year_min = (int32_t) (p[3] <= 2200 ? p[3] : 0);
         q[i].year_max = (int32_t) (p[4] <= 2200 ? p[4] : 0);
     }
-    if (cm_rs_server_recommend_batch(d->models.rs, q, n, out) != CM_OK) {
-        memset(out, 0, n * sizeof(*out));
-    }
+    cm_infer_recommend_routed(d, q, n, out);
     for (i = 0; i < n; i++) {
         j = &d->jobs[d->pending[i]];
         cm_infer_answer(d, j, d->pending[i], out[i]);
