@@ -456,4 +456,22 @@ ngx_int_t ngx_http_cinematch_admin_usage_handler(ngx_http_request_t *r,
 
 #endif
 
+
+#if (NGX_HTTP_CINEMATCH_MODELS)
+
+/* ngx_http_cinematch_api_models.c: canaries and the artifact check */
+typedef ngx_int_t (*ngx_http_cinematch_artifact_next_pt)(
+    ngx_http_request_t *r, void *data);
+/* re-hash name:version's artifact off the event loop, then next(r, data)
+ * when it is the registry's sha256; 404 / 409 / 503 answered otherwise */
+ngx_int_t ngx_http_cinematch_artifact_check(ngx_http_request_t *r,
+    const char *name, const char *version,
+    ngx_http_cinematch_artifact_next_pt next, void *data);
+ngx_int_t ngx_http_cinematch_models_canary_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_models_canary_stop_handler(
+    ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
 #endif /* _NGX_HTTP_CINEMATCH_H_INCLUDED_ */

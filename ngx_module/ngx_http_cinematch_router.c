@@ -223,6 +223,20 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
 
+#if (NGX_HTTP_CINEMATCH_MODELS)
+    /* canaries (ngx_http_cinematch_api_models.c) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/models/{name}/canary"),
+      ngx_http_cinematch_models_canary_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
+
+    { NGX_HTTP_DELETE, ngx_string("/api/v1/models/{name}/canary"),
+      ngx_http_cinematch_models_canary_stop_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
+#endif
+
     { NGX_HTTP_GET, ngx_string("/api/v1/admin/drift"),
       ngx_http_cinematch_admin_drift_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
 
