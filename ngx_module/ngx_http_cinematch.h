@@ -64,6 +64,12 @@
                                                       the access token may
                                                       come in
                                                       Sec-WebSocket-Protocol */
+#define NGX_HTTP_CINEMATCH_ROUTE_UPLOAD    0x20000 /* the handler reads the
+                                                      body itself, into a
+                                                      file, after the auth
+                                                      step; its own size
+                                                      limit (see
+                                                      api_models.c) */
 /* the CM_SCOPE_* (cinematch/validate.h) an API key needs for the route */
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPE(s)  ((ngx_uint_t) (s) << 8)
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPES(f) ((uint32_t) (((f) >> 8) & 0xff))
@@ -471,6 +477,10 @@ ngx_int_t ngx_http_cinematch_models_canary_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_models_canary_stop_handler(
     ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_models_upload_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+/* the body limit of ROUTE_UPLOAD routes (cinematch_model_upload_max_size) */
+off_t ngx_http_cinematch_models_upload_max(ngx_http_request_t *r);
 
 #endif
 

@@ -224,7 +224,12 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
 
 #if (NGX_HTTP_CINEMATCH_MODELS)
-    /* canaries (ngx_http_cinematch_api_models.c) */
+    /* canaries and uploads (ngx_http_cinematch_api_models.c) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/models/{name}/versions"),
+      ngx_http_cinematch_models_upload_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_UPLOAD|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
 
     { NGX_HTTP_POST, ngx_string("/api/v1/models/{name}/canary"),
       ngx_http_cinematch_models_canary_handler,
@@ -606,6 +611,12 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
 
     if (route->flags & NGX_HTTP_CINEMATCH_ROUTE_BODY) {
         return ngx_http_cinematch_read_body(r, ctx);
+    }
+
+    if (route->flags & NGX_HTTP_CINEMATCH_ROUTE_UPLOAD) {
+        /* the handler reads it, once the caller may send it */
+        return ngx_http_cinematch_status(r, ngx_http_cinematch_dispatch(r,
+                                                                        ctx));
     }
 
     rc = ngx_http_discard_request_body(r);

@@ -137,3 +137,56 @@ BEGIN
     RETURN NEXT;
 END;
 $$;
+
+
+-- POST /api/v1/models/{name}/versions (upload): register an artifact the
+-- module has validated, hashed and copied into the model store, in stage
+-- 'staging', with the next version.  p_store is the store root, p_file the
+-- artifact's file name; the row names <store>/<name>/<version>/<file>,
+-- where the module moves the copy once this has committed (and deletes
+-- the row again if it cannot).  A new model name becomes a recsys model;
+-- a model of another task is refused (22023: uploads are recsys
+-- artifacts; the dialog model is a directory).  Serialised per model by
+-- the registry's advisory lock, as `cinematch model register` is.
+CREATE FUNCTION cm_model_register_upload(p_name text, p_sha256 text, p_bytes bigint,
+                                         p_store text, p_file text,
+                                         p_by bigint DEFAULT NULL)
+RETURNS TABLE (version integer, artifact_path text, doc text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    t   text;
+    v   integer;
+    p   text;
+BEGIN
+    PERFORM p_name::model_name;     -- the domain's check, as a 23514
+    PERFORM pg_advisory_xact_lock(hashtext('cinematch.registry.' || p_name));
+    SELECT m.task INTO t FROM models m WHERE m.name = p_name;
+    IF NOT FOUND THEN
+        INSERT INTO models (name, task) VALUES (p_name, 'recsys');
+    ELSIF t <> 'recsys' THEN
+        RAISE EXCEPTION 'model % is a % model: uploads take recsys artifacts', p_name, t
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT coalesce(max(x.version), 0) + 1 INTO v FROM model_versions x
+        WHERE x.model_name = p_name;
+    p := p_store || '/' || p_name || '/' || v || '/' || p_file;
+    INSERT INTO model_versions (model_name, version, stage, artifact_path,
+                                artifact_sha256, artifact_bytes, description,
+                                stage_changed_by)
+        VALUES (p_name, v, 'staging', p, p_sha256, p_bytes, 'uploaded through the API', p_by);
+    version := v;
+    artifact_path := p;
+    SELECT json_build_object('model_name', x.model_name, 'version', x.version,
+               'stage', x.stage, 'canary_share', x.canary_share::float8,
+               'metrics', x.metrics,
+               'artifact_sha256', x.artifact_sha256, 'artifact_bytes', x.artifact_bytes,
+               'training_run_id', x.training_run_id, 'description', x.description,
+               'created_at', to_char(x.created_at AT TIME ZONE 'UTC',
+                                     'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+               'stage_changed_at', to_char(x.stage_changed_at AT TIME ZONE 'UTC',
+                                           'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
+        INTO doc FROM model_versions x WHERE x.model_name = p_name AND x.version = v;
+    RETURN NEXT;
+END;
+$$;
