@@ -546,18 +546,31 @@ ngx_http_cinematch_upload_run(void *data, ngx_log_t *log)
         return;
     }
 
-    /* <store>/<name>/ may not exist yet (a new model) */
+    /* <store>/<name>/ may not exist yet (a new model); a refused upload
+     * of the same new model may remove it between the two calls (its
+     * discard rmdirs an empty model directory), hence the second try */
 
     snprintf(path, sizeof(path), "%s", up->incoming);
     *strrchr(path, '/') = '\0';
 
-    if ((mkdir(path, 0755) != 0 && errno != EEXIST)
-        || mkdir(up->incoming, 0755) != 0)
-    {
-        snprintf(up->err, sizeof(up->err), "mkdir %.200s: %s", path,
-                 strerror(errno));
-        up->rc = CM_EIO;
-        return;
+    for (rc = 0; /* void */; rc++) {
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+            snprintf(up->err, sizeof(up->err), "mkdir %.200s: %s", path,
+                     strerror(errno));
+            up->rc = CM_EIO;
+            return;
+        }
+
+        if (mkdir(up->incoming, 0755) == 0) {
+            break;
+        }
+
+        if (errno != ENOENT || rc == 1) {
+            snprintf(up->err, sizeof(up->err), "mkdir %.200s: %s",
+                     up->incoming, strerror(errno));
+            up->rc = CM_EIO;
+            return;
+        }
     }
 
     snprintf(path, sizeof(path), "%s/" NGX_HTTP_CINEMATCH_UPLOAD_FILE,

@@ -177,3 +177,18 @@ def test_uploads_need_an_administrator_and_a_recsys_model(env):
     status, doc = upload(env, env.artifact, name="dialog")
     assert status == 409, doc
     assert snapshot(env) == before
+
+
+def test_parallel_uploads_get_distinct_versions(env):
+    from concurrent.futures import ThreadPoolExecutor
+    bad = env.artifact[:100]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda i: upload(env, env.artifact if i % 3 else bad,
+                                             name="recsys-par"), range(9)))
+    ok = sorted(doc["version"] for status, doc in got if status == 201)
+    assert ok == list(range(1, 7)), got
+    assert sorted(s for s, _ in got) == [201] * 6 + [422] * 3
+    for v in ok:
+        assert (env.store / "recsys-par" / str(v) / "model.cmrs").read_bytes() \
+            == env.artifact
+    assert not list((env.store / "recsys-par").glob(".incoming*"))
