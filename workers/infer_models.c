@@ -380,12 +380,13 @@ cm_infer_load_canary(cm_infer_models_t *mm, char *status, size_t statuslen)
     }
 
     memset(&mv, 0, sizeof(mv));
+    /* the reason first: the status text is short, paths are long */
     rc = cm_file_sha256(path, sha);
     if (rc != CM_OK) {
-        cm_seterr(err, sizeof(err), rc, "%s: %s", path, strerror(errno));
+        cm_seterr(err, sizeof(err), rc, "%s (%s)", strerror(errno), path);
     } else if (strcmp(sha, want) != 0) {
-        rc = cm_seterr(err, sizeof(err), CM_EFORMAT, "%s: sha256 differs"
-                       " from the registry's", path);
+        rc = cm_seterr(err, sizeof(err), CM_EFORMAT, "sha256 differs from"
+                       " the registry's (%s)", path);
     } else {
         rc = cm_infer_pg_movies(c, &mv, err, sizeof(err));
     }
@@ -401,7 +402,7 @@ cm_infer_load_canary(cm_infer_models_t *mm, char *status, size_t statuslen)
     }
     free(mv.v);
     if (rc != CM_OK) {
-        snprintf(status, statuslen, "canary %s load failed: %.60s", ver,
+        snprintf(status, statuslen, "canary %.10s load failed: %.80s", ver,
                  err);
         cm_error("infer: %s (production serves every user)", status);
         cm_infer_canary_drop(mm);

@@ -390,6 +390,33 @@ def test_a_changed_or_missing_artifact_is_refused_by_the_api(api, stack):
     assert status == 200 and doc["stage"] == "archived", doc
 
 
+def test_a_canary_the_daemon_cannot_load_leaves_production_to_everyone(
+        api, stack):
+    # named behind the CLI's and the API's backs: the daemon's own check
+    v = stack.register("canary-bad.cmrs", 4)
+    path = stack.artifact(v)
+    with open(path, "r+b") as f:
+        f.seek(1024)
+        b = f.read(1)
+        f.seek(1024)
+        f.write(bytes([b[0] ^ 0xFF]))
+    stack.sql("SELECT changed FROM cm_model_set_canary('recsys', %d, 1)" % v)
+    try:
+        harness.wait_for(lambda: "canary" in api.json("GET", "/ready")[2]
+                         ["checks"]["inference"]["daemons"][0]["status"],
+                         timeout=15, what="the canary's failure in /ready")
+        status = api.json("GET", "/ready")[2]["checks"]["inference"] \
+            ["daemons"][0]["status"]
+        assert "sha256 differs" in status, status
+        assert served(api) == {str(stack.v1): None}
+        assert {recommend(api, u)[0] for u in USERS} == {str(stack.v1)}
+    finally:
+        stack.sql("SELECT changed FROM cm_model_stop_canary('recsys')")
+        stack.sql("SELECT changed FROM cm_model_set_stage('recsys', %d,"
+                  " 'archived')" % v)
+    wait_served(api, {str(stack.v1): None})
+
+
 def test_promoting_the_canary_serves_it_to_everyone(api, stack):
     stack.run("model", "canary", "recsys", str(stack.v2), "--share", "0.3")
     wait_served(api, {str(stack.v1): None, str(stack.v2): 0.3})
