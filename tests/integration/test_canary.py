@@ -231,6 +231,11 @@ def test_share_half_routes_each_user_by_its_bucket_every_time(api, stack):
                    "previous_stage": "canary", "replaced_version": None,
                    "changed": True}
     wait_served(api, {str(stack.v1): None, str(stack.v2): 0.5})
+    listed = {l.split()[1]: l for l in stack.run("model", "list").splitlines()[1:]}
+    assert "canary 50%" in listed[str(stack.v2)]
+    assert {v["version"]: v["canary_share"] for v in
+            json.loads(stack.run("model", "list", "--json"))} == \
+        {stack.v1: None, stack.v2: 0.5}
     want = expected(stack, 0.5)
     assert 20 < sum(v == str(stack.v2) for v in want.values()) < 60
     for _ in range(2):          # the same user, the same version, each time
