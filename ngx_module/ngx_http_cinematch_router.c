@@ -614,7 +614,15 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
     }
 
     if (route->flags & NGX_HTTP_CINEMATCH_ROUTE_UPLOAD) {
-        /* the handler reads it, once the caller may send it */
+        /*
+         * The handler reads it, once the caller may send it.  An answer
+         * before that (401, 403) leaves it unread: the connection closes
+         * after the answer (lingering, so the client still reads it)
+         * rather than parse the rest of an artifact as the next request.
+         */
+        r->keepalive = 0;
+        r->lingering_close = 1;
+
         return ngx_http_cinematch_status(r, ngx_http_cinematch_dispatch(r,
                                                                         ctx));
     }

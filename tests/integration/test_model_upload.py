@@ -10,6 +10,7 @@ in the registry.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import subprocess
@@ -192,3 +193,19 @@ def test_parallel_uploads_get_distinct_versions(env):
         assert (env.store / "recsys-par" / str(v) / "model.cmrs").read_bytes() \
             == env.artifact
     assert not list((env.store / "recsys-par").glob(".incoming*"))
+
+
+def test_a_refusal_before_the_body_is_read_closes_the_connection(env):
+    # the unread artifact must not be parsed as the next request
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=10)
+    try:
+        conn.request("POST", "/api/v1/models/recsys/versions",
+                     body=env.artifact,
+                     headers={"Content-Type": "application/octet-stream",
+                              "Authorization": f"Bearer {env.user}"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 403
+        assert resp.getheader("Connection", "").lower() == "close"
+    finally:
+        conn.close()
