@@ -619,6 +619,9 @@ cm_infer_chat_start(cm_infer_t *d, cm_infer_job_t *j, char *err,
         return rc == CM_EAGAIN ? CM_EINVAL : rc;
     }
     d->nchat++;
+    atomic_store_explicit(&j->s->prompt_tokens,
+                          (uint32_t) j->dlg->prompt_tokens,
+                          memory_order_relaxed);
     atomic_fetch_add_explicit(&d->seg.hdr->stats.prompt_tokens,
                               (uint64_t) j->dlg->prompt_tokens,
                               memory_order_relaxed);
@@ -658,6 +661,9 @@ cm_infer_chat_account(cm_infer_t *d, cm_infer_job_t *j, uint64_t now)
     atomic_fetch_add_explicit(&d->seg.hdr->stats.completion_tokens,
                               (uint64_t) n, memory_order_relaxed);
     j->tokens_counted = j->dlg->completion_tokens;
+    atomic_store_explicit(&j->s->completion_tokens,
+                          (uint32_t) j->dlg->completion_tokens,
+                          memory_order_relaxed);
     if (j->last_token_ns != 0 && now > j->last_token_ns) {
         cm_ipc_stats_observe_itl(&d->seg, now - j->last_token_ns);
     }
@@ -717,7 +723,7 @@ cm_infer_chat_end(cm_infer_t *d, cm_infer_job_t *j)
 static int
 cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
 {
-    char      buf[CM_DLG_TEXT_CAP], res[256];
+    char      buf[CM_DLG_TEXT_CAP], res[384];
     uint32_t  room;
     size_t    n;
     int       done = 0, rc;
@@ -742,9 +748,13 @@ cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
     }
     n = (size_t) snprintf(res, sizeof(res),
         "{\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%d,"
-        "\"completion_tokens\":%d},\"model_version\":\"%s\"}",
+        "\"completion_tokens\":%d},\"model_version\":\"%s\","
+        "\"context\":{\"turns\":%d,\"dropped_turns\":%d,"
+        "\"truncated\":%s}}",
         cm_dlg_finish_name(j->dlg->finish), j->dlg->prompt_tokens,
-        j->dlg->completion_tokens, cm_dlg_server_version(d->models.dlg));
+        j->dlg->completion_tokens, cm_dlg_server_version(d->models.dlg),
+        j->dlg->context_turns, j->dlg->dropped_turns,
+        j->dlg->truncated ? "true" : "false");
     cm_infer_set_result(d, j->s, res, n);
     if (cm_ipc_finish(j->s, 0) == CM_OK) {
         cm_infer_ready(d, j, slot);
