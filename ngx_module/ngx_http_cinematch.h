@@ -64,6 +64,12 @@
                                                       the access token may
                                                       come in
                                                       Sec-WebSocket-Protocol */
+#define NGX_HTTP_CINEMATCH_ROUTE_UPLOAD    0x20000 /* the handler reads the
+                                                      body itself, into a
+                                                      file, after the auth
+                                                      step; its own size
+                                                      limit (see
+                                                      api_models.c) */
 /* the CM_SCOPE_* (cinematch/validate.h) an API key needs for the route */
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPE(s)  ((ngx_uint_t) (s) << 8)
 #define NGX_HTTP_CINEMATCH_ROUTE_SCOPES(f) ((uint32_t) (((f) >> 8) & 0xff))
@@ -456,6 +462,28 @@ ngx_int_t ngx_http_cinematch_admin_ingestion_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_admin_usage_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+
+#endif
+
+
+#if (NGX_HTTP_CINEMATCH_MODELS)
+
+/* ngx_http_cinematch_api_models.c: canaries and the artifact check */
+typedef ngx_int_t (*ngx_http_cinematch_artifact_next_pt)(
+    ngx_http_request_t *r, void *data);
+/* re-hash name:version's artifact off the event loop, then next(r, data)
+ * when it is the registry's sha256; 404 / 409 / 503 answered otherwise */
+ngx_int_t ngx_http_cinematch_artifact_check(ngx_http_request_t *r,
+    const char *name, const char *version,
+    ngx_http_cinematch_artifact_next_pt next, void *data);
+ngx_int_t ngx_http_cinematch_models_canary_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_models_canary_stop_handler(
+    ngx_http_request_t *r, ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_models_upload_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
+/* the body limit of ROUTE_UPLOAD routes (cinematch_model_upload_max_size) */
+off_t ngx_http_cinematch_models_upload_max(ngx_http_request_t *r);
 
 #endif
 

@@ -28,10 +28,10 @@
  * `cinematch model promote|rollback` calls too: the same transition rules,
  * the same archiving of the old production version and the same NOTIFY
  * cinematch_models.  Its SQLSTATEs map to 404 (P0002), 409 (55000) and
- * 422 (22023).  The CLI also re-hashes the artifact before promoting; the
- * module cannot (the model store need not be on an nginx node, and hashing
- * a file would block the worker), so the daemons' own check at load is the
- * guard for API promotions.
+ * 422 (22023).  Before a promotion the artifact is hashed again, as the
+ * CLI does (ngx_http_cinematch_artifact_check() in
+ * ngx_http_cinematch_api_models.c, on a thread pool): a changed or
+ * unreadable artifact is a 409 and the registry is not touched.
  */
 
 
@@ -91,6 +91,8 @@ static ngx_int_t ngx_http_cinematch_admin_done(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_admin_viewer(ngx_http_request_t *r,
     ngx_http_cinematch_admin_t *st, ngx_uint_t first);
+static ngx_int_t ngx_http_cinematch_admin_stage_run(ngx_http_request_t *r,
+    void *data);
 
 
 static ngx_str_t  ngx_http_cinematch_admin_type =
@@ -215,6 +217,7 @@ static const char  ngx_http_cinematch_admin_batch_sql[] =
 /* a version as every registry answer shows it */
 #define NGX_HTTP_CINEMATCH_VERSION_DOC(v)                                    \
     "jsonb_build_object('version', " v ".version, 'stage', " v ".stage,"     \
+    " 'canary_share', " v ".canary_share::float8,"                           \
     " 'metrics', " v ".metrics, 'artifact_sha256', " v ".artifact_sha256,"   \
     " 'artifact_bytes', " v ".artifact_bytes,"                               \
     " 'training_run_id', " v ".training_run_id,"                             \
@@ -438,7 +441,23 @@ ngx_http_cinematch_admin_stage_handler(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_cinematch_admin_query(r, st,
+#if (NGX_HTTP_CINEMATCH_MODELS)
+    if (ngx_strcmp(s, "production") == 0) {
+        /* the artifact is hashed again first (off the event loop): the
+         * registry must not name a production the daemons would refuse */
+        return ngx_http_cinematch_artifact_check(r, st->values[0],
+                   st->values[1], ngx_http_cinematch_admin_stage_run, st);
+    }
+#endif
+
+    return ngx_http_cinematch_admin_stage_run(r, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_admin_stage_run(ngx_http_request_t *r, void *data)
+{
+    return ngx_http_cinematch_admin_query(r, data,
                                           ngx_http_cinematch_admin_stage_sql,
                                           4);
 }

@@ -968,6 +968,7 @@ ngx_http_cinematch_body_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_cinematch_request_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
+    off_t                           limit;
     ngx_chain_t                    *cl, out;
     ngx_http_cinematch_ctx_t       *ctx;
     ngx_http_cinematch_loc_conf_t  *lcf;
@@ -979,19 +980,26 @@ ngx_http_cinematch_request_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_module);
+    limit = (off_t) lcf->max_body_size;
+
+#if (NGX_HTTP_CINEMATCH_MODELS)
+    if (ctx->route->flags & NGX_HTTP_CINEMATCH_ROUTE_UPLOAD) {
+        limit = ngx_http_cinematch_models_upload_max(r);
+    }
+#endif
 
     if (!ctx->body_too_large) {
         for (cl = in; cl; cl = cl->next) {
             ctx->body_received += ngx_buf_size(cl->buf);
         }
 
-        if (ctx->body_received <= (off_t) lcf->max_body_size) {
+        if (ctx->body_received <= limit) {
             return ngx_http_cinematch_next_body_filter(r, in);
         }
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "cinematch: client sent a body of more than %uz bytes",
-                      lcf->max_body_size);
+                      "cinematch: client sent a body of more than %O bytes",
+                      limit);
 
         ctx->body_too_large = 1;
 

@@ -721,6 +721,12 @@ ngx_http_cinematch_infer_ready(ngx_http_request_t *r, json_t *check)
             mo = json_pack("{s:s, s:s, s:s}", "name", st.models[m].name,
                            "version", st.models[m].version,
                            "sha256", st.models[m].sha256);
+            if (mo != NULL && st.models[m].role == CM_IPC_ROLE_CANARY) {
+                /* a canary beside production: its share of the users */
+                json_object_set_new(mo, "canary_share",
+                                    json_real(st.models[m].share_bp
+                                              / 10000.0));
+            }
             if (mo != NULL) {
                 json_array_append_new(models, mo);
             }

@@ -223,6 +223,25 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
 
+#if (NGX_HTTP_CINEMATCH_MODELS)
+    /* canaries and uploads (ngx_http_cinematch_api_models.c) */
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/models/{name}/versions"),
+      ngx_http_cinematch_models_upload_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_UPLOAD|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
+
+    { NGX_HTTP_POST, ngx_string("/api/v1/models/{name}/canary"),
+      ngx_http_cinematch_models_canary_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
+
+    { NGX_HTTP_DELETE, ngx_string("/api/v1/models/{name}/canary"),
+      ngx_http_cinematch_models_canary_stop_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_ADMIN
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_MODELS_WRITE) },
+#endif
+
     { NGX_HTTP_GET, ngx_string("/api/v1/admin/drift"),
       ngx_http_cinematch_admin_drift_handler, NGX_HTTP_CINEMATCH_ROUTE_ADMIN },
 
@@ -592,6 +611,20 @@ ngx_http_cinematch_handler(ngx_http_request_t *r)
 
     if (route->flags & NGX_HTTP_CINEMATCH_ROUTE_BODY) {
         return ngx_http_cinematch_read_body(r, ctx);
+    }
+
+    if (route->flags & NGX_HTTP_CINEMATCH_ROUTE_UPLOAD) {
+        /*
+         * The handler reads it, once the caller may send it.  An answer
+         * before that (401, 403) leaves it unread: the connection closes
+         * after the answer (lingering, so the client still reads it)
+         * rather than parse the rest of an artifact as the next request.
+         */
+        r->keepalive = 0;
+        r->lingering_close = 1;
+
+        return ngx_http_cinematch_status(r, ngx_http_cinematch_dispatch(r,
+                                                                        ctx));
     }
 
     rc = ngx_http_discard_request_body(r);

@@ -37,6 +37,7 @@
 #include "ngx_http_cinematch.h"
 #include "ngx_http_cinematch_infer.h"
 #include "ngx_http_cinematch_serving.h"
+#include "cinematch/canary.h"
 
 
 #define NGX_HTTP_CINEMATCH_SERVING_TAG_LEN  (32 + 1 + 12)
@@ -133,7 +134,7 @@ static void ngx_http_cinematch_serving_exit_process(ngx_cycle_t *cycle);
 static ngx_http_cinematch_serving_sh_t *ngx_http_cinematch_serving_sh(void);
 static ngx_uint_t ngx_http_cinematch_cache_bypass(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cinematch_serving_tag(u_char *tag, size_t *len,
-    ngx_str_t *version, ngx_pool_t *pool);
+    ngx_str_t *version, ngx_pool_t *pool, ngx_uint_t endpoint, int64_t user);
 static ngx_int_t ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r,
     void *data, redisReply *reply);
 static ngx_int_t ngx_http_cinematch_cache_invalidated(ngx_http_request_t *r,
@@ -531,16 +532,22 @@ ngx_http_cinematch_cache_bypass(ngx_http_request_t *r)
 
 /*
  * "<version>.<first 12 hex of the artifact digest>" of the recsys model of
- * the first ready daemon; NGX_DECLINED when none serves one.
+ * the first ready daemon that answers this user; NGX_DECLINED when none
+ * serves one.  A recommendation of a user in the canary's share is the
+ * canary's (cinematch/canary.h: the daemon routes by the same function),
+ * everything else production's: a canary user's key never names the
+ * production answer, nor the other way round.  The answer is stored only
+ * when the daemon says it came from the key's version, so a daemon that
+ * routed otherwise (a share changed between the two reads) stores nothing.
  */
 
 static ngx_int_t
 ngx_http_cinematch_serving_tag(u_char *tag, size_t *len, ngx_str_t *version,
-    ngx_pool_t *pool)
+    ngx_pool_t *pool, ngx_uint_t endpoint, int64_t user)
 {
     u_char                             *p;
     size_t                              vlen;
-    ngx_uint_t                          i, m;
+    ngx_uint_t                          i, m, canary;
     cm_ipc_model_t                     *mo;
     ngx_http_cinematch_infer_status_t   st;
 
@@ -551,10 +558,28 @@ ngx_http_cinematch_serving_tag(u_char *tag, size_t *len, ngx_str_t *version,
             continue;
         }
 
+        canary = 0;
+
         for (m = 0; m < st.nmodels; m++) {
             mo = &st.models[m];
 
-            if (ngx_strcmp(mo->name, "recsys") != 0) {
+            if (endpoint == NGX_HTTP_CINEMATCH_EP_RECOMMEND
+                && mo->role == CM_IPC_ROLE_CANARY
+                && ngx_strcmp(mo->name, "recsys") == 0
+                && cm_canary_routed("recsys", user,
+                                    ngx_min(mo->share_bp, CM_CANARY_BUCKETS)))
+            {
+                canary = 1;
+                break;
+            }
+        }
+
+        for (m = 0; m < st.nmodels; m++) {
+            mo = &st.models[m];
+
+            if (ngx_strcmp(mo->name, "recsys") != 0
+                || (mo->role == CM_IPC_ROLE_CANARY) != canary)
+            {
                 continue;
             }
 
@@ -615,7 +640,8 @@ ngx_http_cinematch_cache_fetch(ngx_http_request_t *r, ngx_uint_t endpoint,
         return NGX_DECLINED;
     }
 
-    if (ngx_http_cinematch_serving_tag(tag, &tlen, &st->version, r->pool)
+    if (ngx_http_cinematch_serving_tag(tag, &tlen, &st->version, r->pool,
+                                       endpoint, user)
         != NGX_OK)
     {
         return NGX_DECLINED;
@@ -1903,10 +1929,17 @@ ngx_http_cinematch_reload_answer(ngx_http_request_t *r,
         models = json_array();
 
         for (m = 0; models != NULL && m < st.nmodels; m++) {
-            json_array_append_new(models,
-                json_pack("{s:s, s:s, s:s}", "name", st.models[m].name,
+            o = json_pack("{s:s, s:s, s:s}", "name", st.models[m].name,
                           "version", st.models[m].version,
-                          "sha256", st.models[m].sha256));
+                          "sha256", st.models[m].sha256);
+
+            if (o != NULL && st.models[m].role == CM_IPC_ROLE_CANARY) {
+                json_object_set_new(o, "canary_share",
+                                    json_real(st.models[m].share_bp
+                                              / 10000.0));
+            }
+
+            json_array_append_new(models, o);
         }
 
         o = json_pack("{s:s%, s:b, s:b, s:s, s:o*}",

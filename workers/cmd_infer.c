@@ -388,8 +388,10 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
             return 0;
         }
         memcpy(ids, req, len);
-        rc = cm_rs_server_predict(d->models.rs, (int32_t) p[0], ids, n, &out,
-                                  err, sizeof(err));
+        rc = cm_rs_server_predict(cm_infer_models_recsys_for(&d->models,
+                                                             (int64_t) p[0]),
+                                  (int32_t) p[0], ids, n, &out, err,
+                                  sizeof(err));
         free(ids);
         break;
 
@@ -415,6 +417,14 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
         }
         rc = cm_rs_server_fold_in(d->models.rs, (int32_t) p[0], ids, vals, n,
                                   err, sizeof(err));
+        if (rc == CM_OK && d->models.canary != NULL
+            && cm_rs_server_fold_in(d->models.canary, (int32_t) p[0], ids,
+                                    vals, n, err, sizeof(err)) != CM_OK)
+        {
+            /* production took them: the canary answers from the
+             * dataset vector until the next load folds them in */
+            cm_warn("infer: canary fold-in of user %d: %s", (int) p[0], err);
+        }
         free(ids);
         free(vals);
         if (rc == CM_OK) {
@@ -422,7 +432,8 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
 
             snprintf(buf, sizeof(buf), "{\"user_id\":%d,\"folded\":%u,"
                      "\"model_version\":\"%s\"}", (int) p[0], n,
-                     cm_rs_server_version(d->models.rs));
+                     cm_rs_server_version(cm_infer_models_recsys_for(
+                         &d->models, (int64_t) p[0])));
             out = strdup(buf);
         }
         break;
@@ -592,6 +603,52 @@ cm_infer_pool_score(cm_infer_pool_t *p, const cm_rs_server_t *rs,
 }
 
 
+/* Score the cache misses with the model each user is routed to: one
+ * scoring pass per served version (the canary's users apart from the
+ * rest).  srv[i] names the model of q[i]; out[i] stays NULL for a request
+ * whose part failed. */
+static void
+cm_infer_score_routed(cm_infer_t *d, cm_rs_rec_req_t *q, uint32_t n,
+                      cm_rs_server_t **srv, char **out)
+{
+    cm_rs_rec_req_t  *sub;
+    cm_rs_server_t   *m;
+    uint32_t         *idx, i, k, side;
+    char            **subout;
+
+    memset(out, 0, n * sizeof(*out));
+    if (d->models.canary == NULL) {
+        (void) cm_infer_pool_score(&d->pool, d->models.rs, q, n, out);
+        return;
+    }
+    sub = malloc(n * sizeof(*sub));
+    idx = malloc(n * sizeof(*idx));
+    subout = calloc(n, sizeof(*subout));
+    for (side = 0; sub != NULL && idx != NULL && subout != NULL && side < 2;
+         side++)
+    {
+        m = side ? d->models.canary : d->models.rs;
+        for (i = 0, k = 0; i < n; i++) {
+            if (srv[i] == m) {
+                idx[k] = i;
+                sub[k++] = q[i];
+            }
+        }
+        if (k == 0) {
+            continue;
+        }
+        memset(subout, 0, k * sizeof(*subout));
+        (void) cm_infer_pool_score(&d->pool, m, sub, k, subout);
+        for (i = 0; i < k; i++) {
+            out[idx[i]] = subout[i];
+        }
+    }
+    free(sub);
+    free(idx);
+    free(subout);
+}
+
+
 /* The batch: every RECOMMEND that arrived since the last turn.  Answers
  * the answer cache holds go out at once; the rest are scored (one SGEMM
  * per scoring thread's part) and kept in the cache.  Requests never wait
@@ -602,6 +659,7 @@ cm_infer_recommend_batch(cm_infer_t *d)
     cm_rs_rec_req_t  *q;
     char            **out;
     uint32_t          i, n = d->npending, mask, nmiss = 0, *miss;
+    cm_rs_server_t  **srv, *m;
     cm_infer_job_t   *j;
     uint64_t          p[CM_IPC_NPARAMS];
     const char       *hit;
@@ -611,7 +669,10 @@ cm_infer_recommend_batch(cm_infer_t *d)
     q = calloc(n, sizeof(*q));
     out = calloc(n, sizeof(*out));
     miss = calloc(n, sizeof(*miss));
-    if (q == NULL || out == NULL || miss == NULL || d->models.rs == NULL) {
+    srv = calloc(n, sizeof(*srv));
+    if (q == NULL || out == NULL || miss == NULL || srv == NULL
+        || d->models.rs == NULL)
+    {
         for (i = 0; i < n; i++) {
             j = &d->jobs[d->pending[i]];
             cm_infer_fail(d, j, d->pending[i], CM_EAGAIN,
@@ -621,6 +682,7 @@ cm_infer_recommend_batch(cm_infer_t *d)
         free(q);
         free(out);
         free(miss);
+        free(srv);
         return;
     }
     for (i = 0; i < n; i++) {
@@ -642,7 +704,10 @@ cm_infer_recommend_batch(cm_infer_t *d)
         q[nmiss].year_min = (int32_t) (p[3] <= 2200 ? p[3] : 0);
         q[nmiss].year_max = (int32_t) (p[4] <= 2200 ? p[4] : 0);
 
-        hit = cm_rs_server_cache_get(d->models.rs, &q[nmiss], &len);
+        /* the canary's users are answered (and cached) by the canary */
+        m = cm_infer_models_recsys_for(&d->models, q[nmiss].user);
+        srv[nmiss] = m;
+        hit = cm_rs_server_cache_get(m, &q[nmiss], &len);
         if (hit != NULL && len <= d->seg.hdr->res_cap) {
             cm_infer_set_result(d, j->s, hit, len);
             if (cm_ipc_finish(j->s, 0) == CM_OK) {
@@ -654,7 +719,7 @@ cm_infer_recommend_batch(cm_infer_t *d)
         miss[nmiss++] = d->pending[i];
     }
     if (nmiss > 0) {
-        (void) cm_infer_pool_score(&d->pool, d->models.rs, q, nmiss, out);
+        cm_infer_score_routed(d, q, nmiss, srv, out);
     }
     for (i = 0; i < nmiss; i++) {
         j = &d->jobs[miss[i]];
@@ -671,11 +736,12 @@ cm_infer_recommend_batch(cm_infer_t *d)
             }
         }
         cm_infer_job_end(d, j);
-        cm_rs_server_cache_put(d->models.rs, &q[i], out[i]);   /* takes it */
+        cm_rs_server_cache_put(srv[i], &q[i], out[i]);   /* takes it */
     }
     free(q);
     free(out);
     free(miss);
+    free(srv);
 }
 
 
@@ -1012,6 +1078,11 @@ cm_infer_publish_models(cm_infer_t *d)
         && cm_rs_server_cache_size(d->models.rs, d->answer_cache) != CM_OK)
     {
         cm_warn("infer: no memory for the answer cache: it is off");
+    }
+    if (d->models.canary != NULL
+        && cm_rs_server_cache_size(d->models.canary, d->answer_cache) != CM_OK)
+    {
+        cm_warn("infer: no memory for the canary's answer cache: it is off");
     }
     n = cm_infer_models_table(&d->models, table, CM_IPC_MAX_MODELS);
     cm_ipc_set_models(&d->seg, table, n);

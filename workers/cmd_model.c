@@ -211,8 +211,8 @@ static void
 cm_model_list_usage(FILE *f)
 {
     fprintf(f, "usage: cinematch model list [--name NAME] [--json]"
-            " [--dsn DSN]\n\nEvery registered version with its stage,"
-            " metrics and artifact.\n");
+            " [--dsn DSN]\n\nEvery registered version with its stage (a"
+            " canary with its share\nof users), metrics and artifact.\n");
 }
 
 
@@ -241,7 +241,8 @@ cm_model_list_main(int argc, char **argv)
         r = cm_pg_query(conn, "SELECT coalesce(json_agg(json_build_object("
                         "'name', model_name, 'version', version, 'task',"
                         " (SELECT task FROM models WHERE name = model_name),"
-                        " 'stage', stage, 'artifact_path', artifact_path,"
+                        " 'stage', stage, 'canary_share',"
+                        " canary_share::float8, 'artifact_path', artifact_path,"
                         " 'artifact_sha256', artifact_sha256, 'metrics',"
                         " metrics, 'training_run_id', training_run_id,"
                         " 'created_at', created_at, 'stage_changed_at',"
@@ -249,7 +250,9 @@ cm_model_list_main(int argc, char **argv)
                         " '[]') FROM model_versions WHERE $1::text IS NULL OR"
                         " model_name = $1", 1, v, err, sizeof(err));
     } else {
-        r = cm_pg_query(conn, "SELECT model_name, version, stage,"
+        r = cm_pg_query(conn, "SELECT model_name, version, CASE WHEN"
+                        " stage = 'canary' THEN 'canary ' || trim_scale("
+                        "canary_share * 100)::text || '%' ELSE stage END,"
                         " to_char(created_at AT TIME ZONE 'UTC',"
                         " 'YYYY-MM-DD HH24:MI'), coalesce(to_char((metrics->>"
                         "'ndcg@10')::float8, 'FM0.0000'), '-'),"
@@ -268,11 +271,11 @@ cm_model_list_main(int argc, char **argv)
     if (c.json) {
         printf("%s\n", PQgetvalue(r, 0, 0));
     } else {
-        printf("%-10s %7s  %-10s  %-16s  %8s  %8s  %5s  %s\n", "model",
+        printf("%-10s %7s  %-12s  %-16s  %8s  %8s  %5s  %s\n", "model",
                "version", "stage", "created (UTC)", "ndcg@10", "rmse", "run",
                "sha256");
         for (i = 0; i < PQntuples(r); i++) {
-            printf("%-10s %7s  %-10s  %-16s  %8s  %8s  %5s  %s\n",
+            printf("%-10s %7s  %-12s  %-16s  %8s  %8s  %5s  %s\n",
                    PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
                    PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
                    PQgetvalue(r, i, 4), PQgetvalue(r, i, 5),

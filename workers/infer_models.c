@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cinematch/canary.h"
 #include "cinematch/common.h"
 #include "cinematch/digest.h"
 #include "cinematch/movielens.h"
@@ -289,6 +290,146 @@ failed:
 }
 
 
+/* Drop the canary: every user goes to production again. */
+static void
+cm_infer_canary_drop(cm_infer_models_t *mm)
+{
+    if (mm->canary != NULL) {
+        cm_info("infer: recsys canary %s stopped: production serves every"
+                " user", cm_rs_server_version(mm->canary));
+    }
+    cm_rs_server_free(mm->canary);
+    mm->canary = NULL;
+    mm->canary_sha256[0] = '\0';
+    mm->canary_bp = 0;
+}
+
+
+/*
+ * The recsys canary of the registry (stage 'canary', sql/015), loaded
+ * beside production.  The same version as loaded only takes the new
+ * share; another one is loaded, checked against the registry's sha256
+ * and swapped in.  A canary that cannot be loaded is dropped rather than
+ * kept: the registry no longer names the old one, and production is the
+ * safe answer for everyone.
+ */
+static int
+cm_infer_load_canary(cm_infer_models_t *mm, char *status, size_t statuslen)
+{
+    char             err[256], sha[CM_SHA256_HEX_LEN + 1], ver[32];
+    char             path[1024], want[72];
+    const char      *share;
+    cm_movies_t      mv;
+    PGconn          *c;
+    PGresult        *res;
+    cm_rs_server_t  *rs = NULL;
+    uint32_t         bp;
+    int              rc;
+    size_t           i;
+
+    status[0] = '\0';
+    if (mm->dsn == NULL || mm->artifact != NULL) {
+        return CM_OK;       /* files only: no registry, no canary */
+    }
+    c = cm_infer_pg(mm->dsn, err, sizeof(err));
+    if (c == NULL) {
+        snprintf(status, statuslen, "canary: %.100s", err);
+        return CM_EIO;      /* keep what serves until the next reload */
+    }
+    res = PQexec(c, "SELECT version, artifact_path, artifact_sha256,"
+                    " canary_share FROM model_versions"
+                    " WHERE model_name = 'recsys' AND stage = 'canary'");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        /* a registry before sql/015 has no canary column: none */
+        PQclear(res);
+        PQfinish(c);
+        cm_infer_canary_drop(mm);
+        return CM_OK;
+    }
+    if (PQntuples(res) == 0 || mm->rs == NULL) {
+        PQclear(res);
+        PQfinish(c);
+        cm_infer_canary_drop(mm);
+        return CM_OK;
+    }
+    snprintf(ver, sizeof(ver), "%s", PQgetvalue(res, 0, 0));
+    snprintf(path, sizeof(path), "%s", PQgetvalue(res, 0, 1));
+    snprintf(want, sizeof(want), "%s", PQgetvalue(res, 0, 2));
+    share = PQgetvalue(res, 0, 3);
+    if (cm_canary_share_parse(share, strlen(share), &bp) != CM_OK) {
+        snprintf(status, statuslen, "canary %s: bad share '%.20s'", ver,
+                 share);
+        PQclear(res);
+        PQfinish(c);
+        cm_infer_canary_drop(mm);
+        return CM_EFORMAT;
+    }
+    PQclear(res);
+
+    if (mm->canary != NULL && strcmp(cm_rs_server_version(mm->canary), ver)
+                              == 0
+        && strcmp(mm->canary_sha256, want) == 0)
+    {
+        PQfinish(c);
+        if (mm->canary_bp != bp) {
+            cm_info("infer: recsys canary %s now serves %u.%02u%% of users",
+                    ver, bp / 100, bp % 100);
+        }
+        mm->canary_bp = bp;
+        return CM_OK;
+    }
+
+    memset(&mv, 0, sizeof(mv));
+    /* the reason first: the status text is short, paths are long */
+    rc = cm_file_sha256(path, sha);
+    if (rc != CM_OK) {
+        cm_seterr(err, sizeof(err), rc, "%s (%s)", strerror(errno), path);
+    } else if (strcmp(sha, want) != 0) {
+        rc = cm_seterr(err, sizeof(err), CM_EFORMAT, "sha256 differs from"
+                       " the registry's (%s)", path);
+    } else {
+        rc = cm_infer_pg_movies(c, &mv, err, sizeof(err));
+    }
+    if (rc == CM_OK) {
+        rc = cm_rs_server_open(&rs, path, ver, mv.v, mv.n, err, sizeof(err));
+    }
+    if (rc == CM_OK) {
+        cm_infer_pg_fold_app_ratings(c, rs);
+    }
+    PQfinish(c);
+    for (i = 0; i < mv.n; i++) {
+        free(mv.v[i].title);
+    }
+    free(mv.v);
+    if (rc != CM_OK) {
+        snprintf(status, statuslen, "canary %.10s load failed: %.80s", ver,
+                 err);
+        cm_error("infer: %s (production serves every user)", status);
+        cm_infer_canary_drop(mm);
+        return rc;
+    }
+    cm_rs_server_free(mm->canary);
+    mm->canary = rs;
+    mm->canary_bp = bp;
+    snprintf(mm->canary_sha256, sizeof(mm->canary_sha256), "%s", sha);
+    cm_info("infer: recsys canary %s beside production %s for %u.%02u%% of"
+            " users", ver, cm_rs_server_version(mm->rs), bp / 100, bp % 100);
+    return CM_OK;
+}
+
+
+cm_rs_server_t *
+cm_infer_models_recsys_for(const cm_infer_models_t *mm, int64_t user)
+{
+    if (mm->canary != NULL && mm->rs != NULL
+        && cm_canary_routed("recsys", user, mm->canary_bp))
+    {
+        return mm->canary;
+    }
+    return mm->rs;
+}
+
+
 static int
 cm_infer_load_dialog(cm_infer_models_t *mm, int busy, char *status,
                      size_t statuslen)
@@ -372,11 +513,15 @@ cm_infer_load_dialog(cm_infer_models_t *mm, int busy, char *status,
 int
 cm_infer_models_load(cm_infer_models_t *mm, int dialog_busy)
 {
-    char  dstatus[128];
+    char  dstatus[128], cstatus[128];
     int   rc, rc2;
 
     rc = cm_infer_load_recsys(mm);
+    (void) cm_infer_load_canary(mm, cstatus, sizeof(cstatus));
     rc2 = cm_infer_load_dialog(mm, dialog_busy, dstatus, sizeof(dstatus));
+    if (cstatus[0] != '\0' && dstatus[0] == '\0') {
+        snprintf(dstatus, sizeof(dstatus), "%s", cstatus);
+    }
     if (dstatus[0] != '\0') {
         if (mm->status[0] == '\0' || strcmp(mm->status, "ok") == 0) {
             snprintf(mm->status, sizeof(mm->status), "%s", dstatus);
@@ -406,7 +551,19 @@ cm_infer_models_table(const cm_infer_models_t *mm, cm_ipc_model_t *out,
         snprintf(out[n].name, sizeof(out[n].name), "recsys");
         snprintf(out[n].version, sizeof(out[n].version), "%s",
                  cm_rs_server_version(mm->rs));
-        snprintf(out[n].sha256, sizeof(out[n].sha256), "%s", mm->rs_sha256);
+        snprintf(out[n].sha256, sizeof(out[n].sha256), "%.64s",
+                 mm->rs_sha256);
+        n++;
+    }
+    if (mm->rs != NULL && mm->canary != NULL && n < cap) {
+        memset(&out[n], 0, sizeof(out[n]));
+        snprintf(out[n].name, sizeof(out[n].name), "recsys");
+        snprintf(out[n].version, sizeof(out[n].version), "%s",
+                 cm_rs_server_version(mm->canary));
+        snprintf(out[n].sha256, sizeof(out[n].sha256), "%.64s",
+                 mm->canary_sha256);
+        out[n].role = CM_IPC_ROLE_CANARY;
+        out[n].share_bp = (uint16_t) mm->canary_bp;
         n++;
     }
     if (mm->dlg != NULL && n < cap) {
@@ -414,7 +571,8 @@ cm_infer_models_table(const cm_infer_models_t *mm, cm_ipc_model_t *out,
         snprintf(out[n].name, sizeof(out[n].name), "dialog");
         snprintf(out[n].version, sizeof(out[n].version), "%s",
                  cm_dlg_server_version(mm->dlg));
-        snprintf(out[n].sha256, sizeof(out[n].sha256), "%s", mm->dlg_sha256);
+        snprintf(out[n].sha256, sizeof(out[n].sha256), "%.64s",
+                 mm->dlg_sha256);
         n++;
     }
     return n;
@@ -475,6 +633,8 @@ cm_infer_models_free(cm_infer_models_t *mm)
 {
     cm_rs_server_free(mm->rs);
     mm->rs = NULL;
+    cm_rs_server_free(mm->canary);
+    mm->canary = NULL;
     cm_dlg_server_free(mm->dlg);
     mm->dlg = NULL;
     if (mm->listen != NULL) {

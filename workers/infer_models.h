@@ -5,6 +5,11 @@
  * on the command line.  A reload loads beside the running model and swaps
  * only on success: a corrupt or missing artifact leaves the old one
  * serving and the reason in the segment's status.
+ *
+ * Canary (sql/015): a recsys version in stage 'canary' is loaded beside
+ * production and answers the users that cinematch/canary.h routes to it
+ * (canary_bp basis points); everyone else, and every request without a
+ * user, gets production.  No canary in the registry: 100% production.
  */
 #ifndef CINEMATCH_INFER_MODELS_H
 #define CINEMATCH_INFER_MODELS_H
@@ -29,6 +34,9 @@ typedef struct {
     cm_dlg_server_t  *dlg;            /* serving now, or NULL */
     char              dlg_sha256[72];
     char              rs_sha256[72];
+    cm_rs_server_t   *canary;         /* recsys canary beside rs, or NULL */
+    char              canary_sha256[72];
+    uint32_t          canary_bp;      /* its share of users, basis points */
     PGconn           *listen;         /* LISTEN connection, or NULL */
     char              status[128];
 } cm_infer_models_t;
@@ -41,6 +49,10 @@ int cm_infer_models_configured(const cm_infer_models_t *mm);
 int cm_infer_models_load(cm_infer_models_t *mm, int dialog_busy);
 /* (Re)load the recsys model only (`cinematch batch` predicts with it). */
 int cm_infer_models_load_recsys(cm_infer_models_t *mm);
+/* The recsys model that answers user: the canary for the users of its
+ * share, else production (NULL when none is loaded). */
+cm_rs_server_t *cm_infer_models_recsys_for(const cm_infer_models_t *mm,
+    int64_t user);
 /* The table published in the segment header. */
 uint32_t cm_infer_models_table(const cm_infer_models_t *mm,
     cm_ipc_model_t *out, uint32_t cap);

@@ -20,6 +20,8 @@ _Static_assert(offsetof(cm_ipc_slot_t, ring_tail) % 64 == 0,
 _Static_assert(sizeof(cm_ipc_header_t) <= CM_IPC_HEADER_SIZE,
                "header must fit one page");
 _Static_assert(sizeof(cm_ipc_msg_t) == 8, "doorbells are 8 bytes");
+_Static_assert(sizeof(cm_ipc_model_t) == 136,
+               "the model table keeps its layout (role/share in the pad)");
 _Static_assert(offsetof(cm_ipc_header_t, stats) == 2392,
                "the statistics block follows the model table");
 _Static_assert(offsetof(cm_ipc_stats_t, itl_buckets) == 88,

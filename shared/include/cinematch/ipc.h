@@ -142,10 +142,19 @@ typedef struct {
     uint32_t  slot;      /* slot index, validated < slot_count */
 } cm_ipc_msg_t;
 
+/* A served model, 136 bytes.  A model may be listed twice: its production
+ * version (role SERVING) and a canary beside it (role CANARY) that serves
+ * the users whose cinematch/canary.h bucket is below share_bp.  Older
+ * daemons wrote zeros past the digest: role SERVING, as they meant. */
+#define CM_IPC_ROLE_SERVING   0u
+#define CM_IPC_ROLE_CANARY    1u
+
 typedef struct {
-    char      name[32];      /* "recsys", "dialog", NUL-terminated */
-    char      version[32];   /* registry version, NUL-terminated */
-    char      sha256[72];    /* hex digest of the artifact, NUL-terminated */
+    char      name[32];      /* 0   "recsys", "dialog", NUL-terminated */
+    char      version[32];   /* 32  registry version, NUL-terminated */
+    char      sha256[68];    /* 64  hex digest of the artifact, NUL-term. */
+    uint16_t  role;          /* 132 CM_IPC_ROLE_* */
+    uint16_t  share_bp;      /* 134 canary: basis points of users, 0..10000 */
 } cm_ipc_model_t;
 
 #define CM_IPC_STATS_MAGIC    0x54534d43u   /* "CMST" */
