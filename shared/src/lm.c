@@ -49,7 +49,56 @@ cm_lm_engine_free(cm_lm_engine_t *e)
     free(e->row_seq);
     free(e->cand);
     free(e->seen);
+    free(e->packed);
+    free(e->pk);
     memset(e, 0, sizeof(*e));
+}
+
+
+/* The per-layer matrices and the LM head in lm_kernels' panel layout, one
+ * allocation carved by the same sizes in the same order as pk. */
+static int
+cm_lm_engine_pack(cm_lm_engine_t *e)
+{
+    const cm_gpt_t         *m = e->model;
+    const cm_gpt_params_t  *p = &m->params;
+    int     L = m->config.num_layers, C = m->config.channels, l, i;
+    int     Vp = m->config.padded_vocab_size, n = 4 * L + 1;
+    int     oc[4] = { 3 * C, C, 4 * C, C }, k[4] = { C, C, C, 4 * C };
+    size_t  total = 0, at = 0, lc;
+    float  *mem;
+
+    for (l = 0; l < L; l++) {
+        for (i = 0; i < 4; i++) {
+            total += cm_lmk_packed_floats(oc[i], k[i]);
+        }
+    }
+    total += cm_lmk_packed_floats(Vp, C);
+    e->pk = calloc((size_t) n, sizeof(cm_lmk_matrix_t));
+    e->packed = aligned_alloc(CM_LMK_ALIGN,
+                              (total * sizeof(float) + CM_LMK_ALIGN - 1)
+                              / CM_LMK_ALIGN * CM_LMK_ALIGN);
+    if (e->pk == NULL || e->packed == NULL) {
+        return CM_ENOMEM;
+    }
+    mem = e->packed;
+    for (l = 0; l < L; l++) {
+        const float *w[4], *b[4];
+
+        lc = (size_t) l * C;
+        w[0] = p->qkvw + lc * 3 * C;     b[0] = p->qkvb + lc * 3;
+        w[1] = p->attprojw + lc * C;     b[1] = p->attprojb + lc;
+        w[2] = p->fcw + lc * 4 * C;      b[2] = p->fcb + lc * 4;
+        w[3] = p->fcprojw + lc * 4 * C;  b[3] = p->fcprojb + lc;
+        for (i = 0; i < 4; i++) {
+            cm_lmk_pack(&e->pk[4 * l + i], mem + at, w[i], b[i], oc[i],
+                        k[i]);
+            at += cm_lmk_packed_floats(oc[i], k[i]);
+        }
+    }
+    cm_lmk_pack(&e->pk[4 * L], mem + at, p->wte, NULL, Vp, C);
+    e->use_packed = 1;
+    return CM_OK;
 }
 
 
@@ -72,7 +121,8 @@ cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows)
     e->atty = malloc(R * C * sizeof(float));
     e->tmp = malloc(R * C * sizeof(float));
     e->fch = malloc(R * 4 * C * sizeof(float));
-    e->scores = malloc((size_t) m->config.max_seq_len * sizeof(float));
+    e->scores = malloc((size_t) m->config.num_heads * m->config.max_seq_len
+                       * sizeof(float));
     e->sel = malloc(R * C * sizeof(float));
     e->logits = malloc(R * Vp * sizeof(float));
     e->row_tok = malloc(R * sizeof(int32_t));
@@ -86,6 +136,10 @@ cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows)
         || e->row_pos == NULL || e->row_seq == NULL || e->cand == NULL
         || e->seen == NULL)
     {
+        cm_lm_engine_free(e);
+        return CM_ENOMEM;
+    }
+    if (cm_lmk_simd() && cm_lm_engine_pack(e) != CM_OK) {
         cm_lm_engine_free(e);
         return CM_ENOMEM;
     }
@@ -172,6 +226,20 @@ cm_lm_linear(float *out, const float *inp, const float *w, const float *b,
 }
 
 
+/* A linear layer of the engine: matrix `which` of the packed table when
+ * the engine packed its weights, else SGEMM/GEMV on the model's own. */
+static void
+cm_lm_mm(cm_lm_engine_t *e, int which, float *out, const float *inp,
+    const float *w, const float *b, int R, int C, int OC)
+{
+    if (e->use_packed && e->pk != NULL) {
+        cm_lmk_linear(out, inp, &e->pk[which], R);
+        return;
+    }
+    cm_lm_linear(out, inp, w, b, R, C, OC);
+}
+
+
 /*
  * Runs rows 0..R-1 (row_seq/row_tok/row_pos set) through the model,
  * writing their keys/values into the sequence caches; rows with want[r]
@@ -201,8 +269,8 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
 
         cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln1w + lc,
                              p->ln1b + lc, R, C);
-        cm_lm_linear(e->qkv, e->xn, p->qkvw + lc * 3 * C, p->qkvb + lc * 3,
-                     R, C, 3 * C);
+        cm_lm_mm(e, 4 * l, e->qkv, e->xn, p->qkvw + lc * 3 * C,
+                 p->qkvb + lc * 3, R, C, 3 * C);
         /* keys and values of every row into its cache, before any row
          * attends (a prompt chunk reads its own earlier rows) */
         for (r = 0; r < R; r++) {
@@ -220,6 +288,12 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             const float *kc = s->k + (size_t) l * maxT * C;
             const float *vc = s->v + (size_t) l * maxT * C;
 
+            if (e->use_packed) {
+                cm_lmk_attend(e->atty + (size_t) r * C,
+                              e->qkv + (size_t) r * 3 * C, kc, vc, e->scores,
+                              pos + 1, C, NH, scale);
+                continue;
+            }
             for (h = 0; h < NH; h++) {
                 const float *q = e->qkv + (size_t) r * 3 * C + (size_t) h * hs;
                 float       *o = e->atty + (size_t) r * C + (size_t) h * hs;
@@ -243,16 +317,20 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
                             1);
             }
         }
-        cm_lm_linear(e->tmp, e->atty, p->attprojw + lc * C, p->attprojb + lc,
-                     R, C, C);
+        cm_lm_mm(e, 4 * l + 1, e->tmp, e->atty, p->attprojw + lc * C,
+                 p->attprojb + lc, R, C, C);
         cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
         cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln2w + lc,
                              p->ln2b + lc, R, C);
-        cm_lm_linear(e->fch, e->xn, p->fcw + lc * 4 * C, p->fcb + lc * 4, R,
-                     C, 4 * C);
-        cm_gelu_forward(e->fch, e->fch, (size_t) R * 4 * C);
-        cm_lm_linear(e->tmp, e->fch, p->fcprojw + lc * 4 * C,
-                     p->fcprojb + lc, R, 4 * C, C);
+        cm_lm_mm(e, 4 * l + 2, e->fch, e->xn, p->fcw + lc * 4 * C,
+                 p->fcb + lc * 4, R, C, 4 * C);
+        if (e->use_packed) {
+            cm_lmk_gelu(e->fch, (size_t) R * 4 * C);
+        } else {
+            cm_gelu_forward(e->fch, e->fch, (size_t) R * 4 * C);
+        }
+        cm_lm_mm(e, 4 * l + 3, e->tmp, e->fch, p->fcprojw + lc * 4 * C,
+                 p->fcprojb + lc, R, 4 * C, C);
         cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
     }
     /* final layernorm and logits only for the rows that sample */
@@ -267,7 +345,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
         return;
     }
     cm_layernorm_forward(e->sel, NULL, NULL, e->sel, p->lnfw, p->lnfb, S, C);
-    cm_lm_linear(e->logits, e->sel, p->wte, NULL, S, C, Vp);
+    cm_lm_mm(e, 4 * L, e->logits, e->sel, p->wte, NULL, S, C, Vp);
     for (r = 0, S = 0; r < R; r++) {
         if (want[r]) {
             cm_lm_seq_t *s = e->row_seq[r];
@@ -293,44 +371,7 @@ cm_lm_rng(uint64_t *s)
 }
 
 
-/* Moves the k largest to the front (unordered), O(n) expected. */
-static void
-cm_lm_select(cm_lm_cand_t *a, int n, int k)
-{
-    int           lo = 0, hi = n - 1, i, j;
-    cm_lm_cand_t  t;
-    float         piv;
-
-    while (lo < hi) {
-        piv = a[(lo + hi) / 2].p;
-        i = lo;
-        j = hi;
-        while (i <= j) {
-            while (a[i].p > piv) {
-                i++;
-            }
-            while (a[j].p < piv) {
-                j--;
-            }
-            if (i <= j) {
-                t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++;
-                j--;
-            }
-        }
-        if (k - 1 <= j) {
-            hi = j;
-        } else if (k - 1 >= i) {
-            lo = i;
-        } else {
-            break;
-        }
-    }
-}
-
-
+/* Candidate order: higher p first, then the lower id. */
 static int
 cm_lm_cand_cmp(const void *a, const void *b)
 {
@@ -343,56 +384,138 @@ cm_lm_cand_cmp(const void *a, const void *b)
 }
 
 
+/* a ranks below b (the min-heap's order; the same ranking as cand_cmp) */
+static int
+cm_lm_cand_below(const cm_lm_cand_t *a, const cm_lm_cand_t *b)
+{
+    return a->p < b->p || (a->p == b->p && a->id > b->id);
+}
+
+
+static void
+cm_lm_heap_down(cm_lm_cand_t *h, int n, int i)
+{
+    cm_lm_cand_t  t;
+    int           c;
+
+    for ( ;; ) {
+        c = 2 * i + 1;
+        if (c >= n) {
+            return;
+        }
+        if (c + 1 < n && cm_lm_cand_below(&h[c + 1], &h[c])) {
+            c++;
+        }
+        if (!cm_lm_cand_below(&h[c], &h[i])) {
+            return;
+        }
+        t = h[i];
+        h[i] = h[c];
+        h[c] = t;
+        i = c;
+    }
+}
+
+
+/* A logit after the repetition penalty (mark 1) or the stop-token mask
+ * (mark 2); e->seen holds the marks of the sequence being sampled. */
+static inline float
+cm_lm_adjusted(float x, uint8_t mark, float pen)
+{
+    if (mark == 2) {
+        return -INFINITY;
+    }
+    return x > 0.0f ? x / pen : x * pen;
+}
+
+
+/*
+ * The k best candidates into c[0..k), best first, in one pass over the
+ * logits with a k-entry min-heap: after the first k, a logit only costs a
+ * compare against the heap's smallest (no copy of all V candidates, no
+ * selection over them).
+ */
+static int
+cm_lm_top_k(cm_lm_cand_t *c, const float *logits, const uint8_t *marks,
+    int V, int k, float pen)
+{
+    cm_lm_cand_t  x;
+    int           n = 0, i, j;
+
+    for (i = 0; i < V; i++) {
+        x.p = marks[i] ? cm_lm_adjusted(logits[i], marks[i], pen)
+                       : logits[i];
+        x.id = i;
+        if (n < k) {
+            c[n++] = x;
+            if (n == k) {
+                for (j = k / 2 - 1; j >= 0; j--) {
+                    cm_lm_heap_down(c, k, j);
+                }
+            }
+        } else if (cm_lm_cand_below(&c[0], &x)) {
+            c[0] = x;
+            cm_lm_heap_down(c, k, 0);
+        }
+    }
+    qsort(c, (size_t) n, sizeof(*c), cm_lm_cand_cmp);
+    return n;
+}
+
+
 int32_t
 cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
 {
     const cm_lm_params_t *p = &s->params;
     int                   V = e->model->config.vocab_size, n = V, i;
     cm_lm_cand_t         *c = e->cand;
-    float                 mx = -INFINITY, sum = 0.0f, acc, u, pen;
+    uint8_t              *mk = e->seen;
+    float                 mx = -INFINITY, sum = 0.0f, acc, u, pen, x;
     int32_t               best = 0;
 
-    for (i = 0; i < V; i++) {
-        c[i].p = logits[i];
-        c[i].id = i;
-    }
+    /* marks: 1 repetition penalty (tokens of prompt and output), 2 a stop
+     * token that may not come yet; all cleared again before returning */
     pen = p->repetition_penalty;
-    if (pen > 0.0f && pen != 1.0f) {
+    if (pen <= 0.0f) {
+        pen = 1.0f;
+    }
+    if (pen != 1.0f) {
         for (i = 0; i < s->pos; i++) {
-            int32_t tk = s->history[i];
-
-            if (!e->seen[tk]) {
-                e->seen[tk] = 1;
-                c[tk].p = c[tk].p > 0.0f ? c[tk].p / pen : c[tk].p * pen;
-            }
-        }
-        for (i = 0; i < s->pos; i++) {
-            e->seen[s->history[i]] = 0;
+            mk[s->history[i]] = 1;
         }
     }
     if (s->n_generated < p->min_tokens) {
         for (i = 0; i < p->n_stop; i++) {
             if (p->stop[i] >= 0 && p->stop[i] < V) {
-                c[p->stop[i]].p = -INFINITY;
+                mk[p->stop[i]] = 2;
             }
         }
     }
     if (p->temperature <= 0.0f) {
-        for (i = 1; i < V; i++) {
-            if (c[i].p > c[best].p) {
+        /* greedy: the first of the best */
+        for (i = 0; i < V; i++) {
+            x = mk[i] ? cm_lm_adjusted(logits[i], mk[i], pen) : logits[i];
+            if (i == 0 || x > mx) {
+                mx = x;
                 best = i;
             }
         }
-        return best;
-    }
-    for (i = 0; i < V; i++) {
-        c[i].p /= p->temperature;
+        goto done;
     }
     if (p->top_k > 0 && p->top_k < V) {
-        cm_lm_select(c, V, p->top_k);
-        n = p->top_k;
+        n = cm_lm_top_k(c, logits, mk, V, p->top_k, pen);
+    } else {
+        for (i = 0; i < V; i++) {
+            c[i].p = mk[i] ? cm_lm_adjusted(logits[i], mk[i], pen)
+                           : logits[i];
+            c[i].id = i;
+        }
+        if (p->top_p > 0.0f && p->top_p < 1.0f) {
+            qsort(c, (size_t) n, sizeof(*c), cm_lm_cand_cmp);
+        }
     }
     for (i = 0; i < n; i++) {
+        c[i].p /= p->temperature;
         mx = c[i].p > mx ? c[i].p : mx;
     }
     for (i = 0; i < n; i++) {
@@ -400,7 +523,7 @@ cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
         sum += c[i].p;
     }
     if (p->top_p > 0.0f && p->top_p < 1.0f) {
-        qsort(c, (size_t) n, sizeof(*c), cm_lm_cand_cmp);
+        /* c is sorted best first here */
         acc = 0.0f;
         for (i = 0; i < n; i++) {
             acc += c[i].p;
@@ -414,13 +537,25 @@ cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
     u = (float) ((double) (cm_lm_rng(&s->rng) >> 11) / 9007199254740992.0)
         * sum;
     acc = 0.0f;
+    best = c[n - 1].id;
     for (i = 0; i < n; i++) {
         acc += c[i].p;
         if (u < acc) {
-            return c[i].id;
+            best = c[i].id;
+            break;
         }
     }
-    return c[n - 1].id;
+
+done:
+    for (i = 0; i < s->pos; i++) {
+        mk[s->history[i]] = 0;
+    }
+    for (i = 0; i < p->n_stop; i++) {
+        if (p->stop[i] >= 0 && p->stop[i] < V) {
+            mk[p->stop[i]] = 0;
+        }
+    }
+    return best;
 }
 
 

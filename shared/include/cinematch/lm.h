@@ -6,7 +6,10 @@
  *   - a cm_gpt_t (gpt.h) holds the weights; the engine only reads them, so
  *     several engines (one per thread) may share one model;
  *   - a cm_lm_engine_t holds scratch for up to max_rows token rows per
- *     forward; use it from one thread at a time;
+ *     forward; use it from one thread at a time; where the CPU runs the
+ *     lm_kernels.h kernels it also holds a copy of the weights packed for
+ *     them at init, so an engine must be made after the weights are final
+ *     (training further means a new engine);
  *   - a cm_lm_seq_t is one conversation being generated: its own KV cache
  *     (L x maxT x C keys and values), sampling parameters, RNG and stop
  *     state.  Sequences are independent; any subset may be stepped
@@ -39,6 +42,7 @@
 #include <stdint.h>
 
 #include "cinematch/gpt.h"
+#include "cinematch/lm_kernels.h"
 
 #define CM_LM_MAX_STOP  8
 
@@ -76,7 +80,7 @@ typedef struct {
     float           *atty;         /* (R, C) */
     float           *tmp;          /* (R, C) projection output */
     float           *fch;          /* (R, 4C) */
-    float           *scores;       /* (maxT) attention weights of one head */
+    float           *scores;       /* (NH, maxT) attention weights */
     float           *sel;          /* (R, C) rows that need logits */
     float           *logits;       /* (R, Vp) */
     int32_t         *row_tok;      /* (R) */
@@ -84,6 +88,13 @@ typedef struct {
     void           **row_seq;      /* (R) cm_lm_seq_t * */
     cm_lm_cand_t    *cand;         /* (V) sampling scratch */
     uint8_t         *seen;         /* (V) repetition-penalty marks */
+    /* the weights re-laid out for lm_kernels.h, when the CPU has the
+     * kernels (a copy of the matrices: about the model's size again) */
+    float           *packed;       /* one allocation, carved into pk */
+    cm_lmk_matrix_t *pk;           /* (4L + 1): per layer qkv, attproj, fc,
+                                      fcproj; then the LM head (wte) */
+    int              use_packed;   /* 1: lm_kernels; 0: OpenBLAS (the bench
+                                      clears it to compare) */
 } cm_lm_engine_t;
 
 typedef struct {
