@@ -47,6 +47,7 @@ cm_lm_engine_free(cm_lm_engine_t *e)
     free(e->row_tok);
     free(e->row_pos);
     free(e->row_seq);
+    free(e->row_kind);
     free(e->cand);
     free(e->seen);
     free(e->packed);
@@ -128,12 +129,15 @@ cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows)
     e->row_tok = malloc(R * sizeof(int32_t));
     e->row_pos = malloc(R * sizeof(int32_t));
     e->row_seq = malloc(R * sizeof(void *));
+    e->row_kind = malloc(R);
+    e->prefill_budget = max_rows;
     e->cand = malloc(V * sizeof(cm_lm_cand_t));
     e->seen = calloc(V, 1);
     if (e->x == NULL || e->xn == NULL || e->qkv == NULL || e->atty == NULL
         || e->tmp == NULL || e->fch == NULL || e->scores == NULL
         || e->sel == NULL || e->logits == NULL || e->row_tok == NULL
-        || e->row_pos == NULL || e->row_seq == NULL || e->cand == NULL
+        || e->row_pos == NULL || e->row_seq == NULL || e->row_kind == NULL
+        || e->cand == NULL
         || e->seen == NULL)
     {
         cm_lm_engine_free(e);
@@ -624,35 +628,87 @@ cm_lm_prefill(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens,
 }
 
 
+/* Forward of the R gathered rows, then each row's bookkeeping: a decode
+ * row feeds its sequence's token and samples the next; a prompt row feeds
+ * one prompt token, and the last one of a prompt samples the first token. */
+static void
+cm_lm_flush(cm_lm_engine_t *e, int R, const uint8_t *want)
+{
+    cm_lm_seq_t *s;
+    int          r;
+
+    cm_lm_forward_rows(e, R, want);
+    for (r = 0; r < R; r++) {
+        s = e->row_seq[r];
+        s->pos++;
+        if (e->row_kind[r] == 0) {
+            cm_lm_take(e, s);
+        } else if (--s->pending == 0) {
+            cm_lm_take(e, s);
+        }
+    }
+}
+
+
+int
+cm_lm_feed(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens, int n)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    int                    i;
+
+    if (n < 1 || s->pos + n > c->max_seq_len || s->finish != CM_LM_RUNNING
+        || s->pending > 0 || s->next >= 0)
+    {
+        return CM_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            return CM_EINVAL;
+        }
+    }
+    memcpy(s->history + s->pos, tokens, (size_t) n * sizeof(int32_t));
+    s->pending = n;
+    return CM_OK;
+}
+
+
 int
 cm_lm_step(cm_lm_engine_t *e, cm_lm_seq_t **seqs, int n)
 {
-    int                    i, R = 0, running = 0, maxT;
-    uint8_t                want[256];
-    cm_lm_seq_t           *s;
+    int           i, j, R = 0, running = 0, maxT, cap, budget, left;
+    uint8_t       want[256];
+    cm_lm_seq_t  *s;
 
     maxT = e->model->config.max_seq_len;
-    memset(want, 1, sizeof(want));
-    for (i = 0; i <= n; i++) {
-        /* flush a full batch, and at the end whatever is gathered */
-        if (R > 0 && (i == n || R == e->max_rows || R == (int) sizeof(want)))
-        {
-            int r;
-
-            cm_lm_forward_rows(e, R, want);
-            for (r = 0; r < R; r++) {
-                s = e->row_seq[r];
-                s->pos++;
-                cm_lm_take(e, s);
-                running += s->finish == CM_LM_RUNNING;
-            }
-            R = 0;
-        }
-        if (i == n) {
-            break;
-        }
+    cap = e->max_rows < (int) sizeof(want) ? e->max_rows : (int) sizeof(want);
+    budget = e->prefill_budget > 0 ? e->prefill_budget : e->max_rows;
+    for (i = 0; i < n; i++) {
         s = seqs[i];
-        if (s->finish != CM_LM_RUNNING || s->next < 0) {
+        if (s->finish != CM_LM_RUNNING) {
+            continue;
+        }
+        if (s->pending > 0) {
+            /* a chunk of its prompt, as far as this step's budget goes;
+             * j: rows of s gathered since the last flush (s->pos and
+             * s->pending move at the flush) */
+            left = s->pending < budget ? s->pending : budget;
+            budget -= left;
+            for (j = 0; left > 0; left--, j++) {
+                if (R == cap) {
+                    cm_lm_flush(e, R, want);
+                    R = 0;
+                    j = 0;
+                }
+                e->row_seq[R] = s;
+                e->row_tok[R] = s->history[s->pos + j];
+                e->row_pos[R] = s->pos + j;
+                e->row_kind[R] = 1;
+                want[R] = j + 1 == s->pending;
+                R++;
+            }
+            continue;
+        }
+        if (s->next < 0) {
             continue;
         }
         if (s->params.max_tokens > 0
@@ -665,11 +721,23 @@ cm_lm_step(cm_lm_engine_t *e, cm_lm_seq_t **seqs, int n)
             s->finish = CM_LM_CONTEXT;
             continue;
         }
+        if (R == cap) {
+            cm_lm_flush(e, R, want);
+            R = 0;
+        }
         e->row_seq[R] = s;
         e->row_tok[R] = s->next;
         e->row_pos[R] = s->pos;
+        e->row_kind[R] = 0;
+        want[R] = 1;
         s->history[s->pos] = s->next;
         R++;
+    }
+    if (R > 0) {
+        cm_lm_flush(e, R, want);
+    }
+    for (i = 0; i < n; i++) {
+        running += seqs[i]->finish == CM_LM_RUNNING;
     }
     return running;
 }

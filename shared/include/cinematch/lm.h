@@ -86,6 +86,9 @@ typedef struct {
     int32_t         *row_tok;      /* (R) */
     int32_t         *row_pos;      /* (R) */
     void           **row_seq;      /* (R) cm_lm_seq_t * */
+    uint8_t         *row_kind;     /* (R) 0 decode, 1 prompt (cm_lm_feed) */
+    int              prefill_budget; /* prompt tokens per cm_lm_step, over
+                                      all fed sequences (max_rows) */
     cm_lm_cand_t    *cand;         /* (V) sampling scratch */
     uint8_t         *seen;         /* (V) repetition-penalty marks */
     /* the weights re-laid out for lm_kernels.h, when the CPU has the
@@ -101,6 +104,7 @@ typedef struct {
     cm_lm_params_t   params;
     int              pos;          /* tokens in the KV cache */
     int              n_generated;  /* tokens sampled so far */
+    int              pending;      /* prompt tokens fed, not yet run */
     int32_t          next;         /* sampled, not yet fed; -1 none */
     cm_lm_finish_t   finish;
     float           *k;            /* (L, maxT, C) cached keys */
@@ -126,9 +130,19 @@ void cm_lm_seq_free(cm_lm_seq_t *s);
 int cm_lm_prefill(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens,
     int n);
 
-/* One decode step for every running sequence in seqs[0..n): feeds its
- * next token and samples another, all sequences' rows in one forward.
- * Finished sequences are skipped.  Returns how many are still running. */
+/* Queues n prompt tokens (same checks as cm_lm_prefill) to be run by the
+ * following cm_lm_step calls in chunks: chunked prefill, so a long prompt
+ * joins the running batch without stalling it.  s->next stays -1 until
+ * the last chunk has run and the first token is sampled. */
+int cm_lm_feed(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens,
+    int n);
+
+/* One step for every running sequence in seqs[0..n): a decoding sequence
+ * feeds its next token and samples another; a fed one (cm_lm_feed) runs
+ * the next chunk of its prompt, up to e->prefill_budget prompt tokens in
+ * the step over all of them, in seqs order.  All rows go through one
+ * forward (more when they exceed max_rows).  Finished sequences are
+ * skipped.  Returns how many of seqs are still running. */
 int cm_lm_step(cm_lm_engine_t *e, cm_lm_seq_t **seqs, int n);
 
 /* Sampling alone, exposed for tests: picks a token from logits[0..V). */

@@ -61,15 +61,18 @@ const char *cm_dlg_server_version(const cm_dlg_server_t *s);
 int cm_dlg_server_max_seqs(const cm_dlg_server_t *s);
 int cm_dlg_server_context(const cm_dlg_server_t *s);
 
-/* Tokenize, truncate and prefill.  params: sampling (max_tokens is capped
- * at CM_DLG_MAX_TOKENS); stops: NUL-terminated strings, each 1..64 bytes. */
+/* Tokenize, truncate and queue the prompt; cm_dlg_step runs it in chunks
+ * (chunked prefill) before the stream's first token.  params: sampling
+ * (max_tokens is capped at CM_DLG_MAX_TOKENS); stops: NUL-terminated
+ * strings, each 1..64 bytes. */
 int cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
     const char *const *turns, const size_t *turn_lens, size_t nturns,
     const cm_lm_params_t *params, const char *const *stops, int nstops,
     char *err, size_t errlen);
 
-/* One decode step over streams[0..n) that are running: each emits its
- * pending token into its text, then all advance in one forward. */
+/* One step over streams[0..n) that are running: each decoding stream
+ * emits its pending token into its text, then all advance in one forward
+ * together with the next prompt chunks of streams still prefilling. */
 int cm_dlg_step(cm_dlg_server_t *s, cm_dlg_stream_t **streams, int n);
 
 /* Copy up to cap ready bytes out (they leave the stream); returns the
