@@ -259,6 +259,8 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
     int    maxT = m->config.max_seq_len, hs = C / NH, l, r, h, t, i, S;
     float  scale = 1.0f / sqrtf((float) hs);
 
+    e->forwards++;
+
     for (r = 0; r < R; r++) {
         const float *we = p->wte + (size_t) e->row_tok[r] * C;
         const float *pe = p->wpe + (size_t) e->row_pos[r] * C;

@@ -340,6 +340,28 @@ test_fed_prompts_run_in_chunks_inside_steps(void **state)
             assert_int_equal(got[k][i], want[k][i]);
         }
     }
+    /* one forward per step when the rows fit in max_rows */
+    {
+        cm_lm_seq_t     many[6], *mp[6];
+        cm_lm_engine_t  wide;
+        uint64_t        f0;
+
+        assert_int_equal(cm_lm_engine_init(&wide, &m, 8), CM_OK);
+        for (k = 0; k < 6; k++) {
+            assert_int_equal(cm_lm_seq_init(&many[k], &wide, &p), CM_OK);
+            assert_int_equal(cm_lm_prefill(&wide, &many[k], pc, 2 + k),
+                             CM_OK);
+            mp[k] = &many[k];
+        }
+        f0 = wide.forwards;
+        cm_lm_step(&wide, mp, 6);
+        assert_int_equal(wide.forwards - f0, 1);
+        for (k = 0; k < 6; k++) {
+            assert_int_equal(many[k].pos, 3 + k);
+            cm_lm_seq_free(&many[k]);
+        }
+        cm_lm_engine_free(&wide);
+    }
     /* a never waited: one token per step from the first */
     assert_int_equal(a.n_generated, 8);
     assert_int_equal(b.pos, 13 + 7);

@@ -98,6 +98,7 @@ typedef struct {
                                       fcproj; then the LM head (wte) */
     int              use_packed;   /* 1: lm_kernels; 0: OpenBLAS (the bench
                                       clears it to compare) */
+    uint64_t         forwards;     /* forwards run (tests: one per step) */
 } cm_lm_engine_t;
 
 typedef struct {
