@@ -643,10 +643,11 @@ cm_lm_flush(cm_lm_engine_t *e, int R, const uint8_t *want)
     for (r = 0; r < R; r++) {
         s = e->row_seq[r];
         s->pos++;
-        if (e->row_kind[r] == 0) {
-            cm_lm_take(e, s);
-        } else if (--s->pending == 0) {
-            cm_lm_take(e, s);
+        if (e->row_kind[r] != 0) {
+            s->pending--;
+        }
+        if (s->pending == 0) {
+            cm_lm_take(e, s);   /* decoded, or the prompt's last token */
         }
     }
 }
