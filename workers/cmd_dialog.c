@@ -1285,7 +1285,7 @@ cm_lm_eval_main(int argc, char **argv)
 static const char cm_bench_dialog_usage[] =
     "usage: cinematch bench dialog [--config NAME] [--batch B] [--seq T]\n"
     "           [--steps N] [--ref-steps N] [--decode N] [--prompt-len N]\n"
-    "           [--lstm-steps N]\n"
+    "           [--lstm-steps N] [--decode-threads N]\n"
     "\n"
     "Random weights.  Prints training tokens/s (SGEMM kernels, and the\n"
     "plain-loop reference for the ratio), decode tokens/s with the KV cache\n"
@@ -1293,7 +1293,9 @@ static const char cm_bench_dialog_usage[] =
     "context per token), and time to first token for a --prompt-len prompt.\n"
     "--lstm-steps N (default 3, 0 off) also trains the LSTM baseline of the\n"
     "same size class (lstm-tiny / lstm-small) in the same run, for the ratio.\n"
-    "--steps 0 skips training (decode and time to first token only).\n";
+    "--steps 0 skips training (decode and time to first token only).\n"
+    "--decode-threads N splits each decode step of the lm_kernels path over\n"
+    "N threads (default 1; the OpenBLAS path uses OPENBLAS_NUM_THREADS).\n";
 
 
 static double
@@ -1386,6 +1388,7 @@ cm_bench_dialog_main(int argc, char **argv)
         { "decode", required_argument, NULL, 'd' },
         { "prompt-len", required_argument, NULL, 'p' },
         { "lstm-steps", required_argument, NULL, 'l' },
+        { "decode-threads", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1408,7 +1411,7 @@ cm_bench_dialog_main(int argc, char **argv)
     uint64_t         t0, rng = 3;
     double           fast, ref, secs, tps[2][3], nocache, ttft = 1e30;
     double           fast_cpu, ref_cpu, cps[2][3], nocache_cpu, c0;
-    int              mode;
+    int              mode, dthreads = 1;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -1426,6 +1429,8 @@ cm_bench_dialog_main(int argc, char **argv)
                   break;
         case 'l': bad |= cm_arg_int(me, "lstm-steps", optarg, 0, 100000,
                                     &lstm_steps); break;
+        case 'D': bad |= cm_arg_int(me, "decode-threads", optarg, 1,
+                                    CM_LM_MAX_THREADS, &dthreads); break;
         case 'h': fputs(cm_bench_dialog_usage, stdout); return 0;
         default:  fputs(cm_bench_dialog_usage, stderr); return 2;
         }
@@ -1486,7 +1491,8 @@ cm_bench_dialog_main(int argc, char **argv)
     seqs = calloc(32, sizeof(cm_lm_seq_t));
     sp = calloc(32, sizeof(cm_lm_seq_t *));
     if (prompt == NULL || ctx == NULL || seqs == NULL || sp == NULL
-        || cm_lm_engine_init(&e, &m, 128) != CM_OK)
+        || cm_lm_engine_init(&e, &m, 128) != CM_OK
+        || cm_lm_engine_threads(&e, dthreads) != CM_OK)
     {
         free(prompt);
         free(ctx);
@@ -1528,9 +1534,12 @@ cm_bench_dialog_main(int argc, char **argv)
                 cm_lm_seq_free(&seqs[j]);
             }
         }
-        printf("decode (KV cache, prompt %d, %d steps, %s): batch 1 %.0f"
-               " [%.0f], batch 8 %.0f [%.0f], batch 32 %.0f [%.0f] tok/s\n",
-               P, D, e.use_packed ? "lm_kernels" : "OpenBLAS",
+        printf("decode (KV cache, prompt %d, %d steps, %s%.0d%s): batch 1"
+               " %.0f [%.0f], batch 8 %.0f [%.0f], batch 32 %.0f [%.0f]"
+               " tok/s\n", P, D,
+               e.use_packed ? "lm_kernels, " : "OpenBLAS",
+               e.use_packed ? e.threads : 0,
+               e.use_packed ? " thread(s)" : "",
                tps[mode][0], cps[mode][0], tps[mode][1], cps[mode][1],
                tps[mode][2], cps[mode][2]);
     }

@@ -1170,7 +1170,9 @@ cm_infer_usage(FILE *out)
         "                        tokenizer/) instead of the registry's\n"
         "  --dialog-version V    version reported for --dialog\n"
         "  --max-seqs N          concurrent generations (KV caches), default 8;\n"
-        "                        up to 4x more wait in a queue, then 503\n\n"
+        "                        up to 4x more wait in a queue, then 503\n"
+        "  --decode-threads N    threads per decode step (1..16, default 1;\n"
+        "                        with the AVX-512 decode kernels only)\n\n"
         "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
         CM_IPC_DEFAULT_SLOTS, CM_IPC_MAX_SLOTS, CM_IPC_DEFAULT_RING_CAP / 1024);
 }
@@ -1212,6 +1214,7 @@ cm_infer_main(int argc, char **argv)
         { "dialog", required_argument, NULL, 'G' },
         { "dialog-version", required_argument, NULL, 'W' },
         { "max-seqs", required_argument, NULL, 'S' },
+        { "decode-threads", required_argument, NULL, 'T' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1254,6 +1257,17 @@ cm_infer_main(int argc, char **argv)
                 return 2;
             }
             d.models.max_seqs = (int) v;
+            break;
+        }
+        case 'T': {
+            uint32_t v;
+
+            if (cm_parse_u32(optarg, 1, CM_LM_MAX_THREADS, &v)) {
+                fprintf(stderr, "infer: --decode-threads must be 1..%d\n",
+                        CM_LM_MAX_THREADS);
+                return 2;
+            }
+            d.models.decode_threads = (int) v;
             break;
         }
         case 'p': snprintf(d.pidfile, sizeof(d.pidfile), "%s", optarg); break;

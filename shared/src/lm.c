@@ -9,6 +9,7 @@
  * tokens of other sequences share the same matrix products.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,9 +33,13 @@ cm_lm_params_default(cm_lm_params_t *p)
 }
 
 
+static void cm_lm_pool_free(cm_lm_engine_t *e);
+
+
 void
 cm_lm_engine_free(cm_lm_engine_t *e)
 {
+    cm_lm_pool_free(e);
     free(e->x);
     free(e->xn);
     free(e->qkv);
@@ -131,6 +136,7 @@ cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows)
     e->row_seq = malloc(R * sizeof(void *));
     e->row_kind = malloc(R);
     e->prefill_budget = max_rows;
+    e->threads = 1;
     e->cand = malloc(V * sizeof(cm_lm_cand_t));
     e->seen = calloc(V, 1);
     if (e->x == NULL || e->xn == NULL || e->qkv == NULL || e->atty == NULL
@@ -230,14 +236,226 @@ cm_lm_linear(float *out, const float *inp, const float *w, const float *b,
 }
 
 
+/* ---- threads: a step's linear layers by panels, attention by rows ------ */
+
+typedef struct {
+    int                     kind;   /* 0 linear, 1 attention */
+    float                  *out;
+    const float            *inp;
+    const cm_lmk_matrix_t  *pm;
+    int                     R;
+    int                     l;      /* layer (attention) */
+} cm_lm_job_t;
+
+typedef struct cm_lm_pool_s  cm_lm_pool_t;
+
+typedef struct {
+    cm_lm_pool_t  *pool;
+    int            part;
+} cm_lm_worker_t;
+
+struct cm_lm_pool_s {
+    cm_lm_engine_t     *e;
+    pthread_mutex_t     mu;
+    pthread_cond_t      go;
+    pthread_cond_t      done;
+    pthread_t          *tid;
+    cm_lm_worker_t     *arg;
+    int                 n;          /* parts: workers + the caller */
+    int                 nstarted;   /* workers running */
+    uint64_t            gen;        /* job generation */
+    int                 pending;    /* workers still on this job */
+    int                 stop;
+    const cm_lm_job_t  *job;
+};
+
+
+static void
+cm_lm_job_part(cm_lm_engine_t *e, const cm_lm_job_t *j, int part, int n)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    int    C = c->channels, NH = c->num_heads, maxT = c->max_seq_len;
+    int    a, b, r;
+    float  scale = 1.0f / sqrtf((float) (C / NH));
+
+    if (j->kind == 0) {
+        int P = cm_lmk_panels(j->pm);
+
+        a = (int) ((long) P * part / n);
+        b = (int) ((long) P * (part + 1) / n);
+        if (a < b) {
+            cm_lmk_linear_part(j->out, j->inp, j->pm, j->R, a, b);
+        }
+        return;
+    }
+    a = (int) ((long) j->R * part / n);
+    b = (int) ((long) j->R * (part + 1) / n);
+    for (r = a; r < b; r++) {
+        cm_lm_seq_t *s = e->row_seq[r];
+
+        cm_lmk_attend(e->atty + (size_t) r * C, e->qkv + (size_t) r * 3 * C,
+                      s->k + (size_t) j->l * maxT * C,
+                      s->v + (size_t) j->l * maxT * C,
+                      e->scores + (size_t) part * NH * maxT,
+                      e->row_pos[r] + 1, C, NH, scale);
+    }
+}
+
+
+static void *
+cm_lm_worker(void *arg)
+{
+    cm_lm_worker_t  *w = arg;
+    cm_lm_pool_t    *p = w->pool;
+    uint64_t         seen = 0;
+
+    pthread_mutex_lock(&p->mu);
+    for ( ;; ) {
+        while (p->gen == seen && !p->stop) {
+            pthread_cond_wait(&p->go, &p->mu);
+        }
+        if (p->stop) {
+            break;
+        }
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        cm_lm_job_part(p->e, p->job, w->part, p->n);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0) {
+            pthread_cond_signal(&p->done);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+
+/* Runs the job in all parts: the caller does part 0 and waits for the
+ * workers; without a pool, the whole job here. */
+static void
+cm_lm_run(cm_lm_engine_t *e, const cm_lm_job_t *j)
+{
+    cm_lm_pool_t *p = e->pool;
+
+    if (p == NULL || p->nstarted == 0) {
+        cm_lm_job_part(e, j, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->job = j;
+    p->pending = p->nstarted;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    cm_lm_job_part(e, j, 0, p->n);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0) {
+        pthread_cond_wait(&p->done, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+
+static void
+cm_lm_pool_free(cm_lm_engine_t *e)
+{
+    cm_lm_pool_t *p = e->pool;
+    int           i;
+
+    if (p == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (i = 0; i < p->nstarted; i++) {
+        pthread_join(p->tid[i], NULL);
+    }
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+    free(p->tid);
+    free(p->arg);
+    free(p);
+    e->pool = NULL;
+    e->threads = 1;
+}
+
+
+int
+cm_lm_engine_threads(cm_lm_engine_t *e, int n)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    cm_lm_pool_t          *p;
+    float                 *sc;
+    int                    i;
+
+    if (n < 1 || n > CM_LM_MAX_THREADS) {
+        return CM_EINVAL;
+    }
+    cm_lm_pool_free(e);
+    if (n == 1 || e->pk == NULL) {
+        return CM_OK;   /* the OpenBLAS path threads inside OpenBLAS */
+    }
+    sc = realloc(e->scores, (size_t) n * c->num_heads * c->max_seq_len
+                            * sizeof(float));
+    p = calloc(1, sizeof(*p));
+    if (sc != NULL) {
+        e->scores = sc;
+    }
+    if (sc == NULL || p == NULL) {
+        free(p);
+        return CM_ENOMEM;
+    }
+    p->e = e;
+    p->n = n;
+    p->tid = calloc((size_t) n, sizeof(pthread_t));
+    p->arg = calloc((size_t) n, sizeof(cm_lm_worker_t));
+    if (p->tid == NULL || p->arg == NULL
+        || pthread_mutex_init(&p->mu, NULL) != 0)
+    {
+        free(p->tid);
+        free(p->arg);
+        free(p);
+        return CM_ENOMEM;
+    }
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    e->pool = p;
+    for (i = 1; i < n; i++) {
+        p->arg[i - 1].pool = p;
+        p->arg[i - 1].part = i;
+        if (pthread_create(&p->tid[i - 1], NULL, cm_lm_worker,
+                           &p->arg[i - 1]) != 0)
+        {
+            break;
+        }
+        p->nstarted++;
+    }
+    /* parts follow the threads that did start */
+    p->n = p->nstarted + 1;
+    e->threads = p->n;
+    return CM_OK;
+}
+
+
 /* A linear layer of the engine: matrix `which` of the packed table when
  * the engine packed its weights, else SGEMM/GEMV on the model's own. */
 static void
 cm_lm_mm(cm_lm_engine_t *e, int which, float *out, const float *inp,
     const float *w, const float *b, int R, int C, int OC)
 {
+    cm_lm_job_t j;
+
     if (e->use_packed && e->pk != NULL) {
-        cm_lmk_linear(out, inp, &e->pk[which], R);
+        j.kind = 0;
+        j.out = out;
+        j.inp = inp;
+        j.pm = &e->pk[which];
+        j.R = R;
+        j.l = 0;
+        cm_lm_run(e, &j);
         return;
     }
     cm_lm_linear(out, inp, w, b, R, C, OC);
@@ -288,18 +506,21 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             memcpy(s->v + at, e->qkv + (size_t) r * 3 * C + 2 * (size_t) C,
                    (size_t) C * sizeof(float));
         }
-        for (r = 0; r < R; r++) {
+        if (e->use_packed) {
+            cm_lm_job_t j;
+
+            memset(&j, 0, sizeof(j));
+            j.kind = 1;
+            j.R = R;
+            j.l = l;
+            cm_lm_run(e, &j);
+        }
+        for (r = 0; r < R && !e->use_packed; r++) {
             cm_lm_seq_t *s = e->row_seq[r];
             int          pos = e->row_pos[r];
             const float *kc = s->k + (size_t) l * maxT * C;
             const float *vc = s->v + (size_t) l * maxT * C;
 
-            if (e->use_packed) {
-                cm_lmk_attend(e->atty + (size_t) r * C,
-                              e->qkv + (size_t) r * 3 * C, kc, vc, e->scores,
-                              pos + 1, C, NH, scale);
-                continue;
-            }
             for (h = 0; h < NH; h++) {
                 const float *q = e->qkv + (size_t) r * 3 * C + (size_t) h * hs;
                 float       *o = e->atty + (size_t) r * C + (size_t) h * hs;

@@ -152,14 +152,13 @@ cm_lmk_block_avx512(float *out, size_t ldo, const float *x, size_t ldx,
 
 CM_LMK_AVX512 static void
 cm_lmk_linear_avx512(float *out, const float *inp, const cm_lmk_matrix_t *pm,
-    int R)
+    int R, int p0, int p1)
 {
-    int          K = pm->K, OC = pm->OC, p, panels, r0, rb, ncols;
+    int          K = pm->K, OC = pm->OC, p, r0, rb, ncols;
     const float *pw, *b, *x;
     float       *o;
 
-    panels = (OC + CM_LMK_PANEL - 1) / CM_LMK_PANEL;
-    for (p = 0; p < panels; p++) {
+    for (p = p0; p < p1; p++) {
         /* the panel stays in L1/L2 while every row block passes over it */
         pw = pm->w + (size_t) p * K * CM_LMK_PANEL;
         b = pm->bias != NULL ? pm->bias + (size_t) p * CM_LMK_PANEL : NULL;
@@ -386,17 +385,55 @@ cm_lmk_gelu(float *x, size_t n)
 }
 
 
+int
+cm_lmk_panels(const cm_lmk_matrix_t *pm)
+{
+    return (pm->OC + CM_LMK_PANEL - 1) / CM_LMK_PANEL;
+}
+
+
+void
+cm_lmk_linear_part(float *out, const float *inp, const cm_lmk_matrix_t *pm,
+    int R, int p0, int p1)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_simd()) {
+        cm_lmk_linear_avx512(out, inp, pm, R, p0, p1);
+        return;
+    }
+#endif
+    if (p0 == 0 && p1 == cm_lmk_panels(pm)) {
+        cm_lmk_linear_ref(out, inp, pm, R);
+        return;
+    }
+    {
+        /* columns [p0 * 32, p1 * 32) with the plain loops */
+        cm_lmk_matrix_t  sub = *pm;
+        int              r, o, c0 = p0 * CM_LMK_PANEL, k;
+
+        sub.OC = p1 * CM_LMK_PANEL < pm->OC ? p1 * CM_LMK_PANEL : pm->OC;
+        for (r = 0; r < R; r++) {
+            for (o = c0; o < sub.OC; o++) {
+                const float *pw = pm->w + (size_t) (o / CM_LMK_PANEL) * pm->K
+                                  * CM_LMK_PANEL + o % CM_LMK_PANEL;
+                float        acc = pm->bias != NULL ? pm->bias[o] : 0.0f;
+
+                for (k = 0; k < pm->K; k++) {
+                    acc += inp[(size_t) r * pm->K + k]
+                           * pw[(size_t) k * CM_LMK_PANEL];
+                }
+                out[(size_t) r * pm->OC + o] = acc;
+            }
+        }
+    }
+}
+
+
 void
 cm_lmk_linear(float *out, const float *inp, const cm_lmk_matrix_t *pm,
     int R)
 {
-#ifdef CM_LMK_X86
-    if (cm_lmk_simd()) {
-        cm_lmk_linear_avx512(out, inp, pm, R);
-        return;
-    }
-#endif
-    cm_lmk_linear_ref(out, inp, pm, R);
+    cm_lmk_linear_part(out, inp, pm, R, 0, cm_lmk_panels(pm));
 }
 
 

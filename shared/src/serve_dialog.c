@@ -96,6 +96,13 @@ cm_dlg_server_open(cm_dlg_server_t **out, const char *dir,
 }
 
 
+int
+cm_dlg_server_threads(cm_dlg_server_t *s, int n)
+{
+    return cm_lm_engine_threads(&s->eng, n);
+}
+
+
 void
 cm_dlg_server_free(cm_dlg_server_t *s)
 {

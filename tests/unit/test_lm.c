@@ -373,6 +373,59 @@ test_fed_prompts_run_in_chunks_inside_steps(void **state)
 }
 
 
+/* A step split over threads (panels of each matrix, rows of attention)
+ * gives the same bits as one thread; fed prompts and decode rows mixed. */
+static void
+test_threaded_steps_equal_one_thread(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e[3];
+    cm_lm_seq_t     s[3][5], *sp[3][5];
+    cm_lm_params_t  p;
+    int32_t         prompt[9] = { 3, 1, 4, 1, 5, 9, 2, 6, 5 };
+    int             t, k, i, step, nthreads[3] = { 1, 2, 3 };
+
+    tiny_model(&m);
+    cm_lm_params_default(&p);
+    p.max_tokens = 10;
+    for (t = 0; t < 3; t++) {
+        assert_int_equal(cm_lm_engine_init(&e[t], &m, 8), CM_OK);
+        assert_int_equal(cm_lm_engine_threads(&e[t], nthreads[t]), CM_OK);
+        e[t].prefill_budget = 6;
+        for (k = 0; k < 5; k++) {
+            p.seed = (uint64_t) k + 5;
+            assert_int_equal(cm_lm_seq_init(&s[t][k], &e[t], &p), CM_OK);
+            assert_int_equal(cm_lm_feed(&e[t], &s[t][k], prompt, 3 + k),
+                             CM_OK);
+            sp[t][k] = &s[t][k];
+        }
+    }
+    assert_int_equal(cm_lm_engine_threads(&e[0], 0), CM_EINVAL);
+    for (step = 0; step < 20; step++) {
+        for (t = 0; t < 3; t++) {
+            cm_lm_step(&e[t], sp[t], 5);
+        }
+        for (k = 0; k < 5; k++) {
+            for (t = 1; t < 3; t++) {
+                assert_int_equal(s[t][k].next, s[0][k].next);
+                assert_int_equal(s[t][k].pos, s[0][k].pos);
+                for (i = 0; i < V && s[0][k].next >= 0; i++) {
+                    assert_true(s[t][k].logits[i] == s[0][k].logits[i]);
+                }
+            }
+        }
+    }
+    for (t = 0; t < 3; t++) {
+        for (k = 0; k < 5; k++) {
+            assert_int_equal(s[t][k].finish, CM_LM_LENGTH);
+            cm_lm_seq_free(&s[t][k]);
+        }
+        cm_lm_engine_free(&e[t]);
+    }
+    cm_gpt_free(&m);
+}
+
+
 static void
 test_sampling_rules(void **state)
 {
@@ -538,6 +591,7 @@ main(void)
         cmocka_unit_test(test_batched_decode_equals_single_decode),
         cmocka_unit_test(test_chunked_prefill_equals_one_chunk),
         cmocka_unit_test(test_fed_prompts_run_in_chunks_inside_steps),
+        cmocka_unit_test(test_threaded_steps_equal_one_thread),
         cmocka_unit_test(test_sequences_admitted_mid_decode_match_solo_runs),
         cmocka_unit_test(test_sampling_rules),
         cmocka_unit_test(test_sequences_end_on_stop_length_and_full_context),

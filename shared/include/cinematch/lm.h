@@ -45,6 +45,7 @@
 #include "cinematch/lm_kernels.h"
 
 #define CM_LM_MAX_STOP  8
+#define CM_LM_MAX_THREADS 16
 
 typedef enum {
     CM_LM_RUNNING = 0,
@@ -99,6 +100,8 @@ typedef struct {
     int              use_packed;   /* 1: lm_kernels; 0: OpenBLAS (the bench
                                       clears it to compare) */
     uint64_t         forwards;     /* forwards run (tests: one per step) */
+    int              threads;      /* parts a step is split into (1) */
+    void            *pool;         /* worker threads, or NULL */
 } cm_lm_engine_t;
 
 typedef struct {
@@ -120,6 +123,11 @@ typedef struct {
 void cm_lm_params_default(cm_lm_params_t *p);
 
 int cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows);
+/* Splits each step's linear layers (by panels) and attention (by rows)
+ * over n threads, the caller included; with the packed kernels only (the
+ * OpenBLAS path keeps OpenBLAS's own threads).  Results are the same bits
+ * as with 1.  0, CM_EINVAL (n outside 1..16), CM_ENOMEM. */
+int cm_lm_engine_threads(cm_lm_engine_t *e, int n);
 void cm_lm_engine_free(cm_lm_engine_t *e);
 
 int cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,

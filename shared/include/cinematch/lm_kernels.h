@@ -49,6 +49,11 @@ void cm_lmk_pack(cm_lmk_matrix_t *pm, float *mem, const float *w,
 /* out (R, OC) = inp (R, K) @ w^T + bias, w packed. */
 void cm_lmk_linear(float *out, const float *inp, const cm_lmk_matrix_t *pm,
     int R);
+/* Panels p0..p1-1 only (output columns [32 p0, 32 p1)), so threads can
+ * split a layer by panels; cm_lmk_panels() = ceil(OC / 32). */
+int cm_lmk_panels(const cm_lmk_matrix_t *pm);
+void cm_lmk_linear_part(float *out, const float *inp,
+    const cm_lmk_matrix_t *pm, int R, int p0, int p1);
 /* The same with plain loops whatever the CPU (tests, other CPUs). */
 void cm_lmk_linear_ref(float *out, const float *inp,
     const cm_lmk_matrix_t *pm, int R);

@@ -57,6 +57,8 @@ typedef struct {
 int cm_dlg_server_open(cm_dlg_server_t **out, const char *dir,
     const char *version, int max_seqs, char *err, size_t errlen);
 void cm_dlg_server_free(cm_dlg_server_t *s);
+/* Threads per decode step (cm_lm_engine_threads); 1 after open. */
+int cm_dlg_server_threads(cm_dlg_server_t *s, int n);
 const char *cm_dlg_server_version(const cm_dlg_server_t *s);
 int cm_dlg_server_max_seqs(const cm_dlg_server_t *s);
 int cm_dlg_server_context(const cm_dlg_server_t *s);
