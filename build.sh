@@ -5,7 +5,8 @@
 #   ./build.sh [build]    build libcinematch, the cinematch binary, the nginx module,
 #                         the web app (web/dist, when npm is there; WEB=0 skips it)
 #   ./build.sh test       deps + build + unit tests + sanitizer tests + integration tests
-#                         + web unit tests
+#                         + web unit tests + the browser flow on a stack of its own
+#                         (web/e2e/run.sh; E2E=0 leaves it out)
 #   ./build.sh run        deps + build + start the local stack under ./var (see README)
 #   ./build.sh stop       stop what `run` started (by pid files), nothing else
 #   ./build.sh image      build the Dockerfile with podman and smoke-test the image
@@ -85,7 +86,10 @@ build_module() {
         grep 'warning:' "$NGX_BUILD/make.log" | head -20
         [ "${WERROR:-0}" = 1 ] && die "module build has warnings"
     fi
-    cp "$NGX_BUILD/objs/ngx_http_cinematch_module.so" build/
+    # A new file renamed into place: rewriting the old one would change the
+    # pages a running nginx has mapped (its workers would crash).
+    cp "$NGX_BUILD/objs/ngx_http_cinematch_module.so" build/.ngx_http_cinematch_module.so.new
+    mv -f build/.ngx_http_cinematch_module.so.new build/ngx_http_cinematch_module.so
 }
 
 # web/ → web/dist (the SPA and /api/docs), from the committed lockfile.
@@ -141,6 +145,16 @@ cmd_test() {
         log "web unit tests (vitest)"
         if (cd web && npx vitest run --reporter=dot); then
             summary+=("web: ok"); else summary+=("web: FAILED"); rc=1; fi
+        if [ "${E2E:-1}" = 1 ]; then
+            log "browser end-to-end flow (web/e2e/run.sh: a stack of its own on loopback, Debian chromium)"
+            local erc=0
+            web/e2e/run.sh || erc=$?
+            case $erc in
+                0)  summary+=("e2e: ok") ;;
+                77) summary+=("e2e: skipped") ;;
+                *)  summary+=("e2e: FAILED"); rc=1 ;;
+            esac
+        fi
     fi
     if ls tests/integration/test_*.py >/dev/null 2>&1; then
         log "integration tests (real PostgreSQL, Redis, nginx, cinematch infer on loopback)"
@@ -236,5 +250,5 @@ case "${1:-build}" in
     coverage) cmd_coverage ;;
     fuzz)     cmd_fuzz ;;
     clean)    cmd_clean ;;
-    *)        sed -n '2,17p' "$0"; exit 2 ;;
+    *)        sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -17,6 +17,12 @@
 #   CINEMATCH_READY_TIMEOUT [60]     seconds to wait for /ready
 #   CINEMATCH_DATA [../shared/data/ml-latest-small]  MovieLens directory to
 #                                    serve; when absent, `cinematch synth` data
+#   CINEMATCH_DIALOG_CORPUS          dialogue corpus for chat (default: the
+#                                    Cornell files in $CINEMATCH_DATA, its
+#                                    cornell/ or ../cornell, ../shared/data/cornell);
+#                                    ingested and trained in the background
+#   CINEMATCH_DIALOG_STEPS [600]     dialog-tiny steps (the first model)
+#   CINEMATCH_DIALOG_MINUTES [10]    then dialog-small minutes (0: skip)
 #   CINEMATCH_BIN [build/cinematch]  PG_BIN [/usr/lib/postgresql/15/bin]
 #
 # Ports in use by something else are reported, never taken over.  The ports a
@@ -405,23 +411,14 @@ infer_start() {
         fi
         model=(--dsn "$(cat "$VAR/secrets/pg_app_dsn")")
     fi
-    # A demo dialog model so chat works out of the box: dialog-tiny trained
-    # for a few seconds on the Cornell dialogues (or the test fixture).  It
-    # shows the streaming path, not quality: `cinematch train dialog
-    # --config dialog-small` and the registry are for real use.
-    local dcorpus=${CINEMATCH_DIALOG_CORPUS:-$ROOT/../shared/data/cornell/dialogues.txt}
-    [ -f "$dcorpus" ] || dcorpus=$ROOT/tests/fixtures/dialog/plain.txt
-    if [ ! -f "$VAR/models/dialog/model.bin" ] && "$BIN" train dialog --help >/dev/null 2>&1; then
-        step "model: training a demo dialog model (dialog-tiny, seconds; see README)"
-        mkdir -p "$VAR/models"
-        "$BIN" train dialog --corpus "$dcorpus" --out "$VAR/models/dialog" \
-            --config dialog-tiny --steps 300 >>"$LOG/train-dialog.log" 2>&1 \
-            || { warn "dialog training failed (log: $LOG/train-dialog.log)"
-                 rm -rf "$VAR/models/dialog"; }
+    # Chat: the daemon serves the registry's production dialog model too
+    # (--dsn) and reloads when one is promoted (NOTIFY).  dialog_train_start
+    # (after /ready) makes one from a dialogue corpus in the background;
+    # until then chat answers 503 saying how to add a corpus.
+    if [ ${#model[@]} -eq 0 ] && [ -s "$VAR/secrets/pg_app_dsn" ]; then
+        model=(--dsn "$(cat "$VAR/secrets/pg_app_dsn")")
     fi
-    [ -f "$VAR/models/dialog/model.bin" ] \
-        && model+=(--dialog "$VAR/models/dialog" --dialog-version demo)
-    [ ${#model[@]} -gt 0 ] && demo_user
+    [ -n "${DATA_DIR:-}" ] && demo_user
     own_var
     step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
     # setsid: its own session, so a terminal hangup does not reach it.
@@ -443,6 +440,103 @@ infer_stop() {
     rm -f "$INFER_SOCKET"
     # a daemon killed hard leaves its segment behind; it is ours by name
     rm -f "/dev/shm/${INFER_SHM#/}"
+}
+
+# ---- the dialog model: ingest a corpus, train in the background -------------------
+
+# The dialogue corpus chat learns from: $CINEMATCH_DIALOG_CORPUS (a Cornell
+# directory, a plain dialogue file or a .tsv of pairs), else the Cornell
+# Movie-Dialogs files in $CINEMATCH_DATA itself, its cornell/ or a cornell/
+# beside it, else ../shared/data/cornell (development).  Prints the path.
+dialog_corpus() {
+    local d cands=()
+    if [ -n "${CINEMATCH_DIALOG_CORPUS:-}" ]; then
+        [ -e "$CINEMATCH_DIALOG_CORPUS" ] || return 1
+        printf '%s\n' "$CINEMATCH_DIALOG_CORPUS"; return 0
+    fi
+    [ -n "${CINEMATCH_DATA:-}" ] && cands+=("$CINEMATCH_DATA" "$CINEMATCH_DATA/cornell" \
+                                           "$CINEMATCH_DATA/../cornell")
+    cands+=("$ROOT/../shared/data/cornell")
+    for d in "${cands[@]}"; do
+        if [ -f "$d/movie_lines.txt" ] && [ -f "$d/movie_conversations.txt" ]; then
+            (cd "$d" && pwd); return 0
+        fi
+    done
+    return 1
+}
+
+dialog_train_pid() { pid_of "$RUN/train-dialog.pid" bash; }
+
+# One background job (its own session and process group, pid file
+# $RUN/train-dialog.pid), logging to $LOG/train-dialog.log:
+#   1. cinematch ingest dialogs (the same corpus again is a no-op, by sha256);
+#   2. cinematch train dialog --from-db --if-new-data with dialog-tiny: a
+#      minute or two, promoted (the first model always passes the gate), so
+#      chat works soon after the first start; nothing to do on later starts;
+#   3. unless a dialog-small run succeeded before: dialog-small for
+#      $CINEMATCH_DIALOG_MINUTES minutes, promoted only when the gate finds
+#      it better on the same validation text (0 skips this stage).
+# The daemon hears of each promotion by NOTIFY; /ready lists the running
+# training with its progress.  `stop` ends the job (the run is marked failed,
+# production untouched).  Start-up never waits for it.
+dialog_train_start() {
+    local corpus store=$VAR/lib/cinematch/models mins=${CINEMATCH_DIALOG_MINUTES:-10}
+    local steps=${CINEMATCH_DIALOG_STEPS:-600}
+    DIALOG=
+    if ! "$BIN" train dialog --help >/dev/null 2>&1 || [ "${INFER:-0}" != 1 ]; then
+        return 0
+    fi
+    if ! corpus=$(dialog_corpus); then
+        DIALOG=none
+        say "dialog: no dialogue corpus found: chat answers 503 until one is added" \
+            "(put the Cornell Movie-Dialogs files in \$CINEMATCH_DATA/cornell and start again;" \
+            "see docs/OPERATIONS.md)"
+        return 0
+    fi
+    if dialog_train_pid >/dev/null; then
+        say "dialog: training already running (pid $(dialog_train_pid))"; DIALOG=training
+        return 0
+    fi
+    DIALOG=training
+    step "dialog: ingesting $corpus and training in the background (log: $LOG/train-dialog.log)"
+    # setsid: its own process group, which stop signals as a whole
+    "${AS_SVC[@]}" setsid bash -c '
+        echo $$ >"$1"
+        bin=$2 corpus=$3 dsn=$4 psql=$5 mins=$6 steps=$8
+        export CINEMATCH_MODEL_STORE=$7
+        echo "== $(date -u +%FT%TZ) ingest dialogs $corpus"
+        "$bin" ingest dialogs --data "$corpus" --dsn "$dsn" || exit 1
+        echo "== $(date -u +%FT%TZ) train dialog-tiny (if the corpus is new)"
+        "$bin" train dialog --from-db --if-new-data --config dialog-tiny --steps "$steps" \
+            --minutes 2 --dsn "$dsn" || exit 1
+        [ "$mins" = 0 ] && exit 0
+        done=$("$psql" "$dsn" -tAc "SELECT count(*) FROM training_runs WHERE model_name = '"'dialog'"'
+            AND status = '"'succeeded'"' AND params->>'"'config'"' = '"'dialog-small'"'")
+        [ "$done" = 0 ] || exit 0
+        echo "== $(date -u +%FT%TZ) train dialog-small for $mins minutes"
+        # about 5 s a step on two busy cores: the cosine schedule (and its
+        # warm-up, steps/20) must fit the minutes, which only cap it
+        "$bin" train dialog --from-db --config dialog-small --steps $((mins * 12)) \
+            --minutes "$mins" --val-every 60 --dsn "$dsn"
+    ' train-dialog "$RUN/train-dialog.pid" "$BIN" "$corpus" "$(pg_dsn)" "$PG_BIN/psql" \
+        "$mins" "$store" "$steps" >>"$LOG/train-dialog.log" 2>&1 </dev/null &
+}
+
+dialog_train_stop() {
+    local pid _
+    if ! pid=$(dialog_train_pid); then
+        rm -f "$RUN/train-dialog.pid"; return 0
+    fi
+    # the job's process group: the shell and the cinematch it runs; SIGTERM
+    # marks a running training failed and leaves production as it was
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+        kill -0 -- "-$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$RUN/train-dialog.pid"
+    say "dialog training: stopped"
 }
 
 # ---- nginx -----------------------------------------------------------------------
@@ -587,6 +681,12 @@ cinematch is up.
   logs       $LOG/  (nginx-error.log nginx-access.log infer-0.log postgresql.log redis.log migrate.log)
   stop       ./build.sh stop   (or conf/stack.sh stop)
 EOF
+    case "${DIALOG:-}" in
+        training) say "  chat       a dialog model is training in the background; chat answers once it" \
+                      "is promoted" "(progress: /ready, $LOG/train-dialog.log)" ;;
+        none)     say "  chat       no dialogue corpus: chat answers 503 until one is added" \
+                      "(docs/OPERATIONS.md, \"Chat\")" ;;
+    esac
     if [ -r "$VAR/secrets/demo_user" ]; then
         local email pw
         read -r email pw <"$VAR/secrets/demo_user"
@@ -647,6 +747,7 @@ cmd_start() {
     infer_start
     nginx_start
     wait_ready
+    dialog_train_start
     trap - EXIT
     summary
 }
@@ -654,6 +755,7 @@ cmd_start() {
 cmd_stop() {
     # Reverse order; each by its own pid file, verified against the process
     # name, so nothing this script did not start is touched.
+    dialog_train_stop
     nginx_stop
     infer_stop
     redis_stop
@@ -673,6 +775,7 @@ cmd_status() {
     if pid=$(infer_pid); then say "infer     running  pid $pid  $INFER_SOCKET"
     elif "$BIN" infer --help >/dev/null 2>&1; then say "infer     stopped"; down=1
     else say "infer     not built"; fi
+    if pid=$(dialog_train_pid); then say "dialog    training pid $pid  (log: $LOG/train-dialog.log)"; fi
     if pid=$(nginx_pid); then
         say "nginx     running  pid $pid  https://$(probe_host):$HTTPS_PORT" \
             " /health=$(http_code /health) /ready=$(http_code /ready)"
@@ -686,5 +789,5 @@ case "${1:-}" in
     start)  cmd_start ;;
     stop)   cmd_stop ;;
     status) cmd_status ;;
-    *)      sed -n '2,26p' "$0"; exit 2 ;;
+    *)      sed -n '2,30p' "$0"; exit 2 ;;
 esac

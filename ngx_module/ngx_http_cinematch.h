@@ -170,6 +170,8 @@ struct ngx_http_cinematch_ctx_s {
 
     ngx_str_t                       model_version; /* that answered, for
                                                       $cinematch_model_version */
+    ngx_str_t                       error_code;   /* of the error body sent,
+                                                     for the request log */
 };
 
 

@@ -30,6 +30,7 @@ typedef struct {
 } ngx_http_cinematch_chat_t;
 
 
+static ngx_uint_t ngx_http_cinematch_gen_model_state(void);
 static ngx_int_t ngx_http_cinematch_gen_number(json_t *body, const char *key,
     double def, double lo, double hi, double *out);
 static void ngx_http_cinematch_gen_ready(ngx_http_cinematch_infer_req_t *ir,
@@ -249,6 +250,52 @@ ngx_http_cinematch_gen_sampling(json_t *b,
 }
 
 
+/*
+ * 0: no daemon connected; 1: daemons connected, none lists a dialog model
+ * in its table; 2: a dialog model is served.  Reads the segments' headers
+ * only (no locks, no syscalls).
+ */
+static ngx_uint_t
+ngx_http_cinematch_gen_model_state(void)
+{
+    ngx_uint_t                          i, m, state;
+    ngx_http_cinematch_infer_status_t   st;
+
+    state = 0;
+
+    for (i = 0; i < ngx_http_cinematch_infer_ndaemons(); i++) {
+        ngx_http_cinematch_infer_get_status(i, &st);
+
+        if (!st.connected) {
+            continue;
+        }
+
+        state = 1;
+
+        for (m = 0; m < st.nmodels; m++) {
+            if (ngx_strcmp(st.models[m].name, "dialog") == 0) {
+                return 2;
+            }
+        }
+    }
+
+    return state;
+}
+
+
+const char *
+ngx_http_cinematch_gen_unavailable(ngx_int_t rc)
+{
+    if (rc == NGX_BUSY) {
+        return "all inference slots are busy";
+    }
+
+    return ngx_http_cinematch_gen_model_state() == 0
+           ? "no inference daemon is available"
+           : NGX_HTTP_CINEMATCH_NO_DIALOG_MODEL;
+}
+
+
 ngx_int_t
 ngx_http_cinematch_gen_start(ngx_http_request_t *r,
     ngx_http_cinematch_gen_t *g, const uint64_t *params, ngx_str_t *payload)
@@ -257,6 +304,12 @@ ngx_http_cinematch_gen_start(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    /* a daemon without a dialog model would only fail the generation:
+     * say so before any byte of an event stream goes out */
+    if (ngx_http_cinematch_gen_model_state() == 1) {
+        return NGX_DECLINED;
+    }
 
     rc = ngx_http_cinematch_infer_submit(r, CM_REQ_CHAT, params,
                                          NGX_HTTP_CINEMATCH_GEN_PARAMS,
@@ -386,7 +439,7 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
     ngx_http_cinematch_gen_t *g, ngx_int_t lost)
 {
     int64_t                          n;
-    json_t                          *res, *fr, *usage, *ver;
+    json_t                          *res, *fr, *usage, *ver, *cx;
     uint32_t                         state, len;
     ngx_int_t                        rc;
     ngx_http_cinematch_infer_req_t  *ir = g->ir;
@@ -488,6 +541,19 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
                                  json_object_get(usage, "completion_tokens"));
         }
 
+        cx = json_object_get(res, "context");
+
+        if (json_is_integer(json_object_get(cx, "turns"))
+            && json_is_integer(json_object_get(cx, "dropped_turns")))
+        {
+            g->context = 1;
+            g->context_turns = json_integer_value(
+                                 json_object_get(cx, "turns"));
+            g->dropped_turns = json_integer_value(
+                                 json_object_get(cx, "dropped_turns"));
+            g->truncated = json_is_true(json_object_get(cx, "truncated"));
+        }
+
         ngx_http_cinematch_set_model_version(g->request, res);
 
         if (json_is_string(ver)) {
@@ -549,6 +615,16 @@ ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g)
     }
 
     (void) ngx_http_cinematch_gen_collect(g);
+
+    /* the daemon's counts so far: it writes no result for a cancelled
+     * sequence */
+    if (g->ir->seg != NULL && g->ir->slot != NULL) {
+        g->prompt_tokens = atomic_load_explicit(&g->ir->slot->prompt_tokens,
+                                                memory_order_relaxed);
+        g->completion_tokens = atomic_load_explicit(
+                                   &g->ir->slot->completion_tokens,
+                                   memory_order_relaxed);
+    }
 
     g->finished = 1;
     g->ended = ngx_current_msec;
@@ -725,9 +801,7 @@ ngx_http_cinematch_chat_completions_handler(ngx_http_request_t *r,
 
     if (rc == NGX_BUSY || rc == NGX_DECLINED) {
         return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                   "unavailable", rc == NGX_BUSY
-                                  ? "all inference slots are busy"
-                                  : "no inference daemon is available");
+                   "unavailable", ngx_http_cinematch_gen_unavailable(rc));
     }
 
     if (rc != NGX_OK) {
@@ -844,7 +918,7 @@ ngx_http_cinematch_chat_end(ngx_http_cinematch_gen_t *g)
                        NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
                        g->outcome == NGX_HTTP_CINEMATCH_GEN_LOST
                        ? "the inference daemon went away"
-                       : "no dialog model is available");
+                       : NGX_HTTP_CINEMATCH_NO_DIALOG_MODEL);
         }
 
         /* the head ends with ',': close it into an object to extend */
@@ -1026,8 +1100,13 @@ ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
         break;
     }
 
-    /* token counts are known only when the daemon finished the sequence */
-    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
+    /* token counts: the daemon's result, or for a reply cut short by the
+     * client the counts it had published when it was cancelled (none when
+     * it never started: prompt_tokens is 0 then) */
+    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE
+        || (g->outcome == NGX_HTTP_CINEMATCH_GEN_GONE
+            && g->prompt_tokens > 0))
+    {
         p = ngx_sprintf((u_char *) row->pt, "%L", g->prompt_tokens);
         *p = '\0';
         p = ngx_sprintf((u_char *) row->ct, "%L", g->completion_tokens);
@@ -1046,9 +1125,32 @@ ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
     ngx_cpystrn((u_char *) row->version, (u_char *) g->version,
                 sizeof(row->version));
 
+    if (g->context) {
+        p = ngx_sprintf((u_char *) row->turns, "%L", g->context_turns);
+        *p = '\0';
+        p = ngx_sprintf((u_char *) row->dropped, "%L", g->dropped_turns);
+        *p = '\0';
+        ngx_cpystrn((u_char *) row->truncated,
+                    (u_char *) (g->truncated ? "true" : "false"),
+                    sizeof(row->truncated));
+    }
+
     /* registry versions are integers; anything else links to no row (and
      * is checked here: a failed cast in SQL would lose the reply) */
     len = ngx_strlen(row->version);
     row->version_id = (len > 0 && len <= 9
                       && ngx_atoi((u_char *) row->version, len) != NGX_ERROR);
+}
+
+
+u_char *
+ngx_http_cinematch_gen_context(ngx_http_cinematch_gen_t *g, u_char *p)
+{
+    if (!g->context) {
+        return ngx_cpymem(p, "null", 4);
+    }
+
+    return ngx_sprintf(p, "{\"turns\":%L,\"dropped_turns\":%L,"
+                       "\"truncated\":%s}", g->context_turns,
+                       g->dropped_turns, g->truncated ? "true" : "false");
 }

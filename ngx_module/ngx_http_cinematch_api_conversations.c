@@ -24,9 +24,10 @@
  *
  * Context: the last NGX_HTTP_CINEMATCH_CONV_TURNS turns, from a Redis list
  * per conversation (cinematch:conv:<id>:turns), rebuilt from PostgreSQL
- * when the list is missing or Redis is down.  The daemon drops the oldest
- * tokens that do not fit the model's context; the payload builder drops
- * the oldest turns that do not fit a slot.
+ * when the list is missing or Redis is down (the WebSocket shares the
+ * list).  The daemon drops the oldest whole turns that do not fit the
+ * model's context (reported as "context" in `done`); the payload builder
+ * drops the oldest turns that do not fit a slot.
  *
  * Events for downstream consumers go to the Redis stream
  * cinematch:chat.events (MAXLEN ~ 100000), fire and forget: message.created,
@@ -45,7 +46,6 @@
 #include "cinematch/chatdoc.h"
 
 
-#define NGX_HTTP_CINEMATCH_CONV_TURNS      20
 #define NGX_HTTP_CINEMATCH_CONV_TTL        "86400"
 #define NGX_HTTP_CINEMATCH_CONV_TITLE      200      /* characters */
 #define NGX_HTTP_CINEMATCH_CONV_COMMENT    2000     /* characters */
@@ -152,8 +152,6 @@ static ngx_int_t ngx_http_cinematch_msg_text(ngx_http_cinematch_gen_t *g,
 static ngx_int_t ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g);
 static ngx_int_t ngx_http_cinematch_msg_saved(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
-static void ngx_http_cinematch_msg_push_turn(ngx_http_cinematch_conv_t *st,
-    u_char *text, size_t len);
 
 static ngx_int_t ngx_http_cinematch_feedback_stored(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
@@ -1072,7 +1070,8 @@ ngx_http_cinematch_msg_cached(ngx_http_request_t *r, void *data,
     st->turns[n] = st->content;
     st->nturns = n + 1;
 
-    ngx_http_cinematch_msg_push_turn(st, st->content.data, st->content.len);
+    ngx_http_cinematch_conv_push_turn(st->conv_id, st->content.data,
+                                      st->content.len);
 
     return ngx_http_cinematch_msg_generate(r, st);
 }
@@ -1083,8 +1082,6 @@ ngx_http_cinematch_msg_history(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
     int                         i, n;
-    const char                **argv;
-    size_t                     *argvlen;
     ngx_int_t                   rc;
     ngx_http_cinematch_conv_t  *st = data;
 
@@ -1097,10 +1094,7 @@ ngx_http_cinematch_msg_history(ngx_http_request_t *r, void *data,
     n = PQntuples(res);
 
     st->turns = ngx_palloc(r->pool, (n + 1) * sizeof(ngx_str_t));
-    argv = ngx_palloc(r->pool, (n + 2) * sizeof(char *));
-    argvlen = ngx_palloc(r->pool, (n + 2) * sizeof(size_t));
-
-    if (st->turns == NULL || argv == NULL || argvlen == NULL) {
+    if (st->turns == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1112,8 +1106,6 @@ ngx_http_cinematch_msg_history(ngx_http_request_t *r, void *data,
         }
         ngx_memcpy(st->turns[i].data, PQgetvalue(res, i, 0),
                    st->turns[i].len);
-        argv[i + 2] = (char *) st->turns[i].data;
-        argvlen[i + 2] = st->turns[i].len;
     }
 
     if (n == 0) {
@@ -1123,23 +1115,7 @@ ngx_http_cinematch_msg_history(ngx_http_request_t *r, void *data,
 
     st->nturns = n;
 
-    /* rebuild the cached list: DEL, then RPUSH the turns, then EXPIRE */
-    argv[0] = "RPUSH";
-    argvlen[0] = 5;
-    argv[1] = ngx_pnalloc(r->pool, 64);
-
-    if (argv[1] != NULL) {
-        argvlen[1] = ngx_sprintf((u_char *) argv[1], "cinematch:conv:%s:turns",
-                                 st->conv_id) - (u_char *) argv[1];
-
-        (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
-                   "DEL cinematch:conv:%s:turns", st->conv_id);
-        (void) ngx_http_cinematch_redis_command(NULL, NULL, NULL, n + 2,
-                                                argv, argvlen);
-        (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
-                   "EXPIRE cinematch:conv:%s:turns "
-                   NGX_HTTP_CINEMATCH_CONV_TTL, st->conv_id);
-    }
+    ngx_http_cinematch_conv_cache_turns(r->pool, st->conv_id, st->turns, n);
 
     return ngx_http_cinematch_msg_generate(r, st);
 }
@@ -1147,8 +1123,8 @@ ngx_http_cinematch_msg_history(ngx_http_request_t *r, void *data,
 
 /* Append a turn to the cached context, keep the last N, refresh the TTL. */
 
-static void
-ngx_http_cinematch_msg_push_turn(ngx_http_cinematch_conv_t *st, u_char *text,
+void
+ngx_http_cinematch_conv_push_turn(const char *conv_id, u_char *text,
     size_t len)
 {
     if (len == 0) {
@@ -1156,13 +1132,57 @@ ngx_http_cinematch_msg_push_turn(ngx_http_cinematch_conv_t *st, u_char *text,
     }
 
     (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
-               "RPUSH cinematch:conv:%s:turns %b", st->conv_id, text, len);
+               "RPUSH cinematch:conv:%s:turns %b", conv_id, text, len);
     (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
-               "LTRIM cinematch:conv:%s:turns -%d -1", st->conv_id,
+               "LTRIM cinematch:conv:%s:turns -%d -1", conv_id,
                NGX_HTTP_CINEMATCH_CONV_TURNS);
     (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
                "EXPIRE cinematch:conv:%s:turns " NGX_HTTP_CINEMATCH_CONV_TTL,
-               st->conv_id);
+               conv_id);
+}
+
+
+/* The cached context rebuilt from the turns read from PostgreSQL: DEL,
+ * then RPUSH the turns, then EXPIRE (fire and forget). */
+
+void
+ngx_http_cinematch_conv_cache_turns(ngx_pool_t *pool, const char *conv_id,
+    ngx_str_t *turns, size_t n)
+{
+    size_t        i;
+    const char  **argv;
+    size_t       *argvlen;
+
+    argv = ngx_palloc(pool, (n + 2) * sizeof(char *));
+    argvlen = ngx_palloc(pool, (n + 2) * sizeof(size_t));
+
+    if (n == 0 || argv == NULL || argvlen == NULL) {
+        return;
+    }
+
+    argv[0] = "RPUSH";
+    argvlen[0] = 5;
+    argv[1] = ngx_pnalloc(pool, 64);
+
+    if (argv[1] == NULL) {
+        return;
+    }
+
+    argvlen[1] = ngx_sprintf((u_char *) argv[1], "cinematch:conv:%s:turns",
+                             conv_id) - (u_char *) argv[1];
+
+    for (i = 0; i < n; i++) {
+        argv[i + 2] = (char *) turns[i].data;
+        argvlen[i + 2] = turns[i].len;
+    }
+
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "DEL cinematch:conv:%s:turns", conv_id);
+    (void) ngx_http_cinematch_redis_command(NULL, NULL, NULL, (int) n + 2,
+                                            argv, argvlen);
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "EXPIRE cinematch:conv:%s:turns "
+               NGX_HTTP_CINEMATCH_CONV_TTL, conv_id);
 }
 
 
@@ -1194,8 +1214,7 @@ ngx_http_cinematch_msg_generate(ngx_http_request_t *r,
     if (rc == NGX_BUSY || rc == NGX_DECLINED) {
         return ngx_http_cinematch_send_error_json(r,
                    NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
-                   rc == NGX_BUSY ? "all inference slots are busy"
-                                  : "no inference daemon is available",
+                   ngx_http_cinematch_gen_unavailable(rc),
                    json_pack("{s:I}", "user_message_id",
                              (json_int_t) ngx_atoof(
                                  (u_char *) st->user_message_id,
@@ -1250,14 +1269,26 @@ ngx_http_cinematch_msg_reading(ngx_http_request_t *r)
     ngx_http_cinematch_ctx_t   *ctx;
     ngx_http_cinematch_gen_t   *g;
 
+    c = r->connection;
+
 #if (NGX_HTTP_V2)
     if (r->stream) {
-        ngx_http_test_reading(r);
-        return;
+        /*
+         * HTTP/2: the stream was reset (RST_STREAM) or the connection
+         * closed; nginx has set c->error on the stream's connection and
+         * calls this handler.  ngx_http_test_reading() would terminate
+         * the request here and the reply would be lost: it is stored
+         * as for HTTP/1.1 instead.
+         */
+        if (!c->error) {
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "client cancelled the HTTP/2 stream during generation");
+        goto gone;
     }
 #endif
-
-    c = r->connection;
 
     n = recv(c->fd, buf, 1, MSG_PEEK);
     err = ngx_socket_errno;
@@ -1282,6 +1313,10 @@ ngx_http_cinematch_msg_reading(ngx_http_request_t *r)
 
     ngx_log_error(NGX_LOG_INFO, c->log, n == 0 ? 0 : err,
                   "client prematurely closed connection during generation");
+
+#if (NGX_HTTP_V2)
+gone:
+#endif
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
     g = ctx != NULL ? ctx->data : NULL;
@@ -1423,15 +1458,18 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                " conversation_id %s message_id %s user_id %s status %s"
                " finish_reason %s prompt_tokens %s completion_tokens %s"
                " first_token_ms %s latency_ms %s model_version %s"
-               " request_id %s",
+               " request_id %s context_turns %s dropped_turns %s"
+               " truncated %s",
                st->conv_id, id != NULL ? id : "", st->user_id, st->row.status,
                st->row.finish, st->row.pt, st->row.ct, st->row.ttft, st->row.latency, st->row.version,
-               st->request_id);
+               st->request_id, st->row.turns, st->row.dropped,
+               st->row.truncated);
 
     if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
         && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED)
     {
-        ngx_http_cinematch_msg_push_turn(st, st->reply, st->reply_len);
+        ngx_http_cinematch_conv_push_turn(st->conv_id, st->reply,
+                                          st->reply_len);
     }
 
     if (r->connection->error) {
@@ -1487,10 +1525,19 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                         "request_id", st->request_id,
                         "user_message_id", umid);
 
+        if (doc != NULL && g->context) {
+            json_object_set_new(doc, "context",
+                json_pack("{s:I, s:I, s:b}",
+                          "turns", (json_int_t) g->context_turns,
+                          "dropped_turns", (json_int_t) g->dropped_turns,
+                          "truncated", (int) g->truncated));
+        }
+
         return ngx_http_cinematch_send_json(r, status, doc);
     }
 
-    p = ngx_http_cinematch_sse_reserve(&g->sse, 512);
+    p = ngx_http_cinematch_sse_reserve(&g->sse,
+                                       512 + NGX_HTTP_CINEMATCH_GEN_CONTEXT_LEN);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -1499,8 +1546,10 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
         p = ngx_sprintf(p, "event: done\ndata: {\"message_id\":%s,"
                         "\"user_message_id\":%s,\"finish_reason\":\"%s\","
                         "\"usage\":{\"prompt_tokens\":%L,"
-                        "\"completion_tokens\":%L}}\n\n",
+                        "\"completion_tokens\":%L},\"context\":",
                         id, st->user_message_id, st->row.finish, pt, ct);
+        p = ngx_http_cinematch_gen_context(g, p);
+        p = ngx_cpymem(p, "}\n\n", 3);
 
     } else {
         p = ngx_sprintf(p, "event: error\ndata: {\"error\":{\"code\":\"%s\","

@@ -38,8 +38,23 @@ typedef struct {
     ngx_uint_t    pending;
     ngx_uint_t    failed;
     json_t       *checks;
+    json_t       *training;     /* runs in progress, NULL: unknown */
     ngx_msec_t    start;
 } ngx_http_cinematch_ready_t;
+
+
+/*
+ * Trainings in progress (`cinematch train ... --from-db` writes its
+ * progress into the run row), read after the PostgreSQL check succeeded.
+ * Informational: a failure (an older schema, a busy pool) leaves the key
+ * out and never fails readiness.  The partial index on active runs keeps
+ * it one index probe.
+ */
+#define NGX_HTTP_CINEMATCH_READY_TRAINING                                    \
+    "SELECT coalesce(json_agg(json_build_object('run', id, 'model',"        \
+    " model_name, 'status', status, 'started_at', started_at,"              \
+    " 'progress', metrics->'progress') ORDER BY id), '[]')::text"            \
+    " FROM training_runs WHERE status IN ('queued', 'running')"
 
 
 static ngx_int_t ngx_http_cinematch_redis_echo_done(ngx_http_request_t *r,
@@ -49,6 +64,8 @@ static ngx_int_t ngx_http_cinematch_pg_types_done(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_pg_sleep_done(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ready_pg(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_ready_training(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ready_redis(ngx_http_request_t *r,
     void *data, redisReply *reply);
@@ -479,6 +496,40 @@ ngx_http_cinematch_ready_pg(ngx_http_request_t *r, void *data,
 
     ngx_http_cinematch_ready_check(rd, "postgres", err);
 
+    /* the same pending count carries over to the training query */
+
+    if (err == NULL
+        && ngx_http_cinematch_pg_query(r, NGX_HTTP_CINEMATCH_READY_TRAINING,
+                                       0, NULL,
+                                       ngx_http_cinematch_ready_training, rd)
+           == NGX_OK)
+    {
+        return NGX_DONE;
+    }
+
+    if (--rd->pending) {
+        return NGX_DONE;
+    }
+
+    return ngx_http_cinematch_ready_done(r, rd);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_ready_training(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_http_cinematch_ready_t *rd = data;
+
+    if (err == NULL
+        && PQresultStatus(res) == PGRES_TUPLES_OK
+        && PQntuples(res) == 1
+        && !PQgetisnull(res, 0, 0))
+    {
+        rd->training = ngx_http_cinematch_json_track(r,
+                           json_loads(PQgetvalue(res, 0, 0), 0, NULL));
+    }
+
     if (--rd->pending) {
         return NGX_DONE;
     }
@@ -582,8 +633,9 @@ ngx_http_cinematch_ready_done(ngx_http_request_t *r,
         json_decref(failed);
 
         return ngx_http_cinematch_send_json(r, NGX_HTTP_OK,
-                   json_pack("{s:s, s:O}", "status", "ok",
-                             "checks", rd->checks));
+                   json_pack("{s:s, s:O, s:O*}", "status", "ok",
+                             "checks", rd->checks,
+                             "training", rd->training));
     }
 
     ngx_str_set(&key, "Retry-After");
@@ -595,6 +647,7 @@ ngx_http_cinematch_ready_done(ngx_http_request_t *r,
     }
 
     return ngx_http_cinematch_send_json(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-               json_pack("{s:s, s:o, s:O}", "status", "unavailable",
-                         "failed", failed, "checks", rd->checks));
+               json_pack("{s:s, s:o, s:O, s:O*}", "status", "unavailable",
+                         "failed", failed, "checks", rd->checks,
+                         "training", rd->training));
 }

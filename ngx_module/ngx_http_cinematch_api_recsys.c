@@ -39,6 +39,10 @@ static ngx_int_t ngx_http_cinematch_rs_run(ngx_http_request_t *r,
     void *data);
 static void ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir,
     ngx_int_t rc);
+#if (NGX_HTTP_CINEMATCH_SERVING)
+static ngx_int_t ngx_http_cinematch_rs_answer_text(ngx_http_request_t *r,
+    void *data, u_char *p, size_t len);
+#endif
 
 
 static ngx_str_t  ngx_http_cinematch_rs_json = ngx_string("application/json");
@@ -497,6 +501,11 @@ ngx_http_cinematch_rs_submit(ngx_http_request_t *r, uint32_t kind,
     case CM_REQ_RECOMMEND:
         job->endpoint = 0;
         job->user = (int64_t) params[0];
+#if (NGX_HTTP_CINEMATCH_SERVING)
+        /* the daemon writes the request log's members beside the answer:
+         * nothing here parses a recommendation */
+        job->params[2] |= CM_REC_LOG_MEMBERS;
+#endif
         break;
     case CM_REQ_SIMILAR:
         job->endpoint = 1;
@@ -526,7 +535,7 @@ ngx_http_cinematch_rs_submit(ngx_http_request_t *r, uint32_t kind,
 
         if (kind == CM_REQ_RECOMMEND) {
             p = ngx_sprintf(p, "%uL:%uL:%uL:%uL:%uL:", params[0], params[1],
-                            params[2], params[3], params[4]);
+                            job->params[2], params[3], params[4]);
 
         } else if (kind == CM_REQ_SIMILAR) {
             p = ngx_sprintf(p, "%uL:%uL:", params[0], params[1]);
@@ -664,6 +673,18 @@ ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir, ngx_int_t rc)
     ngx_memcpy(p, cm_ipc_slot_res(ir->seg, ir->slot), len);
     ngx_http_cinematch_infer_release(ir);
 
+#if (NGX_HTTP_CINEMATCH_SERVING)
+    if (p[0] == '"') {
+        ngx_http_cinematch_rs_job_t *job = ir->data;
+
+        if (job->kind == CM_REQ_RECOMMEND) {
+            ngx_http_cinematch_finish(r,
+                ngx_http_cinematch_rs_answer_text(r, job, p, len));
+            return;
+        }
+    }
+#endif
+
     check = json_loadb((char *) p, len, JSON_REJECT_DUPLICATES, NULL);
 
     if (!json_is_object(check)) {
@@ -693,3 +714,62 @@ ngx_http_cinematch_rs_ready(ngx_http_cinematch_infer_req_t *ir, ngx_int_t rc)
     ngx_http_cinematch_finish(r, ngx_http_cinematch_send_buf(r, NGX_HTTP_OK,
                                   &ngx_http_cinematch_rs_json, p, len));
 }
+
+
+#if (NGX_HTTP_CINEMATCH_SERVING)
+
+/*
+ * A recommendation with its request-log members: "<members>\n<answer>".
+ * The daemon writes both from text jansson made at model load, so this
+ * only checks the shape (members that start with the model_version, an
+ * answer that is one object) instead of parsing ~2 KB of JSON per request.
+ */
+
+static ngx_int_t
+ngx_http_cinematch_rs_answer_text(ngx_http_request_t *r, void *data,
+    u_char *p, size_t len)
+{
+    ngx_http_cinematch_rs_job_t *job = data;
+
+    u_char     *nl, *body, *v, *end;
+    size_t      blen;
+    ngx_str_t   members, version;
+
+    static const u_char  lead[] = "\"model_version\":\"";
+
+    nl = ngx_strlchr(p, p + len, '\n');
+    body = nl != NULL ? nl + 1 : NULL;
+    blen = body != NULL ? (size_t) (p + len - body) : 0;
+
+    if (nl == NULL || blen < 2 || body[0] != '{' || body[blen - 1] != '}'
+        || (size_t) (nl - p) < sizeof(lead) - 1
+        || ngx_memcmp(p, lead, sizeof(lead) - 1) != 0)
+    {
+        ngx_http_cinematch_metrics_upstream_error(
+            NGX_HTTP_CINEMATCH_UPSTREAM_INFER);
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_BAD_GATEWAY,
+                   "bad_gateway", "malformed answer from the model server");
+    }
+
+    members.data = p;
+    members.len = nl - p;
+
+    /* a version is plain text: no quote or backslash inside */
+    v = p + sizeof(lead) - 1;
+    for (end = v; end < nl && *end != '"' && *end != '\\'; end++) {
+        /* void */
+    }
+
+    version.data = v;
+    version.len = (end < nl && *end == '"') ? (size_t) (end - v) : 0;
+
+    ngx_http_cinematch_serving_answered_text(r, job->endpoint, body, blen,
+                                             &members, &version);
+    ngx_http_cinematch_serving_set_version(r, &version);
+
+    return ngx_http_cinematch_send_buf(r, NGX_HTTP_OK,
+                                       &ngx_http_cinematch_rs_json, body,
+                                       blen);
+}
+
+#endif

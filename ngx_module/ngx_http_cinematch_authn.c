@@ -1674,14 +1674,36 @@ typedef struct {
 } ngx_http_cinematch_rating_id_t;
 
 
+/*
+ * Per worker, the answers of that lookup, for a short while: a user's
+ * rating id never changes (a sequence default, never updated), so only
+ * "still active" can go stale, and it does for at most this long, the
+ * same as the access token that carries the caller to every other
+ * endpoint without a lookup.  Direct-mapped; a collision just looks up.
+ */
+
+#define NGX_HTTP_CINEMATCH_RATING_ID_CACHE  4096
+#define NGX_HTTP_CINEMATCH_RATING_ID_TTL    30000   /* ms */
+
+typedef struct {
+    int64_t      user_id;
+    int64_t      rating_user_id;
+    ngx_msec_t   expires;
+} ngx_http_cinematch_rating_id_entry_t;
+
+static ngx_http_cinematch_rating_id_entry_t
+    ngx_http_cinematch_rating_ids[NGX_HTTP_CINEMATCH_RATING_ID_CACHE];
+
+
 static ngx_int_t
 ngx_http_cinematch_caller_rating_id_done(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
     ngx_http_cinematch_rating_id_t *q = data;
 
-    int64_t                       rid;
-    ngx_http_cinematch_caller_t  *c;
+    int64_t                                rid;
+    ngx_http_cinematch_caller_t           *c;
+    ngx_http_cinematch_rating_id_entry_t  *e;
 
     if (err != NULL) {
         return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -1710,6 +1732,12 @@ ngx_http_cinematch_caller_rating_id_done(ngx_http_request_t *r, void *data,
     c = ngx_http_cinematch_caller(r);
     c->rating_user_id = rid;
 
+    e = &ngx_http_cinematch_rating_ids[(uint64_t) c->user_id
+                                       % NGX_HTTP_CINEMATCH_RATING_ID_CACHE];
+    e->user_id = c->user_id;
+    e->rating_user_id = rid;
+    e->expires = ngx_current_msec + NGX_HTTP_CINEMATCH_RATING_ID_TTL;
+
     return q->next(r);
 }
 
@@ -1718,9 +1746,10 @@ ngx_int_t
 ngx_http_cinematch_caller_rating_id(ngx_http_request_t *r,
     ngx_http_cinematch_caller_next_pt next)
 {
-    u_char                          *p;
-    ngx_http_cinematch_caller_t     *c;
-    ngx_http_cinematch_rating_id_t  *q;
+    u_char                                *p;
+    ngx_http_cinematch_caller_t           *c;
+    ngx_http_cinematch_rating_id_t        *q;
+    ngx_http_cinematch_rating_id_entry_t  *e;
 
     c = ngx_http_cinematch_caller(r);
 
@@ -1729,6 +1758,16 @@ ngx_http_cinematch_caller_rating_id(ngx_http_request_t *r,
     }
 
     if (c->rating_user_id != 0) {
+        return next(r);
+    }
+
+    e = &ngx_http_cinematch_rating_ids[(uint64_t) c->user_id
+                                       % NGX_HTTP_CINEMATCH_RATING_ID_CACHE];
+
+    if (e->user_id == c->user_id && e->rating_user_id != 0
+        && (ngx_msec_int_t) (e->expires - ngx_current_msec) > 0)
+    {
+        c->rating_user_id = e->rating_user_id;
         return next(r);
     }
 

@@ -85,6 +85,12 @@ struct ngx_http_cinematch_gen_s {
     int64_t                            completion_tokens;
     char                               version[32];
 
+    /* what the daemon made of the context (when context is set): turns
+     * in the prompt, the oldest turns it left out to fit the model, and
+     * whether the newest turn itself was cut to its tail */
+    int64_t                            context_turns;
+    int64_t                            dropped_turns;
+
     ngx_msec_t                         started;
     ngx_msec_t                         first_token;   /* 0: none yet */
     ngx_msec_t                         ended;
@@ -93,6 +99,8 @@ struct ngx_http_cinematch_gen_s {
     unsigned                           keep:1;
     unsigned                           save_on_gone:1;
     unsigned                           finished:1;
+    unsigned                           context:1;
+    unsigned                           truncated:1;
 };
 
 
@@ -124,6 +132,20 @@ ngx_int_t ngx_http_cinematch_gen_payload(ngx_pool_t *pool,
 ngx_int_t ngx_http_cinematch_gen_start(ngx_http_request_t *r,
     ngx_http_cinematch_gen_t *g, const uint64_t *params, ngx_str_t *payload);
 
+/*
+ * Why gen_start() answered NGX_BUSY or NGX_DECLINED, for the client: no
+ * slot, no daemon, or daemons that serve no dialog model (then the text
+ * says how to get one: chat is the one feature that needs a corpus).
+ */
+#define NGX_HTTP_CINEMATCH_NO_DIALOG_MODEL                                   \
+    "no dialog model is loaded yet: add a dialogue corpus (the Cornell "     \
+    "Movie-Dialogs files in $CINEMATCH_DATA/cornell, then ./build.sh run "   \
+    "trains one in the background), or run `cinematch ingest dialogs "       \
+    "--data DIR` and `cinematch train dialog --from-db`; a model in "        \
+    "training is served once promoted (GET /ready shows its progress)"
+
+const char *ngx_http_cinematch_gen_unavailable(ngx_int_t rc);
+
 /* The client went away (see above); returns like end(). */
 ngx_int_t ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g);
 
@@ -138,11 +160,21 @@ typedef struct {
     char                          ttft[NGX_INT64_LEN + 1];
     char                          latency[NGX_INT64_LEN + 1];
     char                          version[32];
+    char                          turns[NGX_INT64_LEN + 1];   /* context, */
+    char                          dropped[NGX_INT64_LEN + 1]; /* "" when */
+    char                          truncated[6];               /* unknown */
     unsigned                      version_id:1;  /* version is an integer */
 } ngx_http_cinematch_reply_row_t;
 
 void ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
     ngx_http_cinematch_reply_row_t *row);
+
+/* g's context report as JSON text, `{"turns":..,"dropped_turns":..,
+ * "truncated":..}`, or "null" when the daemon sent none; p has room for
+ * NGX_HTTP_CINEMATCH_GEN_CONTEXT_LEN bytes.  Returns the end. */
+#define NGX_HTTP_CINEMATCH_GEN_CONTEXT_LEN  (64 + 2 * NGX_INT64_LEN)
+u_char *ngx_http_cinematch_gen_context(ngx_http_cinematch_gen_t *g,
+    u_char *p);
 
 
 #if (NGX_HTTP_CINEMATCH_CONVERSATIONS)
@@ -164,6 +196,15 @@ ngx_int_t ngx_http_cinematch_msg_create_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_feedback_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+
+/* The context cache of a conversation (Redis cinematch:conv:<id>:turns,
+ * the last NGX_HTTP_CINEMATCH_CONV_TURNS turns), shared by the SSE and
+ * WebSocket paths; fire and forget. */
+#define NGX_HTTP_CINEMATCH_CONV_TURNS      20
+void ngx_http_cinematch_conv_push_turn(const char *conv_id, u_char *text,
+    size_t len);
+void ngx_http_cinematch_conv_cache_turns(ngx_pool_t *pool,
+    const char *conv_id, ngx_str_t *turns, size_t n);
 
 #endif
 

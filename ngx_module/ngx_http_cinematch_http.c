@@ -413,14 +413,22 @@ ngx_http_cinematch_send_error(ngx_http_request_t *r, ngx_uint_t status,
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
 
+    code_len = ngx_strlen(code);
+
     if (ctx != NULL) {
         id = ctx->request_id;
+
+        /* for the request log (ngx_http_cinematch_serving.c) */
+        ctx->error_code.data = ngx_pnalloc(r->pool, code_len);
+        if (ctx->error_code.data != NULL) {
+            ngx_memcpy(ctx->error_code.data, code, code_len);
+            ctx->error_code.len = code_len;
+        }
 
     } else {
         ngx_str_null(&id);
     }
 
-    code_len = ngx_strlen(code);
     msg_len = ngx_strlen(message);
 
     len = sizeof(part1) - 1 + code_len * 6
@@ -504,6 +512,17 @@ ngx_http_cinematch_send_error_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_http_cinematch_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+
+    if (ctx != NULL) {
+        /* for the request log (ngx_http_cinematch_serving.c) */
+        ctx->error_code.len = ngx_strlen(code);
+        ctx->error_code.data = ngx_pnalloc(r->pool, ctx->error_code.len);
+        if (ctx->error_code.data == NULL) {
+            ctx->error_code.len = 0;
+        } else {
+            ngx_memcpy(ctx->error_code.data, code, ctx->error_code.len);
+        }
+    }
 
     err = json_pack("{s:s, s:s, s:s%}", "code", code, "message", message,
                     "request_id",

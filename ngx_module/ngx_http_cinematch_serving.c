@@ -12,15 +12,18 @@
  *
  * Cache keys (Redis):
  *
- *   cmc:gen:<user>                                  INCRed by a fold-in
- *   cmc:<version>.<sha12>:<endpoint>:<params>:<gen> the answer, EX ttl
+ *   cmc:gen:<user>                                INCRed by a fold-in
+ *   cmc2:<version>.<sha12>:<endpoint>:<params>    "<gen>\n<log members>\n
+ *                                                  <answer>", EX ttl
  *
- * A lookup is one EVAL that reads the generation and the entry it names,
- * so a hit costs one round trip.  The answer of a miss is stored under the
- * generation the lookup saw, and only when the daemon answered with the
- * version the key names: an answer computed before a fold-in lands under
- * the old generation and is never read, and an answer of a model swapped
- * in meanwhile is not stored under the old model's key.
+ * A lookup is one MGET of the user's generation and the entry (no script:
+ * a plain MGET costs Redis a tenth of the EVAL it replaces), and the entry
+ * counts only when the generation it was stored under is the current one.
+ * The answer of a miss is stored with the generation the lookup saw, and
+ * only when the daemon answered with the version the key names: an answer
+ * computed before a fold-in carries the old generation and is never
+ * served, and an answer of a model swapped in meanwhile is not stored
+ * under the old model's key.
  *
  * Counters live in a shared zone of their own ("cinematch_serving"), so
  * that every worker counts into the same numbers.
@@ -137,7 +140,7 @@ static ngx_int_t ngx_http_cinematch_cache_invalidated(ngx_http_request_t *r,
     void *data, redisReply *reply);
 static void ngx_http_cinematch_cache_store(ngx_http_request_t *r,
     ngx_http_cinematch_serving_ctx_t *st, ngx_str_t *fragment, u_char *body,
-    size_t len, json_t *doc);
+    size_t len, ngx_str_t *version);
 
 static ngx_http_cinematch_serving_ctx_t *ngx_http_cinematch_serving_ctx(
     ngx_http_request_t *r);
@@ -252,25 +255,21 @@ static ngx_str_t  ngx_http_cinematch_cache_header = ngx_string("X-Cache");
 static ngx_str_t  ngx_http_cinematch_cache_hit = ngx_string("HIT");
 static ngx_str_t  ngx_http_cinematch_cache_miss = ngx_string("MISS");
 
-/* KEYS[1]: the user's generation; ARGV[1]: the entry key without it */
-static const char  ngx_http_cinematch_cache_script[] =
-    "local g = redis.call('GET', KEYS[1]) or '0' "
-    "return {g, redis.call('GET', ARGV[1] .. g)}";
 
 #define NGX_HTTP_CINEMATCH_LOG_SQL                                           \
     "INSERT INTO request_logs (ts, request_id, method, route, path, status," \
     " duration_ms, user_id, api_key_id, model_name, model_version,"          \
-    " cache_hit, is_fallback, fallback_reason, detail)"                      \
+    " cache_hit, is_fallback, fallback_reason, detail, error_code)"          \
     " SELECT to_timestamp(x.ts), x.request_id, x.method, x.route, x.path,"   \
     " x.status, x.duration_ms, x.user_id, x.api_key_id, 'recsys',"           \
     " CASE WHEN x.model_version ~ '^[0-9]{1,9}$'"                            \
     " THEN x.model_version::integer END,"                                    \
-    " x.cache_hit, x.is_fallback, x.fallback_reason, x.detail"               \
+    " x.cache_hit, x.is_fallback, x.fallback_reason, x.detail, x.error_code" \
     " FROM jsonb_to_recordset($1::jsonb) AS x(ts float8, request_id text,"   \
     " method text, route text, path text, status smallint,"                  \
     " duration_ms real, user_id bigint, api_key_id bigint,"                  \
     " model_version text, cache_hit boolean, is_fallback boolean,"           \
-    " fallback_reason text, detail jsonb)"
+    " fallback_reason text, detail jsonb, error_code text)"
 
 
 /* per worker */
@@ -594,8 +593,8 @@ ngx_http_cinematch_cache_fetch(ngx_http_request_t *r, ngx_uint_t endpoint,
     u_char                             *p;
     size_t                              tlen;
     ngx_int_t                           rc;
-    const char                         *argv[5];
-    size_t                              argvlen[5];
+    const char                         *argv[3];
+    size_t                              argvlen[3];
     ngx_http_cinematch_serving_ctx_t   *st;
     ngx_http_cinematch_serving_conf_t  *smcf;
     u_char                              tag[NGX_HTTP_CINEMATCH_SERVING_TAG_LEN];
@@ -622,7 +621,7 @@ ngx_http_cinematch_cache_fetch(ngx_http_request_t *r, ngx_uint_t endpoint,
         return NGX_DECLINED;
     }
 
-    st->key.data = ngx_pnalloc(r->pool, sizeof("cmc:") + tlen + 1
+    st->key.data = ngx_pnalloc(r->pool, sizeof("cmc2:") + tlen + 1
                                         + ngx_http_cinematch_serving_endpoints[
                                               endpoint].len
                                         + 1 + params->len + 1);
@@ -630,7 +629,7 @@ ngx_http_cinematch_cache_fetch(ngx_http_request_t *r, ngx_uint_t endpoint,
         return NGX_DECLINED;
     }
 
-    p = ngx_sprintf(st->key.data, "cmc:%*s:%V:%V:", tlen, tag,
+    p = ngx_sprintf(st->key.data, "cmc2:%*s:%V:%V", tlen, tag,
                     &ngx_http_cinematch_serving_endpoints[endpoint], params);
     st->key.len = p - st->key.data;
 
@@ -640,20 +639,16 @@ ngx_http_cinematch_cache_fetch(ngx_http_request_t *r, ngx_uint_t endpoint,
     st->next = miss;
     st->data = data;
 
-    argv[0] = "EVAL";
+    argv[0] = "MGET";
     argvlen[0] = 4;
-    argv[1] = ngx_http_cinematch_cache_script;
-    argvlen[1] = sizeof(ngx_http_cinematch_cache_script) - 1;
-    argv[2] = "1";
-    argvlen[2] = 1;
-    argv[3] = (const char *) genkey;
-    argvlen[3] = p - genkey;
-    argv[4] = (const char *) st->key.data;
-    argvlen[4] = st->key.len;
+    argv[1] = (const char *) genkey;
+    argvlen[1] = p - genkey;
+    argv[2] = (const char *) st->key.data;
+    argvlen[2] = st->key.len;
 
     rc = ngx_http_cinematch_redis_command(r,
                                           ngx_http_cinematch_cache_looked_up,
-                                          st, 5, argv, argvlen);
+                                          st, 3, argv, argvlen);
     if (rc != NGX_OK) {
         return NGX_DECLINED;
     }
@@ -670,7 +665,7 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 {
     ngx_http_cinematch_serving_ctx_t *st = data;
 
-    u_char                           *body, *nl;
+    u_char                           *body, *nl, *value, *value_end;
     size_t                            len;
     ngx_str_t                         fragment;
     redisReply                       *g, *v;
@@ -679,9 +674,12 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
     sh = ngx_http_cinematch_serving_sh();
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
-        || reply->elements < 1
-        || reply->element[0]->type != REDIS_REPLY_STRING
-        || reply->element[0]->len > NGX_INT64_LEN)
+        || reply->elements != 2
+        || (reply->element[0]->type != REDIS_REPLY_STRING
+            && reply->element[0]->type != REDIS_REPLY_NIL)
+        || (reply->element[0]->type == REDIS_REPLY_STRING
+            && (reply->element[0]->len == 0
+                || reply->element[0]->len > NGX_INT64_LEN)))
     {
         /* Redis failed us: serve uncached, store nothing */
 
@@ -701,32 +699,46 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
     st->looked_up = 1;
 
     g = reply->element[0];
-    v = reply->elements > 1 ? reply->element[1] : NULL;
+    v = reply->element[1];
 
-    st->gen.data = ngx_pnalloc(r->pool, g->len);
-    if (st->gen.data == NULL) {
-        return st->next(r, st->data);
+    if (g->type == REDIS_REPLY_STRING) {
+        st->gen.data = ngx_pnalloc(r->pool, g->len);
+        if (st->gen.data == NULL) {
+            return st->next(r, st->data);
+        }
+
+        st->gen.len = g->len;
+        ngx_memcpy(st->gen.data, g->str, g->len);
+
+    } else {
+        ngx_str_set(&st->gen, "0");   /* never folded in */
     }
 
-    st->gen.len = g->len;
-    ngx_memcpy(st->gen.data, g->str, g->len);
+    /* an entry is "<gen>\n<log members>\n<answer>": the log needs no
+     * parse, and an entry of another generation is a miss */
 
-    /* an entry is "<log fragment>\n<answer>": the log needs no parse */
+    nl = NULL;
 
-    nl = (v != NULL && v->type == REDIS_REPLY_STRING)
-         ? ngx_strlchr((u_char *) v->str, (u_char *) v->str + v->len, '\n')
-         : NULL;
+    if (v->type == REDIS_REPLY_STRING
+        && (size_t) v->len > st->gen.len + 1
+        && ngx_memcmp(v->str, st->gen.data, st->gen.len) == 0
+        && v->str[st->gen.len] == '\n')
+    {
+        value = (u_char *) v->str + st->gen.len + 1;
+        value_end = (u_char *) v->str + v->len;
+        nl = ngx_strlchr(value, value_end, '\n');
+    }
 
-    if (nl != NULL && nl + 1 < (u_char *) v->str + v->len) {
+    if (nl != NULL && nl + 1 < value_end) {
         st->hit = 1;
 
         if (sh != NULL) {
             (void) ngx_atomic_fetch_add(&sh->hits[st->endpoint], 1);
         }
 
-        fragment.data = (u_char *) v->str;
+        fragment.data = value;
         fragment.len = nl - fragment.data;
-        len = (u_char *) v->str + v->len - (nl + 1);
+        len = value_end - (nl + 1);
 
         body = ngx_pnalloc(r->pool, len);
         if (body == NULL) {
@@ -737,18 +749,9 @@ ngx_http_cinematch_cache_looked_up(ngx_http_request_t *r, void *data,
 
         st->cache_hit = "true";
 
-        if (st->version.len > 0) {
-            /* the key names the version that produced the answer: the
-             * access log's $cinematch_model_version gets it on a hit too */
-            json_t  *mv = json_pack("{s:s%}", "model_version",
-                                    (const char *) st->version.data,
-                                    st->version.len);
-
-            if (mv != NULL) {
-                ngx_http_cinematch_set_model_version(r, mv);
-                json_decref(mv);
-            }
-        }
+        /* the key names the version that produced the answer: the
+         * access log's $cinematch_model_version gets it on a hit too */
+        ngx_http_cinematch_serving_set_version(r, &st->version);
 
         if (ngx_http_cinematch_log != NULL) {
             /* the reply goes away when this returns */
@@ -810,7 +813,15 @@ ngx_http_cinematch_serving_answered(ngx_http_request_t *r,
     }
 
     if (st != NULL && st->missed) {
-        ngx_http_cinematch_cache_store(r, st, &fragment, body, len, doc);
+        json_t     *v = json_object_get(doc, "model_version");
+        ngx_str_t   version;
+
+        if (json_is_string(v)) {
+            version.data = (u_char *) json_string_value(v);
+            version.len = json_string_length(v);
+            ngx_http_cinematch_cache_store(r, st, &fragment, body, len,
+                                           &version);
+        }
     }
 
     if (ngx_http_cinematch_log != NULL) {
@@ -821,6 +832,52 @@ ngx_http_cinematch_serving_answered(ngx_http_request_t *r,
             st->cache_hit = st->looked_up ? "false" : "null";
         }
     }
+}
+
+
+void
+ngx_http_cinematch_serving_answered_text(ngx_http_request_t *r,
+    ngx_uint_t endpoint, u_char *body, size_t len, ngx_str_t *members,
+    ngx_str_t *version)
+{
+    ngx_http_cinematch_serving_ctx_t  *st;
+
+    st = ngx_http_get_module_ctx(r, ngx_http_cinematch_serving_module);
+
+    if (st != NULL && st->missed) {
+        ngx_http_cinematch_cache_store(r, st, members, body, len, version);
+    }
+
+    if (ngx_http_cinematch_log != NULL) {
+        st = ngx_http_cinematch_serving_ctx(r);
+        if (st != NULL) {
+            st->fragment = *members;
+            st->cache_hit = st->looked_up ? "false" : "null";
+        }
+    }
+}
+
+
+void
+ngx_http_cinematch_serving_set_version(ngx_http_request_t *r,
+    ngx_str_t *version)
+{
+    ngx_http_cinematch_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_cinematch_module);
+
+    if (ctx == NULL || version->len == 0 || version->len > 64) {
+        return;
+    }
+
+    ctx->model_version.data = ngx_pnalloc(r->pool, version->len);
+    if (ctx->model_version.data == NULL) {
+        ctx->model_version.len = 0;
+        return;
+    }
+
+    ngx_memcpy(ctx->model_version.data, version->data, version->len);
+    ctx->model_version.len = version->len;
 }
 
 
@@ -899,10 +956,9 @@ ngx_http_cinematch_serving_log_handler(ngx_http_request_t *r)
 static void
 ngx_http_cinematch_cache_store(ngx_http_request_t *r,
     ngx_http_cinematch_serving_ctx_t *st, ngx_str_t *fragment, u_char *body,
-    size_t len, json_t *doc)
+    size_t len, ngx_str_t *version)
 {
-    u_char                             *key, *value, *p;
-    json_t                             *v;
+    u_char                             *value, *p;
     const char                         *argv[5];
     size_t                              argvlen[5];
     ngx_http_cinematch_serving_conf_t  *smcf;
@@ -910,38 +966,29 @@ ngx_http_cinematch_cache_store(ngx_http_request_t *r,
 
     smcf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_serving_module);
 
-    v = json_object_get(doc, "model_version");
-
-    if (!json_is_string(v) || json_string_length(v) != st->version.len
-        || ngx_memcmp(json_string_value(v), st->version.data,
-                      st->version.len) != 0)
+    if (version->len != st->version.len
+        || ngx_memcmp(version->data, st->version.data, st->version.len) != 0)
     {
         /* another model answered (a swap): not this key's to keep */
         return;
     }
 
-    key = ngx_pnalloc(r->pool, st->key.len + st->gen.len);
-    if (key == NULL) {
-        return;
-    }
-
-    p = ngx_cpymem(key, st->key.data, st->key.len);
-    p = ngx_cpymem(p, st->gen.data, st->gen.len);
-
-    value = ngx_pnalloc(r->pool, fragment->len + 1 + len);
+    value = ngx_pnalloc(r->pool, st->gen.len + 1 + fragment->len + 1 + len);
     if (value == NULL) {
         return;
     }
 
-    argvlen[2] = ngx_cpymem(ngx_cpymem(value, fragment->data, fragment->len),
-                            "\n", 1) - value;
-    ngx_memcpy(value + argvlen[2], body, len);
-    argvlen[2] += len;
+    p = ngx_cpymem(value, st->gen.data, st->gen.len);
+    *p++ = '\n';
+    p = ngx_cpymem(p, fragment->data, fragment->len);
+    *p++ = '\n';
+    p = ngx_cpymem(p, body, len);
+    argvlen[2] = p - value;
 
     argv[0] = "SET";
     argvlen[0] = 3;
-    argv[1] = (const char *) key;
-    argvlen[1] = p - key;
+    argv[1] = (const char *) st->key.data;
+    argvlen[1] = st->key.len;
     argv[2] = (const char *) value;
     argv[3] = "EX";
     argvlen[3] = 2;
@@ -1108,6 +1155,30 @@ ngx_http_cinematch_log_fragment(ngx_http_request_t *r, ngx_uint_t endpoint,
 }
 
 
+/* the codes ngx_http_cinematch_http.c gives nginx's own error pages, for
+ * an error whose body named none */
+static const char *
+ngx_http_cinematch_log_status_code(ngx_uint_t status)
+{
+    switch (status) {
+    case 400: return "invalid_request";
+    case 401: return "unauthenticated";
+    case 403: return "forbidden";
+    case 404: return "not_found";
+    case 409: return "conflict";
+    case 413: return "payload_too_large";
+    case 415: return "unsupported_media_type";
+    case 422: return "validation_failed";
+    case 429: return "rate_limited";
+    case 501: return "not_implemented";
+    case 502: return "bad_gateway";
+    case 503: return "unavailable";
+    case 504: return "timeout";
+    default:  return status >= 500 ? "internal" : "invalid_request";
+    }
+}
+
+
 /* One entry appended to the worker's batch, as text: no allocation per
  * request beyond the batch buffer's growth. */
 
@@ -1116,8 +1187,8 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
     const char *cache_hit, ngx_uint_t status)
 {
     u_char                           *p, *nbuf;
-    size_t                            need, rid_len, path_len;
-    ngx_str_t                         rid, route;
+    size_t                            need, rid_len, path_len, code_len;
+    ngx_str_t                         rid, route, code;
     ngx_time_t                       *tp;
     ngx_msec_int_t                    ms;
     ngx_http_cinematch_log_t         *w;
@@ -1157,12 +1228,29 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
     rid_len = rid.len + ngx_escape_json(NULL, rid.data, rid.len);
     path_len = r->uri.len + ngx_escape_json(NULL, r->uri.data, r->uri.len);
 
+    /* the error code of an error answer: the one its body names, else
+     * one for the status (nginx's own error pages name none) */
+    ngx_str_null(&code);
+
+    if (status >= 400) {
+        if (ctx != NULL && ctx->error_code.len > 0) {
+            code = ctx->error_code;
+
+        } else {
+            code.data = (u_char *) ngx_http_cinematch_log_status_code(status);
+            code.len = ngx_strlen(code.data);
+        }
+    }
+
+    code_len = code.len + ngx_escape_json(NULL, code.data, code.len);
+
     need = sizeof(",{\"ts\":.000,\"request_id\":\"\",\"method\":\"\","
                   "\"route\":\"\",\"path\":\"\",\"status\":999,"
                   "\"duration_ms\":,\"user_id\":,\"api_key_id\":,"
-                  "\"cache_hit\":,}]")
+                  "\"cache_hit\":,\"error_code\":\"\",}]")
            + NGX_TIME_T_LEN + rid_len + r->method_name.len + route.len
-           + path_len + 3 * NGX_INT64_LEN + sizeof("false") + fragment->len;
+           + path_len + 3 * NGX_INT64_LEN + sizeof("false") + fragment->len
+           + code_len;
 
     if (w->len + need > w->cap) {
         nbuf = ngx_alloc(ngx_max(w->cap * 2, w->len + need), w->log);
@@ -1205,7 +1293,15 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
         p = ngx_cpymem(p, "null", 4);
     }
 
-    p = ngx_sprintf(p, ",\"cache_hit\":%s,%V}", cache_hit, fragment);
+    p = ngx_sprintf(p, ",\"cache_hit\":%s,", cache_hit);
+
+    if (code.len > 0) {
+        p = ngx_cpymem(p, "\"error_code\":\"", sizeof("\"error_code\":\"") - 1);
+        p = (u_char *) ngx_escape_json(p, code.data, code.len);
+        p = ngx_cpymem(p, "\",", 2);
+    }
+
+    p = ngx_sprintf(p, "%V}", fragment);
 
     w->len = p - w->buf;
     w->count++;

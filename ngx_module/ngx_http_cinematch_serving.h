@@ -63,6 +63,19 @@ void ngx_http_cinematch_serving_answered(ngx_http_request_t *r,
     ngx_uint_t endpoint, int64_t user, u_char *body, size_t len,
     json_t *doc);
 
+/*
+ * The same for an answer that came with its request-log members (the
+ * daemon's "<members>\n<answer>", CM_REC_LOG_MEMBERS): nothing is parsed.
+ * `version` is the model_version the members name.
+ */
+void ngx_http_cinematch_serving_answered_text(ngx_http_request_t *r,
+    ngx_uint_t endpoint, u_char *body, size_t len, ngx_str_t *members,
+    ngx_str_t *version);
+
+/* $cinematch_model_version from a version's text (bounded, or unset) */
+void ngx_http_cinematch_serving_set_version(ngx_http_request_t *r,
+    ngx_str_t *version);
+
 /* INCR the rating user's generation, then next(r, data).  Returns what
  * next returned, or NGX_DONE while the INCR runs (Redis down: next at
  * once). */

@@ -23,7 +23,8 @@
  * Each text message {conversation_id, content, max_tokens?, temperature?,
  * top_k?, top_p?, stop?, seed?, repetition_penalty?} is validated like POST
  * /api/v1/conversations/{id}/messages, the user message is stored, the
- * last turns are read from PostgreSQL, the reply is generated
+ * last turns are read from the conversation's Redis list as SSE does
+ * (rebuilt from PostgreSQL on a miss), the reply is generated
  * (ngx_http_cinematch_chat.h) and streamed as {"type":"token","text"}, then
  * stored and announced with {"type":"done",...} (or {"type":"error",...}),
  * the payloads of the SSE events.  One generation at a time per socket: a
@@ -37,6 +38,19 @@
  * pool of its own, destroyed when the message is answered, so a long-lived
  * socket grows the request pool only by the few hundred bytes of each
  * query and slot request.
+ *
+ * Keep-alive (directives, any level):
+ *
+ *     cinematch_ws_ping_interval 30s;   # 0: no server pings
+ *     cinematch_ws_idle_timeout  5m;    # 0: never closed for idleness
+ *
+ * The server pings every interval; a client that has sent nothing at all
+ * (no pong, no frame) by the next ping is dropped with close 1001 "ping
+ * timeout".  A socket with no message and no reply in flight for the idle
+ * timeout is closed with 1000 "idle timeout".  Either way the TCP
+ * connection goes once the close frame is out, or after
+ * NGX_HTTP_CINEMATCH_WS_CLOSE_WAIT if the client does not take it.  The
+ * timer is cancelable: it never holds up a worker that is shutting down.
  */
 
 
@@ -54,12 +68,19 @@
 
 #define NGX_HTTP_CINEMATCH_WS_MAX_MESSAGE  65536     /* one client message */
 #define NGX_HTTP_CINEMATCH_WS_OUT          (256 * 1024)
-#define NGX_HTTP_CINEMATCH_WS_TURNS        20
+#define NGX_HTTP_CINEMATCH_WS_TURNS        NGX_HTTP_CINEMATCH_CONV_TURNS
+#define NGX_HTTP_CINEMATCH_WS_CLOSE_WAIT   5000      /* ms */
 #define NGX_HTTP_CINEMATCH_WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define NGX_HTTP_CINEMATCH_WS_PROTO   "cinematch.v1"
 #define NGX_HTTP_CINEMATCH_WS_BEARER  "cinematch.bearer."
 #define NGX_HTTP_CINEMATCH_WS_EVENTS                                          \
     "XADD cinematch:chat.events MAXLEN ~ 100000 * "
+
+
+typedef struct {
+    ngx_msec_t                    ping_interval;
+    ngx_msec_t                    idle_timeout;
+} ngx_http_cinematch_ws_conf_t;
 
 
 typedef struct {
@@ -100,6 +121,12 @@ typedef struct {
 
     ngx_event_t                   busy_timer;   /* armed while busy */
 
+    ngx_http_cinematch_ws_conf_t *conf;
+    ngx_event_t                   alive_timer;  /* pings, idle timeout */
+    ngx_msec_t                    last_active;  /* a message or a reply */
+    ngx_msec_t                    last_ping;
+
+    unsigned                      ping_unanswered:1;
     unsigned                      busy:1;       /* a message is in flight */
     unsigned                      generating:1; /* the gen is running */
     unsigned                      closing:1;    /* a close frame is queued */
@@ -140,6 +167,96 @@ static ngx_int_t ngx_http_cinematch_ws_end(ngx_http_cinematch_gen_t *g);
 static ngx_int_t ngx_http_cinematch_ws_saved(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_ws_idle(ngx_http_cinematch_ws_t *ws);
+static void ngx_http_cinematch_ws_alive_timer(ngx_event_t *ev);
+static ngx_int_t ngx_http_cinematch_ws_cached(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_ws_generate(ngx_http_cinematch_ws_t *ws);
+static void *ngx_http_cinematch_ws_create_conf(ngx_conf_t *cf);
+static char *ngx_http_cinematch_ws_merge_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+
+
+static ngx_command_t  ngx_http_cinematch_ws_commands[] = {
+
+    { ngx_string("cinematch_ws_ping_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cinematch_ws_conf_t, ping_interval),
+      NULL },
+
+    { ngx_string("cinematch_ws_idle_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cinematch_ws_conf_t, idle_timeout),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_cinematch_ws_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_cinematch_ws_create_conf,     /* create location configuration */
+    ngx_http_cinematch_ws_merge_conf       /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_cinematch_ws_module = {
+    NGX_MODULE_V1,
+    &ngx_http_cinematch_ws_module_ctx,     /* module context */
+    ngx_http_cinematch_ws_commands,        /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_cinematch_ws_create_conf(ngx_conf_t *cf)
+{
+    ngx_http_cinematch_ws_conf_t  *conf;
+
+    conf = ngx_palloc(cf->pool, sizeof(ngx_http_cinematch_ws_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->ping_interval = NGX_CONF_UNSET_MSEC;
+    conf->idle_timeout = NGX_CONF_UNSET_MSEC;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_cinematch_ws_merge_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_cinematch_ws_conf_t  *prev = parent;
+    ngx_http_cinematch_ws_conf_t  *conf = child;
+
+    ngx_conf_merge_msec_value(conf->ping_interval, prev->ping_interval,
+                              30000);
+    ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout,
+                              300000);
+
+    return NGX_CONF_OK;
+}
 
 
 /* A request header by name (case-insensitive); NGX_DECLINED when absent. */
@@ -419,6 +536,14 @@ ngx_http_cinematch_ws_chat_handler(ngx_http_request_t *r,
     ws->busy_timer.data = ws;
     ws->busy_timer.log = c->log;
 
+    ws->conf = ngx_http_get_module_loc_conf(r, ngx_http_cinematch_ws_module);
+    ws->alive_timer.handler = ngx_http_cinematch_ws_alive_timer;
+    ws->alive_timer.data = ws;
+    ws->alive_timer.log = c->log;
+    ws->alive_timer.cancelable = 1;
+    ws->last_active = ngx_current_msec;
+    ws->last_ping = ngx_current_msec;
+
     if (ngx_http_cinematch_ws_accept(r, &key) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -458,6 +583,14 @@ ngx_http_cinematch_ws_chat_handler(ngx_http_request_t *r,
     /* the request lives until the socket closes */
     r->main->count++;
 
+    if (ws->conf->ping_interval || ws->conf->idle_timeout) {
+        ngx_add_timer(&ws->alive_timer,
+                      ws->conf->ping_interval == 0 ? ws->conf->idle_timeout
+                      : ws->conf->idle_timeout == 0 ? ws->conf->ping_interval
+                      : ngx_min(ws->conf->ping_interval,
+                                ws->conf->idle_timeout));
+    }
+
     /* between messages the socket is idle: a reload or a shutdown of
      * the worker closes it (ngx_close_idle_connections) */
     c->idle = 1;
@@ -490,6 +623,81 @@ ngx_http_cinematch_ws_busy_timer(ngx_event_t *ev)
 }
 
 
+/*
+ * Pings and the idle timeout (see the top of the file).  After our close
+ * frame is queued the timer waits NGX_HTTP_CINEMATCH_WS_CLOSE_WAIT, then
+ * drops the connection if the frame could not go out.
+ */
+
+static void
+ngx_http_cinematch_ws_alive_timer(ngx_event_t *ev)
+{
+    ngx_msec_t                     now, next, t;
+    ngx_connection_t              *c;
+    ngx_http_cinematch_ws_t       *ws = ev->data;
+    ngx_http_cinematch_ws_conf_t  *wcf = ws->conf;
+
+    c = ws->request->connection;
+
+    if (ws->gone) {
+        return;
+    }
+
+    if (ws->closing) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "cinematch: WebSocket close not taken, dropping");
+        ngx_http_cinematch_ws_gone(ws);
+        return;
+    }
+
+    now = ngx_current_msec;
+
+    if (wcf->idle_timeout && !ws->busy
+        && now - ws->last_active >= wcf->idle_timeout)
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "cinematch: WebSocket idle, closing");
+        ngx_http_cinematch_ws_close(ws, CM_WS_CLOSE_NORMAL, "idle timeout");
+        ngx_add_timer(ev, NGX_HTTP_CINEMATCH_WS_CLOSE_WAIT);
+        return;
+    }
+
+    if (wcf->ping_interval && now - ws->last_ping >= wcf->ping_interval) {
+
+        if (ws->ping_unanswered) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "cinematch: WebSocket ping not answered, closing");
+            ngx_http_cinematch_ws_close(ws, CM_WS_CLOSE_GOING_AWAY,
+                                        "ping timeout");
+            ngx_add_timer(ev, NGX_HTTP_CINEMATCH_WS_CLOSE_WAIT);
+            return;
+        }
+
+        ws->ping_unanswered = 1;
+        ws->last_ping = now;
+        (void) ngx_http_cinematch_ws_frame(ws, CM_WS_OP_PING,
+                                           (u_char *) "cinematch", 9);
+    }
+
+    next = NGX_TIMER_INFINITE;
+
+    if (wcf->ping_interval) {
+        next = ws->last_ping + wcf->ping_interval - now;
+    }
+
+    if (wcf->idle_timeout) {
+        /* while busy, look again one timeout after the reply at most */
+        t = ws->busy ? wcf->idle_timeout
+                     : ws->last_active + wcf->idle_timeout - now;
+        next = ngx_min(next, t);
+    }
+
+    if (next != NGX_TIMER_INFINITE && !ws->gone && !ws->closing) {
+        ngx_add_timer(ev, next == 0 ? 1 : next);
+    }
+}
+
+
 static void
 ngx_http_cinematch_ws_cleanup(void *data)
 {
@@ -497,6 +705,10 @@ ngx_http_cinematch_ws_cleanup(void *data)
 
     if (ws->busy_timer.timer_set) {
         ngx_del_timer(&ws->busy_timer);
+    }
+
+    if (ws->alive_timer.timer_set) {
+        ngx_del_timer(&ws->alive_timer);
     }
 
     if (ws->body != NULL) {
@@ -551,9 +763,13 @@ ngx_http_cinematch_ws_read(ngx_http_request_t *r)
                 break;
             }
 
+            /* any frame (a pong, most often) answers our ping */
+            ws->ping_unanswered = 0;
+
             switch (ev) {
 
             case CM_WS_EV_TEXT:
+                ws->last_active = ngx_current_msec;
                 ngx_http_cinematch_ws_message(ws, ws->parser.msg,
                                               ws->parser.msg_len);
                 break;
@@ -1043,6 +1259,7 @@ ngx_http_cinematch_ws_idle(ngx_http_cinematch_ws_t *ws)
 {
     ws->busy = 0;
     ws->generating = 0;
+    ws->last_active = ngx_current_msec;
 
     if (ws->busy_timer.timer_set) {
         ngx_del_timer(&ws->busy_timer);
@@ -1099,13 +1316,6 @@ ngx_http_cinematch_ws_stored(ngx_http_request_t *r, void *data,
                    ngx_min((size_t) PQgetlength(res, 0, 0), NGX_INT64_LEN));
     *p = '\0';
 
-    /*
-     * The context is read from PostgreSQL here; the Redis list that the
-     * SSE path keeps would miss this turn, so it is dropped and rebuilt by
-     * the next SSE message.  Events as the SSE path sends them.
-     */
-    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
-               "DEL cinematch:conv:%s:turns", ws->conv_id);
     (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
                NGX_HTTP_CINEMATCH_WS_EVENTS "type message.created"
                " conversation_id %s message_id %s user_id %s role user"
@@ -1113,7 +1323,68 @@ ngx_http_cinematch_ws_stored(ngx_http_request_t *r, void *data,
                ws->conv_id, ws->user_message_id, ws->user_id,
                ws->request_id);
 
-    /* the last turns, which include the message just stored */
+    /* the context: the conversation's Redis list, as the SSE path reads
+     * it (the message just stored is appended), or PostgreSQL on a miss */
+    if (ngx_http_cinematch_redis_commandf(r, ngx_http_cinematch_ws_cached,
+            ws, "LRANGE cinematch:conv:%s:turns -%d -1", ws->conv_id,
+            NGX_HTTP_CINEMATCH_WS_TURNS - 1)
+        == NGX_OK)
+    {
+        return NGX_DONE;
+    }
+
+    return ngx_http_cinematch_ws_cached(r, ws, NULL);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_ws_cached(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    size_t                    i, n;
+    ngx_http_cinematch_ws_t  *ws = data;
+
+    if (r->connection->error) {
+        return ngx_http_cinematch_ws_idle(ws);
+    }
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY
+        && reply->elements > 0)
+    {
+        n = reply->elements;
+
+        ws->turns = ngx_palloc(ws->pool, (n + 1) * sizeof(ngx_str_t));
+        if (ws->turns == NULL) {
+            return NGX_ERROR;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (reply->element[i]->type != REDIS_REPLY_STRING) {
+                break;
+            }
+
+            ws->turns[i].len = reply->element[i]->len;
+            ws->turns[i].data = ngx_pnalloc(ws->pool, ws->turns[i].len + 1);
+            if (ws->turns[i].data == NULL) {
+                return NGX_ERROR;
+            }
+            ngx_memcpy(ws->turns[i].data, reply->element[i]->str,
+                       ws->turns[i].len);
+        }
+
+        if (i == n) {
+            ws->turns[n] = ws->content;
+            ws->nturns = n + 1;
+
+            ngx_http_cinematch_conv_push_turn(ws->conv_id, ws->content.data,
+                                              ws->content.len);
+
+            return ngx_http_cinematch_ws_generate(ws);
+        }
+    }
+
+    /* a miss (or Redis is away): the last turns, which include the
+     * message just stored */
     if (ngx_http_cinematch_pg_query(r,
             "SELECT content FROM (SELECT id, content FROM messages"
             "  WHERE conversation_id = (SELECT id FROM conversations"
@@ -1137,13 +1408,6 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
     int                        i, n;
-    u_char                    *reply, *rec;
-    size_t                     cap;
-    uint32_t                   rec_cap;
-    ngx_int_t                  rc;
-    ngx_str_t                  payload;
-    const char                *field;
-    ngx_http_cinematch_gen_t  *g;
     ngx_http_cinematch_ws_t   *ws = data;
 
     if (r->connection->error) {
@@ -1181,6 +1445,25 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
 
     ws->nturns = n;
 
+    ngx_http_cinematch_conv_cache_turns(ws->pool, ws->conv_id, ws->turns,
+                                        ws->nturns);
+
+    return ngx_http_cinematch_ws_generate(ws);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_ws_generate(ngx_http_cinematch_ws_t *ws)
+{
+    u_char                    *reply, *rec;
+    size_t                     cap;
+    uint32_t                   rec_cap;
+    ngx_int_t                  rc;
+    ngx_str_t                  payload;
+    const char                *field;
+    ngx_http_cinematch_gen_t  *g;
+    ngx_http_request_t        *r = ws->request;
+
     if (ngx_http_cinematch_gen_payload(ws->pool, ws->turns, ws->nturns,
                                        ws->stop, &payload, &field)
         != NGX_OK)
@@ -1215,8 +1498,7 @@ ngx_http_cinematch_ws_history(ngx_http_request_t *r, void *data,
         (void) ngx_http_cinematch_ws_event(ws,
             json_pack("{s:s, s:{s:s, s:s}, s:I}", "type", "error",
                       "error", "code", "unavailable", "message",
-                      rc == NGX_BUSY ? "all inference slots are busy"
-                                     : "no inference daemon is available",
+                      ngx_http_cinematch_gen_unavailable(rc),
                       "user_message_id",
                       (json_int_t) ngx_atoof((u_char *) ws->user_message_id,
                                        ngx_strlen(ws->user_message_id))));
@@ -1359,17 +1641,24 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                       ? "conversation deleted" : PQresultErrorMessage(res));
     }
 
-    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
-               "DEL cinematch:conv:%s:turns", ws->conv_id);
+    if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
+        && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED)
+    {
+        ngx_http_cinematch_conv_push_turn(ws->conv_id, ws->reply,
+                                          ws->reply_len);
+    }
+
     (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
                NGX_HTTP_CINEMATCH_WS_EVENTS "type generation.finished"
                " conversation_id %s message_id %s user_id %s status %s"
                " finish_reason %s prompt_tokens %s completion_tokens %s"
                " first_token_ms %s latency_ms %s model_version %s"
-               " request_id %s",
+               " request_id %s context_turns %s dropped_turns %s"
+               " truncated %s",
                ws->conv_id, id != NULL ? id : "", ws->user_id, ws->row.status,
                ws->row.finish, ws->row.pt, ws->row.ct, ws->row.ttft, ws->row.latency,
-               ws->row.version, ws->request_id);
+               ws->row.version, ws->request_id, ws->row.turns,
+               ws->row.dropped, ws->row.truncated);
 
     if (r->connection->error) {
         return ngx_http_cinematch_ws_idle(ws);   /* partial: stored */
@@ -1380,7 +1669,7 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
 
     if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE && id != NULL) {
         (void) ngx_http_cinematch_ws_event(ws,
-            json_pack("{s:s, s:I, s:I, s:s, s:{s:I, s:I}}",
+            json_pack("{s:s, s:I, s:I, s:s, s:{s:I, s:I}, s:o}",
                       "type", "done",
                       "message_id", (json_int_t) ngx_atoof((u_char *) id,
                                                          ngx_strlen(id)),
@@ -1389,7 +1678,14 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                       "usage", "prompt_tokens",
                       (json_int_t) g->prompt_tokens,
                       "completion_tokens",
-                      (json_int_t) g->completion_tokens));
+                      (json_int_t) g->completion_tokens,
+                      "context", g->context
+                      ? json_pack("{s:I, s:I, s:b}",
+                                  "turns", (json_int_t) g->context_turns,
+                                  "dropped_turns",
+                                  (json_int_t) g->dropped_turns,
+                                  "truncated", (int) g->truncated)
+                      : json_null()));
 
         return ngx_http_cinematch_ws_idle(ws);
     }

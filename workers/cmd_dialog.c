@@ -30,6 +30,7 @@
 #include "cinematch/gpt_cuda.h"
 #endif
 #include "cmd.h"
+#include "mlops.h"
 
 static int cm_train_dialog_main(int argc, char **argv);
 static int cm_lm_init_main(int argc, char **argv);
@@ -399,15 +400,21 @@ static const char cm_train_dialog_usage[] =
     "  --val-every N       evaluate and checkpoint every N steps (100)\n"
     "  --val-tokens N      validation targets per evaluation (32768)\n"
     "  --val-frac F        validation share, by film (0.05)\n"
+    "  --val-corpus PATH   validate on PATH instead: all of --corpus\n"
+    "                      trains (the registry's fixed split)\n"
     "  --seed S            init, split and batch seed (1)\n"
     "  --resume            continue from DIR/model.bin + DIR/state.bin\n"
     "  --stop-at N         checkpoint and stop after step N (the schedule\n"
     "                      still spans --steps; resume later)\n"
-    "  --log-every N       step log interval (10)\n";
+    "  --log-every N       step log interval (10)\n"
+    "\n"
+    "cinematch train dialog --from-db [options]: the registry form, on the\n"
+    "ingested dialogues (see `cinematch train dialog --from-db --help`).\n";
 
 
 typedef struct {
     const char  *corpus, *out, *config, *tokenizer, *arch, *device;
+    const char  *val_corpus;
     int          steps, batch, seq, accum, warmup, val_every, val_tokens;
     int          log_every, resume, stop_at;
     float        lr, lr_min, wd, clip, frac, minutes;
@@ -456,6 +463,7 @@ cm_train_dialog_main(int argc, char **argv)
         { "stop-at", required_argument, NULL, 'S' },
         { "arch", required_argument, NULL, 'A' },
         { "device", required_argument, NULL, 'D' },
+        { "val-corpus", required_argument, NULL, 'X' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -482,6 +490,10 @@ cm_train_dialog_main(int argc, char **argv)
     struct stat         st;
     json_t             *js;
 
+    /* the registry form: its own options, data from PostgreSQL */
+    if (cm_argv_has(argc, argv, "--from-db")) {
+        return cm_train_dialog_db_main(argc, argv);
+    }
     memset(&o, 0, sizeof(o));
     memset(&ev, 0, sizeof(ev));
     o.config = "dialog-tiny";
@@ -539,6 +551,7 @@ cm_train_dialog_main(int argc, char **argv)
                                     &o.stop_at); break;
         case 'A': o.arch = optarg; break;
         case 'D': o.device = optarg; break;
+        case 'X': o.val_corpus = optarg; break;
         case 'h': fputs(cm_train_dialog_usage, stdout); return 0;
         default:  fputs(cm_train_dialog_usage, stderr); return 2;
         }
@@ -581,6 +594,9 @@ cm_train_dialog_main(int argc, char **argv)
         return 2;
     }
     vocab = lstm ? lcfg.vocab_size : cfg.vocab_size;
+    if (o.val_corpus != NULL) {
+        o.frac = 0.0f;          /* all of --corpus trains, tokenizer too */
+    }
     if (o.lr_min < 0.0f) {
         o.lr_min = o.lr / 10.0f;
     }
@@ -629,6 +645,29 @@ cm_train_dialog_main(int argc, char **argv)
     if (cm_dialog_render(&cp, b, o.frac, o.seed, &data) != CM_OK) {
         cm_error("%s: rendering the corpus failed", me);
         return 1;
+    }
+    if (o.val_corpus != NULL) {
+        cm_corpus_t       vc;
+        cm_dialog_data_t  vd;
+
+        /* frac 0 renders every conversation into .train: here, the
+         * validation stream */
+        err[0] = '\0';
+        cm_corpus_init(&vc);
+        if (cm_corpus_load(&vc, o.val_corpus, err, sizeof(err)) != CM_OK
+            || cm_dialog_render(&vc, b, 0.0, o.seed, &vd) != CM_OK)
+        {
+            cm_error("%s: --val-corpus: %s", me, err[0] ? err
+                     : "rendering failed");
+            cm_corpus_free(&vc);
+            return 1;
+        }
+        cm_corpus_free(&vc);
+        free(data.val.ids);
+        data.val = vd.train;
+        data.n_val_convs = vd.n_train_convs;
+        vd.train.ids = NULL;
+        cm_dialog_data_free(&vd);
     }
     cm_info("%s: train %zu tokens (%zu conversations), val %zu tokens (%zu"
             " conversations), tokenized in %.1f s", me, data.train.n,
@@ -754,6 +793,10 @@ cm_train_dialog_main(int argc, char **argv)
                     " %.0f tok/s", step + 1, o.steps, loss, (double) lr,
                     (double) norm, dt * 1e3,
                     (double) per * o.accum / dt);
+            if (cm_train_dialog_progress != NULL) {
+                cm_train_dialog_progress(step + 1, o.steps, loss, -1.0,
+                                         cm_secs(t0));
+            }
         }
         train_secs = cm_secs(t0);
         if ((o.val_every > 0 && (step + 1) % o.val_every == 0)
@@ -769,6 +812,10 @@ cm_train_dialog_main(int argc, char **argv)
                 cm_info("val step %d: loss %.4f ppl %.2f bpb %.4f (%zu tokens,"
                         " %zu bytes) after %.0f s", step + 1, ev.loss,
                         ev.ppl, ev.bpb, ev.tokens, ev.bytes, train_secs);
+                if (cm_train_dialog_progress != NULL) {
+                    cm_train_dialog_progress(step + 1, o.steps, loss, ev.loss,
+                                             train_secs);
+                }
             }
             if (cm_dlm_save(&d, o.out, step + 1, err, sizeof(err)) != CM_OK) {
                 cm_error("%s: %s", me, err);
@@ -832,6 +879,13 @@ cm_train_dialog_main(int argc, char **argv)
     cm_bpe_free(b);
     cm_dialog_data_free(&data);
     return 0;
+}
+
+
+int
+cm_train_dialog_file(int argc, char **argv)
+{
+    return cm_train_dialog_main(argc, argv);
 }
 
 

@@ -11,7 +11,11 @@
  *
  * Why one thread: the doorbells and the scheduler share one view of the
  * jobs without locks, and batching wants every runnable job in one place.
- * Heavy kernels inside a step use BLAS threads of their own.
+ * The one exception is recommendation scoring: a batch's misses are split
+ * between --score-threads threads (BLAS at one thread each) and the loop
+ * thread waits for them (a fork-join), so the model, its fold-in overlay
+ * and the answer cache are still only touched by the loop thread between
+ * batches.
  *
  * The heartbeat in the header is refreshed every loop turn (the loop wakes
  * at least every CM_INFER_TICK_MAX_MS), so a wedged loop shows up in nginx
@@ -21,6 +25,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +74,30 @@ typedef struct {
                                            reached the ring; 0 = none yet */
 } cm_infer_job_t;
 
+typedef struct cm_infer_pool_s cm_infer_pool_t;
+
+typedef struct {
+    cm_infer_pool_t        *pool;
+    pthread_t               th;
+    cm_rs_scratch_t        *w;
+    const cm_rs_rec_req_t  *q;          /* this thread's part of a batch */
+    char                  **out;
+    size_t                  n;
+    int                     rc;
+} cm_infer_scorer_t;
+
+struct cm_infer_pool_s {
+    pthread_mutex_t         mu;
+    pthread_cond_t          go;         /* gen moved: a batch to score */
+    pthread_cond_t          done;       /* running reached 0 */
+    uint64_t                gen;
+    uint32_t                running;
+    int                     stop;
+    const cm_rs_server_t   *rs;
+    cm_infer_scorer_t      *sc;         /* (n); sc[0] is the loop thread */
+    uint32_t                n;
+};
+
 typedef struct {
     cm_ipc_seg_t      seg;
     int               epfd;
@@ -90,6 +119,9 @@ typedef struct {
     uint32_t          nchat;            /* CHAT generations running */
     uint32_t          nchat_queued;     /* CHAT waiting for admission */
     uint32_t          chat_queue_max;
+    cm_infer_pool_t   pool;             /* scoring threads */
+    uint32_t          score_threads;
+    uint32_t          answer_cache;     /* entries; 0: off */
 } cm_infer_t;
 
 
@@ -408,21 +440,178 @@ cm_infer_recsys(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot,
 }
 
 
-/* The batch: every RECOMMEND that arrived since the last turn, scored
- * with one SGEMM.  Requests never wait for a batch to fill. */
+/* ---- scoring threads ------------------------------------------------------
+ * The loop thread splits a batch's cache misses into one part per scoring
+ * thread, scores the first part itself and waits for the others (a
+ * fork-join), so the server is never touched by anyone else while a
+ * fold-in, a reload or the answer cache runs: those stay in the loop
+ * thread, between batches, as before. */
+
+static void *
+cm_infer_scorer_main(void *arg)
+{
+    cm_infer_scorer_t  *sc = arg;
+    cm_infer_pool_t    *p = sc->pool;
+    uint64_t            seen = 0;
+
+    for ( ;; ) {
+        pthread_mutex_lock(&p->mu);
+        while (p->gen == seen && !p->stop) {
+            pthread_cond_wait(&p->go, &p->mu);
+        }
+        seen = p->gen;
+        if (p->stop) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        pthread_mutex_unlock(&p->mu);
+
+        sc->rc = sc->n > 0 ? cm_rs_server_recommend_with(p->rs, sc->w, sc->q,
+                                                         sc->n, sc->out)
+                           : CM_OK;
+
+        pthread_mutex_lock(&p->mu);
+        if (--p->running == 0) {
+            pthread_cond_signal(&p->done);
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+
+static int
+cm_infer_pool_start(cm_infer_pool_t *p, uint32_t n)
+{
+    uint32_t i;
+
+    p->sc = calloc(n, sizeof(cm_infer_scorer_t));
+    if (p->sc == NULL) {
+        return CM_ENOMEM;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    for (i = 0; i < n; i++) {
+        p->sc[i].pool = p;
+        p->sc[i].w = cm_rs_scratch_new();
+        if (p->sc[i].w == NULL) {
+            return CM_ENOMEM;
+        }
+        p->n = i + 1;
+        /* sc[0] is the loop thread's own part */
+        if (i > 0 && pthread_create(&p->sc[i].th, NULL, cm_infer_scorer_main,
+                                    &p->sc[i]) != 0)
+        {
+            p->n = i;
+            cm_rs_scratch_free(p->sc[i].w);
+            return CM_EIO;
+        }
+    }
+    return CM_OK;
+}
+
+
+static void
+cm_infer_pool_stop(cm_infer_pool_t *p)
+{
+    uint32_t i;
+
+    if (p->sc == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (i = 0; i < p->n; i++) {
+        if (i > 0) {
+            pthread_join(p->sc[i].th, NULL);
+        }
+        cm_rs_scratch_free(p->sc[i].w);
+    }
+    free(p->sc);
+    p->sc = NULL;
+    p->n = 0;
+}
+
+
+/* Score q[0..n) into out[], on every thread when there is enough work. */
+static int
+cm_infer_pool_score(cm_infer_pool_t *p, const cm_rs_server_t *rs,
+                    const cm_rs_rec_req_t *q, size_t n, char **out)
+{
+    uint32_t  t, parts, i;
+    size_t    at = 0, each;
+    int       rc;
+
+    parts = p->n;
+    if ((size_t) parts > n) {
+        parts = (uint32_t) n;
+    }
+    if (parts <= 1) {
+        return cm_rs_server_recommend_with(rs, p->sc[0].w, q, n, out);
+    }
+    for (t = 0; t < p->n; t++) {
+        each = t < parts ? (n - at) / (parts - t) : 0;
+        p->sc[t].q = q + at;
+        p->sc[t].out = out + at;
+        p->sc[t].n = each;
+        p->sc[t].rc = CM_OK;
+        at += each;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->rs = rs;
+    p->running = p->n - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+
+    rc = cm_rs_server_recommend_with(rs, p->sc[0].w, p->sc[0].q, p->sc[0].n,
+                                     p->sc[0].out);
+
+    pthread_mutex_lock(&p->mu);
+    while (p->running > 0) {
+        pthread_cond_wait(&p->done, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+
+    for (t = 1; t < p->n; t++) {
+        if (p->sc[t].rc != CM_OK) {
+            /* that part has no answers: fail it, keep the others */
+            for (i = 0; i < p->sc[t].n; i++) {
+                p->sc[t].out[i] = NULL;
+            }
+        }
+    }
+    if (rc != CM_OK) {
+        for (i = 0; i < p->sc[0].n; i++) {
+            p->sc[0].out[i] = NULL;
+        }
+    }
+    return CM_OK;
+}
+
+
+/* The batch: every RECOMMEND that arrived since the last turn.  Answers
+ * the answer cache holds go out at once; the rest are scored (one SGEMM
+ * per scoring thread's part) and kept in the cache.  Requests never wait
+ * for a batch to fill. */
 static void
 cm_infer_recommend_batch(cm_infer_t *d)
 {
     cm_rs_rec_req_t  *q;
     char            **out;
-    uint32_t          i, n = d->npending, mask;
+    uint32_t          i, n = d->npending, mask, nmiss = 0, *miss;
     cm_infer_job_t   *j;
     uint64_t          p[CM_IPC_NPARAMS];
+    const char       *hit;
+    size_t            len;
 
     d->npending = 0;
     q = calloc(n, sizeof(*q));
     out = calloc(n, sizeof(*out));
-    if (q == NULL || out == NULL || d->models.rs == NULL) {
+    miss = calloc(n, sizeof(*miss));
+    if (q == NULL || out == NULL || miss == NULL || d->models.rs == NULL) {
         for (i = 0; i < n; i++) {
             j = &d->jobs[d->pending[i]];
             cm_infer_fail(d, j, d->pending[i], CM_EAGAIN,
@@ -431,6 +620,7 @@ cm_infer_recommend_batch(cm_infer_t *d)
         }
         free(q);
         free(out);
+        free(miss);
         return;
     }
     for (i = 0; i < n; i++) {
@@ -443,23 +633,49 @@ cm_infer_recommend_batch(cm_infer_t *d)
                                                                  j->s),
                                   j->s->req_len <= 1024 ? j->s->req_len : 0,
                                   &mask, NULL, 0);
-        q[i].user = (int32_t) (p[0] <= INT32_MAX ? p[0] : 0);
-        q[i].k = (uint32_t) (p[1] >= 1 && p[1] <= CM_RSS_MAX_K ? p[1] : 10);
-        q[i].exclude_seen = (p[2] & CM_REC_EXCLUDE_SEEN) != 0;
-        q[i].genres = mask;
-        q[i].year_min = (int32_t) (p[3] <= 2200 ? p[3] : 0);
-        q[i].year_max = (int32_t) (p[4] <= 2200 ? p[4] : 0);
+        q[nmiss].user = (int32_t) (p[0] <= INT32_MAX ? p[0] : 0);
+        q[nmiss].k = (uint32_t) (p[1] >= 1 && p[1] <= CM_RSS_MAX_K ? p[1]
+                                                                   : 10);
+        q[nmiss].exclude_seen = (p[2] & CM_REC_EXCLUDE_SEEN) != 0;
+        q[nmiss].log_members = (p[2] & CM_REC_LOG_MEMBERS) != 0;
+        q[nmiss].genres = mask;
+        q[nmiss].year_min = (int32_t) (p[3] <= 2200 ? p[3] : 0);
+        q[nmiss].year_max = (int32_t) (p[4] <= 2200 ? p[4] : 0);
+
+        hit = cm_rs_server_cache_get(d->models.rs, &q[nmiss], &len);
+        if (hit != NULL && len <= d->seg.hdr->res_cap) {
+            cm_infer_set_result(d, j->s, hit, len);
+            if (cm_ipc_finish(j->s, 0) == CM_OK) {
+                cm_infer_ready(d, j, d->pending[i]);
+            }
+            cm_infer_job_end(d, j);
+            continue;
+        }
+        miss[nmiss++] = d->pending[i];
     }
-    if (cm_rs_server_recommend_batch(d->models.rs, q, n, out) != CM_OK) {
-        memset(out, 0, n * sizeof(*out));
+    if (nmiss > 0) {
+        (void) cm_infer_pool_score(&d->pool, d->models.rs, q, nmiss, out);
     }
-    for (i = 0; i < n; i++) {
-        j = &d->jobs[d->pending[i]];
-        cm_infer_answer(d, j, d->pending[i], out[i]);
+    for (i = 0; i < nmiss; i++) {
+        j = &d->jobs[miss[i]];
+        if (out[i] == NULL) {
+            cm_infer_fail(d, j, miss[i], CM_ENOMEM,
+                          "recommendation failed");
+        } else if (strlen(out[i]) > d->seg.hdr->res_cap) {
+            cm_infer_fail(d, j, miss[i], CM_EINVAL,
+                          "answer larger than the slot");
+        } else {
+            cm_infer_set_result(d, j->s, out[i], strlen(out[i]));
+            if (cm_ipc_finish(j->s, 0) == CM_OK) {
+                cm_infer_ready(d, j, miss[i]);
+            }
+        }
         cm_infer_job_end(d, j);
+        cm_rs_server_cache_put(d->models.rs, &q[i], out[i]);   /* takes it */
     }
     free(q);
     free(out);
+    free(miss);
 }
 
 
@@ -566,6 +782,9 @@ cm_infer_chat_start(cm_infer_t *d, cm_infer_job_t *j, char *err,
         return rc == CM_EAGAIN ? CM_EINVAL : rc;
     }
     d->nchat++;
+    atomic_store_explicit(&j->s->prompt_tokens,
+                          (uint32_t) j->dlg->prompt_tokens,
+                          memory_order_relaxed);
     atomic_fetch_add_explicit(&d->seg.hdr->stats.prompt_tokens,
                               (uint64_t) j->dlg->prompt_tokens,
                               memory_order_relaxed);
@@ -605,6 +824,9 @@ cm_infer_chat_account(cm_infer_t *d, cm_infer_job_t *j, uint64_t now)
     atomic_fetch_add_explicit(&d->seg.hdr->stats.completion_tokens,
                               (uint64_t) n, memory_order_relaxed);
     j->tokens_counted = j->dlg->completion_tokens;
+    atomic_store_explicit(&j->s->completion_tokens,
+                          (uint32_t) j->dlg->completion_tokens,
+                          memory_order_relaxed);
     if (j->last_token_ns != 0 && now > j->last_token_ns) {
         cm_ipc_stats_observe_itl(&d->seg, now - j->last_token_ns);
     }
@@ -664,7 +886,7 @@ cm_infer_chat_end(cm_infer_t *d, cm_infer_job_t *j)
 static int
 cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
 {
-    char      buf[CM_DLG_TEXT_CAP], res[256];
+    char      buf[CM_DLG_TEXT_CAP], res[384];
     uint32_t  room;
     size_t    n;
     int       done = 0, rc;
@@ -689,9 +911,13 @@ cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
     }
     n = (size_t) snprintf(res, sizeof(res),
         "{\"finish_reason\":\"%s\",\"usage\":{\"prompt_tokens\":%d,"
-        "\"completion_tokens\":%d},\"model_version\":\"%s\"}",
+        "\"completion_tokens\":%d},\"model_version\":\"%s\","
+        "\"context\":{\"turns\":%d,\"dropped_turns\":%d,"
+        "\"truncated\":%s}}",
         cm_dlg_finish_name(j->dlg->finish), j->dlg->prompt_tokens,
-        j->dlg->completion_tokens, cm_dlg_server_version(d->models.dlg));
+        j->dlg->completion_tokens, cm_dlg_server_version(d->models.dlg),
+        j->dlg->context_turns, j->dlg->dropped_turns,
+        j->dlg->truncated ? "true" : "false");
     cm_infer_set_result(d, j->s, res, n);
     if (cm_ipc_finish(j->s, 0) == CM_OK) {
         cm_infer_ready(d, j, slot);
@@ -782,6 +1008,11 @@ cm_infer_publish_models(cm_infer_t *d)
     cm_ipc_model_t  table[CM_IPC_MAX_MODELS];
     uint32_t        n;
 
+    if (d->models.rs != NULL
+        && cm_rs_server_cache_size(d->models.rs, d->answer_cache) != CM_OK)
+    {
+        cm_warn("infer: no memory for the answer cache: it is off");
+    }
     n = cm_infer_models_table(&d->models, table, CM_IPC_MAX_MODELS);
     cm_ipc_set_models(&d->seg, table, n);
     snprintf(d->seg.hdr->status, sizeof(d->seg.hdr->status), "%s",
@@ -1171,6 +1402,11 @@ cm_infer_usage(FILE *out)
         "  --dialog-version V    version reported for --dialog\n"
         "  --max-seqs N          concurrent generations (KV caches), default 8;\n"
         "                        up to 4x more wait in a queue, then 503\n"
+        "  --score-threads N     threads scoring a recommendation batch\n"
+        "                        (default: the CPUs, at most 8), 1..64\n"
+        "  --answer-cache N      recommend answers kept per model version,\n"
+        "                        dropped per user by a fold-in (default\n"
+        "                        8192, at most 64 MB; 0: off)\n"
         "  --decode-threads N    threads per decode step (1..16, default 1;\n"
         "                        with the AVX-512 decode kernels only)\n\n"
         "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
@@ -1214,7 +1450,9 @@ cm_infer_main(int argc, char **argv)
         { "dialog", required_argument, NULL, 'G' },
         { "dialog-version", required_argument, NULL, 'W' },
         { "max-seqs", required_argument, NULL, 'S' },
-        { "decode-threads", required_argument, NULL, 'T' },
+        { "score-threads", required_argument, NULL, 'T' },
+        { "answer-cache", required_argument, NULL, 'A' },
+        { "decode-threads", required_argument, NULL, 'Q' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1236,6 +1474,7 @@ cm_infer_main(int argc, char **argv)
     FILE                *pf;
 
     memset(&d, 0, sizeof(d));
+    d.answer_cache = 8192;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -1259,7 +1498,19 @@ cm_infer_main(int argc, char **argv)
             d.models.max_seqs = (int) v;
             break;
         }
-        case 'T': {
+        case 'T':
+            if (cm_parse_u32(optarg, 1, 64, &d.score_threads)) {
+                fprintf(stderr, "infer: --score-threads must be 1..64\n");
+                return 2;
+            }
+            break;
+        case 'A':
+            if (cm_parse_u32(optarg, 0, 1u << 24, &d.answer_cache)) {
+                fprintf(stderr, "infer: --answer-cache must be 0..16777216\n");
+                return 2;
+            }
+            break;
+        case 'Q': {
             uint32_t v;
 
             if (cm_parse_u32(optarg, 1, CM_LM_MAX_THREADS, &v)) {
@@ -1410,6 +1661,16 @@ cm_infer_main(int argc, char **argv)
      * sched_yield took the core nginx needs (perf: 40 % of the daemon's
      * samples in the scheduler at 64 connections). */
     openblas_set_num_threads(1);
+    if (d.score_threads == 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+        d.score_threads = ncpu < 1 ? 1 : (ncpu > 8 ? 8 : (uint32_t) ncpu);
+    }
+    if (cm_infer_pool_start(&d.pool, d.score_threads) != CM_OK) {
+        cm_error("infer: cannot start %u scoring threads", d.score_threads);
+        rc = 1;
+        goto done;
+    }
 
     /* a model that fails to load leaves the daemon up (echo and /ready
      * work, recsys answers 503) with the reason in the status text */
@@ -1528,6 +1789,7 @@ done:
     if (d.pidfile[0] != '\0' && rc == 0) {
         unlink(d.pidfile);
     }
+    cm_infer_pool_stop(&d.pool);
     free(d.jobs);
     free(d.pending);
     cm_infer_models_free(&d.models);

@@ -72,6 +72,21 @@ int cm_model_rollback(PGconn *c, const char *name, int *version, char *err,
 int cm_train_recsys_db_main(int argc, char **argv);
 int cm_argv_has(int argc, char **argv, const char *flag);
 
+/* `train dialog --from-db` (cmd_train_dialog_db.c), reached from
+ * cmd_dialog.c; it trains through cm_train_dialog_file(), the file form's
+ * argv entry, and hears of its progress by cm_train_dialog_progress
+ * (after each logged step and each evaluation; val_loss < 0: none). */
+int cm_train_dialog_db_main(int argc, char **argv);
+int cm_train_dialog_file(int argc, char **argv);
+typedef void (*cm_train_progress_pt)(int step, int steps, double loss,
+    double val_loss, double secs);
+extern cm_train_progress_pt  cm_train_dialog_progress;
+
+/* sha256 of a registered artifact: the file itself, or for a directory
+ * (a dialog model) its model.bin, which the daemon checks at load. */
+int cm_model_artifact_sha256(const char *path, char hex[65], uint64_t *bytes,
+    char *err, size_t errlen);
+
 /* Sleep for an interval like "30s", "15m", "1h", "1d" (seconds when bare);
  * returns -1 when s is malformed. */
 long cm_interval_parse(const char *s);

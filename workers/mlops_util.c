@@ -528,6 +528,25 @@ failed:
 
 
 int
+cm_model_artifact_sha256(const char *path, char hex[65], uint64_t *bytes,
+    char *err, size_t errlen)
+{
+    char         p[PATH_MAX + 16];
+    struct stat  st;
+
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if ((size_t) snprintf(p, sizeof(p), "%s/model.bin", path)
+            >= sizeof(p))
+        {
+            return cm_seterr(err, errlen, CM_EINVAL, "path too long");
+        }
+        return cm_sha256_file(p, hex, bytes, err, errlen);
+    }
+    return cm_sha256_file(path, hex, bytes, err, errlen);
+}
+
+
+int
 cm_model_promote(PGconn *c, const char *name, int version, char *err,
     size_t errlen)
 {
@@ -568,7 +587,8 @@ cm_model_promote(PGconn *c, const char *name, int version, char *err,
         return CM_OK;
     }
     /* a promotion the daemons would refuse must not happen */
-    rc = cm_sha256_file(PQgetvalue(r, 0, 1), sha, NULL, err, errlen);
+    rc = cm_model_artifact_sha256(PQgetvalue(r, 0, 1), sha, NULL, err,
+                                  errlen);
     if (rc == CM_OK && strcmp(sha, PQgetvalue(r, 0, 2)) != 0) {
         rc = cm_seterr(err, errlen, CM_EFORMAT, "%s: sha256 differs from the"
                        " registry's; refusing to promote",

@@ -370,6 +370,8 @@ cm_ipc_submit(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s, uint32_t kind,
     }
     s->req_len = (uint32_t) len;
     s->submit_ns = cm_now_mono_ns();
+    atomic_store_explicit(&s->prompt_tokens, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->completion_tokens, 0, memory_order_relaxed);
     /* release: the request is visible before the state says SUBMITTED */
     return cm_ipc_slot_cas(s, CM_SLOT_CLAIMED, CM_SLOT_SUBMITTED)
            ? CM_OK : CM_ECONFLICT;

@@ -446,11 +446,16 @@ cm_rs_score_users(const cm_rs_model_t *m, const uint32_t *users, size_t n,
     }
     /* out = mu + b_u + b_i, then += X V^T (one SGEMM for the batch) */
     for (a = 0; a < n; a++) {
-        float base = m->algo == CM_RS_IALS ? 0.0f : m->mean + m->bu[users[a]];
+        float *row = out + a * m->n_items;
 
-        for (i = 0; i < m->n_items; i++) {
-            out[a * m->n_items + i] = base
-                + (m->algo == CM_RS_IALS ? 0.0f : m->bi[i]);
+        if (m->algo == CM_RS_IALS) {
+            memset(row, 0, m->n_items * sizeof(float));
+        } else {
+            float base = m->mean + m->bu[users[a]];
+
+            for (i = 0; i < m->n_items; i++) {
+                row[i] = base + m->bi[i];
+            }
         }
     }
     if (k == 0) {
@@ -543,6 +548,12 @@ cm_rs_topk(const float *scores, uint32_t n, const uint32_t *excl,
     }
     /* out_idx/out_score are the heap while scanning */
     for (i = 0; i < n; i++) {
+        /* once the heap is full most items lose to its root: skip them
+         * before anything else (NaN fails the comparison too); the
+         * exclusion cursor catches up lazily */
+        if (h == k && !(scores[i] >= out_score[0])) {
+            continue;
+        }
         while (e < n_excl && excl[e] < i) {
             e++;
         }

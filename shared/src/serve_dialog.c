@@ -300,6 +300,28 @@ cm_dlg_take(cm_dlg_stream_t *st, char *out, size_t cap, int *done)
 }
 
 
+size_t
+cm_dlg_context_fit(const size_t *ntok, size_t n, size_t budget,
+                   size_t *first, int *cut)
+{
+    size_t  total = 0, i = n;
+
+    *cut = 0;
+    while (i > 0 && total + ntok[i - 1] <= budget) {
+        total += ntok[i - 1];
+        i--;
+    }
+    if (i == n && n > 0) {
+        /* not even the newest turn fits: its last budget tokens */
+        *first = n - 1;
+        *cut = 1;
+        return budget;
+    }
+    *first = i;
+    return total;
+}
+
+
 int
 cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
              const char *const *turns, const size_t *turn_lens, size_t nturns,
@@ -308,8 +330,9 @@ cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
 {
     cm_tokens_t     t;
     cm_lm_params_t  p;
-    size_t          i, keep, maxT;
-    int             rc;
+    size_t          i, keep, maxT, first;
+    size_t          ntok[CM_DLG_MAX_TURNS];
+    int             rc, cut;
 
     memset(st, 0, sizeof(*st));
     if (nturns == 0 || nturns > CM_DLG_MAX_TURNS) {
@@ -348,6 +371,8 @@ cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
 
     memset(&t, 0, sizeof(t));
     for (i = 0; i < nturns; i++) {
+        size_t before = t.n;
+
         rc = cm_bpe_encode(s->bpe, turns[i], turn_lens[i], 0, &t);
         if (rc == CM_OK && t.n == t.cap) {
             int32_t *ids = realloc(t.ids, (t.cap + 16) * sizeof(int32_t));
@@ -363,13 +388,20 @@ cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
             return cm_seterr(err, errlen, rc, "tokenizer: out of memory");
         }
         t.ids[t.n++] = s->eot;
+        ntok[i] = t.n - before;
     }
-    /* the oldest tokens give way so the reply has room */
-    keep = maxT - (size_t) p.max_tokens;
-    if (t.n > keep) {
+    /* the oldest whole turns give way so the reply has room; a turn is
+     * never cut, except the newest when it alone is too long: then its
+     * tail is kept (the words nearest the reply), and the stream says so */
+    keep = cm_dlg_context_fit(ntok, nturns, maxT - (size_t) p.max_tokens,
+                              &first, &cut);
+    if (keep < t.n) {
         memmove(t.ids, t.ids + (t.n - keep), keep * sizeof(int32_t));
         t.n = keep;
     }
+    st->context_turns = (int) (nturns - first);
+    st->dropped_turns = (int) first;
+    st->truncated = cut;
     rc = cm_lm_seq_init(&st->seq, &s->eng, &p);
     if (rc != CM_OK) {
         free(t.ids);

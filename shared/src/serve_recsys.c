@@ -16,6 +16,7 @@
 #define CM_RSS_BECAUSE_MAX   200     /* candidate explanations per user */
 #define CM_RSS_LIKED         4.0f    /* "highly rated" */
 #define CM_RSS_JSON_FLAGS    (JSON_COMPACT | JSON_REAL_PRECISION(6))
+#define CM_RSS_CACHE_BYTES   ((size_t) 64 << 20)   /* answer cache text */
 
 typedef struct {
     int32_t    user;
@@ -27,9 +28,42 @@ typedef struct {
     float     *ratings;     /* (n) */
 } cm_rss_user_t;
 
+typedef struct {
+    char            *buf;
+    size_t           len;
+    size_t           cap;
+    int              oom;
+} cm_rss_buf_t;
+
+/* what one scoring thread writes: nothing of it is shared */
+struct cm_rs_scratch_s {
+    float           *scores;       /* scores_cap floats */
+    size_t           scores_cap;
+    float           *why;          /* (K + B, k + 1) explanation scratch:
+                                      recommended rows, liked rows, dots */
+    size_t           why_cap;      /* floats */
+    uint32_t        *tk_idx;       /* (tk_cap) */
+    float           *tk_score;     /* (tk_cap) */
+    size_t           tk_cap;
+    cm_rss_buf_t     a;            /* the answer being written */
+    cm_rss_buf_t     l;            /* its request-log members */
+    int32_t          ids[CM_RSS_MAX_K];   /* the answer's movies */
+    double           sc[CM_RSS_MAX_K];    /* and their scores */
+    size_t           n;
+};
+
+/* one cached answer: the request it answers and its text */
+typedef struct {
+    cm_rs_rec_req_t  q;
+    char            *json;         /* NULL: empty */
+    size_t           len;
+    uint64_t         used;         /* tick of the last get or put */
+} cm_rss_entry_t;
+
 struct cm_rs_server_s {
     cm_rs_model_t   *m;
     char             version[64];
+    char            *version_json; /* "\"<version>\"", escaped */
     cm_movie_t      *cat;          /* (ncat) sorted by id, clean titles */
     size_t           ncat;
     int32_t         *item_cat;     /* (n_items) index into cat, -1 none */
@@ -37,17 +71,24 @@ struct cm_rs_server_s {
     cm_rss_user_t   *ov;           /* (nov) sorted by user */
     size_t           nov;
     size_t           ovcap;
-    float           *scores;       /* scratch, scores_cap floats */
-    float           *why;          /* (K + B, k + 1) explanation scratch:
-                                      recommended rows, liked rows, dots */
-    size_t           scores_cap;
-    uint32_t        *tk_idx;       /* (n_items) */
-    float           *tk_score;     /* (n_items) */
-    uint32_t        *seen_buf;     /* (n_items) */
+    cm_rs_scratch_t *w;            /* the single-threaded calls' scratch */
+    char            *frag;         /* per item: '{' + movie_id, title,
+                                      year, genres (full) / movie_id,
+                                      title (short), without the '}' */
+    uint32_t        *frag_full;    /* (n_items + 1) offsets into frag */
+    uint32_t        *frag_short;   /* (n_items + 1) offsets into frag */
+    cm_rss_entry_t  *cache;        /* (ncache) 2-way sets; NULL: off */
+    size_t           ncache;
+    size_t           cache_bytes;  /* text held by the cache */
+    uint64_t         tick;
+    uint64_t         cache_hits;
+    uint64_t         cache_misses;
 };
 
 
 static const cm_rs_server_t *cm_rss_sort_srv;
+
+static int cm_rss_fragments(cm_rs_server_t *s);
 
 
 static int
@@ -123,6 +164,88 @@ cm_rs_parse_genres(const char *s, size_t len, uint32_t *mask, char *err,
 }
 
 
+cm_rs_scratch_t *
+cm_rs_scratch_new(void)
+{
+    return calloc(1, sizeof(cm_rs_scratch_t));
+}
+
+
+void
+cm_rs_scratch_free(cm_rs_scratch_t *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    free(w->scores);
+    free(w->why);
+    free(w->tk_idx);
+    free(w->tk_score);
+    free(w->a.buf);
+    free(w->l.buf);
+    free(w);
+}
+
+
+/* Room for `rows` score rows of this model and its top-K and explanation
+ * work; a scratch outlives a model swap, so it grows to the largest. */
+static int
+cm_rss_scratch_fit(cm_rs_scratch_t *w, const cm_rs_model_t *m, size_t rows)
+{
+    size_t     ni = (size_t) m->n_items + 1, need = rows * ni, why;
+    float     *f;
+    uint32_t  *u;
+
+    if (need > w->scores_cap) {
+        f = realloc(w->scores, need * sizeof(float));
+        if (f == NULL) {
+            return CM_ENOMEM;
+        }
+        w->scores = f;
+        w->scores_cap = need;
+    }
+    if (ni > w->tk_cap) {
+        u = realloc(w->tk_idx, ni * sizeof(uint32_t));
+        if (u == NULL) {
+            return CM_ENOMEM;
+        }
+        w->tk_idx = u;
+        f = realloc(w->tk_score, ni * sizeof(float));
+        if (f == NULL) {
+            return CM_ENOMEM;
+        }
+        w->tk_score = f;
+        w->tk_cap = ni;
+    }
+    why = (size_t) (CM_RSS_MAX_K + CM_RSS_BECAUSE_MAX) * (m->factors + 1)
+          + (size_t) CM_RSS_MAX_K * CM_RSS_BECAUSE_MAX;
+    if (why > w->why_cap) {
+        f = realloc(w->why, why * sizeof(float));
+        if (f == NULL) {
+            return CM_ENOMEM;
+        }
+        w->why = f;
+        w->why_cap = why;
+    }
+    return CM_OK;
+}
+
+
+static void
+cm_rss_cache_clear(cm_rs_server_t *s)
+{
+    size_t i;
+
+    for (i = 0; i < s->ncache; i++) {
+        free(s->cache[i].json);
+    }
+    free(s->cache);
+    s->cache = NULL;
+    s->ncache = 0;
+    s->cache_bytes = 0;
+}
+
+
 void
 cm_rs_server_free(cm_rs_server_t *s)
 {
@@ -139,15 +262,16 @@ cm_rs_server_free(cm_rs_server_t *s)
         free(s->ov[i].items);
         free(s->ov[i].ratings);
     }
+    cm_rss_cache_clear(s);
     free(s->ov);
     free(s->cat);
     free(s->item_cat);
     free(s->pop_order);
-    free(s->scores);
-    free(s->tk_idx);
-    free(s->tk_score);
-    free(s->seen_buf);
-    free(s->why);
+    free(s->frag);
+    free(s->frag_full);
+    free(s->frag_short);
+    free(s->version_json);
+    cm_rs_scratch_free(s->w);
     cm_rs_model_free(s->m);
     free(s);
 }
@@ -178,15 +302,9 @@ cm_rs_server_open(cm_rs_server_t **out, const char *artifact,
     s->cat = calloc(n_movies + 1, sizeof(cm_movie_t));
     s->item_cat = malloc(((size_t) s->m->n_items + 1) * sizeof(int32_t));
     s->pop_order = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
-    s->tk_idx = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
-    s->tk_score = malloc(((size_t) s->m->n_items + 1) * sizeof(float));
-    s->seen_buf = malloc(((size_t) s->m->n_items + 1) * sizeof(uint32_t));
-    s->why = malloc(((size_t) (CM_RSS_MAX_K + CM_RSS_BECAUSE_MAX)
-                     * (s->m->factors + 1)
-                     + (size_t) CM_RSS_MAX_K * CM_RSS_BECAUSE_MAX)
-                    * sizeof(float));
-    if (s->why == NULL || s->cat == NULL || s->item_cat == NULL || s->pop_order == NULL
-        || s->tk_idx == NULL || s->tk_score == NULL || s->seen_buf == NULL)
+    s->w = cm_rs_scratch_new();
+    if (s->w == NULL || s->cat == NULL || s->item_cat == NULL
+        || s->pop_order == NULL || cm_rss_scratch_fit(s->w, s->m, 1) != CM_OK)
     {
         cm_rs_server_free(s);
         return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
@@ -215,6 +333,10 @@ cm_rs_server_open(cm_rs_server_t **out, const char *artifact,
     qsort(s->pop_order, s->m->n_items, sizeof(uint32_t), cm_rss_pop_cmp);
     cm_rss_sort_srv = NULL;
 
+    if (cm_rss_fragments(s) != CM_OK) {
+        cm_rs_server_free(s);
+        return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
+    }
     *out = s;
     return CM_OK;
 }
@@ -242,7 +364,7 @@ cm_rs_server_overlay_users(const cm_rs_server_t *s)
 
 
 static cm_rss_user_t *
-cm_rss_find_user(cm_rs_server_t *s, int32_t user)
+cm_rss_find_user(const cm_rs_server_t *s, int32_t user)
 {
     size_t lo = 0, hi = s->nov, mid;
 
@@ -384,7 +506,7 @@ cm_rs_server_popular(cm_rs_server_t *s, uint32_t k, uint32_t genres,
 /* The user's seen items (dense, ascending) and their (possibly
  * reconstructed) ratings; returns the count. */
 static size_t
-cm_rss_seen(cm_rs_server_t *s, int64_t dense, cm_rss_user_t *ov,
+cm_rss_seen(const cm_rs_server_t *s, int64_t dense, const cm_rss_user_t *ov,
             const uint32_t **items)
 {
     if (ov != NULL) {
@@ -403,7 +525,7 @@ cm_rss_seen(cm_rs_server_t *s, int64_t dense, cm_rss_user_t *ov,
 
 /* Liked items for explanations: rating >= 4 (or the best ones). */
 static size_t
-cm_rss_liked(cm_rs_server_t *s, const float *scores, cm_rss_user_t *ov,
+cm_rss_liked(const float *scores, const cm_rss_user_t *ov,
              const uint32_t *seen, size_t nseen, uint32_t *liked)
 {
     size_t  i, n = 0;
@@ -419,16 +541,262 @@ cm_rss_liked(cm_rs_server_t *s, const float *scores, cm_rss_user_t *ov,
 }
 
 
-static char *
-cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
-                     float *scores, int64_t dense, cm_rss_user_t *ov)
+/* ---- answers as text ------------------------------------------------------
+ * The recommend answer is written straight into the scratch's buffer: each
+ * movie's JSON is made once at open (with jansson, so the text is what
+ * jansson would write) and copied per answer; only the scores are printed
+ * per request, the way jansson prints a real. */
+
+static void
+cm_rss_put(cm_rss_buf_t *w, const char *p, size_t n)
 {
-    json_t          *o, *arr, *r, *b;
+    size_t  cap;
+    char   *b;
+
+    if (w->len + n + 1 > w->cap) {
+        cap = w->cap ? w->cap : 4096;
+        while (cap < w->len + n + 1) {
+            cap *= 2;
+        }
+        b = realloc(w->buf, cap);
+        if (b == NULL) {
+            w->oom = 1;
+            return;
+        }
+        w->buf = b;
+        w->cap = cap;
+    }
+    memcpy(w->buf + w->len, p, n);
+    w->len += n;
+}
+
+
+#define cm_rss_lit(w, s)  cm_rss_put(w, s, sizeof(s) - 1)
+
+
+static void
+cm_rss_put_int(cm_rss_buf_t *w, long long v)
+{
+    char  b[24];
+    int   n = snprintf(b, sizeof(b), "%lld", v);
+
+    cm_rss_put(w, b, (size_t) n);
+}
+
+
+/* jansson's JSON_REAL_PRECISION(6): "%.6g", a ".0" when that reads as an
+ * integer, and no '+' or leading zeros in an exponent. */
+static void
+cm_rss_put_real(cm_rss_buf_t *w, double v)
+{
+    char  b[48], *e, *start, *end;
+    int   n = snprintf(b, sizeof(b) - 2, "%.6g", v);
+
+    if (n < 0 || (size_t) n >= sizeof(b) - 2) {
+        cm_rss_lit(w, "0.0");
+        return;
+    }
+    if (strchr(b, '.') == NULL && strchr(b, 'e') == NULL) {
+        memcpy(b + n, ".0", 3);
+        n += 2;
+    }
+    e = strchr(b, 'e');
+    if (e != NULL) {
+        start = e + 1;
+        if (*start == '-') {
+            start++;
+        }
+        end = start;
+        if (*end == '+') {
+            end++;
+        }
+        while (*end == '0' && end[1] != '\0') {
+            end++;
+        }
+        if (end != start) {
+            memmove(start, end, strlen(end) + 1);
+            n = (int) strlen(b);
+        }
+    }
+    cm_rss_put(w, b, (size_t) n);
+}
+
+
+/* the answer as a new string: "<log members>\n<answer>" when the request
+ * asked for the log members */
+static char *
+cm_rss_take(cm_rs_scratch_t *w, const cm_rs_rec_req_t *q)
+{
+    char    *t;
+    size_t   pre = q->log_members ? w->l.len + 1 : 0;
+
+    if (w->a.oom || (q->log_members && w->l.oom)) {
+        return NULL;
+    }
+    t = malloc(pre + w->a.len + 1);
+    if (t != NULL) {
+        if (pre > 0) {
+            memcpy(t, w->l.buf, w->l.len);
+            t[w->l.len] = '\n';
+        }
+        memcpy(t + pre, w->a.buf, w->a.len);
+        t[pre + w->a.len] = '\0';
+    }
+    return t;
+}
+
+
+/* an item's JSON without its closing brace */
+static void
+cm_rss_put_item(cm_rss_buf_t *w, const cm_rs_server_t *s, uint32_t item,
+                int full)
+{
+    const uint32_t *off = full ? s->frag_full : s->frag_short;
+
+    cm_rss_put(w, s->frag + off[item], off[item + 1] - off[item]);
+}
+
+
+static int
+cm_rss_fragments(cm_rs_server_t *s)
+{
+    size_t    cap = 0, len = 0, n = s->m->n_items, i, l;
+    int       full;
+    char     *txt, *f;
+    json_t   *o;
+
+    s->frag_full = malloc((n + 1) * sizeof(uint32_t));
+    s->frag_short = malloc((n + 1) * sizeof(uint32_t));
+    o = json_string(s->version);
+    s->version_json = o != NULL ? json_dumps(o, JSON_ENCODE_ANY
+                                                | CM_RSS_JSON_FLAGS)
+                                : NULL;
+    json_decref(o);
+    if (s->frag_full == NULL || s->frag_short == NULL
+        || s->version_json == NULL)
+    {
+        return CM_ENOMEM;
+    }
+    for (full = 1; full >= 0; full--) {
+        for (i = 0; i <= n; i++) {
+            (full ? s->frag_full : s->frag_short)[i] = (uint32_t) len;
+            if (i == n) {
+                break;
+            }
+            o = cm_rss_movie_json(s, (uint32_t) i, full);
+            txt = o != NULL ? cm_rss_dump(o) : NULL;
+            if (txt == NULL) {
+                return CM_ENOMEM;
+            }
+            l = strlen(txt) - 1;   /* without the '}' */
+            if (len + l > cap) {
+                cap = cap ? cap * 2 : 64 * 1024;
+                if (cap > UINT32_MAX) {
+                    free(txt);
+                    return CM_ENOMEM;
+                }
+                f = realloc(s->frag, cap);
+                if (f == NULL) {
+                    free(txt);
+                    return CM_ENOMEM;
+                }
+                s->frag = f;
+            }
+            memcpy(s->frag + len, txt, l);
+            len += l;
+            free(txt);
+        }
+    }
+    return CM_OK;
+}
+
+
+/* The fallback list of a recommendation: the most popular items that
+ * pass the filters, each with its popularity as the score. */
+static void
+cm_rss_put_popular(cm_rs_scratch_t *w, const cm_rs_server_t *s,
+                   const cm_rs_rec_req_t *q)
+{
+    uint32_t  i, item, got = 0;
+    double    sc;
+
+    for (i = 0; i < s->m->n_items && got < q->k; i++) {
+        item = s->pop_order[i];
+        if (!cm_rss_passes(s, item, q)) {
+            continue;
+        }
+        if (got > 0) {
+            cm_rss_lit(&w->a, ",");
+        }
+        sc = (double) (float) s->m->pop[item];
+        cm_rss_put_item(&w->a, s, item, 1);
+        cm_rss_lit(&w->a, ",\"score\":");
+        cm_rss_put_real(&w->a, sc);
+        cm_rss_lit(&w->a, "}");
+        w->ids[got] = s->m->item_ext[item];
+        w->sc[got] = sc;
+        got++;
+    }
+    w->n = got;
+}
+
+
+/* The request log's members of an answer (the nginx module's request log
+ * stores them as they are): model_version, is_fallback, fallback_reason
+ * and detail {endpoint, ids, scores, rating_user_id}. */
+static void
+cm_rss_put_log(cm_rs_scratch_t *w, const cm_rs_server_t *s,
+               const cm_rs_rec_req_t *q, const char *reason)
+{
+    cm_rss_buf_t  *l = &w->l;
+    size_t         i;
+
+    l->len = 0;
+    l->oom = 0;
+    cm_rss_lit(l, "\"model_version\":");
+    cm_rss_put(l, s->version_json, strlen(s->version_json));
+    if (reason != NULL) {
+        cm_rss_lit(l, ",\"is_fallback\":true,\"fallback_reason\":\"");
+        cm_rss_put(l, reason, strlen(reason));
+        cm_rss_lit(l, "\"");
+    } else {
+        cm_rss_lit(l, ",\"is_fallback\":false,\"fallback_reason\":null");
+    }
+    cm_rss_lit(l, ",\"detail\":{\"endpoint\":\"recommend\",\"ids\":[");
+    for (i = 0; i < w->n; i++) {
+        if (i > 0) {
+            cm_rss_lit(l, ",");
+        }
+        cm_rss_put_int(l, w->ids[i]);
+    }
+    cm_rss_lit(l, "],\"scores\":[");
+    for (i = 0; i < w->n; i++) {
+        if (i > 0) {
+            cm_rss_lit(l, ",");
+        }
+        cm_rss_put_real(l, w->sc[i]);
+    }
+    cm_rss_lit(l, "],\"rating_user_id\":");
+    if (q->user != 0) {
+        cm_rss_put_int(l, q->user);
+    } else {
+        cm_rss_lit(l, "null");
+    }
+    cm_rss_lit(l, "}");
+}
+
+
+static char *
+cm_rss_recommend_one(const cm_rs_server_t *s, cm_rs_scratch_t *w,
+                     const cm_rs_rec_req_t *q, float *scores, int64_t dense,
+                     const cm_rss_user_t *ov)
+{
     const uint32_t  *seen;
     size_t           nseen, i, j, n, nliked;
     uint32_t         liked[CM_RSS_BECAUSE_MAX], best;
     float            sim, best_sim, *dots;
     const char      *reason = NULL;
+    cm_rss_buf_t    *a = &w->a;
 
     nseen = cm_rss_seen(s, dense, ov, &seen);
     if (q->user == 0) {
@@ -441,20 +809,28 @@ cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
         reason = "popularity_model";
     }
 
-    o = json_object();
-    if (o == NULL) {
-        return NULL;
+    a->len = 0;
+    a->oom = 0;
+    w->n = 0;
+    cm_rss_lit(a, "{\"user_id\":");
+    if (q->user != 0) {
+        cm_rss_put_int(a, q->user);
+    } else {
+        cm_rss_lit(a, "null");
     }
-    json_object_set_new(o, "user_id", q->user != 0 ? json_integer(q->user)
-                                                   : json_null());
-    json_object_set_new(o, "model_version", json_string(s->version));
+    cm_rss_lit(a, ",\"model_version\":");
+    cm_rss_put(a, s->version_json, strlen(s->version_json));
 
     if (reason != NULL) {
-        json_object_set_new(o, "is_fallback", json_true());
-        json_object_set_new(o, "fallback_reason", json_string(reason));
-        json_object_set_new(o, "recommendations",
-                            cm_rss_popular_list(s, q, 1));
-        return cm_rss_dump(o);
+        cm_rss_lit(a, ",\"is_fallback\":true,\"fallback_reason\":\"");
+        cm_rss_put(a, reason, strlen(reason));
+        cm_rss_lit(a, "\",\"recommendations\":[");
+        cm_rss_put_popular(w, s, q);
+        cm_rss_lit(a, "]}");
+        if (q->log_members) {
+            cm_rss_put_log(w, s, q, reason);
+        }
+        return cm_rss_take(w, q);
     }
 
     /* filters make an item impossible rather than removing it, so the
@@ -467,23 +843,23 @@ cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
         }
     }
     nliked = s->m->factors > 0
-             ? cm_rss_liked(s, scores, ov, seen, nseen, liked) : 0;
+             ? cm_rss_liked(scores, ov, seen, nseen, liked) : 0;
 
     n = cm_rs_topk(scores, s->m->n_items, q->exclude_seen ? seen : NULL,
                    q->exclude_seen ? nseen : 0,
-                   q->k < CM_RSS_MAX_K ? q->k : CM_RSS_MAX_K, s->tk_idx,
-                   s->tk_score);
+                   q->k < CM_RSS_MAX_K ? q->k : CM_RSS_MAX_K, w->tk_idx,
+                   w->tk_score);
 
     /* explanations: every (recommended, liked) dot product in one SGEMM
      * (n x k) . (k x nliked), then divided by the two norms */
     dots = NULL;
     if (nliked > 0 && n > 0) {
         size_t   f = s->m->factors;
-        float   *rec = s->why, *lk = s->why + n * f;
+        float   *rec = w->why, *lk = w->why + n * f;
 
         dots = lk + nliked * f;
         for (i = 0; i < n; i++) {
-            memcpy(rec + i * f, s->m->V + (size_t) s->tk_idx[i] * f,
+            memcpy(rec + i * f, s->m->V + (size_t) w->tk_idx[i] * f,
                    f * sizeof(float));
         }
         for (j = 0; j < nliked; j++) {
@@ -495,22 +871,27 @@ cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
                     0.0f, dots, (int) nliked);
     }
 
-    arr = json_array();
-    for (i = 0; i < n && arr != NULL; i++) {
-        if (isinf(s->tk_score[i])) {
+    cm_rss_lit(a, ",\"is_fallback\":false,\"fallback_reason\":null,"
+               "\"recommendations\":[");
+    for (i = 0; i < n; i++) {
+        if (isinf(w->tk_score[i])) {
             break;   /* fewer than k items pass the filters */
         }
-        r = cm_rss_movie_json(s, s->tk_idx[i], 1);
-        if (r == NULL) {
-            continue;
+        if (i > 0) {
+            cm_rss_lit(a, ",");
         }
-        json_object_set_new(r, "score", json_real(s->tk_score[i]));
+        cm_rss_put_item(a, s, w->tk_idx[i], 1);
+        cm_rss_lit(a, ",\"score\":");
+        cm_rss_put_real(a, (double) w->tk_score[i]);
+        w->ids[i] = s->m->item_ext[w->tk_idx[i]];
+        w->sc[i] = (double) w->tk_score[i];
+        w->n = i + 1;
         best = UINT32_MAX;
         best_sim = -2.0f;
         for (j = 0; dots != NULL && j < nliked; j++) {
-            float den = s->m->v_norm[s->tk_idx[i]] * s->m->v_norm[liked[j]];
+            float den = s->m->v_norm[w->tk_idx[i]] * s->m->v_norm[liked[j]];
 
-            if (liked[j] == s->tk_idx[i]) {
+            if (liked[j] == w->tk_idx[i]) {
                 continue;
             }
             sim = den > 0.0f ? dots[i * nliked + j] / den : 0.0f;
@@ -520,33 +901,35 @@ cm_rss_recommend_one(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
             }
         }
         if (best != UINT32_MAX) {
-            b = cm_rss_movie_json(s, best, 0);
-            if (b != NULL) {
-                json_object_set_new(r, "because", b);
-            }
+            cm_rss_lit(a, ",\"because\":");
+            cm_rss_put_item(a, s, best, 0);
+            cm_rss_lit(a, "}");
         }
-        json_array_append_new(arr, r);
+        cm_rss_lit(a, "}");
     }
-    json_object_set_new(o, "is_fallback", json_false());
-    json_object_set_new(o, "fallback_reason", json_null());
-    json_object_set_new(o, "recommendations", arr != NULL ? arr : json_array());
-    return cm_rss_dump(o);
+    cm_rss_lit(a, "]}");
+    if (q->log_members) {
+        cm_rss_put_log(w, s, q, NULL);
+    }
+    return cm_rss_take(w, q);
 }
 
 
 int
-cm_rs_server_recommend_batch(cm_rs_server_t *s, const cm_rs_rec_req_t *reqs,
-                             size_t n, char **out)
+cm_rs_server_recommend_with(const cm_rs_server_t *s, cm_rs_scratch_t *w,
+                            const cm_rs_rec_req_t *reqs, size_t n,
+                            char **out)
 {
-    size_t      i, nb = 0, need, ni = s->m->n_items;
-    uint32_t   *batch;
-    int64_t    *dense;
-    float      *sc;
-    cm_rss_user_t *ov;
+    size_t               i, nb = 0, ni = s->m->n_items;
+    uint32_t            *batch;
+    int64_t             *dense;
+    const cm_rss_user_t *ov;
 
     batch = malloc((n + 1) * sizeof(uint32_t));
     dense = malloc((n + 1) * sizeof(int64_t));
-    if (batch == NULL || dense == NULL) {
+    if (batch == NULL || dense == NULL
+        || cm_rss_scratch_fit(w, s->m, n + 1) != CM_OK)
+    {
         free(batch);
         free(dense);
         return CM_ENOMEM;
@@ -561,19 +944,8 @@ cm_rs_server_recommend_batch(cm_rs_server_t *s, const cm_rs_rec_req_t *reqs,
             batch[nb++] = (uint32_t) dense[i];
         }
     }
-    need = (n + 1) * ni;
-    if (need > s->scores_cap) {
-        sc = realloc(s->scores, need * sizeof(float));
-        if (sc == NULL) {
-            free(batch);
-            free(dense);
-            return CM_ENOMEM;
-        }
-        s->scores = sc;
-        s->scores_cap = need;
-    }
     /* rows 0..nb-1 of scratch: the SGEMM; row n: per-request work row */
-    if (nb > 0 && cm_rs_score_users(s->m, batch, nb, s->scores) != CM_OK) {
+    if (nb > 0 && cm_rs_score_users(s->m, batch, nb, w->scores) != CM_OK) {
         free(batch);
         free(dense);
         return CM_ERR;   /* no scores: every request of the batch fails */
@@ -581,22 +953,181 @@ cm_rs_server_recommend_batch(cm_rs_server_t *s, const cm_rs_rec_req_t *reqs,
 
     nb = 0;
     for (i = 0; i < n; i++) {
-        float *work = s->scores + n * ni;
+        float *work = w->scores + n * ni;
 
         ov = reqs[i].user > 0 ? cm_rss_find_user(s, reqs[i].user) : NULL;
         if (ov != NULL) {
             cm_rs_score_vector(s->m, ov->x, ov->bias, work);
         } else if (dense[i] >= 0) {
-            memcpy(work, s->scores + nb * ni, ni * sizeof(float));
+            memcpy(work, w->scores + nb * ni, ni * sizeof(float));
             nb++;
         } else {
             memset(work, 0, ni * sizeof(float));
         }
-        out[i] = cm_rss_recommend_one(s, &reqs[i], work, dense[i], ov);
+        out[i] = cm_rss_recommend_one(s, w, &reqs[i], work, dense[i], ov);
     }
     free(batch);
     free(dense);
     return CM_OK;
+}
+
+
+int
+cm_rs_server_recommend_batch(cm_rs_server_t *s, const cm_rs_rec_req_t *reqs,
+                             size_t n, char **out)
+{
+    return cm_rs_server_recommend_with(s, s->w, reqs, n, out);
+}
+
+
+/* ---- the answer cache ---------------------------------------------------- */
+
+int
+cm_rs_server_cache_size(cm_rs_server_t *s, size_t entries)
+{
+    size_t n = 2;
+
+    if (entries == 0) {
+        cm_rss_cache_clear(s);
+        return CM_OK;
+    }
+    while (n < entries && n < ((size_t) 1 << 24)) {
+        n *= 2;
+    }
+    if (n == s->ncache) {
+        return CM_OK;
+    }
+    cm_rss_cache_clear(s);
+    s->cache = calloc(n, sizeof(cm_rss_entry_t));
+    if (s->cache == NULL) {
+        return CM_ENOMEM;
+    }
+    s->ncache = n;
+    return CM_OK;
+}
+
+
+static int
+cm_rss_same_req(const cm_rs_rec_req_t *a, const cm_rs_rec_req_t *b)
+{
+    return a->user == b->user && a->k == b->k
+           && (a->exclude_seen != 0) == (b->exclude_seen != 0)
+           && (a->log_members != 0) == (b->log_members != 0)
+           && a->genres == b->genres && a->year_min == b->year_min
+           && a->year_max == b->year_max;
+}
+
+
+/* the first of the two entries of the request's set */
+static size_t
+cm_rss_cache_set(const cm_rs_server_t *s, const cm_rs_rec_req_t *q)
+{
+    uint64_t h;
+
+    h = (uint64_t) (uint32_t) q->user * 0x9E3779B97F4A7C15ull;
+    h ^= (((uint64_t) q->k << 2) | ((uint64_t) (q->log_members != 0) << 1)
+          | (q->exclude_seen != 0))
+         * 0xC2B2AE3D27D4EB4Full;
+    h ^= (((uint64_t) q->genres << 32)
+          ^ (uint64_t) (uint32_t) (q->year_min * 4099 + q->year_max))
+         * 0x165667B19E3779F9ull;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    return (size_t) (h & (s->ncache / 2 - 1)) * 2;
+}
+
+
+const char *
+cm_rs_server_cache_get(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
+                       size_t *len)
+{
+    size_t           set, i;
+    cm_rss_entry_t  *e;
+
+    if (s->cache == NULL) {
+        return NULL;
+    }
+    set = cm_rss_cache_set(s, q);
+    for (i = set; i < set + 2; i++) {
+        e = &s->cache[i];
+        if (e->json != NULL && cm_rss_same_req(&e->q, q)) {
+            e->used = ++s->tick;
+            s->cache_hits++;
+            *len = e->len;
+            return e->json;
+        }
+    }
+    s->cache_misses++;
+    return NULL;
+}
+
+
+void
+cm_rs_server_cache_put(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
+                       char *json)
+{
+    size_t           set, i, victim, len;
+    cm_rss_entry_t  *e;
+
+    if (s->cache == NULL || json == NULL) {
+        free(json);
+        return;
+    }
+    set = cm_rss_cache_set(s, q);
+    victim = set;
+    for (i = set; i < set + 2; i++) {
+        e = &s->cache[i];
+        if (e->json == NULL || cm_rss_same_req(&e->q, q)) {
+            victim = i;
+            break;
+        }
+        if (e->used < s->cache[victim].used) {
+            victim = i;
+        }
+    }
+    e = &s->cache[victim];
+    len = strlen(json);
+    if (s->cache_bytes - (e->json != NULL ? e->len : 0) + len
+        > CM_RSS_CACHE_BYTES)
+    {
+        free(json);   /* full: answers of k=100 are ~25 KB each */
+        return;
+    }
+    if (e->json != NULL) {
+        s->cache_bytes -= e->len;
+        free(e->json);
+    }
+    e->q = *q;
+    e->json = json;
+    e->len = len;
+    e->used = ++s->tick;
+    s->cache_bytes += len;
+}
+
+
+void
+cm_rs_server_cache_stats(const cm_rs_server_t *s, uint64_t *hits,
+                         uint64_t *misses)
+{
+    *hits = s->cache_hits;
+    *misses = s->cache_misses;
+}
+
+
+/* a fold-in changes every answer of that user */
+static void
+cm_rss_cache_forget(cm_rs_server_t *s, int32_t user)
+{
+    size_t i;
+
+    for (i = 0; i < s->ncache; i++) {
+        if (s->cache[i].json != NULL && s->cache[i].q.user == user) {
+            s->cache_bytes -= s->cache[i].len;
+            free(s->cache[i].json);
+            s->cache[i].json = NULL;
+        }
+    }
 }
 
 
@@ -620,16 +1151,19 @@ cm_rs_server_similar(cm_rs_server_t *s, int32_t movie, uint32_t k,
                          " item factors", s->version);
     }
     k = k < 1 ? 1 : (k > CM_RSS_MAX_K ? CM_RSS_MAX_K : k);
-    rc = cm_rs_similar_items(s->m, (uint32_t) item, k, s->tk_idx, s->tk_score,
-                             &n);
+    rc = cm_rss_scratch_fit(s->w, s->m, 1);
+    if (rc == CM_OK) {
+        rc = cm_rs_similar_items(s->m, (uint32_t) item, k, s->w->tk_idx,
+                                 s->w->tk_score, &n);
+    }
     if (rc != CM_OK) {
         return cm_seterr(err, errlen, rc, "similarity failed");
     }
     arr = json_array();
     for (i = 0; i < n && arr != NULL; i++) {
-        r = cm_rss_movie_json(s, s->tk_idx[i], 0);
+        r = cm_rss_movie_json(s, s->w->tk_idx[i], 0);
         if (r != NULL) {
-            json_object_set_new(r, "score", json_real(s->tk_score[i]));
+            json_object_set_new(r, "score", json_real(s->w->tk_score[i]));
             json_array_append_new(arr, r);
         }
     }
@@ -662,12 +1196,10 @@ cm_rs_server_predict(cm_rs_server_t *s, int32_t user, const int32_t *movies,
         return cm_seterr(err, errlen, CM_EINVAL, "movie_ids must hold 1..%d"
                          " ids", CM_RSS_MAX_PREDICT);
     }
-    row = s->scores_cap >= s->m->n_items ? s->scores
-                                         : malloc(s->m->n_items
-                                                  * sizeof(float) + 1);
-    if (row == NULL) {
+    if (cm_rss_scratch_fit(s->w, s->m, 1) != CM_OK) {
         return CM_ENOMEM;
     }
+    row = s->w->scores;
     ov = cm_rss_find_user(s, user);
     dense = cm_rs_find_id(s->m->user_ext, s->m->n_users, user);
     fallback = ov == NULL && dense < 0;
@@ -694,9 +1226,6 @@ cm_rs_server_predict(cm_rs_server_t *s, int32_t user, const int32_t *movies,
             json_object_set_new(p, "rating", json_real(r));
         }
         json_array_append_new(arr, p);
-    }
-    if (row != s->scores) {
-        free(row);
     }
     o = json_pack("{s:i, s:s, s:b, s:o}", "user_id", (json_int_t) user,
                   "model_version", s->version, "is_fallback", fallback,
@@ -808,6 +1337,7 @@ cm_rs_server_fold_in(cm_rs_server_t *s, int32_t user, const int32_t *movies,
             return cm_seterr(err, errlen, CM_EINVAL, "rating out of range");
         }
     }
+    cm_rss_cache_forget(s, user);
     u = cm_rss_find_user(s, user);
     if (u == NULL) {
         u = cm_rss_add_user(s, user);

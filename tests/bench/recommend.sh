@@ -13,7 +13,8 @@
 # runs with cinematch_cache_ttl 30s; with the cache off both runs are the
 # same path).  Any non-2xx answer fails the run: a benchmark of 401s
 # measures nothing.  Prints requests/s, p50/p99 and the ratios to the
-# static baseline.
+# static baseline, and the load average before and after (other jobs on
+# the machine move every number; only the ratios of one run compare).
 # Numbers go to docs/BENCHMARKS.md by hand.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -91,6 +92,7 @@ run() {   # url [script] -> "req/s p50_ms p99_ms"
          END {print r, p50, p99}' <<<"$out"
 }
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== static file ($(wc -c <"$T/static.json") bytes), c=$CONN, ${SECS}s" >&2
 read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$SPORT/static.json")
 echo "== POST /api/v1/recommend, k=10, rotating users, cache bypassed, c=$CONN, ${SECS}s" >&2
@@ -110,3 +112,4 @@ printf '%-40s %12s %10s %10s %8s\n' "POST /api/v1/recommend (cache bypassed)" "$
 printf '%-40s %12s %10s %10s %8s\n' "POST /api/v1/recommend (Redis cache)" "$c_rps" "$c_p50" "$c_p99" \
     "$(awk -v a="$c_rps" -v b="$s_rps" 'BEGIN {printf "%.3f", a / b}')"
 [ -n "$cached" ] || echo "(the stack's nginx has no response cache: both runs scored every request)"
+echo "load average before: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"

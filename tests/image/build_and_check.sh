@@ -78,6 +78,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=cinematch.example.co
 check "production nginx.conf passes nginx -t" chroot "$R" nginx -t -q
 check "web app is installed"      test -f "$R/usr/share/cinematch/web/index.html"
 check "API docs are installed"    test -f "$R/usr/share/cinematch/web/api-docs/openapi.yaml"
+check "PDF export font is installed" test -f "$R/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 check "migrations are installed"  bash -c "ls '$R'/usr/share/cinematch/sql/*.sql >/dev/null"
 check "no compilers in runtime"   bash -c "! test -e '$R/usr/bin/gcc'"
 echo "$pass passed, $fail failed"

@@ -6,7 +6,7 @@
 # own code is fully instrumented.  Leak checking is off: nginx does not free
 # its cycle at exit by design.  Any sanitizer report fails the run.
 #
-#   tests/integration/run_asan.sh [pytest args]
+#   tests/integration/run_asan.sh [pytest args] [test files or node ids]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,8 +39,14 @@ export CINEMATCH_NGX_PRELOAD=$(gcc -print-file-name=libasan.so)
 export ASAN_OPTIONS=detect_leaks=0:log_path=$B/reports/asan
 export UBSAN_OPTIONS=print_stacktrace=1:log_path=$B/reports/ubsan
 
+# Test files or node ids given on the command line replace the whole suite.
+targets=(tests/integration)
+for a in "$@"; do
+    case $a in *.py|*.py::*|*/*) targets=(); break ;; esac
+done
+
 rc=0
-/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration "$@" || rc=$?
+/usr/bin/python3 -m pytest -q -p no:cacheprovider "${targets[@]}" "$@" || rc=$?
 
 if ls "$B"/reports/* >/dev/null 2>&1; then
     echo "run_asan.sh: sanitizer reports:" >&2

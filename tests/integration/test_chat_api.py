@@ -147,6 +147,18 @@ def test_bad_requests_are_422(api, patch, field):
     assert field in doc["error"]["fields"]
 
 
+def test_non_utf8_and_100k_bodies_are_refused(api):
+    raw = (b'{"model": "dialog", "messages": [{"role": "user", '
+           b'"content": "caf\xe9"}]}')
+    status, _, data = api.request("POST", "/v1/chat/completions", body=raw,
+                                  headers={"Content-Type": "application/json"})
+    assert status == 400, data
+    big = json.dumps(body(messages=[{"role": "user", "content": "x" * 100_000}]))
+    status, _, data = api.request("POST", "/v1/chat/completions", body=big.encode(),
+                                  headers={"Content-Type": "application/json"})
+    assert status in (413, 422), data
+
+
 def test_unknown_model_is_404(api):
     status, _, doc = api.json("POST", "/v1/chat/completions", body(model="gpt-4"))
     assert status == 404 and doc["error"]["code"] == "model_not_found"

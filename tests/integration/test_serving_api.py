@@ -284,6 +284,65 @@ def test_a_fold_in_invalidates_the_users_cached_recommendations(api, stack):
                 u["token"])[1]["x-cache"] == "HIT"
 
 
+def test_scoring_threads_and_the_answer_cache_answer_as_one_thread(
+        workdir, backends, stack, infer, api, admin):
+    """A daemon with three scoring threads and a small answer cache gives
+    concurrent requests the answers of the default daemon, and a fold-in
+    still changes the very next answer of a user it had cached."""
+    inf = Infer(workdir, name="infer-serving-threads",
+                extra=["--dsn", stack.db.conninfo, "--score-threads", "3",
+                       "--answer-cache", "16"])
+    inf.start()
+    ngx = _nginx(workdir, backends, stack, inf, "nginx-serving-threads")
+    try:
+        users = list(range(1, 41))
+        got = {}
+
+        def ask(u):
+            got[u] = call(ngx, "POST", "/api/v1/recommend",
+                          {"user_id": u, "k": 6}, admin)
+
+        for _ in range(2):          # the second round: from the answer cache
+            threads = [threading.Thread(target=ask, args=(u,)) for u in users]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for u in users:
+                s, _, doc, _ = got[u]
+                assert s == 200, doc
+                st, _, raw = api.request(
+                    "POST", "/api/v1/recommend",
+                    body=json.dumps({"user_id": u, "k": 6}).encode(),
+                    headers={"Content-Type": "application/json",
+                             "Authorization": f"Bearer {admin}",
+                             "Cache-Control": "no-cache"})
+                assert st == 200
+                want = json.loads(raw)
+                assert [r["movie_id"] for r in doc["recommendations"]] == \
+                    [r["movie_id"] for r in want["recommendations"]]
+                assert [r["score"] for r in doc["recommendations"]] == \
+                    pytest.approx([r["score"] for r in want["recommendations"]],
+                                  rel=1e-4)
+
+        u = new_user(ngx, stack.db)
+        movie = int(stack.db.sql(
+            "SELECT movie_id FROM movies ORDER BY movie_id LIMIT 1"))
+        for _ in range(2):
+            s, _, before, _ = call(ngx, "POST", "/api/v1/recommend", {"k": 5},
+                                   u["token"])
+            assert s == 200 and before["is_fallback"] is True
+        s, _, doc, _ = call(ngx, "PUT", f"/api/v1/ratings/{movie}",
+                            {"rating": 5}, u["token"])
+        assert s == 200 and doc["folded_in"] is True, doc
+        s, _, after, _ = call(ngx, "POST", "/api/v1/recommend", {"k": 5},
+                              u["token"])
+        assert s == 200 and after["is_fallback"] is False
+    finally:
+        ngx.stop()
+        inf.stop()
+
+
 def test_redis_down_serves_uncached(workdir, backends, stack, infer, admin):
     dead = f"127.0.0.1:{harness.free_port()}"
     ngx = _nginx(workdir, backends, stack, infer, "nginx-serving-noredis",
@@ -366,6 +425,30 @@ def test_answers_are_written_to_request_logs(api, stack, admin):
     assert stack.db.sql(f"SELECT duration_ms >= 0 FROM request_logs"
                         f" WHERE request_id = '{rid_sim}'") == "t"
     assert metric(api, "cinematch_request_log_written_total") >= 4
+
+
+def test_logged_error_rows_carry_the_error_code_of_their_body(
+        api, stack, admin):
+    want = {}
+    s, h, doc, _ = call(api, "POST", "/api/v1/recommend", {"k": 0}, admin)
+    assert s == 422
+    want[h["x-request-id"]] = doc["error"]["code"]
+    s, h, doc, _ = call(api, "POST", "/api/v1/similar", {"movie_id": 987654})
+    assert s == 404
+    want[h["x-request-id"]] = doc["error"]["code"]
+    s, h, _, _ = call(api, "POST", "/api/v1/recommend", {"user_id": 4, "k": 2},
+                      admin)
+    assert s == 200
+    want[h["x-request-id"]] = ""
+
+    def code(rid):
+        return stack.db.sql("SELECT coalesce(error_code, '') FROM request_logs"
+                            f" WHERE request_id = '{rid}'")
+
+    harness.wait_for(lambda: all(_log_rows(stack.db, r) for r in want),
+                     timeout=10, what="request_logs rows")
+    assert {rid: code(rid) for rid in want} == want
+    assert sorted(want.values()) == ["", "not_found", "validation_failed"]
 
 
 def test_a_full_request_log_queue_drops_and_counts(workdir, backends, stack,

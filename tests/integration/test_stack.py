@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from pgfixture import free_port, have_postgres  # noqa: E402
+from fixturedir import fixture_dir  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 STACK = os.path.join(ROOT, "conf", "stack.sh")
@@ -51,13 +52,21 @@ def pid_alive(pid):
 def stack():
     var = tempfile.mkdtemp(prefix="cm-stack-")
     os.chmod(var, 0o755)   # the service user must reach it when we are root
+    corpus = fixture_dir(os.path.join(ROOT, "tests", "fixtures", "dialog", "cornell-small"))
+    os.chmod(corpus, 0o755)     # read by the service user too
+    for name in os.listdir(corpus):
+        os.chmod(os.path.join(corpus, name), 0o644)
     env = dict(os.environ,
                CINEMATCH_VAR=var,
                CINEMATCH_HTTP_PORT=str(free_port()),
                CINEMATCH_HTTPS_PORT=str(free_port()),
                CINEMATCH_PG_PORT=str(free_port()),
                CINEMATCH_REDIS_PORT=str(free_port()),
-               CINEMATCH_READY_TIMEOUT="60")
+               CINEMATCH_READY_TIMEOUT="60",
+               # chat's first model from a fixture corpus, a few seconds of
+               # training in the background; no dialog-small stage
+               CINEMATCH_DIALOG_CORPUS=corpus,
+               CINEMATCH_DIALOG_STEPS="40", CINEMATCH_DIALOG_MINUTES="0")
 
     def run(cmd, timeout=180):
         return subprocess.run([STACK, cmd], env=env, capture_output=True, text=True,
@@ -69,6 +78,7 @@ def stack():
     finally:
         run("stop")
         shutil.rmtree(var, ignore_errors=True)
+        shutil.rmtree(corpus, ignore_errors=True)
 
 
 def recorded_pids(var):
@@ -122,6 +132,50 @@ def post_json(stack, path, body):
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
+
+
+def test_chat_model_is_trained_in_the_background_and_promoted(stack):
+    """Start-up does not wait for training: the summary says a model is
+    training; the daemon picks up the promoted version by NOTIFY."""
+    if not os.path.exists(os.path.join(ROOT, "build", "ngx_http_cinematch_module.so")):
+        pytest.skip("module not built")
+    out = stack["started"].stdout
+    assert "a dialog model is training in the background" in out, out
+    deadline = time.time() + 180
+    models = []
+    while time.time() < deadline:
+        code, body = get(stack, "/ready")
+        models = [m["name"] + ":" + m["version"] for m in
+                  json.loads(body)["checks"]["inference"].get("models", [])]
+        if "dialog:1" in models:
+            break
+        if not os.path.exists(os.path.join(stack["var"], "run", "train-dialog.pid")) \
+                or stack["run"]("status").stdout.find("dialog    training") < 0:
+            # the job ended: one more look, then judge
+            time.sleep(1)
+            code, body = get(stack, "/ready")
+            models = [m["name"] + ":" + m["version"] for m in
+                      json.loads(body)["checks"]["inference"].get("models", [])]
+            break
+        time.sleep(0.5)
+    log = os.path.join(stack["var"], "log", "train-dialog.log")
+    assert "dialog:1" in models, open(log).read()[-3000:]
+    text = open(log).read()
+    assert "promoted dialog version 1 to production" in text
+    who = {"email": "stack-chat@example.com", "password": "a long passphrase"}
+    post_json(stack, "/api/v1/auth/register", who)
+    code, tok = post_json(stack, "/api/v1/auth/login", who)
+    assert code == 200, tok
+    ctx = ssl.create_default_context(cafile=os.path.join(stack["var"], "tls", "cert.pem"))
+    req = urllib.request.Request(
+        f"https://localhost:{stack['env']['CINEMATCH_HTTPS_PORT']}/v1/chat/completions",
+        data=json.dumps({"model": "dialog", "max_tokens": 8, "messages": [
+            {"role": "user", "content": "Where are you going tonight?"}]}).encode(),
+        method="POST", headers={"Content-Type": "application/json",
+                                "Authorization": "Bearer " + tok["access_token"]})
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+        doc = json.loads(r.read())
+    assert doc["object"] == "chat.completion", doc
 
 
 def test_web_app_and_api_share_the_server(stack):

@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -21,6 +22,8 @@ from inferfixture import BIN, Infer
 from tokens import access_token, new_secret
 
 DB = "cm_ws_chat"
+FAST_PING_MS = 500
+FAST_IDLE_MS = 3000
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -68,10 +71,18 @@ def api(workdir, backends, db, model):
         "--dialog", str(model), "--dialog-version", "3", "--max-seqs", "8"])
     infer.start()
     secret = new_secret(BIN, workdir / "ws-jwt.secret")
+    # a second server with short keep-alive timers (pings, idle timeout)
+    fast_port = harness.free_port()
+    fast = (f"server {{\n    listen 127.0.0.1:{fast_port};\n"
+            f"    location / {{\n        cinematch;\n"
+            f"        cinematch_ws_ping_interval {FAST_PING_MS}ms;\n"
+            f"        cinematch_ws_idle_timeout {FAST_IDLE_MS}ms;\n    }}\n}}")
     ngx = harness.Nginx(workdir, pg=db, redis=backends.redis,
                         http_extra=infer.directive
-                        + f"\ncinematch_jwt_secret_file {workdir / 'ws-jwt.secret'};",
+                        + f"\ncinematch_jwt_secret_file {workdir / 'ws-jwt.secret'};\n"
+                        + fast,
                         name="nginx-ws")
+    ngx.fast_port = fast_port
     ngx.alice = access_token(secret, sub=db.alice)
     ngx.bob = access_token(secret, sub=db.bob)
     ngx.infer = infer
@@ -162,9 +173,9 @@ class Ws:
 
 
 def handshake(api, token=None, key=None, version=b"13", upgrade=True,
-              protocols=None):
+              protocols=None, port=None):
     """(status line, headers dict, socket, bytes after the headers)"""
-    s = socket.create_connection(("127.0.0.1", api.port), timeout=20)
+    s = socket.create_connection(("127.0.0.1", port or api.port), timeout=20)
     key = key if key is not None else base64.b64encode(os.urandom(16))
     req = (b"GET /api/v1/ws/chat HTTP/1.1\r\nHost: x\r\n"
            + (b"Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
@@ -292,30 +303,156 @@ def test_chat_streams_tokens_then_done_and_stores_both_messages(api):
     ws.close()
 
 
-def test_sse_context_cache_is_dropped_by_a_websocket_message(api):
-    cid = new_conv(api)
-    key = f"cinematch:conv:{cid}:turns"
-    status, _, _ = api.request(
+def _redis(api, *args):
+    return subprocess.run(["redis-cli", "-p", str(api.redis.port), *args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _sse_message(api, cid, content="Hello"):
+    status, _, data = api.request(
         "POST", f"/api/v1/conversations/{cid}/messages",
-        body=json.dumps({"content": "Hello", "max_tokens": 8, "seed": 1,
+        body=json.dumps({"content": content, "max_tokens": 8, "seed": 1,
                          "stream": False}).encode(),
         headers={"Authorization": f"Bearer {api.alice}",
                  "Content-Type": "application/json"}, timeout=20)
-    assert status == 200
+    assert status == 200, data
+    return json.loads(data)
 
-    def exists():
-        return subprocess.run(["redis-cli", "-p", str(api.redis.port),
-                               "EXISTS", key], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    harness.wait_for(lambda: exists() == "1", timeout=5, what="cached turns")
+
+def done_text(api, done):
+    return bytes.fromhex(api.db.sql(
+        f"SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM messages "
+        f"WHERE id = {done['message_id']}")).decode()
+
+
+def _ws_reply(api, cid, content="Where are you going?"):
     ws = connect(api)
-    ws.send_json(chat(cid))
+    ws.send_json(chat(cid, content, max_tokens=4))
     while (ev := ws.recv_event())["type"] == "token":
         pass
     assert ev["type"] == "done", ev
     ws.close()
-    harness.wait_for(lambda: exists() == "0", timeout=5,
-                     what="cached turns dropped")
+    return ev
+
+
+def test_websocket_reads_and_extends_the_sse_context(api):
+    """The WebSocket takes its context from the conversation's Redis list,
+    as SSE does, and appends its turns to it: the list is never dropped."""
+    a, b = new_conv(api), new_conv(api)
+    ka, kb = (f"cinematch:conv:{c}:turns" for c in (a, b))
+    reply = _sse_message(api, a)["content"]
+    assert _sse_message(api, b)["content"] == reply        # same seed
+    n = 1 + (reply != "")                 # an empty reply is not a turn
+    harness.wait_for(lambda: _redis(api, "LLEN", ka).strip() == str(n)
+                     and _redis(api, "LLEN", kb).strip() == str(n),
+                     timeout=5, what="cached turns")
+    # a's cached first turn is changed: only a reader of the list sees it
+    _redis(api, "LSET", ka, "0", "Hello there, Louis")
+    pa = _ws_reply(api, a)["usage"]["prompt_tokens"]
+    done = _ws_reply(api, b)
+    assert pa > done["usage"]["prompt_tokens"], (pa, done)
+    assert done["context"]["dropped_turns"] == 0
+    # b's list holds both exchanges, the WebSocket's appended
+    n += 1 + (done_text(api, done) != "")
+    harness.wait_for(lambda: _redis(api, "LLEN", kb).strip() == str(n),
+                     timeout=5, what="WebSocket turns appended")
+    turns = _redis(api, "LRANGE", kb, "0", "-1").splitlines()
+    assert turns[0] == "Hello" and "Where are you going?" in turns, turns
+
+
+def test_websocket_context_is_rebuilt_from_postgres_on_a_miss(api):
+    cid = new_conv(api)
+    key = f"cinematch:conv:{cid}:turns"
+    _sse_message(api, cid)
+    harness.wait_for(lambda: _redis(api, "EXISTS", key).strip() == "1",
+                     timeout=5, what="cached turns")
+    _redis(api, "DEL", key)
+    done = _ws_reply(api, cid)
+    want = api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id"
+                      f" = '{cid}' AND content <> ''")
+    harness.wait_for(lambda: _redis(api, "LLEN", key).strip() == want,
+                     timeout=5, what="context rebuilt and extended")
+    assert done["context"]["turns"] + done["context"]["dropped_turns"] \
+        == int(want) - (done_text(api, done) != "")
+    assert _redis(api, "TTL", key).strip() != "-1"
+
+
+def test_websocket_works_while_redis_is_down(api):
+    """Redis holds only what may be lost: without it the WebSocket takes its
+    context from PostgreSQL and stores the reply all the same."""
+    cid = new_conv(api)
+    first = _ws_reply(api, cid, "first line")
+    api.redis.stop()
+    try:
+        done = _ws_reply(api, cid, "second line")
+        # the prompt holds the first exchange too
+        assert done["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+        assert done["context"]["turns"] + done["context"]["dropped_turns"] >= 2
+    finally:
+        api.redis.start()
+        harness.wait_for(lambda: all(api.json("GET", "/ready")[0] == 200
+                                     for _ in range(4)),
+                         timeout=15, what="Redis back in every worker")
+    assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = "
+                      f"'{cid}' AND status = 'complete'") == "4"
+
+
+# --- keep-alive: server pings and the idle timeout (the "fast" server) ------
+
+def _close_payload(payload):
+    return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+
+
+def test_server_pings_and_a_client_that_answers_stays(api):
+    ws = connect(api, port=api.fast_port)
+    ws.s.settimeout(10)
+    for _ in range(3):
+        op, payload = ws.recv_frame()
+        assert (op, payload) == (0x9, b"cinematch")
+        ws.send_frame(0xa, payload)
+    # still open and serving
+    cid = new_conv(api)
+    ws.send_json(chat(cid, max_tokens=4))
+    while True:
+        op, payload = ws.recv_frame()
+        if op == 0x9:
+            ws.send_frame(0xa, payload)
+            continue
+        ev = json.loads(payload)
+        if ev["type"] != "token":
+            break
+    assert ev["type"] == "done", ev
+    ws.close()
+
+
+def test_a_client_that_does_not_answer_pings_is_dropped(api):
+    ws = connect(api, port=api.fast_port)
+    ws.s.settimeout(10)
+    t0 = time.monotonic()
+    assert ws.recv_frame() == (0x9, b"cinematch")
+    op, payload = ws.recv_frame()          # no pong: the next ping is a close
+    assert op == 0x8 and _close_payload(payload) == (1001, "ping timeout")
+    assert time.monotonic() - t0 >= (FAST_PING_MS / 1000) * 0.9
+    with pytest.raises((EOFError, ConnectionResetError)):
+        ws.recv_frame()                    # and the connection is gone
+    ws.close()
+
+
+def test_an_idle_socket_is_closed_1000_with_a_reason(api):
+    ws = connect(api, port=api.fast_port)
+    ws.s.settimeout(10)
+    t0 = time.monotonic()
+    while True:
+        op, payload = ws.recv_frame()
+        if op == 0x9:
+            ws.send_frame(0xa, payload)    # answering pings is not activity
+            continue
+        break
+    assert op == 0x8 and _close_payload(payload) == (1000, "idle timeout")
+    assert time.monotonic() - t0 >= (FAST_IDLE_MS / 1000) * 0.9
+    with pytest.raises((EOFError, ConnectionResetError)):
+        ws.recv_frame()
+    ws.close()
 
 
 def test_one_socket_answers_many_messages(api):
@@ -481,6 +618,10 @@ def test_disconnect_mid_stream_stores_a_partial_reply(api):
         f"WHERE {where}")).decode()
     text = "".join(e["text"] for e in seen)
     assert text and content.startswith(text), (text, content)
+    # the counts of a partial reply: the prompt and the tokens so far
+    pt, ct, lat = api.db.sql(f"SELECT prompt_tokens, completion_tokens, "
+                             f"latency_ms FROM messages WHERE {where}").split("|")
+    assert int(pt) > 0 and int(ct) >= len(seen) and float(lat) >= 0, (pt, ct, lat)
 
 
 def test_close_frame_mid_stream_is_answered_and_stores_a_partial_reply(api):

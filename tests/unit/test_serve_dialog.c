@@ -297,6 +297,119 @@ test_long_history_is_truncated_to_fit_the_context(void **state)
 }
 
 
+static void
+test_context_fit_keeps_newest_whole_turns(void **state)
+{
+    size_t  ntok[4] = { 10, 20, 5, 7 }, first, kept;
+    int     cut;
+
+    /* everything fits, exactly and with room */
+    kept = cm_dlg_context_fit(ntok, 4, 42, &first, &cut);
+    assert_int_equal(kept, 42);
+    assert_int_equal(first, 0);
+    assert_false(cut);
+    kept = cm_dlg_context_fit(ntok, 4, 100, &first, &cut);
+    assert_int_equal(kept, 42);
+    assert_int_equal(first, 0);
+
+    /* one token short: the whole oldest turn goes, not one token */
+    kept = cm_dlg_context_fit(ntok, 4, 41, &first, &cut);
+    assert_int_equal(kept, 32);
+    assert_int_equal(first, 1);
+    assert_false(cut);
+
+    /* a turn that does not fit stops the walk: no older turn skips it */
+    kept = cm_dlg_context_fit(ntok, 4, 31, &first, &cut);
+    assert_int_equal(kept, 12);
+    assert_int_equal(first, 2);
+    kept = cm_dlg_context_fit(ntok, 4, 7, &first, &cut);
+    assert_int_equal(kept, 7);
+    assert_int_equal(first, 3);
+    assert_false(cut);
+
+    /* the newest turn alone is too long: its tail, and it says so */
+    kept = cm_dlg_context_fit(ntok, 4, 6, &first, &cut);
+    assert_int_equal(kept, 6);
+    assert_int_equal(first, 3);
+    assert_true(cut);
+    kept = cm_dlg_context_fit(ntok, 1, 3, &first, &cut);
+    assert_int_equal(kept, 3);
+    assert_int_equal(first, 0);
+    assert_true(cut);
+}
+
+
+static void
+test_start_drops_oldest_whole_turns_to_fit(void **state)
+{
+    cm_dlg_stream_t   st, one;
+    const char       *turns[12];
+    size_t            lens[12], i;
+    cm_lm_params_t    p;
+    char              err[64];
+    int               ctx = cm_dlg_server_context(S), per;
+
+    for (i = 0; i < 12; i++) {
+        turns[i] = "Where are you going tonight?";
+        lens[i] = strlen(turns[i]);
+    }
+    cm_lm_params_default(&p);
+    p.max_tokens = 8;
+
+    /* one turn: its token count (with <|eot|>) */
+    assert_int_equal(cm_dlg_start(S, &one, turns, lens, 1, &p, NULL, 0, err,
+                                  sizeof(err)), CM_OK);
+    per = one.prompt_tokens;
+    assert_int_equal(one.context_turns, 1);
+    assert_int_equal(one.dropped_turns, 0);
+    assert_false(one.truncated);
+    cm_dlg_stream_free(&one);
+    assert_true(per > 1 && per * 2 <= ctx - 8);
+
+    /* twelve identical turns: the prompt is a whole number of them, as
+     * many as fit beside max_tokens */
+    assert_int_equal(cm_dlg_start(S, &st, turns, lens, 12, &p, NULL, 0, err,
+                                  sizeof(err)), CM_OK);
+    assert_int_equal(st.prompt_tokens % per, 0);
+    assert_int_equal(st.context_turns, (ctx - 8) / per);
+    assert_int_equal(st.dropped_turns, 12 - (ctx - 8) / per);
+    assert_int_equal(st.prompt_tokens, st.context_turns * per);
+    assert_false(st.truncated);
+    cm_dlg_stream_free(&st);
+}
+
+
+static void
+test_start_keeps_the_tail_of_a_newest_turn_too_long(void **state)
+{
+    cm_dlg_stream_t   st;
+    const char       *turns[2];
+    size_t            lens[2];
+    cm_lm_params_t    p;
+    char              err[64], big[4096];
+    int               ctx = cm_dlg_server_context(S);
+
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    for (size_t i = 0; i + 6 < sizeof(big); i += 7) {
+        memcpy(big + i, "Hello, ", 7);
+    }
+    turns[0] = "hi";
+    lens[0] = 2;
+    turns[1] = big;
+    lens[1] = strlen(big);
+    cm_lm_params_default(&p);
+    p.max_tokens = 8;
+    assert_int_equal(cm_dlg_start(S, &st, turns, lens, 2, &p, NULL, 0, err,
+                                  sizeof(err)), CM_OK);
+    assert_int_equal(st.prompt_tokens, ctx - 8);
+    assert_int_equal(st.context_turns, 1);
+    assert_int_equal(st.dropped_turns, 1);
+    assert_true(st.truncated);
+    cm_dlg_stream_free(&st);
+}
+
+
 int
 main(void)
 {
@@ -309,6 +422,9 @@ main(void)
         cmocka_unit_test(test_same_seed_same_text_whatever_shares_the_batch),
         cmocka_unit_test(test_start_rejects_bad_turns_and_stops),
         cmocka_unit_test(test_long_history_is_truncated_to_fit_the_context),
+        cmocka_unit_test(test_context_fit_keeps_newest_whole_turns),
+        cmocka_unit_test(test_start_drops_oldest_whole_turns_to_fit),
+        cmocka_unit_test(test_start_keeps_the_tail_of_a_newest_turn_too_long),
     };
 
     return cmocka_run_group_tests_name("serve_dialog", tests, setup, teardown);

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,7 +102,7 @@ static json_t *
 recommend(int32_t user, uint32_t k, int excl, uint32_t genres, int32_t ymin,
           int32_t ymax)
 {
-    cm_rs_rec_req_t  q = { user, k, excl, genres, ymin, ymax };
+    cm_rs_rec_req_t  q = { user, k, excl, genres, ymin, ymax, 0 };
     char            *out = NULL;
     json_t          *j;
 
@@ -337,8 +338,8 @@ test_fold_in_rejects_bad_ratings_and_users(void **state)
 static void
 test_batch_answers_equal_single_answers(void **state)
 {
-    cm_rs_rec_req_t  q[3] = { { 11, 5, 1, 0, 0, 0 }, { 888888, 5, 1, 0, 0, 0 },
-                              { 12, 7, 0, 0, 0, 0 } };
+    cm_rs_rec_req_t  q[3] = { { 11, 5, 1, 0, 0, 0, 0 }, { 888888, 5, 1, 0, 0, 0, 0 },
+                              { 12, 7, 0, 0, 0, 0, 0 } };
     char            *batch[3], *one;
     size_t           i;
 
@@ -350,6 +351,204 @@ test_batch_answers_equal_single_answers(void **state)
         free(one);
         free(batch[i]);
     }
+}
+
+
+/* The answer is written by hand from fragments jansson made: reading it
+ * and writing it again with jansson's settings gives the same bytes. */
+static void
+test_recommend_text_is_what_jansson_writes(void **state)
+{
+    cm_rs_rec_req_t  q[4] = { { 5, 10, 1, 0, 0, 0, 0 }, { 0, 3, 1, 0, 0, 0, 0 },
+                              { 7, 20, 0, 0, 0, 0, 0 },
+                              { 999999, 4, 1, 0, 1990, 2010, 0 } };
+    char            *out[4], *again;
+    json_t          *j;
+    size_t           i;
+
+    assert_int_equal(cm_rs_server_recommend_batch(F.srv, q, 4, out), CM_OK);
+    for (i = 0; i < 4; i++) {
+        assert_non_null(out[i]);
+        j = json_loads(out[i], 0, NULL);
+        assert_non_null(j);
+        again = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        assert_string_equal(again, out[i]);
+        free(again);
+        json_decref(j);
+        free(out[i]);
+    }
+}
+
+
+/* With log_members the answer carries the request log's members first:
+ * they parse, and name the same movies and scores as the answer. */
+static void
+test_log_members_come_first_and_match_the_answer(void **state)
+{
+    cm_rs_rec_req_t  q[2] = { { 5, 6, 1, 0, 0, 0, 1 },
+                              { 777777, 3, 1, 0, 0, 0, 1 } };
+    char            *out[2], *nl, *wrapped;
+    json_t          *lm, *ans, *recs, *r;
+    size_t           i, k;
+
+    assert_int_equal(cm_rs_server_recommend_batch(F.srv, q, 2, out), CM_OK);
+    for (k = 0; k < 2; k++) {
+        nl = strchr(out[k], '\n');
+        assert_non_null(nl);
+        assert_true(out[k][0] == '"');
+        wrapped = malloc((size_t) (nl - out[k]) + 3);
+        assert_non_null(wrapped);
+        wrapped[0] = '{';
+        memcpy(wrapped + 1, out[k], (size_t) (nl - out[k]));
+        strcpy(wrapped + 1 + (nl - out[k]), "}");
+        lm = json_loads(wrapped, 0, NULL);
+        ans = json_loads(nl + 1, 0, NULL);
+        assert_non_null(lm);
+        assert_non_null(ans);
+        assert_true(json_equal(json_object_get(lm, "model_version"),
+                               json_object_get(ans, "model_version")));
+        assert_true(json_equal(json_object_get(lm, "is_fallback"),
+                               json_object_get(ans, "is_fallback")));
+        assert_true(json_equal(json_object_get(lm, "fallback_reason"),
+                               json_object_get(ans, "fallback_reason")));
+        r = json_object_get(lm, "detail");
+        assert_string_equal(json_string_value(json_object_get(r,
+                                                              "endpoint")),
+                            "recommend");
+        assert_int_equal(json_integer_value(json_object_get(r,
+                                                    "rating_user_id")),
+                         q[k].user);
+        recs = json_object_get(ans, "recommendations");
+        assert_int_equal(json_array_size(json_object_get(r, "ids")),
+                         json_array_size(recs));
+        for (i = 0; i < json_array_size(recs); i++) {
+            assert_true(json_equal(
+                json_array_get(json_object_get(r, "ids"), i),
+                json_object_get(json_array_get(recs, i), "movie_id")));
+            assert_true(json_equal(
+                json_array_get(json_object_get(r, "scores"), i),
+                json_object_get(json_array_get(recs, i), "score")));
+        }
+        json_decref(lm);
+        json_decref(ans);
+        free(wrapped);
+        free(out[k]);
+    }
+}
+
+
+typedef struct {
+    cm_rs_scratch_t  *w;
+    cm_rs_rec_req_t   q[8];
+    char             *out[8];
+    int               rc;
+} scorer_t;
+
+
+static void *
+score_part(void *arg)
+{
+    scorer_t *sc = arg;
+
+    sc->rc = cm_rs_server_recommend_with(F.srv, sc->w, sc->q, 8, sc->out);
+    return NULL;
+}
+
+
+static void
+test_threads_with_their_own_scratch_answer_as_one_thread_does(void **state)
+{
+    scorer_t   sc[3];
+    pthread_t  th[3];
+    char      *one[8];
+    size_t     t, i;
+
+    for (t = 0; t < 3; t++) {
+        sc[t].w = cm_rs_scratch_new();
+        assert_non_null(sc[t].w);
+        for (i = 0; i < 8; i++) {
+            cm_rs_rec_req_t q = { (int32_t) (1 + t * 8 + i), 5 + (uint32_t) i,
+                                  (int) (i % 2), 0, 0, 0, 0 };
+
+            sc[t].q[i] = q;
+        }
+    }
+    for (t = 0; t < 3; t++) {
+        assert_int_equal(pthread_create(&th[t], NULL, score_part, &sc[t]), 0);
+    }
+    for (t = 0; t < 3; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(sc[t].rc, CM_OK);
+    }
+    /* the same batches (the same SGEMM shapes, so the same rounding) on
+     * this thread alone */
+    for (t = 0; t < 3; t++) {
+        assert_int_equal(cm_rs_server_recommend_batch(F.srv, sc[t].q, 8, one),
+                         CM_OK);
+        for (i = 0; i < 8; i++) {
+            assert_string_equal(sc[t].out[i], one[i]);
+            free(one[i]);
+            free(sc[t].out[i]);
+        }
+        cm_rs_scratch_free(sc[t].w);
+    }
+}
+
+
+static void
+test_answer_cache_keeps_answers_until_the_users_fold_in(void **state)
+{
+    const cm_rs_model_t  *m = cm_rs_server_model(F.srv);
+    cm_rs_rec_req_t       a = { 21, 5, 1, 0, 0, 0, 0 }, b = { 22, 5, 1, 0, 0, 0, 0 };
+    cm_rs_rec_req_t       a6 = { 21, 6, 1, 0, 0, 0, 0 };
+    char                 *out, *copy;
+    const char           *hit;
+    size_t                len;
+    uint64_t              hits, misses;
+    int32_t               mv = m->item_ext[3];
+    float                 r = 5.0f;
+
+    /* off by default: nothing kept, put frees */
+    assert_null(cm_rs_server_cache_get(F.srv, &a, &len));
+    assert_int_equal(cm_rs_server_cache_size(F.srv, 100), CM_OK);
+    assert_null(cm_rs_server_cache_get(F.srv, &a, &len));
+
+    assert_int_equal(cm_rs_server_recommend_batch(F.srv, &a, 1, &out), CM_OK);
+    copy = strdup(out);
+    cm_rs_server_cache_put(F.srv, &a, out);
+    assert_int_equal(cm_rs_server_recommend_batch(F.srv, &b, 1, &out), CM_OK);
+    cm_rs_server_cache_put(F.srv, &b, out);
+
+    hit = cm_rs_server_cache_get(F.srv, &a, &len);
+    assert_non_null(hit);
+    assert_int_equal(len, strlen(copy));
+    assert_memory_equal(hit, copy, len);
+    assert_null(cm_rs_server_cache_get(F.srv, &a6, &len));   /* other k */
+
+    /* a fold-in of user 21 drops 21's answers, not 22's */
+    assert_int_equal(cm_rs_server_fold_in(F.srv, 21, &mv, &r, 1, NULL, 0),
+                     CM_OK);
+    assert_null(cm_rs_server_cache_get(F.srv, &a, &len));
+    assert_non_null(cm_rs_server_cache_get(F.srv, &b, &len));
+
+    cm_rs_server_cache_stats(F.srv, &hits, &misses);
+    assert_int_equal(hits, 2);
+    assert_int_equal(misses, 3);
+
+    /* more answers than entries: the cache stays bounded and correct */
+    for (a.user = 1; a.user <= 100; a.user++) {
+        assert_int_equal(cm_rs_server_recommend_batch(F.srv, &a, 1, &out),
+                         CM_OK);
+        free(copy);
+        copy = strdup(out);
+        cm_rs_server_cache_put(F.srv, &a, out);
+        hit = cm_rs_server_cache_get(F.srv, &a, &len);
+        assert_non_null(hit);
+        assert_memory_equal(hit, copy, len);
+    }
+    free(copy);
+    assert_int_equal(cm_rs_server_cache_size(F.srv, 0), CM_OK);
+    assert_null(cm_rs_server_cache_get(F.srv, &b, &len));
 }
 
 
@@ -406,6 +605,10 @@ main(void)
         cmocka_unit_test(test_fold_in_changes_a_dataset_users_recommendations_at_once),
         cmocka_unit_test(test_fold_in_rejects_bad_ratings_and_users),
         cmocka_unit_test(test_batch_answers_equal_single_answers),
+        cmocka_unit_test(test_recommend_text_is_what_jansson_writes),
+        cmocka_unit_test(test_log_members_come_first_and_match_the_answer),
+        cmocka_unit_test(test_threads_with_their_own_scratch_answer_as_one_thread_does),
+        cmocka_unit_test(test_answer_cache_keeps_answers_until_the_users_fold_in),
         cmocka_unit_test(test_predict_known_and_unknown_movies),
         cmocka_unit_test(test_clean_title_drops_only_a_year_suffix),
     };

@@ -8,6 +8,7 @@ import { ForYouPage, HomePage } from './pages/ForYou.jsx';
 import { ChatPage } from './pages/Chat.jsx';
 import { AdminPage } from './pages/Admin.jsx';
 import { AccountPage } from './pages/Account.jsx';
+import { ResetPasswordPage, VerifyEmailPage } from './pages/Recovery.jsx';
 
 function Nav() {
   const { api, user, isAdmin } = useAuth();
@@ -51,6 +52,8 @@ function Routes() {
   if (path === '/') return <HomePage />;
   if (path === '/login') return <LoginPage />;
   if (path === '/register') return <LoginPage register />;
+  if (path === '/verify-email') return <VerifyEmailPage />;
+  if (path === '/reset-password') return <ResetPasswordPage />;
   if (path === '/movies') return <MoviesPage />;
   if ((m = match('/movies/:id', path))) return <MoviePage id={m.id} />;
   if (path === '/for-you') return <ForYouPage />;

@@ -126,6 +126,9 @@ typedef enum {
 } cm_req_kind_t;
 
 #define CM_REC_EXCLUDE_SEEN  0x1u
+/* RECOMMEND: answer "<request log members>\n<JSON answer>" (see
+ * cm_rs_rec_req_t.log_members); a daemon without it answers plain JSON */
+#define CM_REC_LOG_MEMBERS   0x2u
 
 /* Doorbell operations: 8 bytes on the socket, native endianness. */
 typedef enum {
@@ -237,7 +240,11 @@ typedef struct {
     uint8_t           pad0[64 - (112 % 64)];
     _Atomic uint64_t  ring_tail;      /* 128 bytes ever read (nginx) */
     _Atomic uint32_t  ring_closed;    /* 136 1 = no more records */
-    uint8_t           pad1[CM_IPC_SLOT_HDR_SIZE - 140];
+    /* CHAT progress, written by the daemon as it goes (0 at submit), so a
+     * generation cancelled before its result still has token counts */
+    _Atomic uint32_t  prompt_tokens;  /* 140 prefilled */
+    _Atomic uint32_t  completion_tokens; /* 144 sampled so far */
+    uint8_t           pad1[CM_IPC_SLOT_HDR_SIZE - 148];
 } cm_ipc_slot_t;
 
 /* A mapping of a segment, as either side sees it. */

@@ -11,7 +11,9 @@
  *
  * Prompt: the conversation's turns rendered as in training (each turn's
  * tokens, then <|eot|>); the model writes the next turn.  When the turns do
- * not fit the context with room for max_tokens, the oldest tokens go first.
+ * not fit the context with room for max_tokens, the oldest whole turns go
+ * first (a turn is never cut in the middle); when the newest turn alone
+ * does not fit, only its tail is kept and the stream's `truncated` is set.
  *
  * Not thread-safe; the daemon's loop thread owns the server and streams.
  */
@@ -43,6 +45,9 @@ typedef struct {
     cm_lm_seq_t       seq;
     int               started;
     int               prompt_tokens;
+    int               context_turns;   /* turns in the prompt */
+    int               dropped_turns;   /* oldest turns left out */
+    int               truncated;       /* the newest turn lost its head */
     int               completion_tokens;
     cm_dlg_finish_t   finish;
     char              stops[CM_DLG_MAX_STOPS][CM_DLG_MAX_STOP_LEN + 1];
@@ -71,6 +76,15 @@ int cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
     const char *const *turns, const size_t *turn_lens, size_t nturns,
     const cm_lm_params_t *params, const char *const *stops, int nstops,
     char *err, size_t errlen);
+
+/*
+ * Which turns fit budget tokens, turn i being ntok[i] tokens (<|eot|>
+ * included): the newest turns whole, as many as fit; *first is the first
+ * kept.  Returns the tokens kept.  When the newest turn alone is longer
+ * than budget, returns budget (its tail), *first = n - 1 and *cut = 1.
+ */
+size_t cm_dlg_context_fit(const size_t *ntok, size_t n, size_t budget,
+    size_t *first, int *cut);
 
 /* One step over streams[0..n) that are running: each decoding stream
  * emits its pending token into its text, then all advance in one forward

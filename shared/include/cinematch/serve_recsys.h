@@ -5,9 +5,18 @@
  *
  * Owns: the opened artifact, a copy of the catalogue sorted by movie id,
  * the popularity order, and one overlay entry per user whose vector was
- * re-solved from new ratings (cm_rs_server_fold_in).  Not thread-safe:
- * the daemon calls it from its one loop thread; the SGEMM inside uses BLAS
- * threads of its own.
+ * re-solved from new ratings (cm_rs_server_fold_in).  Not thread-safe,
+ * with one exception: cm_rs_server_recommend_with() only reads the server,
+ * so several threads may run it at once, each with its own scratch, as
+ * long as nothing else (a fold-in, the cache, free) runs meanwhile.  The
+ * daemon does exactly that: its loop thread splits a batch between its
+ * scoring threads and waits for them before it touches the server again.
+ *
+ * The answer cache (off unless sized): the exact text of earlier recommend
+ * answers keyed by the whole request, so a repeated request skips the
+ * scoring.  A fold-in drops that user's answers before it changes the
+ * vector, and a new model version is a new server with an empty cache: an
+ * answer is never older than the user's last fold-in or the model.
  *
  * Batching: cm_rs_server_recommend_batch() scores every dataset user of
  * the batch with one SGEMM (users × items), then filters and takes top-K
@@ -32,6 +41,7 @@
 #define CM_RSS_MAX_FOLD      10000   /* ratings kept per folded-in user */
 
 typedef struct cm_rs_server_s cm_rs_server_t;
+typedef struct cm_rs_scratch_s cm_rs_scratch_t;   /* one per thread */
 
 typedef struct {
     int32_t    user;         /* external (rating-space) user id; 0 = none */
@@ -40,6 +50,11 @@ typedef struct {
     uint32_t   genres;       /* movielens genre mask; 0 = any */
     int32_t    year_min;     /* 0 = open */
     int32_t    year_max;     /* 0 = open */
+    int        log_members;  /* answer "<log members>\n<JSON>": the
+                                request log's model_version, is_fallback,
+                                fallback_reason and detail members, as
+                                JSON text without braces, then the answer,
+                                so nginx logs and caches it unparsed */
 } cm_rs_rec_req_t;
 
 /* The catalogue: movies with clean titles (no "(year)" suffix). */
@@ -53,6 +68,24 @@ const cm_rs_model_t *cm_rs_server_model(const cm_rs_server_t *s);
 /* out[i] gets a malloc'd JSON object for reqs[i] (API.md /recommend). */
 int cm_rs_server_recommend_batch(cm_rs_server_t *s,
     const cm_rs_rec_req_t *reqs, size_t n, char **out);
+/* The same with the caller's scratch: safe in several threads at once. */
+int cm_rs_server_recommend_with(const cm_rs_server_t *s, cm_rs_scratch_t *w,
+    const cm_rs_rec_req_t *reqs, size_t n, char **out);
+cm_rs_scratch_t *cm_rs_scratch_new(void);
+void cm_rs_scratch_free(cm_rs_scratch_t *w);
+
+/* The answer cache: `entries` answers (rounded up to a power of two; 0
+ * turns it off, the default), and at most 64 MB of text in all (beyond
+ * that new answers are not kept).  get returns the cached text (owned by the
+ * cache, valid until the next call on s) or NULL; put takes `json` (a
+ * malloc'd answer to exactly q) and frees it when the cache is off. */
+int cm_rs_server_cache_size(cm_rs_server_t *s, size_t entries);
+const char *cm_rs_server_cache_get(cm_rs_server_t *s,
+    const cm_rs_rec_req_t *q, size_t *len);
+void cm_rs_server_cache_put(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
+    char *json);
+void cm_rs_server_cache_stats(const cm_rs_server_t *s, uint64_t *hits,
+    uint64_t *misses);
 /* CM_ENOTFOUND for a movie the model does not know. */
 int cm_rs_server_similar(cm_rs_server_t *s, int32_t movie, uint32_t k,
     char **out, char *err, size_t errlen);

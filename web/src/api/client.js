@@ -150,6 +150,14 @@ export function createClient({ baseUrl = '', fetchImpl, storage } = {}) {
       finally { setTokens(null); }
     },
     me: () => call('GET', '/api/v1/auth/me'),
+    // the links of the mails (cinematch mailer): one-time cmo_ tokens
+    verifyEmail: (token) => call('POST', '/api/v1/auth/verify-email', { body: { token }, auth: false }),
+    forgotPassword: (email) => call('POST', '/api/v1/auth/forgot-password', { body: { email }, auth: false }),
+    resetPassword: (token, new_password) => call('POST', '/api/v1/auth/reset-password',
+      { body: { token, new_password }, auth: false }),
+    // Signed out here without telling the server (a password reset already
+    // revoked every session there).
+    forget() { setTokens(null); },
     keys: () => call('GET', '/api/v1/keys'),
     createKey: (name) => call('POST', '/api/v1/keys', { body: { name } }),
     deleteKey: (id) => call('DELETE', `/api/v1/keys/${encodeURIComponent(id)}`),

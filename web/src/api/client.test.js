@@ -27,6 +27,28 @@ function fakeFetch(handlers) {
 }
 
 describe('API client', () => {
+  it('sends the mail-link calls without credentials; forget() signs out locally only', async () => {
+    const storage = memStorage();
+    const f = fakeFetch({
+      'POST /api/v1/auth/login': () => json(200, { access_token: jwt({ sub: '7' }), refresh_token: 'r1' }),
+      'POST /api/v1/auth/verify-email': () => new Response(null, { status: 204 }),
+      'POST /api/v1/auth/forgot-password': () => json(202, { message: 'on its way' }),
+      'POST /api/v1/auth/reset-password': () => new Response(null, { status: 204 }),
+    });
+    const c = createClient({ fetchImpl: f, storage });
+    await c.login('a@b.c', 'password1');
+    expect(await c.verifyEmail('cmo_v')).toBeNull();
+    expect(await c.forgotPassword('a@b.c')).toEqual({ message: 'on its way' });
+    expect(await c.resetPassword('cmo_r', 'new password')).toBeNull();
+    const [v, fp, rp] = f.calls.slice(1);
+    expect([v.body, fp.body, rp.body]).toEqual([{ token: 'cmo_v' }, { email: 'a@b.c' }, { token: 'cmo_r', new_password: 'new password' }]);
+    expect([v, fp, rp].map((r) => r.headers.Authorization)).toEqual([undefined, undefined, undefined]);
+    c.forget();
+    expect(c.signedIn).toBe(false);
+    expect(storage.getItem('cinematch.refresh_token')).toBeNull();
+    expect(f.calls.length).toBe(4);   // no logout call
+  });
+
   it('keeps the access token in memory and the refresh token in session storage', async () => {
     const storage = memStorage();
     const f = fakeFetch({ 'POST /api/v1/auth/login': () => json(200, { access_token: jwt({ sub: '7', role: 'user' }), refresh_token: 'r1', token_type: 'Bearer', expires_in: 900 }) });

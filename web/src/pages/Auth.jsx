@@ -2,6 +2,7 @@ import { useState } from 'react';
 import { useAuth } from '../auth.jsx';
 import { Link, useRouter } from '../router.jsx';
 import { ErrorNote } from '../components/common.jsx';
+import { ForgotPassword } from './Recovery.jsx';
 
 function Field({ label, error, ...input }) {
   const id = `f-${input.name}`;
@@ -16,7 +17,8 @@ function Field({ label, error, ...input }) {
 
 export function LoginPage({ register = false }) {
   const { api } = useAuth();
-  const { navigate } = useRouter();
+  const { navigate, search } = useRouter();
+  const [forgot, setForgot] = useState(() => !register && new URLSearchParams(search).has('forgot'));
   const [form, setForm] = useState({ email: '', password: '', display_name: '' });
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
@@ -63,6 +65,10 @@ export function LoginPage({ register = false }) {
           {busy ? 'One moment…' : register ? 'Sign up' : 'Log in'}
         </button>
       </form>
+      {!register ? (
+        forgot ? <ForgotPassword initialEmail={form.email} onClose={() => setForgot(false)} />
+          : <p><button type="button" className="linkish" onClick={() => setForgot(true)}>Forgot your password?</button></p>
+      ) : null}
       <p className="muted">
         {register ? <>Already have an account? <Link to="/login">Log in</Link></>
           : <>New here? <Link to="/register">Create an account</Link></>}

@@ -2,23 +2,61 @@ import { useEffect, useRef, useState } from 'react';
 import { useAuth } from '../auth.jsx';
 import { Link, useRouter } from '../router.jsx';
 import { ErrorNote, Spinner } from '../components/common.jsx';
+import { Pencil, ThumbDown, ThumbUp, Trash } from '../components/Icons.jsx';
 
 const listOf = (r, key) => (Array.isArray(r) ? r : (r && r[key]) || []);
 
+// What a finished reply's finish_reason / status says, in words.
+export function endNote(m) {
+  if (m.status === 'partial' || m.finish_reason === 'stopped' || m.finish_reason === 'cancel') {
+    return m.id ? 'stopped: the partial reply is saved' : 'stopped';
+  }
+  if (m.status === 'error' || m.finish_reason === 'error') return 'the reply failed part-way';
+  if (m.finish_reason === 'length') return 'cut at the length limit';
+  if (m.finish_reason && !['stop', 'eof'].includes(m.finish_reason)) return m.finish_reason;
+  return null;
+}
+
 function Message({ m, onFeedback }) {
+  const note = m.role === 'assistant' && !m.streaming ? endNote(m) : null;
+  const empty = m.role === 'assistant' && !m.streaming && !m.content;
   return (
     <li className={`msg ${m.role}`}>
       <span className="sr-only">{m.role === 'user' ? 'You said' : 'cinematch said'}:</span>
-      <div className="bubble">{m.content}{m.streaming ? <span className="caret" aria-hidden="true">▍</span> : null}</div>
-      {m.role === 'assistant' && m.id && !m.streaming ? (
+      <div className="bubble">
+        {empty ? <em className="muted">{!note ? '(no words this time; try asking again)' : m.status === 'error' || m.finish_reason === 'error' ? '(no reply)' : '(nothing yet)'}</em> : m.content}
+        {m.streaming ? <span className="caret" aria-hidden="true">▍</span> : null}
+      </div>
+      {m.role === 'assistant' && !m.streaming && (m.id || note) ? (
         <div className="feedback" role="group" aria-label="Was this helpful?">
-          <button className={`icon${m.feedback === 1 ? ' on' : ''}`} aria-pressed={m.feedback === 1} aria-label="Good answer" onClick={() => onFeedback(m, 1)}>👍</button>
-          <button className={`icon${m.feedback === -1 ? ' on' : ''}`} aria-pressed={m.feedback === -1} aria-label="Bad answer" onClick={() => onFeedback(m, -1)}>👎</button>
-          {m.finish_reason && m.finish_reason !== 'stop' ? <span className="muted small">({m.finish_reason})</span> : null}
+          {m.id ? (
+            <>
+              <button className={`icon${m.feedback === 1 ? ' on' : ''}`} aria-pressed={m.feedback === 1} aria-label="Good answer" onClick={() => onFeedback(m, 1)}><ThumbUp /></button>
+              <button className={`icon${m.feedback === -1 ? ' on' : ''}`} aria-pressed={m.feedback === -1} aria-label="Bad answer" onClick={() => onFeedback(m, -1)}><ThumbDown /></button>
+            </>
+          ) : null}
+          {note ? <span className="muted small end-note">({note})</span> : null}
         </div>
       ) : null}
     </li>
   );
+}
+
+// After a stop, the server stores the partial reply once it notices the
+// closed connection (usually within milliseconds): read the conversation
+// back until its last message is that reply, so it gets its id (feedback)
+// and its saved text.  Gives up quietly after `tries`.
+export async function fetchAfterStop(api, id, { tries = 8, wait = 150 } = {}) {
+  for (let i = 0; i < tries; i++) {
+    try {
+      const r = await api.conversation(id);
+      const ms = listOf(r, 'messages');
+      const last = ms[ms.length - 1];
+      if (last && last.role === 'assistant') return ms;
+    } catch { /* try again */ }
+    await new Promise((res) => setTimeout(res, wait));
+  }
+  return null;
 }
 
 export function ChatPage({ id }) {
@@ -32,13 +70,21 @@ export function ChatPage({ id }) {
   const [streaming, setStreaming] = useState(false);
   const ctl = useRef(null);
   const end = useRef(null);
+  // the conversation send() just created: navigating to it must not clear
+  // (or reload over) the messages being streamed into it
+  const fresh = useRef(null);
+  const sent = useRef(null);   // the latest send()'s controller
 
   const loadList = () => api.conversations({ limit: 50 }).then((r) => setConvs(listOf(r, 'conversations')), setListError);
   useEffect(() => { if (user) loadList(); }, [api, user]); // eslint-disable-line react-hooks/exhaustive-deps
   useEffect(() => {
+    if (id && fresh.current === String(id)) return;
+    fresh.current = null;
     setMessages([]); setError(null);
     if (!id || !user) return;
-    api.conversation(id).then((r) => setMessages(listOf(r, 'messages')), setError);
+    let live = true;
+    api.conversation(id).then((r) => live && setMessages(listOf(r, 'messages')), (e) => live && setError(e));
+    return () => { live = false; };
   }, [api, id, user]);
   useEffect(() => () => ctl.current && ctl.current.abort(), []);
   useEffect(() => { end.current?.scrollIntoView?.({ block: 'end' }); }, [messages]);
@@ -49,12 +95,13 @@ export function ChatPage({ id }) {
   // streams from the OpenAI-compatible /v1/chat/completions.
   const local = Boolean(listError && listError.missing);
 
-  async function newChat() {
+  async function newChat(forSend = false) {
     if (local) { setMessages([]); setError(null); return null; }
     try {
       const r = await api.createConversation();
       const c = r.conversation || r;
       await loadList();
+      if (forSend === true) fresh.current = String(c.id);
       navigate(`/chat/${c.id}`);
       return c.id;
     } catch (e) { setListError(e); return null; }
@@ -90,11 +137,12 @@ export function ChatPage({ id }) {
     const content = draft.trim();
     if (!content || streaming) return;
     let cid = id;
-    if (!cid && !local) { cid = await newChat(); if (!cid) return; }
+    if (!cid && !local) { cid = await newChat(true); if (!cid) return; }
     const history = messages.filter((m) => !m.streaming && m.content).map((m) => ({ role: m.role, content: m.content }));
     setDraft(''); setError(null); setStreaming(true);
     const controller = new AbortController();
     ctl.current = controller;
+    sent.current = controller;
     const reply = { role: 'assistant', content: '', streaming: true };
     setMessages((ms) => [...ms, { role: 'user', content }, reply]);
     const update = (patch) => setMessages((ms) => ms.map((x) => (x.streaming ? { ...x, ...patch(x) } : x)));
@@ -105,12 +153,20 @@ export function ChatPage({ id }) {
         : await api.sendMessage(cid, content, { signal: controller.signal, onToken });
       update(() => ({ streaming: false, id: done.message_id, finish_reason: done.finish_reason }));
     } catch (err) {
-      update(() => ({ streaming: false, finish_reason: err.name === 'AbortError' ? 'stopped' : 'error' }));
-      if (err.name !== 'AbortError') setError(err);
+      const stopped = err.name === 'AbortError';
+      update(() => ({ streaming: false, finish_reason: stopped ? 'stopped' : 'error' }));
+      if (!stopped) setError(err);
     } finally {
       setStreaming(false);
       ctl.current = null;
-      if (!local) loadList();
+    }
+    if (local) return;
+    loadList();
+    if (controller.signal.aborted) {
+      // the partial reply as the server saved it (with its id, for feedback),
+      // unless another message was sent meanwhile
+      const saved = await fetchAfterStop(api, cid);
+      if (saved && ctl.current === null && sent.current === controller) setMessages(saved);
     }
   }
 
@@ -127,8 +183,8 @@ export function ChatPage({ id }) {
             <li key={c.id} className={String(c.id) === String(id) ? 'on' : ''}>
               <Link to={`/chat/${c.id}`}>{c.title || 'Untitled'}</Link>
               <span className="conv-actions">
-                <button className="icon" aria-label={`Rename ${c.title || 'conversation'}`} onClick={() => rename(c)}>✎</button>
-                <button className="icon" aria-label={`Delete ${c.title || 'conversation'}`} onClick={() => remove(c)}>🗑</button>
+                <button className="icon" aria-label={`Rename ${c.title || 'conversation'}`} onClick={() => rename(c)}><Pencil /></button>
+                <button className="icon" aria-label={`Delete ${c.title || 'conversation'}`} onClick={() => remove(c)}><Trash /></button>
               </span>
             </li>
           ))}

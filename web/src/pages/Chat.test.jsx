@@ -2,8 +2,8 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { cleanup, fireEvent, render, screen, waitFor } from '@testing-library/react';
 import { AuthProvider } from '../auth.jsx';
-import { Router } from '../router.jsx';
-import { ChatPage } from './Chat.jsx';
+import { Router, match, useRouter } from '../router.jsx';
+import { ChatPage, endNote } from './Chat.jsx';
 import { ApiError } from '../api/client.js';
 
 afterEach(cleanup);
@@ -80,5 +80,84 @@ describe('ChatPage', () => {
       { role: 'user', content: 'first' }, { role: 'assistant', content: 'reply 1' }, { role: 'user', content: 'second' }]);
     expect(api.sendMessage).not.toHaveBeenCalled();
     expect(screen.queryByRole('alert')).toBeNull();
+  });
+
+  it('a first message from /chat creates the conversation and keeps the streamed reply on screen', async () => {
+    window.history.replaceState(null, '', '/chat');
+    let finish;
+    const api = stub({
+      conversations: vi.fn(async () => ({ conversations: [] })),
+      createConversation: vi.fn(async () => ({ conversation: { id: 'c9' } })),
+      conversation: vi.fn(async () => ({ conversation: { id: 'c9' }, messages: [] })),
+      sendMessage: vi.fn((id, content, { onToken }) => new Promise((resolve) => {
+        onToken('Rififi, ');
+        finish = () => { onToken('then Heat.'); resolve({ message_id: 12, finish_reason: 'stop' }); };
+      })),
+    });
+    // the page gets its id from the URL, as in App's routes
+    function Routed() {
+      const { path } = useRouter();
+      const m = match('/chat/:id', path);
+      return <ChatPage id={m ? m.id : undefined} />;
+    }
+    render(<Router><AuthProvider api={api}><Routed /></AuthProvider></Router>);
+    fireEvent.change(await screen.findByLabelText('Message'), { target: { value: 'a heist film' } });
+    fireEvent.click(screen.getByRole('button', { name: 'Send' }));
+    await screen.findByText('Rififi,');
+    await waitFor(() => expect(window.location.pathname).toBe('/chat/c9'));
+    expect(api.sendMessage.mock.calls[0][0]).toBe('c9');
+    finish();
+    await screen.findByText('Rififi, then Heat.');
+    expect(screen.getByText('a heist film')).toBeTruthy();
+    // the new conversation was not read back over the stream
+    expect(api.conversation).not.toHaveBeenCalled();
+    await screen.findByRole('button', { name: 'Good answer' });
+  });
+
+  it('after Stop, shows the partial reply as the server saved it, with feedback', async () => {
+    const saved = { conversation: { id: 4 }, messages: [
+      { id: 30, role: 'user', content: 'long answer please' },
+      { id: 31, role: 'assistant', content: 'Partial', status: 'partial', finish_reason: 'cancel', feedback: null }] };
+    let reads = 0;
+    const api = stub({
+      // the first read is the page load; then the reply is not stored yet once
+      conversation: vi.fn(async () => {
+        reads += 1;
+        return reads <= 2 ? { conversation: { id: 4 }, messages: reads === 1 ? [] : [saved.messages[0]] } : saved;
+      }),
+      sendMessage: vi.fn((id, content, opts) => new Promise((resolve, reject) => {
+        opts.onToken('Partial');
+        opts.signal.addEventListener('abort', () => reject(new DOMException('stopped', 'AbortError')));
+      })),
+    });
+    mount(api);
+    await screen.findByText('Heists');
+    fireEvent.change(screen.getByLabelText('Message'), { target: { value: 'long answer please' } });
+    fireEvent.click(screen.getByRole('button', { name: 'Send' }));
+    fireEvent.click(await screen.findByRole('button', { name: '■ Stop' }));
+    await screen.findByRole('button', { name: 'Send' });
+    await screen.findByText('(stopped: the partial reply is saved)');
+    fireEvent.click(screen.getByRole('button', { name: 'Bad answer' }));
+    await waitFor(() => expect(api.feedback).toHaveBeenCalledWith(31, -1));
+    expect(reads).toBe(3);
+  });
+
+  it('says so when a finished reply has no words', async () => {
+    const api = stub({
+      sendMessage: vi.fn(async () => ({ message_id: 8, finish_reason: 'stop' })),
+    });
+    mount(api);
+    await screen.findByText('Heists');
+    fireEvent.change(screen.getByLabelText('Message'), { target: { value: 'hello' } });
+    fireEvent.click(screen.getByRole('button', { name: 'Send' }));
+    await screen.findByText(/no words this time/);
+  });
+
+  it('names how a reply ended', () => {
+    expect(endNote({ status: 'partial', id: 3 })).toBe('stopped: the partial reply is saved');
+    expect(endNote({ finish_reason: 'stopped' })).toBe('stopped');
+    expect(endNote({ finish_reason: 'length' })).toBe('cut at the length limit');
+    expect(endNote({ status: 'complete', finish_reason: 'stop' })).toBeNull();
+    expect(endNote({ status: 'error', finish_reason: 'error' })).toBe('the reply failed part-way');
   });
 });
