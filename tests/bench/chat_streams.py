@@ -34,6 +34,7 @@ import json
 import os
 import random
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -333,6 +334,8 @@ def main():
         if infer is not None:
             infer.stop()
         backends.stop()
+        if not os.environ.get("CINEMATCH_KEEP_TMP"):
+            shutil.rmtree(work, ignore_errors=True)    # ~100 MB of model
 
 
 if __name__ == "__main__":
