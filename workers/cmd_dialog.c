@@ -1339,14 +1339,17 @@ cm_lm_eval_main(int argc, char **argv)
 static const char cm_bench_dialog_usage[] =
     "usage: cinematch bench dialog [--config NAME] [--batch B] [--seq T]\n"
     "           [--steps N] [--ref-steps N] [--decode N] [--prompt-len N]\n"
-    "           [--lstm-steps N]\n"
+    "           [--lstm-steps N] [--decode-threads N]\n"
     "\n"
     "Random weights.  Prints training tokens/s (SGEMM kernels, and the\n"
     "plain-loop reference for the ratio), decode tokens/s with the KV cache\n"
     "at batch 1, 8 and 32 and without it at batch 1 (full forward over the\n"
     "context per token), and time to first token for a --prompt-len prompt.\n"
     "--lstm-steps N (default 3, 0 off) also trains the LSTM baseline of the\n"
-    "same size class (lstm-tiny / lstm-small) in the same run, for the ratio.\n";
+    "same size class (lstm-tiny / lstm-small) in the same run, for the ratio.\n"
+    "--steps 0 skips training (decode and time to first token only).\n"
+    "--decode-threads N splits each decode step of the lm_kernels path over\n"
+    "N threads (default 1; the OpenBLAS path uses OPENBLAS_NUM_THREADS).\n";
 
 
 static double
@@ -1439,6 +1442,7 @@ cm_bench_dialog_main(int argc, char **argv)
         { "decode", required_argument, NULL, 'd' },
         { "prompt-len", required_argument, NULL, 'p' },
         { "lstm-steps", required_argument, NULL, 'l' },
+        { "decode-threads", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1459,8 +1463,9 @@ cm_bench_dialog_main(int argc, char **argv)
     int32_t         *prompt;
     int             *ctx;
     uint64_t         t0, rng = 3;
-    double           fast, ref, secs, tps[3], nocache, ttft = 1e30;
-    double           fast_cpu, ref_cpu, cps[3], nocache_cpu, c0;
+    double           fast, ref, secs, tps[2][3], nocache, ttft = 1e30;
+    double           fast_cpu, ref_cpu, cps[2][3], nocache_cpu, c0;
+    int              mode, dthreads = 1;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -1468,7 +1473,7 @@ cm_bench_dialog_main(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'B': bad |= cm_arg_int(me, "batch", optarg, 1, 1024, &B); break;
         case 'T': bad |= cm_arg_int(me, "seq", optarg, 1, 65536, &T); break;
-        case 'n': bad |= cm_arg_int(me, "steps", optarg, 1, 100000, &steps);
+        case 'n': bad |= cm_arg_int(me, "steps", optarg, 0, 100000, &steps);
                   break;
         case 'r': bad |= cm_arg_int(me, "ref-steps", optarg, 0, 100000,
                                     &ref_steps); break;
@@ -1478,6 +1483,8 @@ cm_bench_dialog_main(int argc, char **argv)
                   break;
         case 'l': bad |= cm_arg_int(me, "lstm-steps", optarg, 0, 100000,
                                     &lstm_steps); break;
+        case 'D': bad |= cm_arg_int(me, "decode-threads", optarg, 1,
+                                    CM_LM_MAX_THREADS, &dthreads); break;
         case 'h': fputs(cm_bench_dialog_usage, stdout); return 0;
         default:  fputs(cm_bench_dialog_usage, stderr); return 2;
         }
@@ -1502,10 +1509,12 @@ cm_bench_dialog_main(int argc, char **argv)
 
     printf("rates: wall-clock tok/s, and [tok per CPU-second of the"
            " process] (less sensitive to other load on the machine)\n");
-    fast = cm_bench_train(&m, B, T, steps, &fast_cpu);
-    printf("train B=%d T=%d AdamW: %.0f tok/s [%.0f] (SGEMM kernels, %d"
-           " steps)\n", B, T, fast, fast_cpu, steps);
-    if (ref_steps > 0) {
+    fast = steps > 0 ? cm_bench_train(&m, B, T, steps, &fast_cpu) : 0.0;
+    if (steps > 0) {
+        printf("train B=%d T=%d AdamW: %.0f tok/s [%.0f] (SGEMM kernels, %d"
+               " steps)\n", B, T, fast, fast_cpu, steps);
+    }
+    if (ref_steps > 0 && steps > 0) {
         m.use_ref = 1;
         ref = cm_bench_train(&m, B, T, ref_steps, &ref_cpu);
         m.use_ref = 0;
@@ -1515,7 +1524,7 @@ cm_bench_dialog_main(int argc, char **argv)
     }
     snprintf(lname, sizeof(lname), "lstm-%.40s",
              strncmp(config, "dialog-", 7) == 0 ? config + 7 : "small");
-    if (lstm_steps > 0
+    if (lstm_steps > 0 && steps > 0
         && cm_lstm_config_named(lname, cfg.vocab_size, &lcfg) == CM_OK
         && cm_lstm_init(&lm, &lcfg, 1) == CM_OK)
     {
@@ -1536,7 +1545,8 @@ cm_bench_dialog_main(int argc, char **argv)
     seqs = calloc(32, sizeof(cm_lm_seq_t));
     sp = calloc(32, sizeof(cm_lm_seq_t *));
     if (prompt == NULL || ctx == NULL || seqs == NULL || sp == NULL
-        || cm_lm_engine_init(&e, &m, 128) != CM_OK)
+        || cm_lm_engine_init(&e, &m, 128) != CM_OK
+        || cm_lm_engine_threads(&e, dthreads) != CM_OK)
     {
         free(prompt);
         free(ctx);
@@ -1550,33 +1560,51 @@ cm_bench_dialog_main(int argc, char **argv)
     }
     cm_lm_params_default(&p);
     p.max_tokens = 0;
-    for (bi = 0; bi < 3; bi++) {
-        int nb = batches[bi];
+    /* mode 0: the engine as it runs (lm_kernels where the CPU has them);
+     * mode 1: the same engine on OpenBLAS, the baseline for the ratio */
+    for (mode = 0; mode < (e.pk != NULL ? 2 : 1); mode++) {
+        e.use_packed = mode == 0 && e.pk != NULL;
+        for (bi = 0; bi < 3; bi++) {
+            int nb = batches[bi];
 
-        for (j = 0; j < nb; j++) {
-            p.seed = (uint64_t) j + 1;
-            if (cm_lm_seq_init(&seqs[j], &e, &p) != CM_OK
-                || cm_lm_prefill(&e, &seqs[j], prompt, P) != CM_OK)
-            {
-                goto fail;
+            for (j = 0; j < nb; j++) {
+                p.seed = (uint64_t) j + 1;
+                if (cm_lm_seq_init(&seqs[j], &e, &p) != CM_OK
+                    || cm_lm_prefill(&e, &seqs[j], prompt, P) != CM_OK)
+                {
+                    goto fail;
+                }
+                sp[j] = &seqs[j];
             }
-            sp[j] = &seqs[j];
+            c0 = cm_cpu_now();
+            t0 = cm_now_mono_ns();
+            for (i = 0; i < D; i++) {
+                cm_lm_step(&e, sp, nb);
+            }
+            secs = cm_secs(t0);
+            tps[mode][bi] = (double) nb * D / secs;
+            cps[mode][bi] = (double) nb * D / (cm_cpu_now() - c0);
+            for (j = 0; j < nb; j++) {
+                cm_lm_seq_free(&seqs[j]);
+            }
         }
-        c0 = cm_cpu_now();
-        t0 = cm_now_mono_ns();
-        for (i = 0; i < D; i++) {
-            cm_lm_step(&e, sp, nb);
-        }
-        secs = cm_secs(t0);
-        tps[bi] = (double) nb * D / secs;
-        cps[bi] = (double) nb * D / (cm_cpu_now() - c0);
-        for (j = 0; j < nb; j++) {
-            cm_lm_seq_free(&seqs[j]);
-        }
+        printf("decode (KV cache, prompt %d, %d steps, %s%.0d%s): batch 1"
+               " %.0f [%.0f], batch 8 %.0f [%.0f], batch 32 %.0f [%.0f]"
+               " tok/s\n", P, D,
+               e.use_packed ? "lm_kernels, " : "OpenBLAS",
+               e.use_packed ? e.threads : 0,
+               e.use_packed ? " thread(s)" : "",
+               tps[mode][0], cps[mode][0], tps[mode][1], cps[mode][1],
+               tps[mode][2], cps[mode][2]);
     }
-    printf("decode (KV cache, prompt %d, %d steps): batch 1 %.0f [%.0f],"
-           " batch 8 %.0f [%.0f], batch 32 %.0f [%.0f] tok/s\n", P, D,
-           tps[0], cps[0], tps[1], cps[1], tps[2], cps[2]);
+    if (e.pk != NULL) {
+        printf("decode lm_kernels / OpenBLAS: batch 1 %.2fx [%.2fx], batch 8"
+               " %.2fx [%.2fx], batch 32 %.2fx [%.2fx]\n",
+               tps[0][0] / tps[1][0], cps[0][0] / cps[1][0],
+               tps[0][1] / tps[1][1], cps[0][1] / cps[1][1],
+               tps[0][2] / tps[1][2], cps[0][2] / cps[1][2]);
+        e.use_packed = 1;
+    }
 
     /* without the cache: a full forward over the context per token */
     for (i = 0; i < P; i++) {
@@ -1599,7 +1627,7 @@ cm_bench_dialog_main(int argc, char **argv)
     nocache_cpu = (double) D / (cm_cpu_now() - c0);
     printf("decode (no cache, full forward per token) batch 1: %.0f [%.0f]"
            " tok/s; KV cache speed-up %.1fx [%.1fx]\n", nocache, nocache_cpu,
-           tps[0] / nocache, cps[0] / nocache_cpu);
+           tps[0][0] / nocache, cps[0][0] / nocache_cpu);
 
     /* time to first token: prefill P tokens + one sample, best of 3 */
     for (i = 0; i < 5; i++) {

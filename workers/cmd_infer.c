@@ -1477,7 +1477,9 @@ cm_infer_usage(FILE *out)
         "                        (default: the CPUs, at most 8), 1..64\n"
         "  --answer-cache N      recommend answers kept per model version,\n"
         "                        dropped per user by a fold-in (default\n"
-        "                        8192, at most 64 MB; 0: off)\n\n"
+        "                        8192, at most 64 MB; 0: off)\n"
+        "  --decode-threads N    threads per decode step (1..16, default 1;\n"
+        "                        with the AVX-512 decode kernels only)\n\n"
         "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
         CM_IPC_DEFAULT_SLOTS, CM_IPC_MAX_SLOTS, CM_IPC_DEFAULT_RING_CAP / 1024);
 }
@@ -1521,6 +1523,7 @@ cm_infer_main(int argc, char **argv)
         { "max-seqs", required_argument, NULL, 'S' },
         { "score-threads", required_argument, NULL, 'T' },
         { "answer-cache", required_argument, NULL, 'A' },
+        { "decode-threads", required_argument, NULL, 'Q' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1578,6 +1581,17 @@ cm_infer_main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'Q': {
+            uint32_t v;
+
+            if (cm_parse_u32(optarg, 1, CM_LM_MAX_THREADS, &v)) {
+                fprintf(stderr, "infer: --decode-threads must be 1..%d\n",
+                        CM_LM_MAX_THREADS);
+                return 2;
+            }
+            d.models.decode_threads = (int) v;
+            break;
+        }
         case 'p': snprintf(d.pidfile, sizeof(d.pidfile), "%s", optarg); break;
         case 'n':
             if (cm_parse_u32(optarg, 1, CM_IPC_MAX_SLOTS, &cfg.slot_count)) {

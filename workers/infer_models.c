@@ -495,6 +495,11 @@ cm_infer_load_dialog(cm_infer_models_t *mm, int busy, char *status,
     rc = cm_dlg_server_open(&dlg, dir, ver,
                             mm->max_seqs > 0 ? mm->max_seqs : 8, err,
                             sizeof(err));
+    if (rc == CM_OK && mm->decode_threads > 1
+        && cm_dlg_server_threads(dlg, mm->decode_threads) != CM_OK)
+    {
+        cm_warn("infer: decode threads: out of memory, one thread");
+    }
     if (rc != CM_OK) {
         snprintf(status, statuslen, "dialog load failed: %.100s", err);
         cm_error("infer: %s%s", status,

@@ -9,6 +9,7 @@
  * tokens of other sequences share the same matrix products.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,9 +33,13 @@ cm_lm_params_default(cm_lm_params_t *p)
 }
 
 
+static void cm_lm_pool_free(cm_lm_engine_t *e);
+
+
 void
 cm_lm_engine_free(cm_lm_engine_t *e)
 {
+    cm_lm_pool_free(e);
     free(e->x);
     free(e->xn);
     free(e->qkv);
@@ -47,9 +52,59 @@ cm_lm_engine_free(cm_lm_engine_t *e)
     free(e->row_tok);
     free(e->row_pos);
     free(e->row_seq);
+    free(e->row_kind);
     free(e->cand);
     free(e->seen);
+    free(e->packed);
+    free(e->pk);
     memset(e, 0, sizeof(*e));
+}
+
+
+/* The per-layer matrices and the LM head in lm_kernels' panel layout, one
+ * allocation carved by the same sizes in the same order as pk. */
+static int
+cm_lm_engine_pack(cm_lm_engine_t *e)
+{
+    const cm_gpt_t         *m = e->model;
+    const cm_gpt_params_t  *p = &m->params;
+    int     L = m->config.num_layers, C = m->config.channels, l, i;
+    int     Vp = m->config.padded_vocab_size, n = 4 * L + 1;
+    int     oc[4] = { 3 * C, C, 4 * C, C }, k[4] = { C, C, C, 4 * C };
+    size_t  total = 0, at = 0, lc;
+    float  *mem;
+
+    for (l = 0; l < L; l++) {
+        for (i = 0; i < 4; i++) {
+            total += cm_lmk_packed_floats(oc[i], k[i]);
+        }
+    }
+    total += cm_lmk_packed_floats(Vp, C);
+    e->pk = calloc((size_t) n, sizeof(cm_lmk_matrix_t));
+    e->packed = aligned_alloc(CM_LMK_ALIGN,
+                              (total * sizeof(float) + CM_LMK_ALIGN - 1)
+                              / CM_LMK_ALIGN * CM_LMK_ALIGN);
+    if (e->pk == NULL || e->packed == NULL) {
+        return CM_ENOMEM;
+    }
+    mem = e->packed;
+    for (l = 0; l < L; l++) {
+        const float *w[4], *b[4];
+
+        lc = (size_t) l * C;
+        w[0] = p->qkvw + lc * 3 * C;     b[0] = p->qkvb + lc * 3;
+        w[1] = p->attprojw + lc * C;     b[1] = p->attprojb + lc;
+        w[2] = p->fcw + lc * 4 * C;      b[2] = p->fcb + lc * 4;
+        w[3] = p->fcprojw + lc * 4 * C;  b[3] = p->fcprojb + lc;
+        for (i = 0; i < 4; i++) {
+            cm_lmk_pack(&e->pk[4 * l + i], mem + at, w[i], b[i], oc[i],
+                        k[i]);
+            at += cm_lmk_packed_floats(oc[i], k[i]);
+        }
+    }
+    cm_lmk_pack(&e->pk[4 * L], mem + at, p->wte, NULL, Vp, C);
+    e->use_packed = 1;
+    return CM_OK;
 }
 
 
@@ -72,20 +127,29 @@ cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows)
     e->atty = malloc(R * C * sizeof(float));
     e->tmp = malloc(R * C * sizeof(float));
     e->fch = malloc(R * 4 * C * sizeof(float));
-    e->scores = malloc((size_t) m->config.max_seq_len * sizeof(float));
+    e->scores = malloc((size_t) m->config.num_heads * m->config.max_seq_len
+                       * sizeof(float));
     e->sel = malloc(R * C * sizeof(float));
     e->logits = malloc(R * Vp * sizeof(float));
     e->row_tok = malloc(R * sizeof(int32_t));
     e->row_pos = malloc(R * sizeof(int32_t));
     e->row_seq = malloc(R * sizeof(void *));
+    e->row_kind = malloc(R);
+    e->prefill_budget = max_rows;
+    e->threads = 1;
     e->cand = malloc(V * sizeof(cm_lm_cand_t));
     e->seen = calloc(V, 1);
     if (e->x == NULL || e->xn == NULL || e->qkv == NULL || e->atty == NULL
         || e->tmp == NULL || e->fch == NULL || e->scores == NULL
         || e->sel == NULL || e->logits == NULL || e->row_tok == NULL
-        || e->row_pos == NULL || e->row_seq == NULL || e->cand == NULL
+        || e->row_pos == NULL || e->row_seq == NULL || e->row_kind == NULL
+        || e->cand == NULL
         || e->seen == NULL)
     {
+        cm_lm_engine_free(e);
+        return CM_ENOMEM;
+    }
+    if (cm_lmk_simd() && cm_lm_engine_pack(e) != CM_OK) {
         cm_lm_engine_free(e);
         return CM_ENOMEM;
     }
@@ -172,6 +236,232 @@ cm_lm_linear(float *out, const float *inp, const float *w, const float *b,
 }
 
 
+/* ---- threads: a step's linear layers by panels, attention by rows ------ */
+
+typedef struct {
+    int                     kind;   /* 0 linear, 1 attention */
+    float                  *out;
+    const float            *inp;
+    const cm_lmk_matrix_t  *pm;
+    int                     R;
+    int                     l;      /* layer (attention) */
+} cm_lm_job_t;
+
+typedef struct cm_lm_pool_s  cm_lm_pool_t;
+
+typedef struct {
+    cm_lm_pool_t  *pool;
+    int            part;
+} cm_lm_worker_t;
+
+struct cm_lm_pool_s {
+    cm_lm_engine_t     *e;
+    pthread_mutex_t     mu;
+    pthread_cond_t      go;
+    pthread_cond_t      done;
+    pthread_t          *tid;
+    cm_lm_worker_t     *arg;
+    int                 n;          /* parts: workers + the caller */
+    int                 nstarted;   /* workers running */
+    uint64_t            gen;        /* job generation */
+    int                 pending;    /* workers still on this job */
+    int                 stop;
+    const cm_lm_job_t  *job;
+};
+
+
+static void
+cm_lm_job_part(cm_lm_engine_t *e, const cm_lm_job_t *j, int part, int n)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    int    C = c->channels, NH = c->num_heads, maxT = c->max_seq_len;
+    int    a, b, r;
+    float  scale = 1.0f / sqrtf((float) (C / NH));
+
+    if (j->kind == 0) {
+        int P = cm_lmk_panels(j->pm);
+
+        a = (int) ((long) P * part / n);
+        b = (int) ((long) P * (part + 1) / n);
+        if (a < b) {
+            cm_lmk_linear_part(j->out, j->inp, j->pm, j->R, a, b);
+        }
+        return;
+    }
+    a = (int) ((long) j->R * part / n);
+    b = (int) ((long) j->R * (part + 1) / n);
+    for (r = a; r < b; r++) {
+        cm_lm_seq_t *s = e->row_seq[r];
+
+        cm_lmk_attend(e->atty + (size_t) r * C, e->qkv + (size_t) r * 3 * C,
+                      s->k + (size_t) j->l * maxT * C,
+                      s->v + (size_t) j->l * maxT * C,
+                      e->scores + (size_t) part * NH * maxT,
+                      e->row_pos[r] + 1, C, NH, scale);
+    }
+}
+
+
+static void *
+cm_lm_worker(void *arg)
+{
+    cm_lm_worker_t  *w = arg;
+    cm_lm_pool_t    *p = w->pool;
+    uint64_t         seen = 0;
+
+    pthread_mutex_lock(&p->mu);
+    for ( ;; ) {
+        while (p->gen == seen && !p->stop) {
+            pthread_cond_wait(&p->go, &p->mu);
+        }
+        if (p->stop) {
+            break;
+        }
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        cm_lm_job_part(p->e, p->job, w->part, p->n);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0) {
+            pthread_cond_signal(&p->done);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+
+/* Runs the job in all parts: the caller does part 0 and waits for the
+ * workers; without a pool, the whole job here. */
+static void
+cm_lm_run(cm_lm_engine_t *e, const cm_lm_job_t *j)
+{
+    cm_lm_pool_t *p = e->pool;
+
+    if (p == NULL || p->nstarted == 0) {
+        cm_lm_job_part(e, j, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->job = j;
+    p->pending = p->nstarted;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    cm_lm_job_part(e, j, 0, p->n);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0) {
+        pthread_cond_wait(&p->done, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+
+static void
+cm_lm_pool_free(cm_lm_engine_t *e)
+{
+    cm_lm_pool_t *p = e->pool;
+    int           i;
+
+    if (p == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (i = 0; i < p->nstarted; i++) {
+        pthread_join(p->tid[i], NULL);
+    }
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+    free(p->tid);
+    free(p->arg);
+    free(p);
+    e->pool = NULL;
+    e->threads = 1;
+}
+
+
+int
+cm_lm_engine_threads(cm_lm_engine_t *e, int n)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    cm_lm_pool_t          *p;
+    float                 *sc;
+    int                    i;
+
+    if (n < 1 || n > CM_LM_MAX_THREADS) {
+        return CM_EINVAL;
+    }
+    cm_lm_pool_free(e);
+    if (n == 1 || e->pk == NULL) {
+        return CM_OK;   /* the OpenBLAS path threads inside OpenBLAS */
+    }
+    sc = realloc(e->scores, (size_t) n * c->num_heads * c->max_seq_len
+                            * sizeof(float));
+    p = calloc(1, sizeof(*p));
+    if (sc != NULL) {
+        e->scores = sc;
+    }
+    if (sc == NULL || p == NULL) {
+        free(p);
+        return CM_ENOMEM;
+    }
+    p->e = e;
+    p->n = n;
+    p->tid = calloc((size_t) n, sizeof(pthread_t));
+    p->arg = calloc((size_t) n, sizeof(cm_lm_worker_t));
+    if (p->tid == NULL || p->arg == NULL
+        || pthread_mutex_init(&p->mu, NULL) != 0)
+    {
+        free(p->tid);
+        free(p->arg);
+        free(p);
+        return CM_ENOMEM;
+    }
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    e->pool = p;
+    for (i = 1; i < n; i++) {
+        p->arg[i - 1].pool = p;
+        p->arg[i - 1].part = i;
+        if (pthread_create(&p->tid[i - 1], NULL, cm_lm_worker,
+                           &p->arg[i - 1]) != 0)
+        {
+            break;
+        }
+        p->nstarted++;
+    }
+    /* parts follow the threads that did start */
+    p->n = p->nstarted + 1;
+    e->threads = p->n;
+    return CM_OK;
+}
+
+
+/* A linear layer of the engine: matrix `which` of the packed table when
+ * the engine packed its weights, else SGEMM/GEMV on the model's own. */
+static void
+cm_lm_mm(cm_lm_engine_t *e, int which, float *out, const float *inp,
+    const float *w, const float *b, int R, int C, int OC)
+{
+    cm_lm_job_t j;
+
+    if (e->use_packed && e->pk != NULL) {
+        j.kind = 0;
+        j.out = out;
+        j.inp = inp;
+        j.pm = &e->pk[which];
+        j.R = R;
+        j.l = 0;
+        cm_lm_run(e, &j);
+        return;
+    }
+    cm_lm_linear(out, inp, w, b, R, C, OC);
+}
+
+
 /*
  * Runs rows 0..R-1 (row_seq/row_tok/row_pos set) through the model,
  * writing their keys/values into the sequence caches; rows with want[r]
@@ -187,6 +477,8 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
     int    maxT = m->config.max_seq_len, hs = C / NH, l, r, h, t, i, S;
     float  scale = 1.0f / sqrtf((float) hs);
 
+    e->forwards++;
+
     for (r = 0; r < R; r++) {
         const float *we = p->wte + (size_t) e->row_tok[r] * C;
         const float *pe = p->wpe + (size_t) e->row_pos[r] * C;
@@ -201,8 +493,8 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
 
         cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln1w + lc,
                              p->ln1b + lc, R, C);
-        cm_lm_linear(e->qkv, e->xn, p->qkvw + lc * 3 * C, p->qkvb + lc * 3,
-                     R, C, 3 * C);
+        cm_lm_mm(e, 4 * l, e->qkv, e->xn, p->qkvw + lc * 3 * C,
+                 p->qkvb + lc * 3, R, C, 3 * C);
         /* keys and values of every row into its cache, before any row
          * attends (a prompt chunk reads its own earlier rows) */
         for (r = 0; r < R; r++) {
@@ -214,7 +506,16 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             memcpy(s->v + at, e->qkv + (size_t) r * 3 * C + 2 * (size_t) C,
                    (size_t) C * sizeof(float));
         }
-        for (r = 0; r < R; r++) {
+        if (e->use_packed) {
+            cm_lm_job_t j;
+
+            memset(&j, 0, sizeof(j));
+            j.kind = 1;
+            j.R = R;
+            j.l = l;
+            cm_lm_run(e, &j);
+        }
+        for (r = 0; r < R && !e->use_packed; r++) {
             cm_lm_seq_t *s = e->row_seq[r];
             int          pos = e->row_pos[r];
             const float *kc = s->k + (size_t) l * maxT * C;
@@ -243,16 +544,20 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
                             1);
             }
         }
-        cm_lm_linear(e->tmp, e->atty, p->attprojw + lc * C, p->attprojb + lc,
-                     R, C, C);
+        cm_lm_mm(e, 4 * l + 1, e->tmp, e->atty, p->attprojw + lc * C,
+                 p->attprojb + lc, R, C, C);
         cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
         cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln2w + lc,
                              p->ln2b + lc, R, C);
-        cm_lm_linear(e->fch, e->xn, p->fcw + lc * 4 * C, p->fcb + lc * 4, R,
-                     C, 4 * C);
-        cm_gelu_forward(e->fch, e->fch, (size_t) R * 4 * C);
-        cm_lm_linear(e->tmp, e->fch, p->fcprojw + lc * 4 * C,
-                     p->fcprojb + lc, R, 4 * C, C);
+        cm_lm_mm(e, 4 * l + 2, e->fch, e->xn, p->fcw + lc * 4 * C,
+                 p->fcb + lc * 4, R, C, 4 * C);
+        if (e->use_packed) {
+            cm_lmk_gelu(e->fch, (size_t) R * 4 * C);
+        } else {
+            cm_gelu_forward(e->fch, e->fch, (size_t) R * 4 * C);
+        }
+        cm_lm_mm(e, 4 * l + 3, e->tmp, e->fch, p->fcprojw + lc * 4 * C,
+                 p->fcprojb + lc, R, 4 * C, C);
         cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
     }
     /* final layernorm and logits only for the rows that sample */
@@ -267,7 +572,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
         return;
     }
     cm_layernorm_forward(e->sel, NULL, NULL, e->sel, p->lnfw, p->lnfb, S, C);
-    cm_lm_linear(e->logits, e->sel, p->wte, NULL, S, C, Vp);
+    cm_lm_mm(e, 4 * L, e->logits, e->sel, p->wte, NULL, S, C, Vp);
     for (r = 0, S = 0; r < R; r++) {
         if (want[r]) {
             cm_lm_seq_t *s = e->row_seq[r];
@@ -293,44 +598,7 @@ cm_lm_rng(uint64_t *s)
 }
 
 
-/* Moves the k largest to the front (unordered), O(n) expected. */
-static void
-cm_lm_select(cm_lm_cand_t *a, int n, int k)
-{
-    int           lo = 0, hi = n - 1, i, j;
-    cm_lm_cand_t  t;
-    float         piv;
-
-    while (lo < hi) {
-        piv = a[(lo + hi) / 2].p;
-        i = lo;
-        j = hi;
-        while (i <= j) {
-            while (a[i].p > piv) {
-                i++;
-            }
-            while (a[j].p < piv) {
-                j--;
-            }
-            if (i <= j) {
-                t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++;
-                j--;
-            }
-        }
-        if (k - 1 <= j) {
-            hi = j;
-        } else if (k - 1 >= i) {
-            lo = i;
-        } else {
-            break;
-        }
-    }
-}
-
-
+/* Candidate order: higher p first, then the lower id. */
 static int
 cm_lm_cand_cmp(const void *a, const void *b)
 {
@@ -343,56 +611,138 @@ cm_lm_cand_cmp(const void *a, const void *b)
 }
 
 
+/* a ranks below b (the min-heap's order; the same ranking as cand_cmp) */
+static int
+cm_lm_cand_below(const cm_lm_cand_t *a, const cm_lm_cand_t *b)
+{
+    return a->p < b->p || (a->p == b->p && a->id > b->id);
+}
+
+
+static void
+cm_lm_heap_down(cm_lm_cand_t *h, int n, int i)
+{
+    cm_lm_cand_t  t;
+    int           c;
+
+    for ( ;; ) {
+        c = 2 * i + 1;
+        if (c >= n) {
+            return;
+        }
+        if (c + 1 < n && cm_lm_cand_below(&h[c + 1], &h[c])) {
+            c++;
+        }
+        if (!cm_lm_cand_below(&h[c], &h[i])) {
+            return;
+        }
+        t = h[i];
+        h[i] = h[c];
+        h[c] = t;
+        i = c;
+    }
+}
+
+
+/* A logit after the repetition penalty (mark 1) or the stop-token mask
+ * (mark 2); e->seen holds the marks of the sequence being sampled. */
+static inline float
+cm_lm_adjusted(float x, uint8_t mark, float pen)
+{
+    if (mark == 2) {
+        return -INFINITY;
+    }
+    return x > 0.0f ? x / pen : x * pen;
+}
+
+
+/*
+ * The k best candidates into c[0..k), best first, in one pass over the
+ * logits with a k-entry min-heap: after the first k, a logit only costs a
+ * compare against the heap's smallest (no copy of all V candidates, no
+ * selection over them).
+ */
+static int
+cm_lm_top_k(cm_lm_cand_t *c, const float *logits, const uint8_t *marks,
+    int V, int k, float pen)
+{
+    cm_lm_cand_t  x;
+    int           n = 0, i, j;
+
+    for (i = 0; i < V; i++) {
+        x.p = marks[i] ? cm_lm_adjusted(logits[i], marks[i], pen)
+                       : logits[i];
+        x.id = i;
+        if (n < k) {
+            c[n++] = x;
+            if (n == k) {
+                for (j = k / 2 - 1; j >= 0; j--) {
+                    cm_lm_heap_down(c, k, j);
+                }
+            }
+        } else if (cm_lm_cand_below(&c[0], &x)) {
+            c[0] = x;
+            cm_lm_heap_down(c, k, 0);
+        }
+    }
+    qsort(c, (size_t) n, sizeof(*c), cm_lm_cand_cmp);
+    return n;
+}
+
+
 int32_t
 cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
 {
     const cm_lm_params_t *p = &s->params;
     int                   V = e->model->config.vocab_size, n = V, i;
     cm_lm_cand_t         *c = e->cand;
-    float                 mx = -INFINITY, sum = 0.0f, acc, u, pen;
+    uint8_t              *mk = e->seen;
+    float                 mx = -INFINITY, sum = 0.0f, acc, u, pen, x;
     int32_t               best = 0;
 
-    for (i = 0; i < V; i++) {
-        c[i].p = logits[i];
-        c[i].id = i;
-    }
+    /* marks: 1 repetition penalty (tokens of prompt and output), 2 a stop
+     * token that may not come yet; all cleared again before returning */
     pen = p->repetition_penalty;
-    if (pen > 0.0f && pen != 1.0f) {
+    if (pen <= 0.0f) {
+        pen = 1.0f;
+    }
+    if (pen != 1.0f) {
         for (i = 0; i < s->pos; i++) {
-            int32_t tk = s->history[i];
-
-            if (!e->seen[tk]) {
-                e->seen[tk] = 1;
-                c[tk].p = c[tk].p > 0.0f ? c[tk].p / pen : c[tk].p * pen;
-            }
-        }
-        for (i = 0; i < s->pos; i++) {
-            e->seen[s->history[i]] = 0;
+            mk[s->history[i]] = 1;
         }
     }
     if (s->n_generated < p->min_tokens) {
         for (i = 0; i < p->n_stop; i++) {
             if (p->stop[i] >= 0 && p->stop[i] < V) {
-                c[p->stop[i]].p = -INFINITY;
+                mk[p->stop[i]] = 2;
             }
         }
     }
     if (p->temperature <= 0.0f) {
-        for (i = 1; i < V; i++) {
-            if (c[i].p > c[best].p) {
+        /* greedy: the first of the best */
+        for (i = 0; i < V; i++) {
+            x = mk[i] ? cm_lm_adjusted(logits[i], mk[i], pen) : logits[i];
+            if (i == 0 || x > mx) {
+                mx = x;
                 best = i;
             }
         }
-        return best;
-    }
-    for (i = 0; i < V; i++) {
-        c[i].p /= p->temperature;
+        goto done;
     }
     if (p->top_k > 0 && p->top_k < V) {
-        cm_lm_select(c, V, p->top_k);
-        n = p->top_k;
+        n = cm_lm_top_k(c, logits, mk, V, p->top_k, pen);
+    } else {
+        for (i = 0; i < V; i++) {
+            c[i].p = mk[i] ? cm_lm_adjusted(logits[i], mk[i], pen)
+                           : logits[i];
+            c[i].id = i;
+        }
+        if (p->top_p > 0.0f && p->top_p < 1.0f) {
+            qsort(c, (size_t) n, sizeof(*c), cm_lm_cand_cmp);
+        }
     }
     for (i = 0; i < n; i++) {
+        c[i].p /= p->temperature;
         mx = c[i].p > mx ? c[i].p : mx;
     }
     for (i = 0; i < n; i++) {
@@ -400,7 +750,7 @@ cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
         sum += c[i].p;
     }
     if (p->top_p > 0.0f && p->top_p < 1.0f) {
-        qsort(c, (size_t) n, sizeof(*c), cm_lm_cand_cmp);
+        /* c is sorted best first here */
         acc = 0.0f;
         for (i = 0; i < n; i++) {
             acc += c[i].p;
@@ -414,13 +764,25 @@ cm_lm_sample(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
     u = (float) ((double) (cm_lm_rng(&s->rng) >> 11) / 9007199254740992.0)
         * sum;
     acc = 0.0f;
+    best = c[n - 1].id;
     for (i = 0; i < n; i++) {
         acc += c[i].p;
         if (u < acc) {
-            return c[i].id;
+            best = c[i].id;
+            break;
         }
     }
-    return c[n - 1].id;
+
+done:
+    for (i = 0; i < s->pos; i++) {
+        mk[s->history[i]] = 0;
+    }
+    for (i = 0; i < p->n_stop; i++) {
+        if (p->stop[i] >= 0 && p->stop[i] < V) {
+            mk[p->stop[i]] = 0;
+        }
+    }
+    return best;
 }
 
 
@@ -489,35 +851,88 @@ cm_lm_prefill(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens,
 }
 
 
+/* Forward of the R gathered rows, then each row's bookkeeping: a decode
+ * row feeds its sequence's token and samples the next; a prompt row feeds
+ * one prompt token, and the last one of a prompt samples the first token. */
+static void
+cm_lm_flush(cm_lm_engine_t *e, int R, const uint8_t *want)
+{
+    cm_lm_seq_t *s;
+    int          r;
+
+    cm_lm_forward_rows(e, R, want);
+    for (r = 0; r < R; r++) {
+        s = e->row_seq[r];
+        s->pos++;
+        if (e->row_kind[r] != 0) {
+            s->pending--;
+        }
+        if (s->pending == 0) {
+            cm_lm_take(e, s);   /* decoded, or the prompt's last token */
+        }
+    }
+}
+
+
+int
+cm_lm_feed(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens, int n)
+{
+    const cm_gpt_config_t *c = &e->model->config;
+    int                    i;
+
+    if (n < 1 || s->pos + n > c->max_seq_len || s->finish != CM_LM_RUNNING
+        || s->pending > 0 || s->next >= 0)
+    {
+        return CM_EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            return CM_EINVAL;
+        }
+    }
+    memcpy(s->history + s->pos, tokens, (size_t) n * sizeof(int32_t));
+    s->pending = n;
+    return CM_OK;
+}
+
+
 int
 cm_lm_step(cm_lm_engine_t *e, cm_lm_seq_t **seqs, int n)
 {
-    int                    i, R = 0, running = 0, maxT;
-    uint8_t                want[256];
-    cm_lm_seq_t           *s;
+    int           i, j, R = 0, running = 0, maxT, cap, budget, left;
+    uint8_t       want[256];
+    cm_lm_seq_t  *s;
 
     maxT = e->model->config.max_seq_len;
-    memset(want, 1, sizeof(want));
-    for (i = 0; i <= n; i++) {
-        /* flush a full batch, and at the end whatever is gathered */
-        if (R > 0 && (i == n || R == e->max_rows || R == (int) sizeof(want)))
-        {
-            int r;
-
-            cm_lm_forward_rows(e, R, want);
-            for (r = 0; r < R; r++) {
-                s = e->row_seq[r];
-                s->pos++;
-                cm_lm_take(e, s);
-                running += s->finish == CM_LM_RUNNING;
-            }
-            R = 0;
-        }
-        if (i == n) {
-            break;
-        }
+    cap = e->max_rows < (int) sizeof(want) ? e->max_rows : (int) sizeof(want);
+    budget = e->prefill_budget > 0 ? e->prefill_budget : e->max_rows;
+    for (i = 0; i < n; i++) {
         s = seqs[i];
-        if (s->finish != CM_LM_RUNNING || s->next < 0) {
+        if (s->finish != CM_LM_RUNNING) {
+            continue;
+        }
+        if (s->pending > 0) {
+            /* a chunk of its prompt, as far as this step's budget goes;
+             * j: rows of s gathered since the last flush (s->pos and
+             * s->pending move at the flush) */
+            left = s->pending < budget ? s->pending : budget;
+            budget -= left;
+            for (j = 0; left > 0; left--, j++) {
+                if (R == cap) {
+                    cm_lm_flush(e, R, want);
+                    R = 0;
+                    j = 0;
+                }
+                e->row_seq[R] = s;
+                e->row_tok[R] = s->history[s->pos + j];
+                e->row_pos[R] = s->pos + j;
+                e->row_kind[R] = 1;
+                want[R] = j + 1 == s->pending;
+                R++;
+            }
+            continue;
+        }
+        if (s->next < 0) {
             continue;
         }
         if (s->params.max_tokens > 0
@@ -530,11 +945,23 @@ cm_lm_step(cm_lm_engine_t *e, cm_lm_seq_t **seqs, int n)
             s->finish = CM_LM_CONTEXT;
             continue;
         }
+        if (R == cap) {
+            cm_lm_flush(e, R, want);
+            R = 0;
+        }
         e->row_seq[R] = s;
         e->row_tok[R] = s->next;
         e->row_pos[R] = s->pos;
+        e->row_kind[R] = 0;
+        want[R] = 1;
         s->history[s->pos] = s->next;
         R++;
+    }
+    if (R > 0) {
+        cm_lm_flush(e, R, want);
+    }
+    for (i = 0; i < n; i++) {
+        running += seqs[i]->finish == CM_LM_RUNNING;
     }
     return running;
 }

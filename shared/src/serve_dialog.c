@@ -11,6 +11,11 @@
 #include "cinematch/serve_dialog.h"
 #include "cinematch/validate.h"
 
+/* prompt tokens per decode step over all streams still prefilling: a
+ * step with them costs about as much as two 32-stream decode steps, which
+ * bounds what a burst of new streams adds to the running ones' gaps */
+#define CM_DLG_PREFILL  64
+
 struct cm_dlg_server_s {
     cm_gpt_t         model;
     cm_bpe_t        *bpe;
@@ -74,19 +79,27 @@ cm_dlg_server_open(cm_dlg_server_t **out, const char *dir,
         free(s);
         return CM_EFORMAT;
     }
-    /* one row per running sequence per step; prefill runs in chunks */
-    rc = cm_lm_engine_init(&s->eng, &s->model,
-                           max_seqs > 64 ? max_seqs : 64);
+    /* one row per running sequence per step, plus up to CM_DLG_PREFILL
+     * prompt tokens of new streams (chunked prefill) in the same forward */
+    rc = cm_lm_engine_init(&s->eng, &s->model, max_seqs + CM_DLG_PREFILL);
     if (rc != CM_OK) {
         cm_bpe_free(s->bpe);
         cm_gpt_free(&s->model);
         free(s);
         return cm_seterr(err, errlen, rc, "engine: out of memory");
     }
+    s->eng.prefill_budget = CM_DLG_PREFILL;
     s->max_seqs = max_seqs;
     snprintf(s->version, sizeof(s->version), "%s", version);
     *out = s;
     return CM_OK;
+}
+
+
+int
+cm_dlg_server_threads(cm_dlg_server_t *s, int n)
+{
+    return cm_lm_engine_threads(&s->eng, n);
 }
 
 
@@ -394,7 +407,10 @@ cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
         free(t.ids);
         return cm_seterr(err, errlen, rc, "KV cache: out of memory");
     }
-    rc = cm_lm_prefill(&s->eng, &st->seq, t.ids, (int) t.n);
+    /* the prompt runs in chunks inside the next cm_dlg_step calls, batched
+     * with the other streams' tokens, so a new stream does not stall the
+     * running ones for a whole prefill */
+    rc = cm_lm_feed(&s->eng, &st->seq, t.ids, (int) t.n);
     free(t.ids);
     if (rc != CM_OK) {
         cm_lm_seq_free(&st->seq);
@@ -402,11 +418,6 @@ cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
     }
     st->prompt_tokens = (int) t.n;
     st->started = 1;
-    if (st->seq.finish != CM_LM_RUNNING) {
-        /* the very first token ended the turn */
-        cm_dlg_stream_end(st, st->seq.finish == CM_LM_STOP
-                              ? CM_DLG_FINISH_STOP : CM_DLG_FINISH_LENGTH);
-    }
     return CM_OK;
 }
 
@@ -425,6 +436,10 @@ cm_dlg_step(cm_dlg_server_t *s, cm_dlg_stream_t **streams, int n)
         if (!st->started || st->finish != CM_DLG_FINISH_NONE
             || st->seq.finish != CM_LM_RUNNING)
         {
+            continue;
+        }
+        if (st->seq.next < 0) {
+            seqs[m++] = &st->seq;   /* its prompt is still running */
             continue;
         }
         /* emit the pending token, then it is fed by the step below */

@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--decode-batches", default="1,8,32",
+                    help="comma-separated decode batch sizes")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
@@ -92,27 +94,30 @@ def main():
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
 
-    step()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
+    if a.steps > 0:     # --steps 0: decode and time to first token only
         step()
-    dt = time.perf_counter() - t0
-    print(f"train B={a.batch} T={a.seq} AdamW: {a.batch * a.seq * a.steps / dt:.0f} tok/s")
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        dt = time.perf_counter() - t0
+        print(f"train B={a.batch} T={a.seq} AdamW: {a.batch * a.seq * a.steps / dt:.0f} tok/s")
 
     P, D, hs = a.prompt_len, a.decode, c["C"] // c["NH"]
-    rates = []
+    rates, cpu = [], []
+    batches = [int(x) for x in a.decode_batches.split(",")]
     with torch.inference_mode():
-        prompt = torch.randint(c["V"], (32, P))
-        for nb in (1, 8, 32):
+        prompt = torch.randint(c["V"], (max(batches), P))
+        for nb in batches:
             caches = [(torch.zeros(nb, c["NH"], c["maxT"], hs),
                        torch.zeros(nb, c["NH"], c["maxT"], hs)) for _ in range(c["L"])]
             logits = m(prompt[:nb], caches, 0)
             tok = logits[:, -1].argmax(-1, keepdim=True)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(D):
                 logits = m(tok, caches, P + i)
                 tok = logits[:, -1].argmax(-1, keepdim=True)
             rates.append(nb * D / (time.perf_counter() - t0))
+            cpu.append(nb * D / (time.process_time() - c0))
         best = 1e9
         for _ in range(5):
             caches = [(torch.zeros(1, c["NH"], c["maxT"], hs),
@@ -120,8 +125,9 @@ def main():
             t0 = time.perf_counter()
             m(prompt[:1], caches, 0)[:, -1].argmax(-1)
             best = min(best, time.perf_counter() - t0)
-    print(f"decode (KV cache, prompt {P}, {D} steps): batch 1 {rates[0]:.0f}, "
-          f"batch 8 {rates[1]:.0f}, batch 32 {rates[2]:.0f} tok/s")
+    print(f"decode (KV cache, prompt {P}, {D} steps): "
+          + ", ".join(f"batch {b} {r:.0f} [{c:.0f}]" for b, r, c in zip(batches, rates, cpu))
+          + " tok/s  [per CPU-second of the process]")
     print(f"time to first token ({P}-token prompt, best of 5): {best * 1e3:.1f} ms")
 
 

@@ -262,6 +262,170 @@ test_chunked_prefill_equals_one_chunk(void **state)
 }
 
 
+/*
+ * Prompts fed with cm_lm_feed run inside cm_lm_step in chunks of the
+ * step's prefill budget, mixed with the decode rows of running sequences
+ * and split across forwards when the rows exceed max_rows: each sequence
+ * still yields what it yields alone with cm_lm_prefill, the running one
+ * keeps producing a token every step while the others prefill, and a fed
+ * sequence has no token until its whole prompt has run.
+ */
+static void
+test_fed_prompts_run_in_chunks_inside_steps(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e;
+    cm_lm_seq_t     a, b, c, *run[3], *one;
+    cm_lm_params_t  p;
+    int32_t         pa[3] = { 1, 2, 3 };
+    int32_t         pb[13] = { 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11, 12, 13 };
+    int32_t         pc[7] = { 40, 41, 42, 43, 44, 45, 46 };
+    int32_t         want[3][8], got[3][8];
+    int             k, i, steps, n[3] = { 0, 0, 0 };
+
+    tiny_model(&m);
+    greedy(&p);
+    p.max_tokens = 8;
+    assert_int_equal(cm_lm_engine_init(&e, &m, 4), CM_OK);
+    /* solo, one prefill each */
+    for (k = 0; k < 3; k++) {
+        assert_int_equal(cm_lm_seq_init(&a, &e, &p), CM_OK);
+        assert_int_equal(cm_lm_prefill(&e, &a, k == 0 ? pa : k == 1 ? pb : pc,
+                                       k == 0 ? 3 : k == 1 ? 13 : 7), CM_OK);
+        one = &a;
+        for (i = 0; a.finish == CM_LM_RUNNING; i++) {
+            want[k][i] = a.next;
+            cm_lm_step(&e, &one, 1);
+        }
+        assert_int_equal(i, 8);
+        cm_lm_seq_free(&a);
+    }
+
+    /* a decodes; b (13 tokens) and c (7) are fed; budget 5 per step and 4
+     * rows per forward force chunks and mid-chunk flushes */
+    e.prefill_budget = 5;
+    assert_int_equal(cm_lm_seq_init(&a, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_seq_init(&b, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_seq_init(&c, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_prefill(&e, &a, pa, 3), CM_OK);
+    assert_int_equal(cm_lm_feed(&e, &b, pb, 13), CM_OK);
+    assert_int_equal(cm_lm_feed(&e, &c, pc, 7), CM_OK);
+    assert_int_equal(b.next, -1);
+    assert_int_equal(cm_lm_feed(&e, &b, pb, 2), CM_EINVAL);   /* pending */
+    run[0] = &b;
+    run[1] = &a;
+    run[2] = &c;
+    for (steps = 0; steps < 30; steps++) {
+        cm_lm_seq_t *s3[3] = { &a, &b, &c };
+
+        for (k = 0; k < 3; k++) {
+            if (s3[k]->finish == CM_LM_RUNNING && s3[k]->next >= 0) {
+                got[k][n[k]++] = s3[k]->next;
+            }
+        }
+        if (cm_lm_step(&e, run, 3) == 0) {
+            break;
+        }
+        if (steps == 0) {
+            /* 5 of b's 13 prompt tokens ran; c waits for budget */
+            assert_int_equal(b.pos, 5);
+            assert_int_equal(b.next, -1);
+            assert_int_equal(c.pos, 0);
+            assert_int_equal(n[0], 1);
+        }
+    }
+    for (k = 0; k < 3; k++) {
+        assert_int_equal(n[k], 8);
+        for (i = 0; i < 8; i++) {
+            assert_int_equal(got[k][i], want[k][i]);
+        }
+    }
+    /* one forward per step when the rows fit in max_rows */
+    {
+        cm_lm_seq_t     many[6], *mp[6];
+        cm_lm_engine_t  wide;
+        uint64_t        f0;
+
+        assert_int_equal(cm_lm_engine_init(&wide, &m, 8), CM_OK);
+        for (k = 0; k < 6; k++) {
+            assert_int_equal(cm_lm_seq_init(&many[k], &wide, &p), CM_OK);
+            assert_int_equal(cm_lm_prefill(&wide, &many[k], pc, 2 + k),
+                             CM_OK);
+            mp[k] = &many[k];
+        }
+        f0 = wide.forwards;
+        cm_lm_step(&wide, mp, 6);
+        assert_int_equal(wide.forwards - f0, 1);
+        for (k = 0; k < 6; k++) {
+            assert_int_equal(many[k].pos, 3 + k);
+            cm_lm_seq_free(&many[k]);
+        }
+        cm_lm_engine_free(&wide);
+    }
+    /* a never waited: one token per step from the first */
+    assert_int_equal(a.n_generated, 8);
+    assert_int_equal(b.pos, 13 + 7);
+    cm_lm_seq_free(&a);
+    cm_lm_seq_free(&b);
+    cm_lm_seq_free(&c);
+    cm_lm_engine_free(&e);
+    cm_gpt_free(&m);
+}
+
+
+/* A step split over threads (panels of each matrix, rows of attention)
+ * gives the same bits as one thread; fed prompts and decode rows mixed. */
+static void
+test_threaded_steps_equal_one_thread(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e[3];
+    cm_lm_seq_t     s[3][5], *sp[3][5];
+    cm_lm_params_t  p;
+    int32_t         prompt[9] = { 3, 1, 4, 1, 5, 9, 2, 6, 5 };
+    int             t, k, i, step, nthreads[3] = { 1, 2, 3 };
+
+    tiny_model(&m);
+    cm_lm_params_default(&p);
+    p.max_tokens = 10;
+    for (t = 0; t < 3; t++) {
+        assert_int_equal(cm_lm_engine_init(&e[t], &m, 8), CM_OK);
+        assert_int_equal(cm_lm_engine_threads(&e[t], nthreads[t]), CM_OK);
+        e[t].prefill_budget = 6;
+        for (k = 0; k < 5; k++) {
+            p.seed = (uint64_t) k + 5;
+            assert_int_equal(cm_lm_seq_init(&s[t][k], &e[t], &p), CM_OK);
+            assert_int_equal(cm_lm_feed(&e[t], &s[t][k], prompt, 3 + k),
+                             CM_OK);
+            sp[t][k] = &s[t][k];
+        }
+    }
+    assert_int_equal(cm_lm_engine_threads(&e[0], 0), CM_EINVAL);
+    for (step = 0; step < 20; step++) {
+        for (t = 0; t < 3; t++) {
+            cm_lm_step(&e[t], sp[t], 5);
+        }
+        for (k = 0; k < 5; k++) {
+            for (t = 1; t < 3; t++) {
+                assert_int_equal(s[t][k].next, s[0][k].next);
+                assert_int_equal(s[t][k].pos, s[0][k].pos);
+                for (i = 0; i < V && s[0][k].next >= 0; i++) {
+                    assert_true(s[t][k].logits[i] == s[0][k].logits[i]);
+                }
+            }
+        }
+    }
+    for (t = 0; t < 3; t++) {
+        for (k = 0; k < 5; k++) {
+            assert_int_equal(s[t][k].finish, CM_LM_LENGTH);
+            cm_lm_seq_free(&s[t][k]);
+        }
+        cm_lm_engine_free(&e[t]);
+    }
+    cm_gpt_free(&m);
+}
+
+
 static void
 test_sampling_rules(void **state)
 {
@@ -426,6 +590,8 @@ main(void)
         cmocka_unit_test(test_kv_cache_decode_matches_full_forward),
         cmocka_unit_test(test_batched_decode_equals_single_decode),
         cmocka_unit_test(test_chunked_prefill_equals_one_chunk),
+        cmocka_unit_test(test_fed_prompts_run_in_chunks_inside_steps),
+        cmocka_unit_test(test_threaded_steps_equal_one_thread),
         cmocka_unit_test(test_sequences_admitted_mid_decode_match_solo_runs),
         cmocka_unit_test(test_sampling_rules),
         cmocka_unit_test(test_sequences_end_on_stop_length_and_full_context),

@@ -6,7 +6,10 @@
  *   - a cm_gpt_t (gpt.h) holds the weights; the engine only reads them, so
  *     several engines (one per thread) may share one model;
  *   - a cm_lm_engine_t holds scratch for up to max_rows token rows per
- *     forward; use it from one thread at a time;
+ *     forward; use it from one thread at a time; where the CPU runs the
+ *     lm_kernels.h kernels it also holds a copy of the weights packed for
+ *     them at init, so an engine must be made after the weights are final
+ *     (training further means a new engine);
  *   - a cm_lm_seq_t is one conversation being generated: its own KV cache
  *     (L x maxT x C keys and values), sampling parameters, RNG and stop
  *     state.  Sequences are independent; any subset may be stepped
@@ -39,8 +42,10 @@
 #include <stdint.h>
 
 #include "cinematch/gpt.h"
+#include "cinematch/lm_kernels.h"
 
 #define CM_LM_MAX_STOP  8
+#define CM_LM_MAX_THREADS 16
 
 typedef enum {
     CM_LM_RUNNING = 0,
@@ -76,20 +81,34 @@ typedef struct {
     float           *atty;         /* (R, C) */
     float           *tmp;          /* (R, C) projection output */
     float           *fch;          /* (R, 4C) */
-    float           *scores;       /* (maxT) attention weights of one head */
+    float           *scores;       /* (NH, maxT) attention weights */
     float           *sel;          /* (R, C) rows that need logits */
     float           *logits;       /* (R, Vp) */
     int32_t         *row_tok;      /* (R) */
     int32_t         *row_pos;      /* (R) */
     void           **row_seq;      /* (R) cm_lm_seq_t * */
+    uint8_t         *row_kind;     /* (R) 0 decode, 1 prompt (cm_lm_feed) */
+    int              prefill_budget; /* prompt tokens per cm_lm_step, over
+                                      all fed sequences (max_rows) */
     cm_lm_cand_t    *cand;         /* (V) sampling scratch */
     uint8_t         *seen;         /* (V) repetition-penalty marks */
+    /* the weights re-laid out for lm_kernels.h, when the CPU has the
+     * kernels (a copy of the matrices: about the model's size again) */
+    float           *packed;       /* one allocation, carved into pk */
+    cm_lmk_matrix_t *pk;           /* (4L + 1): per layer qkv, attproj, fc,
+                                      fcproj; then the LM head (wte) */
+    int              use_packed;   /* 1: lm_kernels; 0: OpenBLAS (the bench
+                                      clears it to compare) */
+    uint64_t         forwards;     /* forwards run (tests: one per step) */
+    int              threads;      /* parts a step is split into (1) */
+    void            *pool;         /* worker threads, or NULL */
 } cm_lm_engine_t;
 
 typedef struct {
     cm_lm_params_t   params;
     int              pos;          /* tokens in the KV cache */
     int              n_generated;  /* tokens sampled so far */
+    int              pending;      /* prompt tokens fed, not yet run */
     int32_t          next;         /* sampled, not yet fed; -1 none */
     cm_lm_finish_t   finish;
     float           *k;            /* (L, maxT, C) cached keys */
@@ -104,6 +123,11 @@ typedef struct {
 void cm_lm_params_default(cm_lm_params_t *p);
 
 int cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows);
+/* Splits each step's linear layers (by panels) and attention (by rows)
+ * over n threads, the caller included; with the packed kernels only (the
+ * OpenBLAS path keeps OpenBLAS's own threads).  Results are the same bits
+ * as with 1.  0, CM_EINVAL (n outside 1..16), CM_ENOMEM. */
+int cm_lm_engine_threads(cm_lm_engine_t *e, int n);
 void cm_lm_engine_free(cm_lm_engine_t *e);
 
 int cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
@@ -115,9 +139,19 @@ void cm_lm_seq_free(cm_lm_seq_t *s);
 int cm_lm_prefill(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens,
     int n);
 
-/* One decode step for every running sequence in seqs[0..n): feeds its
- * next token and samples another, all sequences' rows in one forward.
- * Finished sequences are skipped.  Returns how many are still running. */
+/* Queues n prompt tokens (same checks as cm_lm_prefill) to be run by the
+ * following cm_lm_step calls in chunks: chunked prefill, so a long prompt
+ * joins the running batch without stalling it.  s->next stays -1 until
+ * the last chunk has run and the first token is sampled. */
+int cm_lm_feed(cm_lm_engine_t *e, cm_lm_seq_t *s, const int32_t *tokens,
+    int n);
+
+/* One step for every running sequence in seqs[0..n): a decoding sequence
+ * feeds its next token and samples another; a fed one (cm_lm_feed) runs
+ * the next chunk of its prompt, up to e->prefill_budget prompt tokens in
+ * the step over all of them, in seqs order.  All rows go through one
+ * forward (more when they exceed max_rows).  Finished sequences are
+ * skipped.  Returns how many of seqs are still running. */
 int cm_lm_step(cm_lm_engine_t *e, cm_lm_seq_t **seqs, int n);
 
 /* Sampling alone, exposed for tests: picks a token from logits[0..V). */

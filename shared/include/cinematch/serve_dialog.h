@@ -62,12 +62,16 @@ typedef struct {
 int cm_dlg_server_open(cm_dlg_server_t **out, const char *dir,
     const char *version, int max_seqs, char *err, size_t errlen);
 void cm_dlg_server_free(cm_dlg_server_t *s);
+/* Threads per decode step (cm_lm_engine_threads); 1 after open. */
+int cm_dlg_server_threads(cm_dlg_server_t *s, int n);
 const char *cm_dlg_server_version(const cm_dlg_server_t *s);
 int cm_dlg_server_max_seqs(const cm_dlg_server_t *s);
 int cm_dlg_server_context(const cm_dlg_server_t *s);
 
-/* Tokenize, truncate and prefill.  params: sampling (max_tokens is capped
- * at CM_DLG_MAX_TOKENS); stops: NUL-terminated strings, each 1..64 bytes. */
+/* Tokenize, truncate and queue the prompt; cm_dlg_step runs it in chunks
+ * (chunked prefill) before the stream's first token.  params: sampling
+ * (max_tokens is capped at CM_DLG_MAX_TOKENS); stops: NUL-terminated
+ * strings, each 1..64 bytes. */
 int cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
     const char *const *turns, const size_t *turn_lens, size_t nturns,
     const cm_lm_params_t *params, const char *const *stops, int nstops,
@@ -82,8 +86,9 @@ int cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
 size_t cm_dlg_context_fit(const size_t *ntok, size_t n, size_t budget,
     size_t *first, int *cut);
 
-/* One decode step over streams[0..n) that are running: each emits its
- * pending token into its text, then all advance in one forward. */
+/* One step over streams[0..n) that are running: each decoding stream
+ * emits its pending token into its text, then all advance in one forward
+ * together with the next prompt chunks of streams still prefilling. */
 int cm_dlg_step(cm_dlg_server_t *s, cm_dlg_stream_t **streams, int n);
 
 /* Copy up to cap ready bytes out (they leave the stream); returns the

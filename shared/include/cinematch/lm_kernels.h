@@ -1,0 +1,73 @@
+/*
+ * cinematch/lm_kernels.h: the decode-time kernels of the dialog LM engine
+ * (lm.h): a linear layer over a few token rows against weights re-laid out
+ * once into panels, and attention of one row over its KV cache.
+ *
+ * Why not SGEMM: a decode step multiplies R <= a few dozen rows by every
+ * weight matrix.  OpenBLAS packs (copies) the whole weight matrix on every
+ * call before its kernel runs, which at R = 32 cost as much as the
+ * arithmetic (perf: sgemm_incopy 26 %, sgemm_kernel 27 % of a batch-32
+ * decode).  Packing once when the engine starts removes that copy.
+ *
+ * Packed layout of a weight (OC, K) row-major (out = inp @ w^T + b):
+ *     panels of 32 output columns, panel p is (K, 32) contiguous:
+ *     packed[p][k][j] = w[p * 32 + j][k], zero where p * 32 + j >= OC.
+ * The kernel holds a 12-row x 32-column block of outputs in registers and
+ * streams the panel once per block (AVX-512; a portable loop elsewhere).
+ *
+ * The AVX-512 code is chosen at run time (cm_lmk_simd()); on other CPUs
+ * the engine keeps using OpenBLAS, and these functions still work (plain
+ * loops), which is what the tests compare against the reference.
+ */
+#ifndef CINEMATCH_LM_KERNELS_H
+#define CINEMATCH_LM_KERNELS_H
+
+#include <stddef.h>
+
+#define CM_LMK_PANEL  32     /* output columns per panel */
+#define CM_LMK_ROWS   12     /* rows per register block */
+#define CM_LMK_ALIGN  64     /* bytes; packed memory must be aligned so */
+
+typedef struct {
+    float        *w;         /* (ceil(OC / 32), K, 32), not owned */
+    const float  *bias;      /* (OC) or NULL, not owned */
+    int           OC;
+    int           K;
+} cm_lmk_matrix_t;
+
+/* 1 when this CPU runs the AVX-512 kernels (and the engine packs). */
+int cm_lmk_simd(void);
+
+/* Floats of packed memory for a (OC, K) weight: ceil(OC / 32) * K * 32. */
+size_t cm_lmk_packed_floats(int OC, int K);
+
+/* Fills mem (cm_lmk_packed_floats(OC, K) floats, CM_LMK_ALIGN-aligned)
+ * from w (OC, K) and describes it in pm; bias (OC) may be NULL. */
+void cm_lmk_pack(cm_lmk_matrix_t *pm, float *mem, const float *w,
+    const float *bias, int OC, int K);
+
+/* out (R, OC) = inp (R, K) @ w^T + bias, w packed. */
+void cm_lmk_linear(float *out, const float *inp, const cm_lmk_matrix_t *pm,
+    int R);
+/* Panels p0..p1-1 only (output columns [32 p0, 32 p1)), so threads can
+ * split a layer by panels; cm_lmk_panels() = ceil(OC / 32). */
+int cm_lmk_panels(const cm_lmk_matrix_t *pm);
+void cm_lmk_linear_part(float *out, const float *inp,
+    const cm_lmk_matrix_t *pm, int R, int p0, int p1);
+/* The same with plain loops whatever the CPU (tests, other CPUs). */
+void cm_lmk_linear_ref(float *out, const float *inp,
+    const cm_lmk_matrix_t *pm, int R);
+
+/*
+ * Causal attention of one token row over T cached positions, all heads:
+ *     out (C) = concat_h softmax(scale * K_h q_h) @ V_h
+ * q (C); kc, vc (T, C) rows of the cache (head h at columns h*hs..);
+ * scores (NH * T) scratch.
+ */
+void cm_lmk_attend(float *out, const float *q, const float *kc,
+    const float *vc, float *scores, int T, int C, int NH, float scale);
+
+/* GELU-tanh in place (gpt.h's cm_gelu_forward, vectorised). */
+void cm_lmk_gelu(float *x, size_t n);
+
+#endif /* CINEMATCH_LM_KERNELS_H */

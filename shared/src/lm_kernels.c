@@ -1,0 +1,485 @@
+/*
+ * lm_kernels.c: decode-time kernels of the dialog LM engine: a linear
+ * layer over a few rows against panel-packed weights, and one row's
+ * attention over its KV cache.  See cinematch/lm_kernels.h.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cinematch/gpt.h"
+#include "cinematch/lm_kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CM_LMK_X86  1
+#include <immintrin.h>
+#define CM_LMK_AVX512  __attribute__((target("avx512f,fma")))
+#define CM_LMK_INLINE  static inline __attribute__((always_inline))
+#endif
+
+
+static int  cm_lmk_simd_state = -1;
+
+
+int
+cm_lmk_simd(void)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_simd_state < 0) {
+        __builtin_cpu_init();
+        cm_lmk_simd_state = __builtin_cpu_supports("avx512f")
+                            && __builtin_cpu_supports("fma");
+    }
+    return cm_lmk_simd_state;
+#else
+    return 0;
+#endif
+}
+
+
+size_t
+cm_lmk_packed_floats(int OC, int K)
+{
+    size_t panels = ((size_t) OC + CM_LMK_PANEL - 1) / CM_LMK_PANEL;
+
+    return panels * (size_t) K * CM_LMK_PANEL;
+}
+
+
+void
+cm_lmk_pack(cm_lmk_matrix_t *pm, float *mem, const float *w,
+    const float *bias, int OC, int K)
+{
+    size_t  panels = ((size_t) OC + CM_LMK_PANEL - 1) / CM_LMK_PANEL, p;
+    int     j, k, o;
+
+    for (p = 0; p < panels; p++) {
+        float *dst = mem + p * (size_t) K * CM_LMK_PANEL;
+
+        for (j = 0; j < CM_LMK_PANEL; j++) {
+            o = (int) p * CM_LMK_PANEL + j;
+            for (k = 0; k < K; k++) {
+                dst[(size_t) k * CM_LMK_PANEL + j] =
+                    o < OC ? w[(size_t) o * K + k] : 0.0f;
+            }
+        }
+    }
+    pm->w = mem;
+    pm->bias = bias;
+    pm->OC = OC;
+    pm->K = K;
+}
+
+
+void
+cm_lmk_linear_ref(float *out, const float *inp, const cm_lmk_matrix_t *pm,
+    int R)
+{
+    int          K = pm->K, OC = pm->OC, r, o, k;
+    const float *pw;
+    float        acc;
+
+    for (r = 0; r < R; r++) {
+        for (o = 0; o < OC; o++) {
+            pw = pm->w + (size_t) (o / CM_LMK_PANEL) * K * CM_LMK_PANEL
+                 + o % CM_LMK_PANEL;
+            acc = pm->bias != NULL ? pm->bias[o] : 0.0f;
+            for (k = 0; k < K; k++) {
+                acc += inp[(size_t) r * K + k]
+                       * pw[(size_t) k * CM_LMK_PANEL];
+            }
+            out[(size_t) r * OC + o] = acc;
+        }
+    }
+}
+
+
+#ifdef CM_LMK_X86
+
+/*
+ * One block: rows x[0..rb) (stride ldx) times one panel (K, 32), plus the
+ * panel's bias, into out[0..rb) columns [0, ncols) (stride ldo).  rb is a
+ * constant at every call site, so the 2 * rb accumulators live in
+ * registers: per k, two loads of the panel, rb broadcasts, 2 * rb FMAs.
+ */
+CM_LMK_AVX512 CM_LMK_INLINE void
+cm_lmk_block_avx512(float *out, size_t ldo, const float *x, size_t ldx,
+    const float *pw, const float *bias, int K, int ncols, const int rb)
+{
+    __m512     a0[CM_LMK_ROWS], a1[CM_LMK_ROWS], b0, b1, w0, w1, xb;
+    __mmask16  m0, m1;
+    int        r, k;
+
+    m0 = ncols >= 16 ? (__mmask16) 0xFFFF
+                     : (__mmask16) ((1u << ncols) - 1);
+    m1 = ncols >= 32 ? (__mmask16) 0xFFFF
+         : ncols <= 16 ? (__mmask16) 0
+         : (__mmask16) ((1u << (ncols - 16)) - 1);
+    if (bias != NULL) {
+        b0 = _mm512_maskz_loadu_ps(m0, bias);
+        b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    } else {
+        b0 = _mm512_setzero_ps();
+        b1 = b0;
+    }
+#pragma GCC unroll 12
+    for (r = 0; r < rb; r++) {
+        a0[r] = b0;
+        a1[r] = b1;
+    }
+    for (k = 0; k < K; k++) {
+        w0 = _mm512_load_ps(pw + (size_t) k * CM_LMK_PANEL);
+        w1 = _mm512_load_ps(pw + (size_t) k * CM_LMK_PANEL + 16);
+#pragma GCC unroll 12
+        for (r = 0; r < rb; r++) {
+            xb = _mm512_set1_ps(x[(size_t) r * ldx + k]);
+            a0[r] = _mm512_fmadd_ps(xb, w0, a0[r]);
+            a1[r] = _mm512_fmadd_ps(xb, w1, a1[r]);
+        }
+    }
+#pragma GCC unroll 12
+    for (r = 0; r < rb; r++) {
+        _mm512_mask_storeu_ps(out + (size_t) r * ldo, m0, a0[r]);
+        _mm512_mask_storeu_ps(out + (size_t) r * ldo + 16, m1, a1[r]);
+    }
+}
+
+
+#define CM_LMK_CASE(n)                                                      \
+    case n:                                                                 \
+        cm_lmk_block_avx512(o, (size_t) OC, x, (size_t) K, pw, b, K,        \
+                            ncols, n);                                      \
+        break
+
+CM_LMK_AVX512 static void
+cm_lmk_linear_avx512(float *out, const float *inp, const cm_lmk_matrix_t *pm,
+    int R, int p0, int p1)
+{
+    int          K = pm->K, OC = pm->OC, p, r0, rb, ncols;
+    const float *pw, *b, *x;
+    float       *o;
+
+    for (p = p0; p < p1; p++) {
+        /* the panel stays in L1/L2 while every row block passes over it */
+        pw = pm->w + (size_t) p * K * CM_LMK_PANEL;
+        b = pm->bias != NULL ? pm->bias + (size_t) p * CM_LMK_PANEL : NULL;
+        ncols = OC - p * CM_LMK_PANEL;
+        ncols = ncols < CM_LMK_PANEL ? ncols : CM_LMK_PANEL;
+        for (r0 = 0; r0 < R; r0 += rb) {
+            rb = R - r0 < CM_LMK_ROWS ? R - r0 : CM_LMK_ROWS;
+            x = inp + (size_t) r0 * K;
+            o = out + (size_t) r0 * OC + (size_t) p * CM_LMK_PANEL;
+            switch (rb) {
+            CM_LMK_CASE(12);
+            CM_LMK_CASE(11);
+            CM_LMK_CASE(10);
+            CM_LMK_CASE(9);
+            CM_LMK_CASE(8);
+            CM_LMK_CASE(7);
+            CM_LMK_CASE(6);
+            CM_LMK_CASE(5);
+            CM_LMK_CASE(4);
+            CM_LMK_CASE(3);
+            CM_LMK_CASE(2);
+            default:
+                cm_lmk_block_avx512(o, (size_t) OC, x, (size_t) K, pw, b, K,
+                                    ncols, 1);
+                break;
+            }
+        }
+    }
+}
+
+#undef CM_LMK_CASE
+
+
+/*
+ * Sixteen vectors in, one out: lane j is the sum of v[j]'s lanes.  A
+ * transpose-and-add tree (45 shuffles and adds for 16 sums) instead of 16
+ * separate horizontal reductions.
+ */
+CM_LMK_AVX512 CM_LMK_INLINE __m512
+cm_lmk_hsum16(__m512 *v)
+{
+    __m512  t[8], u[4], w0, w1;
+    int     i;
+
+    for (i = 0; i < 8; i++) {
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    }
+    for (i = 0; i < 4; i++) {
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xEE));
+    }
+    w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88),
+                       _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+    w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88),
+                       _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88),
+                         _mm512_shuffle_f32x4(w0, w1, 0xDD));
+}
+
+
+/* e^x for x <= 0 (softmax after subtracting the max): Cephes' expf
+ * polynomial on the reduced argument, scaled by 2^n; about 1 ulp. */
+CM_LMK_AVX512 CM_LMK_INLINE __m512
+cm_lmk_exp(__m512 x)
+{
+    __m512  n, r, p;
+
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r),
+                        _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+
+/* q_h . k for one position, hs = 16 * nv. */
+CM_LMK_AVX512 CM_LMK_INLINE __m512
+cm_lmk_dot_vec(const __m512 *qv, const float *k, int nv)
+{
+    __m512  a;
+    int     i;
+
+    a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+    for (i = 1; i < nv; i++) {
+        a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), a);
+    }
+    return a;
+}
+
+
+CM_LMK_AVX512 static void
+cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
+    const float *vc, float *scores, int T, int C, int NH, float scale)
+{
+    int        hs = C / NH, h, t, i, nv = hs / 16, n;
+    float      mx, sum, inv, *sh;
+    __m512     qv[8], acc[8], d[16], s, vmx, vsum, sc = _mm512_set1_ps(scale);
+    __mmask16  m;
+
+    /* scores (NH, T): 16 positions at a time, every head of those 16 rows
+     * while they are in L1 (the cache is read in order, once) */
+    for (t = 0; t + 16 <= T; t += 16) {
+        for (h = 0; h < NH; h++) {
+            for (i = 0; i < nv; i++) {
+                qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
+            }
+            for (i = 0; i < 16; i++) {
+                d[i] = cm_lmk_dot_vec(qv, kc + (size_t) (t + i) * C
+                                          + (size_t) h * hs, nv);
+            }
+            s = _mm512_mul_ps(cm_lmk_hsum16(d), sc);
+            _mm512_storeu_ps(scores + (size_t) h * T + t, s);
+        }
+    }
+    for (h = 0; h < NH; h++) {
+        for (i = 0; i < nv; i++) {
+            qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
+        }
+        for (i = t; i < T; i++) {
+            scores[(size_t) h * T + i] = _mm512_reduce_add_ps(
+                cm_lmk_dot_vec(qv, kc + (size_t) i * C + (size_t) h * hs,
+                               nv)) * scale;
+        }
+    }
+    for (h = 0; h < NH; h++) {
+        const float *vh = vc + (size_t) h * hs;
+
+        sh = scores + (size_t) h * T;
+        /* softmax numerators and their sum */
+        vmx = _mm512_set1_ps(-INFINITY);
+        for (t = 0; t < T; t += 16) {
+            n = T - t < 16 ? T - t : 16;
+            m = (__mmask16) (n == 16 ? 0xFFFF : (1u << n) - 1);
+            vmx = _mm512_mask_max_ps(vmx, m, vmx,
+                                     _mm512_maskz_loadu_ps(m, sh + t));
+        }
+        mx = _mm512_reduce_max_ps(vmx);
+        vmx = _mm512_set1_ps(mx);
+        vsum = _mm512_setzero_ps();
+        for (t = 0; t < T; t += 16) {
+            n = T - t < 16 ? T - t : 16;
+            m = (__mmask16) (n == 16 ? 0xFFFF : (1u << n) - 1);
+            s = cm_lmk_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sh + t),
+                                         vmx));
+            vsum = _mm512_mask_add_ps(vsum, m, vsum, s);
+            _mm512_mask_storeu_ps(sh + t, m, s);
+        }
+        sum = _mm512_reduce_add_ps(vsum);
+        inv = 1.0f / sum;
+        /* out_h = sum_t p_t v_t */
+        for (i = 0; i < nv; i++) {
+            acc[i] = _mm512_setzero_ps();
+        }
+        for (t = 0; t < T; t++) {
+            const float *v = vh + (size_t) t * C;
+            __m512       p = _mm512_set1_ps(sh[t] * inv);
+
+            for (i = 0; i < nv; i++) {
+                acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * i),
+                                         acc[i]);
+            }
+        }
+        for (i = 0; i < nv; i++) {
+            _mm512_storeu_ps(out + (size_t) h * hs + 16 * i, acc[i]);
+        }
+    }
+}
+
+
+/* GELU-tanh in place, 16 at a time: tanh(|y|) = (1 - e) / (1 + e) with
+ * e = exp(-2|y|) <= 1, so the exp never overflows. */
+CM_LMK_AVX512 static void
+cm_lmk_gelu_avx512(float *x, size_t n)
+{
+    const __m512  c0 = _mm512_set1_ps(0.7978845608f);    /* sqrt(2/pi) */
+    const __m512  c1 = _mm512_set1_ps(0.044715f);
+    const __m512  one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+    const __m512  m2 = _mm512_set1_ps(-2.0f);
+    __m512        v, y, ay, e, t;
+    __mmask16     m;
+    size_t        i;
+
+    for (i = 0; i < n; i += 16) {
+        m = n - i >= 16 ? (__mmask16) 0xFFFF
+                        : (__mmask16) ((1u << (n - i)) - 1);
+        v = _mm512_maskz_loadu_ps(m, x + i);
+        y = _mm512_mul_ps(c0, _mm512_fmadd_ps(_mm512_mul_ps(c1, v),
+                                              _mm512_mul_ps(v, v), v));
+        ay = _mm512_abs_ps(y);
+        e = cm_lmk_exp(_mm512_mul_ps(m2, ay));
+        t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+        /* the sign of y back onto tanh */
+        t = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t),
+                _mm512_and_si512(_mm512_castps_si512(y),
+                                 _mm512_set1_epi32((int) 0x80000000u))));
+        v = _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, t));
+        _mm512_mask_storeu_ps(x + i, m, v);
+    }
+}
+
+#endif /* CM_LMK_X86 */
+
+
+void
+cm_lmk_gelu(float *x, size_t n)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_simd()) {
+        cm_lmk_gelu_avx512(x, n);
+        return;
+    }
+#endif
+    cm_gelu_forward(x, x, n);
+}
+
+
+int
+cm_lmk_panels(const cm_lmk_matrix_t *pm)
+{
+    return (pm->OC + CM_LMK_PANEL - 1) / CM_LMK_PANEL;
+}
+
+
+void
+cm_lmk_linear_part(float *out, const float *inp, const cm_lmk_matrix_t *pm,
+    int R, int p0, int p1)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_simd()) {
+        cm_lmk_linear_avx512(out, inp, pm, R, p0, p1);
+        return;
+    }
+#endif
+    if (p0 == 0 && p1 == cm_lmk_panels(pm)) {
+        cm_lmk_linear_ref(out, inp, pm, R);
+        return;
+    }
+    {
+        /* columns [p0 * 32, p1 * 32) with the plain loops */
+        cm_lmk_matrix_t  sub = *pm;
+        int              r, o, c0 = p0 * CM_LMK_PANEL, k;
+
+        sub.OC = p1 * CM_LMK_PANEL < pm->OC ? p1 * CM_LMK_PANEL : pm->OC;
+        for (r = 0; r < R; r++) {
+            for (o = c0; o < sub.OC; o++) {
+                const float *pw = pm->w + (size_t) (o / CM_LMK_PANEL) * pm->K
+                                  * CM_LMK_PANEL + o % CM_LMK_PANEL;
+                float        acc = pm->bias != NULL ? pm->bias[o] : 0.0f;
+
+                for (k = 0; k < pm->K; k++) {
+                    acc += inp[(size_t) r * pm->K + k]
+                           * pw[(size_t) k * CM_LMK_PANEL];
+                }
+                out[(size_t) r * pm->OC + o] = acc;
+            }
+        }
+    }
+}
+
+
+void
+cm_lmk_linear(float *out, const float *inp, const cm_lmk_matrix_t *pm,
+    int R)
+{
+    cm_lmk_linear_part(out, inp, pm, R, 0, cm_lmk_panels(pm));
+}
+
+
+void
+cm_lmk_attend(float *out, const float *q, const float *kc, const float *vc,
+    float *scores, int T, int C, int NH, float scale)
+{
+    int    hs = C / NH, h, t, i;
+    float  mx, sum, inv, d;
+
+#ifdef CM_LMK_X86
+    /* up to 8 vectors of accumulators: head sizes 16..128 */
+    if (hs % 16 == 0 && hs <= 128 && cm_lmk_simd()) {
+        cm_lmk_attend_avx512(out, q, kc, vc, scores, T, C, NH, scale);
+        return;
+    }
+#endif
+    for (h = 0; h < NH; h++) {
+        const float *qh = q + (size_t) h * hs;
+        float       *oh = out + (size_t) h * hs;
+
+        mx = -INFINITY;
+        for (t = 0; t < T; t++) {
+            const float *k = kc + (size_t) t * C + (size_t) h * hs;
+
+            d = 0.0f;
+            for (i = 0; i < hs; i++) {
+                d += qh[i] * k[i];
+            }
+            scores[t] = d * scale;
+            mx = scores[t] > mx ? scores[t] : mx;
+        }
+        sum = 0.0f;
+        for (t = 0; t < T; t++) {
+            scores[t] = expf(scores[t] - mx);
+            sum += scores[t];
+        }
+        inv = 1.0f / sum;
+        memset(oh, 0, (size_t) hs * sizeof(float));
+        for (t = 0; t < T; t++) {
+            const float *v = vc + (size_t) t * C + (size_t) h * hs;
+            float        p = scores[t] * inv;
+
+            for (i = 0; i < hs; i++) {
+                oh[i] += p * v[i];
+            }
+        }
+    }
+}

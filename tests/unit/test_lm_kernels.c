@@ -1,0 +1,266 @@
+/*
+ * test_lm_kernels.c: the decode kernels against plain loops: the packed
+ * linear layer over shapes with partial panels and partial row blocks,
+ * attention over the cache for head sizes the vector path takes and ones
+ * it does not, GELU against gpt.c's.  On a CPU without AVX-512 these run
+ * the portable paths, which must agree just the same.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "cinematch/gpt.h"
+#include "cinematch/lm_kernels.h"
+
+
+static float
+urand(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (float) ((*s >> 40) & 0xFFFFFF) / 16777216.0f * 2.0f - 1.0f;
+}
+
+
+static void
+check_linear(int R, int K, int OC, int with_bias)
+{
+    uint64_t         rng = (uint64_t) (R * 1000 + K * 10 + OC);
+    float           *w, *b, *x, *mem, *got, *ref, want;
+    cm_lmk_matrix_t  pm;
+    size_t           n = cm_lmk_packed_floats(OC, K);
+    int              r, o, k;
+
+    w = malloc((size_t) OC * K * sizeof(float));
+    b = malloc((size_t) OC * sizeof(float));
+    x = malloc((size_t) R * K * sizeof(float));
+    got = malloc((size_t) R * OC * sizeof(float));
+    ref = malloc((size_t) R * OC * sizeof(float));
+    mem = aligned_alloc(CM_LMK_ALIGN, (n * sizeof(float) + CM_LMK_ALIGN - 1)
+                                      / CM_LMK_ALIGN * CM_LMK_ALIGN);
+    assert_non_null(w);
+    assert_non_null(b);
+    assert_non_null(x);
+    assert_non_null(got);
+    assert_non_null(ref);
+    assert_non_null(mem);
+    for (o = 0; o < OC * K; o++) {
+        w[o] = urand(&rng);
+    }
+    for (o = 0; o < OC; o++) {
+        b[o] = urand(&rng);
+    }
+    for (o = 0; o < R * K; o++) {
+        x[o] = urand(&rng);
+    }
+    cm_lmk_pack(&pm, mem, w, with_bias ? b : NULL, OC, K);
+    cm_lmk_linear(got, x, &pm, R);
+    cm_lmk_linear_ref(ref, x, &pm, R);
+    for (r = 0; r < R; r++) {
+        for (o = 0; o < OC; o++) {
+            double acc = with_bias ? b[o] : 0.0;
+
+            for (k = 0; k < K; k++) {
+                acc += (double) x[(size_t) r * K + k] * w[(size_t) o * K + k];
+            }
+            want = (float) acc;
+            if (fabsf(got[(size_t) r * OC + o] - want) > 1e-4f * (float) K
+                || fabsf(ref[(size_t) r * OC + o] - want) > 1e-4f * (float) K)
+            {
+                fail_msg("R=%d K=%d OC=%d row %d col %d: kernel %g ref %g"
+                         " want %g", R, K, OC, r, o,
+                         (double) got[(size_t) r * OC + o],
+                         (double) ref[(size_t) r * OC + o], (double) want);
+            }
+        }
+    }
+    free(w);
+    free(b);
+    free(x);
+    free(got);
+    free(ref);
+    free(mem);
+}
+
+
+static void
+test_packed_linear_matches_plain_dot_products(void **state)
+{
+    /* full panels and blocks; a partial last panel (OC % 32 = 16, 5, 1);
+     * every row-block size 1..12 and more than one block */
+    check_linear(1, 16, 48, 1);
+    check_linear(3, 16, 48, 0);
+    check_linear(12, 64, 64, 1);
+    check_linear(13, 7, 37, 1);
+    check_linear(32, 96, 128, 1);
+    check_linear(25, 33, 1, 1);
+    check_linear(11, 40, 70, 0);
+}
+
+
+static void
+test_packed_linear_rows_do_not_depend_on_batch(void **state)
+{
+    /* a row gives the same bits alone as in a batch: batched decode
+     * equals single decode exactly, not just within a tolerance */
+    uint64_t         rng = 7;
+    int              K = 48, OC = 80, R = 20, r, o;
+    float           *w = malloc((size_t) OC * K * sizeof(float));
+    float           *x = malloc((size_t) R * K * sizeof(float));
+    float           *all = malloc((size_t) R * OC * sizeof(float));
+    float           *one = malloc((size_t) OC * sizeof(float));
+    float           *mem = aligned_alloc(CM_LMK_ALIGN,
+                                         cm_lmk_packed_floats(OC, K)
+                                         * sizeof(float));
+    cm_lmk_matrix_t  pm;
+
+    assert_non_null(w);
+    assert_non_null(x);
+    assert_non_null(all);
+    assert_non_null(one);
+    assert_non_null(mem);
+    for (o = 0; o < OC * K; o++) {
+        w[o] = urand(&rng);
+    }
+    for (o = 0; o < R * K; o++) {
+        x[o] = urand(&rng);
+    }
+    cm_lmk_pack(&pm, mem, w, NULL, OC, K);
+    cm_lmk_linear(all, x, &pm, R);
+    for (r = 0; r < R; r++) {
+        cm_lmk_linear(one, x + (size_t) r * K, &pm, 1);
+        assert_memory_equal(one, all + (size_t) r * OC, OC * sizeof(float));
+    }
+    free(w);
+    free(x);
+    free(all);
+    free(one);
+    free(mem);
+}
+
+
+static void
+check_attend(int T, int C, int NH)
+{
+    uint64_t  rng = (uint64_t) (T * 100 + C + NH);
+    int       hs = C / NH, h, t, i;
+    float    *q = malloc((size_t) C * sizeof(float));
+    float    *kc = malloc((size_t) T * C * sizeof(float));
+    float    *vc = malloc((size_t) T * C * sizeof(float));
+    float    *out = malloc((size_t) C * sizeof(float));
+    float    *sc = malloc((size_t) NH * T * sizeof(float));
+    double   *p = malloc((size_t) T * sizeof(double));
+    double    mx, sum, want, scale = 1.0 / sqrt((double) hs);
+
+    assert_non_null(q);
+    assert_non_null(kc);
+    assert_non_null(vc);
+    assert_non_null(out);
+    assert_non_null(sc);
+    assert_non_null(p);
+    for (i = 0; i < C; i++) {
+        q[i] = 2.0f * urand(&rng);
+    }
+    for (i = 0; i < T * C; i++) {
+        kc[i] = 2.0f * urand(&rng);
+        vc[i] = urand(&rng);
+    }
+    cm_lmk_attend(out, q, kc, vc, sc, T, C, NH, (float) scale);
+    for (h = 0; h < NH; h++) {
+        mx = -1e30;
+        for (t = 0; t < T; t++) {
+            double d = 0.0;
+
+            for (i = 0; i < hs; i++) {
+                d += (double) q[h * hs + i] * kc[(size_t) t * C + h * hs + i];
+            }
+            p[t] = d * scale;
+            mx = p[t] > mx ? p[t] : mx;
+        }
+        sum = 0.0;
+        for (t = 0; t < T; t++) {
+            p[t] = exp(p[t] - mx);
+            sum += p[t];
+        }
+        for (i = 0; i < hs; i++) {
+            want = 0.0;
+            for (t = 0; t < T; t++) {
+                want += p[t] / sum * vc[(size_t) t * C + h * hs + i];
+            }
+            if (fabs(out[h * hs + i] - want) > 1e-5 + 1e-4 * fabs(want)) {
+                fail_msg("T=%d C=%d NH=%d head %d dim %d: got %g want %g", T,
+                         C, NH, h, i, (double) out[h * hs + i], want);
+            }
+        }
+    }
+    free(q);
+    free(kc);
+    free(vc);
+    free(out);
+    free(sc);
+    free(p);
+}
+
+
+static void
+test_attention_over_cache_matches_softmax_reference(void **state)
+{
+    /* head sizes 16, 32, 64 (vector path) and 8, 24 (plain loops);
+     * lengths below, at and past a 16-position block */
+    static const int shapes[][3] = {
+        { 1, 64, 4 }, { 15, 64, 4 }, { 16, 64, 4 }, { 17, 64, 4 },
+        { 100, 384, 6 }, { 33, 128, 4 }, { 40, 96, 6 }, { 5, 16, 2 },
+        { 29, 48, 2 }, { 256, 64, 1 }
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        check_attend(shapes[i][0], shapes[i][1], shapes[i][2]);
+    }
+}
+
+
+static void
+test_gelu_matches_gpt_gelu(void **state)
+{
+    float  x[203], a[203], b[203];
+    int    i;
+
+    for (i = 0; i < 203; i++) {
+        x[i] = -12.0f + 24.0f * (float) i / 202.0f;
+    }
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 1e-6f;
+    x[3] = -90.0f;
+    x[4] = 90.0f;
+    memcpy(a, x, sizeof(x));
+    cm_lmk_gelu(a, 203);
+    cm_gelu_forward(b, x, 203);
+    for (i = 0; i < 203; i++) {
+        if (fabsf(a[i] - b[i]) > 1e-6f + 1e-5f * fabsf(b[i])) {
+            fail_msg("x=%g: kernel %g gpt %g", (double) x[i], (double) a[i],
+                     (double) b[i]);
+        }
+    }
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_packed_linear_matches_plain_dot_products),
+        cmocka_unit_test(test_packed_linear_rows_do_not_depend_on_batch),
+        cmocka_unit_test(test_attention_over_cache_matches_softmax_reference),
+        cmocka_unit_test(test_gelu_matches_gpt_gelu),
+    };
+
+    printf("lm kernels: %s\n", cm_lmk_simd() ? "AVX-512" : "portable loops");
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
