@@ -15,10 +15,11 @@
 #
 # The chat steps want a model that takes visible time per token: the stack's
 # first dialog model (dialog-tiny) writes a whole reply in about a
-# millisecond, so the stack is asked to make its first model an untrained
-# dialog-small on the committed Cornell-format fixture (one step at lr 1e-7:
-# near-uniform output that seldom ends its turn; 15-30 tokens/s on a CPU,
-# gibberish), and the flow starts once the registry has promoted it.
+# millisecond and an untrained dialog-small in a fifth of a second, too fast
+# to press Stop in; so the stack is asked to make its first model an
+# untrained GPT-2 124M shape on the committed Cornell-format fixture (one
+# step at lr 1e-7: gibberish, about 60 tokens/s on two cores, 340 MB), and
+# the flow starts once the registry has promoted it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -95,7 +96,7 @@ for f in tests/fixtures/dialog/cornell-small/*.fixture; do
     cp "$f" "$VAR/dialog-corpus/$(basename "$f" .fixture)"
 done
 export CINEMATCH_DIALOG_CORPUS=$VAR/dialog-corpus \
-       CINEMATCH_DIALOG_CONFIG=dialog-small CINEMATCH_DIALOG_STEPS=1 CINEMATCH_DIALOG_MINUTES=0 \
+       CINEMATCH_DIALOG_CONFIG=gpt2-124M CINEMATCH_DIALOG_STEPS=1 CINEMATCH_DIALOG_MINUTES=0 \
        CINEMATCH_DIALOG_ARGS="--lr 1e-7 --batch 1 --seq 16 --val-bytes 4096"
 say "starting a stack in $VAR (http 127.0.0.1:$BASE)"
 if ! conf/stack.sh start >"$VAR/stack-start.log" 2>&1; then
