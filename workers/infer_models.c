@@ -247,8 +247,9 @@ cm_infer_load_recsys(cm_infer_models_t *mm)
         goto failed;
     }
     if (want[0] != '\0' && strcmp(sha, want) != 0) {
-        rc = cm_seterr(err, sizeof(err), CM_EFORMAT, "%s: sha256 differs from"
-                       " the registry's", path);
+        /* the reason first: the status line is short, paths are long */
+        rc = cm_seterr(err, sizeof(err), CM_EFORMAT, "sha256 differs from"
+                       " the registry's: %s", path);
         goto failed;
     }
     rc = cm_rs_server_open(&rs, path, ver, mv.v, mv.n, err, sizeof(err));
@@ -284,7 +285,7 @@ failed:
     free(mv.v);
     snprintf(mm->status, sizeof(mm->status), "recsys load failed: %.100s",
              err);
-    cm_error("infer: %s%s", mm->status,
+    cm_error("infer: recsys load failed: %s%s", err,
              mm->rs != NULL ? " (previous version keeps serving)" : "");
     return rc;
 }
