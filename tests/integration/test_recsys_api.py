@@ -152,6 +152,13 @@ def test_predict(api):
     assert status == 422
 
 
+def test_predict_needs_credentials(api):
+    status, _, body = api.unauthenticated(
+        "POST", "/api/v1/predict/recsys", b'{"user_id": 5, "movie_ids": [1]}',
+        {"Content-Type": "application/json"})
+    assert status == 401, body
+
+
 def test_wrong_method_is_405_with_allow(api):
     status, hdrs, doc = api.json("GET", "/api/v1/recommend")
     assert status == 405 and "POST" in hdrs["allow"]
