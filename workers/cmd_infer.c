@@ -669,7 +669,7 @@ cm_infer_recommend_batch(cm_infer_t *d)
     q = calloc(n, sizeof(*q));
     out = calloc(n, sizeof(*out));
     miss = calloc(n, sizeof(*miss));
-    srv = calloc(n, sizeof(*srv));
+    srv = calloc(n, sizeof(cm_rs_server_t *));
     if (q == NULL || out == NULL || miss == NULL || srv == NULL
         || d->models.rs == NULL)
     {

@@ -275,8 +275,8 @@ cm_lm_job_part(cm_lm_engine_t *e, const cm_lm_job_t *j, int part, int n)
 {
     const cm_gpt_config_t *c = &e->model->config;
     int    C = c->channels, NH = c->num_heads, maxT = c->max_seq_len;
-    int    a, b, r;
-    float  scale = 1.0f / sqrtf((float) (C / NH));
+    int    a, b, r, hs = C / NH;
+    float  scale = 1.0f / sqrtf((float) hs);
 
     if (j->kind == 0) {
         int P = cm_lmk_panels(j->pm);
