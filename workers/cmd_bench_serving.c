@@ -3,7 +3,9 @@
  * as the inference daemon does it, without IPC or HTTP: microseconds per
  * user unbatched (one SGEMV per request), batched (one SGEMM per batch),
  * on several threads (the daemon's scoring threads), and from the answer
- * cache, all in the same run on the same artifact.
+ * cache, all in the same run on the same artifact; the scoring rows twice:
+ * with OpenBLAS as before and with the item matrix packed once (when the
+ * CPU runs lm_kernels' AVX-512 code).
  *
  * Every row is a complete answer: scores, filters off, exclude seen,
  * top-K, explanations and the JSON text (with the request log's members,
@@ -191,6 +193,45 @@ cm_bsv_cache(cm_rs_server_t *srv, const int32_t *users, size_t nusers,
 }
 
 
+/* CPU us per user of the scores alone (no top-K, no JSON), batches of
+ * `batch` users: what packing the item matrix changes */
+static double
+cm_bsv_scores(const cm_rs_server_t *srv, size_t nusers, size_t batch,
+              size_t total)
+{
+    const cm_rs_model_t  *m = cm_rs_server_model(srv);
+    uint32_t              u[256];
+    float                *out;
+    size_t                done = 0, i, n;
+    uint64_t              c0;
+
+    out = malloc(batch * m->n_items * sizeof(float) + 1);
+    if (out == NULL || batch > CM_ARRAY_SIZE(u)) {
+        free(out);
+        return -1.0;
+    }
+    for (i = 0; i < batch; i++) {   /* warm */
+        u[i] = (uint32_t) (i % nusers);
+    }
+    (void) cm_rs_server_score_users(srv, u, batch, out);
+    c0 = cm_bsv_cpu_ns();
+    while (done < total) {
+        n = total - done < batch ? total - done : batch;
+        for (i = 0; i < n; i++) {
+            u[i] = (uint32_t) ((done + i) % nusers);
+        }
+        if (cm_rs_server_score_users(srv, u, n, out) != CM_OK) {
+            free(out);
+            return -1.0;
+        }
+        done += n;
+    }
+    c0 = cm_bsv_cpu_ns() - c0;
+    free(out);
+    return (double) c0 / 1e3 / (double) total;
+}
+
+
 static void
 cm_bsv_usage(FILE *out)
 {
@@ -200,7 +241,8 @@ cm_bsv_usage(FILE *out)
         "Recommendation answers as `cinematch infer` makes them (top-K,\n"
         "exclude seen, explanations, JSON), in microseconds per user:\n"
         "unbatched, batched, on several threads, and from the answer cache,\n"
-        "in one run on one artifact.\n\n"
+        "in one run on one artifact; the scoring rows with OpenBLAS and then\n"
+        "with the item matrix packed once (AVX-512 CPUs).\n\n"
         "options:\n"
         "  --recsys FILE     recsys artifact (e.g. the stack's production one)\n"
         "  --movies FILE     its catalogue (movies.csv; titles in the JSON)\n"
@@ -232,10 +274,10 @@ cm_bench_serving_main(int argc, char **argv)
     const cm_rs_model_t   *m;
     int32_t               *users = NULL;
     char                   err[256], *end;
-    double                 one, us, cpu, one_cpu = 0.0;
-    size_t                 b, i;
+    double                 one = 0.0, us, cpu, one_cpu = 0.0, base_cpu[16];
+    size_t                 b, i, row;
     uint32_t               t;
-    int                    c, rc = 1;
+    int                    c, pk, rc = 1;
     static const size_t    batches[] = { 1, 8, 32, 64 };
 
     memset(&mv, 0, sizeof(mv));
@@ -302,36 +344,69 @@ cm_bench_serving_main(int argc, char **argv)
     printf("bench serving: %u users x %u items, %u factors; k=%ld, %ld"
            " answers per row, users rotating over %ld\n",
            m->n_users, m->n_items, m->factors, k, total, nusers);
-    printf("  %-34s %10s %10s %12s %10s\n", "", "wall us", "vs unb.",
-           "CPU us", "vs unb.");
-    one = cm_bsv_measure(srv, users, (size_t) nusers, (uint32_t) k, 1, 1,
-                         (size_t) total, &one_cpu);
-    for (t = 1; t <= (uint32_t) maxt; t = t == 1 ? (uint32_t) maxt
-                                                   : (uint32_t) maxt + 1)
-    {
+    for (pk = 0; pk < 2; pk++) {
+        if (cm_rs_server_pack_items(srv, pk) != pk) {
+            printf("  item matrix not packed (no AVX-512 kernels here)\n");
+            break;
+        }
+        printf("  %-34s %10s %10s %12s %10s%s\n",
+               pk ? "item factors packed once:" : "OpenBLAS (packs per call):",
+               "wall us", "vs unb.", "CPU us", "vs unb.",
+               pk ? "   CPU vs OpenBLAS" : "");
+        one = cm_bsv_measure(srv, users, (size_t) nusers, (uint32_t) k, 1, 1,
+                             (size_t) total, &one_cpu);
+        row = 0;
+        for (t = 1; t <= (uint32_t) maxt; t = t == 1 ? (uint32_t) maxt
+                                                       : (uint32_t) maxt + 1)
+        {
+            for (b = 0; b < CM_ARRAY_SIZE(batches); b++) {
+                char label[64];
+
+                if (t > 1 && batches[b] == 1) {
+                    continue;
+                }
+                cpu = one_cpu;
+                us = t == 1 && b == 0
+                     ? one
+                     : cm_bsv_measure(srv, users, (size_t) nusers,
+                                      (uint32_t) k, batches[b], t,
+                                      (size_t) total, &cpu);
+                snprintf(label, sizeof(label), "%s, batch %zu, %u thread%s",
+                         batches[b] == 1 ? "unbatched" : "batched",
+                         batches[b], t, t > 1 ? "s" : "");
+                if (us < 0 || one <= 0) {
+                    printf("  %-34s %10s\n", label, "failed");
+                    goto done;
+                }
+                printf("  %-34s %10.1f %9.2fx %12.1f %9.2fx", label, us,
+                       one / us, cpu, one_cpu / cpu);
+                if (pk && row < CM_ARRAY_SIZE(base_cpu)) {
+                    printf("   %9.2fx", base_cpu[row] / cpu);
+                } else if (row < CM_ARRAY_SIZE(base_cpu)) {
+                    base_cpu[row] = cpu;
+                }
+                printf("\n");
+                row++;
+            }
+            if (maxt == 1) {
+                break;
+            }
+        }
         for (b = 0; b < CM_ARRAY_SIZE(batches); b++) {
             char label[64];
 
-            if (t > 1 && batches[b] == 1) {
-                continue;
+            snprintf(label, sizeof(label), "scores only, batch %zu",
+                     batches[b]);
+            cpu = cm_bsv_scores(srv, (size_t) nusers, batches[b],
+                                (size_t) total);
+            printf("  %-34s %10s %10s %12.2f %10s", label, "", "", cpu, "");
+            if (pk && row < CM_ARRAY_SIZE(base_cpu)) {
+                printf("   %9.2fx", base_cpu[row] / cpu);
+            } else if (row < CM_ARRAY_SIZE(base_cpu)) {
+                base_cpu[row] = cpu;
             }
-            cpu = one_cpu;
-            us = t == 1 && b == 0
-                 ? one
-                 : cm_bsv_measure(srv, users, (size_t) nusers, (uint32_t) k,
-                                  batches[b], t, (size_t) total, &cpu);
-            snprintf(label, sizeof(label), "%s, batch %zu, %u thread%s",
-                     batches[b] == 1 ? "unbatched" : "batched", batches[b],
-                     t, t > 1 ? "s" : "");
-            if (us < 0 || one <= 0) {
-                printf("  %-34s %10s\n", label, "failed");
-                goto done;
-            }
-            printf("  %-34s %10.1f %9.2fx %12.1f %9.2fx\n", label, us,
-                   one / us, cpu, one_cpu / cpu);
-        }
-        if (maxt == 1) {
-            break;
+            printf("\n");
+            row++;
         }
     }
     us = cm_bsv_cache(srv, users, (size_t) nusers, (uint32_t) k,

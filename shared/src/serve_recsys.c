@@ -11,12 +11,16 @@
 #include <jansson.h>
 
 #include "cinematch/common.h"
+#include "cinematch/lm_kernels.h"
 #include "cinematch/serve_recsys.h"
 
 #define CM_RSS_BECAUSE_MAX   200     /* candidate explanations per user */
 #define CM_RSS_LIKED         4.0f    /* "highly rated" */
 #define CM_RSS_JSON_FLAGS    (JSON_COMPACT | JSON_REAL_PRECISION(6))
 #define CM_RSS_CACHE_BYTES   ((size_t) 64 << 20)   /* answer cache text */
+#ifndef CM_RSS_PACK_ROWS
+#define CM_RSS_PACK_ROWS     12      /* users per packed-kernel pass */
+#endif
 
 typedef struct {
     int32_t    user;
@@ -83,6 +87,9 @@ struct cm_rs_server_s {
     uint64_t         tick;
     uint64_t         cache_hits;
     uint64_t         cache_misses;
+    float           *vpack;        /* item factors packed for lm_kernels'
+                                      cm_lmk_linear; NULL: OpenBLAS */
+    cm_lmk_matrix_t  vpm;          /* (n_items, factors) over vpack */
 };
 
 
@@ -271,9 +278,124 @@ cm_rs_server_free(cm_rs_server_t *s)
     free(s->frag_full);
     free(s->frag_short);
     free(s->version_json);
+    free(s->vpack);
     cm_rs_scratch_free(s->w);
     cm_rs_model_free(s->m);
     free(s);
+}
+
+
+int
+cm_rs_server_pack_items(cm_rs_server_t *s, int on)
+{
+    const cm_rs_model_t *m = s->m;
+    void                *mem;
+
+    free(s->vpack);
+    s->vpack = NULL;
+    memset(&s->vpm, 0, sizeof(s->vpm));
+    if (!on || m->algo == CM_RS_POP || m->factors == 0 || m->n_items == 0
+        || m->n_items > INT32_MAX || m->factors > INT32_MAX)
+    {
+        return 0;
+    }
+    if (posix_memalign(&mem, CM_LMK_ALIGN,
+                       cm_lmk_packed_floats((int) m->n_items, (int) m->factors)
+                       * sizeof(float)) != 0)
+    {
+        return 0;   /* OpenBLAS scores it as before */
+    }
+    s->vpack = mem;
+    cm_lmk_pack(&s->vpm, s->vpack, m->V, NULL, (int) m->n_items,
+                (int) m->factors);
+    return 1;
+}
+
+
+int
+cm_rs_server_packed(const cm_rs_server_t *s)
+{
+    return s->vpack != NULL;
+}
+
+
+/*
+ * cm_rs_score_users with the packed item matrix: out = (mean + b_u + b_i)
+ * + x . v_i, the same sum the SGEMM makes (it adds its dot products to the
+ * biases written first); only the order of the k multiply-adds differs.
+ */
+int
+cm_rs_server_score_users(const cm_rs_server_t *s, const uint32_t *users,
+                         size_t n, float *out)
+{
+    const cm_rs_model_t  *m = s->m;
+    size_t                a, i, r0, rb, k = m->factors, ni = m->n_items;
+    float                *X = NULL;
+    const float          *x;
+
+    if (s->vpack == NULL) {
+        return cm_rs_score_users(m, users, n, out);
+    }
+    for (a = 0; a < n; a++) {
+        if (users[a] >= m->n_users) {
+            return CM_EINVAL;
+        }
+    }
+    if (n == 0) {
+        return CM_OK;
+    }
+    if (n == 1) {
+        x = m->U + (size_t) users[0] * k;   /* one row: no copy */
+    } else {
+        X = malloc(n * k * sizeof(float));
+        if (X == NULL) {
+            return CM_ENOMEM;
+        }
+        for (a = 0; a < n; a++) {
+            memcpy(X + a * k, m->U + (size_t) users[a] * k,
+                   k * sizeof(float));
+        }
+        x = X;
+    }
+    /* CM_RSS_PACK_ROWS users at a time: their score rows stay in L2
+     * while the biases are added, where one pass of all users over the
+     * panels wrote (n, n_items) before reading it again */
+    for (r0 = 0; r0 < n; r0 += CM_RSS_PACK_ROWS) {
+        rb = n - r0 < CM_RSS_PACK_ROWS ? n - r0 : CM_RSS_PACK_ROWS;
+        cm_lmk_linear(out + r0 * ni, x + r0 * k, &s->vpm, (int) rb);
+        if (m->algo == CM_RS_IALS) {
+            continue;
+        }
+        for (a = r0; a < r0 + rb; a++) {
+            float *row = out + a * ni, base = m->mean + m->bu[users[a]];
+
+            for (i = 0; i < ni; i++) {
+                row[i] += base + m->bi[i];
+            }
+        }
+    }
+    free(X);
+    return CM_OK;
+}
+
+
+void
+cm_rs_server_score_vector(const cm_rs_server_t *s, const float *x,
+                          float bias, float *out)
+{
+    const cm_rs_model_t  *m = s->m;
+    size_t                i;
+
+    if (s->vpack == NULL) {
+        cm_rs_score_vector(m, x, bias, out);
+        return;
+    }
+    cm_lmk_linear(out, x, &s->vpm, 1);
+    if (m->algo != CM_RS_IALS) {
+        for (i = 0; i < m->n_items; i++) {
+            out[i] += m->mean + bias + m->bi[i];
+        }
+    }
 }
 
 
@@ -337,6 +459,9 @@ cm_rs_server_open(cm_rs_server_t **out, const char *artifact,
         cm_rs_server_free(s);
         return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
     }
+    /* packed once here, freed with the server: a reload or a canary opens
+     * a new server, and a fold-in changes only user vectors */
+    (void) cm_rs_server_pack_items(s, cm_lmk_simd());
     *out = s;
     return CM_OK;
 }
@@ -945,7 +1070,8 @@ cm_rs_server_recommend_with(const cm_rs_server_t *s, cm_rs_scratch_t *w,
         }
     }
     /* rows 0..nb-1 of scratch: the SGEMM; row n: per-request work row */
-    if (nb > 0 && cm_rs_score_users(s->m, batch, nb, w->scores) != CM_OK) {
+    if (nb > 0 && cm_rs_server_score_users(s, batch, nb, w->scores) != CM_OK)
+    {
         free(batch);
         free(dense);
         return CM_ERR;   /* no scores: every request of the batch fails */
@@ -957,7 +1083,7 @@ cm_rs_server_recommend_with(const cm_rs_server_t *s, cm_rs_scratch_t *w,
 
         ov = reqs[i].user > 0 ? cm_rss_find_user(s, reqs[i].user) : NULL;
         if (ov != NULL) {
-            cm_rs_score_vector(s->m, ov->x, ov->bias, work);
+            cm_rs_server_score_vector(s, ov->x, ov->bias, work);
         } else if (dense[i] >= 0) {
             memcpy(work, w->scores + nb * ni, ni * sizeof(float));
             nb++;
@@ -1204,10 +1330,10 @@ cm_rs_server_predict(cm_rs_server_t *s, int32_t user, const int32_t *movies,
     dense = cm_rs_find_id(s->m->user_ext, s->m->n_users, user);
     fallback = ov == NULL && dense < 0;
     if (ov != NULL) {
-        cm_rs_score_vector(s->m, ov->x, ov->bias, row);
+        cm_rs_server_score_vector(s, ov->x, ov->bias, row);
     } else if (dense >= 0) {
         u = (uint32_t) dense;
-        cm_rs_score_users(s->m, &u, 1, row);
+        cm_rs_server_score_users(s, &u, 1, row);
     }
     arr = json_array();
     for (i = 0; i < n && arr != NULL; i++) {
@@ -1353,7 +1479,7 @@ cm_rs_server_fold_in(cm_rs_server_t *s, int32_t user, const int32_t *movies,
                 return cm_seterr(err, errlen, CM_ENOMEM, "out of memory");
             }
             d = (uint32_t) dense;
-            cm_rs_score_users(s->m, &d, 1, row);
+            cm_rs_server_score_users(s, &d, 1, row);
             nseen = (size_t) (s->m->seen_ptr[d + 1] - s->m->seen_ptr[d]);
             for (i = 0; i < nseen; i++) {
                 uint32_t it = s->m->seen_idx[s->m->seen_ptr[d] + i];

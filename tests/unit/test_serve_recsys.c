@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <jansson.h>
 
 #include "cinematch/common.h"
+#include "cinematch/lm_kernels.h"
 #include "cinematch/recsys.h"
 #include "cinematch/serve_recsys.h"
 #include "cinematch/synth.h"
@@ -354,6 +356,107 @@ test_batch_answers_equal_single_answers(void **state)
 }
 
 
+/* The item matrix packed once scores as OpenBLAS does up to float
+ * rounding, for batches across the kernel's 12-row passes and a last
+ * partial 32-item panel (300 items), and for a folded-in vector. */
+static void
+test_packed_items_score_as_openblas_does(void **state)
+{
+    const cm_rs_model_t  *m = cm_rs_server_model(F.srv);
+    static const size_t   sizes[] = { 1, 3, 12, 13, 25 };
+    uint32_t              users[25];
+    float                *a, *b, x[8];
+    size_t                s, i, ni = m->n_items;
+
+    assert_int_equal(cm_rs_server_pack_items(F.srv, 1), 1);
+    assert_true(cm_rs_server_packed(F.srv));
+    a = malloc(25 * ni * sizeof(float));
+    b = malloc(25 * ni * sizeof(float));
+    assert_non_null(a);
+    assert_non_null(b);
+    for (i = 0; i < 25; i++) {
+        users[i] = (uint32_t) ((i * 7 + 3) % m->n_users);
+    }
+    for (s = 0; s < CM_ARRAY_SIZE(sizes); s++) {
+        assert_int_equal(cm_rs_server_score_users(F.srv, users, sizes[s], a),
+                         CM_OK);
+        assert_int_equal(cm_rs_score_users(m, users, sizes[s], b), CM_OK);
+        for (i = 0; i < sizes[s] * ni; i++) {
+            assert_float_equal(a[i], b[i], 1e-5f * (1.0f + fabsf(b[i])));
+        }
+    }
+    users[0] = m->n_users;
+    assert_int_equal(cm_rs_server_score_users(F.srv, users, 2, a), CM_EINVAL);
+
+    for (i = 0; i < 8; i++) {
+        x[i] = 0.1f * (float) i - 0.3f;
+    }
+    cm_rs_server_score_vector(F.srv, x, 0.25f, a);
+    cm_rs_score_vector(m, x, 0.25f, b);
+    for (i = 0; i < ni; i++) {
+        assert_float_equal(a[i], b[i], 1e-5f * (1.0f + fabsf(b[i])));
+    }
+    free(a);
+    free(b);
+    (void) cm_rs_server_pack_items(F.srv, cm_lmk_simd());
+}
+
+
+/* Every user's top-K is the same packed or not, except where two scores
+ * are within float rounding of each other (then either order is right). */
+static void
+test_packed_items_keep_every_users_top_k(void **state)
+{
+    const cm_rs_model_t  *m = cm_rs_server_model(F.srv);
+    cm_rs_rec_req_t       q[16];
+    char                 *on[16], *off[16];
+    json_t               *ja, *jb, *ra, *rb;
+    size_t                u, i, j, n;
+
+    for (u = 0; u < m->n_users; u += n) {
+        n = m->n_users - u < 16 ? m->n_users - u : 16;
+        for (i = 0; i < n; i++) {
+            memset(&q[i], 0, sizeof(q[i]));
+            q[i].user = m->user_ext[u + i];
+            q[i].k = 10;
+            q[i].exclude_seen = 1;
+        }
+        assert_int_equal(cm_rs_server_pack_items(F.srv, 1), 1);
+        assert_int_equal(cm_rs_server_recommend_batch(F.srv, q, n, on), CM_OK);
+        assert_int_equal(cm_rs_server_pack_items(F.srv, 0), 0);
+        assert_int_equal(cm_rs_server_recommend_batch(F.srv, q, n, off),
+                         CM_OK);
+        for (i = 0; i < n; i++) {
+            ja = json_loads(on[i], 0, NULL);
+            jb = json_loads(off[i], 0, NULL);
+            assert_non_null(ja);
+            assert_non_null(jb);
+            ra = json_object_get(ja, "recommendations");
+            rb = json_object_get(jb, "recommendations");
+            assert_int_equal(json_array_size(ra), json_array_size(rb));
+            assert_int_equal(json_array_size(ra), 10);
+            for (j = 0; j < json_array_size(ra); j++) {
+                json_t *x = json_array_get(ra, j), *y = json_array_get(rb, j);
+                double  sx = json_number_value(json_object_get(x, "score"));
+                double  sy = json_number_value(json_object_get(y, "score"));
+
+                assert_float_equal(sx, sy, 1e-4);
+                if (json_integer_value(json_object_get(x, "movie_id"))
+                    != json_integer_value(json_object_get(y, "movie_id")))
+                {
+                    assert_true(fabs(sx - sy) < 1e-4);   /* a near tie */
+                }
+            }
+            json_decref(ja);
+            json_decref(jb);
+            free(on[i]);
+            free(off[i]);
+        }
+    }
+    (void) cm_rs_server_pack_items(F.srv, cm_lmk_simd());
+}
+
+
 /* The answer is written by hand from fragments jansson made: reading it
  * and writing it again with jansson's settings gives the same bytes. */
 static void
@@ -605,6 +708,8 @@ main(void)
         cmocka_unit_test(test_fold_in_changes_a_dataset_users_recommendations_at_once),
         cmocka_unit_test(test_fold_in_rejects_bad_ratings_and_users),
         cmocka_unit_test(test_batch_answers_equal_single_answers),
+        cmocka_unit_test(test_packed_items_score_as_openblas_does),
+        cmocka_unit_test(test_packed_items_keep_every_users_top_k),
         cmocka_unit_test(test_recommend_text_is_what_jansson_writes),
         cmocka_unit_test(test_log_members_come_first_and_match_the_answer),
         cmocka_unit_test(test_threads_with_their_own_scratch_answer_as_one_thread_does),

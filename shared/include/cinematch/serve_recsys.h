@@ -65,6 +65,23 @@ void cm_rs_server_free(cm_rs_server_t *s);
 const char *cm_rs_server_version(const cm_rs_server_t *s);
 const cm_rs_model_t *cm_rs_server_model(const cm_rs_server_t *s);
 
+/*
+ * Scoring with the item factors packed once (lm_kernels.h: 32-item panels,
+ * AVX-512 kernel): OpenBLAS's SGEMM re-packed the whole (n_items, k)
+ * matrix on every batch.  cm_rs_server_open packs when the CPU runs the
+ * AVX-512 kernels; cm_rs_server_pack_items(s, 0) goes back to OpenBLAS
+ * (benchmarks), (s, 1) packs again; returns 1 when packed.  Not while
+ * another thread scores with s.  The two score functions are
+ * cm_rs_score_users / cm_rs_score_vector (recsys.h) with the packed
+ * matrix when there is one: the same sums up to float rounding.
+ */
+int cm_rs_server_pack_items(cm_rs_server_t *s, int on);
+int cm_rs_server_packed(const cm_rs_server_t *s);
+int cm_rs_server_score_users(const cm_rs_server_t *s, const uint32_t *users,
+    size_t n, float *out);
+void cm_rs_server_score_vector(const cm_rs_server_t *s, const float *x,
+    float bias, float *out);
+
 /* out[i] gets a malloc'd JSON object for reqs[i] (API.md /recommend). */
 int cm_rs_server_recommend_batch(cm_rs_server_t *s,
     const cm_rs_rec_req_t *reqs, size_t n, char **out);
