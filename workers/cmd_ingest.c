@@ -562,57 +562,105 @@ cm_ingest_load_movie_ids(PGconn *c, int32_t **ids, size_t *n, char *err,
 
 
 /*
- * Loading into an empty `ratings` (the initial load): its secondary
- * indexes are dropped inside the load's transaction and built again from
- * their own definitions (pg_get_indexdef) after the INSERT, the way
- * pg_restore does it: one sort per index instead of a random btree insert
- * per row (ratings_movie_idx alone cost ~2 s of CPU per 1M rows).  The
- * DROP takes ratings' ACCESS EXCLUSIVE lock until the load commits, so the
- * app's rating writes wait for an initial load.  Returns the definitions
- * to rebuild (none when the table has rows or the indexes cannot be
- * dropped: then the load keeps them and pays per row), or NULL on error.
+ * Loading into an empty `ratings` (the initial load): the table is locked
+ * (ACCESS EXCLUSIVE, until the load commits: the app's rating writes wait
+ * for an initial load) and, once it is seen empty under that lock, its
+ * indexes and its primary key are dropped and built again from their own
+ * definitions after the rows are in, the way pg_restore does it: one sort
+ * per index instead of a btree insert per row (ratings_movie_idx cost ~2 s
+ * of CPU per 1M rows, the primary key ~1 s against ~0.3 s to build it).
+ * The rows then go straight into `ratings` by COPY: with nothing to update
+ * there is no staging table, UPDATE join or anti-join to pay for.  The
+ * file's own duplicates never reach the COPY (cm_ingest_plan), so adding
+ * the key back cannot fail on them.
+ *
+ * Returns the statements that put the indexes back (columns: create, and
+ * drop, in that order), zero rows when the table is not empty or cannot
+ * be locked or changed by this role (then the load keeps the indexes and
+ * pays per row), or NULL on error.
  */
 static PGresult *
 cm_ingest_defer_indexes(PGconn *c, char *err, size_t errlen)
 {
     PGresult  *defs, *r;
-    char       sql[600];
     int        i;
 
-    defs = cm_pg_query(c, "SELECT pg_get_indexdef(i.indexrelid),"
-                       " i.indexrelid::regclass::text FROM pg_index i"
-                       " WHERE i.indrelid = 'ratings'::regclass AND NOT"
-                       " i.indisunique AND NOT i.indisexclusion AND NOT"
-                       " EXISTS (SELECT 1 FROM pg_constraint k WHERE"
-                       " k.conindid = i.indexrelid) AND NOT EXISTS (SELECT 1"
-                       " FROM ratings)", 0, NULL, err, errlen);
-    if (defs == NULL || PQntuples(defs) == 0) {
-        return defs;
+    r = cm_pg_query(c, "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM ratings)",
+                    0, NULL, err, errlen);
+    if (r == NULL || PQntuples(r) == 0) {
+        return r;
     }
+    PQclear(r);
     if (cm_pg_exec(c, "SAVEPOINT cm_ingest_idx", err, errlen) != CM_OK) {
-        PQclear(defs);
         return NULL;
     }
-    for (i = 0; i < PQntuples(defs); i++) {
-        snprintf(sql, sizeof(sql), "DROP INDEX %s", PQgetvalue(defs, i, 1));
-        r = PQexec(c, sql);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            /* not the owner, say: keep the indexes, load row by row */
-            cm_warn("ingest: indexes kept during the load (%s)",
-                    PQresultErrorMessage(r));
-            PQclear(r);
+    r = PQexec(c, "LOCK TABLE ratings IN ACCESS EXCLUSIVE MODE");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        goto keep;
+    }
+    PQclear(r);
+    /* under the lock: empty now stays empty until we commit.  Keys first
+     * (built first again), a key another table references is kept */
+    defs = cm_pg_query(c, "SELECT 'ALTER TABLE ' || k.conrelid::regclass ||"
+                       " ' ADD CONSTRAINT ' || quote_ident(k.conname) || ' '"
+                       " || pg_get_constraintdef(k.oid), 'ALTER TABLE ' ||"
+                       " k.conrelid::regclass || ' DROP CONSTRAINT ' ||"
+                       " quote_ident(k.conname) FROM pg_constraint k WHERE"
+                       " k.conrelid = 'ratings'::regclass AND k.contype IN"
+                       " ('p', 'u') AND NOT EXISTS (SELECT 1 FROM"
+                       " pg_constraint f WHERE f.contype = 'f' AND"
+                       " f.conindid = k.conindid) AND NOT EXISTS (SELECT 1"
+                       " FROM ratings) UNION ALL SELECT"
+                       " pg_get_indexdef(i.indexrelid), 'DROP INDEX ' ||"
+                       " i.indexrelid::regclass FROM pg_index i WHERE"
+                       " i.indrelid = 'ratings'::regclass AND NOT"
+                       " i.indisexclusion AND NOT EXISTS (SELECT 1 FROM"
+                       " pg_constraint k WHERE k.conindid = i.indexrelid)"
+                       " AND NOT EXISTS (SELECT 1 FROM ratings)", 0, NULL,
+                       err, errlen);
+    if (defs == NULL) {
+        return NULL;
+    }
+    if (PQntuples(defs) == 0) {
+        /* rows came in before the lock: load beside them, not locked */
+        if (cm_pg_exec(c, "ROLLBACK TO SAVEPOINT cm_ingest_idx", err, errlen)
+            != CM_OK)
+        {
             PQclear(defs);
-            if (cm_pg_exec(c, "ROLLBACK TO SAVEPOINT cm_ingest_idx", err,
-                           errlen) != CM_OK)
-            {
-                return NULL;
-            }
-            return cm_pg_query(c, "SELECT 1 WHERE false", 0, NULL, err,
-                               errlen);
+            return NULL;
+        }
+        return defs;
+    }
+    for (i = 0; i < PQntuples(defs); i++) {
+        r = PQexec(c, PQgetvalue(defs, i, 1));
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            PQclear(defs);
+            goto keep;
         }
         PQclear(r);
     }
+    /* an empty table truncated in this subtransaction takes COPY FREEZE:
+     * rows written frozen and all-visible, so the index builds (and the
+     * first readers) do not rewrite every page to set hint bits */
+    r = PQexec(c, "TRUNCATE ratings");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        PQclear(defs);
+        goto keep;
+    }
+    PQclear(r);
     return defs;
+
+keep:
+    /* not the owner, say: keep the indexes, load row by row */
+    cm_warn("ingest: indexes kept during the load (%s)",
+            PQresultErrorMessage(r));
+    PQclear(r);
+    if (cm_pg_exec(c, "ROLLBACK TO SAVEPOINT cm_ingest_idx", err, errlen)
+        != CM_OK)
+    {
+        return NULL;
+    }
+    return cm_pg_query(c, "SELECT 1 WHERE false", 0, NULL, err, errlen);
 }
 
 
@@ -655,7 +703,7 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
     uint64_t           t0 = cm_now_mono_ns();
     double             secs;
     int64_t            batch;
-    int                rc, in_tx = 0;
+    int                rc, in_tx = 0, direct = 0;
 
     memset(&plan, 0, sizeof(plan));
     name = realpath(path, real) != NULL ? real : path;
@@ -735,12 +783,26 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
                               " rating, ts, source, batch_id) FROM STDIN"
                               " (FORMAT binary)", err, errlen);
     } else {
-        rc = cm_pg_exec(c, "CREATE TEMP TABLE cm_ratings_in (user_id int,"
-                        " movie_id int, rating numeric(2,1), ts timestamptz,"
-                        " data_split text) ON COMMIT DROP", err, errlen);
-        if (rc == CM_OK) {
-            rc = cm_pg_copy_begin(c, "COPY cm_ratings_in FROM STDIN"
-                                  " (FORMAT binary)", err, errlen);
+        idx = cm_ingest_defer_indexes(c, err, errlen);
+        if (idx == NULL) {
+            rc = CM_EIO;
+            goto failed;
+        }
+        direct = PQntuples(idx) > 0;
+        if (direct) {
+            rc = cm_pg_copy_begin(c, "COPY ratings (user_id, movie_id,"
+                                  " rating, ts, data_split, source,"
+                                  " batch_id) FROM STDIN (FORMAT binary,"
+                                  " FREEZE)", err, errlen);
+        } else {
+            rc = cm_pg_exec(c, "CREATE TEMP TABLE cm_ratings_in (user_id"
+                            " int, movie_id int, rating numeric(2,1), ts"
+                            " timestamptz, data_split text) ON COMMIT DROP",
+                            err, errlen);
+            if (rc == CM_OK) {
+                rc = cm_pg_copy_begin(c, "COPY cm_ratings_in FROM STDIN"
+                                      " (FORMAT binary)", err, errlen);
+            }
         }
     }
     if (rc != CM_OK) {
@@ -753,7 +815,7 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
         const cm_rating_t  *x = &plan.rows[i];
         unsigned char      *p = (unsigned char *) line;
 
-        p += cm_pgcopy_tuple(p, cli->to_buffer ? 6 : 5);
+        p += cm_pgcopy_tuple(p, cli->to_buffer ? 6 : (direct ? 7 : 5));
         p += cm_pgcopy_int4(p, (int32_t) x->user);
         p += cm_pgcopy_int4(p, (int32_t) x->item);
         p += cm_pgcopy_half_stars(p, (int) lrintf(x->rating * 2.0f));
@@ -761,10 +823,16 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
         if (cli->to_buffer) {
             p += cm_pgcopy_text(p, "dataset", 7);
             p += cm_pgcopy_int8(p, batch);
-        } else if (plan.test[i]) {
-            p += cm_pgcopy_text(p, "test", 4);
         } else {
-            p += cm_pgcopy_text(p, "train", 5);
+            if (plan.test[i]) {
+                p += cm_pgcopy_text(p, "test", 4);
+            } else {
+                p += cm_pgcopy_text(p, "train", 5);
+            }
+            if (direct) {
+                p += cm_pgcopy_text(p, "dataset", 7);
+                p += cm_pgcopy_int8(p, batch);
+            }
         }
         rc = cm_cbuf_put(c, &b, line, (size_t) (p - (unsigned char *) line),
                          err, errlen);
@@ -782,7 +850,7 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
     if (rc != CM_OK) {
         goto failed;
     }
-    if (!cli->to_buffer) {
+    if (!cli->to_buffer && !direct) {
         v[0] = id_s;
         /*
          * Two set-wise statements instead of INSERT ... ON CONFLICT: a
@@ -794,11 +862,6 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
          * (users.rating_user_id >= 10000000), which a dataset file would
          * have to name for that to happen.
          */
-        idx = cm_ingest_defer_indexes(c, err, errlen);
-        if (idx == NULL) {
-            rc = CM_EIO;
-            goto failed;
-        }
         r = cm_pg_query(c, "UPDATE ratings r SET rating = s.rating, ts ="
                         " s.ts, data_split = s.data_split, batch_id = $1"
                         " FROM cm_ratings_in s WHERE"
@@ -821,6 +884,8 @@ cm_ingest_ratings(PGconn *c, cm_ingest_cli_t *cli, const char *path,
             goto failed;
         }
         PQclear(r);
+    }
+    if (direct) {
         rc = cm_ingest_rebuild_indexes(c, idx, err, errlen);
         if (rc != CM_OK) {
             goto failed;

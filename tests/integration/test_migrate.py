@@ -259,7 +259,7 @@ def rejects(pg, db, sql, constraint=None):
     return e.value.stderr
 
 
-@pytest.mark.parametrize("bad", ["5.5", "0.3", "0", "-1", "4.75", "0.25"])
+@pytest.mark.parametrize("bad", ["5.5", "0.3", "0", "-1", "4.75", "0.25", "'NaN'"])
 def test_rating_outside_half_stars_is_rejected(pg, schema, bad):
     rejects(pg, schema, f"INSERT INTO ratings (user_id, movie_id, rating, ts)"
                         f" VALUES (1, 1, {bad}, now())", "rating_value_check")

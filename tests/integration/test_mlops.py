@@ -178,6 +178,28 @@ def test_ingest_binary_copy_keeps_exact_ratings_and_timestamps(env):
                    " AND movie_id <= 3") == "4.0@1000 4.5@1001 3.0@1002"
 
 
+def test_initial_load_into_empty_ratings_copies_straight_in_and_restores_the_key(env):
+    # the empty table is truncated and loaded by COPY FREEZE straight into
+    # ratings: rows carry the batch and source, and the primary key comes
+    # back as a constraint (a duplicate is refused)
+    env.sql("INSERT INTO movies (movie_id, title) SELECT g, 'm' || g FROM"
+            " generate_series(1, 3) g")
+    f = env.tmp / "init.csv"
+    f.write_text("userId,movieId,rating,timestamp\n1,1,4.0,1000\n1,2,3.0,1001\n"
+                 "2,1,5.0,1002\n")
+    env.run("ingest", "--target", "ratings", "--data", str(f), check=True)
+    assert env.sql("SELECT string_agg(user_id || ':' || movie_id || ':' ||"
+                   " rating || ':' || r.source || ':' || (r.batch_id = b.id)::text,"
+                   " ' ' ORDER BY user_id, movie_id) FROM ratings r,"
+                   " ingestion_batches b WHERE b.file_name LIKE '%init.csv'") == \
+        "1:1:4.0:dataset:true 1:2:3.0:dataset:true 2:1:5.0:dataset:true"
+    assert env.sql("SELECT contype FROM pg_constraint WHERE conname ="
+                   " 'ratings_pkey'") == "p"
+    r = env.pg.psql("INSERT INTO ratings (user_id, movie_id, rating, ts)"
+                    " VALUES (1, 1, 1.0, now())", db=env.db, check=False)
+    assert r.returncode != 0 and "ratings_pkey" in r.stderr
+
+
 def test_loading_ratings_again_keeps_the_newer_rating(env):
     # the initial load upserts with an UPDATE join and an anti-join INSERT
     # (no ON CONFLICT): the rule stays "a newer rating replaces the older"
