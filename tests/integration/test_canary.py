@@ -17,6 +17,7 @@ response cache and the request log:
 """
 
 import json
+import time
 import os
 import re
 import subprocess
@@ -286,11 +287,28 @@ def test_a_canary_user_never_gets_the_other_versions_cached_answer(api, stack):
         assert v == str(stack.v2) and (c == "HIT") == (u == uc), (u, v, c)
 
 
+def settle_request_logs(stack, timeout=15):
+    """Wait until no more request-log rows arrive (two counts 2.5 s apart,
+    longer than the 1 s flush interval, agree)."""
+    deadline = time.monotonic() + timeout
+    last = stack.sql("SELECT count(*) FROM request_logs")
+    while time.monotonic() < deadline:
+        time.sleep(2.5)
+        now = stack.sql("SELECT count(*) FROM request_logs")
+        if now == last:
+            return
+        last = now
+    raise AssertionError("request_logs kept growing for %d s" % timeout)
+
+
 def test_replay_reports_the_outcomes_of_each_version(api, stack):
     call(api, "POST", "/api/v1/models/recsys/canary",
          {"version": stack.v2, "share": 0.5}, api.admin)
     wait_served(api, {str(stack.v1): None, str(stack.v2): 0.5})
     want = expected(stack, 0.5)
+    # the earlier tests' answers reach request_logs in batches (flushed
+    # every second per worker): let them land before starting afresh
+    settle_request_logs(stack)
     stack.sql("TRUNCATE request_logs")
     answers = {u: recommend(api, u, k=4)[2] for u in range(1, 21)}
     harness.wait_for(lambda: int(stack.sql(
