@@ -704,6 +704,10 @@ def test_http2_client_abort_saves_a_partial_reply(api, how):
     h, cid = _h2_paused_mid_stream(api)
     where = f"conversation_id = '{cid}' AND role = 'assistant'"
     cancelled = _metric(api, "cinematch_chat_cancellations_total")
+    # the daemon was paused after nginx saw a token: a fast model may have
+    # finished the whole reply by then (nginx still streams it), and then
+    # there is no sequence left to cancel
+    running = _metric(api, "cinematch_infer_running_sequences")
     try:
         if how == "rst_stream":
             h.reset()
@@ -724,9 +728,11 @@ def test_http2_client_abort_saves_a_partial_reply(api, how):
     assert seen and content.startswith(seen), (seen, content)
     harness.wait_for(lambda: _queue_empty(api), timeout=5,
                      what="daemon sequence freed")
-    # the daemon counted the cancellation and holds no sequence for it
+    # the daemon counted the cancellation (when it was still generating)
+    # and holds no sequence for it
     harness.wait_for(lambda: _metric(api, "cinematch_chat_cancellations_total")
-                     == cancelled + 1, timeout=5, what="cancellation counted")
+                     == cancelled + (1 if running else 0), timeout=5,
+                     what="cancellation counted")
     harness.wait_for(lambda: _metric(api, "cinematch_infer_running_sequences")
                      == 0, timeout=5, what="no running sequence")
     if how == "rst_stream":

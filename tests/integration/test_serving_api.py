@@ -247,14 +247,29 @@ def test_cache_control_no_cache_bypasses_the_cache(api, admin):
     assert s == 200 and hdrs["x-cache"] == "MISS"
 
 
+def cached_next(do, timeout=5):
+    """The X-Cache of the first answer after the entry was stored: the
+    module writes an entry after it has answered (off the request path),
+    so a repeat may come before the write lands."""
+    deadline = time.monotonic() + timeout
+    while True:
+        h = do()
+        if h == "HIT" or time.monotonic() > deadline:
+            return h
+        time.sleep(0.05)
+
+
 def test_similar_and_popular_are_cached(api, stack):
     movie = int(stack.db.sql("SELECT min(movie_id) FROM movies"))
-    h = [call(api, "POST", "/api/v1/similar", {"movie_id": movie, "k": 4})[1]
-         ["x-cache"] for _ in range(2)]
-    assert h == ["MISS", "HIT"]
-    h = [call(api, "GET", "/api/v1/popular?k=3&genre=Comedy")[1]["x-cache"]
-         for _ in range(2)]
-    assert h == ["MISS", "HIT"]
+    def similar():
+        return call(api, "POST", "/api/v1/similar",
+                    {"movie_id": movie, "k": 4})[1]["x-cache"]
+
+    def popular():
+        return call(api, "GET", "/api/v1/popular?k=3&genre=Comedy")[1]["x-cache"]
+
+    assert [similar(), cached_next(similar)] == ["MISS", "HIT"]
+    assert [popular(), cached_next(popular)] == ["MISS", "HIT"]
     assert metric(api, "cinematch_cache_hits_total", endpoint="similar") >= 1
     assert metric(api, "cinematch_cache_hits_total", endpoint="popular") >= 1
     # errors are not cached
@@ -269,8 +284,11 @@ def test_a_fold_in_invalidates_the_users_cached_recommendations(api, stack):
         "SELECT movie_id FROM movies ORDER BY movie_id LIMIT 3").split()]
     s, h, before, _ = call(api, "POST", "/api/v1/recommend", {"k": 10}, u["token"])
     assert s == 200 and h["x-cache"] == "MISS" and before["is_fallback"] is True
-    assert call(api, "POST", "/api/v1/recommend", {"k": 10},
-                u["token"])[1]["x-cache"] == "HIT"
+    def recommend():
+        return call(api, "POST", "/api/v1/recommend", {"k": 10},
+                    u["token"])[1]["x-cache"]
+
+    assert cached_next(recommend) == "HIT"
     for movie, rating in zip(movies, (5, 5, 0.5)):
         s, _, doc, _ = call(api, "PUT", f"/api/v1/ratings/{movie}",
                             {"rating": rating}, u["token"])
@@ -280,8 +298,7 @@ def test_a_fold_in_invalidates_the_users_cached_recommendations(api, stack):
     assert after["is_fallback"] is False
     assert not set(movies) & {r["movie_id"] for r in after["recommendations"]}
     # and the fresh answer is cached again
-    assert call(api, "POST", "/api/v1/recommend", {"k": 10},
-                u["token"])[1]["x-cache"] == "HIT"
+    assert cached_next(recommend) == "HIT"
 
 
 def test_scoring_threads_and_the_answer_cache_answer_as_one_thread(
