@@ -240,6 +240,12 @@ ngx_int_t ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc);
 json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+/* reads the body, then post(r); returns like a content handler */
+ngx_int_t ngx_http_cinematch_read_body_then(ngx_http_request_t *r,
+    ngx_http_client_body_handler_pt post);
+/* a refusal before reading: drops the body unread, then the error */
+ngx_int_t ngx_http_cinematch_refuse_body(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message);
 ngx_int_t ngx_http_cinematch_body_size_check(ngx_http_request_t *r);
 ngx_int_t ngx_http_cinematch_arg(ngx_http_request_t *r, const char *name,
     ngx_str_t *value);
