@@ -301,6 +301,12 @@ ngx_int_t ngx_http_cinematch_pg_query(ngx_http_request_t *r, const char *sql,
     int nparams, const char *const *values,
     ngx_http_cinematch_pg_handler_pt handler, void *data);
 ngx_uint_t ngx_http_cinematch_pg_connected(void);
+/* the nginx side of a libpq socket, for the pool and the request log's own
+ * connection: level-triggered interest in read / write, and letting go of
+ * the connection (the socket stays libpq's; closed: it is closed already) */
+ngx_int_t ngx_http_cinematch_pg_events(ngx_connection_t *c, ngx_uint_t read,
+    ngx_uint_t write);
+void ngx_http_cinematch_pg_release(ngx_connection_t *c, ngx_uint_t closed);
 json_t *ngx_http_cinematch_pg_value(PGresult *res, int row, int col);
 json_t *ngx_http_cinematch_pg_row(PGresult *res, int row);
 json_t *ngx_http_cinematch_pg_rows(PGresult *res);
