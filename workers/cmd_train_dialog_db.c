@@ -182,16 +182,7 @@ static int
 cm_tdd_num(const char *flag, const char *s, double lo, double hi,
     double *out)
 {
-    char    *end;
-    double   v = strtod(s, &end);
-
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
-        fprintf(stderr, CM_TDD_ME ": %s wants a number in %g..%g, got"
-                " '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return cm_cli_num(CM_TDD_ME, flag, s, lo, hi, out);
 }
 
 

@@ -125,6 +125,11 @@ int cm_run_watch_stop(cm_run_watch_t *w);
 int cm_model_artifact_sha256(const char *path, char hex[65], uint64_t *bytes,
     char *err, size_t errlen);
 
+/* A number flag in lo..hi: 0, or -1 after "<me>: <flag> wants a number in
+ * lo..hi, got '<s>'" on stderr. */
+int cm_cli_num(const char *me, const char *flag, const char *s, double lo,
+    double hi, double *out);
+
 /* Sleep for an interval like "30s", "15m", "1h", "1d" (seconds when bare);
  * returns -1 when s is malformed. */
 long cm_interval_parse(const char *s);

@@ -803,3 +803,20 @@ cm_run_watch_stop(cm_run_watch_t *w)
     cm_run_watch_pipe[0] = cm_run_watch_pipe[1] = -1;
     return atomic_load(&w->pending);
 }
+
+
+int
+cm_cli_num(const char *me, const char *flag, const char *s, double lo,
+    double hi, double *out)
+{
+    char    *end;
+    double   v = strtod(s, &end);
+
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "%s: %s wants a number in %g..%g, got '%s'\n", me,
+                flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
