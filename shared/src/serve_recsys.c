@@ -68,6 +68,8 @@ struct cm_rs_scratch_s {
     cm_rss_buf_t     l;            /* its request-log members */
     int32_t          ids[CM_RSS_MAX_K];   /* the answer's movies */
     double           sc[CM_RSS_MAX_K];    /* and their scores */
+    char             sct[CM_RSS_MAX_K][32];  /* as text (answer and log) */
+    uint8_t          scl[CM_RSS_MAX_K];   /* its length */
     size_t           n;
 };
 
@@ -735,16 +737,18 @@ cm_rss_put_int(cm_rss_buf_t *w, long long v)
 
 
 /* jansson's JSON_REAL_PRECISION(6): "%.6g", a ".0" when that reads as an
- * integer, and no '+' or leading zeros in an exponent. */
-static void
-cm_rss_put_real(cm_rss_buf_t *w, double v)
+ * integer, and no '+' or leading zeros in an exponent.  strfromd: the same
+ * digits as snprintf without parsing a format per call.  b: 32 bytes;
+ * returns the length. */
+static size_t
+cm_rss_fmt_real(char *b, double v)
 {
-    char  b[48], *e, *start, *end;
-    int   n = snprintf(b, sizeof(b) - 2, "%.6g", v);
+    char  *e, *start, *end;
+    int    n = strfromd(b, 30, "%.6g", v);
 
-    if (n < 0 || (size_t) n >= sizeof(b) - 2) {
-        cm_rss_lit(w, "0.0");
-        return;
+    if (n < 0 || n >= 30) {
+        memcpy(b, "0.0", 4);
+        return 3;
     }
     if (strchr(b, '.') == NULL && strchr(b, 'e') == NULL) {
         memcpy(b + n, ".0", 3);
@@ -768,7 +772,17 @@ cm_rss_put_real(cm_rss_buf_t *w, double v)
             n = (int) strlen(b);
         }
     }
-    cm_rss_put(w, b, (size_t) n);
+    return (size_t) n;
+}
+
+
+/* the answer's i-th score: formatted once, written again by the log */
+static void
+cm_rss_put_score(cm_rs_scratch_t *w, size_t i, double v)
+{
+    w->sc[i] = v;
+    w->scl[i] = (uint8_t) cm_rss_fmt_real(w->sct[i], v);
+    cm_rss_put(&w->a, w->sct[i], w->scl[i]);
 }
 
 
@@ -881,10 +895,9 @@ cm_rss_put_popular(cm_rs_scratch_t *w, const cm_rs_server_t *s,
         sc = (double) (float) s->m->pop[item];
         cm_rss_put_item(&w->a, s, item, 1);
         cm_rss_lit(&w->a, ",\"score\":");
-        cm_rss_put_real(&w->a, sc);
+        cm_rss_put_score(w, got, sc);
         cm_rss_lit(&w->a, "}");
         w->ids[got] = s->m->item_ext[item];
-        w->sc[got] = sc;
         got++;
     }
     w->n = got;
@@ -924,7 +937,7 @@ cm_rss_put_log(cm_rs_scratch_t *w, const cm_rs_server_t *s,
         if (i > 0) {
             cm_rss_lit(l, ",");
         }
-        cm_rss_put_real(l, w->sc[i]);
+        cm_rss_put(l, w->sct[i], w->scl[i]);
     }
     cm_rss_lit(l, "],\"rating_user_id\":");
     if (q->user != 0) {
@@ -1041,9 +1054,8 @@ cm_rss_recommend_one(const cm_rs_server_t *s, cm_rs_scratch_t *w,
         }
         cm_rss_put_item(a, s, w->tk_idx[i], 1);
         cm_rss_lit(a, ",\"score\":");
-        cm_rss_put_real(a, (double) w->tk_score[i]);
+        cm_rss_put_score(w, i, (double) w->tk_score[i]);
         w->ids[i] = s->m->item_ext[w->tk_idx[i]];
-        w->sc[i] = (double) w->tk_score[i];
         w->n = i + 1;
         best = UINT32_MAX;
         best_sim = -2.0f;
