@@ -101,6 +101,7 @@ struct cm_rs_server_s {
     cm_rss_entry_t  *cache;        /* (ncache) 2-way sets; NULL: off */
     size_t           ncache;
     size_t           cache_bytes;  /* text held by the cache */
+    size_t           cache_used;   /* entries holding an answer */
     uint64_t         tick;
     uint64_t         cache_hits;
     uint64_t         cache_misses;
@@ -267,6 +268,7 @@ cm_rss_cache_clear(cm_rs_server_t *s)
     s->cache = NULL;
     s->ncache = 0;
     s->cache_bytes = 0;
+    s->cache_used = 0;
 }
 
 
@@ -1291,6 +1293,8 @@ cm_rs_server_cache_put(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
     if (e->json != NULL) {
         s->cache_bytes -= e->len;
         free(e->json);
+    } else {
+        s->cache_used++;
     }
     e->q = *q;
     e->json = json;
@@ -1309,6 +1313,13 @@ cm_rs_server_cache_stats(const cm_rs_server_t *s, uint64_t *hits,
 }
 
 
+size_t
+cm_rs_server_cache_entries(const cm_rs_server_t *s)
+{
+    return s->cache_used;
+}
+
+
 /* a fold-in changes every answer of that user */
 static void
 cm_rss_cache_forget(cm_rs_server_t *s, int32_t user)
@@ -1320,6 +1331,7 @@ cm_rss_cache_forget(cm_rs_server_t *s, int32_t user)
             s->cache_bytes -= s->cache[i].len;
             free(s->cache[i].json);
             s->cache[i].json = NULL;
+            s->cache_used--;
         }
     }
 }

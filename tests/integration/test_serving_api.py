@@ -342,6 +342,21 @@ def test_scoring_threads_and_the_answer_cache_answer_as_one_thread(
                     pytest.approx([r["score"] for r in want["recommendations"]],
                                   rel=1e-4)
 
+        # the daemon's answer cache in /metrics: every lookup counted, at
+        # most its 16 answers held
+        st, _, body = ngx.request("GET", "/metrics")
+        assert st == 200
+        text = body.decode()
+        got_m = {r: int(v) for r, v in re.findall(
+            r'^cinematch_infer_answer_cache_requests_total\{[^}]*'
+            r'result="(hit|miss)"\} (\d+)$', text, re.M)}
+        assert got_m.get("hit", 0) + got_m.get("miss", 0) >= 2 * len(users), \
+            got_m
+        assert got_m.get("miss", 0) >= 16, got_m
+        held = re.search(r'^cinematch_infer_answer_cache_entries\{[^}]*\} '
+                         r'(\d+)$', text, re.M)
+        assert held and 1 <= int(held.group(1)) <= 16, text[-2000:]
+
         u = new_user(ngx, stack.db)
         movie = int(stack.db.sql(
             "SELECT movie_id FROM movies ORDER BY movie_id LIMIT 1"))
