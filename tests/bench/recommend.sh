@@ -101,7 +101,11 @@ HZ=$(getconf CLK_TCK)
 
 run() {   # url [script] -> "req/s p50_ms p99_ms cpu_us/request(nginx daemon redis pg wrk)"
     local out pids c0 c1 reqs wrk_t
-    pids=$(stack_pids)
+    if [ -n "${2:-}" ]; then
+        pids=$(stack_pids)
+    else   # the static file: the baseline's own nginx
+        pids="$(cat "$T/nginx.pid") $(pgrep -P "$(cat "$T/nginx.pid")")"
+    fi
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $pids)
     if [ -n "${2:-}" ]; then
@@ -142,7 +146,7 @@ read -r c_rps c_p50 c_p99 c_cpu < <(run "http://127.0.0.1:$PORT/api/v1/recommend
 printf '\n%-40s %12s %10s %10s %8s  %s\n' path "req/s" p50 p99 ratio \
     "CPU us/request: nginx,daemon,redis,postgres,wrk"
 printf '%-40s %12s %10s %10s %8s  %s\n' "nginx static JSON (baseline)" "$s_rps" "$s_p50" "$s_p99" 1 \
-    "(wrk ${s_cpu##*,})"
+    "$s_cpu"
 printf '%-40s %12s %10s %10s %8s  %s\n' "POST /api/v1/recommend (cache bypassed)" "$r_rps" "$r_p50" "$r_p99" \
     "$(awk -v a="$r_rps" -v b="$s_rps" 'BEGIN {printf "%.3f", a / b}')" "$r_cpu"
 printf '%-40s %12s %10s %10s %8s  %s\n' "POST /api/v1/recommend (Redis cache)" "$c_rps" "$c_p50" "$c_p99" \
