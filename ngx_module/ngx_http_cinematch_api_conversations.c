@@ -9,6 +9,7 @@
  *   PATCH  /api/v1/conversations/{id}           {title}
  *   DELETE /api/v1/conversations/{id}           → 204
  *   POST   /api/v1/conversations/{id}/messages  generate (SSE or JSON)
+ *   POST   /api/v1/conversations/{id}/cancel    stop that generation
  *   GET    /api/v1/conversations/{id}/export?format=json|md|pdf
  *   POST   /api/v1/messages/{id}/feedback       {rating: 1|-1, comment?}
  *
@@ -138,6 +139,9 @@ static ngx_int_t ngx_http_cinematch_conv_download(ngx_http_request_t *r,
     ngx_http_cinematch_conv_t *st, const char *ext, ngx_str_t *type,
     u_char *data, size_t len);
 
+static ngx_int_t ngx_http_cinematch_conv_cancel_owned(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+
 static ngx_int_t ngx_http_cinematch_msg_stored(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_msg_cached(ngx_http_request_t *r,
@@ -152,6 +156,10 @@ static ngx_int_t ngx_http_cinematch_msg_text(ngx_http_cinematch_gen_t *g,
 static ngx_int_t ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g);
 static ngx_int_t ngx_http_cinematch_msg_saved(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_msg_pushed(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_msg_answer(ngx_http_request_t *r,
+    ngx_http_cinematch_conv_t *st);
 
 static ngx_int_t ngx_http_cinematch_feedback_stored(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
@@ -860,6 +868,78 @@ ngx_http_cinematch_conv_deleted(ngx_http_request_t *r, void *data,
 
 
 /*
+ * POST /api/v1/conversations/{id}/cancel
+ *
+ * The owner's check (404 otherwise, as everywhere), then a stop request
+ * into every slot labelled with the conversation id, on any worker's
+ * partition (ngx_http_cinematch_infer_stop).  The generation ends on the
+ * worker that streams it: the daemon finishes it with finish_reason
+ * "cancelled", and that worker stores the text so far (status partial,
+ * with its counts) and sends `done`, as for any other end.  202: the stop
+ * is asked for, it has not necessarily happened yet; 409 when nothing is
+ * being generated in the conversation.
+ */
+
+ngx_int_t
+ngx_http_cinematch_conv_cancel_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_http_cinematch_conv_t  *st;
+
+    if (!ngx_http_cinematch_conv_uuid(&ctx->params[0])) {
+        return ngx_http_cinematch_conv_not_found(r);
+    }
+
+    st = ngx_http_cinematch_conv_state(r, ctx, 1);
+    if (st == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_conv_query(r,
+        "SELECT 1 FROM conversations"
+        " WHERE id = $1::uuid AND user_id = $2::bigint",
+        2, st->values, ngx_http_cinematch_conv_cancel_owned, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_conv_cancel_owned(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   tag;
+    ngx_uint_t                  n;
+    ngx_http_cinematch_conv_t  *st = data;
+
+    if (ngx_http_cinematch_conv_failed(r, res, err, "conversation read",
+                                       &rc))
+    {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_cinematch_conv_not_found(r);
+    }
+
+    tag.data = (u_char *) st->conv_id;
+    tag.len = ngx_strlen(st->conv_id);
+
+    n = ngx_http_cinematch_infer_stop(&tag);
+
+    if (n == 0) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_CONFLICT,
+                                             "conflict",
+                                             "no reply is being generated "
+                                             "in this conversation");
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_ACCEPTED,
+               json_pack("{s:s, s:I}", "conversation_id", st->conv_id,
+                         "cancelled", (json_int_t) n));
+}
+
+
+/*
  * POST /api/v1/conversations/{id}/messages
  *
  * validate → store the user message (404 when the conversation is not the
@@ -1142,6 +1222,52 @@ ngx_http_cinematch_conv_push_turn(const char *conv_id, u_char *text,
 }
 
 
+ngx_int_t
+ngx_http_cinematch_conv_push_reply(ngx_http_request_t *r, const char *conv_id,
+    u_char *text, size_t len, ngx_http_cinematch_redis_handler_pt handler,
+    void *data)
+{
+    ngx_int_t  rc;
+
+    if (len == 0) {
+        return NGX_DECLINED;
+    }
+
+    /* one connection, answered in order: the EXPIRE's reply comes after
+     * the RPUSH and the LTRIM were applied */
+    rc = ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "RPUSH cinematch:conv:%s:turns %b", conv_id, text, len);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "LTRIM cinematch:conv:%s:turns -%d -1", conv_id,
+               NGX_HTTP_CINEMATCH_CONV_TURNS);
+
+    rc = ngx_http_cinematch_redis_commandf(r, handler, data,
+               "EXPIRE cinematch:conv:%s:turns " NGX_HTTP_CINEMATCH_CONV_TTL,
+               conv_id);
+    if (rc != NGX_OK) {
+        ngx_http_cinematch_conv_drop_turns(conv_id);
+    }
+
+    return rc;
+}
+
+
+/* A context that may have missed a turn goes: it is rebuilt from
+ * PostgreSQL by the next message. */
+
+void
+ngx_http_cinematch_conv_drop_turns(const char *conv_id)
+{
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+                                             "DEL cinematch:conv:%s:turns",
+                                             conv_id);
+}
+
+
 /* The cached context rebuilt from the turns read from PostgreSQL: DEL,
  * then RPUSH the turns, then EXPIRE (fire and forget). */
 
@@ -1208,6 +1334,8 @@ ngx_http_cinematch_msg_generate(ngx_http_request_t *r,
     st->gen.data = st;
     st->gen.keep = 1;
     st->gen.save_on_gone = 1;
+    st->gen.tag.data = (u_char *) st->conv_id;
+    st->gen.tag.len = ngx_strlen(st->conv_id);
 
     rc = ngx_http_cinematch_gen_start(r, &st->gen, st->params, &payload);
 
@@ -1427,11 +1555,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
     u_char                     *p;
-    json_t                     *doc;
-    int64_t                     pt, ct;
-    json_int_t                  umid;
-    ngx_uint_t                  status;
-    const char                 *id, *code, *message;
+    const char                 *id;
     ngx_http_cinematch_gen_t   *g;
     ngx_http_cinematch_conv_t  *st = data;
 
@@ -1465,12 +1589,61 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                st->request_id, st->row.turns, st->row.dropped,
                st->row.truncated);
 
-    if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
-        && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED)
-    {
-        ngx_http_cinematch_conv_push_turn(st->conv_id, st->reply,
-                                          st->reply_len);
+    st->message_id[0] = '\0';
+
+    if (id != NULL) {
+        p = ngx_cpymem(st->message_id, id,
+                       ngx_min(ngx_strlen(id), NGX_INT64_LEN));
+        *p = '\0';
     }
+
+    /* the reply goes into the context before the client hears of it: a
+     * next message sent at once, maybe to another worker, must see it */
+    if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
+        && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED
+        && ngx_http_cinematch_conv_push_reply(r, st->conv_id, st->reply,
+                                              st->reply_len,
+                                              ngx_http_cinematch_msg_pushed,
+                                              st)
+           == NGX_OK)
+    {
+        return NGX_DONE;
+    }
+
+    return ngx_http_cinematch_msg_answer(r, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_msg_pushed(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_cinematch_conv_t  *st = data;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_cinematch_conv_drop_turns(st->conv_id);
+    }
+
+    return ngx_http_cinematch_msg_answer(r, st);
+}
+
+
+/* The final event, or the JSON answer, of a stored (or lost) reply. */
+
+static ngx_int_t
+ngx_http_cinematch_msg_answer(ngx_http_request_t *r,
+    ngx_http_cinematch_conv_t *st)
+{
+    u_char                     *p;
+    json_t                     *doc;
+    int64_t                     pt, ct;
+    json_int_t                  umid;
+    ngx_uint_t                  status;
+    const char                 *id, *code, *message;
+    ngx_http_cinematch_gen_t   *g;
+
+    g = &st->gen;
+    id = st->message_id[0] ? st->message_id : NULL;
 
     if (r->connection->error) {
         return NGX_HTTP_CLIENT_CLOSED_REQUEST;   /* partial: stored */
@@ -1481,7 +1654,10 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
     umid = (json_int_t) ngx_atoof((u_char *) st->user_message_id,
                                   ngx_strlen(st->user_message_id));
 
-    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE && id != NULL) {
+    if ((g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE
+         || g->outcome == NGX_HTTP_CINEMATCH_GEN_CANCELLED)
+        && id != NULL)
+    {
         code = NULL;
         message = NULL;
         status = NGX_HTTP_OK;
@@ -1518,7 +1694,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                         "role", "assistant",
                         "content", (char *) st->reply, st->reply_len,
                         "status", st->row.status,
-                        "finish_reason", st->row.finish,
+                        "finish_reason", g->finish,
                         "usage", "prompt_tokens", (json_int_t) pt,
                         "completion_tokens", (json_int_t) ct,
                         "model_version", st->row.version[0] ? st->row.version : NULL,
@@ -1547,7 +1723,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                         "\"user_message_id\":%s,\"finish_reason\":\"%s\","
                         "\"usage\":{\"prompt_tokens\":%L,"
                         "\"completion_tokens\":%L},\"context\":",
-                        id, st->user_message_id, st->row.finish, pt, ct);
+                        id, st->user_message_id, g->finish, pt, ct);
         p = ngx_http_cinematch_gen_context(g, p);
         p = ngx_cpymem(p, "}\n\n", 3);
 

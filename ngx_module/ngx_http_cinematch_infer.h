@@ -66,6 +66,23 @@ ngx_int_t ngx_http_cinematch_infer_submit(ngx_http_request_t *r,
     ngx_http_cinematch_infer_handler_pt handler, void *data,
     ngx_http_cinematch_infer_req_t **out);
 
+/* The same, with the slot labelled `tag` (a conversation id, at most 39
+ * bytes) so that any worker can stop it (ngx_http_cinematch_infer_stop). */
+ngx_int_t ngx_http_cinematch_infer_submit_tagged(ngx_http_request_t *r,
+    const ngx_str_t *tag, uint32_t kind, const uint64_t *params,
+    size_t nparams, const u_char *payload, size_t len,
+    ngx_http_cinematch_infer_handler_pt handler, void *data,
+    ngx_http_cinematch_infer_req_t **out);
+
+/*
+ * Ask the daemons to stop every generation labelled `tag`, whichever
+ * worker streams it: the stop request goes into the slot (cm_ipc_stop)
+ * with a STOP doorbell, and the daemon ends the generation as DONE with
+ * finish_reason "cancelled", which its owner streams as usual.  Returns
+ * how many generations were asked to stop.
+ */
+ngx_uint_t ngx_http_cinematch_infer_stop(const ngx_str_t *tag);
+
 /* Clear the bell before draining, so a record written after the drain
  * rings again (see ipc.h). */
 void ngx_http_cinematch_infer_rearm(ngx_http_cinematch_infer_req_t *ir);

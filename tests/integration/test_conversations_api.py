@@ -5,7 +5,9 @@ complete / partial / error replies, context from Redis rebuilt from
 PostgreSQL, feedback, export, chat events, bad input."""
 
 import concurrent.futures
+import http.client
 import json
+import re
 import shutil
 import signal
 import socket
@@ -77,6 +79,9 @@ def api(workdir, backends, db, model):
                         http_extra=infer.directive
                         + f"\ncinematch_jwt_secret_file {workdir / 'conv-jwt.secret'};",
                         server_extra=f"listen 127.0.0.1:{h2_port} http2;",
+                        # which worker answered: the cancel tests send the
+                        # cancel through the worker that does not stream
+                        location_extra="add_header X-Worker-Pid $pid always;",
                         name="nginx-conv", workers=2)
     ngx.h2_port = h2_port
     ngx.alice = access_token(secret, sub=db.alice)
@@ -878,6 +883,167 @@ def test_a_newest_turn_longer_than_the_context_keeps_its_tail(api):
     assert msgs[2]["content"] == "Louis, I think this is the beginning. " * 100
 
 
+# --- an explicit cancel: POST /api/v1/conversations/{id}/cancel ------------------
+
+def test_cancel_is_404_for_other_users_and_409_when_nothing_runs(api):
+    cid = new_conv(api)
+    for path_cid, who in [(cid, "bob"),
+                          ("00000000-0000-0000-0000-000000000000", "alice"),
+                          ("nope", "alice")]:
+        status, doc = jcall(api, "POST", f"/api/v1/conversations/{path_cid}/cancel",
+                            who=who)
+        assert status == 404 and doc["error"]["code"] == "not_found", (who, doc)
+    status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/cancel")
+    assert status == 409, doc
+    assert doc["error"]["code"] == "conflict" and doc["error"]["message"]
+    # a finished reply leaves nothing to cancel either
+    jcall(api, "POST", f"/api/v1/conversations/{cid}/messages", msg(stream=False))
+    assert jcall(api, "POST", f"/api/v1/conversations/{cid}/cancel")[0] == 409
+    status, _, _ = api.request("POST", f"/api/v1/conversations/{cid}/cancel")
+    assert status == 401
+
+
+def _conn_per_worker(api, tries=400):
+    """{worker pid: keep-alive connection} for both workers: nginx serves a
+    connection in one worker for its whole life."""
+    conns = {}
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        r.read()
+        pid = int(r.getheader("X-Worker-Pid"))
+        if pid in conns:
+            conn.close()
+        else:
+            conns[pid] = conn
+        if len(conns) == 2:
+            return conns
+    pytest.fail("every connection went to the same nginx worker")
+
+
+def _cancel_on(conn, api, cid):
+    conn.request("POST", f"/api/v1/conversations/{cid}/cancel",
+                 headers={"Authorization": f"Bearer {api.alice}"})
+    r = conn.getresponse()
+    return r.status, json.loads(r.read())
+
+
+def _read_to_end(s, buf):
+    s.settimeout(20)
+    while not buf.endswith(b"\r\n0\r\n\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return buf
+
+
+@pytest.mark.parametrize("worker", ["other", "same"])
+def test_cancel_ends_the_stream_with_done_cancelled_and_stores_a_partial_reply(
+        api, worker):
+    conns = _conn_per_worker(api)
+    before = _metric(api, "cinematch_chat_cancellations_total")
+    s, buf, cid = _paused_mid_stream(api)
+    try:
+        pid = int(re.search(rb"x-worker-pid: (\d+)", buf, re.I).group(1))
+        conn = next(c for p, c in conns.items() if (p != pid) == (worker == "other"))
+        status, doc = _cancel_on(conn, api, cid)
+        assert status == 202 and doc == {"conversation_id": cid, "cancelled": 1}, doc
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    for c in conns.values():
+        c.close()
+    events = sse_events(_sse_body(_read_to_end(s, buf)))
+    names = [e for e, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"token"}, names
+    done = events[-1][1]
+    assert done["finish_reason"] == "cancelled", done
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    row = api.db.sql(f"SELECT id, status, finish_reason, completion_tokens "
+                     f"FROM messages WHERE {where}").split("|")
+    assert row[1:3] == ["partial", "cancel"], row
+    assert int(row[0]) == done["message_id"]
+    assert int(row[3]) == done["usage"]["completion_tokens"]
+    _assert_partial_counts(api, where)
+    content = bytes.fromhex(api.db.sql(
+        f"SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM messages "
+        f"WHERE {where}")).decode()
+    seen = "".join(d["text"] for e, d in events if e == "token")
+    assert content == seen, (seen, content)
+    # the daemon freed the sequence at once and counted the cancellation
+    assert _queue_empty(api)
+    assert _metric(api, "cinematch_chat_cancellations_total") >= before + 1
+    # the kept reply is part of the context of the next message
+    assert redis(api, "LRANGE", f"cinematch:conv:{cid}:turns", "-1", "-1").strip() \
+        == content.strip()
+    assert jcall(api, "POST", f"/api/v1/conversations/{cid}/cancel")[0] == 409
+
+
+def test_back_to_back_messages_on_both_workers_see_every_reply(api):
+    """A reply is in the conversation's Redis context before `done` (or the
+    JSON answer) goes out, so a message sent the moment it arrives, on the
+    other worker, has it in its prompt (regression: the append was fire
+    and forget and could reach Redis after the next message read the
+    list)."""
+    conns = list(_conn_per_worker(api).values())
+    cid = new_conv(api)
+    h = {"Authorization": f"Bearer {api.alice}", "Content-Type": "application/json"}
+    given = 0          # turns so far: the messages and the non-empty replies
+    for k in range(8):
+        stream = k % 4 < 2
+        conn = conns[k % 2]
+        conn.request("POST", f"/api/v1/conversations/{cid}/messages",
+                     body=json.dumps(msg(f"line {k}", max_tokens=4, stream=stream)),
+                     headers=h)
+        r = conn.getresponse()
+        raw = r.read()
+        assert r.status == 200, raw
+        if stream:
+            events = sse_events(raw)
+            ev, done = events[-1]
+            assert ev == "done", raw[-300:]
+            text = "".join(d["text"] for e, d in events if e == "token")
+        else:
+            done = json.loads(raw)
+            text = done["content"]
+        given += 1
+        cx = done["context"]
+        # every earlier turn, the replies included, was given to the daemon
+        assert cx["turns"] + cx["dropped_turns"] == given, (k, done)
+        given += 1 if text else 0   # an empty reply is no turn
+    for c in conns:
+        c.close()
+    turns = redis(api, "LLEN", f"cinematch:conv:{cid}:turns").strip()
+    assert turns == str(given), turns
+
+
+def test_cancel_before_the_daemon_starts_ends_a_json_answer_as_cancelled(api):
+    """A cancel that reaches the slot before the daemon took the request:
+    the generation ends before it begins, with no tokens."""
+    cid = new_conv(api)
+    api.infer.proc.send_signal(signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(jcall, api, "POST",
+                              f"/api/v1/conversations/{cid}/messages",
+                              msg(stream=False, **_long()))
+            harness.wait_for(lambda: jcall(api, "POST",
+                                           f"/api/v1/conversations/{cid}/cancel")[0]
+                             == 202, timeout=1.5, what="the cancel accepted")
+            api.infer.proc.send_signal(signal.SIGCONT)
+            status, doc = fut.result(timeout=30)
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    assert status == 200, doc
+    assert doc["status"] == "partial" and doc["finish_reason"] == "cancelled", doc
+    assert doc["usage"]["completion_tokens"] == 0 and doc["content"] == ""
+    assert api.db.sql(f"SELECT status, finish_reason FROM messages WHERE "
+                      f"id = {doc['id']}") == "partial|cancel"
+    harness.wait_for(lambda: _queue_empty(api), timeout=5, what="queue drained")
+
+
 # --- last: kills the daemon ---------------------------------------------------
 
 def test_daemon_killed_mid_stream_gives_an_error_event_and_keeps_the_user_message(api):
@@ -900,6 +1066,12 @@ def test_daemon_killed_mid_stream_gives_an_error_event_and_keeps_the_user_messag
                       f"FROM messages WHERE conversation_id = '{cid}' "
                       f"ORDER BY id").splitlines()
     assert rows == ["user|complete||f", "assistant|error|error|t"], rows
+    # an error reply records its counts like a partial one (regression: they
+    # were NULL): the prompt, the tokens sampled by then, the latencies
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    _assert_partial_counts(api, where)
+    ct = int(api.db.sql(f"SELECT completion_tokens FROM messages WHERE {where}"))
+    assert ct >= len([e for e in names if e == "token"]), (ct, names)
     assert err["message_id"] > err["user_message_id"] > 0
     # with no daemon a new message is 503, and the user message is kept
     status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",

@@ -637,3 +637,63 @@ def test_close_frame_mid_stream_is_answered_and_stores_a_partial_reply(api):
     finally:
         api.infer.proc.send_signal(signal.SIGCONT)
     ws.close()
+
+
+def test_cancel_request_ends_the_reply_with_done_cancelled(api):
+    """POST /api/v1/conversations/{id}/cancel (on any worker) stops the
+    generation streamed over the socket: `done` with finish_reason
+    "cancelled", the text so far stored as a partial reply with its
+    counts, and the socket takes the next message."""
+    ws, seen, cid = _paused_mid_stream(api)
+    try:
+        status, _, data = api.request(
+            "POST", f"/api/v1/conversations/{cid}/cancel",
+            headers={"Authorization": f"Bearer {api.alice}"})
+        assert status == 202, data
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    ws.s.settimeout(20)
+    while (ev := ws.recv_event())["type"] == "token":
+        seen.append(ev)
+    assert ev["type"] == "done" and ev["finish_reason"] == "cancelled", ev
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    row = api.db.sql(f"SELECT id, status, finish_reason, prompt_tokens, "
+                     f"completion_tokens, latency_ms FROM messages "
+                     f"WHERE {where}").split("|")
+    assert int(row[0]) == ev["message_id"] and row[1:3] == ["partial", "cancel"], row
+    assert int(row[3]) > 0 and int(row[4]) == ev["usage"]["completion_tokens"] >= len(seen)
+    assert float(row[5]) >= 0
+    content = bytes.fromhex(api.db.sql(
+        f"SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM messages "
+        f"WHERE {where}")).decode()
+    assert content == "".join(e["text"] for e in seen)
+    ws.send_json(chat(cid, "and now?"))
+    while (ev := ws.recv_event())["type"] == "token":
+        pass
+    assert ev["type"] == "done" and ev["finish_reason"] in ("stop", "length"), ev
+    ws.close()
+
+
+def test_the_reply_is_in_the_context_when_done_arrives(api):
+    """The WebSocket appends its reply to the conversation's Redis list
+    before `done` goes out (regression: fire and forget, it could land
+    after a message sent at once read the list): the next message, sent
+    the moment `done` arrives, over SSE on any worker, has it in its
+    prompt, and the list already holds it."""
+    cid = new_conv(api)
+    given = 0
+    ws = connect(api)
+    for k in range(3):
+        ws.send_json(chat(cid, f"line {k}", max_tokens=4))
+        while (ev := ws.recv_event())["type"] == "token":
+            pass
+        assert ev["type"] == "done", ev
+        given += 1
+        assert ev["context"]["turns"] + ev["context"]["dropped_turns"] == given, ev
+        given += 1 if done_text(api, ev) else 0
+        assert _redis(api, "LLEN", f"cinematch:conv:{cid}:turns").strip() == str(given)
+        doc = _sse_message(api, cid, f"and {k}")
+        given += 1
+        assert doc["context"]["turns"] + doc["context"]["dropped_turns"] == given, doc
+        given += 1 if doc["content"] else 0
+    ws.close()
