@@ -186,6 +186,8 @@ u_char *ngx_http_cinematch_gen_context(ngx_http_cinematch_gen_t *g,
 #if (NGX_HTTP_CINEMATCH_CONVERSATIONS)
 
 /* ngx_http_cinematch_api_conversations.c: the caller's conversations */
+extern ngx_module_t  ngx_http_cinematch_export_module;
+
 ngx_int_t ngx_http_cinematch_conv_create_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_conv_list_handler(ngx_http_request_t *r,
