@@ -315,8 +315,23 @@ ngx_http_cinematch_infer_watch_handler(ngx_event_t *ev)
         ngx_http_cinematch_metrics_set_queue_depth(i,
             atomic_load(&d->seg.hdr->queue_depth));
 
-        if (now > hb && now - hb > CM_IPC_HEARTBEAT_STALE_NS) {
-            ngx_http_cinematch_infer_lost(d, "heartbeat stale");
+        if (now <= hb || now - hb <= CM_IPC_HEARTBEAT_STALE_NS) {
+            continue;
+        }
+
+        /*
+         * No beat for 2 s.  A daemon that died is noticed by its socket
+         * closing, and here by its pid; a live one is most likely in a
+         * long decode step (a large batch at high load), which must not
+         * fail its streams with "went away": it is given up only when
+         * its loop has not turned for the hung limit.
+         */
+
+        if (kill(d->seg.hdr->daemon_pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+            ngx_http_cinematch_infer_lost(d, "daemon process gone");
+
+        } else if (now - hb > CM_IPC_HEARTBEAT_HUNG_NS) {
+            ngx_http_cinematch_infer_lost(d, "heartbeat stale: loop hung");
         }
     }
 

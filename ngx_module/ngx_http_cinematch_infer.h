@@ -6,10 +6,12 @@
  * connection and a mapping of the daemon's segment.  A request claims a
  * slot from the worker's partition, submits, and is called back on every
  * READY doorbell for its slot; a pool cleanup gives the slot back (and
- * cancels the daemon's work) however the request ends.  A closed socket or
- * a stale heartbeat fails every in-flight request of that daemon with
- * NGX_ERROR in the callback and reconnects with backoff; a restarted
- * daemon is picked up without touching nginx.
+ * cancels the daemon's work) however the request ends.  A closed socket, a
+ * daemon pid that is gone, or a heartbeat older than the hung limit
+ * (ipc.h: a live daemon late by a slow step is waited for) fails every
+ * in-flight request of that daemon with NGX_ERROR in the callback and
+ * reconnects with backoff; a restarted daemon is picked up without
+ * touching nginx.
  */
 #ifndef _NGX_HTTP_CINEMATCH_INFER_H_INCLUDED_
 #define _NGX_HTTP_CINEMATCH_INFER_H_INCLUDED_

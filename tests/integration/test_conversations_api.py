@@ -1129,6 +1129,32 @@ def test_cancel_before_the_daemon_starts_ends_a_json_answer_as_cancelled(api):
     harness.wait_for(lambda: _queue_empty(api), timeout=5, what="queue drained")
 
 
+def test_a_daemon_late_past_its_heartbeat_is_not_taken_for_dead(api):
+    """A step that holds the daemon's loop past the 2 s heartbeat (a large
+    batch at high load; here SIGSTOP) is not a dead daemon: the stream goes
+    on when the daemon does (regression: nginx failed every in-flight
+    stream with "the inference daemon went away").  /ready says the
+    heartbeat is late meanwhile; a killed daemon is still noticed at once
+    (the last test)."""
+    s, buf, cid = _paused_mid_stream(api)
+    try:
+        harness.wait_for(lambda: api.json("GET", "/ready")[2]["checks"]["inference"]
+                         ["daemons"][0]["heartbeat_ok"] is False,
+                         timeout=10, what="the heartbeat late")
+        time.sleep(0.6)    # both workers' 250 ms watches see it late
+        assert api.json("GET", "/ready")[2]["checks"]["inference"]["daemons"][0] \
+            ["connected"] is True
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    events = sse_events(_sse_body(_read_to_end(s, buf)))
+    names = [e for e, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"token"}, names
+    assert api.db.sql(f"SELECT status FROM messages WHERE conversation_id = '{cid}' "
+                      f"AND role = 'assistant'") == "complete"
+    harness.wait_for(lambda: api.json("GET", "/ready")[0] == 200, timeout=5,
+                     what="ready again")
+
+
 # --- last: kills the daemon ---------------------------------------------------
 
 def test_daemon_killed_mid_stream_gives_an_error_event_and_keeps_the_user_message(api):

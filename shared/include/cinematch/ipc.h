@@ -71,8 +71,14 @@
 #define CM_IPC_DEFAULT_RES_CAP   (64 * 1024)
 #define CM_IPC_DEFAULT_RING_CAP  (16 * 1024)
 
-/* A heartbeat older than this means the daemon is hung or gone. */
+/* A heartbeat older than this means the daemon is busy in a long step,
+ * hung or gone (/ready reports it).  A reader gives up a daemon whose
+ * process is gone at once (its socket closes too), but one that is alive
+ * only once the heartbeat is CM_IPC_HEARTBEAT_HUNG_NS old: a batched
+ * decode step under heavy load can take seconds without the daemon being
+ * dead, and its streams must not fail for that. */
 #define CM_IPC_HEARTBEAT_STALE_NS  (2ull * 1000000000ull)
+#define CM_IPC_HEARTBEAT_HUNG_NS   (30ull * 1000000000ull)
 
 typedef enum {
     CM_SLOT_FREE = 0,
