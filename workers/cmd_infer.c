@@ -1053,8 +1053,13 @@ cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
         j->dlg->context_turns, j->dlg->dropped_turns,
         j->dlg->truncated ? "true" : "false");
     cm_infer_set_result(d, j->s, res, n);
-    if (cm_ipc_finish(j->s, 0) == CM_OK) {
+    rc = cm_ipc_finish(j->s, 0);
+    if (rc == CM_OK) {
         cm_infer_ready(d, j, slot);
+    } else if (rc == CM_ECANCELED) {
+        /* nginx gave the slot up (its client left) while this last step
+         * ran: a cancellation all the same, as nginx counts its CANCEL */
+        cm_infer_chat_cancelled(d, j);
     }
     return 1;
 }
