@@ -774,14 +774,26 @@ class _H2:
 
 def _h2_paused_mid_stream(api, seeds=range(1, 40)):
     """Like _paused_mid_stream, over HTTP/2: (client, cid)."""
+    pid = api.infer.proc.pid
     for seed in seeds:
         cid = new_conv(api)
         h = _H2(api.h2_port)
+        # the daemon runs in slices until the first token (_step_daemon)
+        api.infer.proc.send_signal(signal.SIGSTOP)
         h.post(f"/api/v1/conversations/{cid}/messages", api.alice,
                json.dumps(msg(seed=seed, **_long())).encode())
-        while b"event: token" not in h.data and not h.ended:
-            assert h.read(), h.data
-        api.infer.proc.send_signal(signal.SIGSTOP)
+        h.s.settimeout(0.002)
+        for _ in range(2000):
+            if b"event: token" in h.data or h.ended:
+                break
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.0005)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                while b"event: token" not in h.data and not h.ended:
+                    assert h.read(), h.data
+            except socket.timeout:
+                pass
         h.s.settimeout(0.2)
         try:
             while b"event: done" not in h.data and not h.ended:
