@@ -1103,8 +1103,10 @@ def test_cancel_ends_the_stream_with_done_cancelled_and_stores_a_partial_reply(
     assert _queue_empty(api)
     assert _metric(api, "cinematch_chat_cancellations_total") >= before + 1
     # the kept reply is part of the context of the next message
-    assert redis(api, "LRANGE", f"cinematch:conv:{cid}:turns", "-1", "-1").strip() \
-        == content.strip()
+    last = subprocess.run(["redis-cli", "-p", str(api.redis.port), "--raw", "LINDEX",
+                           f"cinematch:conv:{cid}:turns", "-1"],
+                          capture_output=True, check=True).stdout   # bytes: CRs kept
+    assert last.decode()[:-1] == content, (last, content)
     assert jcall(api, "POST", f"/api/v1/conversations/{cid}/cancel")[0] == 409
 
 
