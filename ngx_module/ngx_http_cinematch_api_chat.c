@@ -41,6 +41,7 @@ static ngx_int_t ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cinematch_gen_keep(ngx_http_cinematch_gen_t *g,
     u_char *p, size_t n);
 static ngx_int_t ngx_http_cinematch_gen_collect(ngx_http_cinematch_gen_t *g);
+static void ngx_http_cinematch_gen_progress(ngx_http_cinematch_gen_t *g);
 static ngx_int_t ngx_http_cinematch_chat_text(ngx_http_cinematch_gen_t *g,
     u_char *text, size_t len);
 static ngx_int_t ngx_http_cinematch_chat_end(ngx_http_cinematch_gen_t *g);
@@ -311,7 +312,9 @@ ngx_http_cinematch_gen_start(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    rc = ngx_http_cinematch_infer_submit(r, CM_REQ_CHAT, params,
+    rc = ngx_http_cinematch_infer_submit_tagged(r,
+                                         g->tag.len ? &g->tag : NULL,
+                                         CM_REQ_CHAT, params,
                                          NGX_HTTP_CINEMATCH_GEN_PARAMS,
                                          payload->data, payload->len,
                                          ngx_http_cinematch_gen_ready, g,
@@ -440,6 +443,7 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
 {
     int64_t                          n;
     json_t                          *res, *fr, *usage, *ver, *cx;
+    const char                      *s;
     uint32_t                         state, len;
     ngx_int_t                        rc;
     ngx_http_cinematch_infer_req_t  *ir = g->ir;
@@ -453,6 +457,10 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
     if (!lost) {
         ngx_http_cinematch_infer_rearm(ir);
         state = cm_ipc_slot_state(ir->slot);
+
+        /* the counts so far, kept in case the daemon goes away before its
+         * result: the daemon publishes them before it rings */
+        ngx_http_cinematch_gen_progress(g);
 
         for ( ;; ) {
             n = cm_ipc_ring_get(ir->seg, ir->slot, g->rec, g->rec_cap);
@@ -506,6 +514,10 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
     res = NULL;
     g->status = CM_EIO;
 
+    if (ir->seg != NULL && ir->slot != NULL) {
+        ngx_http_cinematch_gen_progress(g);
+    }
+
     if (!lost) {
         g->status = ir->slot->status;
         len = ir->slot->res_len;
@@ -529,11 +541,17 @@ ngx_http_cinematch_gen_drain(ngx_http_request_t *r,
         ver = json_object_get(res, "model_version");
 
         if (json_is_string(fr) && json_is_object(usage)) {
-            g->outcome = NGX_HTTP_CINEMATCH_GEN_COMPLETE;
+            s = json_string_value(fr);
+
+            /* "cancelled": a cancel request stopped it (the daemon ends
+             * it like a finished one, with the text so far) */
+            g->outcome = ngx_strcmp(s, "cancelled") == 0
+                         ? NGX_HTTP_CINEMATCH_GEN_CANCELLED
+                         : NGX_HTTP_CINEMATCH_GEN_COMPLETE;
             ngx_cpystrn((u_char *) g->finish,
-                        (u_char *) (ngx_strcmp(json_string_value(fr),
-                                               "length") == 0
-                                    ? "length" : "stop"),
+                        (u_char *) (ngx_strcmp(s, "length") == 0 ? "length"
+                                    : ngx_strcmp(s, "cancelled") == 0
+                                    ? "cancelled" : "stop"),
                         sizeof(g->finish));
             g->prompt_tokens = json_integer_value(
                                  json_object_get(usage, "prompt_tokens"));
@@ -594,6 +612,33 @@ ngx_http_cinematch_gen_collect(ngx_http_cinematch_gen_t *g)
 }
 
 
+/*
+ * The token counts the daemon has published in the slot header (prompt
+ * once prefilled, completion as it samples), so that a reply that does not
+ * end with the daemon's result (cancelled, failed, the daemon lost) still
+ * records them.  Never lowers what was read before: a slot given back
+ * reads zero.
+ */
+
+static void
+ngx_http_cinematch_gen_progress(ngx_http_cinematch_gen_t *g)
+{
+    int64_t         pt, ct;
+    cm_ipc_slot_t  *s = g->ir->slot;
+
+    pt = atomic_load_explicit(&s->prompt_tokens, memory_order_relaxed);
+    ct = atomic_load_explicit(&s->completion_tokens, memory_order_relaxed);
+
+    if (pt > g->prompt_tokens) {
+        g->prompt_tokens = pt;
+    }
+
+    if (ct > g->completion_tokens) {
+        g->completion_tokens = ct;
+    }
+}
+
+
 ngx_int_t
 ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g)
 {
@@ -619,11 +664,7 @@ ngx_http_cinematch_gen_gone(ngx_http_cinematch_gen_t *g)
     /* the daemon's counts so far: it writes no result for a cancelled
      * sequence */
     if (g->ir->seg != NULL && g->ir->slot != NULL) {
-        g->prompt_tokens = atomic_load_explicit(&g->ir->slot->prompt_tokens,
-                                                memory_order_relaxed);
-        g->completion_tokens = atomic_load_explicit(
-                                   &g->ir->slot->completion_tokens,
-                                   memory_order_relaxed);
+        ngx_http_cinematch_gen_progress(g);
     }
 
     g->finished = 1;
@@ -904,6 +945,14 @@ ngx_http_cinematch_chat_end(ngx_http_cinematch_gen_t *g)
     pt = g->prompt_tokens;
     ct = g->completion_tokens;
 
+    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_CANCELLED) {
+        /* only conversations are tagged, so no cancel request reaches
+         * this endpoint; OpenAI has no such finish_reason anyway */
+        g->outcome = NGX_HTTP_CINEMATCH_GEN_COMPLETE;
+        ngx_cpystrn((u_char *) g->finish, (u_char *) "stop",
+                    sizeof(g->finish));
+    }
+
     if (!g->stream) {
         if (g->outcome != NGX_HTTP_CINEMATCH_GEN_COMPLETE) {
             /* failed before any byte was sent: a plain JSON error */
@@ -1079,6 +1128,7 @@ ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
         break;
 
     case NGX_HTTP_CINEMATCH_GEN_GONE:
+    case NGX_HTTP_CINEMATCH_GEN_CANCELLED:
         ngx_cpystrn((u_char *) row->status, (u_char *) "partial",
                     sizeof(row->status));
         ngx_cpystrn((u_char *) row->finish, (u_char *) "cancel",
@@ -1100,12 +1150,13 @@ ngx_http_cinematch_gen_reply_row(ngx_http_cinematch_gen_t *g,
         break;
     }
 
-    /* token counts: the daemon's result, or for a reply cut short by the
-     * client the counts it had published when it was cancelled (none when
-     * it never started: prompt_tokens is 0 then) */
+    /* token counts: the daemon's result, or for a reply cut short (the
+     * client left, the daemon failed or went away) the counts it had
+     * published by then (none when it never started: prompt_tokens is 0
+     * then) */
     if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE
-        || (g->outcome == NGX_HTTP_CINEMATCH_GEN_GONE
-            && g->prompt_tokens > 0))
+        || g->outcome == NGX_HTTP_CINEMATCH_GEN_CANCELLED
+        || g->prompt_tokens > 0)
     {
         p = ngx_sprintf((u_char *) row->pt, "%L", g->prompt_tokens);
         *p = '\0';

@@ -9,6 +9,7 @@
  *   PATCH  /api/v1/conversations/{id}           {title}
  *   DELETE /api/v1/conversations/{id}           → 204
  *   POST   /api/v1/conversations/{id}/messages  generate (SSE or JSON)
+ *   POST   /api/v1/conversations/{id}/cancel    stop that generation
  *   GET    /api/v1/conversations/{id}/export?format=json|md|pdf
  *   POST   /api/v1/messages/{id}/feedback       {rating: 1|-1, comment?}
  *
@@ -29,6 +30,11 @@
  * model's context (reported as "context" in `done`); the payload builder
  * drops the oldest turns that do not fit a slot.
  *
+ * A PDF export is rendered on a thread pool (ngx_http_cinematch_export_
+ * module below: `cinematch_export_thread_pool NAME;`, http level, default
+ * nginx's "default" pool), never on the event loop: a long conversation
+ * takes this worker's other clients nowhere.
+ *
  * Events for downstream consumers go to the Redis stream
  * cinematch:chat.events (MAXLEN ~ 100000), fire and forget: message.created,
  * generation.finished (with its stats) and feedback.
@@ -38,6 +44,10 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+
+#if (NGX_THREADS)
+#include <ngx_thread_pool.h>
+#endif
 
 #include "ngx_http_cinematch.h"
 #include "ngx_http_cinematch_infer.h"
@@ -138,6 +148,44 @@ static ngx_int_t ngx_http_cinematch_conv_download(ngx_http_request_t *r,
     ngx_http_cinematch_conv_t *st, const char *ext, ngx_str_t *type,
     u_char *data, size_t len);
 
+static ngx_int_t ngx_http_cinematch_conv_cancel_owned(ngx_http_request_t *r,
+    void *data, PGresult *res, const char *err);
+
+/* the PDF export's thread pool (cinematch_export_thread_pool) */
+typedef struct {
+    ngx_str_t                     pool_name;
+#if (NGX_THREADS)
+    ngx_thread_pool_t            *pool;
+#endif
+} ngx_http_cinematch_export_conf_t;
+
+
+/* One PDF render: the thread reads conv and messages (nobody else touches
+ * them meanwhile) and writes pdf, len, rc and err. */
+typedef struct {
+    ngx_http_request_t           *request;
+    ngx_http_cinematch_conv_t    *st;
+    json_t                       *conv;
+    json_t                       *messages;
+    unsigned char                *pdf;       /* malloc'ed by libharu glue */
+    size_t                        len;
+    int                           rc;
+    char                          err[256];
+} ngx_http_cinematch_export_job_t;
+
+
+static ngx_int_t ngx_http_cinematch_conv_pdf(ngx_http_request_t *r,
+    ngx_http_cinematch_conv_t *st, json_t *conv, json_t *messages);
+static ngx_int_t ngx_http_cinematch_conv_pdf_send(ngx_http_request_t *r,
+    ngx_http_cinematch_export_job_t *job);
+static void ngx_http_cinematch_conv_pdf_free(void *data);
+#if (NGX_THREADS)
+static void ngx_http_cinematch_conv_pdf_run(void *data, ngx_log_t *log);
+static void ngx_http_cinematch_conv_pdf_done(ngx_event_t *ev);
+#endif
+static void *ngx_http_cinematch_export_create_conf(ngx_conf_t *cf);
+static char *ngx_http_cinematch_export_init_conf(ngx_conf_t *cf, void *conf);
+
 static ngx_int_t ngx_http_cinematch_msg_stored(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
 static ngx_int_t ngx_http_cinematch_msg_cached(ngx_http_request_t *r,
@@ -152,9 +200,57 @@ static ngx_int_t ngx_http_cinematch_msg_text(ngx_http_cinematch_gen_t *g,
 static ngx_int_t ngx_http_cinematch_msg_end(ngx_http_cinematch_gen_t *g);
 static ngx_int_t ngx_http_cinematch_msg_saved(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_msg_pushed(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_msg_answer(ngx_http_request_t *r,
+    ngx_http_cinematch_conv_t *st);
 
 static ngx_int_t ngx_http_cinematch_feedback_stored(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
+
+
+static ngx_command_t  ngx_http_cinematch_export_commands[] = {
+
+    { ngx_string("cinematch_export_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cinematch_export_conf_t, pool_name),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_cinematch_export_module_ctx = {
+    NULL,                                    /* preconfiguration */
+    NULL,                                    /* postconfiguration */
+
+    ngx_http_cinematch_export_create_conf,   /* create main configuration */
+    ngx_http_cinematch_export_init_conf,     /* init main configuration */
+
+    NULL,                                    /* create server configuration */
+    NULL,                                    /* merge server configuration */
+
+    NULL,                                    /* create location configuration */
+    NULL                                     /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_cinematch_export_module = {
+    NGX_MODULE_V1,
+    &ngx_http_cinematch_export_module_ctx,   /* module context */
+    ngx_http_cinematch_export_commands,      /* module directives */
+    NGX_HTTP_MODULE,                         /* module type */
+    NULL,                                    /* init master */
+    NULL,                                    /* init module */
+    NULL,                                    /* init process */
+    NULL,                                    /* init thread */
+    NULL,                                    /* exit thread */
+    NULL,                                    /* exit process */
+    NULL,                                    /* exit master */
+    NGX_MODULE_V1_PADDING
+};
 
 
 static ngx_str_t  ngx_http_cinematch_conv_json_type =
@@ -677,10 +773,8 @@ ngx_http_cinematch_conv_got(ngx_http_request_t *r, void *data,
     }
 
     if (st->format != 0) {
-        rc = ngx_http_cinematch_conv_export(r, st, conv, messages);
-        json_decref(conv);
-        json_decref(messages);
-        return rc;
+        /* takes conv and messages */
+        return ngx_http_cinematch_conv_export(r, st, conv, messages);
     }
 
     doc = json_pack("{s:o, s:o, s:s}", "conversation", conv,
@@ -716,69 +810,234 @@ ngx_http_cinematch_conv_got(ngx_http_request_t *r, void *data,
 
 
 /*
- * Markdown or PDF, rendered by libcinematch (chatdoc.h).  A PDF takes a
- * few milliseconds of this worker per page and embeds the font; GET of a
- * conversation is capped at 5000 messages, which bounds it.
+ * Markdown or PDF, rendered by libcinematch (chatdoc.h); takes conv and
+ * messages.  Markdown is a single pass over the text, done here; a PDF
+ * takes a few milliseconds per page and embeds the font, so it is
+ * rendered on the thread pool.  GET of a conversation is capped at 5000
+ * messages, which bounds both.
  */
 
 static ngx_int_t
 ngx_http_cinematch_conv_export(ngx_http_request_t *r,
     ngx_http_cinematch_conv_t *st, json_t *conv, json_t *messages)
 {
-    int             rc;
-    char           *md;
-    u_char         *p;
-    size_t          len;
-    unsigned char  *pdf;
-    char            err[256];
+    int      rc;
+    char    *md;
+    u_char  *p;
+    size_t   len;
 
-    if (st->format == 1) {
-        if (cm_chatdoc_markdown(conv, messages, &md, &len) != CM_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        p = ngx_pnalloc(r->pool, len);
-        if (p != NULL) {
-            ngx_memcpy(p, md, len);
-        }
-        free(md);
-
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_cinematch_conv_download(r, st, "md",
-                                            &ngx_http_cinematch_conv_md_type,
-                                            p, len);
+    if (st->format == 2) {
+        return ngx_http_cinematch_conv_pdf(r, st, conv, messages);
     }
 
-    rc = cm_chatdoc_pdf(conv, messages, NULL, &pdf, &len, err, sizeof(err));
-
-    if (rc == CM_CHATDOC_ENOTSUP) {
-        return ngx_http_cinematch_send_invalid(r, "format",
-                   "pdf is not available on this server (built without "
-                   "libharu)");
-    }
+    rc = cm_chatdoc_markdown(conv, messages, &md, &len);
+    json_decref(conv);
+    json_decref(messages);
 
     if (rc != CM_OK) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "cinematch: PDF export failed: %s", err);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     p = ngx_pnalloc(r->pool, len);
     if (p != NULL) {
-        ngx_memcpy(p, pdf, len);
+        ngx_memcpy(p, md, len);
     }
-    free(pdf);
+    free(md);
 
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_cinematch_conv_download(r, st, "pdf",
-                                            &ngx_http_cinematch_conv_pdf_type,
+    return ngx_http_cinematch_conv_download(r, st, "md",
+                                            &ngx_http_cinematch_conv_md_type,
                                             p, len);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_conv_pdf(ngx_http_request_t *r,
+    ngx_http_cinematch_conv_t *st, json_t *conv, json_t *messages)
+{
+    ngx_pool_cleanup_t                *cln;
+    ngx_http_cinematch_export_job_t   *job;
+#if (NGX_THREADS)
+    ngx_thread_task_t                 *task;
+    ngx_http_cinematch_export_conf_t  *ecf;
+#endif
+
+    /* the PDF bytes go straight into the answer: libharu's buffer is
+     * freed with the request, whenever and however it ends */
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+#if (NGX_THREADS)
+    task = ngx_thread_task_alloc(r->pool,
+                                 sizeof(ngx_http_cinematch_export_job_t));
+    job = task != NULL ? task->ctx : NULL;
+#else
+    job = ngx_pcalloc(r->pool, sizeof(ngx_http_cinematch_export_job_t));
+#endif
+
+    if (cln == NULL || job == NULL) {
+        json_decref(conv);
+        json_decref(messages);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(job, sizeof(ngx_http_cinematch_export_job_t));
+
+    job->request = r;
+    job->st = st;
+    job->conv = conv;
+    job->messages = messages;
+
+    cln->handler = ngx_http_cinematch_conv_pdf_free;
+    cln->data = job;
+
+#if (NGX_THREADS)
+
+    ecf = ngx_http_get_module_main_conf(r, ngx_http_cinematch_export_module);
+
+    task->handler = ngx_http_cinematch_conv_pdf_run;
+    task->event.handler = ngx_http_cinematch_conv_pdf_done;
+    task->event.data = job;
+
+    if (ngx_thread_task_post(ecf->pool, task) != NGX_OK) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             "unavailable",
+                                             "too many exports at once, "
+                                             "retry");
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "cinematch: PDF export of conversation %s: %uz messages "
+                  "to render on the thread pool", st->conv_id,
+                  json_array_size(messages));
+
+    /* the thread writes into the request pool: blocked keeps it alive
+     * even when the client leaves meanwhile */
+    r->main->blocked++;
+    ngx_http_cinematch_wait(r);
+
+    return NGX_DONE;
+
+#else
+
+    /* nginx without threads: rendered here, as before */
+    job->rc = cm_chatdoc_pdf(conv, messages, NULL, &job->pdf, &job->len,
+                             job->err, sizeof(job->err));
+
+    return ngx_http_cinematch_conv_pdf_send(r, job);
+
+#endif
+}
+
+
+#if (NGX_THREADS)
+
+/* In a pool thread: libcinematch only, the job's own memory. */
+
+static void
+ngx_http_cinematch_conv_pdf_run(void *data, ngx_log_t *log)
+{
+    ngx_http_cinematch_export_job_t *job = data;
+
+    job->rc = cm_chatdoc_pdf(job->conv, job->messages, NULL, &job->pdf,
+                             &job->len, job->err, sizeof(job->err));
+}
+
+
+/* Back on the event loop. */
+
+static void
+ngx_http_cinematch_conv_pdf_done(ngx_event_t *ev)
+{
+    ngx_http_cinematch_export_job_t *job = ev->data;
+
+    ngx_http_request_t  *r;
+
+    r = job->request;
+    r->main->blocked--;
+
+    if (r->connection->error) {
+        /* the client left while the thread rendered; the pool survived
+         * only because of blocked, and goes now (with the PDF) */
+        ngx_http_cinematch_finish(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+        return;
+    }
+
+    ngx_http_cinematch_finish(r, ngx_http_cinematch_conv_pdf_send(r, job));
+}
+
+#endif
+
+
+static ngx_int_t
+ngx_http_cinematch_conv_pdf_send(ngx_http_request_t *r,
+    ngx_http_cinematch_export_job_t *job)
+{
+    if (job->rc == CM_CHATDOC_ENOTSUP) {
+        return ngx_http_cinematch_send_invalid(r, "format",
+                   "pdf is not available on this server (built without "
+                   "libharu)");
+    }
+
+    if (job->rc != CM_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cinematch: PDF export failed: %s", job->err);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_conv_download(r, job->st, "pdf",
+                                            &ngx_http_cinematch_conv_pdf_type,
+                                            job->pdf, job->len);
+}
+
+
+/* The request pool's cleanup: the documents and the rendered bytes. */
+
+static void
+ngx_http_cinematch_conv_pdf_free(void *data)
+{
+    ngx_http_cinematch_export_job_t *job = data;
+
+    json_decref(job->conv);
+    json_decref(job->messages);
+    free(job->pdf);
+
+    job->conv = NULL;
+    job->messages = NULL;
+    job->pdf = NULL;
+}
+
+
+static void *
+ngx_http_cinematch_export_create_conf(ngx_conf_t *cf)
+{
+    ngx_http_cinematch_export_conf_t  *ecf;
+
+    /* pool_name: { 0, NULL } = the default pool */
+    ecf = ngx_pcalloc(cf->pool, sizeof(ngx_http_cinematch_export_conf_t));
+
+    return ecf;
+}
+
+
+static char *
+ngx_http_cinematch_export_init_conf(ngx_conf_t *cf, void *conf)
+{
+#if (NGX_THREADS)
+    ngx_http_cinematch_export_conf_t *ecf = conf;
+
+    /* "default" when not named: nginx creates it (32 threads) unless a
+     * "thread_pool default ...;" line sizes it */
+    ecf->pool = ngx_thread_pool_add(cf, ecf->pool_name.len
+                                        ? &ecf->pool_name : NULL);
+    if (ecf->pool == NULL) {
+        return NGX_CONF_ERROR;
+    }
+#endif
+
+    return NGX_CONF_OK;
 }
 
 
@@ -856,6 +1115,78 @@ ngx_http_cinematch_conv_deleted(ngx_http_request_t *r, void *data,
     return ngx_http_cinematch_send_buf(r, NGX_HTTP_NO_CONTENT,
                                        &ngx_http_cinematch_conv_json_type,
                                        NULL, 0);
+}
+
+
+/*
+ * POST /api/v1/conversations/{id}/cancel
+ *
+ * The owner's check (404 otherwise, as everywhere), then a stop request
+ * into every slot labelled with the conversation id, on any worker's
+ * partition (ngx_http_cinematch_infer_stop).  The generation ends on the
+ * worker that streams it: the daemon finishes it with finish_reason
+ * "cancelled", and that worker stores the text so far (status partial,
+ * with its counts) and sends `done`, as for any other end.  202: the stop
+ * is asked for, it has not necessarily happened yet; 409 when nothing is
+ * being generated in the conversation.
+ */
+
+ngx_int_t
+ngx_http_cinematch_conv_cancel_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx)
+{
+    ngx_http_cinematch_conv_t  *st;
+
+    if (!ngx_http_cinematch_conv_uuid(&ctx->params[0])) {
+        return ngx_http_cinematch_conv_not_found(r);
+    }
+
+    st = ngx_http_cinematch_conv_state(r, ctx, 1);
+    if (st == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cinematch_conv_query(r,
+        "SELECT 1 FROM conversations"
+        " WHERE id = $1::uuid AND user_id = $2::bigint",
+        2, st->values, ngx_http_cinematch_conv_cancel_owned, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_conv_cancel_owned(ngx_http_request_t *r, void *data,
+    PGresult *res, const char *err)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   tag;
+    ngx_uint_t                  n;
+    ngx_http_cinematch_conv_t  *st = data;
+
+    if (ngx_http_cinematch_conv_failed(r, res, err, "conversation read",
+                                       &rc))
+    {
+        return rc;
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_cinematch_conv_not_found(r);
+    }
+
+    tag.data = (u_char *) st->conv_id;
+    tag.len = ngx_strlen(st->conv_id);
+
+    n = ngx_http_cinematch_infer_stop(&tag);
+
+    if (n == 0) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_CONFLICT,
+                                             "conflict",
+                                             "no reply is being generated "
+                                             "in this conversation");
+    }
+
+    return ngx_http_cinematch_send_json(r, NGX_HTTP_ACCEPTED,
+               json_pack("{s:s, s:I}", "conversation_id", st->conv_id,
+                         "cancelled", (json_int_t) n));
 }
 
 
@@ -1142,6 +1473,52 @@ ngx_http_cinematch_conv_push_turn(const char *conv_id, u_char *text,
 }
 
 
+ngx_int_t
+ngx_http_cinematch_conv_push_reply(ngx_http_request_t *r, const char *conv_id,
+    u_char *text, size_t len, ngx_http_cinematch_redis_handler_pt handler,
+    void *data)
+{
+    ngx_int_t  rc;
+
+    if (len == 0) {
+        return NGX_DECLINED;
+    }
+
+    /* one connection, answered in order: the EXPIRE's reply comes after
+     * the RPUSH and the LTRIM were applied */
+    rc = ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "RPUSH cinematch:conv:%s:turns %b", conv_id, text, len);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+               "LTRIM cinematch:conv:%s:turns -%d -1", conv_id,
+               NGX_HTTP_CINEMATCH_CONV_TURNS);
+
+    rc = ngx_http_cinematch_redis_commandf(r, handler, data,
+               "EXPIRE cinematch:conv:%s:turns " NGX_HTTP_CINEMATCH_CONV_TTL,
+               conv_id);
+    if (rc != NGX_OK) {
+        ngx_http_cinematch_conv_drop_turns(conv_id);
+    }
+
+    return rc;
+}
+
+
+/* A context that may have missed a turn goes: it is rebuilt from
+ * PostgreSQL by the next message. */
+
+void
+ngx_http_cinematch_conv_drop_turns(const char *conv_id)
+{
+    (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
+                                             "DEL cinematch:conv:%s:turns",
+                                             conv_id);
+}
+
+
 /* The cached context rebuilt from the turns read from PostgreSQL: DEL,
  * then RPUSH the turns, then EXPIRE (fire and forget). */
 
@@ -1208,6 +1585,8 @@ ngx_http_cinematch_msg_generate(ngx_http_request_t *r,
     st->gen.data = st;
     st->gen.keep = 1;
     st->gen.save_on_gone = 1;
+    st->gen.tag.data = (u_char *) st->conv_id;
+    st->gen.tag.len = ngx_strlen(st->conv_id);
 
     rc = ngx_http_cinematch_gen_start(r, &st->gen, st->params, &payload);
 
@@ -1427,11 +1806,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
     u_char                     *p;
-    json_t                     *doc;
-    int64_t                     pt, ct;
-    json_int_t                  umid;
-    ngx_uint_t                  status;
-    const char                 *id, *code, *message;
+    const char                 *id;
     ngx_http_cinematch_gen_t   *g;
     ngx_http_cinematch_conv_t  *st = data;
 
@@ -1465,12 +1840,61 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                st->request_id, st->row.turns, st->row.dropped,
                st->row.truncated);
 
-    if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
-        && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED)
-    {
-        ngx_http_cinematch_conv_push_turn(st->conv_id, st->reply,
-                                          st->reply_len);
+    st->message_id[0] = '\0';
+
+    if (id != NULL) {
+        p = ngx_cpymem(st->message_id, id,
+                       ngx_min(ngx_strlen(id), NGX_INT64_LEN));
+        *p = '\0';
     }
+
+    /* the reply goes into the context before the client hears of it: a
+     * next message sent at once, maybe to another worker, must see it */
+    if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
+        && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED
+        && ngx_http_cinematch_conv_push_reply(r, st->conv_id, st->reply,
+                                              st->reply_len,
+                                              ngx_http_cinematch_msg_pushed,
+                                              st)
+           == NGX_OK)
+    {
+        return NGX_DONE;
+    }
+
+    return ngx_http_cinematch_msg_answer(r, st);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_msg_pushed(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_cinematch_conv_t  *st = data;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_cinematch_conv_drop_turns(st->conv_id);
+    }
+
+    return ngx_http_cinematch_msg_answer(r, st);
+}
+
+
+/* The final event, or the JSON answer, of a stored (or lost) reply. */
+
+static ngx_int_t
+ngx_http_cinematch_msg_answer(ngx_http_request_t *r,
+    ngx_http_cinematch_conv_t *st)
+{
+    u_char                     *p;
+    json_t                     *doc;
+    int64_t                     pt, ct;
+    json_int_t                  umid;
+    ngx_uint_t                  status;
+    const char                 *id, *code, *message;
+    ngx_http_cinematch_gen_t   *g;
+
+    g = &st->gen;
+    id = st->message_id[0] ? st->message_id : NULL;
 
     if (r->connection->error) {
         return NGX_HTTP_CLIENT_CLOSED_REQUEST;   /* partial: stored */
@@ -1481,7 +1905,10 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
     umid = (json_int_t) ngx_atoof((u_char *) st->user_message_id,
                                   ngx_strlen(st->user_message_id));
 
-    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE && id != NULL) {
+    if ((g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE
+         || g->outcome == NGX_HTTP_CINEMATCH_GEN_CANCELLED)
+        && id != NULL)
+    {
         code = NULL;
         message = NULL;
         status = NGX_HTTP_OK;
@@ -1518,7 +1945,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                         "role", "assistant",
                         "content", (char *) st->reply, st->reply_len,
                         "status", st->row.status,
-                        "finish_reason", st->row.finish,
+                        "finish_reason", g->finish,
                         "usage", "prompt_tokens", (json_int_t) pt,
                         "completion_tokens", (json_int_t) ct,
                         "model_version", st->row.version[0] ? st->row.version : NULL,
@@ -1547,7 +1974,7 @@ ngx_http_cinematch_msg_saved(ngx_http_request_t *r, void *data,
                         "\"user_message_id\":%s,\"finish_reason\":\"%s\","
                         "\"usage\":{\"prompt_tokens\":%L,"
                         "\"completion_tokens\":%L},\"context\":",
-                        id, st->user_message_id, st->row.finish, pt, ct);
+                        id, st->user_message_id, g->finish, pt, ct);
         p = ngx_http_cinematch_gen_context(g, p);
         p = ngx_cpymem(p, "}\n\n", 3);
 

@@ -56,7 +56,9 @@ typedef enum {
     NGX_HTTP_CINEMATCH_GEN_COMPLETE,     /* finish_reason stop or length */
     NGX_HTTP_CINEMATCH_GEN_FAILED,       /* the daemon refused or failed */
     NGX_HTTP_CINEMATCH_GEN_LOST,         /* the daemon went away */
-    NGX_HTTP_CINEMATCH_GEN_GONE          /* the client went away */
+    NGX_HTTP_CINEMATCH_GEN_GONE,         /* the client went away */
+    NGX_HTTP_CINEMATCH_GEN_CANCELLED     /* stopped by a cancel request
+                                            (finish_reason "cancelled") */
 } ngx_http_cinematch_gen_outcome_e;
 
 
@@ -68,6 +70,9 @@ struct ngx_http_cinematch_gen_s {
     ngx_http_cinematch_gen_text_pt     text;
     ngx_http_cinematch_gen_end_pt      end;
     void                              *data;      /* the owner's state */
+    ngx_str_t                          tag;       /* a conversation id: a
+                                                     cancel request finds
+                                                     the slot by it */
 
     u_char                            *rec;       /* one ring record */
     uint32_t                           rec_cap;
@@ -80,7 +85,8 @@ struct ngx_http_cinematch_gen_s {
     /* filled before end() */
     ngx_http_cinematch_gen_outcome_e   outcome;
     int32_t                            status;    /* slot status (CM_E*) */
-    char                               finish[8]; /* "stop", "length" or "" */
+    char                               finish[12]; /* "stop", "length",
+                                                      "cancelled" or "" */
     int64_t                            prompt_tokens;
     int64_t                            completion_tokens;
     char                               version[32];
@@ -125,7 +131,7 @@ ngx_int_t ngx_http_cinematch_gen_payload(ngx_pool_t *pool,
 /*
  * Submit; when g->stream, also send the event-stream headers (the caller
  * may then write its first event and flush).  g->request, text, end, data,
- * stream, keep and save_on_gone are set by the caller.  Returns NGX_OK
+ * stream, keep, save_on_gone and tag are set by the caller.  Returns NGX_OK
  * (the request now waits: return NGX_DONE), NGX_BUSY or NGX_DECLINED (no
  * slot, no daemon: answer 503), or an error to return.
  */
@@ -180,6 +186,8 @@ u_char *ngx_http_cinematch_gen_context(ngx_http_cinematch_gen_t *g,
 #if (NGX_HTTP_CINEMATCH_CONVERSATIONS)
 
 /* ngx_http_cinematch_api_conversations.c: the caller's conversations */
+extern ngx_module_t  ngx_http_cinematch_export_module;
+
 ngx_int_t ngx_http_cinematch_conv_create_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_conv_list_handler(ngx_http_request_t *r,
@@ -194,6 +202,8 @@ ngx_int_t ngx_http_cinematch_conv_export_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_msg_create_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+ngx_int_t ngx_http_cinematch_conv_cancel_handler(ngx_http_request_t *r,
+    ngx_http_cinematch_ctx_t *ctx);
 ngx_int_t ngx_http_cinematch_feedback_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
 
@@ -203,6 +213,16 @@ ngx_int_t ngx_http_cinematch_feedback_handler(ngx_http_request_t *r,
 #define NGX_HTTP_CINEMATCH_CONV_TURNS      20
 void ngx_http_cinematch_conv_push_turn(const char *conv_id, u_char *text,
     size_t len);
+/* The same for a reply, answered: handler runs once Redis has applied the
+ * append (the EXPIRE after it answered; NULL reply: it may not have, and
+ * the caller drops the list), so the reply is in the context before the
+ * client hears that it is done and sends the next message, maybe to
+ * another worker.  NGX_OK: wait (return NGX_DONE); anything else: nothing
+ * to wait for (Redis is down, or the text is empty), answer now. */
+ngx_int_t ngx_http_cinematch_conv_push_reply(ngx_http_request_t *r,
+    const char *conv_id, u_char *text, size_t len,
+    ngx_http_cinematch_redis_handler_pt handler, void *data);
+void ngx_http_cinematch_conv_drop_turns(const char *conv_id);
 void ngx_http_cinematch_conv_cache_turns(ngx_pool_t *pool,
     const char *conv_id, ngx_str_t *turns, size_t n);
 

@@ -315,8 +315,23 @@ ngx_http_cinematch_infer_watch_handler(ngx_event_t *ev)
         ngx_http_cinematch_metrics_set_queue_depth(i,
             atomic_load(&d->seg.hdr->queue_depth));
 
-        if (now > hb && now - hb > CM_IPC_HEARTBEAT_STALE_NS) {
-            ngx_http_cinematch_infer_lost(d, "heartbeat stale");
+        if (now <= hb || now - hb <= CM_IPC_HEARTBEAT_STALE_NS) {
+            continue;
+        }
+
+        /*
+         * No beat for 2 s.  A daemon that died is noticed by its socket
+         * closing, and here by its pid; a live one is most likely in a
+         * long decode step (a large batch at high load), which must not
+         * fail its streams with "went away": it is given up only when
+         * its loop has not turned for the hung limit.
+         */
+
+        if (kill(d->seg.hdr->daemon_pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+            ngx_http_cinematch_infer_lost(d, "daemon process gone");
+
+        } else if (now - hb > CM_IPC_HEARTBEAT_HUNG_NS) {
+            ngx_http_cinematch_infer_lost(d, "heartbeat stale: loop hung");
         }
     }
 
@@ -470,6 +485,19 @@ ngx_http_cinematch_infer_submit(ngx_http_request_t *r, uint32_t kind,
     size_t len, ngx_http_cinematch_infer_handler_pt handler, void *data,
     ngx_http_cinematch_infer_req_t **out)
 {
+    return ngx_http_cinematch_infer_submit_tagged(r, NULL, kind, params,
+                                                  nparams, payload, len,
+                                                  handler, data, out);
+}
+
+
+ngx_int_t
+ngx_http_cinematch_infer_submit_tagged(ngx_http_request_t *r,
+    const ngx_str_t *tag, uint32_t kind, const uint64_t *params,
+    size_t nparams, const u_char *payload, size_t len,
+    ngx_http_cinematch_infer_handler_pt handler, void *data,
+    ngx_http_cinematch_infer_req_t **out)
+{
     int64_t                             idx;
     uint32_t                            depth, best_depth;
     ngx_uint_t                          i, best;
@@ -534,6 +562,10 @@ ngx_http_cinematch_infer_submit(ngx_http_request_t *r, uint32_t kind,
 
     d->inflight[idx] = ir;
 
+    if (tag != NULL) {
+        cm_ipc_set_tag(slot, (const char *) tag->data, tag->len);
+    }
+
     if (cm_ipc_submit(&d->seg, slot, kind, params, nparams, payload, len)
         != 0
         || ngx_http_cinematch_infer_send(d, CM_MSG_SUBMIT, (uint32_t) idx)
@@ -583,6 +615,48 @@ ngx_http_cinematch_infer_release(ngx_http_cinematch_infer_req_t *ir)
 
     ir->slot = NULL;
     ir->seg = NULL;
+}
+
+
+ngx_uint_t
+ngx_http_cinematch_infer_stop(const ngx_str_t *tag)
+{
+    int64_t                             idx;
+    uint32_t                            from, seq;
+    ngx_uint_t                          i, n;
+    ngx_http_cinematch_infer_daemon_t  *d;
+
+    n = 0;
+
+    for (i = 0; i < ngx_http_cinematch_infer_n; i++) {
+        d = &ngx_http_cinematch_infer_daemons[i];
+
+        if (d->conn == NULL) {
+            continue;
+        }
+
+        /* every slot, not only this worker's partition: the generation
+         * may stream through another worker */
+        from = 0;
+
+        for ( ;; ) {
+            idx = cm_ipc_find_tag(&d->seg, (const char *) tag->data,
+                                  tag->len, &from, &seq);
+            if (idx < 0) {
+                break;
+            }
+
+            cm_ipc_stop(cm_ipc_slot(&d->seg, (uint32_t) idx), seq);
+
+            /* the daemon also notices the request at its next step, so a
+             * doorbell that does not go out only delays the stop */
+            (void) ngx_http_cinematch_infer_send(d, CM_MSG_STOP,
+                                                 (uint32_t) idx);
+            n++;
+        }
+    }
+
+    return n;
 }
 
 

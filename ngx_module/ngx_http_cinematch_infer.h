@@ -6,10 +6,12 @@
  * connection and a mapping of the daemon's segment.  A request claims a
  * slot from the worker's partition, submits, and is called back on every
  * READY doorbell for its slot; a pool cleanup gives the slot back (and
- * cancels the daemon's work) however the request ends.  A closed socket or
- * a stale heartbeat fails every in-flight request of that daemon with
- * NGX_ERROR in the callback and reconnects with backoff; a restarted
- * daemon is picked up without touching nginx.
+ * cancels the daemon's work) however the request ends.  A closed socket, a
+ * daemon pid that is gone, or a heartbeat older than the hung limit
+ * (ipc.h: a live daemon late by a slow step is waited for) fails every
+ * in-flight request of that daemon with NGX_ERROR in the callback and
+ * reconnects with backoff; a restarted daemon is picked up without
+ * touching nginx.
  */
 #ifndef _NGX_HTTP_CINEMATCH_INFER_H_INCLUDED_
 #define _NGX_HTTP_CINEMATCH_INFER_H_INCLUDED_
@@ -65,6 +67,23 @@ ngx_int_t ngx_http_cinematch_infer_submit(ngx_http_request_t *r,
     const u_char *payload, size_t len,
     ngx_http_cinematch_infer_handler_pt handler, void *data,
     ngx_http_cinematch_infer_req_t **out);
+
+/* The same, with the slot labelled `tag` (a conversation id, at most 39
+ * bytes) so that any worker can stop it (ngx_http_cinematch_infer_stop). */
+ngx_int_t ngx_http_cinematch_infer_submit_tagged(ngx_http_request_t *r,
+    const ngx_str_t *tag, uint32_t kind, const uint64_t *params,
+    size_t nparams, const u_char *payload, size_t len,
+    ngx_http_cinematch_infer_handler_pt handler, void *data,
+    ngx_http_cinematch_infer_req_t **out);
+
+/*
+ * Ask the daemons to stop every generation labelled `tag`, whichever
+ * worker streams it: the stop request goes into the slot (cm_ipc_stop)
+ * with a STOP doorbell, and the daemon ends the generation as DONE with
+ * finish_reason "cancelled", which its owner streams as usual.  Returns
+ * how many generations were asked to stop.
+ */
+ngx_uint_t ngx_http_cinematch_infer_stop(const ngx_str_t *tag);
 
 /* Clear the bell before draining, so a record written after the drain
  * rings again (see ipc.h). */

@@ -132,6 +132,13 @@ ngx_http_cinematch_route_t  ngx_http_cinematch_routes[] = {
       NGX_HTTP_CINEMATCH_ROUTE_JSON|NGX_HTTP_CINEMATCH_ROUTE_AUTH
       |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
 
+    /* stop the generation running in the conversation, whichever worker
+     * streams it */
+    { NGX_HTTP_POST, ngx_string("/api/v1/conversations/{id}/cancel"),
+      ngx_http_cinematch_conv_cancel_handler,
+      NGX_HTTP_CINEMATCH_ROUTE_AUTH
+      |NGX_HTTP_CINEMATCH_ROUTE_SCOPE(CM_SCOPE_CHAT) },
+
     { NGX_HTTP_GET, ngx_string("/api/v1/conversations/{id}/export"),
       ngx_http_cinematch_conv_export_handler,
       NGX_HTTP_CINEMATCH_ROUTE_AUTH

@@ -111,6 +111,7 @@ typedef struct {
     char                          user_id[NGX_INT64_LEN + 1];
     char                          conv_id[40];
     char                          user_message_id[NGX_INT64_LEN + 1];
+    char                          message_id[NGX_INT64_LEN + 1];
     char                          request_id[NGX_HTTP_CINEMATCH_REQUEST_ID_LEN
                                              + NGX_INT_T_LEN + 2];
     size_t                        request_id_len;  /* the handshake's */
@@ -166,6 +167,9 @@ static ngx_int_t ngx_http_cinematch_ws_text(ngx_http_cinematch_gen_t *g,
 static ngx_int_t ngx_http_cinematch_ws_end(ngx_http_cinematch_gen_t *g);
 static ngx_int_t ngx_http_cinematch_ws_saved(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
+static ngx_int_t ngx_http_cinematch_ws_pushed(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_cinematch_ws_answer(ngx_http_cinematch_ws_t *ws);
 static ngx_int_t ngx_http_cinematch_ws_idle(ngx_http_cinematch_ws_t *ws);
 static void ngx_http_cinematch_ws_alive_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_cinematch_ws_cached(ngx_http_request_t *r,
@@ -1491,6 +1495,8 @@ ngx_http_cinematch_ws_generate(ngx_http_cinematch_ws_t *ws)
     g->data = ws;
     g->keep = 1;
     g->save_on_gone = 1;
+    g->tag.data = (u_char *) ws->conv_id;
+    g->tag.len = ngx_strlen(ws->conv_id);
 
     rc = ngx_http_cinematch_gen_start(r, g, ws->params, &payload);
 
@@ -1619,8 +1625,8 @@ static ngx_int_t
 ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
     PGresult *res, const char *err)
 {
-    const char                *id, *code, *message;
-    json_int_t                 umid;
+    u_char                    *p;
+    const char                *id;
     ngx_http_cinematch_gen_t  *g;
     ngx_http_cinematch_ws_t   *ws = data;
 
@@ -1641,13 +1647,6 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                       ? "conversation deleted" : PQresultErrorMessage(res));
     }
 
-    if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
-        && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED)
-    {
-        ngx_http_cinematch_conv_push_turn(ws->conv_id, ws->reply,
-                                          ws->reply_len);
-    }
-
     (void) ngx_http_cinematch_redis_commandf(NULL, NULL, NULL,
                NGX_HTTP_CINEMATCH_WS_EVENTS "type generation.finished"
                " conversation_id %s message_id %s user_id %s status %s"
@@ -1660,21 +1659,73 @@ ngx_http_cinematch_ws_saved(ngx_http_request_t *r, void *data,
                ws->row.version, ws->request_id, ws->row.turns,
                ws->row.dropped, ws->row.truncated);
 
-    if (r->connection->error) {
+    ws->message_id[0] = '\0';
+
+    if (id != NULL) {
+        p = ngx_cpymem(ws->message_id, id,
+                       ngx_min(ngx_strlen(id), NGX_INT64_LEN));
+        *p = '\0';
+    }
+
+    /* into the context before `done`, as for SSE: the next message may
+     * come at once, on another worker */
+    if (id != NULL && g->outcome != NGX_HTTP_CINEMATCH_GEN_LOST
+        && g->outcome != NGX_HTTP_CINEMATCH_GEN_FAILED
+        && ngx_http_cinematch_conv_push_reply(r, ws->conv_id, ws->reply,
+                                              ws->reply_len,
+                                              ngx_http_cinematch_ws_pushed,
+                                              ws)
+           == NGX_OK)
+    {
+        return NGX_DONE;
+    }
+
+    return ngx_http_cinematch_ws_answer(ws);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_ws_pushed(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_cinematch_ws_t  *ws = data;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_cinematch_conv_drop_turns(ws->conv_id);
+    }
+
+    return ngx_http_cinematch_ws_answer(ws);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_ws_answer(ngx_http_cinematch_ws_t *ws)
+{
+    const char                *id, *code, *message;
+    json_int_t                 umid;
+    ngx_http_cinematch_gen_t  *g;
+
+    g = &ws->gen;
+    id = ws->message_id[0] ? ws->message_id : NULL;
+
+    if (ws->request->connection->error) {
         return ngx_http_cinematch_ws_idle(ws);   /* partial: stored */
     }
 
     umid = (json_int_t) ngx_atoof((u_char *) ws->user_message_id,
                                   ngx_strlen(ws->user_message_id));
 
-    if (g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE && id != NULL) {
+    if ((g->outcome == NGX_HTTP_CINEMATCH_GEN_COMPLETE
+         || g->outcome == NGX_HTTP_CINEMATCH_GEN_CANCELLED)
+        && id != NULL)
+    {
         (void) ngx_http_cinematch_ws_event(ws,
             json_pack("{s:s, s:I, s:I, s:s, s:{s:I, s:I}, s:o}",
                       "type", "done",
                       "message_id", (json_int_t) ngx_atoof((u_char *) id,
                                                          ngx_strlen(id)),
                       "user_message_id", umid,
-                      "finish_reason", ws->row.finish,
+                      "finish_reason", g->finish,
                       "usage", "prompt_tokens",
                       (json_int_t) g->prompt_tokens,
                       "completion_tokens",

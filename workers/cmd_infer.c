@@ -1043,6 +1043,74 @@ cm_infer_chat_end(cm_infer_t *d, cm_infer_job_t *j)
 }
 
 
+/*
+ * An explicit cancel (ipc.h: slot->stop, CM_MSG_STOP) from any nginx
+ * worker: the generation ends now as if it had finished, with
+ * finish_reason "cancelled", the text already sampled (what fits the ring
+ * now) and its counts, so its owner streams a normal end and stores the
+ * reply.  The KV cache is freed at once; it counts as a cancellation.
+ * Also for a generation still waiting in the queue (no counts then).
+ */
+static void
+cm_infer_chat_stop(cm_infer_t *d, uint32_t slot)
+{
+    char             buf[CM_DLG_TEXT_CAP], res[384];
+    uint32_t         room;
+    size_t           n;
+    int              done, pt = 0, ct = 0, turns = 0, dropped = 0, trunc = 0;
+    cm_infer_job_t  *j;
+
+    if (slot >= d->seg.hdr->slot_count) {
+        return;
+    }
+    j = &d->jobs[slot];
+    if (!j->active || j->kind != CM_REQ_CHAT
+        || cm_ipc_slot_state(j->s) != CM_SLOT_RUNNING
+        || !cm_ipc_stop_requested(j->s))
+    {
+        return;   /* over already, or a stop for an earlier claim */
+    }
+    if (j->dlg != NULL) {
+        room = cm_ipc_ring_space(&d->seg, j->s);
+        if (room > sizeof(buf)) {
+            room = sizeof(buf);
+        }
+        if (j->dlg->ready > 0 && room > 0) {
+            n = cm_dlg_take(j->dlg, buf, room, &done);
+            if (n > 0) {
+                (void) cm_ipc_ring_put(&d->seg, j->s, buf, (uint32_t) n);
+            }
+        }
+        pt = j->dlg->prompt_tokens;
+        ct = j->dlg->completion_tokens;
+        turns = j->dlg->context_turns;
+        dropped = j->dlg->dropped_turns;
+        trunc = j->dlg->truncated;
+    }
+    n = (size_t) snprintf(res, sizeof(res),
+        "{\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":%d,"
+        "\"completion_tokens\":%d},\"model_version\":\"%s\"",
+        pt, ct, d->models.dlg != NULL
+                ? cm_dlg_server_version(d->models.dlg) : "");
+    if (j->dlg != NULL && n < sizeof(res)) {
+        n += (size_t) snprintf(res + n, sizeof(res) - n,
+            ",\"context\":{\"turns\":%d,\"dropped_turns\":%d,"
+            "\"truncated\":%s}", turns, dropped, trunc ? "true" : "false");
+    }
+    if (n < sizeof(res) - 1) {
+        res[n++] = '}';
+    }
+    cm_infer_chat_cancelled(d, j);
+    cm_infer_chat_end(d, j);                        /* frees the KV cache */
+    cm_infer_set_result(d, j->s, res, n);
+    if (cm_ipc_finish(j->s, 0) == CM_OK) {
+        cm_infer_ready(d, j, slot);
+    }
+    cm_infer_job_end(d, j);
+    cm_debug("slot %u stopped by a cancel request", slot);
+}
+
+
 /* Move ready text into the ring; returns 1 when the stream is complete
  * and its result has been written. */
 static int
@@ -1081,8 +1149,13 @@ cm_infer_chat_flush(cm_infer_t *d, cm_infer_job_t *j, uint32_t slot)
         j->dlg->context_turns, j->dlg->dropped_turns,
         j->dlg->truncated ? "true" : "false");
     cm_infer_set_result(d, j->s, res, n);
-    if (cm_ipc_finish(j->s, 0) == CM_OK) {
+    rc = cm_ipc_finish(j->s, 0);
+    if (rc == CM_OK) {
         cm_infer_ready(d, j, slot);
+    } else if (rc == CM_ECANCELED) {
+        /* nginx gave the slot up (its client left) while this last step
+         * ran: a cancellation all the same, as nginx counts its CANCEL */
+        cm_infer_chat_cancelled(d, j);
     }
     return 1;
 }
@@ -1113,6 +1186,11 @@ cm_infer_chat_tick(cm_infer_t *d)
             cm_infer_chat_end(d, j);
             (void) cm_ipc_finish(j->s, CM_ECANCELED);
             cm_infer_job_end(d, j);
+            continue;
+        }
+        if (cm_ipc_stop_requested(j->s)) {
+            /* its STOP doorbell may still be coming, or was lost */
+            cm_infer_chat_stop(d, i);
             continue;
         }
         if (j->chat_queued) {
@@ -1271,6 +1349,10 @@ cm_infer_submit(cm_infer_t *d, int ci, uint32_t slot)
         j->active = 1;
         d->nactive++;
         atomic_fetch_add(&d->seg.hdr->queue_depth, 1);
+        if (cm_ipc_stop_requested(s)) {
+            cm_infer_chat_stop(d, slot);   /* cancelled before it began */
+            return;
+        }
         rc = cm_infer_chat_start(d, j, err, sizeof(err));
         if (rc == CM_OK) {
             return;
@@ -1463,6 +1545,9 @@ cm_infer_conn_read(cm_infer_t *d, int ci)
                 break;
             case CM_MSG_CANCEL:
                 cm_infer_cancel(d, msgs[k].slot);
+                break;
+            case CM_MSG_STOP:
+                cm_infer_chat_stop(d, msgs[k].slot);
                 break;
             default:
                 cm_warn("connection %d: unknown doorbell op %u", ci,

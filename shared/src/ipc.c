@@ -340,6 +340,8 @@ cm_ipc_claim(const cm_ipc_seg_t *seg, uint32_t first, uint32_t count,
         atomic_store_explicit(&s->ring_head, 0, memory_order_relaxed);
         atomic_store_explicit(&s->ring_tail, 0, memory_order_relaxed);
         atomic_store_explicit(&s->ring_closed, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->stop, 0, memory_order_relaxed);
+        memset(s->tag, 0, sizeof(s->tag));
         if (hint != NULL) {
             *hint = (start + i + 1) % count;
         }
@@ -377,6 +379,74 @@ cm_ipc_submit(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s, uint32_t kind,
     /* release: the request is visible before the state says SUBMITTED */
     return cm_ipc_slot_cas(s, CM_SLOT_CLAIMED, CM_SLOT_SUBMITTED)
            ? CM_OK : CM_ECONFLICT;
+}
+
+
+void
+cm_ipc_set_tag(cm_ipc_slot_t *s, const char *tag, size_t len)
+{
+    if (len > sizeof(s->tag) - 1) {
+        len = sizeof(s->tag) - 1;
+    }
+    memcpy(s->tag, tag, len);
+    s->tag[len] = '\0';
+}
+
+
+/* Any worker reads any slot here, racing with its owner: the tag is read
+ * only between two loads of a SUBMITTED/RUNNING state with the same seq
+ * (the tag is written before SUBMITTED and only changes at a claim), so
+ * a torn or stale tag is never taken for a match. */
+int64_t
+cm_ipc_find_tag(const cm_ipc_seg_t *seg, const char *tag, size_t len,
+                uint32_t *from, uint32_t *seq)
+{
+    uint32_t        i, st, sq;
+    char            copy[sizeof(((cm_ipc_slot_t *) 0)->tag)];
+    cm_ipc_slot_t  *s;
+
+    if (len == 0 || len >= sizeof(copy)) {
+        return -1;
+    }
+    for (i = *from; i < seg->hdr->slot_count; i++) {
+        s = cm_ipc_slot(seg, i);
+        st = cm_ipc_slot_state(s);
+        if (st != CM_SLOT_SUBMITTED && st != CM_SLOT_RUNNING) {
+            continue;
+        }
+        sq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+        memcpy(copy, s->tag, sizeof(copy));
+        atomic_thread_fence(memory_order_acquire);
+        st = cm_ipc_slot_state(s);
+        if ((st != CM_SLOT_SUBMITTED && st != CM_SLOT_RUNNING)
+            || __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) != sq)
+        {
+            continue;
+        }
+        if (memcmp(copy, tag, len) == 0 && copy[len] == '\0') {
+            *from = i + 1;
+            *seq = sq;
+            return i;
+        }
+    }
+    *from = seg->hdr->slot_count;
+    return -1;
+}
+
+
+void
+cm_ipc_stop(cm_ipc_slot_t *s, uint32_t seq)
+{
+    atomic_store_explicit(&s->stop, seq + 1, memory_order_release);
+}
+
+
+int
+cm_ipc_stop_requested(const cm_ipc_slot_t *s)
+{
+    uint32_t stop = atomic_load_explicit(&s->stop, memory_order_acquire);
+
+    return stop != 0 && stop == s->seq + 1;
 }
 
 

@@ -5,7 +5,11 @@ complete / partial / error replies, context from Redis rebuilt from
 PostgreSQL, feedback, export, chat events, bad input."""
 
 import concurrent.futures
+import http.client
 import json
+import os
+import re
+import select
 import shutil
 import signal
 import socket
@@ -77,6 +81,9 @@ def api(workdir, backends, db, model):
                         http_extra=infer.directive
                         + f"\ncinematch_jwt_secret_file {workdir / 'conv-jwt.secret'};",
                         server_extra=f"listen 127.0.0.1:{h2_port} http2;",
+                        # which worker answered: the cancel tests send the
+                        # cancel through the worker that does not stream
+                        location_extra="add_header X-Worker-Pid $pid always;",
                         name="nginx-conv", workers=2)
     ngx.h2_port = h2_port
     ngx.alice = access_token(secret, sub=db.alice)
@@ -369,7 +376,7 @@ def test_non_utf8_and_100k_bodies_are_refused(api):
     assert api.db.sql(f"SELECT count(*) FROM messages WHERE conversation_id = '{cid}'") == "0"
 
 
-def _open_stream(api, cid, **kw):
+def _open_stream(api, cid, wait=True, **kw):
     s = socket.create_connection(("127.0.0.1", api.port), timeout=20)
     payload = json.dumps(msg(**kw)).encode()
     s.sendall(b"POST /api/v1/conversations/%s/messages HTTP/1.1\r\nHost: x\r\n"
@@ -377,7 +384,7 @@ def _open_stream(api, cid, **kw):
               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
               % (cid.encode(), api.alice.encode(), len(payload), payload))
     buf = b""
-    while b"event: token" not in buf:
+    while wait and b"event: token" not in buf:
         chunk = s.recv(4096)
         assert chunk, buf
         buf += chunk
@@ -395,15 +402,41 @@ def _queue_empty(api):
     return api.json("GET", "/ready")[2]["checks"]["inference"]["daemons"][0]["queue_depth"] == 0
 
 
+def _step_daemon(api, s, buf, marker, window=0.0005, tries=2000):
+    """Run the stopped daemon in short slices (SIGCONT, a moment, SIGSTOP)
+    until marker is in what the socket gave; the daemon is stopped when
+    this returns.  A machine under load then cannot let a fast model finish
+    the whole reply while the test reacts to its first token."""
+    pid = api.infer.proc.pid
+    s.settimeout(0.002)
+    for _ in range(tries):
+        if marker in buf:
+            break
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(window)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return buf
+                buf += chunk
+        except socket.timeout:
+            pass
+    return buf
+
+
 def _paused_mid_stream(api, seeds=range(1, 40)):
     """A stream whose first token arrived and whose daemon was then paused
     (SIGSTOP) before the generation ended: (socket, bytes so far, cid).
-    The tiny model is fast, so some seeds finish first; those are skipped.
-    The caller sends SIGCONT (within the 2 s heartbeat) or kills."""
+    The daemon runs in short slices until the first token comes (see
+    _step_daemon); a seed whose reply still ended first is skipped.  The
+    caller sends SIGCONT or kills."""
     for seed in seeds:
         cid = new_conv(api)
-        s, buf = _open_stream(api, cid, seed=seed, **_long())
         api.infer.proc.send_signal(signal.SIGSTOP)
+        s, buf = _open_stream(api, cid, wait=False, seed=seed, **_long())
+        buf = _step_daemon(api, s, buf, b"event: token")
         s.settimeout(0.2)
         try:
             while b"event: done" not in buf:
@@ -579,6 +612,74 @@ def test_export_pdf_renders_utf8(api, workdir):
     assert "Été à Paris" in text and "Ça va? Ελληνικά, русский" in text
 
 
+def _conns_on_one_worker(api, n=2, tries=400):
+    """n keep-alive connections served by the same nginx worker."""
+    by_pid = {}
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=60)
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        r.read()
+        group = by_pid.setdefault(int(r.getheader("X-Worker-Pid")), [])
+        group.append(conn)
+        if len(group) == n:
+            for other in by_pid.values():
+                for c in other:
+                    if c not in group:
+                        c.close()
+            return group
+    pytest.fail("no two connections reached the same worker")
+
+
+def test_a_long_pdf_export_leaves_the_worker_serving_others(api, workdir):
+    """The PDF is rendered on the thread pool: while a long conversation
+    renders, the same worker answers /health (regression: it was rendered
+    on the event loop, every other client of the worker waited for it)."""
+    cid = new_conv(api, "The long one")
+    api.db.sql(f"INSERT INTO messages (conversation_id, role, content) "
+               f"SELECT '{cid}', CASE WHEN i % 2 = 0 THEN 'user' ELSE 'assistant' END, "
+               f"'Message ' || i || ': ' || repeat('Été à Paris, Ελληνικά, русский. ', 16) "
+               f"FROM generate_series(1, 5000) i")
+    export, health = _conns_on_one_worker(api)
+    auth = {"Authorization": f"Bearer {api.alice}"}
+    export.request("GET", f"/api/v1/conversations/{cid}/export?format=pdf", headers=auth)
+    # /health answers while the export is rendering (the worker logs it
+    # handed the render to the thread pool): not a byte of the PDF has
+    # come yet.  A worker rendering on its event loop would answer
+    # /health only after sending the whole PDF.
+    t0 = time.monotonic()
+    harness.wait_for(lambda: f"PDF export of conversation {cid}: 5000 messages"
+                     in api.error_log.read_text(errors="replace"),
+                     interval=0.005, what="the render handed to the thread pool")
+    for _ in range(3):
+        health.request("GET", "/health")
+        r = health.getresponse()
+        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        pending = not select.select([export.sock], [], [], 0)[0]
+        assert pending, "the export answered before /health"
+    t1 = time.monotonic()
+    export.sock.settimeout(60)
+    r = export.getresponse()
+    raw = r.read()
+    if r.status == 422:
+        pytest.skip("module built without libharu (libhpdf-dev)")
+    assert r.status == 200, raw[:300]
+    assert r.getheader("Content-Type") == "application/pdf"
+    assert raw.startswith(b"%PDF-") and b"%%EOF" in raw[-64:]
+    assert raw.count(b"/Type /Page") > 100   # pages: the whole conversation
+    print(f"3 /health in {t1 - t0:.3f}s, the PDF ({len(raw)} bytes) in "
+          f"{time.monotonic() - t0:.3f}s")
+    export.close()
+    health.close()
+    if shutil.which("pdftotext") is None:
+        return
+    f = workdir / f"{cid}.pdf"
+    f.write_bytes(raw)
+    text = subprocess.run(["pdftotext", str(f), "-"], capture_output=True,
+                          text=True).stdout
+    assert "Message 1: Été à Paris" in text and "Message 5000:" in text
+
+
 def test_messages_work_while_redis_is_down(api):
     """Redis holds only what may be lost: without it the context comes from
     PostgreSQL and the reply is stored all the same."""
@@ -673,14 +774,26 @@ class _H2:
 
 def _h2_paused_mid_stream(api, seeds=range(1, 40)):
     """Like _paused_mid_stream, over HTTP/2: (client, cid)."""
+    pid = api.infer.proc.pid
     for seed in seeds:
         cid = new_conv(api)
         h = _H2(api.h2_port)
+        # the daemon runs in slices until the first token (_step_daemon)
+        api.infer.proc.send_signal(signal.SIGSTOP)
         h.post(f"/api/v1/conversations/{cid}/messages", api.alice,
                json.dumps(msg(seed=seed, **_long())).encode())
-        while b"event: token" not in h.data and not h.ended:
-            assert h.read(), h.data
-        api.infer.proc.send_signal(signal.SIGSTOP)
+        h.s.settimeout(0.002)
+        for _ in range(2000):
+            if b"event: token" in h.data or h.ended:
+                break
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.0005)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                while b"event: token" not in h.data and not h.ended:
+                    assert h.read(), h.data
+            except socket.timeout:
+                pass
         h.s.settimeout(0.2)
         try:
             while b"event: done" not in h.data and not h.ended:
@@ -878,6 +991,214 @@ def test_a_newest_turn_longer_than_the_context_keeps_its_tail(api):
     assert msgs[2]["content"] == "Louis, I think this is the beginning. " * 100
 
 
+# --- an explicit cancel: POST /api/v1/conversations/{id}/cancel ------------------
+
+def test_cancel_is_404_for_other_users_and_409_when_nothing_runs(api):
+    cid = new_conv(api)
+    for path_cid, who in [(cid, "bob"),
+                          ("00000000-0000-0000-0000-000000000000", "alice"),
+                          ("nope", "alice")]:
+        status, doc = jcall(api, "POST", f"/api/v1/conversations/{path_cid}/cancel",
+                            who=who)
+        assert status == 404 and doc["error"]["code"] == "not_found", (who, doc)
+    status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/cancel")
+    assert status == 409, doc
+    assert doc["error"]["code"] == "conflict" and doc["error"]["message"]
+    # a finished reply leaves nothing to cancel either
+    jcall(api, "POST", f"/api/v1/conversations/{cid}/messages", msg(stream=False))
+    assert jcall(api, "POST", f"/api/v1/conversations/{cid}/cancel")[0] == 409
+    status, _, _ = api.request("POST", f"/api/v1/conversations/{cid}/cancel")
+    assert status == 401
+
+
+def _ascii(text):
+    """The printable ASCII of a text: what cleaning a piece of it at a time
+    or all at once leaves alike (a character split between two pieces, a
+    CR before the piece that holds its LF, may differ)."""
+    return re.sub(r"[^\x21-\x7e]", "", text)
+
+
+def _conn_per_worker(api, tries=400):
+    """{worker pid: keep-alive connection} for both workers: nginx serves a
+    connection in one worker for its whole life."""
+    conns = {}
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        r.read()
+        pid = int(r.getheader("X-Worker-Pid"))
+        if pid in conns:
+            conn.close()
+        else:
+            conns[pid] = conn
+        if len(conns) == 2:
+            return conns
+    pytest.fail("every connection went to the same nginx worker")
+
+
+def _cancel_on(conn, api, cid):
+    conn.request("POST", f"/api/v1/conversations/{cid}/cancel",
+                 headers={"Authorization": f"Bearer {api.alice}"})
+    r = conn.getresponse()
+    return r.status, json.loads(r.read())
+
+
+def _read_to_end(s, buf):
+    s.settimeout(20)
+    while not buf.endswith(b"\r\n0\r\n\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return buf
+
+
+@pytest.mark.parametrize("worker", ["other", "same"])
+def test_cancel_ends_the_stream_with_done_cancelled_and_stores_a_partial_reply(
+        api, worker):
+    conns = _conn_per_worker(api)
+    for _ in range(5):
+        before = _metric(api, "cinematch_chat_cancellations_total")
+        s, buf, cid = _paused_mid_stream(api)
+        try:
+            pid = int(re.search(rb"x-worker-pid: (\d+)", buf, re.I).group(1))
+            conn = next(c for p, c in conns.items()
+                        if (p != pid) == (worker == "other"))
+            status, doc = _cancel_on(conn, api, cid)
+            assert status in (202, 409), doc
+            assert status == 409 or doc == {"conversation_id": cid,
+                                            "cancelled": 1}, doc
+        finally:
+            api.infer.proc.send_signal(signal.SIGCONT)
+        events = sse_events(_sse_body(_read_to_end(s, buf)))
+        names = [e for e, _ in events]
+        assert names[-1] == "done" and set(names[:-1]) == {"token"}, names
+        done = events[-1][1]
+        # the reply may have ended by itself before the daemon was paused
+        # (409: nginx was still storing it) or in the step it was paused
+        # in: the stop came too late, the reply is complete; try again
+        if status == 202 and done["finish_reason"] == "cancelled":
+            break
+    for c in conns.values():
+        c.close()
+    assert done["finish_reason"] == "cancelled", done
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    row = api.db.sql(f"SELECT id, status, finish_reason, completion_tokens "
+                     f"FROM messages WHERE {where}").split("|")
+    assert row[1:3] == ["partial", "cancel"], row
+    assert int(row[0]) == done["message_id"]
+    assert int(row[3]) == done["usage"]["completion_tokens"]
+    _assert_partial_counts(api, where)
+    content = bytes.fromhex(api.db.sql(
+        f"SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM messages "
+        f"WHERE {where}")).decode()
+    seen = "".join(d["text"] for e, d in events if e == "token")
+    # the same text; the stream cleans each piece of UTF-8 on its own, the
+    # stored reply as a whole, so only a character split between two
+    # pieces may differ (U+FFFD on the stream)
+    assert _ascii(content) == _ascii(seen), (seen, content)
+    # the daemon freed the sequence at once and counted the cancellation
+    assert _queue_empty(api)
+    assert _metric(api, "cinematch_chat_cancellations_total") >= before + 1
+    # the kept reply is part of the context of the next message
+    last = subprocess.run(["redis-cli", "-p", str(api.redis.port), "--raw", "LINDEX",
+                           f"cinematch:conv:{cid}:turns", "-1"],
+                          capture_output=True, check=True).stdout   # bytes: CRs kept
+    assert last.decode()[:-1] == content, (last, content)
+    assert jcall(api, "POST", f"/api/v1/conversations/{cid}/cancel")[0] == 409
+
+
+def test_back_to_back_messages_on_both_workers_see_every_reply(api):
+    """A reply is in the conversation's Redis context before `done` (or the
+    JSON answer) goes out, so a message sent the moment it arrives, on the
+    other worker, has it in its prompt (regression: the append was fire
+    and forget and could reach Redis after the next message read the
+    list)."""
+    conns = list(_conn_per_worker(api).values())
+    cid = new_conv(api)
+    h = {"Authorization": f"Bearer {api.alice}", "Content-Type": "application/json"}
+    given = 0          # turns so far: the messages and the non-empty replies
+    for k in range(8):
+        stream = k % 4 < 2
+        conn = conns[k % 2]
+        conn.request("POST", f"/api/v1/conversations/{cid}/messages",
+                     body=json.dumps(msg(f"line {k}", max_tokens=4, stream=stream)),
+                     headers=h)
+        r = conn.getresponse()
+        raw = r.read()
+        assert r.status == 200, raw
+        if stream:
+            events = sse_events(raw)
+            ev, done = events[-1]
+            assert ev == "done", raw[-300:]
+            text = "".join(d["text"] for e, d in events if e == "token")
+        else:
+            done = json.loads(raw)
+            text = done["content"]
+        given += 1
+        cx = done["context"]
+        # every earlier turn, the replies included, was given to the daemon
+        assert cx["turns"] + cx["dropped_turns"] == given, (k, done)
+        given += 1 if text else 0   # an empty reply is no turn
+    for c in conns:
+        c.close()
+    turns = redis(api, "LLEN", f"cinematch:conv:{cid}:turns").strip()
+    assert turns == str(given), turns
+
+
+def test_cancel_before_the_daemon_starts_ends_a_json_answer_as_cancelled(api):
+    """A cancel that reaches the slot before the daemon took the request:
+    the generation ends before it begins, with no tokens."""
+    cid = new_conv(api)
+    api.infer.proc.send_signal(signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(jcall, api, "POST",
+                              f"/api/v1/conversations/{cid}/messages",
+                              msg(stream=False, **_long()))
+            harness.wait_for(lambda: jcall(api, "POST",
+                                           f"/api/v1/conversations/{cid}/cancel")[0]
+                             == 202, timeout=1.5, what="the cancel accepted")
+            api.infer.proc.send_signal(signal.SIGCONT)
+            status, doc = fut.result(timeout=30)
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    assert status == 200, doc
+    assert doc["status"] == "partial" and doc["finish_reason"] == "cancelled", doc
+    assert doc["usage"]["completion_tokens"] == 0 and doc["content"] == ""
+    assert api.db.sql(f"SELECT status, finish_reason FROM messages WHERE "
+                      f"id = {doc['id']}") == "partial|cancel"
+    harness.wait_for(lambda: _queue_empty(api), timeout=5, what="queue drained")
+
+
+def test_a_daemon_late_past_its_heartbeat_is_not_taken_for_dead(api):
+    """A step that holds the daemon's loop past the 2 s heartbeat (a large
+    batch at high load; here SIGSTOP) is not a dead daemon: the stream goes
+    on when the daemon does (regression: nginx failed every in-flight
+    stream with "the inference daemon went away").  /ready says the
+    heartbeat is late meanwhile; a killed daemon is still noticed at once
+    (the last test)."""
+    s, buf, cid = _paused_mid_stream(api)
+    try:
+        harness.wait_for(lambda: api.json("GET", "/ready")[2]["checks"]["inference"]
+                         ["daemons"][0]["heartbeat_ok"] is False,
+                         timeout=10, what="the heartbeat late")
+        time.sleep(0.6)    # both workers' 250 ms watches see it late
+        assert api.json("GET", "/ready")[2]["checks"]["inference"]["daemons"][0] \
+            ["connected"] is True
+    finally:
+        api.infer.proc.send_signal(signal.SIGCONT)
+    events = sse_events(_sse_body(_read_to_end(s, buf)))
+    names = [e for e, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"token"}, names
+    assert api.db.sql(f"SELECT status FROM messages WHERE conversation_id = '{cid}' "
+                      f"AND role = 'assistant'") == "complete"
+    harness.wait_for(lambda: api.json("GET", "/ready")[0] == 200, timeout=5,
+                     what="ready again")
+
+
 # --- last: kills the daemon ---------------------------------------------------
 
 def test_daemon_killed_mid_stream_gives_an_error_event_and_keeps_the_user_message(api):
@@ -900,6 +1221,12 @@ def test_daemon_killed_mid_stream_gives_an_error_event_and_keeps_the_user_messag
                       f"FROM messages WHERE conversation_id = '{cid}' "
                       f"ORDER BY id").splitlines()
     assert rows == ["user|complete||f", "assistant|error|error|t"], rows
+    # an error reply records its counts like a partial one (regression: they
+    # were NULL): the prompt, the tokens sampled by then, the latencies
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    _assert_partial_counts(api, where)
+    ct = int(api.db.sql(f"SELECT completion_tokens FROM messages WHERE {where}"))
+    assert ct >= len([e for e in names if e == "token"]), (ct, names)
     assert err["message_id"] > err["user_message_id"] > 0
     # with no daemon a new message is 503, and the user message is kept
     status, doc = jcall(api, "POST", f"/api/v1/conversations/{cid}/messages",

@@ -561,13 +561,27 @@ def _long():
 def _paused_mid_stream(api, seeds=range(1, 40)):
     """A socket whose first token arrived and whose daemon was then paused
     (SIGSTOP) before the generation ended; the caller sends SIGCONT."""
+    pid = api.infer.proc.pid
     for seed in seeds:
         cid = new_conv(api)
         ws = connect(api)
-        ws.send_json(chat(cid, seed=seed, **_long()))
-        first = ws.recv_event()
-        assert first["type"] == "token", first
+        # the daemon runs in short slices until the first token comes, so
+        # that a machine under load cannot let the tiny model finish the
+        # reply while the test reacts to its first token
         api.infer.proc.send_signal(signal.SIGSTOP)
+        ws.send_json(chat(cid, seed=seed, **_long()))
+        ws.s.settimeout(0.002)
+        first = None
+        for _ in range(2000):
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.0005)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                first = ws.recv_event()
+                break
+            except socket.timeout:
+                pass
+        assert first is not None and first["type"] == "token", first
         ws.s.settimeout(0.2)
         seen, done = [first], False
         try:
@@ -636,4 +650,96 @@ def test_close_frame_mid_stream_is_answered_and_stores_a_partial_reply(api):
             what="partial reply stored")
     finally:
         api.infer.proc.send_signal(signal.SIGCONT)
+    ws.close()
+
+
+def test_cancel_request_ends_the_reply_with_done_cancelled(api):
+    """POST /api/v1/conversations/{id}/cancel (on any worker) stops the
+    generation streamed over the socket: `done` with finish_reason
+    "cancelled", the text so far stored as a partial reply with its
+    counts, and the socket takes the next message."""
+    for _ in range(5):
+        ws, seen, cid = _paused_mid_stream(api)
+        try:
+            status, _, data = api.request(
+                "POST", f"/api/v1/conversations/{cid}/cancel",
+                headers={"Authorization": f"Bearer {api.alice}"})
+            assert status in (202, 409), data
+        finally:
+            api.infer.proc.send_signal(signal.SIGCONT)
+        ws.s.settimeout(20)
+        while (ev := ws.recv_event())["type"] == "token":
+            seen.append(ev)
+        # the reply may have ended by itself before the pause (409) or in
+        # the step the daemon was paused in: the stop came too late; again
+        if status == 202 and ev.get("finish_reason") == "cancelled":
+            break
+        ws.close()
+    assert ev["type"] == "done" and ev["finish_reason"] == "cancelled", ev
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    row = api.db.sql(f"SELECT id, status, finish_reason, prompt_tokens, "
+                     f"completion_tokens, latency_ms FROM messages "
+                     f"WHERE {where}").split("|")
+    assert int(row[0]) == ev["message_id"] and row[1:3] == ["partial", "cancel"], row
+    assert int(row[3]) > 0 and int(row[4]) == ev["usage"]["completion_tokens"] >= len(seen)
+    assert float(row[5]) >= 0
+    content = bytes.fromhex(api.db.sql(
+        f"SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM messages "
+        f"WHERE {where}")).decode()
+    # the same text (the stream cleans each piece of UTF-8 on its own, the
+    # stored reply as a whole: a character split between pieces differs)
+    ascii_only = lambda t: "".join(c for c in t if 32 < ord(c) < 127)  # noqa: E731
+    assert ascii_only(content) == ascii_only("".join(e["text"] for e in seen))
+    ws.send_json(chat(cid, "and now?"))
+    while (ev := ws.recv_event())["type"] == "token":
+        pass
+    assert ev["type"] == "done" and ev["finish_reason"] in ("stop", "length"), ev
+    ws.close()
+
+
+def test_the_reply_is_in_the_context_when_done_arrives(api):
+    """The WebSocket appends its reply to the conversation's Redis list
+    before `done` goes out (regression: fire and forget, it could land
+    after a message sent at once read the list): the next message, sent
+    the moment `done` arrives, over SSE on any worker, has it in its
+    prompt, and the list already holds it."""
+    cid = new_conv(api)
+    given = 0
+    ws = connect(api)
+    for k in range(3):
+        ws.send_json(chat(cid, f"line {k}", max_tokens=4))
+        while (ev := ws.recv_event())["type"] == "token":
+            pass
+        assert ev["type"] == "done", ev
+        given += 1
+        assert ev["context"]["turns"] + ev["context"]["dropped_turns"] == given, ev
+        given += 1 if done_text(api, ev) else 0
+        assert _redis(api, "LLEN", f"cinematch:conv:{cid}:turns").strip() == str(given)
+        doc = _sse_message(api, cid, f"and {k}")
+        given += 1
+        assert doc["context"]["turns"] + doc["context"]["dropped_turns"] == given, doc
+        given += 1 if doc["content"] else 0
+    ws.close()
+
+
+# --- last: kills the daemon ---------------------------------------------------
+
+def test_daemon_killed_mid_stream_gives_an_error_event_and_stores_the_counts(api):
+    """The reply of a daemon that died mid-stream is stored `error` with
+    the counts it had published (the prompt, the tokens sampled so far)
+    and its latency, as SSE stores it."""
+    ws, seen, cid = _paused_mid_stream(api)
+    api.infer.kill9()
+    ws.s.settimeout(20)
+    while (ev := ws.recv_event())["type"] == "token":
+        seen.append(ev)
+    assert ev["type"] == "error" and ev["error"]["code"] == "unavailable", ev
+    assert ev["message_id"] > ev["user_message_id"] > 0
+    where = f"conversation_id = '{cid}' AND role = 'assistant'"
+    row = api.db.sql(f"SELECT status, finish_reason, error IS NOT NULL, prompt_tokens, "
+                     f"completion_tokens, first_token_ms, latency_ms "
+                     f"FROM messages WHERE {where}").split("|")
+    assert row[:3] == ["error", "error", "t"], row
+    assert int(row[3]) > 0 and int(row[4]) >= len(seen), row
+    assert float(row[5]) >= 0 and float(row[6]) >= float(row[5]), row
     ws.close()

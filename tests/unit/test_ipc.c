@@ -128,6 +128,62 @@ test_validate_header_rejects_hostile_fields(void **state)
 
 
 static void
+test_stop_finds_tagged_slots_and_never_reaches_a_later_claim(void **state)
+{
+    cm_ipc_seg_t   *seg = *state;
+    cm_ipc_slot_t  *a, *b;
+    int64_t         i, k;
+    uint32_t        from, seq;
+    const char     *conv = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+    i = cm_ipc_claim(seg, 0, 8, NULL, 1);
+    k = cm_ipc_claim(seg, 0, 8, NULL, 2);
+    assert_true(i >= 0 && k >= 0 && i != k);
+    a = cm_ipc_slot(seg, (uint32_t) i);
+    b = cm_ipc_slot(seg, (uint32_t) k);
+    cm_ipc_set_tag(a, conv, strlen(conv));
+    cm_ipc_set_tag(b, "other", 5);
+
+    /* CLAIMED is not yet a generation */
+    from = 0;
+    assert_int_equal(cm_ipc_find_tag(seg, conv, strlen(conv), &from, &seq),
+                     -1);
+
+    assert_int_equal(cm_ipc_submit(seg, a, CM_REQ_CHAT, NULL, 0, "x", 1),
+                     CM_OK);
+    assert_int_equal(cm_ipc_submit(seg, b, CM_REQ_CHAT, NULL, 0, "x", 1),
+                     CM_OK);
+    from = 0;
+    assert_int_equal(cm_ipc_find_tag(seg, conv, strlen(conv), &from, &seq),
+                     i);
+    assert_int_equal(seq, a->seq);
+    /* a prefix is not the tag, and the scan goes on past the match */
+    assert_int_equal(cm_ipc_find_tag(seg, conv, strlen(conv), &from, &seq),
+                     -1);
+    from = 0;
+    assert_int_equal(cm_ipc_find_tag(seg, conv, 8, &from, &seq), -1);
+
+    assert_false(cm_ipc_stop_requested(a));
+    cm_ipc_stop(a, seq);
+    assert_true(cm_ipc_stop_requested(a));
+    assert_false(cm_ipc_stop_requested(b));
+
+    /* the slot is given back and claimed again before the daemon looks:
+     * the stop aimed at the earlier claim is dropped with its tag */
+    assert_int_equal(cm_ipc_release(a), 0);
+    assert_int_equal(cm_ipc_claim(seg, (uint32_t) i, 1, NULL, 1), i);
+    assert_false(cm_ipc_stop_requested(a));
+    assert_string_equal(a->tag, "");
+    cm_ipc_stop(a, seq);          /* a late stop for the old claim */
+    assert_false(cm_ipc_stop_requested(a));
+
+    /* tags are cut to the field */
+    cm_ipc_set_tag(a, "0123456789012345678901234567890123456789xyz", 43);
+    assert_int_equal(strlen(a->tag), sizeof(a->tag) - 1);
+}
+
+
+static void
 test_slot_lifecycle_submit_run_done_release(void **state)
 {
     cm_ipc_seg_t   *seg = *state;
@@ -481,6 +537,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_two_processes_stream_through_the_ring, setup_seg, teardown_seg),
         cmocka_unit_test_setup_teardown(test_stats_block_is_published_and_histogram_buckets_by_bound, setup_seg, teardown_seg),
         cmocka_unit_test_setup_teardown(test_stats_reader_rejects_old_unknown_and_hostile_blocks, setup_seg, teardown_seg),
+        cmocka_unit_test_setup_teardown(test_stop_finds_tagged_slots_and_never_reaches_a_later_claim, setup_seg, teardown_seg),
     };
 
     return cmocka_run_group_tests_name("ipc", tests, NULL, NULL);

@@ -71,8 +71,14 @@
 #define CM_IPC_DEFAULT_RES_CAP   (64 * 1024)
 #define CM_IPC_DEFAULT_RING_CAP  (16 * 1024)
 
-/* A heartbeat older than this means the daemon is hung or gone. */
+/* A heartbeat older than this means the daemon is busy in a long step,
+ * hung or gone (/ready reports it).  A reader gives up a daemon whose
+ * process is gone at once (its socket closes too), but one that is alive
+ * only once the heartbeat is CM_IPC_HEARTBEAT_HUNG_NS old: a batched
+ * decode step under heavy load can take seconds without the daemon being
+ * dead, and its streams must not fail for that. */
 #define CM_IPC_HEARTBEAT_STALE_NS  (2ull * 1000000000ull)
+#define CM_IPC_HEARTBEAT_HUNG_NS   (30ull * 1000000000ull)
 
 typedef enum {
     CM_SLOT_FREE = 0,
@@ -134,7 +140,9 @@ typedef enum {
 typedef enum {
     CM_MSG_SUBMIT = 1,   /* nginx → daemon: slot is SUBMITTED */
     CM_MSG_CANCEL = 2,   /* nginx → daemon: slot was CANCELLED */
-    CM_MSG_READY  = 3    /* daemon → nginx: slot has ring data or is final */
+    CM_MSG_READY  = 3,   /* daemon → nginx: slot has ring data or is final */
+    CM_MSG_STOP   = 4    /* any nginx worker → daemon: slot->stop asks to
+                            end that CHAT generation (cm_ipc_stop) */
 } cm_msg_op_t;
 
 typedef struct {
@@ -265,7 +273,17 @@ typedef struct {
      * generation cancelled before its result still has token counts */
     _Atomic uint32_t  prompt_tokens;  /* 140 prefilled */
     _Atomic uint32_t  completion_tokens; /* 144 sampled so far */
-    uint8_t           pad1[CM_IPC_SLOT_HDR_SIZE - 148];
+    /* CHAT stop request (an explicit cancel, from any nginx worker, not
+     * only the owner): seq + 1 of the claim to stop, 0 = none; reset at
+     * claim, so a request aimed at an earlier claim of the slot is
+     * ignored.  The daemon then ends the sequence as DONE with
+     * finish_reason "cancelled" and the text so far, see CM_MSG_STOP. */
+    _Atomic uint32_t  stop;           /* 148 */
+    char              tag[40];        /* 152 the owner's label (a
+                                             conversation id), NUL-
+                                             terminated, "" = none; set
+                                             before SUBMITTED */
+    uint8_t           pad1[CM_IPC_SLOT_HDR_SIZE - 192];
 } cm_ipc_slot_t;
 
 /* A mapping of a segment, as either side sees it. */
@@ -322,6 +340,21 @@ int64_t cm_ipc_claim(const cm_ipc_seg_t *seg, uint32_t first, uint32_t count,
 int cm_ipc_submit(const cm_ipc_seg_t *seg, cm_ipc_slot_t *s, uint32_t kind,
                   const uint64_t *params, size_t nparams,
                   const void *payload, size_t len);
+/* nginx: label a CLAIMED slot (at most sizeof(tag) - 1 bytes kept), so
+ * that other workers can find it with cm_ipc_find_tag. */
+void cm_ipc_set_tag(cm_ipc_slot_t *s, const char *tag, size_t len);
+/* nginx, any worker: the next SUBMITTED or RUNNING slot at or after *from
+ * whose tag is `tag`; returns its index (and sets *from past it) or -1.
+ * *seq gets the claim's seq for cm_ipc_stop. */
+int64_t cm_ipc_find_tag(const cm_ipc_seg_t *seg, const char *tag,
+                        size_t len, uint32_t *from, uint32_t *seq);
+/* nginx, any worker: ask the daemon to stop claim `seq` of slot s; then
+ * send a CM_MSG_STOP doorbell naming the slot.  Harmless when the slot
+ * has been given back and claimed again meanwhile. */
+void cm_ipc_stop(cm_ipc_slot_t *s, uint32_t seq);
+/* daemon: 1 when a stop was asked for the slot's current claim. */
+int cm_ipc_stop_requested(const cm_ipc_slot_t *s);
+
 /* nginx: give a slot up.  From CLAIMED/SUBMITTED/DONE/ERROR it becomes
  * FREE; from RUNNING it becomes CANCELLED (the daemon frees it).  Returns 1
  * when the caller should send a CANCEL doorbell. */

@@ -177,6 +177,9 @@ export function createClient({ baseUrl = '', fetchImpl, storage } = {}) {
     createConversation: (title) => call('POST', '/api/v1/conversations', { body: title ? { title } : {} }),
     renameConversation: (id, title) => call('PATCH', `/api/v1/conversations/${encodeURIComponent(id)}`, { body: { title } }),
     deleteConversation: (id) => call('DELETE', `/api/v1/conversations/${encodeURIComponent(id)}`),
+    // Stops the reply being generated in the conversation, on whichever
+    // server worker streams it (409 when nothing is being generated).
+    cancelConversation: (id) => call('POST', `/api/v1/conversations/${encodeURIComponent(id)}/cancel`),
     feedback: (messageId, rating) => call('POST', `/api/v1/messages/${encodeURIComponent(messageId)}/feedback`, { body: { rating } }),
     exportUrl: (id, format) => `${baseUrl}/api/v1/conversations/${encodeURIComponent(id)}/export?format=${format}`,
     async exportConversation(id, format) {

@@ -147,6 +147,18 @@ describe('API client', () => {
     expect(f.calls[0].headers.Accept).toBe('text/event-stream');
   });
 
+  it('cancels a conversation\'s generation with a bodiless POST; 409 is an ApiError', async () => {
+    let running = true;
+    const f = fakeFetch({ 'POST /api/v1/conversations/c%2F4/cancel': () => (running
+      ? json(202, { conversation_id: 'c/4', cancelled: 1 })
+      : json(409, { error: { code: 'conflict', message: 'no reply is being generated in this conversation' } })) });
+    const c = createClient({ fetchImpl: f, storage: null });
+    expect(await c.cancelConversation('c/4')).toEqual({ conversation_id: 'c/4', cancelled: 1 });
+    expect(f.calls[0].body).toBeUndefined();
+    running = false;
+    await expect(c.cancelConversation('c/4')).rejects.toMatchObject({ status: 409, code: 'conflict' });
+  });
+
   it('rejects a chat stream that ends in event: error', async () => {
     const body = 'event: token\ndata: {"text":"x"}\n\nevent: error\ndata: {"error":{"code":"unavailable","message":"model busy"}}\n\n';
     const f = fakeFetch({ 'POST /api/v1/conversations/1/messages': () => new Response(body, { headers: { 'Content-Type': 'text/event-stream' } }) });

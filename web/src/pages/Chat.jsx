@@ -8,7 +8,7 @@ const listOf = (r, key) => (Array.isArray(r) ? r : (r && r[key]) || []);
 
 // What a finished reply's finish_reason / status says, in words.
 export function endNote(m) {
-  if (m.status === 'partial' || m.finish_reason === 'stopped' || m.finish_reason === 'cancel') {
+  if (m.status === 'partial' || ['stopped', 'cancel', 'cancelled'].includes(m.finish_reason)) {
     return m.id ? 'stopped: the partial reply is saved' : 'stopped';
   }
   if (m.status === 'error' || m.finish_reason === 'error') return 'the reply failed part-way';
@@ -74,6 +74,7 @@ export function ChatPage({ id }) {
   // (or reload over) the messages being streamed into it
   const fresh = useRef(null);
   const sent = useRef(null);   // the latest send()'s controller
+  const streamingIn = useRef(null);   // the conversation being answered
 
   const loadList = () => api.conversations({ limit: 50 }).then((r) => setConvs(listOf(r, 'conversations')), setListError);
   useEffect(() => { if (user) loadList(); }, [api, user]); // eslint-disable-line react-hooks/exhaustive-deps
@@ -132,6 +133,19 @@ export function ChatPage({ id }) {
     } catch (e) { setError(e); }
   }
 
+  // Stop: the server is asked to stop generating (it stores the partial
+  // reply), and the stream is closed as well, which alone also stops it:
+  // a cancel request that fails changes nothing.
+  function stop() {
+    const c = ctl.current;
+    if (!c) return;
+    const cid = streamingIn.current;
+    if (cid && api.cancelConversation) {
+      Promise.resolve().then(() => api.cancelConversation(cid)).catch(() => {});
+    }
+    c.abort();
+  }
+
   async function send(e) {
     e.preventDefault();
     const content = draft.trim();
@@ -143,6 +157,7 @@ export function ChatPage({ id }) {
     const controller = new AbortController();
     ctl.current = controller;
     sent.current = controller;
+    streamingIn.current = local ? null : cid;
     const reply = { role: 'assistant', content: '', streaming: true };
     setMessages((ms) => [...ms, { role: 'user', content }, reply]);
     const update = (patch) => setMessages((ms) => ms.map((x) => (x.streaming ? { ...x, ...patch(x) } : x)));
@@ -209,7 +224,7 @@ export function ChatPage({ id }) {
           <textarea id="composer" rows={2} value={draft} placeholder="Ask about movies…"
             onChange={(e) => setDraft(e.target.value)}
             onKeyDown={(e) => { if (e.key === 'Enter' && !e.shiftKey) send(e); }} />
-          {streaming ? <button type="button" className="btn stop" onClick={() => ctl.current && ctl.current.abort()}>■ Stop</button>
+          {streaming ? <button type="button" className="btn stop" onClick={stop}>■ Stop</button>
             : <button type="submit" className="btn primary" disabled={!draft.trim()}>Send</button>}
         </form>
       </section>

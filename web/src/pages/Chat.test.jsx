@@ -63,6 +63,28 @@ describe('ChatPage', () => {
     expect(screen.queryByRole('alert')).toBeNull();
   });
 
+  it('Stop asks the server to cancel the generation as well as closing the stream', async () => {
+    let signal;
+    const api = stub({
+      cancelConversation: vi.fn(async () => { throw new ApiError(409, 'conflict', 'nothing running'); }),
+      sendMessage: vi.fn((id, content, opts) => new Promise((resolve, reject) => {
+        signal = opts.signal;
+        opts.onToken('Partial');
+        signal.addEventListener('abort', () => reject(new DOMException('stopped', 'AbortError')));
+      })),
+    });
+    mount(api);
+    await screen.findByText('Heists');
+    fireEvent.change(screen.getByLabelText('Message'), { target: { value: 'long answer please' } });
+    fireEvent.click(screen.getByRole('button', { name: 'Send' }));
+    fireEvent.click(await screen.findByRole('button', { name: '■ Stop' }));
+    expect(signal.aborted).toBe(true);
+    await waitFor(() => expect(api.cancelConversation).toHaveBeenCalledWith('4'));
+    await screen.findByRole('button', { name: 'Send' });
+    // a refused cancel (the reply had just ended) is not an error to show
+    expect(screen.queryByRole('alert')).toBeNull();
+  });
+
   it('without the conversation API, chats in the tab through /v1/chat/completions with the history', async () => {
     const missing = async () => { throw new ApiError(404, 'not_found', 'no such endpoint'); };
     const api = stub({
@@ -156,6 +178,7 @@ describe('ChatPage', () => {
   it('names how a reply ended', () => {
     expect(endNote({ status: 'partial', id: 3 })).toBe('stopped: the partial reply is saved');
     expect(endNote({ finish_reason: 'stopped' })).toBe('stopped');
+    expect(endNote({ finish_reason: 'cancelled' })).toBe('stopped');
     expect(endNote({ finish_reason: 'length' })).toBe('cut at the length limit');
     expect(endNote({ status: 'complete', finish_reason: 'stop' })).toBeNull();
     expect(endNote({ status: 'error', finish_reason: 'error' })).toBe('the reply failed part-way');
