@@ -38,6 +38,7 @@
 #include "ngx_http_cinematch_infer.h"
 #include "ngx_http_cinematch_serving.h"
 #include "cinematch/canary.h"
+#include "cinematch/logcopy.h"
 
 
 #define NGX_HTTP_CINEMATCH_SERVING_TAG_LEN  (32 + 1 + 12)
@@ -98,9 +99,12 @@ typedef struct {
     ngx_http_cinematch_serving_conf_t   *smcf;
     ngx_http_cinematch_main_conf_t      *mcf;
     ngx_log_t                           *log;
-    u_char                              *buf;        /* "[" entry,entry... */
+    u_char                              *buf;        /* COPY rows queued */
     size_t                               len;
     size_t                               cap;
+    u_char                              *out;        /* the batch sent */
+    size_t                               out_len;    /* 0: handed to libpq */
+    size_t                               out_cap;
     ngx_uint_t                           count;      /* entries in buf */
     ngx_uint_t                           inflight;   /* entries sent */
     ngx_uint_t                           failed;     /* in this batch */
@@ -159,6 +163,7 @@ static ngx_int_t ngx_http_cinematch_log_attach(ngx_http_cinematch_log_t *w);
 static ngx_int_t ngx_http_cinematch_log_want(ngx_http_cinematch_log_t *w,
     ngx_uint_t read, ngx_uint_t write);
 static void ngx_http_cinematch_log_send(ngx_http_cinematch_log_t *w);
+static ngx_int_t ngx_http_cinematch_log_copy(ngx_http_cinematch_log_t *w);
 static void ngx_http_cinematch_log_read_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_log_write_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_log_done(ngx_http_cinematch_log_t *w);
@@ -257,23 +262,14 @@ static ngx_str_t  ngx_http_cinematch_cache_hit = ngx_string("HIT");
 static ngx_str_t  ngx_http_cinematch_cache_miss = ngx_string("MISS");
 
 
-/* json, not jsonb: the batch is read once, row by row, so building (and
- * key-sorting) a jsonb tree of all of it first is wasted; only "detail"
- * becomes jsonb (4,000 rows: 9-22 % less time in a psql comparison) */
+/* COPY text rows (shared/src/logcopy.c): PostgreSQL reads each field with
+ * its type's input function; no JSON of the whole batch to parse, no
+ * INSERT ... SELECT (psql, 4,000 rows: 12.5 CPU us a row against 21.5 for
+ * main's json_to_recordset INSERT; docs/BENCHMARKS.md "Request log") */
 #define NGX_HTTP_CINEMATCH_LOG_SQL                                           \
-    "INSERT INTO request_logs (ts, request_id, method, route, path, status," \
-    " duration_ms, user_id, api_key_id, model_name, model_version,"          \
-    " cache_hit, is_fallback, fallback_reason, detail, error_code)"          \
-    " SELECT to_timestamp(x.ts), x.request_id, x.method, x.route, x.path,"   \
-    " x.status, x.duration_ms, x.user_id, x.api_key_id, 'recsys',"           \
-    " CASE WHEN x.model_version ~ '^[0-9]{1,9}$'"                            \
-    " THEN x.model_version::integer END,"                                    \
-    " x.cache_hit, x.is_fallback, x.fallback_reason, x.detail, x.error_code" \
-    " FROM json_to_recordset($1::json) AS x(ts float8, request_id text,"     \
-    " method text, route text, path text, status smallint,"                  \
-    " duration_ms real, user_id bigint, api_key_id bigint,"                  \
-    " model_version text, cache_hit boolean, is_fallback boolean,"           \
-    " fallback_reason text, detail jsonb, error_code text)"
+    "COPY request_logs (ts, request_id, method, route, path, status,"        \
+    " duration_ms, user_id, api_key_id, cache_hit, error_code, model_name,"  \
+    " model_version, is_fallback, fallback_reason, detail) FROM STDIN"
 
 
 /* per worker */
@@ -444,8 +440,15 @@ ngx_http_cinematch_serving_init_process(ngx_cycle_t *cycle)
     if (w->buf == NULL) {
         return NGX_ERROR;
     }
-    w->buf[0] = '[';
-    w->len = 1;
+    w->len = 0;
+
+    w->out_cap = 64 * 1024;
+    w->out = ngx_alloc(w->out_cap, cycle->log);
+    if (w->out == NULL) {
+        ngx_free(w->buf);
+        return NGX_ERROR;
+    }
+    w->out_len = 0;
 
     w->smcf = smcf;
     w->mcf = mcf;
@@ -485,6 +488,8 @@ ngx_http_cinematch_serving_exit_process(ngx_cycle_t *cycle)
 
     ngx_free(w->buf);
     w->buf = NULL;
+    ngx_free(w->out);
+    w->out = NULL;
 
     ngx_http_cinematch_log = NULL;
 }
@@ -1208,7 +1213,8 @@ ngx_http_cinematch_log_status_code(ngx_uint_t status)
 }
 
 
-/* One entry appended to the worker's batch, as text: no allocation per
+/* One entry appended to the worker's batch as a COPY text row (the
+ * columns of NGX_HTTP_CINEMATCH_LOG_SQL, in its order): no allocation per
  * request beyond the batch buffer's growth. */
 
 static void
@@ -1216,7 +1222,9 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
     const char *cache_hit, ngx_uint_t status)
 {
     u_char                           *p, *nbuf;
-    size_t                            need, rid_len, path_len, code_len;
+    long                              n;
+    size_t                            need;
+    ngx_tm_t                          tm;
     ngx_str_t                         rid, route, code;
     ngx_time_t                       *tp;
     ngx_msec_int_t                    ms;
@@ -1254,9 +1262,6 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
         }
     }
 
-    rid_len = rid.len + ngx_escape_json(NULL, rid.data, rid.len);
-    path_len = r->uri.len + ngx_escape_json(NULL, r->uri.data, r->uri.len);
-
     /* the error code of an error answer: the one its body names, else
      * one for the status (nginx's own error pages name none) */
     ngx_str_null(&code);
@@ -1271,15 +1276,12 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
         }
     }
 
-    code_len = code.len + ngx_escape_json(NULL, code.data, code.len);
-
-    need = sizeof(",{\"ts\":.000,\"request_id\":\"\",\"method\":\"\","
-                  "\"route\":\"\",\"path\":\"\",\"status\":999,"
-                  "\"duration_ms\":,\"user_id\":,\"api_key_id\":,"
-                  "\"cache_hit\":,\"error_code\":\"\",}]")
-           + NGX_TIME_T_LEN + rid_len + r->method_name.len + route.len
-           + path_len + 3 * NGX_INT64_LEN + sizeof("false") + fragment->len
-           + code_len;
+    need = sizeof("2026-11-25 19:50:00.000+00\t") + NGX_TIME_T_LEN
+           + sizeof("\t\t\t\t\t999\t\t\t\t\t\trecsys\t\n")
+           + 3 * NGX_INT64_LEN + sizeof("\\N")
+           + CM_COPY_ESCAPED_MAX(rid.len + r->method_name.len + route.len
+                                 + r->uri.len + code.len)
+           + CM_COPY_MEMBERS_MAX(fragment->len);
 
     if (w->len + need > w->cap) {
         nbuf = ngx_alloc(ngx_max(w->cap * 2, w->len + need), w->log);
@@ -1297,40 +1299,63 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
     ms = (ngx_msec_int_t)
              ((tp->sec - r->start_sec) * 1000 + (tp->msec - r->start_msec));
 
+    ngx_gmtime(tp->sec, &tm);
+
     p = w->buf + w->len;
 
-    p = ngx_sprintf(p, "%s{\"ts\":%T.%03M,\"request_id\":\"",
-                    w->count ? "," : "", tp->sec, tp->msec);
-    p = (u_char *) ngx_escape_json(p, rid.data, rid.len);
-    p = ngx_sprintf(p, "\",\"method\":\"%V\",\"route\":\"%V\",\"path\":\"",
-                    &r->method_name, &route);
-    p = (u_char *) ngx_escape_json(p, r->uri.data, r->uri.len);
-    p = ngx_sprintf(p, "\",\"status\":%ui,\"duration_ms\":%M,\"user_id\":",
-                    status, (ngx_msec_t) ngx_max(ms, 0));
+    p = ngx_sprintf(p, "%4d-%02d-%02d %02d:%02d:%02d.%03M+00\t",
+                    tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                    tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec, tp->msec);
+    p += cm_copy_escape((char *) p, (char *) rid.data, rid.len);
+    *p++ = '\t';
+    p += cm_copy_escape((char *) p, (char *) r->method_name.data,
+                        r->method_name.len);
+    *p++ = '\t';
+    p += cm_copy_escape((char *) p, (char *) route.data, route.len);
+    *p++ = '\t';
+    p += cm_copy_escape((char *) p, (char *) r->uri.data, r->uri.len);
+    p = ngx_sprintf(p, "\t%ui\t%M\t", status, (ngx_msec_t) ngx_max(ms, 0));
 
     if (c != NULL) {
-        p = ngx_sprintf(p, "%L", c->user_id);
+        p = ngx_sprintf(p, "%L\t", c->user_id);
     } else {
-        p = ngx_cpymem(p, "null", 4);
+        p = ngx_cpymem(p, "\\N\t", 3);
     }
-
-    p = ngx_cpymem(p, ",\"api_key_id\":", sizeof(",\"api_key_id\":") - 1);
 
     if (c != NULL && c->key_id) {
-        p = ngx_sprintf(p, "%L", c->key_id);
+        p = ngx_sprintf(p, "%L\t", c->key_id);
     } else {
-        p = ngx_cpymem(p, "null", 4);
+        p = ngx_cpymem(p, "\\N\t", 3);
     }
 
-    p = ngx_sprintf(p, ",\"cache_hit\":%s,", cache_hit);
+    /* cache_hit is "true", "false" or "null" */
+    p = ngx_cpymem(p, cache_hit[0] == 't' ? "t\t"
+                      : cache_hit[0] == 'f' ? "f\t" : "\\N\t",
+                   cache_hit[0] == 't' || cache_hit[0] == 'f' ? 2 : 3);
 
     if (code.len > 0) {
-        p = ngx_cpymem(p, "\"error_code\":\"", sizeof("\"error_code\":\"") - 1);
-        p = (u_char *) ngx_escape_json(p, code.data, code.len);
-        p = ngx_cpymem(p, "\",", 2);
+        p += cm_copy_escape((char *) p, (char *) code.data, code.len);
+    } else {
+        p = ngx_cpymem(p, "\\N", 2);
     }
 
-    p = ngx_sprintf(p, "%V}", fragment);
+    p = ngx_cpymem(p, "\trecsys\t", sizeof("\trecsys\t") - 1);
+
+    n = cm_copy_log_members((char *) p, (char *) fragment->data,
+                            fragment->len);
+
+    if (n < 0) {
+        /* the answer's members are unreadable: the request is still
+         * logged, without them */
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cinematch: request log: unreadable answer members");
+        p = ngx_cpymem(p, "\\N\t\\N\t\\N\t\\N", 11);
+
+    } else {
+        p += n;
+    }
+
+    *p++ = '\n';
 
     w->len = p - w->buf;
     w->count++;
@@ -1380,7 +1405,7 @@ ngx_http_cinematch_log_timeout_handler(ngx_event_t *ev)
     ngx_http_cinematch_log_t *w = ev->data;
 
     ngx_http_cinematch_log_fail(w, w->state == ngx_http_cinematch_log_busy
-                                   ? "insert timed out"
+                                   ? "copy timed out"
                                    : "connect timed out");
 }
 
@@ -1388,7 +1413,7 @@ ngx_http_cinematch_log_timeout_handler(ngx_event_t *ev)
 static void
 ngx_http_cinematch_log_connect(ngx_http_cinematch_log_t *w)
 {
-    const char  *keywords[4], *values[4];
+    const char  *keywords[5], *values[5];
 
     keywords[0] = "dbname";
     values[0] = (const char *) w->mcf->pg_conninfo.data;
@@ -1396,8 +1421,14 @@ ngx_http_cinematch_log_connect(ngx_http_cinematch_log_t *w)
     values[1] = "UTF8";
     keywords[2] = "fallback_application_name";
     values[2] = "cinematch-nginx-request-log";
-    keywords[3] = NULL;
-    values[3] = NULL;
+
+    /* the log is best-effort already (a full queue drops, counted): its
+     * commits need not wait for the WAL flush; a crash of PostgreSQL may
+     * lose the last ~0.6 s of logged answers (docs/OPERATIONS.md) */
+    keywords[3] = "options";
+    values[3] = "-c synchronous_commit=off";
+    keywords[4] = NULL;
+    values[4] = NULL;
 
     w->pg = PQconnectStartParams(keywords, values, 1);
 
@@ -1510,33 +1541,37 @@ ngx_http_cinematch_log_want(ngx_http_cinematch_log_t *w, ngx_uint_t read,
 }
 
 
-/* One INSERT of everything queued: the batch is one JSON parameter. */
+/* One COPY of everything queued: the batch moves to w->out (new entries
+ * fill the other buffer meanwhile) and goes out once PostgreSQL answers
+ * the COPY with CopyInResponse (ngx_http_cinematch_log_copy). */
 
 static void
 ngx_http_cinematch_log_send(ngx_http_cinematch_log_t *w)
 {
-    int          rc;
-    const char  *values[1];
+    int      rc;
+    size_t   cap;
+    u_char  *buf;
 
     if (w->count == 0) {
         return;
     }
 
-    /* log_add keeps room for the closing "]" and the terminator */
-    w->buf[w->len++] = ']';
-    w->buf[w->len] = '\0';
+    buf = w->out;
+    cap = w->out_cap;
+
+    w->out = w->buf;
+    w->out_len = w->len;
+    w->out_cap = w->cap;
+
+    w->buf = buf;
+    w->cap = cap;
+    w->len = 0;
 
     w->inflight = w->count;
     w->failed = 0;
-
-    values[0] = (const char *) w->buf;
-
-    /* libpq copies the text into its output buffer */
-    rc = PQsendQueryParams(w->pg, NGX_HTTP_CINEMATCH_LOG_SQL, 1, NULL,
-                           values, NULL, NULL, 0);
-
-    w->len = 1;
     w->count = 0;
+
+    rc = PQsendQuery(w->pg, NGX_HTTP_CINEMATCH_LOG_SQL);
 
     if (rc != 1) {
         ngx_http_cinematch_log_fail(w, PQerrorMessage(w->pg));
@@ -1553,6 +1588,47 @@ ngx_http_cinematch_log_send(ngx_http_cinematch_log_t *w)
     {
         ngx_http_cinematch_log_fail(w, "cannot send to PostgreSQL");
     }
+}
+
+
+/* The server is in COPY IN: the batch's rows and the end, queued in libpq
+ * at once (nonblocking libpq grows its buffer rather than refuse: 0 only
+ * when that allocation fails), then flushed as the socket takes them. */
+
+static ngx_int_t
+ngx_http_cinematch_log_copy(ngx_http_cinematch_log_t *w)
+{
+    int  rc;
+
+    if (w->out_len > NGX_MAX_INT32_VALUE) {
+        ngx_http_cinematch_log_fail(w, "batch too large");
+        return NGX_ERROR;
+    }
+
+    rc = PQputCopyData(w->pg, (const char *) w->out, (int) w->out_len);
+
+    if (rc == 1) {
+        rc = PQputCopyEnd(w->pg, NULL);
+    }
+
+    w->out_len = 0;
+
+    if (rc != 1) {
+        ngx_http_cinematch_log_fail(w, rc == 0 ? "no memory for the batch"
+                                               : PQerrorMessage(w->pg));
+        return NGX_ERROR;
+    }
+
+    rc = PQflush(w->pg);
+
+    if (rc == -1
+        || ngx_http_cinematch_log_want(w, 1, rc == 1) != NGX_OK)
+    {
+        ngx_http_cinematch_log_fail(w, "cannot send to PostgreSQL");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1584,9 +1660,20 @@ ngx_http_cinematch_log_read_handler(ngx_event_t *ev)
                 return;
             }
 
+            if (PQresultStatus(res) == PGRES_COPY_IN) {
+                /* PQgetResult repeats this until the data has ended */
+                PQclear(res);
+
+                if (ngx_http_cinematch_log_copy(w) != NGX_OK) {
+                    return;
+                }
+
+                continue;
+            }
+
             if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                 ngx_log_error(NGX_LOG_ERR, w->log, 0,
-                              "cinematch: request log insert failed: %s",
+                              "cinematch: request log copy failed: %s",
                               PQresultErrorMessage(res));
                 w->failed = 1;
             }

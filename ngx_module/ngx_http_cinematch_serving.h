@@ -11,7 +11,7 @@
  *     Redis down or slow: the request is served uncached.
  *   - a request log: every answer of those endpoints (errors included, with
  *     their status) is queued in the worker in the log phase and written to
- *     request_logs in batches (one INSERT per flush on a connection of its
+ *     request_logs in batches (one COPY per flush on a connection of its
  *     own); a full queue drops and counts.
  *   - POST /api/v1/admin/reload: NOTIFY cinematch_models, which every
  *     inference daemon LISTENs to.
