@@ -111,6 +111,8 @@ typedef struct {
     PGconn                              *pg;
     ngx_connection_t                    *c;
     ngx_http_cinematch_log_state_e       state;
+    ngx_msec_t                           failed_at;  /* last failure */
+    unsigned                             ever_failed:1;
     ngx_event_t                          flush;      /* the period */
     ngx_event_t                          timeout;    /* connect, query */
 } ngx_http_cinematch_log_t;
@@ -156,6 +158,8 @@ static ngx_int_t ngx_http_cinematch_serving_log_handler(
 static void ngx_http_cinematch_log_add(ngx_http_request_t *r,
     ngx_str_t *fragment, const char *cache_hit, ngx_uint_t status);
 static void ngx_http_cinematch_log_flush_handler(ngx_event_t *ev);
+static ngx_inline ngx_int_t ngx_http_cinematch_log_half_full(
+    ngx_http_cinematch_log_t *w);
 static void ngx_http_cinematch_log_timeout_handler(ngx_event_t *ev);
 static void ngx_http_cinematch_log_connect(ngx_http_cinematch_log_t *w);
 static void ngx_http_cinematch_log_connect_poll(ngx_http_cinematch_log_t *w);
@@ -260,6 +264,10 @@ static ngx_str_t  ngx_http_cinematch_serving_json =
 static ngx_str_t  ngx_http_cinematch_cache_header = ngx_string("X-Cache");
 static ngx_str_t  ngx_http_cinematch_cache_hit = ngx_string("HIT");
 static ngx_str_t  ngx_http_cinematch_cache_miss = ngx_string("MISS");
+
+
+/* a queue this full (and at least half used) is sent before its period */
+#define NGX_HTTP_CINEMATCH_LOG_EARLY  256
 
 
 /* COPY text rows (shared/src/logcopy.c): PostgreSQL reads each field with
@@ -1360,7 +1368,35 @@ ngx_http_cinematch_log_add(ngx_http_request_t *r, ngx_str_t *fragment,
     w->len = p - w->buf;
     w->count++;
 
+    if (ngx_http_cinematch_log_half_full(w)) {
+        /* do not wait for the period: at high request rates one period
+         * fills the queue, and the rest of it would be dropped */
+        if (w->state == ngx_http_cinematch_log_idle) {
+            ngx_http_cinematch_log_send(w);
+
+        } else if (w->state == ngx_http_cinematch_log_down
+                   && (!w->ever_failed
+                       || ngx_current_msec - w->failed_at
+                          >= w->smcf->log_flush))
+        {
+            /* not connected yet: connect now (it sends when ready); after
+             * a failure only once a period, as the timer would */
+            ngx_http_cinematch_log_connect(w);
+        }
+    }
+
     ngx_http_cinematch_log_arm(w);
+}
+
+
+/* Half the queue used (and at least NGX_HTTP_CINEMATCH_LOG_EARLY entries,
+ * so tiny queues keep their plain periodic behaviour): send now. */
+
+static ngx_inline ngx_int_t
+ngx_http_cinematch_log_half_full(ngx_http_cinematch_log_t *w)
+{
+    return w->count >= NGX_HTTP_CINEMATCH_LOG_EARLY
+           && w->count >= w->smcf->log_queue / 2;
 }
 
 
@@ -1756,6 +1792,11 @@ ngx_http_cinematch_log_done(ngx_http_cinematch_log_t *w)
     w->failed = 0;
     w->state = ngx_http_cinematch_log_idle;
 
+    if (ngx_http_cinematch_log_half_full(w)) {
+        /* the queue filled while this batch was in flight */
+        ngx_http_cinematch_log_send(w);
+    }
+
     ngx_http_cinematch_log_arm(w);
 }
 
@@ -1777,6 +1818,8 @@ ngx_http_cinematch_log_fail(ngx_http_cinematch_log_t *w, const char *why)
     }
 
     w->inflight = 0;
+    w->failed_at = ngx_current_msec;
+    w->ever_failed = 1;
 
     ngx_http_cinematch_log_close(w);
     ngx_http_cinematch_log_arm(w);

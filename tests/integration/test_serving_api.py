@@ -491,7 +491,7 @@ def test_logged_error_rows_carry_the_error_code_of_their_body(
 
 
 def test_a_full_request_log_queue_drops_and_counts(workdir, backends, stack,
-                                                   infer):
+                                                   infer, secret):
     ngx = _nginx(workdir, backends, stack, infer, "nginx-serving-logfull", """
 cinematch_request_log on;
 cinematch_request_log_queue 1;
@@ -500,6 +500,35 @@ cinematch_request_log_flush 60s;""", workers=1)
         for _ in range(5):
             assert call(ngx, "GET", "/api/v1/popular?k=2")[0] == 200
         assert metric(ngx, "cinematch_request_log_dropped_total") == 4
+    finally:
+        ngx.stop()
+
+
+def test_a_half_full_request_log_queue_is_sent_before_its_period(
+        workdir, backends, stack, infer, secret):
+    """At high request rates one flush period can fill the queue: once half
+    of it (and at least 256 entries) is used, the batch goes out at once,
+    so nothing is dropped while PostgreSQL keeps up."""
+    ngx = _nginx(workdir, backends, stack, infer, "nginx-serving-logearly", """
+cinematch_request_log on;
+cinematch_request_log_queue 600;
+cinematch_request_log_flush 300s;""", workers=1)
+    try:
+        rids = []
+        for _ in range(310):
+            s, h, _, _ = call(ngx, "GET", "/api/v1/popular?k=2")
+            assert s == 200
+            rids.append(h["x-request-id"])
+        ids = ",".join(f"'{r}'" for r in rids)
+
+        def logged():
+            return int(stack.db.sql("SELECT count(*) FROM request_logs"
+                                    f" WHERE request_id IN ({ids})"))
+
+        # the period is 300 s: rows before then came from the early send
+        harness.wait_for(lambda: logged() >= 300, timeout=60,
+                         what="the first 300 entries in request_logs")
+        assert metric(ngx, "cinematch_request_log_dropped_total") == 0
     finally:
         ngx.stop()
 
