@@ -259,18 +259,125 @@ cm_lmk_dot_vec(const __m512 *qv, const float *k, int nv)
 }
 
 
+/*
+ * out[h0 .. h0+g) (hs = 64: four vectors a head) = sum_t p_h[t] v_t for g
+ * heads at once: one pass over the value rows in memory order, each row's
+ * 4 g vectors into 4 g accumulators (g <= 6: 24 registers).  ph[h] are the
+ * normalised probabilities of head h0 + h.  Each accumulator sums over t in
+ * order with one FMA a position, the same arithmetic as a head at a time.
+ */
+CM_LMK_AVX512 CM_LMK_INLINE void
+cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
+    int C, const int g)
+{
+    __m512  acc[24], p;
+    int     t, h, i;
+
+#pragma GCC unroll 24
+    for (i = 0; i < 4 * g; i++) {
+        acc[i] = _mm512_setzero_ps();
+    }
+    for (t = 0; t < T; t++) {
+        const float *v = vc + (size_t) t * C;
+
+#pragma GCC unroll 6
+        for (h = 0; h < g; h++) {
+            p = _mm512_set1_ps(ph[h][t]);
+#pragma GCC unroll 4
+            for (i = 0; i < 4; i++) {
+                acc[4 * h + i] = _mm512_fmadd_ps(p,
+                    _mm512_loadu_ps(v + 64 * h + 16 * i), acc[4 * h + i]);
+            }
+        }
+    }
+#pragma GCC unroll 24
+    for (i = 0; i < 4 * g; i++) {
+        _mm512_storeu_ps(out + 16 * i, acc[i]);
+    }
+}
+
+
+/*
+ * scores[h][t] (h < g, rows of T) = scale * q_h . k_t,h for g heads of
+ * hs = 64 at once: the key rows once, in memory order (a row's g heads
+ * while it is in L1), the q vectors of the g heads held in registers.
+ * Each row's per-head vector of partial sums goes to a small buffer and
+ * every 16 rows a transpose-add reduces each head's 16 of them: the same
+ * arithmetic, in the same order, as a head at a time.
+ */
+CM_LMK_AVX512 CM_LMK_INLINE void
+cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
+    float scale, const int g)
+{
+    __m512       qv[24], d[16], s, sc = _mm512_set1_ps(scale);
+    __m512       part[6 * 16];
+    const float *k;
+    int          t, i, h, j;
+
+#pragma GCC unroll 24
+    for (j = 0; j < 4 * g; j++) {
+        qv[j] = _mm512_loadu_ps(q + 16 * j);
+    }
+    for (t = 0; t + 16 <= T; t += 16) {
+        for (i = 0; i < 16; i++) {
+            k = kc + (size_t) (t + i) * C;
+#pragma GCC unroll 6
+            for (h = 0; h < g; h++) {
+                part[16 * h + i] = cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4);
+            }
+        }
+        for (h = 0; h < g; h++) {
+            for (i = 0; i < 16; i++) {
+                d[i] = part[16 * h + i];
+            }
+            s = _mm512_mul_ps(cm_lmk_hsum16(d), sc);
+            _mm512_storeu_ps(scores + (size_t) h * T + t, s);
+        }
+    }
+    for ( ; t < T; t++) {
+        k = kc + (size_t) t * C;
+        for (h = 0; h < g; h++) {
+            scores[(size_t) h * T + t] = _mm512_reduce_add_ps(
+                cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4)) * scale;
+        }
+    }
+}
+
+
 CM_LMK_AVX512 static void
 cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
     const float *vc, float *scores, int T, int C, int NH, float scale)
 {
-    int        hs = C / NH, h, t, i, nv = hs / 16, n;
+    int        hs = C / NH, h, t, i, nv = hs / 16, n, g;
     float      mx, sum, inv, *sh;
+    const float *ph[6];
     __m512     qv[8], acc[8], d[16], s, vmx, vsum, sc = _mm512_set1_ps(scale);
     __mmask16  m;
 
+    if (hs == 64) {
+        /* scores (NH, T): the key rows once, in order, six heads a pass */
+        for (h = 0; h < NH; h += g) {
+            g = NH - h < 6 ? NH - h : 6;
+            switch (g) {
+            case 6: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 6); break;
+            case 5: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 5); break;
+            case 4: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 4); break;
+            case 3: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 3); break;
+            case 2: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 2); break;
+            default: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                 kc + 64 * h, T, C, scale, 1); break;
+            }
+        }
+        t = T;
+    }
     /* scores (NH, T): 16 positions at a time, every head of those 16 rows
      * while they are in L1 (the cache is read in order, once) */
-    for (t = 0; t + 16 <= T; t += 16) {
+    for (t = hs == 64 ? T : 0; t + 16 <= T; t += 16) {
         for (h = 0; h < NH; h++) {
             for (i = 0; i < nv; i++) {
                 qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
@@ -283,7 +390,7 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             _mm512_storeu_ps(scores + (size_t) h * T + t, s);
         }
     }
-    for (h = 0; h < NH; h++) {
+    for (h = 0; h < NH && hs != 64; h++) {
         for (i = 0; i < nv; i++) {
             qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
         }
@@ -318,6 +425,17 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
         }
         sum = _mm512_reduce_add_ps(vsum);
         inv = 1.0f / sum;
+        if (hs == 64) {
+            /* normalised here; the values pass below, all heads at once */
+            s = _mm512_set1_ps(inv);
+            for (t = 0; t < T; t += 16) {
+                n = T - t < 16 ? T - t : 16;
+                m = (__mmask16) (n == 16 ? 0xFFFF : (1u << n) - 1);
+                _mm512_mask_storeu_ps(sh + t, m,
+                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + t), s));
+            }
+            continue;
+        }
         /* out_h = sum_t p_t v_t */
         for (i = 0; i < nv; i++) {
             acc[i] = _mm512_setzero_ps();
@@ -333,6 +451,24 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
         }
         for (i = 0; i < nv; i++) {
             _mm512_storeu_ps(out + (size_t) h * hs + 16 * i, acc[i]);
+        }
+    }
+    if (hs != 64) {
+        return;
+    }
+    /* hs = 64: the value rows once, in order, up to six heads a pass */
+    for (h = 0; h < NH; h += g) {
+        g = NH - h < 6 ? NH - h : 6;
+        for (i = 0; i < g; i++) {
+            ph[i] = scores + (size_t) (h + i) * T;
+        }
+        switch (g) {
+        case 6: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 6); break;
+        case 5: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 5); break;
+        case 4: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 4); break;
+        case 3: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 3); break;
+        case 2: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 2); break;
+        default: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 1); break;
         }
     }
 }

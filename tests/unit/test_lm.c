@@ -19,11 +19,21 @@
 #define V 53
 
 
+/* 1: tiny_model has heads of 64 (C = 128, NH = 2), the width at which
+ * lm_kernels' attention reads the cache all heads at a time; 0: heads of
+ * 8 (its plain loops) */
+static int wide_heads;
+
+
 static void
 tiny_model(cm_gpt_t *m)
 {
     cm_gpt_config_t cfg = { 24, V, 128, 2, 2, 16 };
     size_t          i;
+
+    if (wide_heads) {
+        cfg.channels = 128;
+    }
 
     assert_int_equal(cm_gpt_init(m, &cfg, 11), CM_OK);
     /* larger weights than the 0.02 init, so logits differ visibly */
@@ -583,11 +593,42 @@ test_sequences_end_on_stop_length_and_full_context(void **state)
 }
 
 
+/* The same three checks with 64-wide heads. */
+static void
+test_kv_cache_decode_matches_full_forward_64_wide_heads(void **state)
+{
+    wide_heads = 1;
+    test_kv_cache_decode_matches_full_forward(state);
+    wide_heads = 0;
+}
+
+
+static void
+test_batched_decode_equals_single_decode_64_wide_heads(void **state)
+{
+    wide_heads = 1;
+    test_batched_decode_equals_single_decode(state);
+    wide_heads = 0;
+}
+
+
+static void
+test_threaded_steps_equal_one_thread_64_wide_heads(void **state)
+{
+    wide_heads = 1;
+    test_threaded_steps_equal_one_thread(state);
+    wide_heads = 0;
+}
+
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_cache_decode_matches_full_forward),
+        cmocka_unit_test(test_kv_cache_decode_matches_full_forward_64_wide_heads),
+        cmocka_unit_test(test_batched_decode_equals_single_decode_64_wide_heads),
+        cmocka_unit_test(test_threaded_steps_equal_one_thread_64_wide_heads),
         cmocka_unit_test(test_batched_decode_equals_single_decode),
         cmocka_unit_test(test_chunked_prefill_equals_one_chunk),
         cmocka_unit_test(test_fed_prompts_run_in_chunks_inside_steps),

@@ -215,7 +215,10 @@ test_attention_over_cache_matches_softmax_reference(void **state)
     static const int shapes[][3] = {
         { 1, 64, 4 }, { 15, 64, 4 }, { 16, 64, 4 }, { 17, 64, 4 },
         { 100, 384, 6 }, { 33, 128, 4 }, { 40, 96, 6 }, { 5, 16, 2 },
-        { 29, 48, 2 }, { 256, 64, 1 }
+        { 29, 48, 2 }, { 256, 64, 1 },
+        /* heads of 64 go through the cache six heads a pass: 12 heads
+         * are two passes, 7 are six and one */
+        { 40, 768, 12 }, { 23, 448, 7 }, { 161, 384, 6 }, { 16, 128, 2 }
     };
     size_t i;
 
