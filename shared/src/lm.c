@@ -697,18 +697,28 @@ cm_lm_top_k(cm_lm_cand_t *c, const float *logits, const uint8_t *marks,
     cm_lm_cand_t  x;
     int           n = 0, i, j;
 
-    for (i = 0; i < V; i++) {
+    for (i = 0; i < V && n < k; i++) {
         x.p = marks[i] ? cm_lm_adjusted(logits[i], marks[i], pen)
                        : logits[i];
         x.id = i;
-        if (n < k) {
-            c[n++] = x;
-            if (n == k) {
-                for (j = k / 2 - 1; j >= 0; j--) {
-                    cm_lm_heap_down(c, k, j);
-                }
+        c[n++] = x;
+        if (n == k) {
+            for (j = k / 2 - 1; j >= 0; j--) {
+                cm_lm_heap_down(c, k, j);
             }
-        } else if (cm_lm_cand_below(&c[0], &x)) {
+        }
+    }
+    /* the heap is full: only a logit above its smallest can enter (a tie
+     * loses, to the lower id already in), unless a mark changes it */
+    for ( ; i < V; i++) {
+        i = cm_lmk_next_above(logits, marks, i, V, c[0].p);
+        if (i >= V) {
+            break;
+        }
+        x.p = marks[i] ? cm_lm_adjusted(logits[i], marks[i], pen)
+                       : logits[i];
+        x.id = i;
+        if (cm_lm_cand_below(&c[0], &x)) {
             c[0] = x;
             cm_lm_heap_down(c, k, 0);
         }

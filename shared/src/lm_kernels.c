@@ -4,6 +4,7 @@
  * attention over its KV cache.  See cinematch/lm_kernels.h.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "cinematch/gpt.h"
@@ -12,7 +13,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define CM_LMK_X86  1
 #include <immintrin.h>
-#define CM_LMK_AVX512  __attribute__((target("avx512f,fma")))
+#define CM_LMK_AVX512  __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define CM_LMK_INLINE  static inline __attribute__((always_inline))
 #endif
 
@@ -27,6 +28,8 @@ cm_lmk_simd(void)
     if (cm_lmk_simd_state < 0) {
         __builtin_cpu_init();
         cm_lmk_simd_state = __builtin_cpu_supports("avx512f")
+                            && __builtin_cpu_supports("avx512bw")
+                            && __builtin_cpu_supports("avx512vl")
                             && __builtin_cpu_supports("fma");
     }
     return cm_lmk_simd_state;
@@ -505,7 +508,52 @@ cm_lmk_gelu_avx512(float *x, size_t n)
     }
 }
 
+
+
+/* cm_lmk_next_above, 16 logits a compare */
+CM_LMK_AVX512 static int
+cm_lmk_next_above_avx512(const float *x, const uint8_t *marks, int i, int n,
+    float thr)
+{
+    __m512     t = _mm512_set1_ps(thr);
+    __mmask16  m;
+
+    for ( ; i + 16 <= n; i += 16) {
+        m = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), t, _CMP_GT_OQ)
+            | _mm_test_epi8_mask(
+                  _mm_loadu_si128((const __m128i *) (marks + i)),
+                  _mm_set1_epi8((char) 0xFF));
+        if (m != 0) {
+            return i + __builtin_ctz((unsigned) m);
+        }
+    }
+    for ( ; i < n; i++) {
+        if (x[i] > thr || marks[i] != 0) {
+            return i;
+        }
+    }
+    return n;
+}
+
 #endif /* CM_LMK_X86 */
+
+
+int
+cm_lmk_next_above(const float *x, const uint8_t *marks, int i, int n,
+    float thr)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_simd()) {
+        return cm_lmk_next_above_avx512(x, marks, i, n, thr);
+    }
+#endif
+    for ( ; i < n; i++) {
+        if (x[i] > thr || marks[i] != 0) {
+            return i;
+        }
+    }
+    return n;
+}
 
 
 void

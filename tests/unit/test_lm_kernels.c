@@ -228,6 +228,43 @@ test_attention_over_cache_matches_softmax_reference(void **state)
 }
 
 
+/* The first logit above a threshold or marked, from any start, as a plain
+ * scan finds it: every start and threshold over a random row with a few
+ * marks and ties, lengths around the 16-wide blocks. */
+static void
+test_next_above_finds_what_a_plain_scan_finds(void **state)
+{
+    static const int lens[] = { 1, 15, 16, 17, 40, 100 };
+    static const float thr[] = { -2.0f, 0.0f, 0.5f, 0.9f, 2.0f };
+    uint64_t  rng = 77;
+    float     x[100];
+    uint8_t   marks[100];
+    size_t    li, ti;
+    int       n, i, j, want;
+
+    for (i = 0; i < 100; i++) {
+        x[i] = urand(&rng);
+        marks[i] = (uint8_t) (i % 23 == 7 ? 1 + i % 2 : 0);
+    }
+    x[33] = 0.5f;   /* equal to a threshold: not above */
+    for (li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+        n = lens[li];
+        for (ti = 0; ti < sizeof(thr) / sizeof(thr[0]); ti++) {
+            for (i = 0; i <= n; i++) {
+                for (want = n, j = i; j < n; j++) {
+                    if (x[j] > thr[ti] || marks[j] != 0) {
+                        want = j;
+                        break;
+                    }
+                }
+                assert_int_equal(cm_lmk_next_above(x, marks, i, n, thr[ti]),
+                                 want);
+            }
+        }
+    }
+}
+
+
 static void
 test_gelu_matches_gpt_gelu(void **state)
 {
@@ -262,6 +299,7 @@ main(void)
         cmocka_unit_test(test_packed_linear_rows_do_not_depend_on_batch),
         cmocka_unit_test(test_attention_over_cache_matches_softmax_reference),
         cmocka_unit_test(test_gelu_matches_gpt_gelu),
+        cmocka_unit_test(test_next_above_finds_what_a_plain_scan_finds),
     };
 
     printf("lm kernels: %s\n", cm_lmk_simd() ? "AVX-512" : "portable loops");
