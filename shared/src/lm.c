@@ -552,6 +552,20 @@ cm_lm_mm(cm_lm_engine_t *e, int which, float *out, const float *inp,
 }
 
 
+/* LayerNorm: lm_kernels' vectorised one with the packed kernels, the
+ * model's own on the OpenBLAS path. */
+static void
+cm_lm_layernorm(const cm_lm_engine_t *e, float *out, const float *inp,
+    const float *w, const float *b, int N, int C)
+{
+    if (e->use_packed) {
+        cm_lmk_layernorm(out, inp, w, b, N, C);
+        return;
+    }
+    cm_layernorm_forward(out, NULL, NULL, inp, w, b, N, C);
+}
+
+
 /*
  * Runs rows 0..R-1 (row_seq/row_tok/row_pos set) through the model,
  * writing their keys/values into the sequence caches; rows with want[r]
@@ -581,8 +595,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
     for (l = 0; l < L; l++) {
         size_t lc = (size_t) l * C;
 
-        cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln1w + lc,
-                             p->ln1b + lc, R, C);
+        cm_lm_layernorm(e, e->xn, e->x, p->ln1w + lc, p->ln1b + lc, R, C);
         cm_lm_mm(e, 4 * l, e->qkv, e->xn, p->qkvw + lc * 3 * C,
                  p->qkvb + lc * 3, R, C, 3 * C);
         /* keys and values of every row into its cache, before any row
@@ -637,8 +650,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
         cm_lm_mm(e, 4 * l + 1, e->tmp, e->atty, p->attprojw + lc * C,
                  p->attprojb + lc, R, C, C);
         cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
-        cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln2w + lc,
-                             p->ln2b + lc, R, C);
+        cm_lm_layernorm(e, e->xn, e->x, p->ln2w + lc, p->ln2b + lc, R, C);
         cm_lm_mm(e, 4 * l + 2, e->fch, e->xn, p->fcw + lc * 4 * C,
                  p->fcb + lc * 4, R, C, 4 * C);
         if (e->use_packed) {
@@ -661,7 +673,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
     if (S == 0) {
         return;
     }
-    cm_layernorm_forward(e->sel, NULL, NULL, e->sel, p->lnfw, p->lnfb, S, C);
+    cm_lm_layernorm(e, e->sel, e->sel, p->lnfw, p->lnfb, S, C);
     cm_lm_mm(e, 4 * L, e->logits, e->sel, p->wte, NULL, S, C, Vp);
     for (r = 0, S = 0; r < R; r++) {
         if (want[r]) {

@@ -510,6 +510,43 @@ cm_lmk_gelu_avx512(float *x, size_t n)
 
 
 
+/* cm_lmk_layernorm for C % 16 == 0: the same three passes per row, the
+ * sums over 16 lanes (C / 16 partial sums each, then added up). */
+CM_LMK_AVX512 static void
+cm_lmk_layernorm_avx512(float *out, const float *inp, const float *weight,
+    const float *bias, int N, int C)
+{
+    const __m512  invc = _mm512_set1_ps(1.0f / (float) C);
+    __m512        sum, var, m, sc, d;
+    float         v;
+    int           n, i;
+
+    for (n = 0; n < N; n++) {
+        const float *x = inp + (size_t) n * C;
+        float       *o = out + (size_t) n * C;
+
+        sum = _mm512_setzero_ps();
+        for (i = 0; i < C; i += 16) {
+            sum = _mm512_add_ps(sum, _mm512_loadu_ps(x + i));
+        }
+        m = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_add_ps(sum)), invc);
+        var = _mm512_setzero_ps();
+        for (i = 0; i < C; i += 16) {
+            d = _mm512_sub_ps(_mm512_loadu_ps(x + i), m);
+            var = _mm512_fmadd_ps(d, d, var);
+        }
+        v = _mm512_reduce_add_ps(var) / (float) C;
+        sc = _mm512_set1_ps(1.0f / sqrtf(v + 1e-5f));
+        for (i = 0; i < C; i += 16) {
+            d = _mm512_mul_ps(sc, _mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+            _mm512_storeu_ps(o + i, _mm512_fmadd_ps(d,
+                                 _mm512_loadu_ps(weight + i),
+                                 _mm512_loadu_ps(bias + i)));
+        }
+    }
+}
+
+
 /* cm_lmk_next_above, 16 logits a compare */
 CM_LMK_AVX512 static int
 cm_lmk_next_above_avx512(const float *x, const uint8_t *marks, int i, int n,
@@ -536,6 +573,20 @@ cm_lmk_next_above_avx512(const float *x, const uint8_t *marks, int i, int n,
 }
 
 #endif /* CM_LMK_X86 */
+
+
+void
+cm_lmk_layernorm(float *out, const float *inp, const float *weight,
+    const float *bias, int N, int C)
+{
+#ifdef CM_LMK_X86
+    if (C % 16 == 0 && cm_lmk_simd()) {
+        cm_lmk_layernorm_avx512(out, inp, weight, bias, N, C);
+        return;
+    }
+#endif
+    cm_layernorm_forward(out, NULL, NULL, inp, weight, bias, N, C);
+}
 
 
 int

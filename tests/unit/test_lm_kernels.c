@@ -265,6 +265,39 @@ test_next_above_finds_what_a_plain_scan_finds(void **state)
 }
 
 
+/* The vectorised LayerNorm against gpt.c's, in place and not, for widths
+ * on (16, 64, 384) and off (24, 100: its plain loops) the vector path. */
+static void
+test_layernorm_matches_gpt_layernorm(void **state)
+{
+    static const int widths[] = { 16, 24, 64, 100, 384 };
+    uint64_t  rng = 5;
+    float     x[3 * 384], w[384], b[384], want[3 * 384], got[3 * 384];
+    size_t    k;
+    int       C, i;
+
+    for (k = 0; k < sizeof(widths) / sizeof(widths[0]); k++) {
+        C = widths[k];
+        for (i = 0; i < 3 * C; i++) {
+            x[i] = 3.0f * urand(&rng) + 0.5f;
+        }
+        for (i = 0; i < C; i++) {
+            w[i] = 1.0f + 0.5f * urand(&rng);
+            b[i] = 0.1f * urand(&rng);
+        }
+        cm_layernorm_forward(want, NULL, NULL, x, w, b, 3, C);
+        cm_lmk_layernorm(got, x, w, b, 3, C);
+        for (i = 0; i < 3 * C; i++) {
+            assert_float_equal(got[i], want[i], 1e-5 + 1e-5 * fabs(want[i]));
+        }
+        cm_lmk_layernorm(x, x, w, b, 3, C);       /* in place */
+        for (i = 0; i < 3 * C; i++) {
+            assert_true(x[i] == got[i]);
+        }
+    }
+}
+
+
 static void
 test_gelu_matches_gpt_gelu(void **state)
 {
@@ -299,6 +332,7 @@ main(void)
         cmocka_unit_test(test_packed_linear_rows_do_not_depend_on_batch),
         cmocka_unit_test(test_attention_over_cache_matches_softmax_reference),
         cmocka_unit_test(test_gelu_matches_gpt_gelu),
+        cmocka_unit_test(test_layernorm_matches_gpt_layernorm),
         cmocka_unit_test(test_next_above_finds_what_a_plain_scan_finds),
     };
 
