@@ -27,6 +27,8 @@
 #   CINEMATCH_DIALOG_ARGS            more `train dialog --from-db` options for
 #                                    the first model (e.g. "--lr 1e-7 --batch 1")
 #   CINEMATCH_DIALOG_MINUTES [10]    then dialog-small minutes (0: skip)
+#   CINEMATCH_ANSWER_CACHE           `cinematch infer --answer-cache N` (0: off;
+#                                    unset: the daemon's default)
 #   CINEMATCH_BIN [build/cinematch]  PG_BIN [/usr/lib/postgresql/15/bin]
 #   CINEMATCH_SMTP_URL               when set, `cinematch mailer` sends the
 #                                    verification/reset mail over SMTP (also
@@ -434,7 +436,8 @@ infer_start() {
     step "infer: starting daemon 0 (socket $INFER_SOCKET, shm $INFER_SHM)"
     # setsid: its own session, so a terminal hangup does not reach it.
     "${AS_SVC[@]}" setsid "$BIN" infer --id 0 --socket "$INFER_SOCKET" --shm "$INFER_SHM" \
-        --pidfile "$RUN/infer-0.pid" "${model[@]}" >>"$LOG/infer-0.log" 2>&1 </dev/null &
+        --pidfile "$RUN/infer-0.pid" "${model[@]}" \
+        ${CINEMATCH_ANSWER_CACHE:+--answer-cache "$CINEMATCH_ANSWER_CACHE"} >>"$LOG/infer-0.log" 2>&1 </dev/null &
     pid=$!
     if ! wait_for 30 test -S "$INFER_SOCKET"; then
         kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null

@@ -240,6 +240,12 @@ ngx_int_t ngx_http_cinematch_status(ngx_http_request_t *r, ngx_int_t rc);
 json_t *ngx_http_cinematch_json_track(ngx_http_request_t *r, json_t *json);
 ngx_int_t ngx_http_cinematch_read_body(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx);
+/* reads the body, then post(r); returns like a content handler */
+ngx_int_t ngx_http_cinematch_read_body_then(ngx_http_request_t *r,
+    ngx_http_client_body_handler_pt post);
+/* a refusal before reading: drops the body unread, then the error */
+ngx_int_t ngx_http_cinematch_refuse_body(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message);
 ngx_int_t ngx_http_cinematch_body_size_check(ngx_http_request_t *r);
 ngx_int_t ngx_http_cinematch_arg(ngx_http_request_t *r, const char *name,
     ngx_str_t *value);
@@ -295,6 +301,12 @@ ngx_int_t ngx_http_cinematch_pg_query(ngx_http_request_t *r, const char *sql,
     int nparams, const char *const *values,
     ngx_http_cinematch_pg_handler_pt handler, void *data);
 ngx_uint_t ngx_http_cinematch_pg_connected(void);
+/* the nginx side of a libpq socket, for the pool and the request log's own
+ * connection: level-triggered interest in read / write, and letting go of
+ * the connection (the socket stays libpq's; closed: it is closed already) */
+ngx_int_t ngx_http_cinematch_pg_events(ngx_connection_t *c, ngx_uint_t read,
+    ngx_uint_t write);
+void ngx_http_cinematch_pg_release(ngx_connection_t *c, ngx_uint_t closed);
 json_t *ngx_http_cinematch_pg_value(PGresult *res, int row, int col);
 json_t *ngx_http_cinematch_pg_row(PGresult *res, int row);
 json_t *ngx_http_cinematch_pg_rows(PGresult *res);

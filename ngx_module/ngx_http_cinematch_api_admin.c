@@ -76,6 +76,9 @@ static ngx_int_t ngx_http_cinematch_admin_args(ngx_http_request_t *r,
     ngx_http_cinematch_admin_t *st, const char *const *allowed);
 static ngx_int_t ngx_http_cinematch_admin_page(ngx_http_request_t *r,
     ngx_http_cinematch_admin_t *st, ngx_int_t max_limit, ngx_int_t def);
+static ngx_int_t ngx_http_cinematch_admin_list(ngx_http_request_t *r,
+    const char *not_found, const char *const *allowed, ngx_int_t max_limit,
+    ngx_int_t def, ngx_http_cinematch_admin_t **stp);
 static ngx_int_t ngx_http_cinematch_admin_range(ngx_http_request_t *r,
     ngx_http_cinematch_admin_t *st);
 static ngx_int_t ngx_http_cinematch_admin_enum(ngx_http_request_t *r,
@@ -470,18 +473,12 @@ ngx_http_cinematch_admin_drift_handler(ngx_http_request_t *r,
     ngx_int_t                    rc;
     ngx_http_cinematch_admin_t  *st;
 
-    st = ngx_http_cinematch_admin_create(r, "no reports");
+    rc = ngx_http_cinematch_admin_list(r, "no reports",
+                                       ngx_http_cinematch_admin_drift_args,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT, &st);
     if (st == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_cinematch_admin_args(r, st,
-                                       ngx_http_cinematch_admin_drift_args);
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_cinematch_admin_page(r, st,
-                                           NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX,
-                                           NGX_HTTP_CINEMATCH_ADMIN_LIMIT);
     }
 
     if (rc == NGX_OK) {
@@ -509,18 +506,12 @@ ngx_http_cinematch_admin_runs_handler(ngx_http_request_t *r,
     ngx_str_t                    model;
     ngx_http_cinematch_admin_t  *st;
 
-    st = ngx_http_cinematch_admin_create(r, "no runs");
+    rc = ngx_http_cinematch_admin_list(r, "no runs",
+                                       ngx_http_cinematch_admin_runs_args,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT, &st);
     if (st == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_cinematch_admin_args(r, st,
-                                       ngx_http_cinematch_admin_runs_args);
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_cinematch_admin_page(r, st,
-                                           NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX,
-                                           NGX_HTTP_CINEMATCH_ADMIN_LIMIT);
     }
 
     if (rc == NGX_OK) {
@@ -565,18 +556,12 @@ ngx_http_cinematch_admin_ingestions_handler(ngx_http_request_t *r,
     ngx_int_t                    rc;
     ngx_http_cinematch_admin_t  *st;
 
-    st = ngx_http_cinematch_admin_create(r, "no batches");
+    rc = ngx_http_cinematch_admin_list(r, "no batches",
+                                       ngx_http_cinematch_admin_batches_args,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT, &st);
     if (st == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_cinematch_admin_args(r, st,
-                                       ngx_http_cinematch_admin_batches_args);
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_cinematch_admin_page(r, st,
-                                           NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX,
-                                           NGX_HTTP_CINEMATCH_ADMIN_LIMIT);
     }
 
     if (rc == NGX_OK) {
@@ -616,18 +601,13 @@ ngx_http_cinematch_admin_ingestion_handler(ngx_http_request_t *r,
                                              "not_found", "no such batch");
     }
 
-    st = ngx_http_cinematch_admin_create(r, "no such batch");
+    rc = ngx_http_cinematch_admin_list(r, "no such batch",
+                                       ngx_http_cinematch_admin_page_args,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX * 5,
+                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT * 2,
+                                       &st);
     if (st == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_cinematch_admin_args(r, st,
-                                       ngx_http_cinematch_admin_page_args);
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_cinematch_admin_page(r, st,
-                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT_MAX * 5,
-                                       NGX_HTTP_CINEMATCH_ADMIN_LIMIT * 2);
     }
 
     if (rc != NGX_OK) {
@@ -753,6 +733,37 @@ ngx_http_cinematch_admin_create(ngx_http_request_t *r, const char *not_found)
     st->not_found = not_found;
 
     return st;
+}
+
+
+/*
+ * The start of every paged list: its state, the argument names it knows,
+ * then limit and cursor.  *stp is NULL when the state cannot be allocated;
+ * otherwise returns like the helpers (NGX_DECLINED: a 422 in st).
+ */
+
+static ngx_int_t
+ngx_http_cinematch_admin_list(ngx_http_request_t *r, const char *not_found,
+    const char *const *allowed, ngx_int_t max_limit, ngx_int_t def,
+    ngx_http_cinematch_admin_t **stp)
+{
+    ngx_int_t                    rc;
+    ngx_http_cinematch_admin_t  *st;
+
+    st = ngx_http_cinematch_admin_create(r, not_found);
+    *stp = st;
+
+    if (st == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_cinematch_admin_args(r, st, allowed);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_cinematch_admin_page(r, st, max_limit, def);
+    }
+
+    return rc;
 }
 
 

@@ -53,6 +53,7 @@ typedef struct {
 
 static ngx_int_t ngx_http_cinematch_jobs_validate(ngx_http_request_t *r,
     json_t *body, ngx_uint_t *n_items);
+static ngx_int_t ngx_http_cinematch_jobs_create(ngx_http_request_t *r);
 static void ngx_http_cinematch_jobs_cleanup(void *data);
 static ngx_int_t ngx_http_cinematch_jobs_created(ngx_http_request_t *r,
     void *data, PGresult *res, const char *err);
@@ -79,7 +80,6 @@ ngx_int_t
 ngx_http_cinematch_batch_submit_handler(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
-    u_char                       *p;
     ngx_int_t                     rc;
     ngx_pool_cleanup_t           *cln;
     ngx_http_cinematch_caller_t  *c;
@@ -116,6 +116,45 @@ ngx_http_cinematch_batch_submit_handler(ngx_http_request_t *r,
 
     cln->handler = ngx_http_cinematch_jobs_cleanup;
     cln->data = st;
+
+    /* the same rule as /predict and /recommend: a plain user predicts for
+     * their own rating user only, and a batch naming anyone else is
+     * refused whole, before a job exists */
+    if (c->admin) {
+        return ngx_http_cinematch_jobs_create(r);
+    }
+
+    return ngx_http_cinematch_caller_rating_id(r,
+                                             ngx_http_cinematch_jobs_create);
+}
+
+
+static ngx_int_t
+ngx_http_cinematch_jobs_create(ngx_http_request_t *r)
+{
+    u_char                       *p;
+    size_t                        i;
+    json_t                       *item;
+    ngx_http_cinematch_ctx_t     *ctx;
+    ngx_http_cinematch_caller_t  *c;
+    ngx_http_cinematch_jobs_t    *st;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    st = ctx->data;
+    c = ngx_http_cinematch_caller(r);
+
+    if (!c->admin) {
+        json_array_foreach(json_object_get(ctx->json, "items"), i, item) {
+            if (json_integer_value(json_object_get(item, "user_id"))
+                != c->rating_user_id)
+            {
+                return ngx_http_cinematch_send_error(r, NGX_HTTP_FORBIDDEN,
+                           "forbidden",
+                           "predictions for another user need an "
+                           "administrator");
+            }
+        }
+    }
 
     p = ngx_sprintf((u_char *) st->user_id, "%L", c->user_id);
     *p = '\0';

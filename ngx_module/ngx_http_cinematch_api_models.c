@@ -324,32 +324,25 @@ ngx_http_cinematch_models_upload_handler(ngx_http_request_t *r,
 
     /* every refusal before reading drops the body unread */
 
-    if (c == NULL || up == NULL || name == NULL || mcf->store.len == 0
-        || r->headers_in.content_length_n > mcf->upload_max)
-    {
+    if (c == NULL || up == NULL) {
         rc = ngx_http_discard_request_body(r);
 
-        if (rc != NGX_OK) {
-            return rc;
-        }
+        return rc != NGX_OK ? rc : NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-        if (c == NULL || up == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (name == NULL) {
+        return ngx_http_cinematch_refuse_body(r, NGX_HTTP_NOT_FOUND,
+                                              "not_found", "no such model");
+    }
 
-        if (name == NULL) {
-            return ngx_http_cinematch_send_error(r, NGX_HTTP_NOT_FOUND,
-                                                 "not_found",
-                                                 "no such model");
-        }
+    if (mcf->store.len == 0) {
+        return ngx_http_cinematch_refuse_body(r,
+                   NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+                   "uploads are off: no cinematch_model_store");
+    }
 
-        if (mcf->store.len == 0) {
-            return ngx_http_cinematch_send_error(r,
-                       NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
-                       "uploads are off: no cinematch_model_store");
-        }
-
-        return ngx_http_cinematch_send_error(r,
+    if (r->headers_in.content_length_n > mcf->upload_max) {
+        return ngx_http_cinematch_refuse_body(r,
                                      NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                      "payload_too_large",
                                      "the artifact is over the upload limit");
@@ -387,13 +380,8 @@ ngx_http_cinematch_models_upload_handler(ngx_http_request_t *r,
     r->request_body_in_clean_file = 1;
     r->request_body_file_log_level = 0;
 
-    rc = ngx_http_read_client_request_body(r, ngx_http_cinematch_upload_body);
-
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        return rc;
-    }
-
-    return NGX_DONE;
+    return ngx_http_cinematch_read_body_then(r,
+                                             ngx_http_cinematch_upload_body);
 
 bad_sha:
 

@@ -67,7 +67,15 @@ typedef struct {
     ngx_str_t  genres;
 } ngx_http_cinematch_rs_rec_t;
 
+/* a validated /predict waiting for the caller's rating user id */
+typedef struct {
+    uint64_t   params[1];
+    u_char    *ids;
+    size_t     len;
+} ngx_http_cinematch_rs_pred_t;
+
 static ngx_int_t ngx_http_cinematch_rs_recommend_as(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cinematch_rs_predict_as(ngx_http_request_t *r);
 #endif
 
 
@@ -467,11 +475,67 @@ ngx_http_cinematch_predict_handler(ngx_http_request_t *r,
         ngx_memcpy(&buf[i], &id, sizeof(int32_t));
     }
 
+#if (NGX_HTTP_CINEMATCH_AUTH)
+    {
+        /* the same rule as /recommend: the caller's own rating user
+         * unless an admin names another */
+        ngx_http_cinematch_rs_pred_t  *pred;
+
+        if (ngx_http_cinematch_caller(r)->admin) {
+            params[0] = (uint64_t) user;
+
+            return ngx_http_cinematch_rs_submit(r, CM_REQ_PREDICT, params, 1,
+                                                (u_char *) buf,
+                                                n * sizeof(int32_t));
+        }
+
+        pred = ngx_palloc(r->pool, sizeof(ngx_http_cinematch_rs_pred_t));
+        if (pred == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        pred->params[0] = (uint64_t) user;
+        pred->ids = (u_char *) buf;
+        pred->len = n * sizeof(int32_t);
+        ctx->data = pred;
+
+        return ngx_http_cinematch_caller_rating_id(r,
+                                        ngx_http_cinematch_rs_predict_as);
+    }
+#else
     params[0] = (uint64_t) user;
 
     return ngx_http_cinematch_rs_submit(r, CM_REQ_PREDICT, params, 1,
                                         (u_char *) buf, n * sizeof(int32_t));
+#endif
 }
+
+
+#if (NGX_HTTP_CINEMATCH_AUTH)
+
+static ngx_int_t
+ngx_http_cinematch_rs_predict_as(ngx_http_request_t *r)
+{
+    ngx_http_cinematch_ctx_t      *ctx;
+    ngx_http_cinematch_caller_t   *c;
+    ngx_http_cinematch_rs_pred_t  *pred;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cinematch_module);
+    pred = ctx->data;
+    c = ngx_http_cinematch_caller(r);
+
+    if (pred->params[0] != (uint64_t) c->rating_user_id) {
+        return ngx_http_cinematch_send_error(r, NGX_HTTP_FORBIDDEN,
+                                             "forbidden",
+                                             "predictions for another "
+                                             "user need an administrator");
+    }
+
+    return ngx_http_cinematch_rs_submit(r, CM_REQ_PREDICT, pred->params, 1,
+                                        pred->ids, pred->len);
+}
+
+#endif
 
 
 /*

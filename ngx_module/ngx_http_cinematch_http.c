@@ -699,16 +699,8 @@ ngx_int_t
 ngx_http_cinematch_read_body(ngx_http_request_t *r,
     ngx_http_cinematch_ctx_t *ctx)
 {
-    ngx_int_t  rc;
-
     if (ngx_http_cinematch_body_size_check(r) != NGX_OK) {
-        rc = ngx_http_discard_request_body(r);
-
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        return ngx_http_cinematch_send_error(r,
+        return ngx_http_cinematch_refuse_body(r,
                                      NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                      "payload_too_large",
                                      "request body is too large");
@@ -718,26 +710,51 @@ ngx_http_cinematch_read_body(ngx_http_request_t *r,
            == NGX_HTTP_CINEMATCH_ROUTE_JSON
         && ngx_http_cinematch_json_content_type(r) != NGX_OK)
     {
-        rc = ngx_http_discard_request_body(r);
-
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        return ngx_http_cinematch_send_error(r,
+        return ngx_http_cinematch_refuse_body(r,
                                      NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
                                      "unsupported_media_type",
                                      "request body must be application/json");
     }
 
-    rc = ngx_http_read_client_request_body(r,
-                                           ngx_http_cinematch_body_handler);
+    return ngx_http_cinematch_read_body_then(r,
+                                             ngx_http_cinematch_body_handler);
+}
+
+
+/*
+ * The one body reader: the JSON routes above and the model upload (which
+ * reads only after the identity step, into a file) both come here.
+ */
+
+ngx_int_t
+ngx_http_cinematch_read_body_then(ngx_http_request_t *r,
+    ngx_http_client_body_handler_pt post)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_read_client_request_body(r, post);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
         return ngx_http_cinematch_status(r, rc);
     }
 
     return NGX_DONE;
+}
+
+
+ngx_int_t
+ngx_http_cinematch_refuse_body(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_cinematch_send_error(r, status, code, message);
 }
 
 

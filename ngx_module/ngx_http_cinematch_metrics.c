@@ -476,7 +476,12 @@ static ngx_http_cinematch_metrics_family_t  ngx_http_cinematch_daemon_fams[] = {
       " its stream." },
     { "cinematch_model_info", "gauge",
       "Models an inference daemon serves now (value 1), by name and"
-      " registry version." }
+      " registry version." },
+    { "cinematch_infer_answer_cache_requests_total", "counter",
+      "Recommendations the daemon's answer cache was asked for, by"
+      " result (hit: answered without scoring)." },
+    { "cinematch_infer_answer_cache_entries", "gauge",
+      "Recommendation answers the daemon's answer cache holds now." }
 };
 
 #define NGX_HTTP_CINEMATCH_NDAEMON_FAMS                                      \
@@ -722,6 +727,22 @@ ngx_http_cinematch_metrics_daemons(u_char *p,
                     p = ngx_cpymem(p, "\"} 1\n", 5);
                 }
 
+                break;
+
+            case 9:
+                if (st->has_answer_cache) {
+                    p = ngx_sprintf(p, "%s{daemon=\"%V\",result=\"hit\"} %uL\n"
+                                    "%s{daemon=\"%V\",result=\"miss\"} %uL\n",
+                                    fam->name, name, st->answer_cache_hits,
+                                    fam->name, name, st->answer_cache_misses);
+                }
+                break;
+
+            case 10:
+                if (st->has_answer_cache) {
+                    p = ngx_sprintf(p, "%s{daemon=\"%V\"} %uL\n", fam->name,
+                                    name, st->answer_cache_entries);
+                }
                 break;
 
             default:    /* 7: the inter-token latency histogram */

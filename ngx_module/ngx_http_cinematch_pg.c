@@ -606,13 +606,20 @@ static void
 ngx_http_cinematch_pg_detach(ngx_http_cinematch_pg_conn_t *pc,
     ngx_uint_t closed)
 {
-    ngx_uint_t         flags;
-    ngx_connection_t  *c;
-
-    c = pc->c;
-    if (c == NULL) {
+    if (pc->c == NULL) {
         return;
     }
+
+    ngx_http_cinematch_pg_release(pc->c, closed);
+
+    pc->c = NULL;
+}
+
+
+void
+ngx_http_cinematch_pg_release(ngx_connection_t *c, ngx_uint_t closed)
+{
+    ngx_uint_t  flags;
 
     flags = closed ? NGX_CLOSE_EVENT : 0;
 
@@ -636,21 +643,23 @@ ngx_http_cinematch_pg_detach(ngx_http_cinematch_pg_conn_t *pc,
 
     c->fd = (ngx_socket_t) -1;
     ngx_free_connection(c);
-
-    pc->c = NULL;
 }
 
-
-/* Level-triggered, so that data libpq did not read yet is reported again. */
 
 static ngx_int_t
 ngx_http_cinematch_pg_want(ngx_http_cinematch_pg_conn_t *pc, ngx_uint_t read,
     ngx_uint_t write)
 {
-    ngx_connection_t  *c;
+    return ngx_http_cinematch_pg_events(pc->c, read, write);
+}
 
-    c = pc->c;
 
+/* Level-triggered, so that data libpq did not read yet is reported again. */
+
+ngx_int_t
+ngx_http_cinematch_pg_events(ngx_connection_t *c, ngx_uint_t read,
+    ngx_uint_t write)
+{
     if (read && !c->read->active) {
         if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
             != NGX_OK)

@@ -61,16 +61,7 @@ static int
 cm_drift_num(const char *flag, const char *s, double lo, double hi,
     double *out)
 {
-    char    *end;
-    double   v = strtod(s, &end);
-
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "cinematch drift: %s wants a number in %g..%g, got"
-                " '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return cm_cli_num("cinematch drift", flag, s, lo, hi, out);
 }
 
 

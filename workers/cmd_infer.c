@@ -49,6 +49,8 @@
 #define CM_INFER_TICK_MAX_MS   50      /* heartbeat ≥ 20 Hz */
 #define CM_INFER_OUTBUF        4096    /* queued doorbells per connection */
 #define CM_INFER_SWEEP_NS      (1000ull * 1000000ull)
+#define CM_INFER_BATCH_MAX     32      /* recommendations scored before
+                                          their doorbells go out */
 
 
 typedef struct {
@@ -56,6 +58,7 @@ typedef struct {
     uint8_t   out[CM_INFER_OUTBUF];     /* doorbells the socket refused */
     size_t    out_len;
     int       want_out;                 /* EPOLLOUT armed */
+    int       held;                     /* in cm_infer_t.held */
 } cm_infer_conn_t;
 
 typedef struct {
@@ -122,11 +125,15 @@ typedef struct {
     cm_infer_pool_t   pool;             /* scoring threads */
     uint32_t          score_threads;
     uint32_t          answer_cache;     /* entries; 0: off */
-    int               hold;             /* doorbells queued, not sent,
-                                           until cm_infer_release */
-    int               dirty[CM_INFER_MAX_CONNS];  /* conns with queued */
-    int               ndirty;
-    uint8_t           is_dirty[CM_INFER_MAX_CONNS];
+    int               hold_bells;       /* queue doorbells, send later */
+    /* the answer caches' counters as published: per served model (the
+     * production one, the canary) the server last seen and its counts
+     * then, so a reload adds to the totals instead of resetting them */
+    const cm_rs_server_t *ac_srv[2];
+    uint64_t          ac_seen[2][2];
+    uint64_t          ac_total[2];      /* hits, misses */
+    uint32_t          nheld;
+    int               held[CM_INFER_MAX_CONNS];   /* conns with queued bells */
 } cm_infer_t;
 
 
@@ -243,7 +250,7 @@ cm_infer_send(cm_infer_t *d, int ci, uint32_t op, uint32_t slot)
         return;
     }
     c = &d->conns[ci];
-    if (c->out_len + sizeof(m) > sizeof(c->out) && d->hold) {
+    if (c->out_len + sizeof(m) > sizeof(c->out) && d->hold_bells) {
         cm_infer_conn_flush(d, ci);   /* held ones first */
     }
     if (c->out_len + sizeof(m) > sizeof(c->out)) {
@@ -254,11 +261,12 @@ cm_infer_send(cm_infer_t *d, int ci, uint32_t op, uint32_t slot)
     }
     memcpy(c->out + c->out_len, &m, sizeof(m));
     c->out_len += sizeof(m);
-    if (d->hold) {
-        /* sent with the others of this decode step (cm_infer_release) */
-        if (!d->is_dirty[ci]) {
-            d->is_dirty[ci] = 1;
-            d->dirty[d->ndirty++] = ci;
+    if (d->hold_bells) {
+        /* a batch is being answered: one send per connection at its end
+         * (and one wake-up of that nginx worker) instead of one per answer */
+        if (!c->held) {
+            c->held = 1;
+            d->held[d->nheld++] = ci;
         }
         return;
     }
@@ -266,33 +274,22 @@ cm_infer_send(cm_infer_t *d, int ci, uint32_t op, uint32_t slot)
 }
 
 
-/*
- * Doorbells per decode step: between cm_infer_hold and cm_infer_release
- * READYs only queue on their connection, and release sends each
- * connection's queue in one send(): a batch-32 step wakes an nginx worker
- * once (it reads 64 doorbells a recv) instead of once per stream.
- */
+/* Send the doorbells queued while hold_bells was set. */
 static void
-cm_infer_hold(cm_infer_t *d)
+cm_infer_bells_flush(cm_infer_t *d)
 {
-    d->hold = 1;
-}
+    uint32_t  i;
+    int       ci;
 
-
-static void
-cm_infer_release(cm_infer_t *d)
-{
-    int i, ci;
-
-    d->hold = 0;
-    for (i = 0; i < d->ndirty; i++) {
-        ci = d->dirty[i];
-        d->is_dirty[ci] = 0;
+    d->hold_bells = 0;
+    for (i = 0; i < d->nheld; i++) {
+        ci = d->held[i];
+        d->conns[ci].held = 0;
         if (d->conns[ci].fd >= 0) {
             cm_infer_conn_flush(d, ci);
         }
     }
-    d->ndirty = 0;
+    d->nheld = 0;
 }
 
 
@@ -695,23 +692,22 @@ cm_infer_score_routed(cm_infer_t *d, cm_rs_rec_req_t *q, uint32_t n,
 }
 
 
-/* The batch: every RECOMMEND that arrived since the last turn.  Answers
- * the answer cache holds go out at once; the rest are scored (one SGEMM
- * per scoring thread's part) and kept in the cache.  Requests never wait
- * for a batch to fill. */
+/* One part of the batch (see cm_infer_recommend_batch): answers the
+ * answer cache holds are written at once; the rest are scored (one
+ * scoring pass per scoring thread's share) and kept in the cache.
+ * Requests never wait for a batch to fill. */
 static void
-cm_infer_recommend_batch(cm_infer_t *d)
+cm_infer_recommend_part(cm_infer_t *d, const uint32_t *pending, uint32_t n)
 {
     cm_rs_rec_req_t  *q;
     char            **out;
-    uint32_t          i, n = d->npending, mask, nmiss = 0, *miss;
+    uint32_t          i, mask, nmiss = 0, *miss;
     cm_rs_server_t  **srv, *m;
     cm_infer_job_t   *j;
     uint64_t          p[CM_IPC_NPARAMS];
     const char       *hit;
     size_t            len;
 
-    d->npending = 0;
     q = calloc(n, sizeof(*q));
     out = calloc(n, sizeof(*out));
     miss = calloc(n, sizeof(*miss));
@@ -720,8 +716,8 @@ cm_infer_recommend_batch(cm_infer_t *d)
         || d->models.rs == NULL)
     {
         for (i = 0; i < n; i++) {
-            j = &d->jobs[d->pending[i]];
-            cm_infer_fail(d, j, d->pending[i], CM_EAGAIN,
+            j = &d->jobs[pending[i]];
+            cm_infer_fail(d, j, pending[i], CM_EAGAIN,
                           "recommendation batch failed");
             cm_infer_job_end(d, j);
         }
@@ -732,7 +728,7 @@ cm_infer_recommend_batch(cm_infer_t *d)
         return;
     }
     for (i = 0; i < n; i++) {
-        j = &d->jobs[d->pending[i]];
+        j = &d->jobs[pending[i]];
         memcpy(p, j->s->params, sizeof(p));
         /* validated at submit; parse again from our own copy of the
          * checks' inputs, never trusting the slot between the two */
@@ -757,12 +753,12 @@ cm_infer_recommend_batch(cm_infer_t *d)
         if (hit != NULL && len <= d->seg.hdr->res_cap) {
             cm_infer_set_result(d, j->s, hit, len);
             if (cm_ipc_finish(j->s, 0) == CM_OK) {
-                cm_infer_ready(d, j, d->pending[i]);
+                cm_infer_ready(d, j, pending[i]);
             }
             cm_infer_job_end(d, j);
             continue;
         }
-        miss[nmiss++] = d->pending[i];
+        miss[nmiss++] = pending[i];
     }
     if (nmiss > 0) {
         cm_infer_score_routed(d, q, nmiss, srv, out);
@@ -788,6 +784,25 @@ cm_infer_recommend_batch(cm_infer_t *d)
     free(out);
     free(miss);
     free(srv);
+}
+
+
+/* The batch: every RECOMMEND that arrived since the last turn, in parts of
+ * at most CM_INFER_BATCH_MAX; each part's doorbells go out (one send per
+ * nginx worker) before the next part is scored, so the first arrivals of
+ * a large batch do not wait for the last. */
+static void
+cm_infer_recommend_batch(cm_infer_t *d)
+{
+    uint32_t  n = d->npending, at, cnt;
+
+    d->npending = 0;
+    for (at = 0; at < n; at += cnt) {
+        cnt = n - at < CM_INFER_BATCH_MAX ? n - at : CM_INFER_BATCH_MAX;
+        d->hold_bells = 1;
+        cm_infer_recommend_part(d, d->pending + at, cnt);
+        cm_infer_bells_flush(d);
+    }
 }
 
 
@@ -946,6 +961,43 @@ cm_infer_chat_account(cm_infer_t *d, cm_infer_job_t *j, uint64_t now)
 }
 
 
+/* The recsys answer caches' hits and misses (totals over reloads) and
+ * the answers they hold now. */
+static void
+cm_infer_publish_cache(cm_infer_t *d)
+{
+    cm_ipc_stats_t        *st = &d->seg.hdr->stats;
+    const cm_rs_server_t  *m;
+    uint64_t               c[2];
+    size_t                 entries = 0;
+    int                    i, b;
+
+    for (i = 0; i < 2; i++) {
+        m = i == 0 ? d->models.rs : d->models.canary;
+        if (m == NULL) {
+            d->ac_srv[i] = NULL;
+            continue;
+        }
+        cm_rs_server_cache_stats(m, &c[0], &c[1]);
+        entries += cm_rs_server_cache_entries(m);
+        for (b = 0; b < 2; b++) {
+            if (m != d->ac_srv[i] || c[b] < d->ac_seen[i][b]) {
+                d->ac_seen[i][b] = 0;   /* a new server counts from zero */
+            }
+            d->ac_total[b] += c[b] - d->ac_seen[i][b];
+            d->ac_seen[i][b] = c[b];
+        }
+        d->ac_srv[i] = m;
+    }
+    atomic_store_explicit(&st->answer_cache_hits, d->ac_total[0],
+                          memory_order_relaxed);
+    atomic_store_explicit(&st->answer_cache_misses, d->ac_total[1],
+                          memory_order_relaxed);
+    atomic_store_explicit(&st->answer_cache_entries, entries,
+                          memory_order_relaxed);
+}
+
+
 /* The gauges, once per loop turn: cheap (a pass over the slots only while
  * something generates) and always current when nginx samples them. */
 static void
@@ -974,6 +1026,7 @@ cm_infer_publish_stats(cm_infer_t *d)
     atomic_store_explicit(&st->kv_cap_tokens, cap, memory_order_relaxed);
     atomic_store_explicit(&st->kv_used_tokens, used < cap ? used : cap,
                           memory_order_relaxed);
+    cm_infer_publish_cache(d);
 }
 
 
@@ -1810,9 +1863,10 @@ cm_infer_main(int argc, char **argv)
         timeout = d.nactive > 0 ? cm_infer_step(&d) : CM_INFER_TICK_MAX_MS;
         if (d.nchat > 0 || d.nchat_queued > 0) {
             /* decode steps back to back; doorbells are read in between */
-            cm_infer_hold(&d);
+            /* a decode step's doorbells: one send per nginx worker */
+            d.hold_bells = 1;
             timeout = cm_infer_chat_tick(&d) ? 0 : (timeout > 1 ? 1 : timeout);
-            cm_infer_release(&d);
+            cm_infer_bells_flush(&d);
         }
         cm_infer_publish_stats(&d);
 

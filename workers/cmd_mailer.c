@@ -13,6 +13,7 @@
  * (or stopped by SIGTERM/SIGINT), 1 failed, 2 usage.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -52,6 +53,14 @@ static void cm_mailer_on_signal(int sig);
 
 
 static volatile sig_atomic_t  cm_mailer_stop;
+
+/*
+ * The handler also writes to this pipe, which every wait of the loop polls:
+ * a SIGTERM that lands while a pass runs (the flag alone was checked only
+ * before the pass, so the poll after it slept --interval) or on another
+ * thread (OpenBLAS starts its own before main()) still ends the wait.
+ */
+static int  cm_mailer_sigpipe[2] = { -1, -1 };
 
 
 CM_COMMAND("mailer", "send verification and password-reset mail from the"
@@ -127,8 +136,14 @@ cm_mailer_num(const char *flag, const char *s, long lo, long hi, long *out)
 static void
 cm_mailer_on_signal(int sig)
 {
+    int      saved = errno;
+    ssize_t  n;
+
     (void) sig;
     cm_mailer_stop = 1;
+    n = write(cm_mailer_sigpipe[1], "", 1);     /* full: already woken */
+    (void) n;
+    errno = saved;
 }
 
 
@@ -186,7 +201,7 @@ cm_mailer_loop(cm_mailer_cli_t *cli)
     PGconn         *conn;
     PGnotify       *nt;
     PGresult       *res;
-    struct pollfd   pfd;
+    struct pollfd   pfd[2];
     long            backoff;
     int             rc;
 
@@ -214,17 +229,20 @@ cm_mailer_loop(cm_mailer_cli_t *cli)
             }
             backoff = 1;
 
-            pfd.fd = PQsocket(conn);
-            pfd.events = POLLIN;
-            pfd.revents = 0;
+            pfd[0].fd = PQsocket(conn);
+            pfd[0].events = POLLIN;
+            pfd[0].revents = 0;
+            pfd[1].fd = cm_mailer_sigpipe[0];
+            pfd[1].events = POLLIN;
+            pfd[1].revents = 0;
 
-            rc = poll(&pfd, 1, (int) (cli->interval_s * 1000));
+            rc = poll(pfd, 2, (int) (cli->interval_s * 1000));
             if (rc < 0 && errno != EINTR) {
                 cm_error("mailer: poll: %s", strerror(errno));
                 break;
             }
 
-            if (rc > 0) {
+            if (rc > 0 && pfd[0].revents != 0) {
                 if (!PQconsumeInput(conn)) {
                     cm_error("mailer: connection lost: %s",
                              PQerrorMessage(conn));
@@ -240,7 +258,9 @@ cm_mailer_loop(cm_mailer_cli_t *cli)
 
         if (!cm_mailer_stop) {
             /* the database went away: try again, at most once a minute */
-            sleep((unsigned) backoff);
+            pfd[1].fd = cm_mailer_sigpipe[0];
+            pfd[1].events = POLLIN;
+            (void) poll(&pfd[1], 1, (int) (backoff * 1000));
             backoff = backoff < 60 ? backoff * 2 : 60;
         }
     }
@@ -437,6 +457,11 @@ cm_mailer_main(int argc, char **argv)
     }
 
     if (cli.loop) {
+        if (pipe2(cm_mailer_sigpipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+            fprintf(stderr, "cinematch mailer: pipe: %s\n", strerror(errno));
+            return 1;
+        }
+
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = cm_mailer_on_signal;
         sigemptyset(&sa.sa_mask);

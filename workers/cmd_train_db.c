@@ -59,27 +59,8 @@ typedef struct {
     long                 loop;
 } cm_tdb_cli_t;
 
-/*
- * SIGTERM/SIGINT while a run is training: a watcher thread marks the run
- * 'canceled' on its own connection and exits the process (the trainer's
- * session, its advisory lock and any open transaction go with it), so
- * `systemctl stop` leaves an honest row.  Once promotion starts the signal
- * is only remembered and honoured after it.  The handler only writes to a
- * pipe: OpenBLAS threads exist before main(), so the signal may land on
- * any thread and sigwait() in one thread cannot be relied on.
- */
-enum { CM_TDB_IDLE = 0, CM_TDB_CANCELABLE, CM_TDB_CRITICAL };
-
-typedef struct {
-    const char   *dsn;
-    char          run_id[24];
-    atomic_int    phase;
-    atomic_int    pending;      /* signal number seen in a critical phase */
-    pthread_t     thread;
-    int           started;
-} cm_tdb_watch_t;
-
-static int cm_tdb_sigpipe[2] = { -1, -1 };
+/* SIGTERM/SIGINT while a run is training: the run is marked 'canceled'
+ * (cm_run_watch_t in mlops.h). */
 
 typedef struct {
     cm_ratings_t   train;
@@ -90,11 +71,7 @@ typedef struct {
 
 
 static void cm_tdb_usage(FILE *f);
-static int cm_tdb_once(const cm_tdb_cli_t *cli, cm_tdb_watch_t *w);
-static void cm_tdb_on_signal(int sig);
-static void *cm_tdb_watcher(void *arg);
-static int cm_tdb_watch_start(cm_tdb_watch_t *w, const char *dsn);
-static int cm_tdb_watch_stop(cm_tdb_watch_t *w);
+static int cm_tdb_once(const cm_tdb_cli_t *cli, cm_run_watch_t *w);
 static int cm_tdb_load(PGconn *c, cm_tdb_data_t *td, char *err,
     size_t errlen);
 static json_t *cm_tdb_metrics_json(const cm_rs_metrics_t *m);
@@ -140,16 +117,7 @@ static int
 cm_tdb_num(const char *flag, const char *s, double lo, double hi,
     double *out)
 {
-    char    *end;
-    double   v = strtod(s, &end);
-
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "cinematch train recsys: %s wants a number in"
-                " %g..%g, got '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return cm_cli_num("cinematch train recsys", flag, s, lo, hi, out);
 }
 
 
@@ -276,16 +244,18 @@ cm_train_recsys_db_main(int argc, char **argv)
         cli.tc.reg = cli.tc.algo == CM_RS_ALS ? 0.05f : 5.0f;
     }
     for (;;) {
-        cm_tdb_watch_t  w;
+        cm_run_watch_t  w;
         int             sig;
 
-        if (cm_tdb_watch_start(&w, cli.dsn) != 0) {
+        if (cm_run_watch_start(&w, cli.dsn, "cinematch train recsys",
+                               "canceled", "canceled") != 0)
+        {
             fprintf(stderr, "cinematch train recsys: cannot start the signal"
                     " watcher\n");
             return 1;
         }
         rc = cm_tdb_once(&cli, &w);
-        sig = cm_tdb_watch_stop(&w);
+        sig = cm_run_watch_stop(&w);
         if (sig != 0) {
             fprintf(stderr, "cinematch train recsys: stopped by signal %d"
                     " after the run finished\n", sig);
@@ -298,105 +268,6 @@ cm_train_recsys_db_main(int argc, char **argv)
         fflush(stderr);
         sleep((unsigned) cli.loop);
     }
-}
-
-
-static void
-cm_tdb_on_signal(int sig)
-{
-    unsigned char  b = (unsigned char) sig;
-    ssize_t        n = write(cm_tdb_sigpipe[1], &b, 1);
-
-    (void) n;
-}
-
-
-static void *
-cm_tdb_watcher(void *arg)
-{
-    cm_tdb_watch_t  *w = arg;
-    unsigned char    b;
-    char             err[512], why[160];
-    const char      *v[2];
-    PGconn          *c;
-
-    while (read(cm_tdb_sigpipe[0], &b, 1) == 1) {
-        if (b == 0) {
-            return NULL;                        /* cm_tdb_watch_stop */
-        }
-        if (atomic_load(&w->phase) != CM_TDB_CANCELABLE) {
-            atomic_store(&w->pending, (int) b);
-            continue;
-        }
-        if (w->run_id[0] != '\0') {
-            snprintf(why, sizeof(why), "canceled by signal %d during"
-                     " training; production untouched", (int) b);
-            c = cm_pg_connect(w->dsn, "cinematch-train-cancel", err,
-                              sizeof(err));
-            if (c != NULL) {
-                v[0] = w->run_id;
-                v[1] = why;
-                PQclear(PQexecParams(c, "UPDATE training_runs SET status ="
-                                     " 'canceled', error = $2, finished_at ="
-                                     " now() WHERE id = $1 AND status ="
-                                     " 'running'", 2, NULL, v, NULL, NULL,
-                                     0));
-                PQfinish(c);
-            }
-            fprintf(stderr, "cinematch train recsys: run %s %s\n", w->run_id,
-                    why);
-        }
-        _exit(128 + (int) b);
-    }
-    return NULL;
-}
-
-
-static int
-cm_tdb_watch_start(cm_tdb_watch_t *w, const char *dsn)
-{
-    struct sigaction  sa;
-
-    memset(w, 0, sizeof(*w));
-    w->dsn = dsn;
-    atomic_store(&w->phase, CM_TDB_CANCELABLE);
-    if (pipe2(cm_tdb_sigpipe, O_CLOEXEC) != 0) {
-        return -1;
-    }
-    if (pthread_create(&w->thread, NULL, cm_tdb_watcher, w) != 0) {
-        close(cm_tdb_sigpipe[0]);
-        close(cm_tdb_sigpipe[1]);
-        return -1;
-    }
-    w->started = 1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = cm_tdb_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    return 0;
-}
-
-
-/* Returns the signal that arrived in a critical phase, or 0. */
-static int
-cm_tdb_watch_stop(cm_tdb_watch_t *w)
-{
-    unsigned char  zero = 0;
-    ssize_t        n;
-
-    atomic_store(&w->phase, CM_TDB_IDLE);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    if (w->started) {
-        n = write(cm_tdb_sigpipe[1], &zero, 1);
-        (void) n;
-        pthread_join(w->thread, NULL);
-    }
-    close(cm_tdb_sigpipe[0]);
-    close(cm_tdb_sigpipe[1]);
-    cm_tdb_sigpipe[0] = cm_tdb_sigpipe[1] = -1;
-    return atomic_load(&w->pending);
 }
 
 
@@ -520,7 +391,7 @@ cm_tdb_fail(PGconn *c, const char *run_id, uint64_t t0, const char *why)
 
 
 static int
-cm_tdb_once(const cm_tdb_cli_t *cli, cm_tdb_watch_t *w)
+cm_tdb_once(const cm_tdb_cli_t *cli, cm_run_watch_t *w)
 {
     char              err[1024], run_id[24], host[256], tmp[PATH_MAX + 64];
     char              root[PATH_MAX], ms[24], n1[24], n2[24], n3[24];
@@ -609,11 +480,7 @@ cm_tdb_once(const cm_tdb_cli_t *cli, cm_tdb_watch_t *w)
     }
     snprintf(run_id, sizeof(run_id), "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    /* publish the run to the watcher: it needs the phase to change after
-     * the id is complete */
-    atomic_store(&w->phase, CM_TDB_CRITICAL);
-    snprintf(w->run_id, sizeof(w->run_id), "%s", run_id);
-    atomic_store(&w->phase, CM_TDB_CANCELABLE);
+    cm_run_watch_set_run(w, run_id);
 
     /* 3. data */
     if (cm_tdb_load(c, &td, err, sizeof(err)) != CM_OK) {
@@ -751,7 +618,7 @@ cm_tdb_once(const cm_tdb_cli_t *cli, cm_tdb_watch_t *w)
 
     /* 5. register (stage staging): from here on a signal waits for the
      * run to finish, so the row and the registry agree */
-    atomic_store(&w->phase, CM_TDB_CRITICAL);
+    atomic_store(&w->phase, CM_RUN_CRITICAL);
     if (cm_model_register(c, cli->model, "recsys", tmp, metrics_s,
                           atoll(run_id), "staging", NULL, &version, err,
                           sizeof(err)) != CM_OK)

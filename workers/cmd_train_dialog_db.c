@@ -96,19 +96,8 @@ typedef struct {
     size_t  tokens, bytes;
 } cm_tdd_eval_t;
 
-/* SIGTERM/SIGINT while training: the watcher marks the run failed on its
- * own connection and leaves (see cmd_train_db.c, whose design this is);
- * in the critical phase (registering, promoting) it waits for the end. */
-enum { CM_TDD_IDLE = 0, CM_TDD_CANCELABLE, CM_TDD_CRITICAL };
-
-typedef struct {
-    const char   *dsn;
-    char          run_id[24];
-    atomic_int    phase;
-    atomic_int    pending;
-    pthread_t     thread;
-    int           started;
-} cm_tdd_watch_t;
+/* SIGTERM/SIGINT while training: the run is marked 'failed'
+ * (cm_run_watch_t in mlops.h). */
 
 /* Progress into the run row: the trainer's callback has no context
  * argument, and there is one run per process. */
@@ -122,7 +111,7 @@ typedef struct {
 static void cm_tdd_usage(FILE *f);
 static int cm_tdd_num(const char *flag, const char *s, double lo, double hi,
     double *out);
-static int cm_tdd_once(const cm_tdd_cli_t *cli, cm_tdd_watch_t *w);
+static int cm_tdd_once(const cm_tdd_cli_t *cli, cm_run_watch_t *w);
 static int cm_tdd_export(PGconn *c, const char *dir, long val_cap,
     int64_t max_batch, cm_tdd_data_t *d, char *err, size_t errlen);
 static int cm_tdd_eval_dir(const char *dir, const char *val_path,
@@ -140,15 +129,10 @@ static int cm_tdd_fail(PGconn *c, const char *run_id, uint64_t t0,
     const char *why);
 static void cm_tdd_on_progress(int step, int steps, double loss,
     double val_loss, double secs);
-static void cm_tdd_on_signal(int sig);
-static void *cm_tdd_watcher(void *arg);
-static int cm_tdd_watch_start(cm_tdd_watch_t *w, const char *dsn);
-static int cm_tdd_watch_stop(cm_tdd_watch_t *w);
 
 
 cm_train_progress_pt  cm_train_dialog_progress;
 
-static int                cm_tdd_sigpipe[2] = { -1, -1 };
 static cm_tdd_progress_t  cm_tdd_prog;
 
 
@@ -198,16 +182,7 @@ static int
 cm_tdd_num(const char *flag, const char *s, double lo, double hi,
     double *out)
 {
-    char    *end;
-    double   v = strtod(s, &end);
-
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
-        fprintf(stderr, CM_TDD_ME ": %s wants a number in %g..%g, got"
-                " '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return cm_cli_num(CM_TDD_ME, flag, s, lo, hi, out);
 }
 
 
@@ -235,7 +210,7 @@ cm_train_dialog_db_main(int argc, char **argv)
         { NULL, 0, NULL, 0 }
     };
     cm_tdd_cli_t     cli;
-    cm_tdd_watch_t   w;
+    cm_run_watch_t   w;
     cm_gpt_config_t  cfg;
     double           v;
     int              ch, rc, sig;
@@ -321,117 +296,19 @@ cm_train_dialog_db_main(int argc, char **argv)
                 cli.config);
         return 2;
     }
-    if (cm_tdd_watch_start(&w, cli.dsn) != 0) {
+    if (cm_run_watch_start(&w, cli.dsn, CM_TDD_ME, "failed", "killed") != 0)
+    {
         fprintf(stderr, CM_TDD_ME ": cannot start the signal watcher\n");
         return 1;
     }
     rc = cm_tdd_once(&cli, &w);
-    sig = cm_tdd_watch_stop(&w);
+    sig = cm_run_watch_stop(&w);
     if (sig != 0) {
         fprintf(stderr, CM_TDD_ME ": stopped by signal %d after the run"
                 " finished\n", sig);
         return 128 + sig;
     }
     return rc;
-}
-
-
-/* ---- signals ----------------------------------------------------------- */
-
-static void
-cm_tdd_on_signal(int sig)
-{
-    unsigned char  b = (unsigned char) sig;
-    ssize_t        n = write(cm_tdd_sigpipe[1], &b, 1);
-
-    (void) n;
-}
-
-
-static void *
-cm_tdd_watcher(void *arg)
-{
-    cm_tdd_watch_t  *w = arg;
-    unsigned char    b;
-    char             err[512], why[160];
-    const char      *v[2];
-    PGconn          *c;
-
-    while (read(cm_tdd_sigpipe[0], &b, 1) == 1) {
-        if (b == 0) {
-            return NULL;                        /* cm_tdd_watch_stop */
-        }
-        if (atomic_load(&w->phase) != CM_TDD_CANCELABLE) {
-            atomic_store(&w->pending, (int) b);
-            continue;
-        }
-        if (w->run_id[0] != '\0') {
-            snprintf(why, sizeof(why), "killed by signal %d during"
-                     " training; production untouched", (int) b);
-            c = cm_pg_connect(w->dsn, "cinematch-train-cancel", err,
-                              sizeof(err));
-            if (c != NULL) {
-                v[0] = w->run_id;
-                v[1] = why;
-                PQclear(PQexecParams(c, "UPDATE training_runs SET status ="
-                                     " 'failed', error = $2, finished_at ="
-                                     " now() WHERE id = $1 AND status ="
-                                     " 'running'", 2, NULL, v, NULL, NULL,
-                                     0));
-                PQfinish(c);
-            }
-            fprintf(stderr, CM_TDD_ME ": run %s %s\n", w->run_id, why);
-        }
-        _exit(128 + (int) b);
-    }
-    return NULL;
-}
-
-
-static int
-cm_tdd_watch_start(cm_tdd_watch_t *w, const char *dsn)
-{
-    struct sigaction  sa;
-
-    memset(w, 0, sizeof(*w));
-    w->dsn = dsn;
-    atomic_store(&w->phase, CM_TDD_CANCELABLE);
-    if (pipe2(cm_tdd_sigpipe, O_CLOEXEC) != 0) {
-        return -1;
-    }
-    if (pthread_create(&w->thread, NULL, cm_tdd_watcher, w) != 0) {
-        close(cm_tdd_sigpipe[0]);
-        close(cm_tdd_sigpipe[1]);
-        return -1;
-    }
-    w->started = 1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = cm_tdd_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    return 0;
-}
-
-
-static int
-cm_tdd_watch_stop(cm_tdd_watch_t *w)
-{
-    unsigned char  zero = 0;
-    ssize_t        n;
-
-    atomic_store(&w->phase, CM_TDD_IDLE);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    if (w->started) {
-        n = write(cm_tdd_sigpipe[1], &zero, 1);
-        (void) n;
-        pthread_join(w->thread, NULL);
-    }
-    close(cm_tdd_sigpipe[0]);
-    close(cm_tdd_sigpipe[1]);
-    cm_tdd_sigpipe[0] = cm_tdd_sigpipe[1] = -1;
-    return atomic_load(&w->pending);
 }
 
 
@@ -936,7 +813,7 @@ cm_tdd_fail(PGconn *c, const char *run_id, uint64_t t0, const char *why)
 
 
 static int
-cm_tdd_once(const cm_tdd_cli_t *cli, cm_tdd_watch_t *w)
+cm_tdd_once(const cm_tdd_cli_t *cli, cm_run_watch_t *w)
 {
     char            err[1024], run_id[24], host[256], root[PATH_MAX];
     char            work[PATH_MAX + 64], out[PATH_MAX + 80];
@@ -1041,9 +918,7 @@ cm_tdd_once(const cm_tdd_cli_t *cli, cm_tdd_watch_t *w)
     }
     snprintf(run_id, sizeof(run_id), "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    atomic_store(&w->phase, CM_TDD_CRITICAL);
-    snprintf(w->run_id, sizeof(w->run_id), "%s", run_id);
-    atomic_store(&w->phase, CM_TDD_CANCELABLE);
+    cm_run_watch_set_run(w, run_id);
     printf("run %s: training %s (%s) from the database\n", run_id,
            cli->model, cli->config);
     fflush(stdout);
@@ -1246,7 +1121,7 @@ cm_tdd_once(const cm_tdd_cli_t *cli, cm_tdd_watch_t *w)
     }
 
     /* 7. register: from here a signal waits for the end of the run */
-    atomic_store(&w->phase, CM_TDD_CRITICAL);
+    atomic_store(&w->phase, CM_RUN_CRITICAL);
     if (cm_tdd_register(c, cli->model, out, metrics_s, run_id, &version, err,
                         sizeof(err)) != CM_OK)
     {

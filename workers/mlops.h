@@ -14,6 +14,8 @@
 #ifndef CINEMATCH_WORKERS_MLOPS_H
 #define CINEMATCH_WORKERS_MLOPS_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -82,10 +84,51 @@ typedef void (*cm_train_progress_pt)(int step, int steps, double loss,
     double val_loss, double secs);
 extern cm_train_progress_pt  cm_train_dialog_progress;
 
+/*
+ * SIGTERM/SIGINT while a `train ... --from-db` run is training: a watcher
+ * thread marks the run (status `status`, error "<verb> by signal N during
+ * training; ...") on its own connection and exits the process with 128+N
+ * (the trainer's session, its advisory lock and any open transaction go
+ * with it), so `systemctl stop` leaves an honest row.  In the critical
+ * phase (registering, promoting) the signal is only remembered, and
+ * cm_run_watch_stop() returns it.  The handler only writes to a pipe:
+ * OpenBLAS threads exist before main(), so the signal may land on any
+ * thread and sigwait() in one thread cannot be relied on.  One watcher per
+ * process at a time.
+ */
+enum { CM_RUN_IDLE = 0, CM_RUN_CANCELABLE, CM_RUN_CRITICAL };
+
+typedef struct {
+    const char   *dsn;
+    const char   *me;           /* message prefix: "cinematch train ..." */
+    const char   *status;       /* the run's status on a cancel */
+    const char   *verb;         /* "canceled" or "killed", in its error */
+    char          run_id[24];
+    atomic_int    phase;        /* CM_RUN_* */
+    atomic_int    pending;      /* signal number seen in a critical phase */
+    pthread_t     thread;
+    int           started;
+} cm_run_watch_t;
+
+/* Start watching (phase cancelable, no run yet); -1 when the pipe or the
+ * thread cannot be made. */
+int cm_run_watch_start(cm_run_watch_t *w, const char *dsn, const char *me,
+    const char *status, const char *verb);
+/* Publish the run a signal will mark (phase stays cancelable). */
+void cm_run_watch_set_run(cm_run_watch_t *w, const char *run_id);
+/* Stop watching; returns the signal that arrived in a critical phase, or
+ * 0. */
+int cm_run_watch_stop(cm_run_watch_t *w);
+
 /* sha256 of a registered artifact: the file itself, or for a directory
  * (a dialog model) its model.bin, which the daemon checks at load. */
 int cm_model_artifact_sha256(const char *path, char hex[65], uint64_t *bytes,
     char *err, size_t errlen);
+
+/* A number flag in lo..hi: 0, or -1 after "<me>: <flag> wants a number in
+ * lo..hi, got '<s>'" on stderr. */
+int cm_cli_num(const char *me, const char *flag, const char *s, double lo,
+    double hi, double *out);
 
 /* Sleep for an interval like "30s", "15m", "1h", "1d" (seconds when bare);
  * returns -1 when s is malformed. */

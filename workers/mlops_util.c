@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,11 @@ static int cm_write_text(const char *path, const char *text, char *err,
     size_t errlen);
 static int cm_model_name_ok(const char *s);
 static void cm_rm_version_dir(const char *dir);
+static void cm_run_watch_on_signal(int sig);
+static void *cm_run_watcher(void *arg);
+
+
+static int  cm_run_watch_pipe[2] = { -1, -1 };
 
 
 PGconn *
@@ -681,4 +687,136 @@ cm_interval_parse(const char *s)
         return v * 86400;
     }
     return -1;
+}
+
+
+/* ---- the training-run signal watcher (see mlops.h) --------------------- */
+
+static void
+cm_run_watch_on_signal(int sig)
+{
+    unsigned char  b = (unsigned char) sig;
+    ssize_t        n = write(cm_run_watch_pipe[1], &b, 1);
+
+    (void) n;
+}
+
+
+static void *
+cm_run_watcher(void *arg)
+{
+    cm_run_watch_t  *w = arg;
+    unsigned char    b;
+    char             err[512], why[160];
+    const char      *v[3];
+    PGconn          *c;
+
+    while (read(cm_run_watch_pipe[0], &b, 1) == 1) {
+        if (b == 0) {
+            return NULL;                        /* cm_run_watch_stop */
+        }
+        if (atomic_load(&w->phase) != CM_RUN_CANCELABLE) {
+            atomic_store(&w->pending, (int) b);
+            continue;
+        }
+        if (w->run_id[0] != '\0') {
+            snprintf(why, sizeof(why), "%s by signal %d during"
+                     " training; production untouched", w->verb, (int) b);
+            c = cm_pg_connect(w->dsn, "cinematch-train-cancel", err,
+                              sizeof(err));
+            if (c != NULL) {
+                v[0] = w->run_id;
+                v[1] = why;
+                v[2] = w->status;
+                PQclear(PQexecParams(c, "UPDATE training_runs SET status ="
+                                     " $3, error = $2, finished_at ="
+                                     " now() WHERE id = $1 AND status ="
+                                     " 'running'", 3, NULL, v, NULL, NULL,
+                                     0));
+                PQfinish(c);
+            }
+            fprintf(stderr, "%s: run %s %s\n", w->me, w->run_id, why);
+        }
+        _exit(128 + (int) b);
+    }
+    return NULL;
+}
+
+
+int
+cm_run_watch_start(cm_run_watch_t *w, const char *dsn, const char *me,
+    const char *status, const char *verb)
+{
+    struct sigaction  sa;
+
+    memset(w, 0, sizeof(*w));
+    w->dsn = dsn;
+    w->me = me;
+    w->status = status;
+    w->verb = verb;
+    atomic_store(&w->phase, CM_RUN_CANCELABLE);
+    if (pipe2(cm_run_watch_pipe, O_CLOEXEC) != 0) {
+        return -1;
+    }
+    if (pthread_create(&w->thread, NULL, cm_run_watcher, w) != 0) {
+        close(cm_run_watch_pipe[0]);
+        close(cm_run_watch_pipe[1]);
+        return -1;
+    }
+    w->started = 1;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = cm_run_watch_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    return 0;
+}
+
+
+void
+cm_run_watch_set_run(cm_run_watch_t *w, const char *run_id)
+{
+    /* the watcher must not read a half-written id: critical while it is
+     * copied, cancelable again once it is complete */
+    atomic_store(&w->phase, CM_RUN_CRITICAL);
+    snprintf(w->run_id, sizeof(w->run_id), "%s", run_id);
+    atomic_store(&w->phase, CM_RUN_CANCELABLE);
+}
+
+
+int
+cm_run_watch_stop(cm_run_watch_t *w)
+{
+    unsigned char  zero = 0;
+    ssize_t        n;
+
+    atomic_store(&w->phase, CM_RUN_IDLE);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    if (w->started) {
+        n = write(cm_run_watch_pipe[1], &zero, 1);
+        (void) n;
+        pthread_join(w->thread, NULL);
+    }
+    close(cm_run_watch_pipe[0]);
+    close(cm_run_watch_pipe[1]);
+    cm_run_watch_pipe[0] = cm_run_watch_pipe[1] = -1;
+    return atomic_load(&w->pending);
+}
+
+
+int
+cm_cli_num(const char *me, const char *flag, const char *s, double lo,
+    double hi, double *out)
+{
+    char    *end;
+    double   v = strtod(s, &end);
+
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "%s: %s wants a number in %g..%g, got '%s'\n", me,
+                flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }

@@ -17,6 +17,7 @@
 
 #include "cinematch/common.h"
 #include "cinematch/gpt.h"
+#include "cinematch/rng.h"
 
 
 #define CM_GPT_STATE_MAGIC    20240527
@@ -204,22 +205,12 @@ cm_act_sizes(const cm_gpt_config_t *cfg, int B, int T,
 
 /* ---- init / free ------------------------------------------------------ */
 
-static uint64_t
-cm_rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-
 static float
-cm_rng_normal(uint64_t *s)
+cm_gpt_normal(uint64_t *s)
 {
-    double u1 = ((double) (cm_rng_next(s) >> 11) + 1.0) / 9007199254740993.0;
-    double u2 = (double) (cm_rng_next(s) >> 11) / 9007199254740992.0;
+    double u1 = ((double) (cm_splitmix64(s) >> 11) + 1.0)
+                / 9007199254740993.0;
+    double u2 = (double) (cm_splitmix64(s) >> 11) / 9007199254740992.0;
 
     return (float) (sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
@@ -276,7 +267,7 @@ cm_gpt_init(cm_gpt_t *m, const cm_gpt_config_t *cfg, uint64_t seed)
                 n = (size_t) cfg->vocab_size * C;
             }
             for (k = 0; k < n; k++) {
-                p[k] = std * cm_rng_normal(&rng);
+                p[k] = std * cm_gpt_normal(&rng);
             }
             break;
         default:                          /* biases */
@@ -1315,75 +1306,21 @@ cm_gpt_backward(cm_gpt_t *m, float grad_scale)
 float
 cm_gpt_clip_grad(cm_gpt_t *m, float max_norm)
 {
-    double  ss = 0.0;
-    size_t  i;
-    float   norm, s;
-
-    if (m->grads_memory == NULL) {
-        return 0.0f;
-    }
-    for (i = 0; i < m->num_parameters; i++) {
-        ss += (double) m->grads_memory[i] * m->grads_memory[i];
-    }
-    norm = (float) sqrt(ss);
-    if (max_norm > 0.0f && norm > max_norm) {
-        s = max_norm / norm;
-        for (i = 0; i < m->num_parameters; i++) {
-            m->grads_memory[i] *= s;
-        }
-    }
-    return norm;
-}
-
-
-void
-cm_adamw_update(float *params, const float *grads, float *m, float *v,
-    size_t n, float lr, float beta1, float beta2, float eps, float wd,
-    int step)
-{
-    size_t  i;
-    float   b1c = 1.0f - powf(beta1, (float) step);
-    float   b2c = 1.0f - powf(beta2, (float) step);
-
-    for (i = 0; i < n; i++) {
-        float g = grads[i];
-        float mm = beta1 * m[i] + (1.0f - beta1) * g;
-        float vv = beta2 * v[i] + (1.0f - beta2) * g * g;
-
-        m[i] = mm;
-        v[i] = vv;
-        params[i] -= lr * ((mm / b1c) / (sqrtf(vv / b2c) + eps)
-                           + wd * params[i]);
-    }
+    return cm_grad_clip(m->grads_memory, m->num_parameters, max_norm);
 }
 
 
 int
 cm_gpt_update(cm_gpt_t *m, const cm_adamw_t *o)
 {
-    size_t  k, off = 0;
-    int     decay;
+    /* matrices decay (wte, wpe, qkvw, attprojw, fcw, fcprojw); biases and
+     * LayerNorm parameters do not */
+    uint32_t  decay = 1u << 0 | 1u << 1 | 1u << 4 | 1u << 6 | 1u << 10
+                      | 1u << 12;
 
-    if (m->grads_memory == NULL) {
-        return CM_EINVAL;
-    }
-    if (m->m_memory == NULL) {
-        m->m_memory = calloc(m->num_parameters, sizeof(float));
-        m->v_memory = calloc(m->num_parameters, sizeof(float));
-        if (m->m_memory == NULL || m->v_memory == NULL) {
-            return CM_ENOMEM;
-        }
-    }
-    for (k = 0; k < CM_GPT_NPARAMS; k++) {
-        /* matrices decay; biases and LayerNorm parameters do not */
-        decay = k == 0 || k == 1 || k == 4 || k == 6 || k == 10 || k == 12;
-        cm_adamw_update(m->params_memory + off, m->grads_memory + off,
-                        m->m_memory + off, m->v_memory + off,
-                        m->param_sizes[k], o->lr, o->beta1, o->beta2, o->eps,
-                        decay ? o->weight_decay : 0.0f, o->step);
-        off += m->param_sizes[k];
-    }
-    return CM_OK;
+    return cm_adamw_step(m->params_memory, m->grads_memory, &m->m_memory,
+                         &m->v_memory, m->num_parameters, m->param_sizes,
+                         CM_GPT_NPARAMS, decay, o);
 }
 
 

@@ -609,8 +609,8 @@ cm_ipc_stats_read(const cm_ipc_seg_t *seg, cm_ipc_stats_snapshot_t *out)
     }
     /* a later version may only append: accept it when it is larger and
      * keeps our bucket layout; never read past what we know */
-    if (st->version < CM_IPC_STATS_VERSION
-        || st->size < sizeof(cm_ipc_stats_t)
+    if (st->version < 1
+        || st->size < CM_IPC_STATS_V1_SIZE
         || st->size > CM_IPC_HEADER_SIZE - offsetof(cm_ipc_header_t, stats)
         || st->itl_nbuckets != CM_IPC_ITL_NBUCKETS)
     {
@@ -642,6 +642,17 @@ cm_ipc_stats_read(const cm_ipc_seg_t *seg, cm_ipc_stats_snapshot_t *out)
         out->itl_buckets[b] = atomic_load_explicit(&st->itl_buckets[b],
                                                    memory_order_relaxed);
         out->itl_count += out->itl_buckets[b];
+    }
+    if (st->version >= 2 && st->size >= sizeof(cm_ipc_stats_t)) {
+        out->has_answer_cache = 1;
+        out->answer_cache_hits = atomic_load_explicit(&st->answer_cache_hits,
+                                                      memory_order_relaxed);
+        out->answer_cache_misses =
+            atomic_load_explicit(&st->answer_cache_misses,
+                                 memory_order_relaxed);
+        out->answer_cache_entries =
+            atomic_load_explicit(&st->answer_cache_entries,
+                                 memory_order_relaxed);
     }
     return CM_OK;
 }

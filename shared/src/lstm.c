@@ -24,6 +24,7 @@
 
 #include "cinematch/common.h"
 #include "cinematch/lstm.h"
+#include "cinematch/rng.h"
 
 
 #define CM_LSTM_STATE_MAGIC    20251126
@@ -36,7 +37,6 @@ static void cm_lstm_carve(float **ptrs[], const size_t *sizes, size_t n,
 static void cm_lstm_param_ptrs(cm_lstm_params_t *p,
     float **out[CM_LSTM_NPARAMS]);
 static int cm_lstm_ensure_acts(cm_lstm_t *m, int B, int T);
-static uint64_t cm_lstm_rng(uint64_t *s);
 static float cm_lstm_uniform(uint64_t *s, float k);
 static float cm_sigmoid(float x);
 static const float *cm_lstm_wih(const cm_lstm_params_t *p,
@@ -182,22 +182,11 @@ cm_lstm_alloc_params(cm_lstm_t *m, const cm_lstm_config_t *cfg)
 }
 
 
-static uint64_t
-cm_lstm_rng(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-
 /* uniform in [-k, k) */
 static float
 cm_lstm_uniform(uint64_t *s, float k)
 {
-    return ((float) (cm_lstm_rng(s) >> 40) / (float) (1 << 24) * 2.0f
+    return ((float) (cm_splitmix64(s) >> 40) / (float) (1 << 24) * 2.0f
             - 1.0f) * k;
 }
 
@@ -850,53 +839,19 @@ cm_lstm_backward(cm_lstm_t *m, float grad_scale)
 float
 cm_lstm_clip_grad(cm_lstm_t *m, float max_norm)
 {
-    double  ss = 0.0;
-    size_t  i;
-    float   norm, s;
-
-    if (m->grads_memory == NULL) {
-        return 0.0f;
-    }
-    for (i = 0; i < m->num_parameters; i++) {
-        ss += (double) m->grads_memory[i] * m->grads_memory[i];
-    }
-    norm = (float) sqrt(ss);
-    if (max_norm > 0.0f && norm > max_norm) {
-        s = max_norm / norm;
-        for (i = 0; i < m->num_parameters; i++) {
-            m->grads_memory[i] *= s;
-        }
-    }
-    return norm;
+    return cm_grad_clip(m->grads_memory, m->num_parameters, max_norm);
 }
 
 
 int
 cm_lstm_update(cm_lstm_t *m, const cm_adamw_t *o)
 {
-    size_t  k, off = 0;
-    int     decay;
+    /* matrices decay; the biases (bias, bout) do not */
+    uint32_t  decay = ((1u << CM_LSTM_NPARAMS) - 1) & ~(1u << 4 | 1u << 6);
 
-    if (m->grads_memory == NULL) {
-        return CM_EINVAL;
-    }
-    if (m->m_memory == NULL) {
-        m->m_memory = calloc(m->num_parameters, sizeof(float));
-        m->v_memory = calloc(m->num_parameters, sizeof(float));
-        if (m->m_memory == NULL || m->v_memory == NULL) {
-            return CM_ENOMEM;
-        }
-    }
-    for (k = 0; k < CM_LSTM_NPARAMS; k++) {
-        /* matrices decay; the biases do not */
-        decay = k != 4 && k != 6;
-        cm_adamw_update(m->params_memory + off, m->grads_memory + off,
-                        m->m_memory + off, m->v_memory + off,
-                        m->param_sizes[k], o->lr, o->beta1, o->beta2, o->eps,
-                        decay ? o->weight_decay : 0.0f, o->step);
-        off += m->param_sizes[k];
-    }
-    return CM_OK;
+    return cm_adamw_step(m->params_memory, m->grads_memory, &m->m_memory,
+                         &m->v_memory, m->num_parameters, m->param_sizes,
+                         CM_LSTM_NPARAMS, decay, o);
 }
 
 

@@ -12,6 +12,7 @@
 
 #include "cinematch/common.h"
 #include "cinematch/lm_kernels.h"
+#include "cinematch/rs_topk.h"
 #include "cinematch/serve_recsys.h"
 
 #define CM_RSS_BECAUSE_MAX   200     /* candidate explanations per user */
@@ -39,6 +40,20 @@ typedef struct {
     int              oom;
 } cm_rss_buf_t;
 
+/* a user's score row: v[i] (bias NULL) or v[i] + (base + bias[i]), the
+ * biases added by the top-K scan (cinematch/rs_topk.h) */
+typedef struct {
+    const float     *v;
+    float            base;
+    const float     *bias;
+} cm_rss_row_t;
+
+/* the filter of a request, for cm_rs_topk_fused */
+typedef struct {
+    const cm_rs_server_t   *s;
+    const cm_rs_rec_req_t  *q;
+} cm_rss_filter_t;
+
 /* what one scoring thread writes: nothing of it is shared */
 struct cm_rs_scratch_s {
     float           *scores;       /* scores_cap floats */
@@ -53,6 +68,8 @@ struct cm_rs_scratch_s {
     cm_rss_buf_t     l;            /* its request-log members */
     int32_t          ids[CM_RSS_MAX_K];   /* the answer's movies */
     double           sc[CM_RSS_MAX_K];    /* and their scores */
+    char             sct[CM_RSS_MAX_K][32];  /* as text (answer and log) */
+    uint8_t          scl[CM_RSS_MAX_K];   /* its length */
     size_t           n;
 };
 
@@ -84,6 +101,7 @@ struct cm_rs_server_s {
     cm_rss_entry_t  *cache;        /* (ncache) 2-way sets; NULL: off */
     size_t           ncache;
     size_t           cache_bytes;  /* text held by the cache */
+    size_t           cache_used;   /* entries holding an answer */
     uint64_t         tick;
     uint64_t         cache_hits;
     uint64_t         cache_misses;
@@ -250,6 +268,7 @@ cm_rss_cache_clear(cm_rs_server_t *s)
     s->cache = NULL;
     s->ncache = 0;
     s->cache_bytes = 0;
+    s->cache_used = 0;
 }
 
 
@@ -324,18 +343,15 @@ cm_rs_server_packed(const cm_rs_server_t *s)
  * + x . v_i, the same sum the SGEMM makes (it adds its dot products to the
  * biases written first); only the order of the k multiply-adds differs.
  */
-int
-cm_rs_server_score_users(const cm_rs_server_t *s, const uint32_t *users,
-                         size_t n, float *out)
+static int
+cm_rss_packed_rows(const cm_rs_server_t *s, const uint32_t *users, size_t n,
+                   float *out, int add_bias)
 {
     const cm_rs_model_t  *m = s->m;
     size_t                a, i, r0, rb, k = m->factors, ni = m->n_items;
     float                *X = NULL;
     const float          *x;
 
-    if (s->vpack == NULL) {
-        return cm_rs_score_users(m, users, n, out);
-    }
     for (a = 0; a < n; a++) {
         if (users[a] >= m->n_users) {
             return CM_EINVAL;
@@ -363,7 +379,7 @@ cm_rs_server_score_users(const cm_rs_server_t *s, const uint32_t *users,
     for (r0 = 0; r0 < n; r0 += CM_RSS_PACK_ROWS) {
         rb = n - r0 < CM_RSS_PACK_ROWS ? n - r0 : CM_RSS_PACK_ROWS;
         cm_lmk_linear(out + r0 * ni, x + r0 * k, &s->vpm, (int) rb);
-        if (m->algo == CM_RS_IALS) {
+        if (m->algo == CM_RS_IALS || !add_bias) {
             continue;
         }
         for (a = r0; a < r0 + rb; a++) {
@@ -376,6 +392,17 @@ cm_rs_server_score_users(const cm_rs_server_t *s, const uint32_t *users,
     }
     free(X);
     return CM_OK;
+}
+
+
+int
+cm_rs_server_score_users(const cm_rs_server_t *s, const uint32_t *users,
+                         size_t n, float *out)
+{
+    if (s->vpack == NULL) {
+        return cm_rs_score_users(s->m, users, n, out);
+    }
+    return cm_rss_packed_rows(s, users, n, out, 1);
 }
 
 
@@ -650,14 +677,16 @@ cm_rss_seen(const cm_rs_server_t *s, int64_t dense, const cm_rss_user_t *ov,
 
 /* Liked items for explanations: rating >= 4 (or the best ones). */
 static size_t
-cm_rss_liked(const float *scores, const cm_rss_user_t *ov,
+cm_rss_liked(const cm_rss_row_t *row, const cm_rss_user_t *ov,
              const uint32_t *seen, size_t nseen, uint32_t *liked)
 {
     size_t  i, n = 0;
     float   r;
 
     for (i = 0; i < nseen && n < CM_RSS_BECAUSE_MAX; i++) {
-        r = ov != NULL ? ov->ratings[i] : scores[seen[i]];
+        r = ov != NULL ? ov->ratings[i]
+                       : cm_rs_fused_score(row->v, row->base, row->bias,
+                                           seen[i]);
         if (r >= CM_RSS_LIKED) {
             liked[n++] = seen[i];
         }
@@ -699,27 +728,38 @@ cm_rss_put(cm_rss_buf_t *w, const char *p, size_t n)
 #define cm_rss_lit(w, s)  cm_rss_put(w, s, sizeof(s) - 1)
 
 
+/* "%lld" without a format to parse (ten ids per answer, in the log) */
 static void
 cm_rss_put_int(cm_rss_buf_t *w, long long v)
 {
-    char  b[24];
-    int   n = snprintf(b, sizeof(b), "%lld", v);
+    char                b[24], *p = b + sizeof(b);
+    unsigned long long  u = v < 0 ? 0ull - (unsigned long long) v
+                                  : (unsigned long long) v;
 
-    cm_rss_put(w, b, (size_t) n);
+    do {
+        *--p = (char) ('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0) {
+        *--p = '-';
+    }
+    cm_rss_put(w, p, (size_t) (b + sizeof(b) - p));
 }
 
 
 /* jansson's JSON_REAL_PRECISION(6): "%.6g", a ".0" when that reads as an
- * integer, and no '+' or leading zeros in an exponent. */
-static void
-cm_rss_put_real(cm_rss_buf_t *w, double v)
+ * integer, and no '+' or leading zeros in an exponent.  strfromd: the same
+ * digits as snprintf without parsing a format per call.  b: 32 bytes;
+ * returns the length. */
+static size_t
+cm_rss_fmt_real(char *b, double v)
 {
-    char  b[48], *e, *start, *end;
-    int   n = snprintf(b, sizeof(b) - 2, "%.6g", v);
+    char  *e, *start, *end;
+    int    n = strfromd(b, 30, "%.6g", v);
 
-    if (n < 0 || (size_t) n >= sizeof(b) - 2) {
-        cm_rss_lit(w, "0.0");
-        return;
+    if (n < 0 || n >= 30) {
+        memcpy(b, "0.0", 4);
+        return 3;
     }
     if (strchr(b, '.') == NULL && strchr(b, 'e') == NULL) {
         memcpy(b + n, ".0", 3);
@@ -743,7 +783,17 @@ cm_rss_put_real(cm_rss_buf_t *w, double v)
             n = (int) strlen(b);
         }
     }
-    cm_rss_put(w, b, (size_t) n);
+    return (size_t) n;
+}
+
+
+/* the answer's i-th score: formatted once, written again by the log */
+static void
+cm_rss_put_score(cm_rs_scratch_t *w, size_t i, double v)
+{
+    w->sc[i] = v;
+    w->scl[i] = (uint8_t) cm_rss_fmt_real(w->sct[i], v);
+    cm_rss_put(&w->a, w->sct[i], w->scl[i]);
 }
 
 
@@ -856,10 +906,9 @@ cm_rss_put_popular(cm_rs_scratch_t *w, const cm_rs_server_t *s,
         sc = (double) (float) s->m->pop[item];
         cm_rss_put_item(&w->a, s, item, 1);
         cm_rss_lit(&w->a, ",\"score\":");
-        cm_rss_put_real(&w->a, sc);
+        cm_rss_put_score(w, got, sc);
         cm_rss_lit(&w->a, "}");
         w->ids[got] = s->m->item_ext[item];
-        w->sc[got] = sc;
         got++;
     }
     w->n = got;
@@ -899,7 +948,7 @@ cm_rss_put_log(cm_rs_scratch_t *w, const cm_rs_server_t *s,
         if (i > 0) {
             cm_rss_lit(l, ",");
         }
-        cm_rss_put_real(l, w->sc[i]);
+        cm_rss_put(l, w->sct[i], w->scl[i]);
     }
     cm_rss_lit(l, "],\"rating_user_id\":");
     if (q->user != 0) {
@@ -911,10 +960,19 @@ cm_rss_put_log(cm_rs_scratch_t *w, const cm_rs_server_t *s,
 }
 
 
+static int
+cm_rss_filter_pass(const void *ctx, uint32_t item)
+{
+    const cm_rss_filter_t *f = ctx;
+
+    return cm_rss_passes(f->s, item, f->q);
+}
+
+
 static char *
 cm_rss_recommend_one(const cm_rs_server_t *s, cm_rs_scratch_t *w,
-                     const cm_rs_rec_req_t *q, float *scores, int64_t dense,
-                     const cm_rss_user_t *ov)
+                     const cm_rs_rec_req_t *q, const cm_rss_row_t *row,
+                     int64_t dense, const cm_rss_user_t *ov)
 {
     const uint32_t  *seen;
     size_t           nseen, i, j, n, nliked;
@@ -922,6 +980,8 @@ cm_rss_recommend_one(const cm_rs_server_t *s, cm_rs_scratch_t *w,
     float            sim, best_sim, *dots;
     const char      *reason = NULL;
     cm_rss_buf_t    *a = &w->a;
+    cm_rss_filter_t  flt;
+    int              filtered;
 
     nseen = cm_rss_seen(s, dense, ov, &seen);
     if (q->user == 0) {
@@ -958,22 +1018,20 @@ cm_rss_recommend_one(const cm_rs_server_t *s, cm_rs_scratch_t *w,
         return cm_rss_take(w, q);
     }
 
-    /* filters make an item impossible rather than removing it, so the
-     * top-K runs once over the whole row */
-    if (q->genres != 0 || q->year_min != 0 || q->year_max != 0) {
-        for (i = 0; i < s->m->n_items; i++) {
-            if (!cm_rss_passes(s, (uint32_t) i, q)) {
-                scores[i] = -INFINITY;
-            }
-        }
-    }
     nliked = s->m->factors > 0
-             ? cm_rss_liked(scores, ov, seen, nseen, liked) : 0;
+             ? cm_rss_liked(row, ov, seen, nseen, liked) : 0;
 
-    n = cm_rs_topk(scores, s->m->n_items, q->exclude_seen ? seen : NULL,
-                   q->exclude_seen ? nseen : 0,
-                   q->k < CM_RSS_MAX_K ? q->k : CM_RSS_MAX_K, w->tk_idx,
-                   w->tk_score);
+    /* one scan: biases, exclusions and filters (only for the items that
+     * beat the heap's root) */
+    filtered = q->genres != 0 || q->year_min != 0 || q->year_max != 0;
+    flt.s = s;
+    flt.q = q;
+    n = cm_rs_topk_fused(row->v, row->base, row->bias, s->m->n_items,
+                         q->exclude_seen ? seen : NULL,
+                         q->exclude_seen ? nseen : 0,
+                         filtered ? cm_rss_filter_pass : NULL, &flt,
+                         q->k < CM_RSS_MAX_K ? q->k : CM_RSS_MAX_K,
+                         w->tk_idx, w->tk_score);
 
     /* explanations: every (recommended, liked) dot product in one SGEMM
      * (n x k) . (k x nliked), then divided by the two norms */
@@ -1007,9 +1065,8 @@ cm_rss_recommend_one(const cm_rs_server_t *s, cm_rs_scratch_t *w,
         }
         cm_rss_put_item(a, s, w->tk_idx[i], 1);
         cm_rss_lit(a, ",\"score\":");
-        cm_rss_put_real(a, (double) w->tk_score[i]);
+        cm_rss_put_score(w, i, (double) w->tk_score[i]);
         w->ids[i] = s->m->item_ext[w->tk_idx[i]];
-        w->sc[i] = (double) w->tk_score[i];
         w->n = i + 1;
         best = UINT32_MAX;
         best_sim = -2.0f;
@@ -1049,6 +1106,9 @@ cm_rs_server_recommend_with(const cm_rs_server_t *s, cm_rs_scratch_t *w,
     uint32_t            *batch;
     int64_t             *dense;
     const cm_rss_user_t *ov;
+    const cm_rs_model_t *m = s->m;
+    cm_rss_row_t         row;
+    int                  fused, rc;
 
     batch = malloc((n + 1) * sizeof(uint32_t));
     dense = malloc((n + 1) * sizeof(int64_t));
@@ -1069,28 +1129,47 @@ cm_rs_server_recommend_with(const cm_rs_server_t *s, cm_rs_scratch_t *w,
             batch[nb++] = (uint32_t) dense[i];
         }
     }
-    /* rows 0..nb-1 of scratch: the SGEMM; row n: per-request work row */
-    if (nb > 0 && cm_rs_server_score_users(s, batch, nb, w->scores) != CM_OK)
-    {
-        free(batch);
-        free(dense);
-        return CM_ERR;   /* no scores: every request of the batch fails */
+    /* rows 0..nb-1 of scratch: the batch's scores; row n: a folded-in
+     * user's.  Packed: dot products only, the top-K scan adds the biases
+     * (the same sums in the same order), so no pass over the rows and no
+     * copy of them */
+    fused = s->vpack != NULL;
+    if (nb > 0) {
+        rc = fused ? cm_rss_packed_rows(s, batch, nb, w->scores, 0)
+                   : cm_rs_server_score_users(s, batch, nb, w->scores);
+        if (rc != CM_OK) {
+            free(batch);
+            free(dense);
+            return CM_ERR;   /* no scores: every request of the batch fails */
+        }
     }
 
     nb = 0;
     for (i = 0; i < n; i++) {
         float *work = w->scores + n * ni;
 
+        row.v = work;
+        row.base = 0.0f;
+        row.bias = NULL;
         ov = reqs[i].user > 0 ? cm_rss_find_user(s, reqs[i].user) : NULL;
         if (ov != NULL) {
-            cm_rs_server_score_vector(s, ov->x, ov->bias, work);
+            if (fused) {
+                cm_lmk_linear(work, ov->x, &s->vpm, 1);
+                row.base = m->mean + ov->bias;
+                row.bias = m->algo != CM_RS_IALS ? m->bi : NULL;
+            } else {
+                cm_rs_server_score_vector(s, ov->x, ov->bias, work);
+            }
         } else if (dense[i] >= 0) {
-            memcpy(work, w->scores + nb * ni, ni * sizeof(float));
+            row.v = w->scores + nb * ni;
+            if (fused && m->algo != CM_RS_IALS) {
+                row.base = m->mean + m->bu[dense[i]];
+                row.bias = m->bi;
+            }
             nb++;
-        } else {
-            memset(work, 0, ni * sizeof(float));
         }
-        out[i] = cm_rss_recommend_one(s, w, &reqs[i], work, dense[i], ov);
+        /* no user: the answer is the popular list, no scores are read */
+        out[i] = cm_rss_recommend_one(s, w, &reqs[i], &row, dense[i], ov);
     }
     free(batch);
     free(dense);
@@ -1223,6 +1302,8 @@ cm_rs_server_cache_put(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
     if (e->json != NULL) {
         s->cache_bytes -= e->len;
         free(e->json);
+    } else {
+        s->cache_used++;
     }
     e->q = *q;
     e->json = json;
@@ -1241,6 +1322,13 @@ cm_rs_server_cache_stats(const cm_rs_server_t *s, uint64_t *hits,
 }
 
 
+size_t
+cm_rs_server_cache_entries(const cm_rs_server_t *s)
+{
+    return s->cache_used;
+}
+
+
 /* a fold-in changes every answer of that user */
 static void
 cm_rss_cache_forget(cm_rs_server_t *s, int32_t user)
@@ -1252,6 +1340,7 @@ cm_rss_cache_forget(cm_rs_server_t *s, int32_t user)
             s->cache_bytes -= s->cache[i].len;
             free(s->cache[i].json);
             s->cache[i].json = NULL;
+            s->cache_used--;
         }
     }
 }

@@ -76,40 +76,80 @@ end
 LUA
 done
 
-run() {   # url [script] -> "req/s p50_ms p99_ms"
-    local out
+# CPU accounting: the stack's processes (nginx workers, the daemon, Redis,
+# PostgreSQL) by pid file, their utime + stime from /proc in clock ticks;
+# per request it is robust to other jobs on the machine, the wall numbers are not
+stack_pids() {
+    local f p
+    for f in nginx infer-0 redis; do
+        p=$(cat "$VAR/run/$f.pid" 2>/dev/null) || continue
+        echo "$p"; pgrep -P "$p" || true
+    done
+    p=$(head -1 "$VAR/pg/data/postmaster.pid" 2>/dev/null) && { echo "$p"; pgrep -P "$p" || true; }
+}
+cpu_ticks() {   # pid... -> "nginx daemon redis postgres" ticks
+    local p
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] || continue
+        printf '%s ' "$(readlink "/proc/$p/exe" 2>/dev/null | sed 's,.*/,,')"
+        sed 's/^.*) //' "/proc/$p/stat" | cut -d' ' -f12,13
+    done | awk '{t = $2 + $3}
+        $1 ~ /nginx/ {n += t} $1 ~ /cinematch/ {d += t} $1 ~ /redis/ {r += t}
+        $1 ~ /postgres/ {g += t} END {print n + 0, d + 0, r + 0, g + 0}'
+}
+HZ=$(getconf CLK_TCK)
+
+run() {   # url [script] -> "req/s p50_ms p99_ms cpu_us/request(nginx daemon redis pg wrk)"
+    local out pids c0 c1 reqs wrk_t
+    if [ -n "${2:-}" ]; then
+        pids=$(stack_pids)
+    else   # the static file: the baseline's own nginx
+        pids="$(cat "$T/nginx.pid") $(pgrep -P "$(cat "$T/nginx.pid")")"
+    fi
+    # shellcheck disable=SC2086
+    c0=$(cpu_ticks $pids)
     if [ -n "${2:-}" ]; then
         out=$(wrk -t2 -c"$CONN" -d"${SECS}s" --latency -s "$2" "$1")
     else
         out=$(wrk -t2 -c"$CONN" -d"${SECS}s" --latency "$1")
     fi
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks $pids)
+    times >"$T/times"   # this subshell's children: wrk (cumulative)
+    wrk_t=$(tail -1 "$T/times" | awk '{gsub(/[ms]/, " "); print ($1 * 60 + $2) + ($3 * 60 + $4)}')
     echo "$out" >&2
     if grep -q "Non-2xx" <<<"$out"; then
         echo "non-2xx answers in the run: not a valid measurement" >&2
         exit 1
     fi
-    awk '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
-         END {print r, p50, p99}' <<<"$out"
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    awk -v c0="$c0" -v c1="$c1" -v n="$reqs" -v hz="$HZ" -v w="$wrk_t" '
+        /Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
+        END {split(c0, a, " "); split(c1, b, " "); s = ""
+             for (i = 1; i <= 4; i++) s = s sprintf("%.1f,", (b[i] - a[i]) * 1e6 / hz / n)
+             print r, p50, p99, s sprintf("%.1f", w * 1e6 / n)}' <<<"$out"
 }
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== static file ($(wc -c <"$T/static.json") bytes), c=$CONN, ${SECS}s" >&2
-read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$SPORT/static.json")
+read -r s_rps s_p50 s_p99 s_cpu < <(run "http://127.0.0.1:$SPORT/static.json")
 echo "== POST /api/v1/recommend, k=10, rotating users, cache bypassed, c=$CONN, ${SECS}s" >&2
-read -r r_rps r_p50 r_p99 < <(run "http://127.0.0.1:$PORT/api/v1/recommend" "$T/rec-nocache.lua")
+read -r r_rps r_p50 r_p99 r_cpu < <(run "http://127.0.0.1:$PORT/api/v1/recommend" "$T/rec-nocache.lua")
 cached=$(curl -s -o /dev/null -D - -XPOST "http://127.0.0.1:$PORT/api/v1/recommend" \
     -H 'Content-Type: application/json' -H "Authorization: Bearer $TOKEN" \
     -d '{"user_id": 1, "k": 10}' | tr -d '\r' | sed -n 's/^[Xx]-[Cc]ache: //p')
 echo "== warm-up (fills the cache), then the same with the cache (X-Cache: ${cached:-none})" >&2
 SECS_SAVED=$SECS; SECS=2; run "http://127.0.0.1:$PORT/api/v1/recommend" "$T/rec-cache.lua" >/dev/null
 SECS=$SECS_SAVED
-read -r c_rps c_p50 c_p99 < <(run "http://127.0.0.1:$PORT/api/v1/recommend" "$T/rec-cache.lua")
+read -r c_rps c_p50 c_p99 c_cpu < <(run "http://127.0.0.1:$PORT/api/v1/recommend" "$T/rec-cache.lua")
 
-printf '\n%-40s %12s %10s %10s %8s\n' path "req/s" p50 p99 ratio
-printf '%-40s %12s %10s %10s %8s\n' "nginx static JSON (baseline)" "$s_rps" "$s_p50" "$s_p99" 1
-printf '%-40s %12s %10s %10s %8s\n' "POST /api/v1/recommend (cache bypassed)" "$r_rps" "$r_p50" "$r_p99" \
-    "$(awk -v a="$r_rps" -v b="$s_rps" 'BEGIN {printf "%.3f", a / b}')"
-printf '%-40s %12s %10s %10s %8s\n' "POST /api/v1/recommend (Redis cache)" "$c_rps" "$c_p50" "$c_p99" \
-    "$(awk -v a="$c_rps" -v b="$s_rps" 'BEGIN {printf "%.3f", a / b}')"
+printf '\n%-40s %12s %10s %10s %8s  %s\n' path "req/s" p50 p99 ratio \
+    "CPU us/request: nginx,daemon,redis,postgres,wrk"
+printf '%-40s %12s %10s %10s %8s  %s\n' "nginx static JSON (baseline)" "$s_rps" "$s_p50" "$s_p99" 1 \
+    "$s_cpu"
+printf '%-40s %12s %10s %10s %8s  %s\n' "POST /api/v1/recommend (cache bypassed)" "$r_rps" "$r_p50" "$r_p99" \
+    "$(awk -v a="$r_rps" -v b="$s_rps" 'BEGIN {printf "%.3f", a / b}')" "$r_cpu"
+printf '%-40s %12s %10s %10s %8s  %s\n' "POST /api/v1/recommend (Redis cache)" "$c_rps" "$c_p50" "$c_p99" \
+    "$(awk -v a="$c_rps" -v b="$s_rps" 'BEGIN {printf "%.3f", a / b}')" "$c_cpu"
 [ -n "$cached" ] || echo "(the stack's nginx has no response cache: both runs scored every request)"
 echo "load average before: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"

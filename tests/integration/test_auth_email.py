@@ -525,6 +525,9 @@ def test_mailer_mail_dir_writes_eml_files_whose_links_work(api, db, workdir):
     assert status == 204, doc
 
 
+MAILER_APP = "cinematch-mailer"     # its application_name (cmd_mailer.c)
+
+
 def test_mailer_loop_sends_on_notify_and_stops_on_sigterm(api, db, smtp):
     p = subprocess.Popen(
         [str(BIN), "mailer", "--loop", "--interval", "600", "--dsn", db.conninfo,
@@ -532,15 +535,71 @@ def test_mailer_loop_sends_on_notify_and_stops_on_sigterm(api, db, smtp):
          "--from", FROM, "--link-base", LINK],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)             # connected and listening
+        # listening, and its first pass done: its session has run something
+        # after LISTEN and waits (it was a fixed 0.5 s sleep, too short when
+        # the machine was loaded)
+        harness.wait_for(lambda: db.sql(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            f" AND application_name = '{MAILER_APP}'"
+            " AND state = 'idle' AND query <> ''"
+            " AND query NOT LIKE 'LISTEN%'") == "1",
+            timeout=120, what="mailer --loop listening after its first pass")
         email = new_email()
         register(api, email)
-        # --interval 600: only the NOTIFY can make this mail go out in time
-        harness.wait_for(lambda: smtp.for_address(email), timeout=10,
+        # --interval 600: only the NOTIFY can make this mail go out
+        harness.wait_for(lambda: smtp.for_address(email), timeout=120,
                          what="mail sent by mailer --loop")
     finally:
+        # regression: a SIGTERM that landed while a pass was still running
+        # (right after the mail arrived) was seen only after --interval
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=10)
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+
+
+def test_mailer_loop_stops_on_a_sigterm_that_lands_during_a_pass(api, db, smtp):
+    # regression: the stop flag was checked only before a pass, so a
+    # SIGTERM during one was seen only when the next poll ended, after
+    # --interval (here 600 s); a pass held on a table lock pins the signal
+    # inside it
+    p = subprocess.Popen(
+        [str(BIN), "mailer", "--loop", "--interval", "600", "--dsn", db.conninfo,
+         "--smtp-url", f"smtp://127.0.0.1:{smtp.port}", "--smtp-tls", "off",
+         "--from", FROM, "--link-base", LINK],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mailer_is = (lambda cond: db.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        f" AND application_name = '{MAILER_APP}' AND {cond}") == "1")
+    locker = None
+    try:
+        harness.wait_for(lambda: mailer_is(
+            "state = 'idle' AND query <> '' AND query NOT LIKE 'LISTEN%'"),
+            timeout=120, what="mailer --loop listening after its first pass")
+        locker = subprocess.Popen(
+            ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(db.pg.port),
+             "-U", db.pg.user, "-d", db.dbname],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, text=True)
+        locker.stdin.write("BEGIN; LOCK TABLE mail_outbox IN ACCESS EXCLUSIVE MODE;\n")
+        locker.stdin.flush()
+        harness.wait_for(lambda: db.sql(
+            "SELECT count(*) FROM pg_locks WHERE granted AND mode ="
+            " 'AccessExclusiveLock' AND relation = 'mail_outbox'::regclass") == "1",
+            timeout=120, what="the lock on mail_outbox")
+        db.sql("NOTIFY cm_mail_outbox")
+        harness.wait_for(lambda: mailer_is("wait_event_type = 'Lock'"),
+                         timeout=120, what="the mailer's pass waiting on the lock")
+        p.send_signal(signal.SIGTERM)
+    finally:
+        if locker is not None:
+            locker.communicate("COMMIT;\n", timeout=120)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            raise AssertionError("mailer --loop ignored a SIGTERM sent during a pass")
     assert p.returncode == 0, err
 
 

@@ -115,23 +115,29 @@ def consumer(stack, *extra):
     return run("batch", "--redis", stack.redis.address, *extra, env=stack.env)
 
 
+def rating_id(stack, user):
+    return int(stack.db.sql(f"SELECT rating_user_id FROM users WHERE id = {user}"))
+
+
 def test_job_runs_and_matches_single_predictions(stack):
+    # dataset users are other users' ids: an admin's batch (user 3)
     body = {"items": items(6) + [{"user_id": 999999, "movie_ids": [1, 2, 424242]}]}
-    job = submit(stack, body)
-    status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}")
+    job = submit(stack, body, user=3)
+    status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}", user=3)
     assert status == 200 and doc["status"] == "queued"
     assert doc["progress"] == {"total": 7, "done": 0, "failed": 0, "fraction": 0}
     assert doc["result"] is None
 
     consumer(stack, "--once")
-    status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}")
+    status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}", user=3)
     assert status == 200, doc
     assert doc["status"] == "succeeded" and doc["model"] == "recsys"
     assert doc["progress"]["done"] == 7 and doc["progress"]["fraction"] == 1
     assert doc["finished_at"] and doc["started_at"]
     assert len(doc["result"]) == 7
     for item, got in zip(body["items"], doc["result"]):
-        st, _, want = stack.call("POST", "/api/v1/predict/recsys", item)
+        st, _, want = stack.call("POST", "/api/v1/predict/recsys", item,
+                                 user=3)
         assert st == 200, want
         assert got["user_id"] == want["user_id"]
         assert got["model_version"] == want["model_version"] == "1"
@@ -153,7 +159,7 @@ def test_job_runs_and_matches_single_predictions(stack):
 
 def test_killed_consumer_is_taken_over_and_results_written_once(stack):
     body = {"items": items(30, ids_per=3)}
-    job = submit(stack, body)
+    job = submit(stack, body, user=3)
     a = subprocess.Popen([str(BIN), "batch", "--loop", "--consumer", "victim",
                           "--redis", stack.redis.address, "--throttle-ms", "150",
                           "--block", "200"],
@@ -173,7 +179,7 @@ def test_killed_consumer_is_taken_over_and_results_written_once(stack):
     time.sleep(0.6)
     r = consumer(stack, "--once", "--consumer", "rescuer", "--claim-idle", "500")
     assert "claimed" in r.stderr + r.stdout
-    status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}")
+    status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}", user=3)
     assert doc["status"] == "succeeded", doc
     assert doc["progress"]["done"] == 30
     assert [x["user_id"] for x in doc["result"]] == [i["user_id"] for i in body["items"]]
@@ -197,7 +203,8 @@ def test_job_that_never_reached_the_stream_is_queued_again(stack):
 
 
 def test_jobs_are_visible_to_their_owner_and_admins_only(stack):
-    job = submit(stack, {"items": items(1)}, user=1)
+    job = submit(stack, {"items": [{"user_id": rating_id(stack, 1),
+                                    "movie_ids": [1, 2]}]}, user=1)
     assert stack.call("GET", f"/api/v1/jobs/{job}", user=1)[0] == 200
     assert stack.call("GET", f"/api/v1/jobs/{job}", user=3)[0] == 200
     status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}", user=2)
@@ -208,6 +215,62 @@ def test_jobs_are_visible_to_their_owner_and_admins_only(stack):
     assert stack.ngx.json("POST", "/api/v1/predict/recsys/batch",
                           {"items": items(1)})[0] == 401
     consumer(stack, "--once")
+
+
+def redis_cli(stack, *args):
+    return subprocess.run(["redis-cli", "-p", str(stack.redis.port), *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def forbidden(status, doc):
+    assert status == 403, doc
+    assert doc["error"]["code"] == "forbidden"
+    assert doc["error"]["message"] == \
+        "predictions for another user need an administrator"
+    assert doc["error"]["request_id"]
+
+
+def test_predict_for_another_user_needs_an_admin(stack):
+    # regression: /predict answered a plain user about anyone's ids while
+    # /recommend refused that with 403; now both follow the same rule
+    own, other = rating_id(stack, 1), rating_id(stack, 2)
+    status, _, doc = stack.call("POST", "/api/v1/predict/recsys",
+                                {"user_id": own, "movie_ids": [1, 2]})
+    assert status == 200, doc
+    assert doc["user_id"] == own and len(doc["predictions"]) == 2
+    for uid in (other, 5):
+        forbidden(*stack.call("POST", "/api/v1/predict/recsys",
+                              {"user_id": uid, "movie_ids": [1, 2]})[::2])
+    for uid in (own, other, 5):
+        status, _, doc = stack.call("POST", "/api/v1/predict/recsys",
+                                    {"user_id": uid, "movie_ids": [1, 2]},
+                                    user=3)
+        assert status == 200 and doc["user_id"] == uid, doc
+    # validation still comes first (422, not 403)
+    status, _, doc = stack.call("POST", "/api/v1/predict/recsys",
+                                {"user_id": 5, "movie_ids": []})
+    assert status == 422, doc
+
+
+def test_batch_for_another_user_is_refused_whole_before_queueing(stack):
+    own, other = rating_id(stack, 1), rating_id(stack, 2)
+    jobs = stack.db.sql("SELECT count(*) FROM batch_jobs")
+    stream = redis_cli(stack, "XLEN", "cinematch:jobs")
+    for bad in ([{"user_id": other, "movie_ids": [1]}],
+                [{"user_id": own, "movie_ids": [1]},
+                 {"user_id": 5, "movie_ids": [2]}]):
+        forbidden(*stack.call("POST", "/api/v1/predict/recsys/batch",
+                              {"items": bad})[::2])
+    assert stack.db.sql("SELECT count(*) FROM batch_jobs") == jobs
+    assert redis_cli(stack, "XLEN", "cinematch:jobs") == stream
+    mine = submit(stack, {"items": [{"user_id": own, "movie_ids": [1]}] * 2})
+    admins = submit(stack, {"items": [{"user_id": own, "movie_ids": [1]},
+                                      {"user_id": 5, "movie_ids": [2]}]},
+                    user=3)
+    consumer(stack, "--once")
+    for job, user in ((mine, 1), (admins, 3)):
+        status, _, doc = stack.call("GET", f"/api/v1/jobs/{job}", user=user)
+        assert status == 200 and doc["status"] == "succeeded", doc
 
 
 @pytest.mark.parametrize("body,field", [

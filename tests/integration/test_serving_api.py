@@ -190,7 +190,14 @@ def test_second_identical_recommend_is_a_cache_hit(api, admin):
     hits = metric(api, "cinematch_cache_hits_total", endpoint="recommend")
     body = {"user_id": 7, "k": 6, "filters": {"genres": ["Drama"]}}
     s1, h1, d1, raw1 = call(api, "POST", "/api/v1/recommend", body, admin)
-    s2, h2, d2, raw2 = call(api, "POST", "/api/v1/recommend", body, admin)
+    second = []
+
+    def again():   # the entry is written after the first answer went out
+        second[:] = call(api, "POST", "/api/v1/recommend", body, admin)
+        return second[1]["x-cache"]
+
+    assert cached_next(again) == "HIT"
+    s2, h2, d2, raw2 = second
     assert s1 == 200 and s2 == 200, (d1, d2)
     assert h1["x-cache"] == "MISS" and h2["x-cache"] == "HIT"
     assert raw1 == raw2 and d2["model_version"] == d1["model_version"]
@@ -341,6 +348,21 @@ def test_scoring_threads_and_the_answer_cache_answer_as_one_thread(
                 assert [r["score"] for r in doc["recommendations"]] == \
                     pytest.approx([r["score"] for r in want["recommendations"]],
                                   rel=1e-4)
+
+        # the daemon's answer cache in /metrics: every lookup counted, at
+        # most its 16 answers held
+        st, _, body = ngx.request("GET", "/metrics")
+        assert st == 200
+        text = body.decode()
+        got_m = {r: int(v) for r, v in re.findall(
+            r'^cinematch_infer_answer_cache_requests_total\{[^}]*'
+            r'result="(hit|miss)"\} (\d+)$', text, re.M)}
+        assert got_m.get("hit", 0) + got_m.get("miss", 0) >= 2 * len(users), \
+            got_m
+        assert got_m.get("miss", 0) >= 16, got_m
+        held = re.search(r'^cinematch_infer_answer_cache_entries\{[^}]*\} '
+                         r'(\d+)$', text, re.M)
+        assert held and 1 <= int(held.group(1)) <= 16, text[-2000:]
 
         u = new_user(ngx, stack.db)
         movie = int(stack.db.sql(

@@ -20,6 +20,24 @@
 #include "cinematch/common.h"
 #include "cinematch/ipc.h"
 
+/*
+ * A wait on a condition ends as soon as the condition holds; this bound
+ * only stops a test whose daemon hung.  It is no timing claim: a loaded
+ * machine (the sanitizer build, CI) makes the waits longer, never failing.
+ */
+#define CM_TEST_HANG_MS  120000
+
+/* 1 once cond holds (checked every 5 ms), 0 if it still does not after
+ * CM_TEST_HANG_MS. */
+#define CM_WAIT_FOR(cond)                                                    \
+    ({                                                                       \
+        int  cm_w_;                                                          \
+        for (cm_w_ = 0; !(cond) && cm_w_ < CM_TEST_HANG_MS / 5; cm_w_++) {   \
+            usleep(5000);                                                    \
+        }                                                                    \
+        (cond) ? 1 : 0;                                                      \
+    })
+
 typedef struct {
     pid_t          pid;
     int            fd;
@@ -56,6 +74,7 @@ daemon_start_args(const char *const *extra)
     const char  *b = getenv("CM_BUILD_DIR");
     const char  *argv[32];
     char         bin[256], err[256];
+    int          st;
     int          i, a = 0;
 
     snprintf(bin, sizeof(bin), "%s/cinematch", b != NULL ? b : "build");
@@ -84,7 +103,11 @@ daemon_start_args(const char *const *extra)
         execv(bin, (char *const *) argv);
         _exit(127);
     }
-    for (i = 0; i < 200; i++) {
+    /* up when its socket and segment are there; gone when it exited */
+    for (i = 0; i < CM_TEST_HANG_MS / 10; i++) {
+        if (waitpid(D.pid, &st, WNOHANG) == D.pid) {
+            break;
+        }
         if (access(D.sock, F_OK) == 0
             && cm_ipc_attach(&D.seg, D.shm, err, sizeof(err)) == CM_OK)
         {

@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cinematch/optim.h"   /* cm_adamw_t, cm_adamw_update */
+
 #define CM_GPT_MAGIC        20240326
 #define CM_GPT_VERSION_FP32 3
 #define CM_GPT_HEADER_INTS  256
@@ -109,12 +111,6 @@ typedef struct {
     int              use_ref;          /* plain-loop kernels (tests/bench) */
 } cm_gpt_t;
 
-typedef struct {
-    float  lr;             /* current learning rate */
-    float  beta1, beta2, eps, weight_decay;
-    int    step;           /* 1-based step of this update */
-} cm_adamw_t;
-
 /* Named shapes: "dialog-tiny", "dialog-small", "gpt2-124M".  vocab_size
  * <= 0 keeps the config's own (8192 dialog, 50257 gpt2).  0 / CM_EINVAL. */
 int cm_gpt_config_named(const char *name, int vocab_size,
@@ -159,10 +155,6 @@ int cm_gpt_backward(cm_gpt_t *m, float grad_scale);
 float cm_gpt_clip_grad(cm_gpt_t *m, float max_norm);
 /* AdamW; weight decay only on the matrices (wte, wpe, *w with 2 dims). */
 int cm_gpt_update(cm_gpt_t *m, const cm_adamw_t *opt);
-/* AdamW on one tensor (decoupled decay wd; step is 1-based). */
-void cm_adamw_update(float *params, const float *grads, float *m, float *v,
-    size_t n, float lr, float beta1, float beta2, float eps, float wd,
-    int step);
 /* Cosine schedule with linear warm-up, decaying to lr_min at total. */
 float cm_lr_cosine(int step, int warmup, int total, float lr_max,
     float lr_min);

@@ -158,7 +158,7 @@ typedef struct {
 } cm_ipc_model_t;
 
 #define CM_IPC_STATS_MAGIC    0x54534d43u   /* "CMST" */
-#define CM_IPC_STATS_VERSION  1u
+#define CM_IPC_STATS_VERSION  2u            /* 2: + the answer cache */
 #define CM_IPC_ITL_NBUCKETS   12            /* finite bounds; +Inf extra */
 
 /* Inter-token latency bucket upper bounds, ns, and the same bounds as
@@ -189,7 +189,15 @@ typedef struct {
     _Atomic uint64_t  itl_sum_ns;     /* 80  sum of inter-token gaps */
     _Atomic uint64_t  itl_buckets[CM_IPC_ITL_NBUCKETS + 1];
                                       /* 88  per bucket, not cumulative */
+    /* version 2 (a reader checks size before reading these): the recsys
+     * answer cache of the production model, per model version */
+    _Atomic uint64_t  answer_cache_hits;    /* 192 */
+    _Atomic uint64_t  answer_cache_misses;  /* 200 */
+    _Atomic uint64_t  answer_cache_entries; /* 208 answers held (gauge) */
 } cm_ipc_stats_t;
+
+/* what a version 1 daemon wrote: everything before the answer cache */
+#define CM_IPC_STATS_V1_SIZE  offsetof(cm_ipc_stats_t, answer_cache_hits)
 
 /* A consistent-enough copy for rendering (each word read once). */
 typedef struct {
@@ -205,6 +213,10 @@ typedef struct {
     uint64_t  itl_sum_ns;
     uint64_t  itl_buckets[CM_IPC_ITL_NBUCKETS + 1];
     uint64_t  itl_count;              /* sum of itl_buckets */
+    int       has_answer_cache;       /* the daemon writes the next three */
+    uint64_t  answer_cache_hits;
+    uint64_t  answer_cache_misses;
+    uint64_t  answer_cache_entries;
 } cm_ipc_stats_snapshot_t;
 
 /* The first page.  Written by the daemon; read-only for nginx except for

@@ -103,6 +103,8 @@ void cm_rs_server_cache_put(cm_rs_server_t *s, const cm_rs_rec_req_t *q,
     char *json);
 void cm_rs_server_cache_stats(const cm_rs_server_t *s, uint64_t *hits,
     uint64_t *misses);
+/* answers the cache holds now */
+size_t cm_rs_server_cache_entries(const cm_rs_server_t *s);
 /* CM_ENOTFOUND for a movie the model does not know. */
 int cm_rs_server_similar(cm_rs_server_t *s, int32_t movie, uint32_t k,
     char **out, char *err, size_t errlen);
