@@ -250,6 +250,9 @@ cm_infer_send(cm_infer_t *d, int ci, uint32_t op, uint32_t slot)
         return;
     }
     c = &d->conns[ci];
+    if (c->out_len + sizeof(m) > sizeof(c->out) && d->hold_bells) {
+        cm_infer_conn_flush(d, ci);   /* held ones first */
+    }
     if (c->out_len + sizeof(m) > sizeof(c->out)) {
         /* 512 doorbells behind: the worker is not reading; it will still
          * find the final state when it next looks at the slot */
@@ -1945,7 +1948,10 @@ cm_infer_main(int argc, char **argv)
         timeout = d.nactive > 0 ? cm_infer_step(&d) : CM_INFER_TICK_MAX_MS;
         if (d.nchat > 0 || d.nchat_queued > 0) {
             /* decode steps back to back; doorbells are read in between */
+            /* a decode step's doorbells: one send per nginx worker */
+            d.hold_bells = 1;
             timeout = cm_infer_chat_tick(&d) ? 0 : (timeout > 1 ? 1 : timeout);
+            cm_infer_bells_flush(&d);
         }
         cm_infer_publish_stats(&d);
 

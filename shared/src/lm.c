@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <cblas.h>
 
@@ -30,6 +31,95 @@ cm_lm_params_default(cm_lm_params_t *p)
     p->repetition_penalty = 1.1f;
     p->max_tokens = 64;
     p->seed = 1;
+}
+
+
+#define CM_LM_HUGE  ((size_t) 2 << 20)   /* huge page size (x86-64) */
+
+
+/*
+ * Memory that a decode step streams through (packed weights, KV caches):
+ * from 2 MB on, on a 2 MB boundary and marked for transparent huge pages,
+ * so that streaming ~100 MB a step is not also a TLB miss every 4 KB
+ * (+8 % tokens/s at batch 32); smaller blocks (tiny models, tests) stay
+ * ordinary, a huge page each would waste memory.
+ */
+static void *
+cm_lm_stream_alloc(size_t bytes)
+{
+    void *p;
+
+    if (bytes < CM_LM_HUGE) {
+        return aligned_alloc(CM_LMK_ALIGN, (bytes + CM_LMK_ALIGN - 1)
+                                           / CM_LMK_ALIGN * CM_LMK_ALIGN);
+    }
+    if (posix_memalign(&p, CM_LM_HUGE, bytes) != 0) {
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    (void) madvise(p, bytes / CM_LM_HUGE * CM_LM_HUGE, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+/*
+ * Freed KV-cache blocks kept for the next sequence of the same size: a
+ * daemon starts and ends a sequence per request, and a fresh block is a
+ * fresh mapping whose pages the kernel faults in and zeroes (perf: 8 % of
+ * the daemon's CPU at 32 concurrent chats, in clear_page).  At most
+ * CM_LM_KV_KEEP blocks, of one size (a model of another shape replaces
+ * them); process-wide, as engines come and go with model reloads while
+ * their sequences may outlive them.
+ */
+#define CM_LM_KV_KEEP  64
+
+static pthread_mutex_t  cm_lm_kv_mu = PTHREAD_MUTEX_INITIALIZER;
+static void            *cm_lm_kv_blk[CM_LM_KV_KEEP];
+static int              cm_lm_kv_n;
+static size_t           cm_lm_kv_bytes;
+
+
+static void *
+cm_lm_kv_get(size_t bytes)
+{
+    void *p = NULL;
+
+    pthread_mutex_lock(&cm_lm_kv_mu);
+    if (cm_lm_kv_n > 0 && cm_lm_kv_bytes == bytes) {
+        p = cm_lm_kv_blk[--cm_lm_kv_n];
+    }
+    pthread_mutex_unlock(&cm_lm_kv_mu);
+    return p != NULL ? p : cm_lm_stream_alloc(bytes);
+}
+
+
+static void
+cm_lm_kv_put(void *p, size_t bytes)
+{
+    void *drop[CM_LM_KV_KEEP];
+    int   ndrop = 0, i;
+
+    if (p == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&cm_lm_kv_mu);
+    if (cm_lm_kv_bytes != bytes) {
+        /* another shape: the kept blocks go */
+        for (i = 0; i < cm_lm_kv_n; i++) {
+            drop[ndrop++] = cm_lm_kv_blk[i];
+        }
+        cm_lm_kv_n = 0;
+        cm_lm_kv_bytes = bytes;
+    }
+    if (cm_lm_kv_n < CM_LM_KV_KEEP) {
+        cm_lm_kv_blk[cm_lm_kv_n++] = p;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&cm_lm_kv_mu);
+    free(p);
+    for (i = 0; i < ndrop; i++) {
+        free(drop[i]);
+    }
 }
 
 
@@ -81,9 +171,7 @@ cm_lm_engine_pack(cm_lm_engine_t *e)
     }
     total += cm_lmk_packed_floats(Vp, C);
     e->pk = calloc((size_t) n, sizeof(cm_lmk_matrix_t));
-    e->packed = aligned_alloc(CM_LMK_ALIGN,
-                              (total * sizeof(float) + CM_LMK_ALIGN - 1)
-                              / CM_LMK_ALIGN * CM_LMK_ALIGN);
+    e->packed = cm_lm_stream_alloc(total * sizeof(float));
     if (e->pk == NULL || e->packed == NULL) {
         return CM_ENOMEM;
     }
@@ -171,8 +259,11 @@ cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
     }
     s->next = -1;
     s->rng = p->seed ^ 0x5DEECE66Dull;
-    s->k = malloc(kv * sizeof(float));
-    s->v = malloc(kv * sizeof(float));
+    /* keys and values in one block (a batch-32 step streams ~90 MB of
+     * caches) */
+    s->kv_bytes = 2 * kv * sizeof(float);
+    s->k = cm_lm_kv_get(s->kv_bytes);
+    s->v = s->k != NULL ? s->k + kv : NULL;
     s->history = malloc(((size_t) c->max_seq_len + 1) * sizeof(int32_t));
     s->logits = malloc((size_t) c->padded_vocab_size * sizeof(float));
     if (s->k == NULL || s->v == NULL || s->history == NULL
@@ -188,8 +279,7 @@ cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
 void
 cm_lm_seq_free(cm_lm_seq_t *s)
 {
-    free(s->k);
-    free(s->v);
+    cm_lm_kv_put(s->k, s->kv_bytes);    /* s->v is in the same block */
     free(s->history);
     free(s->logits);
     memset(s, 0, sizeof(*s));
@@ -462,6 +552,20 @@ cm_lm_mm(cm_lm_engine_t *e, int which, float *out, const float *inp,
 }
 
 
+/* LayerNorm: lm_kernels' vectorised one with the packed kernels, the
+ * model's own on the OpenBLAS path. */
+static void
+cm_lm_layernorm(const cm_lm_engine_t *e, float *out, const float *inp,
+    const float *w, const float *b, int N, int C)
+{
+    if (e->use_packed) {
+        cm_lmk_layernorm(out, inp, w, b, N, C);
+        return;
+    }
+    cm_layernorm_forward(out, NULL, NULL, inp, w, b, N, C);
+}
+
+
 /*
  * Runs rows 0..R-1 (row_seq/row_tok/row_pos set) through the model,
  * writing their keys/values into the sequence caches; rows with want[r]
@@ -491,8 +595,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
     for (l = 0; l < L; l++) {
         size_t lc = (size_t) l * C;
 
-        cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln1w + lc,
-                             p->ln1b + lc, R, C);
+        cm_lm_layernorm(e, e->xn, e->x, p->ln1w + lc, p->ln1b + lc, R, C);
         cm_lm_mm(e, 4 * l, e->qkv, e->xn, p->qkvw + lc * 3 * C,
                  p->qkvb + lc * 3, R, C, 3 * C);
         /* keys and values of every row into its cache, before any row
@@ -547,8 +650,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
         cm_lm_mm(e, 4 * l + 1, e->tmp, e->atty, p->attprojw + lc * C,
                  p->attprojb + lc, R, C, C);
         cm_residual_forward(e->x, e->x, e->tmp, (size_t) R * C);
-        cm_layernorm_forward(e->xn, NULL, NULL, e->x, p->ln2w + lc,
-                             p->ln2b + lc, R, C);
+        cm_lm_layernorm(e, e->xn, e->x, p->ln2w + lc, p->ln2b + lc, R, C);
         cm_lm_mm(e, 4 * l + 2, e->fch, e->xn, p->fcw + lc * 4 * C,
                  p->fcb + lc * 4, R, C, 4 * C);
         if (e->use_packed) {
@@ -571,7 +673,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
     if (S == 0) {
         return;
     }
-    cm_layernorm_forward(e->sel, NULL, NULL, e->sel, p->lnfw, p->lnfb, S, C);
+    cm_lm_layernorm(e, e->sel, e->sel, p->lnfw, p->lnfb, S, C);
     cm_lm_mm(e, 4 * L, e->logits, e->sel, p->wte, NULL, S, C, Vp);
     for (r = 0, S = 0; r < R; r++) {
         if (want[r]) {
@@ -669,18 +771,28 @@ cm_lm_top_k(cm_lm_cand_t *c, const float *logits, const uint8_t *marks,
     cm_lm_cand_t  x;
     int           n = 0, i, j;
 
-    for (i = 0; i < V; i++) {
+    for (i = 0; i < V && n < k; i++) {
         x.p = marks[i] ? cm_lm_adjusted(logits[i], marks[i], pen)
                        : logits[i];
         x.id = i;
-        if (n < k) {
-            c[n++] = x;
-            if (n == k) {
-                for (j = k / 2 - 1; j >= 0; j--) {
-                    cm_lm_heap_down(c, k, j);
-                }
+        c[n++] = x;
+        if (n == k) {
+            for (j = k / 2 - 1; j >= 0; j--) {
+                cm_lm_heap_down(c, k, j);
             }
-        } else if (cm_lm_cand_below(&c[0], &x)) {
+        }
+    }
+    /* the heap is full: only a logit above its smallest can enter (a tie
+     * loses, to the lower id already in), unless a mark changes it */
+    for ( ; i < V; i++) {
+        i = cm_lmk_next_above(logits, marks, i, V, c[0].p);
+        if (i >= V) {
+            break;
+        }
+        x.p = marks[i] ? cm_lm_adjusted(logits[i], marks[i], pen)
+                       : logits[i];
+        x.id = i;
+        if (cm_lm_cand_below(&c[0], &x)) {
             c[0] = x;
             cm_lm_heap_down(c, k, 0);
         }

@@ -4,6 +4,7 @@
  * attention over its KV cache.  See cinematch/lm_kernels.h.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "cinematch/gpt.h"
@@ -12,7 +13,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define CM_LMK_X86  1
 #include <immintrin.h>
-#define CM_LMK_AVX512  __attribute__((target("avx512f,fma")))
+#define CM_LMK_AVX512  __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define CM_LMK_INLINE  static inline __attribute__((always_inline))
 #endif
 
@@ -27,6 +28,8 @@ cm_lmk_simd(void)
     if (cm_lmk_simd_state < 0) {
         __builtin_cpu_init();
         cm_lmk_simd_state = __builtin_cpu_supports("avx512f")
+                            && __builtin_cpu_supports("avx512bw")
+                            && __builtin_cpu_supports("avx512vl")
                             && __builtin_cpu_supports("fma");
     }
     return cm_lmk_simd_state;
@@ -259,18 +262,125 @@ cm_lmk_dot_vec(const __m512 *qv, const float *k, int nv)
 }
 
 
+/*
+ * out[h0 .. h0+g) (hs = 64: four vectors a head) = sum_t p_h[t] v_t for g
+ * heads at once: one pass over the value rows in memory order, each row's
+ * 4 g vectors into 4 g accumulators (g <= 6: 24 registers).  ph[h] are the
+ * normalised probabilities of head h0 + h.  Each accumulator sums over t in
+ * order with one FMA a position, the same arithmetic as a head at a time.
+ */
+CM_LMK_AVX512 CM_LMK_INLINE void
+cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
+    int C, const int g)
+{
+    __m512  acc[24], p;
+    int     t, h, i;
+
+#pragma GCC unroll 24
+    for (i = 0; i < 4 * g; i++) {
+        acc[i] = _mm512_setzero_ps();
+    }
+    for (t = 0; t < T; t++) {
+        const float *v = vc + (size_t) t * C;
+
+#pragma GCC unroll 6
+        for (h = 0; h < g; h++) {
+            p = _mm512_set1_ps(ph[h][t]);
+#pragma GCC unroll 4
+            for (i = 0; i < 4; i++) {
+                acc[4 * h + i] = _mm512_fmadd_ps(p,
+                    _mm512_loadu_ps(v + 64 * h + 16 * i), acc[4 * h + i]);
+            }
+        }
+    }
+#pragma GCC unroll 24
+    for (i = 0; i < 4 * g; i++) {
+        _mm512_storeu_ps(out + 16 * i, acc[i]);
+    }
+}
+
+
+/*
+ * scores[h][t] (h < g, rows of T) = scale * q_h . k_t,h for g heads of
+ * hs = 64 at once: the key rows once, in memory order (a row's g heads
+ * while it is in L1), the q vectors of the g heads held in registers.
+ * Each row's per-head vector of partial sums goes to a small buffer and
+ * every 16 rows a transpose-add reduces each head's 16 of them: the same
+ * arithmetic, in the same order, as a head at a time.
+ */
+CM_LMK_AVX512 CM_LMK_INLINE void
+cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
+    float scale, const int g)
+{
+    __m512       qv[24], d[16], s, sc = _mm512_set1_ps(scale);
+    __m512       part[6 * 16];
+    const float *k;
+    int          t, i, h, j;
+
+#pragma GCC unroll 24
+    for (j = 0; j < 4 * g; j++) {
+        qv[j] = _mm512_loadu_ps(q + 16 * j);
+    }
+    for (t = 0; t + 16 <= T; t += 16) {
+        for (i = 0; i < 16; i++) {
+            k = kc + (size_t) (t + i) * C;
+#pragma GCC unroll 6
+            for (h = 0; h < g; h++) {
+                part[16 * h + i] = cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4);
+            }
+        }
+        for (h = 0; h < g; h++) {
+            for (i = 0; i < 16; i++) {
+                d[i] = part[16 * h + i];
+            }
+            s = _mm512_mul_ps(cm_lmk_hsum16(d), sc);
+            _mm512_storeu_ps(scores + (size_t) h * T + t, s);
+        }
+    }
+    for ( ; t < T; t++) {
+        k = kc + (size_t) t * C;
+        for (h = 0; h < g; h++) {
+            scores[(size_t) h * T + t] = _mm512_reduce_add_ps(
+                cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4)) * scale;
+        }
+    }
+}
+
+
 CM_LMK_AVX512 static void
 cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
     const float *vc, float *scores, int T, int C, int NH, float scale)
 {
-    int        hs = C / NH, h, t, i, nv = hs / 16, n;
+    int        hs = C / NH, h, t, i, nv = hs / 16, n, g;
     float      mx, sum, inv, *sh;
+    const float *ph[6];
     __m512     qv[8], acc[8], d[16], s, vmx, vsum, sc = _mm512_set1_ps(scale);
     __mmask16  m;
 
+    if (hs == 64) {
+        /* scores (NH, T): the key rows once, in order, six heads a pass */
+        for (h = 0; h < NH; h += g) {
+            g = NH - h < 6 ? NH - h : 6;
+            switch (g) {
+            case 6: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 6); break;
+            case 5: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 5); break;
+            case 4: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 4); break;
+            case 3: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 3); break;
+            case 2: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                kc + 64 * h, T, C, scale, 2); break;
+            default: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
+                                 kc + 64 * h, T, C, scale, 1); break;
+            }
+        }
+        t = T;
+    }
     /* scores (NH, T): 16 positions at a time, every head of those 16 rows
      * while they are in L1 (the cache is read in order, once) */
-    for (t = 0; t + 16 <= T; t += 16) {
+    for (t = hs == 64 ? T : 0; t + 16 <= T; t += 16) {
         for (h = 0; h < NH; h++) {
             for (i = 0; i < nv; i++) {
                 qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
@@ -283,7 +393,7 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             _mm512_storeu_ps(scores + (size_t) h * T + t, s);
         }
     }
-    for (h = 0; h < NH; h++) {
+    for (h = 0; h < NH && hs != 64; h++) {
         for (i = 0; i < nv; i++) {
             qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
         }
@@ -318,6 +428,17 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
         }
         sum = _mm512_reduce_add_ps(vsum);
         inv = 1.0f / sum;
+        if (hs == 64) {
+            /* normalised here; the values pass below, all heads at once */
+            s = _mm512_set1_ps(inv);
+            for (t = 0; t < T; t += 16) {
+                n = T - t < 16 ? T - t : 16;
+                m = (__mmask16) (n == 16 ? 0xFFFF : (1u << n) - 1);
+                _mm512_mask_storeu_ps(sh + t, m,
+                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + t), s));
+            }
+            continue;
+        }
         /* out_h = sum_t p_t v_t */
         for (i = 0; i < nv; i++) {
             acc[i] = _mm512_setzero_ps();
@@ -333,6 +454,24 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
         }
         for (i = 0; i < nv; i++) {
             _mm512_storeu_ps(out + (size_t) h * hs + 16 * i, acc[i]);
+        }
+    }
+    if (hs != 64) {
+        return;
+    }
+    /* hs = 64: the value rows once, in order, up to six heads a pass */
+    for (h = 0; h < NH; h += g) {
+        g = NH - h < 6 ? NH - h : 6;
+        for (i = 0; i < g; i++) {
+            ph[i] = scores + (size_t) (h + i) * T;
+        }
+        switch (g) {
+        case 6: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 6); break;
+        case 5: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 5); break;
+        case 4: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 4); break;
+        case 3: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 3); break;
+        case 2: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 2); break;
+        default: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 1); break;
         }
     }
 }
@@ -369,7 +508,103 @@ cm_lmk_gelu_avx512(float *x, size_t n)
     }
 }
 
+
+
+/* cm_lmk_layernorm for C % 16 == 0: the same three passes per row, the
+ * sums over 16 lanes (C / 16 partial sums each, then added up). */
+CM_LMK_AVX512 static void
+cm_lmk_layernorm_avx512(float *out, const float *inp, const float *weight,
+    const float *bias, int N, int C)
+{
+    const __m512  invc = _mm512_set1_ps(1.0f / (float) C);
+    __m512        sum, var, m, sc, d;
+    float         v;
+    int           n, i;
+
+    for (n = 0; n < N; n++) {
+        const float *x = inp + (size_t) n * C;
+        float       *o = out + (size_t) n * C;
+
+        sum = _mm512_setzero_ps();
+        for (i = 0; i < C; i += 16) {
+            sum = _mm512_add_ps(sum, _mm512_loadu_ps(x + i));
+        }
+        m = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_add_ps(sum)), invc);
+        var = _mm512_setzero_ps();
+        for (i = 0; i < C; i += 16) {
+            d = _mm512_sub_ps(_mm512_loadu_ps(x + i), m);
+            var = _mm512_fmadd_ps(d, d, var);
+        }
+        v = _mm512_reduce_add_ps(var) / (float) C;
+        sc = _mm512_set1_ps(1.0f / sqrtf(v + 1e-5f));
+        for (i = 0; i < C; i += 16) {
+            d = _mm512_mul_ps(sc, _mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+            _mm512_storeu_ps(o + i, _mm512_fmadd_ps(d,
+                                 _mm512_loadu_ps(weight + i),
+                                 _mm512_loadu_ps(bias + i)));
+        }
+    }
+}
+
+
+/* cm_lmk_next_above, 16 logits a compare */
+CM_LMK_AVX512 static int
+cm_lmk_next_above_avx512(const float *x, const uint8_t *marks, int i, int n,
+    float thr)
+{
+    __m512     t = _mm512_set1_ps(thr);
+    __mmask16  m;
+
+    for ( ; i + 16 <= n; i += 16) {
+        m = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), t, _CMP_GT_OQ)
+            | _mm_test_epi8_mask(
+                  _mm_loadu_si128((const __m128i *) (marks + i)),
+                  _mm_set1_epi8((char) 0xFF));
+        if (m != 0) {
+            return i + __builtin_ctz((unsigned) m);
+        }
+    }
+    for ( ; i < n; i++) {
+        if (x[i] > thr || marks[i] != 0) {
+            return i;
+        }
+    }
+    return n;
+}
+
 #endif /* CM_LMK_X86 */
+
+
+void
+cm_lmk_layernorm(float *out, const float *inp, const float *weight,
+    const float *bias, int N, int C)
+{
+#ifdef CM_LMK_X86
+    if (C % 16 == 0 && cm_lmk_simd()) {
+        cm_lmk_layernorm_avx512(out, inp, weight, bias, N, C);
+        return;
+    }
+#endif
+    cm_layernorm_forward(out, NULL, NULL, inp, weight, bias, N, C);
+}
+
+
+int
+cm_lmk_next_above(const float *x, const uint8_t *marks, int i, int n,
+    float thr)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_simd()) {
+        return cm_lmk_next_above_avx512(x, marks, i, n, thr);
+    }
+#endif
+    for ( ; i < n; i++) {
+        if (x[i] > thr || marks[i] != 0) {
+            return i;
+        }
+    }
+    return n;
+}
 
 
 void

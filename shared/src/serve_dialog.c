@@ -422,13 +422,37 @@ cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
 }
 
 
+/* Emits st's token sampled by the last step (never a sampled stop token),
+ * and ends the stream at once when that was its last one (max_tokens or a
+ * full context), rather than a step later. */
+static void
+cm_dlg_emit(cm_dlg_server_t *s, cm_dlg_stream_t *st)
+{
+    cm_lm_seq_t    *q = &st->seq;
+    const uint8_t  *tok;
+    size_t          tl;
+
+    tok = cm_bpe_token(s->bpe, q->next, &tl);
+    if (tok != NULL) {
+        cm_dlg_stream_push(st, tok, tl);
+    }
+    st->completion_tokens++;
+    if (st->finish == CM_DLG_FINISH_NONE
+        && ((q->params.max_tokens > 0
+             && q->n_generated >= q->params.max_tokens)
+            || q->pos >= s->model.config.max_seq_len))
+    {
+        q->finish = q->pos >= s->model.config.max_seq_len ? CM_LM_CONTEXT
+                                                          : CM_LM_LENGTH;
+    }
+}
+
+
 int
 cm_dlg_step(cm_dlg_server_t *s, cm_dlg_stream_t **streams, int n)
 {
     cm_lm_seq_t    *seqs[256];
-    const uint8_t  *tok;
-    size_t          tl;
-    int             i, m = 0;
+    int             gen[256], i, m = 0, k;
 
     for (i = 0; i < n && m < 256; i++) {
         cm_dlg_stream_t *st = streams[i];
@@ -438,23 +462,26 @@ cm_dlg_step(cm_dlg_server_t *s, cm_dlg_stream_t **streams, int n)
         {
             continue;
         }
-        if (st->seq.next < 0) {
-            seqs[m++] = &st->seq;   /* its prompt is still running */
-            continue;
-        }
-        /* emit the pending token, then it is fed by the step below */
-        tok = cm_bpe_token(s->bpe, st->seq.next, &tl);
-        if (tok != NULL) {
-            cm_dlg_stream_push(st, tok, tl);
-        }
-        st->completion_tokens++;
-        if (st->finish != CM_DLG_FINISH_NONE) {
-            continue;   /* a stop string completed: do not step it */
-        }
+        /* a prompt still running, or the token emitted after the last
+         * step, which this step feeds */
+        gen[m] = st->seq.n_generated;
         seqs[m++] = &st->seq;
     }
     if (m > 0) {
         cm_lm_step(&s->eng, seqs, m);
+    }
+    /* a token sampled in this step goes into the text now, so it reaches
+     * the ring after this step, not the next one */
+    for (i = 0, k = 0; i < n && k < m; i++) {
+        cm_dlg_stream_t *st = streams[i];
+
+        if (&st->seq != seqs[k]) {
+            continue;
+        }
+        if (st->seq.n_generated > gen[k] && st->seq.finish != CM_LM_STOP) {
+            cm_dlg_emit(s, st);
+        }
+        k++;
     }
     for (i = 0; i < n; i++) {
         cm_dlg_stream_t *st = streams[i];

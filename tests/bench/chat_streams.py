@@ -3,6 +3,7 @@
 
     tests/bench/chat_streams.py [--streams 1,8,32] [--max-tokens 128]
                                 [--rounds 1] [--torch-threads 1,2] [--no-torch]
+                                [--client c|python]
 
 Starts its own PostgreSQL, Redis, `cinematch infer` and nginx (2 workers) in
 a temp prefix, with a dialog-small model of random weights (`cinematch lm
@@ -24,8 +25,12 @@ script checks usage.completion_tokens == max_tokens and finish_reason
 In the same run, PyTorch (tests/bench/dialog_torch.py, same shape, KV cache,
 batch = stream count, prompt length = the chat prompt's token count, decode
 steps = --max-tokens) for the ratio ours-through-nginx / PyTorch alone.
-The client is one asyncio thread (raw HTTP/1.1, chunked SSE), so it takes
-little CPU from the daemon on a small machine.  Prints the load average.
+The client (--client c, the default) is tests/bench/chat_load.c, compiled
+here: one epoll thread, raw HTTP/1.1, chunked SSE scanned for content
+chunks, usage and finish_reason without a JSON parser; --client python is
+this script's asyncio client, which parses every chunk as JSON and costs
+several times the CPU.  Each line says the client's CPU seconds.  Prints
+the load average.
 """
 
 import argparse
@@ -34,6 +39,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import struct
 import subprocess
@@ -227,6 +233,47 @@ async def run_streams(port, token, n, max_tokens):
                 prompt=res[0][3])
 
 
+def build_c_client(work):
+    """tests/bench/chat_load.c compiled into the work dir."""
+    exe = work / "chat_load"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "chat_load.c")],
+                   check=True)
+    return exe
+
+
+def run_streams_c(exe, port, token, n, max_tokens):
+    """The same run as run_streams with the C client (chat_load.c)."""
+    body = {"model": "dialog", "stream": True, "max_tokens": max_tokens,
+            "temperature": 1.0, "top_p": 1.0,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": PROMPT}]}
+    r = subprocess.run([str(exe), str(port), token, str(n), json.dumps(body)],
+                       capture_output=True, text=True)
+    res, cpu = [], 0.0
+    for line in r.stdout.splitlines():
+        f = line.split()
+        if f[0] == "cpu":
+            cpu = float(f[1]) + float(f[2])
+        elif f[0] == "stream":
+            if f[2] != "200":
+                raise RuntimeError(f"status {f[2]}: {r.stderr[-300:]}")
+            res.append((float(f[3]), [float(x) for x in f[9:]], int(f[5]),
+                        int(f[6]), f[7], float(f[4])))
+    if r.returncode != 0 or len(res) != n:
+        raise RuntimeError(f"chat_load failed ({r.returncode}): {r.stderr[-300:]}")
+    wall = max(x[5] for x in res)
+    bad = [x for x in res if x[2] != max_tokens or x[4] != "length"]
+    if bad:
+        raise SystemExit(f"{len(bad)} of {n} streams did not generate {max_tokens} "
+                         f"tokens: {[(x[2], x[4]) for x in bad][:5]}")
+    ttft = [x[0] for x in res]
+    gaps = [g for x in res for g in x[1]]
+    return dict(n=n, tps=sum(x[2] for x in res) / wall, wall=wall,
+                ttft50=pct(ttft, 0.5), ttft99=pct(ttft, 0.99),
+                itl50=pct(gaps, 0.5), itl99=pct(gaps, 0.99), prompt=res[0][3],
+                client_cpu=cpu)
+
+
 def torch_decode(batches, prompt_len, steps, threads):
     """PyTorch's decode tok/s at each batch, or (None, why) without torch."""
     r = subprocess.run(["/usr/bin/python3", str(HERE / "dialog_torch.py"),
@@ -253,6 +300,9 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--infer-arg", action="append", default=[],
                     help="extra argument for cinematch infer (repeatable)")
+    ap.add_argument("--client", choices=("c", "python"), default="c",
+                    help="load client: tests/bench/chat_load.c (default) or "
+                    "this script's asyncio one")
     args = ap.parse_args()
     counts = [int(x) for x in args.streams.split(",")]
 
@@ -278,11 +328,24 @@ def main():
         ngx.start()
         harness.wait_for(lambda: ngx.json("GET", "/ready")[0] == 200, timeout=20,
                          what="ready with the dialog model")
-        asyncio.run(run_streams(ngx.port, token, 1, 8))           # warm up
+        exe = build_c_client(work) if args.client == "c" else None
+
+        def one_run(n, max_tokens):
+            if exe is not None:
+                return run_streams_c(exe, ngx.port, token, n, max_tokens)
+            u0 = resource.getrusage(resource.RUSAGE_SELF)
+            r = asyncio.run(run_streams(ngx.port, token, n, max_tokens))
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
+            r["client_cpu"] = (u1.ru_utime - u0.ru_utime
+                               + u1.ru_stime - u0.ru_stime)
+            return r
+
+        one_run(1, 8)                                               # warm up
         log(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
             f"{os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}; nginx 2 workers, "
             f"infer --max-seqs {max(counts)}, max_tokens {args.max_tokens}, "
-            f"temperature 1, top_k 40 (default), rounds {args.rounds}")
+            f"temperature 1, top_k 40 (default), rounds {args.rounds}; client "
+            + ("tests/bench/chat_load.c" if exe else "asyncio (this script)"))
         results = {}
         for n in counts:
             best = None
@@ -291,7 +354,7 @@ def main():
                 c0 = cpu_seconds([infer.proc.pid])
                 w0 = cpu_seconds(workers)
                 q0 = runqueue_wait(infer.proc.pid)
-                r = asyncio.run(run_streams(ngx.port, token, n, args.max_tokens))
+                r = one_run(n, args.max_tokens)
                 r["infer_cpu"] = cpu_seconds([infer.proc.pid]) - c0
                 r["nginx_cpu"] = cpu_seconds(workers) - w0
                 r["infer_wait"] = runqueue_wait(infer.proc.pid) - q0
@@ -304,7 +367,8 @@ def main():
                 f"{best['itl50'] * 1e3:6.1f} ms p99 {best['itl99'] * 1e3:6.1f} ms  "
                 f"(prompt {best['prompt']} tokens, {best['wall']:.2f} s; CPU s: "
                 f"infer {best['infer_cpu']:.2f} (+{best['infer_wait']:.2f} waiting "
-                f"for a CPU), nginx {best['nginx_cpu']:.2f}; "
+                f"for a CPU), nginx {best['nginx_cpu']:.2f}, client "
+                f"{best['client_cpu']:.2f}; "
                 f"[{n * args.max_tokens / max(best['infer_cpu'], 1e-9):.0f} tok per "
                 f"infer CPU-s])")
         lo, hi = min(counts), max(counts)

@@ -19,11 +19,21 @@
 #define V 53
 
 
+/* 1: tiny_model has heads of 64 (C = 128, NH = 2), the width at which
+ * lm_kernels' attention reads the cache all heads at a time; 0: heads of
+ * 8 (its plain loops) */
+static int wide_heads;
+
+
 static void
 tiny_model(cm_gpt_t *m)
 {
     cm_gpt_config_t cfg = { 24, V, 128, 2, 2, 16 };
     size_t          i;
+
+    if (wide_heads) {
+        cfg.channels = 128;
+    }
 
     assert_int_equal(cm_gpt_init(m, &cfg, 11), CM_OK);
     /* larger weights than the 0.02 init, so logits differ visibly */
@@ -583,11 +593,97 @@ test_sequences_end_on_stop_length_and_full_context(void **state)
 }
 
 
+/* A freed sequence's KV block goes to the next sequence (no fresh pages
+ * per request), and what the old one left in it changes nothing: the
+ * same prompt and seed give the same tokens again. */
+static void
+test_freed_cache_is_reused_and_leaves_no_trace(void **state)
+{
+    cm_gpt_t        m;
+    cm_lm_engine_t  e;
+    cm_lm_seq_t     s, *sp = &s;
+    cm_lm_params_t  p;
+    int32_t         a[5] = { 3, 9, 27, 1, 50 }, b[3] = { 8, 8, 2 };
+    int32_t         first[10], again[10];
+    float          *block;
+    int             i;
+
+    wide_heads = 1;
+    tiny_model(&m);
+    wide_heads = 0;
+    cm_lm_params_default(&p);
+    p.max_tokens = 0;
+    assert_int_equal(cm_lm_engine_init(&e, &m, 8), CM_OK);
+    /* prompt b, freed; then prompt a into the same block, twice */
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_int_equal(cm_lm_prefill(&e, &s, b, 3), CM_OK);
+    for (i = 0; i < 12; i++) {
+        cm_lm_step(&e, &sp, 1);
+    }
+    block = s.k;
+    cm_lm_seq_free(&s);
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_ptr_equal(s.k, block);
+    assert_int_equal(cm_lm_prefill(&e, &s, a, 5), CM_OK);
+    for (i = 0; i < 10; i++) {
+        first[i] = s.next;
+        cm_lm_step(&e, &sp, 1);
+    }
+    cm_lm_seq_free(&s);
+    assert_int_equal(cm_lm_seq_init(&s, &e, &p), CM_OK);
+    assert_ptr_equal(s.k, block);
+    memset(s.k, 0x7f, s.kv_bytes);     /* garbage where nothing was fed */
+    assert_int_equal(cm_lm_prefill(&e, &s, a, 5), CM_OK);
+    for (i = 0; i < 10; i++) {
+        again[i] = s.next;
+        cm_lm_step(&e, &sp, 1);
+    }
+    for (i = 0; i < 10; i++) {
+        assert_int_equal(again[i], first[i]);
+    }
+    cm_lm_seq_free(&s);
+    cm_lm_engine_free(&e);
+    cm_gpt_free(&m);
+}
+
+
+/* The same three checks with 64-wide heads. */
+static void
+test_kv_cache_decode_matches_full_forward_64_wide_heads(void **state)
+{
+    wide_heads = 1;
+    test_kv_cache_decode_matches_full_forward(state);
+    wide_heads = 0;
+}
+
+
+static void
+test_batched_decode_equals_single_decode_64_wide_heads(void **state)
+{
+    wide_heads = 1;
+    test_batched_decode_equals_single_decode(state);
+    wide_heads = 0;
+}
+
+
+static void
+test_threaded_steps_equal_one_thread_64_wide_heads(void **state)
+{
+    wide_heads = 1;
+    test_threaded_steps_equal_one_thread(state);
+    wide_heads = 0;
+}
+
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_cache_decode_matches_full_forward),
+        cmocka_unit_test(test_kv_cache_decode_matches_full_forward_64_wide_heads),
+        cmocka_unit_test(test_batched_decode_equals_single_decode_64_wide_heads),
+        cmocka_unit_test(test_threaded_steps_equal_one_thread_64_wide_heads),
+        cmocka_unit_test(test_freed_cache_is_reused_and_leaves_no_trace),
         cmocka_unit_test(test_batched_decode_equals_single_decode),
         cmocka_unit_test(test_chunked_prefill_equals_one_chunk),
         cmocka_unit_test(test_fed_prompts_run_in_chunks_inside_steps),

@@ -215,12 +215,85 @@ test_attention_over_cache_matches_softmax_reference(void **state)
     static const int shapes[][3] = {
         { 1, 64, 4 }, { 15, 64, 4 }, { 16, 64, 4 }, { 17, 64, 4 },
         { 100, 384, 6 }, { 33, 128, 4 }, { 40, 96, 6 }, { 5, 16, 2 },
-        { 29, 48, 2 }, { 256, 64, 1 }
+        { 29, 48, 2 }, { 256, 64, 1 },
+        /* heads of 64 go through the cache six heads a pass: 12 heads
+         * are two passes, 7 are six and one */
+        { 40, 768, 12 }, { 23, 448, 7 }, { 161, 384, 6 }, { 16, 128, 2 }
     };
     size_t i;
 
     for (i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
         check_attend(shapes[i][0], shapes[i][1], shapes[i][2]);
+    }
+}
+
+
+/* The first logit above a threshold or marked, from any start, as a plain
+ * scan finds it: every start and threshold over a random row with a few
+ * marks and ties, lengths around the 16-wide blocks. */
+static void
+test_next_above_finds_what_a_plain_scan_finds(void **state)
+{
+    static const int lens[] = { 1, 15, 16, 17, 40, 100 };
+    static const float thr[] = { -2.0f, 0.0f, 0.5f, 0.9f, 2.0f };
+    uint64_t  rng = 77;
+    float     x[100];
+    uint8_t   marks[100];
+    size_t    li, ti;
+    int       n, i, j, want;
+
+    for (i = 0; i < 100; i++) {
+        x[i] = urand(&rng);
+        marks[i] = (uint8_t) (i % 23 == 7 ? 1 + i % 2 : 0);
+    }
+    x[33] = 0.5f;   /* equal to a threshold: not above */
+    for (li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+        n = lens[li];
+        for (ti = 0; ti < sizeof(thr) / sizeof(thr[0]); ti++) {
+            for (i = 0; i <= n; i++) {
+                for (want = n, j = i; j < n; j++) {
+                    if (x[j] > thr[ti] || marks[j] != 0) {
+                        want = j;
+                        break;
+                    }
+                }
+                assert_int_equal(cm_lmk_next_above(x, marks, i, n, thr[ti]),
+                                 want);
+            }
+        }
+    }
+}
+
+
+/* The vectorised LayerNorm against gpt.c's, in place and not, for widths
+ * on (16, 64, 384) and off (24, 100: its plain loops) the vector path. */
+static void
+test_layernorm_matches_gpt_layernorm(void **state)
+{
+    static const int widths[] = { 16, 24, 64, 100, 384 };
+    uint64_t  rng = 5;
+    float     x[3 * 384], w[384], b[384], want[3 * 384], got[3 * 384];
+    size_t    k;
+    int       C, i;
+
+    for (k = 0; k < sizeof(widths) / sizeof(widths[0]); k++) {
+        C = widths[k];
+        for (i = 0; i < 3 * C; i++) {
+            x[i] = 3.0f * urand(&rng) + 0.5f;
+        }
+        for (i = 0; i < C; i++) {
+            w[i] = 1.0f + 0.5f * urand(&rng);
+            b[i] = 0.1f * urand(&rng);
+        }
+        cm_layernorm_forward(want, NULL, NULL, x, w, b, 3, C);
+        cm_lmk_layernorm(got, x, w, b, 3, C);
+        for (i = 0; i < 3 * C; i++) {
+            assert_float_equal(got[i], want[i], 1e-5 + 1e-5 * fabs(want[i]));
+        }
+        cm_lmk_layernorm(x, x, w, b, 3, C);       /* in place */
+        for (i = 0; i < 3 * C; i++) {
+            assert_true(x[i] == got[i]);
+        }
     }
 }
 
@@ -259,6 +332,8 @@ main(void)
         cmocka_unit_test(test_packed_linear_rows_do_not_depend_on_batch),
         cmocka_unit_test(test_attention_over_cache_matches_softmax_reference),
         cmocka_unit_test(test_gelu_matches_gpt_gelu),
+        cmocka_unit_test(test_layernorm_matches_gpt_layernorm),
+        cmocka_unit_test(test_next_above_finds_what_a_plain_scan_finds),
     };
 
     printf("lm kernels: %s\n", cm_lmk_simd() ? "AVX-512" : "portable loops");

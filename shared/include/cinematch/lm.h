@@ -112,7 +112,9 @@ typedef struct {
     int32_t          next;         /* sampled, not yet fed; -1 none */
     cm_lm_finish_t   finish;
     float           *k;            /* (L, maxT, C) cached keys */
-    float           *v;            /* (L, maxT, C) cached values */
+    float           *v;            /* (L, maxT, C) cached values, in
+                                      the same block as k */
+    size_t           kv_bytes;     /* of that block */
     int32_t         *history;      /* (maxT + 1) tokens fed, then next */
     float           *logits;       /* (Vp) logits after the last fed token */
     uint64_t         rng;

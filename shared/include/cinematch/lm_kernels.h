@@ -23,6 +23,7 @@
 #define CINEMATCH_LM_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define CM_LMK_PANEL  32     /* output columns per panel */
 #define CM_LMK_ROWS   12     /* rows per register block */
@@ -69,5 +70,16 @@ void cm_lmk_attend(float *out, const float *q, const float *kc,
 
 /* GELU-tanh in place (gpt.h's cm_gelu_forward, vectorised). */
 void cm_lmk_gelu(float *x, size_t n);
+
+/* LayerNorm of N rows of C (gpt.h's cm_layernorm_forward without the
+ * saved statistics), its sums vectorised: equal up to float rounding. */
+void cm_lmk_layernorm(float *out, const float *inp, const float *weight,
+    const float *bias, int N, int C);
+
+/* The first j in [i, n) with x[j] > thr or marks[j] != 0, else n: the
+ * top-k pass of sampling skips, 16 at a time, the logits that cannot enter
+ * its heap. */
+int cm_lmk_next_above(const float *x, const uint8_t *marks, int i, int n,
+    float thr);
 
 #endif /* CINEMATCH_LM_KERNELS_H */

@@ -86,9 +86,10 @@ int cm_dlg_start(cm_dlg_server_t *s, cm_dlg_stream_t *st,
 size_t cm_dlg_context_fit(const size_t *ntok, size_t n, size_t budget,
     size_t *first, int *cut);
 
-/* One step over streams[0..n) that are running: each decoding stream
- * emits its pending token into its text, then all advance in one forward
- * together with the next prompt chunks of streams still prefilling. */
+/* One step over streams[0..n) that are running: all advance in one
+ * forward (decoding streams feed their last token, prefilling ones their
+ * next prompt chunk), and each token sampled in it goes into its stream's
+ * text at once; a stream whose token was its last ends in the same call. */
 int cm_dlg_step(cm_dlg_server_t *s, cm_dlg_stream_t **streams, int n);
 
 /* Copy up to cap ready bytes out (they leave the stream); returns the
