@@ -8,9 +8,12 @@
  * cublasSgemm / cublasSgemmStridedBatched are implemented from cuBLAS's
  * documented column-major semantics, independently of the code under
  * test.  Kernels without barriers or warp shuffles run their real bodies,
- * one thread after another; the others (reductions) are replaced by
- * whole-grid CPU versions in kernels_cpu.h, so their bodies are NOT
- * checked here (the GPU run of the same tests does that).
+ * one thread after another; the others (reductions) run their real
+ * bodies too, with one std::thread per CUDA thread, a block at a time (__syncthreads a
+ * block barrier, warp shuffles through a per-warp exchange with barriers,
+ * __shared__ variables static: one block runs at a time).  What it cannot
+ * show: races that need real concurrency between blocks, timing, memory
+ * limits, cuBLAS's own numerics (its sums here are in double).
  */
 #ifndef CM_CUDA_EMU_H
 #define CM_CUDA_EMU_H
@@ -20,9 +23,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
 #define __global__
 #define __device__
 #define __host__
+#define __shared__ static
+
+/* internal linkage for all of it, templates included: each of the two
+ * emulated .cpp files has its own launch state and kernels, and a shared
+ * (COMDAT) launcher instantiation would run one file's kernel with the
+ * other's state */
+namespace {
 
 struct dim3 {
     unsigned x, y, z;
@@ -31,7 +46,70 @@ struct dim3 {
     }
 };
 
-static dim3 threadIdx, blockIdx, blockDim, gridDim;
+static thread_local dim3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
+
+/* a reusable barrier (libstdc++ 12's std::barrier read freed memory
+ * under ASan here) */
+struct cm_emu_barrier {
+    std::mutex              mu;
+    std::condition_variable cv;
+    long                    n, waiting = 0, gen = 0;
+
+    explicit cm_emu_barrier(long count) : n(count)
+    {
+    }
+
+    void arrive_and_wait()
+    {
+        std::unique_lock<std::mutex> lk(mu);
+        long                         g = gen;
+
+        if (++waiting == n) {
+            waiting = 0;
+            gen++;
+            cv.notify_all();
+            return;
+        }
+        cv.wait(lk, [&] { return gen != g; });
+    }
+};
+
+/* the block being run: its barrier, its warps' barriers and exchange
+ * slots, its dynamic shared memory */
+static cm_emu_barrier              *cm_emu_block_bar;
+static std::vector<cm_emu_barrier *> cm_emu_warp_bar;
+static float                         cm_emu_xchg[32][32];
+static char                         *cm_emu_dyn_shared;
+
+static inline void
+__syncthreads(void)
+{
+    cm_emu_block_bar->arrive_and_wait();
+}
+
+static inline float
+cm_emu_shfl(float v, int src)
+{
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+
+    cm_emu_warp_bar[w]->arrive_and_wait();     /* last exchange read */
+    cm_emu_xchg[w][lane] = v;
+    cm_emu_warp_bar[w]->arrive_and_wait();
+    return src >= 0 && src < 32 ? cm_emu_xchg[w][src] : v;
+}
+
+static inline float
+__shfl_down_sync(unsigned mask, float v, int o)
+{
+    return cm_emu_shfl(v, (int) (threadIdx.x % 32) + o);
+}
+
+static inline float
+__shfl_sync(unsigned mask, float v, int src)
+{
+    return cm_emu_shfl(v, src);
+}
 
 typedef int cudaError_t;
 #define cudaSuccess                0
@@ -252,5 +330,67 @@ cm_launch(F f, dim3 g, dim3 b, size_t shm = 0)
     l.b = b;
     return l;
 }
+
+/* K<<<g, b, shm>>>(args) for kernels with barriers or shuffles:
+ * cm_launch_threads(K, g, b, shm)(args), one thread per CUDA thread */
+template <typename F>
+struct cm_threaded {
+    F      f;
+    dim3   g, b;
+    size_t shm;
+
+    template <typename... A>
+    void operator()(A... a)
+    {
+        unsigned nt = b.x, nw = (nt + 31) / 32;
+
+        gridDim = g;
+        blockDim = b;
+        cm_emu_dyn_shared = (char *) calloc(shm ? shm : 1, 1);
+        for (unsigned by = 0; by < g.y; by++) {
+            for (unsigned bx = 0; bx < g.x; bx++) {
+                std::vector<std::thread> th;
+
+                cm_emu_block_bar = new cm_emu_barrier((long) nt);
+                cm_emu_warp_bar.clear();
+                for (unsigned w = 0; w < nw; w++) {
+                    cm_emu_warp_bar.push_back(new cm_emu_barrier(
+                        (long) (w + 1 < nw || nt % 32 == 0
+                                          ? 32 : nt % 32)));
+                }
+                for (unsigned t = 0; t < nt; t++) {
+                    th.emplace_back([=, this]() {
+                        blockIdx = dim3(bx, by, 0);
+                        threadIdx = dim3(t, 0, 0);
+                        f(a...);
+                    });
+                }
+                for (auto &x : th) {
+                    x.join();
+                }
+                for (auto *wb : cm_emu_warp_bar) {
+                    delete wb;
+                }
+                delete cm_emu_block_bar;
+            }
+        }
+        free(cm_emu_dyn_shared);
+    }
+};
+
+template <typename F>
+static cm_threaded<F>
+cm_launch_threads(F f, dim3 g, dim3 b, size_t shm = 0)
+{
+    cm_threaded<F> l;
+
+    l.f = f;
+    l.g = g;
+    l.b = b;
+    l.shm = shm;
+    return l;
+}
+
+}  /* namespace */
 
 #endif /* CM_CUDA_EMU_H */
