@@ -830,7 +830,7 @@ cm_train_dialog_main(int argc, char **argv)
             loss += ml / o.accum;
         }
         norm = cm_dlm_clip_grad(&d, o.clip);
-        if (isnan(norm)) {
+        if (d.cu != NULL && isnan(norm)) {
             cm_error("%s: gradient norm failed (GPU) at step %d", me, step);
             return 1;
         }

@@ -121,3 +121,6 @@ def test_device_choice_is_explicit(tmp_path):
     r = run("lm", "eval", "--ckpt", out + "/model.bin", "--tokenizer", out + "/tokenizer",
             "--corpus", os.path.join(FIX, "plain.txt"), "--device", "cuda", ok=False)
     assert r.returncode in (0, 2)
+    # the registry form checks the flag before touching the database
+    r = run("train", "dialog", "--from-db", "--device", "gpu", ok=False)
+    assert r.returncode == 2 and "--device" in r.stderr
