@@ -81,7 +81,7 @@ tests: $(TEST_BIN)
 
 $(B)/lib/%.o: shared/src/%.c $(wildcard shared/include/cinematch/*.h) | $(B)/lib
 	$(CC) $(CFLAGS) -c $< -o $@
-$(B)/cuda/%.o: shared/cuda/%.cu | $(B)/cuda
+$(B)/cuda/%.o: shared/cuda/%.cu $(wildcard shared/cuda/*.cuh shared/include/cinematch/*.h) | $(B)/cuda
 	$(NVCC) -O2 -Xcompiler -fPIC -Ishared/include -c $< -o $@
 $(B)/libcinematch.a: $(LIB_OBJ) $(CUDA_OBJ)
 	rm -f $@ && ar rcs $@ $^

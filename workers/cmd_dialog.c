@@ -26,9 +26,7 @@
 #include "cinematch/gpt.h"
 #include "cinematch/lm.h"
 #include "cinematch/lstm.h"
-#ifdef CM_HAVE_CUDA
 #include "cinematch/gpt_cuda.h"
-#endif
 #include "cmd.h"
 #include "mlops.h"
 
@@ -179,18 +177,19 @@ cm_dialog_tokenizer(const cm_corpus_t *c, const char *dir, int train,
 /* ---- --device cpu|cuda|auto ------------------------------------------- */
 
 /*
- * The CUDA kernels (gpt_cuda.h) exist with their tolerance tests, but no
- * resident-memory training or decode loop uses them yet, so every command
- * runs on the CPU: "auto" says why and goes on, "cuda" refuses (exit 1)
- * rather than silently running on the CPU.  Returns 0 (run on the CPU),
- * 1 (refused) or 2 (bad value).
+ * cpu (the default) runs on the CPU; cuda needs a GPU (gpt_cuda.h's
+ * resident backend) and exits 2 with the reason when none answers; auto
+ * takes the GPU when cudaGetDeviceCount finds one and otherwise runs on
+ * the CPU after a one-line note.  *gpu says which.  Returns 0, or 2 (bad
+ * value, or cuda without a usable GPU).
  */
 static int
-cm_dialog_device(const char *me, const char *want)
+cm_dialog_device(const char *me, const char *want, int *gpu)
 {
-    char        err[256] = "";
-    const char *why;
+    char err[256] = "";
+    int  n;
 
+    *gpu = 0;
     if (want == NULL || strcmp(want, "cpu") == 0) {
         return 0;
     }
@@ -199,23 +198,20 @@ cm_dialog_device(const char *me, const char *want)
                 me, want);
         return 2;
     }
-#ifdef CM_HAVE_CUDA
-    if (cm_cuda_device_count(err, sizeof(err)) > 0) {
-        why = "a GPU answers, but the CUDA backend is kernels only (no"
-              " resident training or decode loop yet)";
-    } else {
-        why = "no GPU";
+    n = cm_cuda_device_count(err, sizeof(err));
+    if (n > 0) {
+        *gpu = 1;
+        cm_info("%s: --device %s: GPU (%d CUDA device%s)", me, want, n,
+                n == 1 ? "" : "s");
+        return 0;
     }
-#else
-    why = "built without CUDA (nvcc, cudart or cuBLAS missing)";
-#endif
     if (strcmp(want, "cuda") == 0) {
-        cm_error("%s: --device cuda: %s%s%s", me, why, err[0] ? ": " : "",
-                 err);
-        return 1;
+        fprintf(stderr, "%s: --device cuda: no usable GPU (%s)\n", me,
+                err[0] ? err : "no CUDA device");
+        return 2;
     }
-    cm_info("%s: --device auto: CPU (%s%s%s)", me, why, err[0] ? ": " : "",
-            err);
+    cm_info("%s: --device auto: CPU (no usable GPU: %s)", me,
+            err[0] ? err : "no CUDA device");
     return 0;
 }
 
@@ -226,9 +222,12 @@ cm_dialog_device(const char *me, const char *want)
  * below go through these, so the two see the same data, schedule and
  * metrics. */
 typedef struct {
-    int        lstm;        /* 0: GPT (gpt.h), 1: LSTM (lstm.h) */
-    cm_gpt_t   gpt;
-    cm_lstm_t  rnn;
+    int             lstm;   /* 0: GPT (gpt.h), 1: LSTM (lstm.h) */
+    cm_gpt_t        gpt;
+    cm_lstm_t       rnn;
+    cm_gpt_cuda_t  *cu;     /* GPT training on the GPU (gpt_cuda.h): the
+                               device holds the live parameters and
+                               moments; gpt gets them by cm_dlm_sync */
 } cm_dlm_t;
 
 
@@ -245,6 +244,8 @@ cm_dlm_load(cm_dlm_t *d, const char *path, char *err, size_t errlen)
 static void
 cm_dlm_free(cm_dlm_t *d)
 {
+    cm_gpt_cuda_free(d->cu);
+    d->cu = NULL;
     if (d->lstm) {
         cm_lstm_free(&d->rnn);
     } else {
@@ -285,6 +286,9 @@ cm_dlm_forward_backward(cm_dlm_t *d, const int *inp, const int *tgt, int B,
         rc = cm_lstm_forward(&d->rnn, inp, tgt, B, T);
         rc = rc == CM_OK ? cm_lstm_backward(&d->rnn, grad_scale) : rc;
         *loss = d->rnn.mean_loss;
+    } else if (d->cu != NULL) {
+        rc = cm_gpt_cuda_forward(d->cu, inp, tgt, B, T, loss);
+        rc = rc == CM_OK ? cm_gpt_cuda_backward(d->cu, grad_scale) : rc;
     } else {
         rc = cm_gpt_forward(&d->gpt, inp, tgt, B, T);
         rc = rc == CM_OK ? cm_gpt_backward(&d->gpt, grad_scale) : rc;
@@ -299,15 +303,24 @@ cm_dlm_zero_grad(cm_dlm_t *d)
 {
     if (d->lstm) {
         cm_lstm_zero_grad(&d->rnn);
+    } else if (d->cu != NULL) {
+        (void) cm_gpt_cuda_zero_grad(d->cu);   /* a failure shows next */
     } else {
         cm_gpt_zero_grad(&d->gpt);
     }
 }
 
 
+/* NAN when the GPU failed (the trainer stops on a non-finite norm) */
 static float
 cm_dlm_clip_grad(cm_dlm_t *d, float max_norm)
 {
+    float norm;
+
+    if (!d->lstm && d->cu != NULL) {
+        return cm_gpt_cuda_clip_grad(d->cu, max_norm, &norm) == CM_OK
+               ? norm : NAN;
+    }
     return d->lstm ? cm_lstm_clip_grad(&d->rnn, max_norm)
                    : cm_gpt_clip_grad(&d->gpt, max_norm);
 }
@@ -316,16 +329,34 @@ cm_dlm_clip_grad(cm_dlm_t *d, float max_norm)
 static int
 cm_dlm_update(cm_dlm_t *d, const cm_adamw_t *o)
 {
+    if (!d->lstm && d->cu != NULL) {
+        return cm_gpt_cuda_update(d->cu, o);
+    }
     return d->lstm ? cm_lstm_update(&d->rnn, o) : cm_gpt_update(&d->gpt, o);
 }
 
 
+/* The GPU's parameters and moments into the CPU model, before anything
+ * reads it (evaluation, checkpoints). */
 static int
-cm_dlm_save(const cm_dlm_t *d, const char *dir, int step, char *err,
+cm_dlm_sync(cm_dlm_t *d)
+{
+    return d->lstm || d->cu == NULL ? CM_OK
+                                    : cm_gpt_cuda_download(d->cu, &d->gpt);
+}
+
+
+static int
+cm_dlm_save(cm_dlm_t *d, const char *dir, int step, char *err,
     size_t errlen)
 {
     char path[4200];
     int  rc;
+
+    if (cm_dlm_sync(d) != CM_OK) {
+        snprintf(err, errlen, "cannot copy the model back from the GPU");
+        return CM_ERR;
+    }
 
     snprintf(path, sizeof(path), "%.4000s/model.bin", dir);
     rc = d->lstm ? cm_lstm_save(&d->rnn, path, err, errlen)
@@ -386,8 +417,9 @@ static const char cm_train_dialog_usage[] =
     "                      lstm-small (dialog-tiny)\n"
     "  --arch gpt|lstm     lstm with a dialog-* config picks the LSTM of\n"
     "                      the same size class (lstm-tiny, lstm-small)\n"
-    "  --device D          cpu | cuda | auto (cpu; see docs: CUDA is\n"
-    "                      kernels only so far, cuda refuses)\n"
+    "  --device D          cpu | cuda | auto (cpu): cuda trains the GPT on\n"
+    "                      the GPU (exit 2 when none answers), auto takes\n"
+    "                      the GPU when there is one\n"
     "  --steps N           optimizer steps in total (100)\n"
     "  --minutes M         also stop after M minutes of training (0: off)\n"
     "  --tokenizer DIR     use this tokenizer instead of training one\n"
@@ -479,7 +511,7 @@ cm_train_dialog_main(int argc, char **argv)
     cm_adamw_t          opt;
     char                err[512], path[4200], tokdir[4096];
     int                 c, rc = 0, step = 0, T, a, k, *inp = NULL, *tgt = NULL;
-    int                 bad = 0, train_tok, lstm, vocab;
+    int                 bad = 0, train_tok, lstm, vocab, gpu;
     float               ml;
     char                cfgname[64];
     uint64_t            t0, ts, rng;
@@ -563,7 +595,7 @@ cm_train_dialog_main(int argc, char **argv)
         fputs(cm_train_dialog_usage, stderr);
         return 2;
     }
-    if ((c = cm_dialog_device(me, o.device)) != 0) {
+    if ((c = cm_dialog_device(me, o.device, &gpu)) != 0) {
         return c;
     }
     if (o.arch != NULL && strcmp(o.arch, "gpt") != 0
@@ -592,6 +624,15 @@ cm_train_dialog_main(int argc, char **argv)
                 "dialog-small, gpt2-124M, lstm-tiny, lstm-small)\n", me,
                 o.config);
         return 2;
+    }
+    if (gpu && lstm) {
+        if (strcmp(o.device, "cuda") == 0) {
+            fprintf(stderr, "%s: --device cuda: the CUDA backend trains the"
+                    " GPT; the LSTM baseline trains on the CPU\n", me);
+            return 2;
+        }
+        cm_info("%s: --device auto: CPU (the LSTM has no CUDA backend)", me);
+        gpu = 0;
     }
     vocab = lstm ? lcfg.vocab_size : cfg.vocab_size;
     if (o.val_corpus != NULL) {
@@ -731,6 +772,20 @@ cm_train_dialog_main(int argc, char **argv)
                 d.gpt.config.max_seq_len, d.gpt.config.vocab_size,
                 d.gpt.config.padded_vocab_size, d.gpt.num_parameters);
     }
+    if (gpu) {
+        /* the CPU model (fresh or resumed, moments included) is the
+         * source; the device holds the live copy from here on */
+        if (cm_gpt_cuda_create(&d.cu, &d.gpt.config, o.batch, T, err,
+                               sizeof(err)) != CM_OK
+            || cm_gpt_cuda_upload(d.cu, &d.gpt) != CM_OK)
+        {
+            cm_error("%s: cannot set the model up on the GPU: %s", me,
+                     d.cu == NULL ? err : "upload failed");
+            cm_dlm_free(&d);
+            return 1;
+        }
+        cm_info("%s: training on the GPU (resident CUDA backend)", me);
+    }
     cm_info("%s: B=%d T=%d accum=%d, steps %d, lr %.2g -> %.2g, warmup %d",
             me, o.batch, T, o.accum, o.steps, (double) o.lr,
             (double) o.lr_min, o.warmup);
@@ -775,6 +830,10 @@ cm_train_dialog_main(int argc, char **argv)
             loss += ml / o.accum;
         }
         norm = cm_dlm_clip_grad(&d, o.clip);
+        if (d.cu != NULL && isnan(norm)) {
+            cm_error("%s: gradient norm failed (GPU) at step %d", me, step);
+            return 1;
+        }
         opt.lr = lr;
         opt.step = step + 1;
         if (cm_dlm_update(&d, &opt) != CM_OK) {
@@ -805,6 +864,10 @@ cm_train_dialog_main(int argc, char **argv)
         {
             uint64_t te = cm_now_mono_ns();
 
+            if (cm_dlm_sync(&d) != CM_OK) {
+                cm_error("%s: cannot copy the model back from the GPU", me);
+                return 1;
+            }
             if (cm_train_dialog_eval(&d, b, &data.val, &o, T, &ev) == CM_OK
                 && ev.tokens > 0)
             {
@@ -856,6 +919,10 @@ cm_train_dialog_main(int argc, char **argv)
         json_object_set_new(js, "L", json_integer(d.gpt.config.num_layers));
         json_object_set_new(js, "NH", json_integer(d.gpt.config.num_heads));
         json_object_set_new(js, "C", json_integer(d.gpt.config.channels));
+    }
+    if (js != NULL) {
+        json_object_set_new(js, "device", json_string(d.cu != NULL ? "cuda"
+                                                                   : "cpu"));
     }
     if (js != NULL && last_val >= 0) {
         json_object_set_new(js, "val_ppl", json_real(exp(last_val)));
@@ -1047,6 +1114,67 @@ cm_lm_logits_main(int argc, char **argv)
 
 /* ---- lm generate ------------------------------------------------------- */
 
+/* Generation on the GPU (gpt_cuda.h): the device runs the forwards with
+ * its KV cache (slot 0), the host samples as cm_lm_prefill / cm_lm_step
+ * do (cm_lm_sample over s's history), so the output and the finish
+ * reasons are the CPU path's. */
+static void
+cm_gen_take(cm_lm_engine_t *e, cm_lm_seq_t *s, const float *logits)
+{
+    int i;
+
+    s->next = cm_lm_sample(e, s, logits);
+    s->n_generated++;
+    for (i = 0; i < s->params.n_stop; i++) {
+        if (s->params.stop[i] == s->next) {
+            s->finish = CM_LM_STOP;
+        }
+    }
+}
+
+
+static int
+cm_gen_gpu_prefill(cm_gpt_cuda_kv_t *kv, cm_lm_engine_t *e, cm_lm_seq_t *s,
+    const int32_t *tokens, int n, float *logits)
+{
+    int rc;
+
+    if (n < 1 || s->pos + n > e->model->config.max_seq_len) {
+        return CM_EINVAL;
+    }
+    if ((rc = cm_gpt_cuda_prefill(kv, 0, tokens, n, logits)) != CM_OK) {
+        return rc;
+    }
+    memcpy(s->history + s->pos, tokens, (size_t) n * sizeof(int32_t));
+    s->pos += n;
+    cm_gen_take(e, s, logits);
+    return CM_OK;
+}
+
+
+static int
+cm_gen_gpu_step(cm_gpt_cuda_kv_t *kv, cm_lm_engine_t *e, cm_lm_seq_t *s,
+    float *logits)
+{
+    int slot = 0, tok = s->next, rc;
+
+    if (s->params.max_tokens > 0 && s->n_generated >= s->params.max_tokens) {
+        s->finish = CM_LM_LENGTH;
+        return CM_OK;
+    }
+    if (s->pos >= e->model->config.max_seq_len) {
+        s->finish = CM_LM_CONTEXT;
+        return CM_OK;
+    }
+    if ((rc = cm_gpt_cuda_decode(kv, &slot, &tok, 1, logits)) != CM_OK) {
+        return rc;
+    }
+    s->history[s->pos++] = tok;
+    cm_gen_take(e, s, logits);
+    return CM_OK;
+}
+
+
 static const char cm_lm_generate_usage[] =
     "usage: cinematch lm generate --ckpt FILE --tokenizer DIR --prompt TEXT\n"
     "           [--max-tokens N] [--temperature X] [--top-k K] [--top-p P]\n"
@@ -1084,8 +1212,11 @@ cm_lm_generate_main(int argc, char **argv)
     cm_lm_seq_t      s, *sp = &s;
     cm_tokens_t      t = { 0 };
     char             err[512];
-    int              c, bad = 0, n0, room;
+    int              c, bad = 0, n0, room, gpu, rc;
     int32_t          eot, eos;
+    cm_gpt_cuda_t   *g = NULL;
+    cm_gpt_cuda_kv_t *kv = NULL;
+    float           *gl = NULL;
     uint64_t         t0;
     double           ttft, total;
     size_t           len;
@@ -1123,7 +1254,7 @@ cm_lm_generate_main(int argc, char **argv)
         fputs(cm_lm_generate_usage, stderr);
         return 2;
     }
-    if ((c = cm_dialog_device(me, device)) != 0) {
+    if ((c = cm_dialog_device(me, device, &gpu)) != 0) {
         return c;
     }
     if (cm_lstm_is_checkpoint(ckpt)) {
@@ -1175,8 +1306,26 @@ cm_lm_generate_main(int argc, char **argv)
     {
         return 1;
     }
+    if (gpu) {
+        /* the weights on the device, a one-slot KV cache there; sampling
+         * stays here (cm_lm_sample on the logits copied back) */
+        err[0] = '\0';
+        gl = malloc((size_t) m.config.vocab_size * sizeof(float));
+        if (gl == NULL
+            || cm_gpt_cuda_create(&g, &m.config, 1, 1, err, sizeof(err))
+               != CM_OK
+            || cm_gpt_cuda_upload(g, &m) != CM_OK
+            || cm_gpt_cuda_kv_create(&kv, g, 1) != CM_OK)
+        {
+            cm_error("%s: cannot set the model up on the GPU%s%s", me,
+                     err[0] ? ": " : "", err);
+            return 1;
+        }
+    }
     t0 = cm_now_mono_ns();
-    if (cm_lm_prefill(&e, &s, t.ids + n0, (int) t.n - n0) != CM_OK) {
+    rc = gpu ? cm_gen_gpu_prefill(kv, &e, &s, t.ids + n0, (int) t.n - n0, gl)
+             : cm_lm_prefill(&e, &s, t.ids + n0, (int) t.n - n0);
+    if (rc != CM_OK) {
         cm_error("%s: prefill failed", me);
         return 1;
     }
@@ -1189,7 +1338,12 @@ cm_lm_generate_main(int argc, char **argv)
             fwrite(piece, 1, len, stdout);
             fflush(stdout);
         }
-        cm_lm_step(&e, &sp, 1);
+        if (!gpu) {
+            cm_lm_step(&e, &sp, 1);
+        } else if (cm_gen_gpu_step(kv, &e, &s, gl) != CM_OK) {
+            cm_error("%s: decode step failed on the GPU", me);
+            return 1;
+        }
     }
     len = cm_bpe_stream_flush(&st, piece);
     fwrite(piece, 1, len, stdout);
@@ -1203,6 +1357,9 @@ cm_lm_generate_main(int argc, char **argv)
             ttft * 1e3, s.n_generated > 1 ? (s.n_generated - 1)
                                             / (total - ttft) : 0.0);
     free(t.ids);
+    free(gl);
+    cm_gpt_cuda_kv_free(kv);
+    cm_gpt_cuda_free(g);
     cm_lm_seq_free(&s);
     cm_lm_engine_free(&e);
     cm_bpe_free(b);
@@ -1246,6 +1403,7 @@ cm_lm_eval_main(int argc, char **argv)
     float              frac = 0.05f;
     uint64_t           seed = 1;
     int                c, bad = 0, B = 8, T = 128, maxn = 0, replies = 100;
+    int                gpu;
     uint8_t           *is_val;
     cm_dialog_replies_t rq;
     cm_dlm_t           m;
@@ -1281,8 +1439,12 @@ cm_lm_eval_main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
-    if ((c = cm_dialog_device(me, device)) != 0) {
+    if ((c = cm_dialog_device(me, device, &gpu)) != 0) {
         return c;
+    }
+    if (gpu) {
+        cm_info("%s: evaluation runs on the CPU (the CUDA backend serves"
+                " training and generation)", me);
     }
     cm_corpus_init(&cp);
     if (cm_dlm_load(&m, ckpt, err, sizeof(err)) != CM_OK

@@ -59,6 +59,7 @@
 #include "cinematch/cornell.h"
 #include "cinematch/dialog.h"
 #include "cinematch/gpt.h"
+#include "cinematch/gpt_cuda.h"
 #include "mlops.h"
 
 
@@ -79,6 +80,7 @@ typedef struct {
     uint64_t     seed;
     int          if_new_data;
     int          promote;
+    const char  *device;            /* --device, passed on; NULL: cpu */
 } cm_tdd_cli_t;
 
 /* What the export wrote: sizes for the run row, the validation set's
@@ -148,7 +150,8 @@ cm_tdd_usage(FILE *f)
         " [--seed S]\n"
         "                              [--val-every N] [--val-bytes N]"
         " [--gate-loss PCT]\n"
-        "                              [--model NAME] [--dsn DSN]\n\n"
+        "                              [--model NAME] [--dsn DSN]"
+        " [--device cpu|cuda|auto]\n\n"
         "Trains the dialog GPT on the ingested dialogues (`cinematch ingest"
         " dialogs`):\ndata_split 'train' trains, 'validation' validates (split"
         " by film at ingest).\nRecords a training_runs row, registers the"
@@ -206,6 +209,7 @@ cm_train_dialog_db_main(int argc, char **argv)
         { "lr", required_argument, NULL, 'l' },
         { "seed", required_argument, NULL, 's' },
         { "val-every", required_argument, NULL, 'v' },
+        { "device", required_argument, NULL, 'D' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -236,6 +240,7 @@ cm_train_dialog_db_main(int argc, char **argv)
         case 'I': cli.if_new_data = 1; break;
         case 'P': cli.promote = 0; break;
         case 'C': cli.config = optarg; break;
+        case 'D': cli.device = optarg; break;
         case 'g':
             if (cm_tdd_num("--gate-loss", optarg, -1000, 100, &cli.gate_loss))
             {
@@ -288,6 +293,26 @@ cm_train_dialog_db_main(int argc, char **argv)
         fprintf(stderr, CM_TDD_ME ": unexpected argument '%s'\n",
                 argv[optind]);
         return 2;
+    }
+    /* --device is the trainer's; a wrong value or cuda without a GPU
+     * stops here, before a run row is written */
+    if (cli.device != NULL) {
+        char err[256] = "";
+
+        if (strcmp(cli.device, "cpu") != 0 && strcmp(cli.device, "cuda") != 0
+            && strcmp(cli.device, "auto") != 0)
+        {
+            fprintf(stderr, CM_TDD_ME ": --device wants cpu, cuda or auto,"
+                    " got '%s'\n", cli.device);
+            return 2;
+        }
+        if (strcmp(cli.device, "cuda") == 0
+            && cm_cuda_device_count(err, sizeof(err)) < 1)
+        {
+            fprintf(stderr, CM_TDD_ME ": --device cuda: no usable GPU (%s)\n",
+                    err);
+            return 2;
+        }
     }
     /* the daemon serves GPT checkpoints only */
     if (cm_gpt_config_named(cli.config, 0, &cfg) != CM_OK) {
@@ -1004,6 +1029,10 @@ cm_tdd_once(const cm_tdd_cli_t *cli, cm_run_watch_t *w)
         snprintf(a_lr, sizeof(a_lr), "%g", cli->lr);
         targv[targc++] = "--lr";
         targv[targc++] = a_lr;
+    }
+    if (cli->device != NULL) {
+        targv[targc++] = "--device";
+        targv[targc++] = (char *) cli->device;
     }
     targv[targc] = NULL;
     cm_tdd_prog.c = c;

@@ -203,6 +203,46 @@ cm_act_sizes(const cm_gpt_config_t *cfg, int B, int T,
 }
 
 
+void
+cm_gpt_act_sizes(const cm_gpt_config_t *cfg, int B, int T,
+    size_t sizes[CM_GPT_NACTS])
+{
+    cm_act_sizes(cfg, B, T, sizes);
+}
+
+
+/* Pure pointer arithmetic (no allocation, no access): usable for device
+ * memory too (gpt_cuda.cu carves its allocation with these). */
+void
+cm_gpt_point_params(cm_gpt_params_t *p, float *mem,
+    const size_t sizes[CM_GPT_NPARAMS])
+{
+    float **ptrs[CM_GPT_NPARAMS];
+    size_t  i;
+
+    cm_param_ptrs(p, ptrs);
+    for (i = 0; i < CM_GPT_NPARAMS; i++) {
+        *ptrs[i] = mem;
+        mem += sizes[i];
+    }
+}
+
+
+void
+cm_gpt_point_acts(cm_gpt_acts_t *a, float *mem,
+    const size_t sizes[CM_GPT_NACTS])
+{
+    float **ptrs[CM_GPT_NACTS];
+    size_t  i;
+
+    cm_act_ptrs(a, ptrs);
+    for (i = 0; i < CM_GPT_NACTS; i++) {
+        *ptrs[i] = mem;
+        mem += sizes[i];
+    }
+}
+
+
 /* ---- init / free ------------------------------------------------------ */
 
 static float
@@ -1315,8 +1355,7 @@ cm_gpt_update(cm_gpt_t *m, const cm_adamw_t *o)
 {
     /* matrices decay (wte, wpe, qkvw, attprojw, fcw, fcprojw); biases and
      * LayerNorm parameters do not */
-    uint32_t  decay = 1u << 0 | 1u << 1 | 1u << 4 | 1u << 6 | 1u << 10
-                      | 1u << 12;
+    uint32_t  decay = CM_GPT_DECAY_MASK;
 
     return cm_adamw_step(m->params_memory, m->grads_memory, &m->m_memory,
                          &m->v_memory, m->num_parameters, m->param_sizes,

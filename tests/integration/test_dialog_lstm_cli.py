@@ -103,11 +103,24 @@ def test_device_choice_is_explicit(tmp_path):
     out = str(tmp_path / "d")
     r = run("train", "dialog", *TRAIN, "--device", "gpu", "--out", out, ok=False)
     assert r.returncode == 2 and "--device" in r.stderr
-    # no resident CUDA loop yet: cuda refuses rather than running on the CPU
+    # cuda trains the GPT on the GPU, or exits 2 saying there is none; it
+    # never falls back to the CPU silently
     r = run("train", "dialog", *TRAIN, "--device", "cuda", "--out", out, ok=False)
-    assert r.returncode == 1 and "--device cuda" in r.stderr
+    if r.returncode == 2:
+        assert "--device cuda: no usable GPU" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        with open(os.path.join(out, "metrics.json")) as f:
+            assert json.load(f)["device"] == "cuda"
+    # the LSTM has no CUDA backend: cuda refuses it, auto says CPU
+    r = run("train", "dialog", *TRAIN, "--device", "cuda", "--arch", "lstm", "--out", out,
+            ok=False)
+    assert r.returncode == 2 and "--device cuda" in r.stderr
     r = run("train", "dialog", *TRAIN, "--device", "auto", "--arch", "lstm", "--out", out)
     assert "--device auto: CPU" in r.stderr
     r = run("lm", "eval", "--ckpt", out + "/model.bin", "--tokenizer", out + "/tokenizer",
             "--corpus", os.path.join(FIX, "plain.txt"), "--device", "cuda", ok=False)
-    assert r.returncode == 1
+    assert r.returncode in (0, 2)
+    # the registry form checks the flag before touching the database
+    r = run("train", "dialog", "--from-db", "--device", "gpu", ok=False)
+    assert r.returncode == 2 and "--device" in r.stderr

@@ -121,6 +121,21 @@ int cm_gpt_config_check(const cm_gpt_config_t *cfg, char *err, size_t errlen);
 size_t cm_gpt_param_sizes(const cm_gpt_config_t *cfg,
     size_t sizes[CM_GPT_NPARAMS]);
 
+/* Activation sizes for (B, T) in the order of cm_gpt_acts_t (the table
+ * the CPU model carves its activations with). */
+void cm_gpt_act_sizes(const cm_gpt_config_t *cfg, int B, int T,
+    size_t sizes[CM_GPT_NACTS]);
+/* Points the tensors of p (a) at consecutive slices of mem, sized by the
+ * table: pointer arithmetic only, so mem may be device memory. */
+void cm_gpt_point_params(cm_gpt_params_t *p, float *mem,
+    const size_t sizes[CM_GPT_NPARAMS]);
+void cm_gpt_point_acts(cm_gpt_acts_t *a, float *mem,
+    const size_t sizes[CM_GPT_NACTS]);
+/* Parameter tensors AdamW decays (bit k: tensor k of cm_gpt_params_t):
+ * the matrices wte, wpe, qkvw, attprojw, fcw, fcprojw. */
+#define CM_GPT_DECAY_MASK  (1u << 0 | 1u << 1 | 1u << 4 | 1u << 6         \
+                            | 1u << 10 | 1u << 12)
+
 /* Random GPT-2 initialisation (N(0, 0.02), residual projections scaled by
  * 1/sqrt(2L), LayerNorm 1/0, biases 0, padded rows 0). */
 int cm_gpt_init(cm_gpt_t *m, const cm_gpt_config_t *cfg, uint64_t seed);
