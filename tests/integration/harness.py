@@ -209,6 +209,14 @@ class Redis:
         self.proc = None
 
 
+def _is_zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 NGINX_CONF = """\
 load_module {module};
 daemon off;
@@ -354,6 +362,24 @@ class Nginx:
     def reload(self):
         self.write_conf()
         self.proc.send_signal(signal.SIGHUP)
+
+    def worker_pids(self):
+        """The master's children now (worker and helper process ids)."""
+        pid = self.proc.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return {int(x) for x in f.read().split()}
+        except OSError:
+            return set()
+
+    def wait_gone(self, pids, timeout=30):
+        """Wait until the processes `pids` (old workers after a reload) have
+        exited, so later connections cannot reach a worker that is
+        shutting down."""
+        def gone():
+            return not any(os.path.exists(f"/proc/{p}") and
+                           not _is_zombie(p) for p in pids)
+        wait_for(gone, timeout=timeout, what="the old nginx workers to exit")
 
     def log_tail(self, lines=40):
         if not self.error_log.exists():
