@@ -1502,6 +1502,7 @@ static const char cm_bench_dialog_usage[] =
     "usage: cinematch bench dialog [--config NAME] [--batch B] [--seq T]\n"
     "           [--steps N] [--ref-steps N] [--decode N] [--prompt-len N]\n"
     "           [--lstm-steps N] [--decode-threads N] [--decode-weights W]\n"
+    "           [--decode-kv T]\n"
     "\n"
     "Random weights.  Prints training tokens/s (SGEMM kernels, and the\n"
     "plain-loop reference for the ratio), decode tokens/s with the KV cache\n"
@@ -1515,7 +1516,8 @@ static const char cm_bench_dialog_usage[] =
     "--decode-weights bf16 (CPUs with AVX512_BF16) also decodes with the\n"
     "weights in bf16, after the fp32 runs in the same process, and prints\n"
     "the ratio; time to first token is then the bf16 engine's.  fp32\n"
-    "(default): the fp32 runs only.\n";
+    "(default): the fp32 runs only.  --decode-kv bf16 (with --decode-weights\n"
+    "bf16) then also runs bf16 weights with bf16 KV caches.\n";
 
 
 static double
@@ -1610,6 +1612,7 @@ cm_bench_dialog_main(int argc, char **argv)
         { "lstm-steps", required_argument, NULL, 'l' },
         { "decode-threads", required_argument, NULL, 'D' },
         { "decode-weights", required_argument, NULL, 'W' },
+        { "decode-kv", required_argument, NULL, 'K' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1630,9 +1633,9 @@ cm_bench_dialog_main(int argc, char **argv)
     int32_t         *prompt;
     int             *ctx;
     uint64_t         t0, rng = 3;
-    double           fast, ref, secs, tps[3][3], nocache, ttft = 1e30;
-    double           fast_cpu, ref_cpu, cps[3][3], nocache_cpu, c0;
-    int              mode, nmodes, dthreads = 1, wbf16 = 0;
+    double           fast, ref, secs, tps[4][3], nocache, ttft = 1e30;
+    double           fast_cpu, ref_cpu, cps[4][3], nocache_cpu, c0;
+    int              mode, nmodes, dthreads = 1, wbf16 = 0, kvbf16 = 0;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -1660,6 +1663,14 @@ cm_bench_dialog_main(int argc, char **argv)
                 bad = 1;
             }
             break;
+        case 'K':
+            if (strcmp(optarg, "bf16") == 0) {
+                kvbf16 = 1;
+            } else if (strcmp(optarg, "fp32") != 0) {
+                fprintf(stderr, "%s: --decode-kv: fp32 or bf16\n", me);
+                bad = 1;
+            }
+            break;
         case 'h': fputs(cm_bench_dialog_usage, stdout); return 0;
         default:  fputs(cm_bench_dialog_usage, stderr); return 2;
         }
@@ -1668,6 +1679,11 @@ cm_bench_dialog_main(int argc, char **argv)
                                  != CM_OK)
     {
         fputs(cm_bench_dialog_usage, stderr);
+        return 2;
+    }
+    if (kvbf16 && !wbf16) {
+        fprintf(stderr, "%s: --decode-kv bf16 needs --decode-weights bf16\n",
+                me);
         return 2;
     }
     if (wbf16 && !cm_lmk_bf16()) {
@@ -1743,10 +1759,13 @@ cm_bench_dialog_main(int argc, char **argv)
     /* mode 0: the engine as it runs (lm_kernels where the CPU has them);
      * mode 1: the same engine on OpenBLAS, the baseline for the ratio;
      * mode 2 (--decode-weights bf16): lm_kernels with bf16 weights */
-    nmodes = e.pk != NULL ? 2 + wbf16 : 1;
+    nmodes = e.pk != NULL ? 2 + wbf16 + kvbf16 : 1;
     for (mode = 0; mode < nmodes; mode++) {
         e.use_packed = mode != 1 && e.pk != NULL;
         if (mode == 2 && cm_lm_engine_bf16(&e) != CM_OK) {
+            goto fail;
+        }
+        if (mode == 3 && cm_lm_engine_kv_bf16(&e) != CM_OK) {
             goto fail;
         }
         for (bi = 0; bi < 3; bi++) {
@@ -1777,6 +1796,7 @@ cm_bench_dialog_main(int argc, char **argv)
                " %.0f [%.0f], batch 8 %.0f [%.0f], batch 32 %.0f [%.0f]"
                " tok/s\n", P, D,
                !e.use_packed ? "OpenBLAS"
+               : e.kv_bf16 ? "lm_kernels bf16 weights and KV, "
                : e.bf16 ? "lm_kernels bf16 weights, " : "lm_kernels, ",
                e.use_packed ? e.threads : 0,
                e.use_packed ? " thread(s)" : "",
@@ -1791,7 +1811,14 @@ cm_bench_dialog_main(int argc, char **argv)
                tps[0][2] / tps[1][2], cps[0][2] / cps[1][2]);
         e.use_packed = 1;
     }
-    if (nmodes == 3) {
+    if (nmodes == 4) {
+        printf("decode bf16 KV / fp32 KV (bf16 weights): batch 1 %.2fx"
+               " [%.2fx], batch 8 %.2fx [%.2fx], batch 32 %.2fx [%.2fx]\n",
+               tps[3][0] / tps[2][0], cps[3][0] / cps[2][0],
+               tps[3][1] / tps[2][1], cps[3][1] / cps[2][1],
+               tps[3][2] / tps[2][2], cps[3][2] / cps[2][2]);
+    }
+    if (nmodes >= 3) {
         printf("decode bf16 / fp32 weights (lm_kernels): batch 1 %.2fx"
                " [%.2fx], batch 8 %.2fx [%.2fx], batch 32 %.2fx [%.2fx]\n",
                tps[2][0] / tps[0][0], cps[2][0] / cps[0][0],

@@ -254,6 +254,17 @@ cm_lm_engine_bf16(cm_lm_engine_t *e)
 
 
 int
+cm_lm_engine_kv_bf16(cm_lm_engine_t *e)
+{
+    if (!cm_lmk_bf16() || e->pk == NULL || e->model->config.channels % 2) {
+        return CM_EINVAL;
+    }
+    e->kv_bf16 = 1;
+    return CM_OK;
+}
+
+
+int
 cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows)
 {
     size_t R = (size_t) max_rows, C = (size_t) m->config.channels;
@@ -318,12 +329,18 @@ cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
     s->rng = p->seed ^ 0x5DEECE66Dull;
     /* keys and values in one block (a batch-32 step streams ~90 MB of
      * caches) */
-    s->kv_bytes = 2 * kv * sizeof(float);
-    s->k = cm_lm_kv_get(s->kv_bytes);
-    s->v = s->k != NULL ? s->k + kv : NULL;
+    if (e->kv_bf16) {
+        s->kv_bytes = 2 * kv * sizeof(uint16_t);
+        s->kb = cm_lm_kv_get(s->kv_bytes);
+        s->vb = s->kb != NULL ? s->kb + kv : NULL;
+    } else {
+        s->kv_bytes = 2 * kv * sizeof(float);
+        s->k = cm_lm_kv_get(s->kv_bytes);
+        s->v = s->k != NULL ? s->k + kv : NULL;
+    }
     s->history = malloc(((size_t) c->max_seq_len + 1) * sizeof(int32_t));
     s->logits = malloc((size_t) c->padded_vocab_size * sizeof(float));
-    if (s->k == NULL || s->v == NULL || s->history == NULL
+    if ((s->k == NULL && s->kb == NULL) || s->history == NULL
         || s->logits == NULL)
     {
         cm_lm_seq_free(s);
@@ -336,7 +353,8 @@ cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
 void
 cm_lm_seq_free(cm_lm_seq_t *s)
 {
-    cm_lm_kv_put(s->k, s->kv_bytes);    /* s->v is in the same block */
+    /* s->v (s->vb) is in the same block */
+    cm_lm_kv_put(s->k != NULL ? (void *) s->k : (void *) s->kb, s->kv_bytes);
     free(s->history);
     free(s->logits);
     memset(s, 0, sizeof(*s));
@@ -443,6 +461,15 @@ cm_lm_job_part(cm_lm_engine_t *e, const cm_lm_job_t *j, int part, int n)
     for (r = a; r < b; r++) {
         cm_lm_seq_t *s = e->row_seq[r];
 
+        if (s->kb != NULL) {
+            cm_lmk_attend_kvb(e->atty + (size_t) r * C,
+                              e->qkv + (size_t) r * 3 * C,
+                              s->kb + (size_t) j->l * maxT * C,
+                              s->vb + (size_t) j->l * maxT * C,
+                              e->scores + (size_t) part * NH * maxT,
+                              e->row_pos[r] + 1, C, NH, scale);
+            continue;
+        }
         cm_lmk_attend(e->atty + (size_t) r * C, e->qkv + (size_t) r * 3 * C,
                       s->k + (size_t) j->l * maxT * C,
                       s->v + (size_t) j->l * maxT * C,
@@ -670,12 +697,19 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             cm_lm_seq_t *s = e->row_seq[r];
             size_t       at = ((size_t) l * maxT + e->row_pos[r]) * C;
 
+            if (s->kb != NULL) {
+                cm_lmk_to_bf16(s->kb + at, e->qkv + (size_t) r * 3 * C
+                                           + (size_t) C, 1, C);
+                cm_lmk_to_bf16(s->vb + at, e->qkv + (size_t) r * 3 * C
+                                           + 2 * (size_t) C, 1, C);
+                continue;
+            }
             memcpy(s->k + at, e->qkv + (size_t) r * 3 * C + (size_t) C,
                    (size_t) C * sizeof(float));
             memcpy(s->v + at, e->qkv + (size_t) r * 3 * C + 2 * (size_t) C,
                    (size_t) C * sizeof(float));
         }
-        if (e->use_packed) {
+        if (e->use_packed || e->kv_bf16) {
             cm_lm_job_t j;
 
             memset(&j, 0, sizeof(j));
@@ -684,7 +718,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             j.l = l;
             cm_lm_run(e, &j);
         }
-        for (r = 0; r < R && !e->use_packed; r++) {
+        for (r = 0; r < R && !e->use_packed && !e->kv_bf16; r++) {
             cm_lm_seq_t *s = e->row_seq[r];
             int          pos = e->row_pos[r];
             const float *kc = s->k + (size_t) l * maxT * C;

@@ -248,16 +248,32 @@ cm_lmk_exp(__m512 x)
 }
 
 
-/* q_h . k for one position, hs = 16 * nv. */
+/* 16 cache elements from element i of p: fp32, or bf16 (kvb) widened
+ * exactly (a bf16 is the high half of its fp32). */
 CM_LMK_AVX512 CM_LMK_INLINE __m512
-cm_lmk_dot_vec(const __m512 *qv, const float *k, int nv)
+cm_lmk_kv_ld(const void *p, size_t i, const int kvb)
+{
+    if (kvb) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+            _mm256_loadu_si256((const __m256i *)
+                               ((const uint16_t *) p + i))), 16));
+    }
+    return _mm512_loadu_ps((const float *) p + i);
+}
+
+
+/* q_h . k for one position (elements at k0 of kc), hs = 16 * nv. */
+CM_LMK_AVX512 CM_LMK_INLINE __m512
+cm_lmk_dot_vec(const __m512 *qv, const void *kc, size_t k0, int nv,
+    const int kvb)
 {
     __m512  a;
     int     i;
 
-    a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+    a = _mm512_mul_ps(qv[0], cm_lmk_kv_ld(kc, k0, kvb));
     for (i = 1; i < nv; i++) {
-        a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), a);
+        a = _mm512_fmadd_ps(qv[i], cm_lmk_kv_ld(kc, k0 + 16 * (size_t) i,
+                                                kvb), a);
     }
     return a;
 }
@@ -271,8 +287,8 @@ cm_lmk_dot_vec(const __m512 *qv, const float *k, int nv)
  * order with one FMA a position, the same arithmetic as a head at a time.
  */
 CM_LMK_AVX512 CM_LMK_INLINE void
-cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
-    int C, const int g)
+cm_lmk_pv64(float *out, const void *vc, size_t v0, const float *const *ph,
+    int T, int C, const int g, const int kvb)
 {
     __m512  acc[24], p;
     int     t, h, i;
@@ -282,7 +298,7 @@ cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
         acc[i] = _mm512_setzero_ps();
     }
     for (t = 0; t < T; t++) {
-        const float *v = vc + (size_t) t * C;
+        size_t v = v0 + (size_t) t * C;
 
 #pragma GCC unroll 6
         for (h = 0; h < g; h++) {
@@ -290,7 +306,8 @@ cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
 #pragma GCC unroll 4
             for (i = 0; i < 4; i++) {
                 acc[4 * h + i] = _mm512_fmadd_ps(p,
-                    _mm512_loadu_ps(v + 64 * h + 16 * i), acc[4 * h + i]);
+                    cm_lmk_kv_ld(vc, v + 64 * h + 16 * i, kvb),
+                    acc[4 * h + i]);
             }
         }
     }
@@ -310,12 +327,12 @@ cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
  * arithmetic, in the same order, as a head at a time.
  */
 CM_LMK_AVX512 CM_LMK_INLINE void
-cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
-    float scale, const int g)
+cm_lmk_qk64(float *scores, const float *q, const void *kc, size_t k0,
+    int T, int C, float scale, const int g, const int kvb)
 {
     __m512       qv[24], d[16], s, sc = _mm512_set1_ps(scale);
     __m512       part[6 * 16];
-    const float *k;
+    size_t       k;
     int          t, i, h, j;
 
 #pragma GCC unroll 24
@@ -324,10 +341,11 @@ cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
     }
     for (t = 0; t + 16 <= T; t += 16) {
         for (i = 0; i < 16; i++) {
-            k = kc + (size_t) (t + i) * C;
+            k = k0 + (size_t) (t + i) * C;
 #pragma GCC unroll 6
             for (h = 0; h < g; h++) {
-                part[16 * h + i] = cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4);
+                part[16 * h + i] = cm_lmk_dot_vec(qv + 4 * h, kc, k + 64 * h,
+                                                  4, kvb);
             }
         }
         for (h = 0; h < g; h++) {
@@ -339,18 +357,19 @@ cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
         }
     }
     for ( ; t < T; t++) {
-        k = kc + (size_t) t * C;
+        k = k0 + (size_t) t * C;
         for (h = 0; h < g; h++) {
             scores[(size_t) h * T + t] = _mm512_reduce_add_ps(
-                cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4)) * scale;
+                cm_lmk_dot_vec(qv + 4 * h, kc, k + 64 * h, 4, kvb)) * scale;
         }
     }
 }
 
 
-CM_LMK_AVX512 static void
-cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
-    const float *vc, float *scores, int T, int C, int NH, float scale)
+CM_LMK_AVX512 CM_LMK_INLINE void
+cm_lmk_attend_body(float *out, const float *q, const void *kc,
+    const void *vc, float *scores, int T, int C, int NH, float scale,
+    const int kvb)
 {
     int        hs = C / NH, h, t, i, nv = hs / 16, n, g;
     float      mx, sum, inv, *sh;
@@ -364,17 +383,23 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             g = NH - h < 6 ? NH - h : 6;
             switch (g) {
             case 6: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 6); break;
+                                kc, 64 * (size_t) h, T, C, scale, 6, kvb);
+                     break;
             case 5: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 5); break;
+                                kc, 64 * (size_t) h, T, C, scale, 5, kvb);
+                     break;
             case 4: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 4); break;
+                                kc, 64 * (size_t) h, T, C, scale, 4, kvb);
+                     break;
             case 3: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 3); break;
+                                kc, 64 * (size_t) h, T, C, scale, 3, kvb);
+                     break;
             case 2: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 2); break;
+                                kc, 64 * (size_t) h, T, C, scale, 2, kvb);
+                     break;
             default: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                 kc + 64 * h, T, C, scale, 1); break;
+                                 kc, 64 * (size_t) h, T, C, scale, 1, kvb);
+                     break;
             }
         }
         t = T;
@@ -387,8 +412,8 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
                 qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
             }
             for (i = 0; i < 16; i++) {
-                d[i] = cm_lmk_dot_vec(qv, kc + (size_t) (t + i) * C
-                                          + (size_t) h * hs, nv);
+                d[i] = cm_lmk_dot_vec(qv, kc, (size_t) (t + i) * C
+                                              + (size_t) h * hs, nv, kvb);
             }
             s = _mm512_mul_ps(cm_lmk_hsum16(d), sc);
             _mm512_storeu_ps(scores + (size_t) h * T + t, s);
@@ -400,12 +425,12 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
         }
         for (i = t; i < T; i++) {
             scores[(size_t) h * T + i] = _mm512_reduce_add_ps(
-                cm_lmk_dot_vec(qv, kc + (size_t) i * C + (size_t) h * hs,
-                               nv)) * scale;
+                cm_lmk_dot_vec(qv, kc, (size_t) i * C + (size_t) h * hs,
+                               nv, kvb)) * scale;
         }
     }
     for (h = 0; h < NH; h++) {
-        const float *vh = vc + (size_t) h * hs;
+        size_t vh = (size_t) h * hs;
 
         sh = scores + (size_t) h * T;
         /* softmax numerators and their sum */
@@ -445,12 +470,12 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             acc[i] = _mm512_setzero_ps();
         }
         for (t = 0; t < T; t++) {
-            const float *v = vh + (size_t) t * C;
-            __m512       p = _mm512_set1_ps(sh[t] * inv);
+            size_t  v = vh + (size_t) t * C;
+            __m512  p = _mm512_set1_ps(sh[t] * inv);
 
             for (i = 0; i < nv; i++) {
-                acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * i),
-                                         acc[i]);
+                acc[i] = _mm512_fmadd_ps(p, cm_lmk_kv_ld(vc, v + 16 * i,
+                                                         kvb), acc[i]);
             }
         }
         for (i = 0; i < nv; i++) {
@@ -467,14 +492,36 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             ph[i] = scores + (size_t) (h + i) * T;
         }
         switch (g) {
-        case 6: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 6); break;
-        case 5: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 5); break;
-        case 4: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 4); break;
-        case 3: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 3); break;
-        case 2: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 2); break;
-        default: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 1); break;
+        case 6: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 6,
+                             kvb); break;
+        case 5: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 5,
+                             kvb); break;
+        case 4: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 4,
+                             kvb); break;
+        case 3: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 3,
+                             kvb); break;
+        case 2: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 2,
+                             kvb); break;
+        default: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 1,
+                             kvb); break;
         }
     }
+}
+
+
+CM_LMK_AVX512 static void
+cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
+    const float *vc, float *scores, int T, int C, int NH, float scale)
+{
+    cm_lmk_attend_body(out, q, kc, vc, scores, T, C, NH, scale, 0);
+}
+
+
+CM_LMK_AVX512 static void
+cm_lmk_attend_kvb_avx512(float *out, const float *q, const uint16_t *kc,
+    const uint16_t *vc, float *scores, int T, int C, int NH, float scale)
+{
+    cm_lmk_attend_body(out, q, kc, vc, scores, T, C, NH, scale, 1);
 }
 
 
@@ -1029,4 +1076,52 @@ cm_lmk_linear_bf16_part(float *out, const uint16_t *xb,
     }
 #endif
     cm_lmk_linear_bf16_loops(out, xb, pm, R, p0, p1);
+}
+
+
+void
+cm_lmk_attend_kvb(float *out, const float *q, const uint16_t *kc,
+    const uint16_t *vc, float *scores, int T, int C, int NH, float scale)
+{
+    int    hs = C / NH, h, t, i;
+    float  mx, sum, inv, d;
+
+#ifdef CM_LMK_X86
+    if (hs % 16 == 0 && hs <= 128 && cm_lmk_simd()) {
+        cm_lmk_attend_kvb_avx512(out, q, kc, vc, scores, T, C, NH, scale);
+        return;
+    }
+#endif
+    /* cm_lmk_attend's plain loops over the widened cache */
+    for (h = 0; h < NH; h++) {
+        const float *qh = q + (size_t) h * hs;
+        float       *oh = out + (size_t) h * hs;
+
+        mx = -INFINITY;
+        for (t = 0; t < T; t++) {
+            const uint16_t *k = kc + (size_t) t * C + (size_t) h * hs;
+
+            d = 0.0f;
+            for (i = 0; i < hs; i++) {
+                d += qh[i] * cm_lmk_bf16_float(k[i]);
+            }
+            scores[t] = d * scale;
+            mx = scores[t] > mx ? scores[t] : mx;
+        }
+        sum = 0.0f;
+        for (t = 0; t < T; t++) {
+            scores[t] = expf(scores[t] - mx);
+            sum += scores[t];
+        }
+        inv = 1.0f / sum;
+        memset(oh, 0, (size_t) hs * sizeof(float));
+        for (t = 0; t < T; t++) {
+            const uint16_t *v = vc + (size_t) t * C + (size_t) h * hs;
+            float           p = scores[t] * inv;
+
+            for (i = 0; i < hs; i++) {
+                oh[i] += p * cm_lmk_bf16_float(v[i]);
+            }
+        }
+    }
 }

@@ -110,6 +110,13 @@ cm_dlg_server_bf16(cm_dlg_server_t *s)
 }
 
 
+int
+cm_dlg_server_kv_bf16(cm_dlg_server_t *s)
+{
+    return cm_lm_engine_kv_bf16(&s->eng);
+}
+
+
 void
 cm_dlg_server_free(cm_dlg_server_t *s)
 {

@@ -1,6 +1,6 @@
-"""Chat through nginx from a daemon started with --decode-weights bf16 (the
-opt-in bf16 decode weights): it serves, answers are reproducible by seed,
-and the flag's bad values are refused.  Skipped on CPUs without
+"""Chat through nginx from a daemon started with --decode-weights bf16
+--decode-kv bf16 (the opt-in bf16 decode weights and KV caches): it serves,
+answers are reproducible by seed, and the flags' bad values are refused.  Skipped on CPUs without
 AVX512_BF16 (the daemon refuses the flag there, also tested)."""
 
 import json
@@ -36,7 +36,7 @@ def api(workdir, backends):
                    check=True, capture_output=True)
     infer = Infer(workdir, name="infer-bf16", extra=[
         "--dialog", str(model), "--dialog-version", "1", "--max-seqs", "4",
-        "--decode-weights", "bf16", "--decode-threads", "2"])
+        "--decode-weights", "bf16", "--decode-kv", "bf16", "--decode-threads", "2"])
     infer.start()
     secret = workdir / "bf16-jwt.secret"
     token = access_token(new_secret(BIN, secret), role="user", sub="42")
@@ -74,6 +74,7 @@ def test_bf16_daemon_answers_and_keeps_bf16(api):
     assert u["prompt_tokens"] > 0 and 0 < u["completion_tokens"] <= 16
     # the engine took the bf16 weights (no fall back to fp32)
     assert "bf16 decode weights: not available" not in infer.log()
+    assert "bf16 KV cache: not available" not in infer.log()
 
 
 @needs_bf16
@@ -96,6 +97,9 @@ def test_decode_weights_flag_refuses_bad_values():
     r = subprocess.run([str(BIN), "infer", "--decode-weights", "fp16"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "fp32 or bf16" in r.stderr
+    r = subprocess.run([str(BIN), "infer", "--decode-kv", "int8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--decode-kv: fp32 or bf16" in r.stderr
     if not cpu_has_bf16():
         r = subprocess.run([str(BIN), "infer", "--decode-weights", "bf16"],
                            capture_output=True, text=True)

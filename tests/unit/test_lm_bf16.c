@@ -225,6 +225,67 @@ test_bf16_linear_matches_plain_loop_reference(void **state)
 }
 
 
+/* Attention over a bf16 cache gives the bits of attention over the same
+ * cache widened to fp32: all-heads path (heads of 64), vector path (16..
+ * 128), plain loops (heads of 8), partial blocks of 16 positions. */
+static void
+test_attention_over_bf16_cache_equals_widened_fp32(void **state)
+{
+    static const int  shapes[][3] = {   /* C, NH, T */
+        { 384, 6, 37 }, { 384, 6, 16 }, { 384, 6, 1 }, { 448, 7, 200 },
+        { 64, 2, 33 }, { 128, 1, 20 }, { 24, 3, 9 }
+    };
+    uint64_t          rng = 9;
+    int               si, C, NH, T, i;
+    float            *q, *kf, *vf, *sc, *a, *b;
+    uint16_t         *kb, *vb;
+
+    (void) state;
+    for (si = 0; si < (int) (sizeof(shapes) / sizeof(shapes[0])); si++) {
+        C = shapes[si][0];
+        NH = shapes[si][1];
+        T = shapes[si][2];
+        q = malloc((size_t) C * sizeof(float));
+        kf = malloc((size_t) T * C * sizeof(float));
+        vf = malloc((size_t) T * C * sizeof(float));
+        kb = malloc((size_t) T * C * sizeof(uint16_t));
+        vb = malloc((size_t) T * C * sizeof(uint16_t));
+        sc = malloc((size_t) NH * T * sizeof(float));
+        a = malloc((size_t) C * sizeof(float));
+        b = malloc((size_t) C * sizeof(float));
+        for (i = 0; i < C; i++) {
+            q[i] = urand(&rng) * 2.0f;
+        }
+        for (i = 0; i < T * C; i++) {
+            kf[i] = urand(&rng) * 2.0f;
+            vf[i] = urand(&rng);
+        }
+        cm_lmk_to_bf16(kb, kf, T, C);
+        cm_lmk_to_bf16(vb, vf, T, C);
+        for (i = 0; i < T * C; i++) {
+            kf[i] = cm_lmk_bf16_float(kb[i]);
+            vf[i] = cm_lmk_bf16_float(vb[i]);
+        }
+        cm_lmk_attend(a, q, kf, vf, sc, T, C, NH, 0.125f);
+        cm_lmk_attend_kvb(b, q, kb, vb, sc, T, C, NH, 0.125f);
+        for (i = 0; i < C; i++) {
+            if (a[i] != b[i]) {
+                fail_msg("C %d NH %d T %d out %d: bf16 cache %.9g, widened"
+                         " %.9g", C, NH, T, i, (double) b[i], (double) a[i]);
+            }
+        }
+        free(q);
+        free(kf);
+        free(vf);
+        free(kb);
+        free(vb);
+        free(sc);
+        free(a);
+        free(b);
+    }
+}
+
+
 /* ---- the engine with bf16 weights ----------------------------------- */
 
 static int
@@ -280,7 +341,7 @@ greedy(cm_lm_params_t *p)
  * 4.5e-3 heads of 64; 1.2e-3 / 1.5e-3 with the weights not scaled up).
  */
 static void
-check_bf16_against_fp32(int shape)
+check_bf16_against_fp32(int shape, int weights, int kv)
 {
     cm_gpt_t        m;
     cm_lm_engine_t  ef, eb;
@@ -295,11 +356,17 @@ check_bf16_against_fp32(int shape)
     greedy(&p);
     assert_int_equal(cm_lm_engine_init(&ef, &m, 8), CM_OK);
     assert_int_equal(cm_lm_engine_init(&eb, &m, 8), CM_OK);
-    assert_int_equal(cm_lm_engine_bf16(&eb), CM_OK);
-    assert_int_equal(eb.bf16, 1);
-    assert_null(eb.packed);
+    if (weights) {
+        assert_int_equal(cm_lm_engine_bf16(&eb), CM_OK);
+        assert_int_equal(eb.bf16, 1);
+        assert_null(eb.packed);
+    }
+    if (kv) {
+        assert_int_equal(cm_lm_engine_kv_bf16(&eb), CM_OK);
+    }
     assert_int_equal(cm_lm_seq_init(&sf, &ef, &p), CM_OK);
     assert_int_equal(cm_lm_seq_init(&sb, &eb, &p), CM_OK);
+    assert_true((sb.kb != NULL) == (kv != 0) && (sb.k == NULL) == (kv != 0));
     assert_int_equal(cm_lm_prefill(&ef, &sf, prompt, 7), CM_OK);
     assert_int_equal(cm_lm_prefill(&eb, &sb, prompt, 7), CM_OK);
     for (step = 0; step < 12; step++) {
@@ -320,8 +387,9 @@ check_bf16_against_fp32(int shape)
         cm_lm_step(&ef, &pf, 1);
         cm_lm_step(&eb, &pb, 1);
     }
-    print_message("shape %d: largest |bf16 - fp32| logit / (1 + max |logit|)"
-                  " %.2e\n", shape, (double) worst);
+    print_message("shape %d, bf16 weights %d, KV %d: largest |bf16 - fp32|"
+                  " logit / (1 + max |logit|) %.2e\n", shape, weights, kv,
+                  (double) worst);
     assert_true(worst > 0.0f);      /* bf16 really ran */
     cm_lm_seq_free(&sf);
     cm_lm_seq_free(&sb);
@@ -336,7 +404,9 @@ test_bf16_decode_is_close_to_fp32_dialog_tiny(void **state)
 {
     (void) state;
     if (need_bf16()) {
-        check_bf16_against_fp32(0);
+        check_bf16_against_fp32(0, 1, 0);
+        check_bf16_against_fp32(0, 1, 1);
+        check_bf16_against_fp32(0, 0, 1);
     } else {
         skip();
     }
@@ -348,7 +418,9 @@ test_bf16_decode_is_close_to_fp32_64_wide_heads(void **state)
 {
     (void) state;
     if (need_bf16()) {
-        check_bf16_against_fp32(1);
+        check_bf16_against_fp32(1, 1, 0);
+        check_bf16_against_fp32(1, 1, 1);
+        check_bf16_against_fp32(1, 0, 1);
     } else {
         skip();
     }
@@ -358,7 +430,7 @@ test_bf16_decode_is_close_to_fp32_64_wide_heads(void **state)
 /* Three sequences advanced together (fed prompts mixed with decode rows)
  * give the bits each gives alone, and so do 1, 2 and 3 threads. */
 static void
-check_bf16_batched(int shape)
+check_bf16_batched(int shape, int kv)
 {
     cm_gpt_t        m;
     cm_lm_engine_t  e[3], solo;
@@ -375,6 +447,9 @@ check_bf16_batched(int shape)
         assert_int_equal(cm_lm_engine_init(&e[t], &m, 8), CM_OK);
         assert_int_equal(cm_lm_engine_threads(&e[t], nthreads[t]), CM_OK);
         assert_int_equal(cm_lm_engine_bf16(&e[t]), CM_OK);
+        if (kv) {
+            assert_int_equal(cm_lm_engine_kv_bf16(&e[t]), CM_OK);
+        }
         e[t].prefill_budget = 6;
         for (k = 0; k < 3; k++) {
             p.seed = (uint64_t) k + 5;
@@ -400,6 +475,9 @@ check_bf16_batched(int shape)
     /* each alone, prefilled in one go, on a fresh bf16 engine */
     assert_int_equal(cm_lm_engine_init(&solo, &m, 8), CM_OK);
     assert_int_equal(cm_lm_engine_bf16(&solo), CM_OK);
+    if (kv) {
+        assert_int_equal(cm_lm_engine_kv_bf16(&solo), CM_OK);
+    }
     for (k = 0; k < 3; k++) {
         p.seed = (uint64_t) k + 5;
         assert_int_equal(cm_lm_seq_init(&one[k], &solo, &p), CM_OK);
@@ -435,8 +513,10 @@ test_bf16_batched_and_threaded_equal_single(void **state)
 {
     (void) state;
     if (need_bf16()) {
-        check_bf16_batched(0);
-        check_bf16_batched(1);
+        check_bf16_batched(0, 0);
+        check_bf16_batched(1, 0);
+        check_bf16_batched(0, 1);
+        check_bf16_batched(1, 1);
     } else {
         skip();
     }
@@ -455,7 +535,9 @@ test_bf16_refused_without_instructions_or_kernels(void **state)
     assert_int_equal(cm_lm_engine_init(&e, &m, 4), CM_OK);
     if (!cm_lmk_bf16() || e.pk == NULL) {
         assert_int_equal(cm_lm_engine_bf16(&e), CM_EINVAL);
+        assert_int_equal(cm_lm_engine_kv_bf16(&e), CM_EINVAL);
         assert_int_equal(e.bf16, 0);
+        assert_int_equal(e.kv_bf16, 0);
     } else {
         assert_int_equal(cm_lm_engine_bf16(&e), CM_OK);
         assert_int_equal(cm_lm_engine_bf16(&e), CM_OK);   /* once is enough */
@@ -473,6 +555,7 @@ main(void)
         cmocka_unit_test(test_bf16_rounding_is_nearest_even),
         cmocka_unit_test(test_row_conversion_matches_scalar_rounding),
         cmocka_unit_test(test_bf16_linear_matches_plain_loop_reference),
+        cmocka_unit_test(test_attention_over_bf16_cache_equals_widened_fp32),
         cmocka_unit_test(test_bf16_decode_is_close_to_fp32_dialog_tiny),
         cmocka_unit_test(test_bf16_decode_is_close_to_fp32_64_wide_heads),
         cmocka_unit_test(test_bf16_batched_and_threaded_equal_single),

@@ -124,4 +124,10 @@ void cm_lmk_linear_bf16_part(float *out, const uint16_t *xb,
 void cm_lmk_linear_bf16_ref(float *out, const uint16_t *xb,
     const cm_lmk_matrix_t *pm, int R);
 
+/* cm_lmk_attend over a bf16 cache (rows of C bf16, rounded by
+ * cm_lmk_to_bf16): the same arithmetic as cm_lmk_attend over the widened
+ * values, so the same bits. */
+void cm_lmk_attend_kvb(float *out, const float *q, const uint16_t *kc,
+    const uint16_t *vc, float *scores, int T, int C, int NH, float scale);
+
 #endif /* CINEMATCH_LM_KERNELS_H */
