@@ -1501,7 +1501,8 @@ cm_lm_eval_main(int argc, char **argv)
 static const char cm_bench_dialog_usage[] =
     "usage: cinematch bench dialog [--config NAME] [--batch B] [--seq T]\n"
     "           [--steps N] [--ref-steps N] [--decode N] [--prompt-len N]\n"
-    "           [--lstm-steps N] [--decode-threads N]\n"
+    "           [--lstm-steps N] [--decode-threads N] [--decode-weights W]\n"
+    "           [--decode-kv T]\n"
     "\n"
     "Random weights.  Prints training tokens/s (SGEMM kernels, and the\n"
     "plain-loop reference for the ratio), decode tokens/s with the KV cache\n"
@@ -1511,7 +1512,12 @@ static const char cm_bench_dialog_usage[] =
     "same size class (lstm-tiny / lstm-small) in the same run, for the ratio.\n"
     "--steps 0 skips training (decode and time to first token only).\n"
     "--decode-threads N splits each decode step of the lm_kernels path over\n"
-    "N threads (default 1; the OpenBLAS path uses OPENBLAS_NUM_THREADS).\n";
+    "N threads (default 1; the OpenBLAS path uses OPENBLAS_NUM_THREADS).\n"
+    "--decode-weights bf16 (CPUs with AVX512_BF16) also decodes with the\n"
+    "weights in bf16, after the fp32 runs in the same process, and prints\n"
+    "the ratio; time to first token is then the bf16 engine's.  fp32\n"
+    "(default): the fp32 runs only.  --decode-kv bf16 (with --decode-weights\n"
+    "bf16) then also runs bf16 weights with bf16 KV caches.\n";
 
 
 static double
@@ -1605,6 +1611,8 @@ cm_bench_dialog_main(int argc, char **argv)
         { "prompt-len", required_argument, NULL, 'p' },
         { "lstm-steps", required_argument, NULL, 'l' },
         { "decode-threads", required_argument, NULL, 'D' },
+        { "decode-weights", required_argument, NULL, 'W' },
+        { "decode-kv", required_argument, NULL, 'K' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1625,9 +1633,9 @@ cm_bench_dialog_main(int argc, char **argv)
     int32_t         *prompt;
     int             *ctx;
     uint64_t         t0, rng = 3;
-    double           fast, ref, secs, tps[2][3], nocache, ttft = 1e30;
-    double           fast_cpu, ref_cpu, cps[2][3], nocache_cpu, c0;
-    int              mode, dthreads = 1;
+    double           fast, ref, secs, tps[4][3], nocache, ttft = 1e30;
+    double           fast_cpu, ref_cpu, cps[4][3], nocache_cpu, c0;
+    int              mode, nmodes, dthreads = 1, wbf16 = 0, kvbf16 = 0;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -1647,6 +1655,22 @@ cm_bench_dialog_main(int argc, char **argv)
                                     &lstm_steps); break;
         case 'D': bad |= cm_arg_int(me, "decode-threads", optarg, 1,
                                     CM_LM_MAX_THREADS, &dthreads); break;
+        case 'W':
+            if (strcmp(optarg, "bf16") == 0) {
+                wbf16 = 1;
+            } else if (strcmp(optarg, "fp32") != 0) {
+                fprintf(stderr, "%s: --decode-weights: fp32 or bf16\n", me);
+                bad = 1;
+            }
+            break;
+        case 'K':
+            if (strcmp(optarg, "bf16") == 0) {
+                kvbf16 = 1;
+            } else if (strcmp(optarg, "fp32") != 0) {
+                fprintf(stderr, "%s: --decode-kv: fp32 or bf16\n", me);
+                bad = 1;
+            }
+            break;
         case 'h': fputs(cm_bench_dialog_usage, stdout); return 0;
         default:  fputs(cm_bench_dialog_usage, stderr); return 2;
         }
@@ -1655,6 +1679,16 @@ cm_bench_dialog_main(int argc, char **argv)
                                  != CM_OK)
     {
         fputs(cm_bench_dialog_usage, stderr);
+        return 2;
+    }
+    if (kvbf16 && !wbf16) {
+        fprintf(stderr, "%s: --decode-kv bf16 needs --decode-weights bf16\n",
+                me);
+        return 2;
+    }
+    if (wbf16 && !cm_lmk_bf16()) {
+        fprintf(stderr, "%s: --decode-weights bf16: this CPU has no"
+                " AVX512_BF16\n", me);
         return 2;
     }
     T = T < cfg.max_seq_len ? T : cfg.max_seq_len;
@@ -1723,9 +1757,17 @@ cm_bench_dialog_main(int argc, char **argv)
     cm_lm_params_default(&p);
     p.max_tokens = 0;
     /* mode 0: the engine as it runs (lm_kernels where the CPU has them);
-     * mode 1: the same engine on OpenBLAS, the baseline for the ratio */
-    for (mode = 0; mode < (e.pk != NULL ? 2 : 1); mode++) {
-        e.use_packed = mode == 0 && e.pk != NULL;
+     * mode 1: the same engine on OpenBLAS, the baseline for the ratio;
+     * mode 2 (--decode-weights bf16): lm_kernels with bf16 weights */
+    nmodes = e.pk != NULL ? 2 + wbf16 + kvbf16 : 1;
+    for (mode = 0; mode < nmodes; mode++) {
+        e.use_packed = mode != 1 && e.pk != NULL;
+        if (mode == 2 && cm_lm_engine_bf16(&e) != CM_OK) {
+            goto fail;
+        }
+        if (mode == 3 && cm_lm_engine_kv_bf16(&e) != CM_OK) {
+            goto fail;
+        }
         for (bi = 0; bi < 3; bi++) {
             int nb = batches[bi];
 
@@ -1753,7 +1795,9 @@ cm_bench_dialog_main(int argc, char **argv)
         printf("decode (KV cache, prompt %d, %d steps, %s%.0d%s): batch 1"
                " %.0f [%.0f], batch 8 %.0f [%.0f], batch 32 %.0f [%.0f]"
                " tok/s\n", P, D,
-               e.use_packed ? "lm_kernels, " : "OpenBLAS",
+               !e.use_packed ? "OpenBLAS"
+               : e.kv_bf16 ? "lm_kernels bf16 weights and KV, "
+               : e.bf16 ? "lm_kernels bf16 weights, " : "lm_kernels, ",
                e.use_packed ? e.threads : 0,
                e.use_packed ? " thread(s)" : "",
                tps[mode][0], cps[mode][0], tps[mode][1], cps[mode][1],
@@ -1766,6 +1810,20 @@ cm_bench_dialog_main(int argc, char **argv)
                tps[0][1] / tps[1][1], cps[0][1] / cps[1][1],
                tps[0][2] / tps[1][2], cps[0][2] / cps[1][2]);
         e.use_packed = 1;
+    }
+    if (nmodes == 4) {
+        printf("decode bf16 KV / fp32 KV (bf16 weights): batch 1 %.2fx"
+               " [%.2fx], batch 8 %.2fx [%.2fx], batch 32 %.2fx [%.2fx]\n",
+               tps[3][0] / tps[2][0], cps[3][0] / cps[2][0],
+               tps[3][1] / tps[2][1], cps[3][1] / cps[2][1],
+               tps[3][2] / tps[2][2], cps[3][2] / cps[2][2]);
+    }
+    if (nmodes >= 3) {
+        printf("decode bf16 / fp32 weights (lm_kernels): batch 1 %.2fx"
+               " [%.2fx], batch 8 %.2fx [%.2fx], batch 32 %.2fx [%.2fx]\n",
+               tps[2][0] / tps[0][0], cps[2][0] / cps[0][0],
+               tps[2][1] / tps[0][1], cps[2][1] / cps[0][1],
+               tps[2][2] / tps[0][2], cps[2][2] / cps[0][2]);
     }
 
     /* without the cache: a full forward over the context per token */

@@ -40,6 +40,7 @@
 
 #include "cinematch/common.h"
 #include "cinematch/ipc.h"
+#include "cinematch/lm_kernels.h"
 #include "cinematch/serve_dialog.h"
 #include "cinematch/serve_recsys.h"
 #include "cmd.h"
@@ -1663,7 +1664,11 @@ cm_infer_usage(FILE *out)
         "                        dropped per user by a fold-in (default\n"
         "                        8192, at most 64 MB; 0: off)\n"
         "  --decode-threads N    threads per decode step (1..16, default 1;\n"
-        "                        with the AVX-512 decode kernels only)\n\n"
+        "                        with the AVX-512 decode kernels only)\n"
+        "  --decode-weights W    fp32 (default) or bf16: dialog decode with\n"
+        "                        bf16 weights (CPUs with AVX512_BF16)\n"
+        "  --decode-kv T         fp32 (default) or bf16: dialog KV caches in\n"
+        "                        bf16 (CPUs with AVX512_BF16)\n\n"
         "signals: SIGTERM/SIGINT drain then exit, SIGHUP reload models.\n",
         CM_IPC_DEFAULT_SLOTS, CM_IPC_MAX_SLOTS, CM_IPC_DEFAULT_RING_CAP / 1024);
 }
@@ -1708,6 +1713,8 @@ cm_infer_main(int argc, char **argv)
         { "score-threads", required_argument, NULL, 'T' },
         { "answer-cache", required_argument, NULL, 'A' },
         { "decode-threads", required_argument, NULL, 'Q' },
+        { "decode-weights", required_argument, NULL, 'w' },
+        { "decode-kv", required_argument, NULL, 'k' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1776,6 +1783,36 @@ cm_infer_main(int argc, char **argv)
             d.models.decode_threads = (int) v;
             break;
         }
+        case 'w':
+            if (strcmp(optarg, "bf16") == 0) {
+                if (!cm_lmk_bf16()) {
+                    fprintf(stderr, "infer: --decode-weights bf16: this CPU"
+                            " has no AVX512_BF16\n");
+                    return 2;
+                }
+                d.models.decode_bf16 = 1;
+            } else if (strcmp(optarg, "fp32") == 0) {
+                d.models.decode_bf16 = 0;
+            } else {
+                fprintf(stderr, "infer: --decode-weights: fp32 or bf16\n");
+                return 2;
+            }
+            break;
+        case 'k':
+            if (strcmp(optarg, "bf16") == 0) {
+                if (!cm_lmk_bf16()) {
+                    fprintf(stderr, "infer: --decode-kv bf16: this CPU"
+                            " has no AVX512_BF16\n");
+                    return 2;
+                }
+                d.models.decode_kv_bf16 = 1;
+            } else if (strcmp(optarg, "fp32") == 0) {
+                d.models.decode_kv_bf16 = 0;
+            } else {
+                fprintf(stderr, "infer: --decode-kv: fp32 or bf16\n");
+                return 2;
+            }
+            break;
         case 'p': snprintf(d.pidfile, sizeof(d.pidfile), "%s", optarg); break;
         case 'n':
             if (cm_parse_u32(optarg, 1, CM_IPC_MAX_SLOTS, &cfg.slot_count)) {

@@ -501,6 +501,16 @@ cm_infer_load_dialog(cm_infer_models_t *mm, int busy, char *status,
     {
         cm_warn("infer: decode threads: out of memory, one thread");
     }
+    if (rc == CM_OK && mm->decode_bf16
+        && cm_dlg_server_bf16(dlg) != CM_OK)
+    {
+        cm_warn("infer: bf16 decode weights: not available, fp32");
+    }
+    if (rc == CM_OK && mm->decode_kv_bf16
+        && cm_dlg_server_kv_bf16(dlg) != CM_OK)
+    {
+        cm_warn("infer: bf16 KV cache: not available, fp32");
+    }
     if (rc != CM_OK) {
         snprintf(status, statuslen, "dialog load failed: %.100s", err);
         cm_error("infer: %s%s", status,

@@ -31,6 +31,8 @@ typedef struct {
     const char       *dialog_version;
     int               max_seqs;       /* concurrent generations */
     int               decode_threads; /* threads per decode step (1) */
+    int               decode_bf16;    /* 1: bf16 decode weights */
+    int               decode_kv_bf16; /* 1: bf16 KV caches */
     cm_rs_server_t   *rs;             /* serving now, or NULL */
     cm_dlg_server_t  *dlg;            /* serving now, or NULL */
     char              dlg_sha256[72];

@@ -146,6 +146,8 @@ cm_lm_engine_free(cm_lm_engine_t *e)
     free(e->cand);
     free(e->seen);
     free(e->packed);
+    free(e->packed_bf16);
+    free(e->xbf);
     free(e->pk);
     memset(e, 0, sizeof(*e));
 }
@@ -192,6 +194,72 @@ cm_lm_engine_pack(cm_lm_engine_t *e)
     }
     cm_lmk_pack(&e->pk[4 * L], mem + at, p->wte, NULL, Vp, C);
     e->use_packed = 1;
+    return CM_OK;
+}
+
+
+int
+cm_lm_engine_bf16(cm_lm_engine_t *e)
+{
+    const cm_gpt_t         *m = e->model;
+    const cm_gpt_params_t  *p = &m->params;
+    int       L = m->config.num_layers, C = m->config.channels, l, i;
+    int       Vp = m->config.padded_vocab_size;
+    int       oc[4] = { 3 * C, C, 4 * C, C }, k[4] = { C, C, C, 4 * C };
+    size_t    total = 0, at = 0, lc;
+    uint16_t *mem, *xbf;
+
+    if (e->bf16) {
+        return CM_OK;
+    }
+    if (!cm_lmk_bf16() || e->pk == NULL) {
+        return CM_EINVAL;
+    }
+    for (l = 0; l < L; l++) {
+        for (i = 0; i < 4; i++) {
+            total += cm_lmk_packed_bf16(oc[i], k[i]);
+        }
+    }
+    total += cm_lmk_packed_bf16(Vp, C);
+    mem = cm_lm_stream_alloc(total * sizeof(uint16_t));
+    xbf = malloc((size_t) e->max_rows * cm_lmk_bf16_kp(4 * C)
+                 * sizeof(uint16_t));
+    if (mem == NULL || xbf == NULL) {
+        free(mem);
+        free(xbf);
+        return CM_ENOMEM;
+    }
+    for (l = 0; l < L; l++) {
+        const float *w[4], *b[4];
+
+        lc = (size_t) l * C;
+        w[0] = p->qkvw + lc * 3 * C;     b[0] = p->qkvb + lc * 3;
+        w[1] = p->attprojw + lc * C;     b[1] = p->attprojb + lc;
+        w[2] = p->fcw + lc * 4 * C;      b[2] = p->fcb + lc * 4;
+        w[3] = p->fcprojw + lc * 4 * C;  b[3] = p->fcprojb + lc;
+        for (i = 0; i < 4; i++) {
+            cm_lmk_pack_bf16(&e->pk[4 * l + i], mem + at, w[i], b[i], oc[i],
+                             k[i]);
+            at += cm_lmk_packed_bf16(oc[i], k[i]);
+        }
+    }
+    cm_lmk_pack_bf16(&e->pk[4 * L], mem + at, p->wte, NULL, Vp, C);
+    free(e->packed);
+    e->packed = NULL;
+    e->packed_bf16 = mem;
+    e->xbf = xbf;
+    e->bf16 = 1;
+    return CM_OK;
+}
+
+
+int
+cm_lm_engine_kv_bf16(cm_lm_engine_t *e)
+{
+    if (!cm_lmk_bf16() || e->pk == NULL || e->model->config.channels % 2) {
+        return CM_EINVAL;
+    }
+    e->kv_bf16 = 1;
     return CM_OK;
 }
 
@@ -261,12 +329,18 @@ cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
     s->rng = p->seed ^ 0x5DEECE66Dull;
     /* keys and values in one block (a batch-32 step streams ~90 MB of
      * caches) */
-    s->kv_bytes = 2 * kv * sizeof(float);
-    s->k = cm_lm_kv_get(s->kv_bytes);
-    s->v = s->k != NULL ? s->k + kv : NULL;
+    if (e->kv_bf16) {
+        s->kv_bytes = 2 * kv * sizeof(uint16_t);
+        s->kb = cm_lm_kv_get(s->kv_bytes);
+        s->vb = s->kb != NULL ? s->kb + kv : NULL;
+    } else {
+        s->kv_bytes = 2 * kv * sizeof(float);
+        s->k = cm_lm_kv_get(s->kv_bytes);
+        s->v = s->k != NULL ? s->k + kv : NULL;
+    }
     s->history = malloc(((size_t) c->max_seq_len + 1) * sizeof(int32_t));
     s->logits = malloc((size_t) c->padded_vocab_size * sizeof(float));
-    if (s->k == NULL || s->v == NULL || s->history == NULL
+    if ((s->k == NULL && s->kb == NULL) || s->history == NULL
         || s->logits == NULL)
     {
         cm_lm_seq_free(s);
@@ -279,7 +353,8 @@ cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
 void
 cm_lm_seq_free(cm_lm_seq_t *s)
 {
-    cm_lm_kv_put(s->k, s->kv_bytes);    /* s->v is in the same block */
+    /* s->v (s->vb) is in the same block */
+    cm_lm_kv_put(s->k != NULL ? (void *) s->k : (void *) s->kb, s->kv_bytes);
     free(s->history);
     free(s->logits);
     memset(s, 0, sizeof(*s));
@@ -332,6 +407,7 @@ typedef struct {
     int                     kind;   /* 0 linear, 1 attention */
     float                  *out;
     const float            *inp;
+    const uint16_t         *xb;     /* inp in bf16 (bf16 weights) */
     const cm_lmk_matrix_t  *pm;
     int                     R;
     int                     l;      /* layer (attention) */
@@ -373,7 +449,9 @@ cm_lm_job_part(cm_lm_engine_t *e, const cm_lm_job_t *j, int part, int n)
 
         a = (int) ((long) P * part / n);
         b = (int) ((long) P * (part + 1) / n);
-        if (a < b) {
+        if (a < b && j->pm->wb != NULL) {
+            cm_lmk_linear_bf16_part(j->out, j->xb, j->pm, j->R, a, b);
+        } else if (a < b) {
             cm_lmk_linear_part(j->out, j->inp, j->pm, j->R, a, b);
         }
         return;
@@ -383,6 +461,15 @@ cm_lm_job_part(cm_lm_engine_t *e, const cm_lm_job_t *j, int part, int n)
     for (r = a; r < b; r++) {
         cm_lm_seq_t *s = e->row_seq[r];
 
+        if (s->kb != NULL) {
+            cm_lmk_attend_kvb(e->atty + (size_t) r * C,
+                              e->qkv + (size_t) r * 3 * C,
+                              s->kb + (size_t) j->l * maxT * C,
+                              s->vb + (size_t) j->l * maxT * C,
+                              e->scores + (size_t) part * NH * maxT,
+                              e->row_pos[r] + 1, C, NH, scale);
+            continue;
+        }
         cm_lmk_attend(e->atty + (size_t) r * C, e->qkv + (size_t) r * 3 * C,
                       s->k + (size_t) j->l * maxT * C,
                       s->v + (size_t) j->l * maxT * C,
@@ -545,6 +632,12 @@ cm_lm_mm(cm_lm_engine_t *e, int which, float *out, const float *inp,
         j.pm = &e->pk[which];
         j.R = R;
         j.l = 0;
+        j.xb = NULL;
+        if (j.pm->wb != NULL) {
+            /* once for every part of the job */
+            cm_lmk_to_bf16(e->xbf, inp, R, j.pm->K);
+            j.xb = e->xbf;
+        }
         cm_lm_run(e, &j);
         return;
     }
@@ -604,12 +697,19 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             cm_lm_seq_t *s = e->row_seq[r];
             size_t       at = ((size_t) l * maxT + e->row_pos[r]) * C;
 
+            if (s->kb != NULL) {
+                cm_lmk_to_bf16(s->kb + at, e->qkv + (size_t) r * 3 * C
+                                           + (size_t) C, 1, C);
+                cm_lmk_to_bf16(s->vb + at, e->qkv + (size_t) r * 3 * C
+                                           + 2 * (size_t) C, 1, C);
+                continue;
+            }
             memcpy(s->k + at, e->qkv + (size_t) r * 3 * C + (size_t) C,
                    (size_t) C * sizeof(float));
             memcpy(s->v + at, e->qkv + (size_t) r * 3 * C + 2 * (size_t) C,
                    (size_t) C * sizeof(float));
         }
-        if (e->use_packed) {
+        if (e->use_packed || e->kv_bf16) {
             cm_lm_job_t j;
 
             memset(&j, 0, sizeof(j));
@@ -618,7 +718,7 @@ cm_lm_forward_rows(cm_lm_engine_t *e, int R, const uint8_t *want)
             j.l = l;
             cm_lm_run(e, &j);
         }
-        for (r = 0; r < R && !e->use_packed; r++) {
+        for (r = 0; r < R && !e->use_packed && !e->kv_bf16; r++) {
             cm_lm_seq_t *s = e->row_seq[r];
             int          pos = e->row_pos[r];
             const float *kc = s->k + (size_t) l * maxT * C;

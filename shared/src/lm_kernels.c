@@ -70,6 +70,7 @@ cm_lmk_pack(cm_lmk_matrix_t *pm, float *mem, const float *w,
     pm->bias = bias;
     pm->OC = OC;
     pm->K = K;
+    pm->wb = NULL;
 }
 
 
@@ -247,16 +248,32 @@ cm_lmk_exp(__m512 x)
 }
 
 
-/* q_h . k for one position, hs = 16 * nv. */
+/* 16 cache elements from element i of p: fp32, or bf16 (kvb) widened
+ * exactly (a bf16 is the high half of its fp32). */
 CM_LMK_AVX512 CM_LMK_INLINE __m512
-cm_lmk_dot_vec(const __m512 *qv, const float *k, int nv)
+cm_lmk_kv_ld(const void *p, size_t i, const int kvb)
+{
+    if (kvb) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+            _mm256_loadu_si256((const __m256i *)
+                               ((const uint16_t *) p + i))), 16));
+    }
+    return _mm512_loadu_ps((const float *) p + i);
+}
+
+
+/* q_h . k for one position (elements at k0 of kc), hs = 16 * nv. */
+CM_LMK_AVX512 CM_LMK_INLINE __m512
+cm_lmk_dot_vec(const __m512 *qv, const void *kc, size_t k0, int nv,
+    const int kvb)
 {
     __m512  a;
     int     i;
 
-    a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+    a = _mm512_mul_ps(qv[0], cm_lmk_kv_ld(kc, k0, kvb));
     for (i = 1; i < nv; i++) {
-        a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), a);
+        a = _mm512_fmadd_ps(qv[i], cm_lmk_kv_ld(kc, k0 + 16 * (size_t) i,
+                                                kvb), a);
     }
     return a;
 }
@@ -270,8 +287,8 @@ cm_lmk_dot_vec(const __m512 *qv, const float *k, int nv)
  * order with one FMA a position, the same arithmetic as a head at a time.
  */
 CM_LMK_AVX512 CM_LMK_INLINE void
-cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
-    int C, const int g)
+cm_lmk_pv64(float *out, const void *vc, size_t v0, const float *const *ph,
+    int T, int C, const int g, const int kvb)
 {
     __m512  acc[24], p;
     int     t, h, i;
@@ -281,7 +298,7 @@ cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
         acc[i] = _mm512_setzero_ps();
     }
     for (t = 0; t < T; t++) {
-        const float *v = vc + (size_t) t * C;
+        size_t v = v0 + (size_t) t * C;
 
 #pragma GCC unroll 6
         for (h = 0; h < g; h++) {
@@ -289,7 +306,8 @@ cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
 #pragma GCC unroll 4
             for (i = 0; i < 4; i++) {
                 acc[4 * h + i] = _mm512_fmadd_ps(p,
-                    _mm512_loadu_ps(v + 64 * h + 16 * i), acc[4 * h + i]);
+                    cm_lmk_kv_ld(vc, v + 64 * h + 16 * i, kvb),
+                    acc[4 * h + i]);
             }
         }
     }
@@ -309,12 +327,12 @@ cm_lmk_pv64(float *out, const float *vc, const float *const *ph, int T,
  * arithmetic, in the same order, as a head at a time.
  */
 CM_LMK_AVX512 CM_LMK_INLINE void
-cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
-    float scale, const int g)
+cm_lmk_qk64(float *scores, const float *q, const void *kc, size_t k0,
+    int T, int C, float scale, const int g, const int kvb)
 {
     __m512       qv[24], d[16], s, sc = _mm512_set1_ps(scale);
     __m512       part[6 * 16];
-    const float *k;
+    size_t       k;
     int          t, i, h, j;
 
 #pragma GCC unroll 24
@@ -323,10 +341,11 @@ cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
     }
     for (t = 0; t + 16 <= T; t += 16) {
         for (i = 0; i < 16; i++) {
-            k = kc + (size_t) (t + i) * C;
+            k = k0 + (size_t) (t + i) * C;
 #pragma GCC unroll 6
             for (h = 0; h < g; h++) {
-                part[16 * h + i] = cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4);
+                part[16 * h + i] = cm_lmk_dot_vec(qv + 4 * h, kc, k + 64 * h,
+                                                  4, kvb);
             }
         }
         for (h = 0; h < g; h++) {
@@ -338,18 +357,19 @@ cm_lmk_qk64(float *scores, const float *q, const float *kc, int T, int C,
         }
     }
     for ( ; t < T; t++) {
-        k = kc + (size_t) t * C;
+        k = k0 + (size_t) t * C;
         for (h = 0; h < g; h++) {
             scores[(size_t) h * T + t] = _mm512_reduce_add_ps(
-                cm_lmk_dot_vec(qv + 4 * h, k + 64 * h, 4)) * scale;
+                cm_lmk_dot_vec(qv + 4 * h, kc, k + 64 * h, 4, kvb)) * scale;
         }
     }
 }
 
 
-CM_LMK_AVX512 static void
-cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
-    const float *vc, float *scores, int T, int C, int NH, float scale)
+CM_LMK_AVX512 CM_LMK_INLINE void
+cm_lmk_attend_body(float *out, const float *q, const void *kc,
+    const void *vc, float *scores, int T, int C, int NH, float scale,
+    const int kvb)
 {
     int        hs = C / NH, h, t, i, nv = hs / 16, n, g;
     float      mx, sum, inv, *sh;
@@ -363,17 +383,23 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             g = NH - h < 6 ? NH - h : 6;
             switch (g) {
             case 6: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 6); break;
+                                kc, 64 * (size_t) h, T, C, scale, 6, kvb);
+                     break;
             case 5: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 5); break;
+                                kc, 64 * (size_t) h, T, C, scale, 5, kvb);
+                     break;
             case 4: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 4); break;
+                                kc, 64 * (size_t) h, T, C, scale, 4, kvb);
+                     break;
             case 3: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 3); break;
+                                kc, 64 * (size_t) h, T, C, scale, 3, kvb);
+                     break;
             case 2: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                kc + 64 * h, T, C, scale, 2); break;
+                                kc, 64 * (size_t) h, T, C, scale, 2, kvb);
+                     break;
             default: cm_lmk_qk64(scores + (size_t) h * T, q + 64 * h,
-                                 kc + 64 * h, T, C, scale, 1); break;
+                                 kc, 64 * (size_t) h, T, C, scale, 1, kvb);
+                     break;
             }
         }
         t = T;
@@ -386,8 +412,8 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
                 qv[i] = _mm512_loadu_ps(q + (size_t) h * hs + 16 * i);
             }
             for (i = 0; i < 16; i++) {
-                d[i] = cm_lmk_dot_vec(qv, kc + (size_t) (t + i) * C
-                                          + (size_t) h * hs, nv);
+                d[i] = cm_lmk_dot_vec(qv, kc, (size_t) (t + i) * C
+                                              + (size_t) h * hs, nv, kvb);
             }
             s = _mm512_mul_ps(cm_lmk_hsum16(d), sc);
             _mm512_storeu_ps(scores + (size_t) h * T + t, s);
@@ -399,12 +425,12 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
         }
         for (i = t; i < T; i++) {
             scores[(size_t) h * T + i] = _mm512_reduce_add_ps(
-                cm_lmk_dot_vec(qv, kc + (size_t) i * C + (size_t) h * hs,
-                               nv)) * scale;
+                cm_lmk_dot_vec(qv, kc, (size_t) i * C + (size_t) h * hs,
+                               nv, kvb)) * scale;
         }
     }
     for (h = 0; h < NH; h++) {
-        const float *vh = vc + (size_t) h * hs;
+        size_t vh = (size_t) h * hs;
 
         sh = scores + (size_t) h * T;
         /* softmax numerators and their sum */
@@ -444,12 +470,12 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             acc[i] = _mm512_setzero_ps();
         }
         for (t = 0; t < T; t++) {
-            const float *v = vh + (size_t) t * C;
-            __m512       p = _mm512_set1_ps(sh[t] * inv);
+            size_t  v = vh + (size_t) t * C;
+            __m512  p = _mm512_set1_ps(sh[t] * inv);
 
             for (i = 0; i < nv; i++) {
-                acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * i),
-                                         acc[i]);
+                acc[i] = _mm512_fmadd_ps(p, cm_lmk_kv_ld(vc, v + 16 * i,
+                                                         kvb), acc[i]);
             }
         }
         for (i = 0; i < nv; i++) {
@@ -466,14 +492,36 @@ cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
             ph[i] = scores + (size_t) (h + i) * T;
         }
         switch (g) {
-        case 6: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 6); break;
-        case 5: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 5); break;
-        case 4: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 4); break;
-        case 3: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 3); break;
-        case 2: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 2); break;
-        default: cm_lmk_pv64(out + 64 * h, vc + 64 * h, ph, T, C, 1); break;
+        case 6: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 6,
+                             kvb); break;
+        case 5: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 5,
+                             kvb); break;
+        case 4: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 4,
+                             kvb); break;
+        case 3: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 3,
+                             kvb); break;
+        case 2: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 2,
+                             kvb); break;
+        default: cm_lmk_pv64(out + 64 * h, vc, 64 * (size_t) h, ph, T, C, 1,
+                             kvb); break;
         }
     }
+}
+
+
+CM_LMK_AVX512 static void
+cm_lmk_attend_avx512(float *out, const float *q, const float *kc,
+    const float *vc, float *scores, int T, int C, int NH, float scale)
+{
+    cm_lmk_attend_body(out, q, kc, vc, scores, T, C, NH, scale, 0);
+}
+
+
+CM_LMK_AVX512 static void
+cm_lmk_attend_kvb_avx512(float *out, const float *q, const uint16_t *kc,
+    const uint16_t *vc, float *scores, int T, int C, int NH, float scale)
+{
+    cm_lmk_attend_body(out, q, kc, vc, scores, T, C, NH, scale, 1);
 }
 
 
@@ -714,6 +762,365 @@ cm_lmk_attend(float *out, const float *q, const float *kc, const float *vc,
 
             for (i = 0; i < hs; i++) {
                 oh[i] += p * v[i];
+            }
+        }
+    }
+}
+
+
+/* ---- bf16 weights --------------------------------------------------- */
+
+#ifdef CM_LMK_X86
+#define CM_LMK_BF16  __attribute__((target( \
+    "avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#endif
+
+static int  cm_lmk_bf16_state = -1;
+
+
+int
+cm_lmk_bf16(void)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_bf16_state < 0) {
+        __builtin_cpu_init();
+        cm_lmk_bf16_state = cm_lmk_simd()
+                            && __builtin_cpu_supports("avx512bf16");
+    }
+    return cm_lmk_bf16_state;
+#else
+    return 0;
+#endif
+}
+
+
+uint16_t
+cm_lmk_bf16_round(float f)
+{
+    uint32_t  u;
+
+    memcpy(&u, &f, sizeof(u));
+    if ((u & 0x7F800000u) == 0) {
+        return (uint16_t) ((u >> 16) & 0x8000u);     /* zero, subnormal */
+    }
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+        return (uint16_t) ((u >> 16) | 0x0040u);     /* NaN, quiet */
+    }
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t) (u >> 16);
+}
+
+
+float
+cm_lmk_bf16_float(uint16_t b)
+{
+    uint32_t  u = (uint32_t) b << 16;
+    float     f;
+
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+
+int
+cm_lmk_bf16_kp(int K)
+{
+    return (K + 1) & ~1;
+}
+
+
+size_t
+cm_lmk_packed_bf16(int OC, int K)
+{
+    size_t panels = ((size_t) OC + CM_LMK_PANEL - 1) / CM_LMK_PANEL;
+
+    return panels * (size_t) cm_lmk_bf16_kp(K) * CM_LMK_PANEL;
+}
+
+
+void
+cm_lmk_pack_bf16(cm_lmk_matrix_t *pm, uint16_t *mem, const float *w,
+    const float *bias, int OC, int K)
+{
+    size_t  panels = ((size_t) OC + CM_LMK_PANEL - 1) / CM_LMK_PANEL, p;
+    int     Kp = cm_lmk_bf16_kp(K), j, k, o;
+
+    for (p = 0; p < panels; p++) {
+        uint16_t *dst = mem + p * (size_t) Kp * CM_LMK_PANEL;
+
+        for (j = 0; j < CM_LMK_PANEL; j++) {
+            o = (int) p * CM_LMK_PANEL + j;
+            for (k = 0; k < Kp; k++) {
+                dst[(size_t) (k / 2) * 2 * CM_LMK_PANEL + 2 * j + k % 2] =
+                    o < OC && k < K ? cm_lmk_bf16_round(w[(size_t) o * K + k])
+                                    : 0;
+            }
+        }
+    }
+    pm->w = NULL;
+    pm->wb = mem;
+    pm->bias = bias;
+    pm->OC = OC;
+    pm->K = K;
+}
+
+
+/* One output of the bf16 product, in the order the instruction adds. */
+static float
+cm_lmk_bf16_dot(const uint16_t *x, const uint16_t *pw, int Kp, float acc)
+{
+    int  k2;
+
+    for (k2 = 0; k2 < Kp / 2; k2++) {
+        const uint16_t *wk = pw + (size_t) k2 * 2 * CM_LMK_PANEL;
+
+        acc += cm_lmk_bf16_float(x[2 * k2 + 1]) * cm_lmk_bf16_float(wk[1]);
+        acc += cm_lmk_bf16_float(x[2 * k2]) * cm_lmk_bf16_float(wk[0]);
+    }
+    return acc;
+}
+
+
+static void
+cm_lmk_linear_bf16_loops(float *out, const uint16_t *xb,
+    const cm_lmk_matrix_t *pm, int R, int p0, int p1)
+{
+    int  Kp = cm_lmk_bf16_kp(pm->K), OC = pm->OC, r, o, o1;
+
+    o1 = p1 * CM_LMK_PANEL < OC ? p1 * CM_LMK_PANEL : OC;
+    for (r = 0; r < R; r++) {
+        for (o = p0 * CM_LMK_PANEL; o < o1; o++) {
+            const uint16_t *pw = pm->wb + (size_t) (o / CM_LMK_PANEL) * Kp
+                                 * CM_LMK_PANEL + 2 * (o % CM_LMK_PANEL);
+
+            out[(size_t) r * OC + o] = cm_lmk_bf16_dot(xb + (size_t) r * Kp,
+                pw, Kp, pm->bias != NULL ? pm->bias[o] : 0.0f);
+        }
+    }
+}
+
+
+void
+cm_lmk_linear_bf16_ref(float *out, const uint16_t *xb,
+    const cm_lmk_matrix_t *pm, int R)
+{
+    cm_lmk_linear_bf16_loops(out, xb, pm, R, 0, cm_lmk_panels(pm));
+}
+
+
+#ifdef CM_LMK_X86
+
+/*
+ * cm_lmk_block_avx512 for bf16: rb rows of xb (stride ldx bf16) times one
+ * panel (Kp / 2, 32, 2); per pair of K two loads of the panel, rb
+ * broadcasts of a row's pair, 2 rb dpbf16 (each two K steps of 16
+ * columns).
+ */
+CM_LMK_BF16 CM_LMK_INLINE void
+cm_lmk_block_bf16(float *out, size_t ldo, const uint16_t *x, size_t ldx,
+    const uint16_t *pw, const float *bias, int Kp, int ncols, const int rb)
+{
+    __m512     a0[CM_LMK_ROWS], a1[CM_LMK_ROWS], b0, b1;
+    __m512i    w0, w1, xb;
+    __mmask16  m0, m1;
+    uint32_t   pair;
+    int        r, k2;
+
+    m0 = ncols >= 16 ? (__mmask16) 0xFFFF
+                     : (__mmask16) ((1u << ncols) - 1);
+    m1 = ncols >= 32 ? (__mmask16) 0xFFFF
+         : ncols <= 16 ? (__mmask16) 0
+         : (__mmask16) ((1u << (ncols - 16)) - 1);
+    if (bias != NULL) {
+        b0 = _mm512_maskz_loadu_ps(m0, bias);
+        b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    } else {
+        b0 = _mm512_setzero_ps();
+        b1 = b0;
+    }
+#pragma GCC unroll 12
+    for (r = 0; r < rb; r++) {
+        a0[r] = b0;
+        a1[r] = b1;
+    }
+    for (k2 = 0; k2 < Kp / 2; k2++) {
+        w0 = _mm512_load_si512(pw + (size_t) k2 * 2 * CM_LMK_PANEL);
+        w1 = _mm512_load_si512(pw + (size_t) k2 * 2 * CM_LMK_PANEL + 32);
+#pragma GCC unroll 12
+        for (r = 0; r < rb; r++) {
+            memcpy(&pair, x + (size_t) r * ldx + 2 * k2, sizeof(pair));
+            xb = _mm512_set1_epi32((int) pair);
+            a0[r] = _mm512_dpbf16_ps(a0[r], (__m512bh) xb, (__m512bh) w0);
+            a1[r] = _mm512_dpbf16_ps(a1[r], (__m512bh) xb, (__m512bh) w1);
+        }
+    }
+#pragma GCC unroll 12
+    for (r = 0; r < rb; r++) {
+        _mm512_mask_storeu_ps(out + (size_t) r * ldo, m0, a0[r]);
+        _mm512_mask_storeu_ps(out + (size_t) r * ldo + 16, m1, a1[r]);
+    }
+}
+
+
+#define CM_LMK_CASE(n)                                                      \
+    case n:                                                                 \
+        cm_lmk_block_bf16(o, (size_t) OC, x, (size_t) Kp, pw, b, Kp,        \
+                          ncols, n);                                        \
+        break
+
+CM_LMK_BF16 static void
+cm_lmk_linear_bf16_avx512(float *out, const uint16_t *xb,
+    const cm_lmk_matrix_t *pm, int R, int p0, int p1)
+{
+    int             Kp = cm_lmk_bf16_kp(pm->K), OC = pm->OC, p, r0, rb;
+    int             ncols;
+    const uint16_t *pw, *x;
+    const float    *b;
+    float          *o;
+
+    for (p = p0; p < p1; p++) {
+        pw = pm->wb + (size_t) p * Kp * CM_LMK_PANEL;
+        b = pm->bias != NULL ? pm->bias + (size_t) p * CM_LMK_PANEL : NULL;
+        ncols = OC - p * CM_LMK_PANEL;
+        ncols = ncols < CM_LMK_PANEL ? ncols : CM_LMK_PANEL;
+        for (r0 = 0; r0 < R; r0 += rb) {
+            rb = R - r0 < CM_LMK_ROWS ? R - r0 : CM_LMK_ROWS;
+            x = xb + (size_t) r0 * Kp;
+            o = out + (size_t) r0 * OC + (size_t) p * CM_LMK_PANEL;
+            switch (rb) {
+            CM_LMK_CASE(12);
+            CM_LMK_CASE(11);
+            CM_LMK_CASE(10);
+            CM_LMK_CASE(9);
+            CM_LMK_CASE(8);
+            CM_LMK_CASE(7);
+            CM_LMK_CASE(6);
+            CM_LMK_CASE(5);
+            CM_LMK_CASE(4);
+            CM_LMK_CASE(3);
+            CM_LMK_CASE(2);
+            default:
+                cm_lmk_block_bf16(o, (size_t) OC, x, (size_t) Kp, pw, b, Kp,
+                                  ncols, 1);
+                break;
+            }
+        }
+    }
+}
+
+#undef CM_LMK_CASE
+
+
+/* 32 floats a conversion (round to nearest even), the pad column zero. */
+CM_LMK_BF16 static void
+cm_lmk_to_bf16_avx512(uint16_t *dst, const float *src, int R, int K)
+{
+    int        Kp = cm_lmk_bf16_kp(K), r, i, n;
+    __mmask16  mlo, mhi;
+    __mmask32  ms;
+    __m512     lo, hi;
+
+    for (r = 0; r < R; r++) {
+        const float *s = src + (size_t) r * K;
+        uint16_t    *d = dst + (size_t) r * Kp;
+
+        for (i = 0; i < Kp; i += 32) {
+            n = K - i;
+            mlo = n >= 16 ? (__mmask16) 0xFFFF
+                          : (__mmask16) ((1u << n) - 1);
+            mhi = n >= 32 ? (__mmask16) 0xFFFF
+                  : n <= 16 ? (__mmask16) 0
+                  : (__mmask16) ((1u << (n - 16)) - 1);
+            n = Kp - i;
+            ms = n >= 32 ? (__mmask32) 0xFFFFFFFFu
+                         : (__mmask32) ((1u << n) - 1);
+            lo = _mm512_maskz_loadu_ps(mlo, s + i);
+            hi = _mm512_maskz_loadu_ps(mhi, s + i + 16);
+            _mm512_mask_storeu_epi16(d + i, ms,
+                (__m512i) _mm512_cvtne2ps_pbh(hi, lo));
+        }
+    }
+}
+
+#endif /* CM_LMK_X86 */
+
+
+void
+cm_lmk_to_bf16(uint16_t *dst, const float *src, int R, int K)
+{
+    int  Kp = cm_lmk_bf16_kp(K), r, k;
+
+#ifdef CM_LMK_X86
+    if (cm_lmk_bf16()) {
+        cm_lmk_to_bf16_avx512(dst, src, R, K);
+        return;
+    }
+#endif
+    for (r = 0; r < R; r++) {
+        for (k = 0; k < Kp; k++) {
+            dst[(size_t) r * Kp + k] =
+                k < K ? cm_lmk_bf16_round(src[(size_t) r * K + k]) : 0;
+        }
+    }
+}
+
+
+void
+cm_lmk_linear_bf16_part(float *out, const uint16_t *xb,
+    const cm_lmk_matrix_t *pm, int R, int p0, int p1)
+{
+#ifdef CM_LMK_X86
+    if (cm_lmk_bf16()) {
+        cm_lmk_linear_bf16_avx512(out, xb, pm, R, p0, p1);
+        return;
+    }
+#endif
+    cm_lmk_linear_bf16_loops(out, xb, pm, R, p0, p1);
+}
+
+
+void
+cm_lmk_attend_kvb(float *out, const float *q, const uint16_t *kc,
+    const uint16_t *vc, float *scores, int T, int C, int NH, float scale)
+{
+    int    hs = C / NH, h, t, i;
+    float  mx, sum, inv, d;
+
+#ifdef CM_LMK_X86
+    if (hs % 16 == 0 && hs <= 128 && cm_lmk_simd()) {
+        cm_lmk_attend_kvb_avx512(out, q, kc, vc, scores, T, C, NH, scale);
+        return;
+    }
+#endif
+    /* cm_lmk_attend's plain loops over the widened cache */
+    for (h = 0; h < NH; h++) {
+        const float *qh = q + (size_t) h * hs;
+        float       *oh = out + (size_t) h * hs;
+
+        mx = -INFINITY;
+        for (t = 0; t < T; t++) {
+            const uint16_t *k = kc + (size_t) t * C + (size_t) h * hs;
+
+            d = 0.0f;
+            for (i = 0; i < hs; i++) {
+                d += qh[i] * cm_lmk_bf16_float(k[i]);
+            }
+            scores[t] = d * scale;
+            mx = scores[t] > mx ? scores[t] : mx;
+        }
+        sum = 0.0f;
+        for (t = 0; t < T; t++) {
+            scores[t] = expf(scores[t] - mx);
+            sum += scores[t];
+        }
+        inv = 1.0f / sum;
+        memset(oh, 0, (size_t) hs * sizeof(float));
+        for (t = 0; t < T; t++) {
+            const uint16_t *v = vc + (size_t) t * C + (size_t) h * hs;
+            float           p = scores[t] * inv;
+
+            for (i = 0; i < hs; i++) {
+                oh[i] += p * cm_lmk_bf16_float(v[i]);
             }
         }
     }

@@ -103,6 +103,20 @@ cm_dlg_server_threads(cm_dlg_server_t *s, int n)
 }
 
 
+int
+cm_dlg_server_bf16(cm_dlg_server_t *s)
+{
+    return cm_lm_engine_bf16(&s->eng);
+}
+
+
+int
+cm_dlg_server_kv_bf16(cm_dlg_server_t *s)
+{
+    return cm_lm_engine_kv_bf16(&s->eng);
+}
+
+
 void
 cm_dlg_server_free(cm_dlg_server_t *s)
 {

@@ -99,6 +99,11 @@ typedef struct {
                                       fcproj; then the LM head (wte) */
     int              use_packed;   /* 1: lm_kernels; 0: OpenBLAS (the bench
                                       clears it to compare) */
+    uint16_t        *packed_bf16;  /* bf16 panels instead (cm_lm_engine_bf16),
+                                      carved into pk the same way */
+    uint16_t        *xbf;          /* (R, 4C) activations rounded to bf16 */
+    int              bf16;         /* 1: pk holds bf16 weights */
+    int              kv_bf16;      /* 1: new sequences cache in bf16 */
     uint64_t         forwards;     /* forwards run (tests: one per step) */
     int              threads;      /* parts a step is split into (1) */
     void            *pool;         /* worker threads, or NULL */
@@ -115,6 +120,8 @@ typedef struct {
     float           *v;            /* (L, maxT, C) cached values, in
                                       the same block as k */
     size_t           kv_bytes;     /* of that block */
+    uint16_t        *kb;           /* instead of k and v (both NULL): the */
+    uint16_t        *vb;           /* cache in bf16 (cm_lm_engine_kv_bf16) */
     int32_t         *history;      /* (maxT + 1) tokens fed, then next */
     float           *logits;       /* (Vp) logits after the last fed token */
     uint64_t         rng;
@@ -131,6 +138,20 @@ int cm_lm_engine_init(cm_lm_engine_t *e, const cm_gpt_t *m, int max_rows);
  * as with 1.  0, CM_EINVAL (n outside 1..16), CM_ENOMEM. */
 int cm_lm_engine_threads(cm_lm_engine_t *e, int n);
 void cm_lm_engine_free(cm_lm_engine_t *e);
+/* Opt-in bf16 decode weights: re-packs every matrix of pk (qkv, attention
+ * projection, MLP, LM head) as bf16 (lm_kernels.h), frees the fp32 copy;
+ * each linear layer then rounds its input rows to bf16 and accumulates in
+ * fp32.  Numerics change (logits within ~0.5 % of the logit range of fp32
+ * on the test models); attention stays fp32, and the KV cache too unless
+ * cm_lm_engine_kv_bf16.  CM_EINVAL where the CPU has no
+ * AVX512_BF16 (cm_lmk_bf16() == 0) or the engine did not pack; CM_ENOMEM. */
+int cm_lm_engine_bf16(cm_lm_engine_t *e);
+/* Opt-in bf16 KV cache: sequences made after this (cm_lm_seq_init) keep
+ * their keys and values rounded to bf16 (half the bytes attention reads a
+ * step); attention widens them and computes in fp32.  Sequences made
+ * before keep fp32.  Independent of cm_lm_engine_bf16.  CM_EINVAL where
+ * the CPU has no AVX512_BF16 or the engine did not pack. */
+int cm_lm_engine_kv_bf16(cm_lm_engine_t *e);
 
 int cm_lm_seq_init(cm_lm_seq_t *s, const cm_lm_engine_t *e,
     const cm_lm_params_t *p);

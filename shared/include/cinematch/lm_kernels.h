@@ -34,6 +34,8 @@ typedef struct {
     const float  *bias;      /* (OC) or NULL, not owned */
     int           OC;
     int           K;
+    uint16_t     *wb;        /* bf16 panels (see cm_lmk_pack_bf16) or
+                                NULL; when set, w is not used */
 } cm_lmk_matrix_t;
 
 /* 1 when this CPU runs the AVX-512 kernels (and the engine packs). */
@@ -81,5 +83,51 @@ void cm_lmk_layernorm(float *out, const float *inp, const float *weight,
  * its heap. */
 int cm_lmk_next_above(const float *x, const uint8_t *marks, int i, int n,
     float thr);
+
+
+/*
+ * bf16 weights (opt-in, AVX512_BF16 CPUs): the same panels of 32 output
+ * columns, each element rounded to bf16 (round to nearest even; zero,
+ * subnormals to signed zero, NaN kept quiet), pairs along K adjacent so
+ * one _mm512_dpbf16_ps takes two K steps of 16 columns:
+ *     wb[p][k / 2][j][k % 2] = bf16(w[p * 32 + j][k]),
+ * zero where p * 32 + j >= OC or k >= K; Kp = K rounded up to even.
+ * Activations are rounded the same way, row by row (cm_lmk_to_bf16), and
+ * every output is accumulated in fp32 from the bias: per pair of K, first
+ * x[k+1] w[k+1], then x[k] w[k] (the instruction's order; each product of
+ * two bf16 is exact in fp32, so only the adds round).
+ */
+
+/* 1 when this CPU runs the bf16 kernels (AVX512_BF16 and cm_lmk_simd()). */
+int cm_lmk_bf16(void);
+
+uint16_t cm_lmk_bf16_round(float f);
+float cm_lmk_bf16_float(uint16_t b);
+
+/* K rounded up to even: the bf16 row length of activations and panels. */
+int cm_lmk_bf16_kp(int K);
+
+/* uint16 elements of packed bf16 memory for (OC, K): ceil(OC/32) * Kp * 32. */
+size_t cm_lmk_packed_bf16(int OC, int K);
+
+/* Fills mem (CM_LMK_ALIGN-aligned) from w (OC, K); pm->w is set NULL. */
+void cm_lmk_pack_bf16(cm_lmk_matrix_t *pm, uint16_t *mem, const float *w,
+    const float *bias, int OC, int K);
+
+/* dst (R, Kp) = bf16(src (R, K)), the pad column zero. */
+void cm_lmk_to_bf16(uint16_t *dst, const float *src, int R, int K);
+
+/* out (R, OC) = xb (R, Kp) @ wb^T + bias for panels p0..p1-1, pm->wb set. */
+void cm_lmk_linear_bf16_part(float *out, const uint16_t *xb,
+    const cm_lmk_matrix_t *pm, int R, int p0, int p1);
+/* The same with plain loops whatever the CPU, all panels. */
+void cm_lmk_linear_bf16_ref(float *out, const uint16_t *xb,
+    const cm_lmk_matrix_t *pm, int R);
+
+/* cm_lmk_attend over a bf16 cache (rows of C bf16, rounded by
+ * cm_lmk_to_bf16): the same arithmetic as cm_lmk_attend over the widened
+ * values, so the same bits. */
+void cm_lmk_attend_kvb(float *out, const float *q, const uint16_t *kc,
+    const uint16_t *vc, float *scores, int T, int C, int NH, float scale);
 
 #endif /* CINEMATCH_LM_KERNELS_H */

@@ -64,6 +64,10 @@ int cm_dlg_server_open(cm_dlg_server_t **out, const char *dir,
 void cm_dlg_server_free(cm_dlg_server_t *s);
 /* Threads per decode step (cm_lm_engine_threads); 1 after open. */
 int cm_dlg_server_threads(cm_dlg_server_t *s, int n);
+/* bf16 decode weights (cm_lm_engine_bf16); CM_EINVAL without AVX512_BF16. */
+int cm_dlg_server_bf16(cm_dlg_server_t *s);
+/* bf16 KV caches (cm_lm_engine_kv_bf16); CM_EINVAL without AVX512_BF16. */
+int cm_dlg_server_kv_bf16(cm_dlg_server_t *s);
 const char *cm_dlg_server_version(const cm_dlg_server_t *s);
 int cm_dlg_server_max_seqs(const cm_dlg_server_t *s);
 int cm_dlg_server_context(const cm_dlg_server_t *s);
