@@ -402,7 +402,6 @@ cm_lmk_attend_body(float *out, const float *q, const void *kc,
                      break;
             }
         }
-        t = T;
     }
     /* scores (NH, T): 16 positions at a time, every head of those 16 rows
      * while they are in L1 (the cache is read in order, once) */

@@ -21,6 +21,16 @@ static size_t cm_json_unescape_copy(char *dst, const char *p,
 static size_t cm_utf8(char *dst, unsigned cp);
 
 
+/* COPY's NULL marker, \N (two bytes, no terminator: rows are counted) */
+static char *
+cm_copy_null(char *d)
+{
+    *d++ = '\\';
+    *d++ = 'N';
+    return d;
+}
+
+
 size_t
 cm_copy_escape(char *dst, const char *src, size_t len)
 {
@@ -345,13 +355,11 @@ cm_copy_log_members(char *dst, const char *members, size_t len)
             d += vlen[0] - 2;
 
         } else {
-            memcpy(d, "\\N", 2);
-            d += 2;
+            d = cm_copy_null(d);
         }
 
     } else {
-        memcpy(d, "\\N", 2);
-        d += 2;
+        d = cm_copy_null(d);
     }
 
     *d++ = '\t';
@@ -363,8 +371,7 @@ cm_copy_log_members(char *dst, const char *members, size_t len)
     {
         *d++ = 'f';
     } else {
-        memcpy(d, "\\N", 2);
-        d += 2;
+        d = cm_copy_null(d);
     }
 
     *d++ = '\t';
@@ -372,8 +379,7 @@ cm_copy_log_members(char *dst, const char *members, size_t len)
     if (val[2] != NULL && vlen[2] >= 2 && val[2][0] == '"') {
         d += cm_json_unescape_copy(d, val[2] + 1, val[2] + vlen[2] - 1);
     } else {
-        memcpy(d, "\\N", 2);
-        d += 2;
+        d = cm_copy_null(d);
     }
 
     *d++ = '\t';
@@ -381,8 +387,7 @@ cm_copy_log_members(char *dst, const char *members, size_t len)
     if (val[3] != NULL && !(vlen[3] == 4 && memcmp(val[3], "null", 4) == 0)) {
         d += cm_copy_escape(d, val[3], vlen[3]);
     } else {
-        memcpy(d, "\\N", 2);
-        d += 2;
+        d = cm_copy_null(d);
     }
 
     return (long) (d - dst);
